@@ -1,0 +1,3 @@
+//! Thread-per-core runtime for Shardline: one pinned executor per core, a stable
+//! tenant → shard partition, and a mesh of bounded SPSC rings between shards.
+//! It knows nothing about routing policies.

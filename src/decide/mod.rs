@@ -1,0 +1,1 @@
+//! The sans-IO decision engine (SPEC §5).

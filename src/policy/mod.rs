@@ -1,0 +1,6 @@
+//! Routing policies: parsing the accepted document formats and normalising them into one
+//! compiled model, and the immutable routing table built from a config directory.
+
+pub mod model;
+
+pub use model::*;
