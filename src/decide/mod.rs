@@ -1,1 +1,62 @@
 //! The sans-IO decision engine (SPEC §5).
+//!
+//! Given the routing table, the shard's mutable state, a validated request and `now`, it
+//! returns a decision or a typed error. It performs no I/O and reads no clock: transports
+//! pass `Now` in and run extension calls between the phases (`pipeline`). That keeps it
+//! deterministic under test (injected time, seeded randomness), fuzzable, and cheap enough
+//! to bench alone: the weighted and sticky-hit paths do not allocate.
+//!
+//! Module map: `pipeline` (phases, admission, extension outcomes), `select` (steps 5–9),
+//! `condition` (fallback `when`), `state` (per-shard state and results), `breaker`,
+//! `bucket` (rate limit), `sticky` (session table), `rng` (weighted draw).
+
+pub mod breaker;
+pub mod bucket;
+pub mod condition;
+mod error;
+pub mod pipeline;
+pub mod rng;
+pub mod select;
+pub mod state;
+pub mod sticky;
+
+#[cfg(test)]
+mod tests;
+
+pub use breaker::Outcome;
+pub use error::{DecideError, Exclusions};
+pub use pipeline::{admit, Decision, Pending, StageOutcome};
+pub use state::{Observed, ResultEffect, ShardState, StateConfig};
+
+use crate::contract::DecideRequest;
+use crate::policy::{RoutingTable, StageKind};
+
+/// The time a decision is made at, read by the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic nanoseconds (any fixed origin): buckets, breakers, sticky TTLs.
+    pub mono_ns: u64,
+    /// Wall-clock Unix milliseconds: request deadlines.
+    pub unix_ms: u64,
+}
+
+/// Decides with no extension transport: every stage is `Unavailable`, so a policy with a
+/// required stage answers `extension_unavailable` and optional stages are `skipped`.
+pub fn decide(
+    table: &RoutingTable,
+    state: &mut ShardState,
+    req: &DecideRequest<'_>,
+    now: Now,
+) -> Result<Decision, DecideError> {
+    let mut pending = admit(table, state, req, now)?;
+    for kind in [StageKind::Pre, StageKind::Validator] {
+        for stage in pending.stages(kind) {
+            pending.apply(stage, StageOutcome::Unavailable)?;
+        }
+    }
+    pending.select(state, req, now)?;
+    for stage in pending.stages(StageKind::Post) {
+        pending.apply(stage, StageOutcome::Unavailable)?;
+    }
+    Ok(pending.finish())
+}

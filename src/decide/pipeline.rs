@@ -1,0 +1,318 @@
+//! The decision as phases (SPEC §5, §7): admit (lookup, rate limit, deadline) → pre →
+//! validators → select → post → finish.
+//!
+//! Extensions are NATS calls, and the engine does no I/O: so the engine stops between
+//! phases, the transport runs each stage's call, and reports its outcome with `apply`.
+//! `decide` in the parent module drives the phases for a transport that can run no
+//! extension: required stages then answer `extension_unavailable`, optional ones are
+//! reported as `skipped`.
+
+use super::condition::RuleCtx;
+use super::error::DecideError;
+use super::select::{expected, explain, Selection, Selector};
+use super::state::ShardState;
+use super::Now;
+use crate::contract::{DecideRequest, ExecutedExtension, ExtensionStatus, Reason, Scalar};
+use crate::policy::{OnFail, Policy, PolicySlot, ProviderIdx, RoutingTable, Stage, StageKind};
+
+/// What running one stage came to, as the transport saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageOutcome {
+    /// The stage answered. Pre: `metadata` merges into the request's; validators: the
+    /// request is valid; post: `metadata` merges into the decision's.
+    Ok {
+        metadata: Vec<(Box<str>, serde_json::Value)>,
+    },
+    /// A validator answered "invalid" / `status: reject`.
+    Rejected { message: Box<str> },
+    /// The stage answered with an error.
+    Failed { message: Box<str> },
+    /// No answer in time (after its retries).
+    Timeout,
+    /// No transport or responder could take the call.
+    Unavailable,
+    /// The stage id is not in the extension registry.
+    NotFound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Extensions,
+    Selected,
+}
+
+/// A decided request, ready to encode.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub slot: PolicySlot,
+    pub provider: ProviderIdx,
+    pub reason: Reason,
+    pub expected_latency_ms: Option<f64>,
+    pub expected_cost: Option<f64>,
+    pub executed_extensions: Vec<ExecutedExtension>,
+    /// Metadata merged by pre-processors (over the request's).
+    pub request_metadata: Vec<(Box<str>, Scalar<'static>)>,
+    /// Metadata merged by post-processors (into the decision's).
+    pub decision_metadata: Vec<(Box<str>, serde_json::Value)>,
+    pub explanation: Option<Vec<String>>,
+}
+
+/// A request past admission, between phases.
+#[derive(Debug)]
+pub struct Pending<'t> {
+    pub slot: PolicySlot,
+    pub policy: &'t Policy,
+    phase: Phase,
+    selection: Option<(Selection, Option<f64>, Option<f64>)>,
+    executed: Vec<ExecutedExtension>,
+    overlay: Vec<(Box<str>, Scalar<'static>)>,
+    decision_metadata: Vec<(Box<str>, serde_json::Value)>,
+    explain: Option<Vec<String>>,
+}
+
+/// Steps 1–3: policy lookup, rate limit, deadline.
+pub fn admit<'t>(
+    table: &'t RoutingTable,
+    state: &mut ShardState,
+    req: &DecideRequest<'_>,
+    now: Now,
+) -> Result<Pending<'t>, DecideError> {
+    assert_eq!(
+        state.policies.len(),
+        table.len(),
+        "shard state built for another table"
+    );
+    let Some(slot) = table.lookup(&req.tenant_id, &req.policy_id) else {
+        return Err(DecideError::PolicyNotFound {
+            tenant: req.tenant_id.as_ref().into(),
+            policy: req.policy_id.as_ref().into(),
+        });
+    };
+    let policy = table.policy(slot);
+    let mut explain = req.explain.then(Vec::new);
+    explain!(
+        explain,
+        "policy {}/{} version {}",
+        policy.tenant,
+        policy.id,
+        policy.version
+    );
+    if let Some(bucket) = &mut state.policies[slot.get()].bucket {
+        if let Err(retry_after_ms) = bucket.try_take(now.mono_ns) {
+            let limit = bucket.limit();
+            return Err(DecideError::RateLimited {
+                policy: policy.id.clone(),
+                rps: limit.requests_per_second,
+                burst: limit.burst,
+                retry_after_ms,
+            });
+        }
+    }
+    if let Some(deadline_unix_ms) = req.deadline_unix_ms {
+        if deadline_unix_ms <= now.unix_ms {
+            let late_ms = now.unix_ms - deadline_unix_ms;
+            return Err(DecideError::DeadlineExceeded {
+                deadline_unix_ms,
+                late_ms,
+            });
+        }
+    }
+    Ok(Pending {
+        slot,
+        policy,
+        phase: Phase::Extensions,
+        selection: None,
+        executed: Vec::new(),
+        overlay: Vec::new(),
+        decision_metadata: Vec::new(),
+        explain,
+    })
+}
+
+impl<'t> Pending<'t> {
+    /// The policy's stages of one kind, in the order they must run.
+    pub fn stages(&self, kind: StageKind) -> &'t [Stage] {
+        match kind {
+            StageKind::Pre => &self.policy.pre,
+            StageKind::Validator => &self.policy.validators,
+            StageKind::Post => &self.policy.post,
+        }
+    }
+
+    /// Metadata merged by pre-processors so far.
+    pub fn request_metadata(&self) -> &[(Box<str>, Scalar<'static>)] {
+        &self.overlay
+    }
+
+    /// Reports one stage's outcome. Pre and validator stages must be applied before
+    /// `select`, post stages after it; a failure of a required stage is the request's error.
+    pub fn apply(&mut self, stage: &Stage, outcome: StageOutcome) -> Result<(), DecideError> {
+        let expected = if stage.kind == StageKind::Post {
+            Phase::Selected
+        } else {
+            Phase::Extensions
+        };
+        assert_eq!(
+            self.phase, expected,
+            "stage {} applied out of phase",
+            stage.id
+        );
+        let status = match outcome {
+            StageOutcome::Ok { metadata } => {
+                self.merge(stage.kind, metadata);
+                ExtensionStatus::Ok
+            }
+            StageOutcome::Rejected { message } => return self.rejected(stage, message),
+            failed => return self.failed(stage, failed),
+        };
+        self.record(stage, status);
+        Ok(())
+    }
+
+    fn merge(&mut self, kind: StageKind, metadata: Vec<(Box<str>, serde_json::Value)>) {
+        for (k, v) in metadata {
+            if kind == StageKind::Post {
+                upsert(&mut self.decision_metadata, k, v);
+            } else if let Some(s) = scalar_of(v) {
+                upsert(&mut self.overlay, k, s);
+            }
+        }
+    }
+
+    fn rejected(&mut self, stage: &Stage, message: Box<str>) -> Result<(), DecideError> {
+        assert_eq!(stage.kind, StageKind::Validator, "only validators reject");
+        match stage.on_fail {
+            OnFail::Block => Err(DecideError::ValidatorBlocked {
+                id: stage.id.clone(),
+                message,
+            }),
+            OnFail::Warn | OnFail::Ignore => {
+                explain!(
+                    self.explain,
+                    "validator {} rejected ({message}); continuing",
+                    stage.id
+                );
+                self.record(stage, ExtensionStatus::Failed);
+                Ok(())
+            }
+        }
+    }
+
+    fn failed(&mut self, stage: &Stage, outcome: StageOutcome) -> Result<(), DecideError> {
+        if !stage.required {
+            let status = match outcome {
+                StageOutcome::Timeout => ExtensionStatus::Timeout,
+                StageOutcome::Unavailable | StageOutcome::NotFound => ExtensionStatus::Skipped,
+                _ => ExtensionStatus::Failed,
+            };
+            explain!(
+                self.explain,
+                "optional stage {}: {}",
+                stage.id,
+                status.as_str()
+            );
+            self.record(stage, status);
+            return Ok(());
+        }
+        let id = stage.id.clone();
+        Err(match (outcome, stage.kind) {
+            (StageOutcome::Timeout, _) => DecideError::ExtensionTimeout { id },
+            (StageOutcome::Unavailable, _) => DecideError::ExtensionUnavailable { id },
+            (StageOutcome::NotFound, _) => DecideError::ExtensionNotFound { id },
+            (StageOutcome::Failed { message }, StageKind::Pre) => {
+                DecideError::PreProcessorFailed { id, message }
+            }
+            (StageOutcome::Failed { message }, StageKind::Post) => {
+                DecideError::PostProcessorFailed { id, message }
+            }
+            (StageOutcome::Failed { message }, StageKind::Validator) => {
+                DecideError::ValidatorBlocked { id, message }
+            }
+            (other, _) => unreachable!("not a failure: {other:?}"),
+        })
+    }
+
+    fn record(&mut self, stage: &Stage, status: ExtensionStatus) {
+        let kind = match stage.kind {
+            StageKind::Pre => "pre",
+            StageKind::Validator => "validator",
+            StageKind::Post => "post",
+        };
+        self.executed.push(ExecutedExtension {
+            id: stage.id.clone(),
+            kind,
+            status,
+        });
+    }
+
+    /// Steps 5–9.
+    pub fn select(
+        &mut self,
+        state: &mut ShardState,
+        req: &DecideRequest<'_>,
+        now: Now,
+    ) -> Result<(), DecideError> {
+        assert_eq!(self.phase, Phase::Extensions, "select runs once");
+        let selector = Selector {
+            policy: self.policy,
+            slot: self.slot,
+            ctx: RuleCtx {
+                req,
+                overlay: &self.overlay,
+                no_candidates: None,
+            },
+            now_ns: now.mono_ns,
+            explain: &mut self.explain,
+        };
+        let sel = selector.run(state)?;
+        let (latency, cost) = expected(self.policy, state.policy(self.slot), sel.provider);
+        explain!(
+            self.explain,
+            "chose {} ({})",
+            self.policy.provider(sel.provider).name,
+            sel.reason.as_str()
+        );
+        self.selection = Some((sel, latency, cost));
+        self.phase = Phase::Selected;
+        Ok(())
+    }
+
+    /// The provider chosen by `select`, for post-processors that want it.
+    pub fn selected(&self) -> Option<ProviderIdx> {
+        self.selection.map(|(s, _, _)| s.provider)
+    }
+
+    pub fn finish(self) -> Decision {
+        let (sel, expected_latency_ms, expected_cost) =
+            self.selection.expect("finish called before select");
+        Decision {
+            slot: self.slot,
+            provider: sel.provider,
+            reason: sel.reason,
+            expected_latency_ms,
+            expected_cost,
+            executed_extensions: self.executed,
+            request_metadata: self.overlay,
+            decision_metadata: self.decision_metadata,
+            explanation: self.explain,
+        }
+    }
+}
+
+fn upsert<V>(list: &mut Vec<(Box<str>, V)>, key: Box<str>, value: V) {
+    match list.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => list.push((key, value)),
+    }
+}
+
+/// Request metadata is string → scalar (SPEC §3); a pre-processor's non-scalar is dropped.
+fn scalar_of(v: serde_json::Value) -> Option<Scalar<'static>> {
+    match v {
+        serde_json::Value::String(s) => Some(Scalar::Str(s.into())),
+        serde_json::Value::Number(n) => n.as_f64().map(Scalar::Num),
+        serde_json::Value::Bool(b) => Some(Scalar::Bool(b)),
+        serde_json::Value::Null => Some(Scalar::Null),
+        _ => None,
+    }
+}

@@ -1,0 +1,349 @@
+//! Steps 5–9 of SPEC §5: candidates, attempt-driven retry/fallback, sticky, weighted draw,
+//! and the no-candidate fallbacks. Allocation-free unless `explain` is on.
+
+use super::breaker::Availability;
+use super::condition::{session_bytes, status_matches, RuleCtx};
+use super::error::{DecideError, Exclusions};
+use super::state::{PolicyState, ShardState};
+use crate::contract::{Constraints, Reason};
+use crate::policy::{Policy, PolicySlot, Provider, ProviderIdx};
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// Appends one explanation step, formatting only when `explain` was asked for.
+macro_rules! explain {
+    ($ex:expr, $($arg:tt)*) => {
+        if let Some(steps) = $ex.as_mut() {
+            steps.push(format!($($arg)*));
+        }
+    };
+}
+pub(super) use explain;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selection {
+    pub provider: ProviderIdx,
+    pub reason: Reason,
+}
+
+/// The provider's expected (latency ms, cost): observed averages first, declared figures
+/// second, unknown (`None`) otherwise — never a made-up 0.
+pub fn expected(policy: &Policy, ps: &PolicyState, idx: ProviderIdx) -> (Option<f64>, Option<f64>) {
+    let p = policy.provider(idx);
+    let s = &ps.providers[idx.get()];
+    (
+        s.latency_ms.get().or(p.expected_latency_ms),
+        s.cost.get().or(p.cost),
+    )
+}
+
+/// Why a provider is not usable, for explanations and the failure message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unusable {
+    Excluded,
+    MissingCapability,
+    TooSlow,
+    TooCostly,
+    CircuitOpen,
+}
+
+/// Constraints: `exclude`, `require` (all tags), and the latency/cost ceilings. A provider
+/// whose figure is unknown does not meet a ceiling on it: the gateway asked for a bound we
+/// cannot vouch for.
+fn constraint_check(
+    p: &Provider,
+    figures: (Option<f64>, Option<f64>),
+    c: &Constraints<'_>,
+) -> Option<Unusable> {
+    if c.exclude.iter().any(|e| **e == *p.name) {
+        return Some(Unusable::Excluded);
+    }
+    if !c
+        .require
+        .iter()
+        .all(|r| p.capabilities.iter().any(|cap| **cap == **r))
+    {
+        return Some(Unusable::MissingCapability);
+    }
+    if let Some(max) = c.max_latency_ms {
+        if !matches!(figures.0, Some(l) if l <= max) {
+            return Some(Unusable::TooSlow);
+        }
+    }
+    if let Some(max) = c.max_cost {
+        if !matches!(figures.1, Some(x) if x <= max) {
+            return Some(Unusable::TooCostly);
+        }
+    }
+    None
+}
+
+/// One policy's view during a selection.
+pub(super) struct Selector<'s, 'r, 'a> {
+    pub policy: &'s Policy,
+    pub slot: PolicySlot,
+    pub ctx: RuleCtx<'r, 'a>,
+    pub now_ns: u64,
+    pub explain: &'s mut Option<Vec<String>>,
+}
+
+impl Selector<'_, '_, '_> {
+    fn usable(&self, ps: &PolicyState, idx: ProviderIdx) -> Result<(), Unusable> {
+        let p = self.policy.provider(idx);
+        let figures = expected(self.policy, ps, idx);
+        if let Some(why) = constraint_check(p, figures, &self.ctx.req.constraints) {
+            return Err(why);
+        }
+        match &self.policy.circuit_breaker {
+            Some(cfg) => match ps.providers[idx.get()]
+                .breaker
+                .availability(cfg, self.now_ns)
+            {
+                Availability::Open => Err(Unusable::CircuitOpen),
+                Availability::Closed | Availability::Probe => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Step 5: the weighted providers still usable, as a mask, with their total weight.
+    fn candidates(&mut self, ps: &PolicyState, ex: &mut Exclusions) -> (u64, u64) {
+        let (mut mask, mut total) = (0u64, 0u64);
+        for (i, p) in self.policy.providers.iter().enumerate() {
+            if p.weight == 0 {
+                continue;
+            }
+            ex.providers += 1;
+            let idx = ProviderIdx(i as u8);
+            match self.usable(ps, idx) {
+                Ok(()) => {
+                    mask |= idx.bit();
+                    total += u64::from(p.weight);
+                }
+                Err(why) => {
+                    match why {
+                        Unusable::CircuitOpen => ex.by_open_circuit += 1,
+                        _ => ex.by_constraints += 1,
+                    }
+                    explain!(self.explain, "candidate {}: not usable ({why:?})", p.name);
+                }
+            }
+        }
+        explain!(
+            self.explain,
+            "candidates: {} of {}",
+            mask.count_ones(),
+            ex.providers
+        );
+        (mask, total)
+    }
+
+    /// Runs steps 5–9 and commits the choice to the shard state.
+    pub fn run(mut self, state: &mut ShardState) -> Result<Selection, DecideError> {
+        let ps = &state.policies[self.slot.get()];
+        let mut ex = Exclusions::default();
+        let (mask, total) = self.candidates(ps, &mut ex);
+        let chosen = match self.attempt_rules(ps) {
+            Some(sel) => Some(sel),
+            None => self.sticky_or_weighted(state, mask, total),
+        };
+        let sel = match chosen {
+            Some(sel) => sel,
+            None => self.no_candidates(&state.policies[self.slot.get()], &mut ex)?,
+        };
+        self.commit(state, sel);
+        Ok(sel)
+    }
+
+    /// Step 6: with an `attempt`, the first matching rule retries the previous provider
+    /// while `count <= retry`, then goes to its `to`; then the legacy fallback's statuses.
+    fn attempt_rules(&mut self, ps: &PolicyState) -> Option<Selection> {
+        let attempt = self.ctx.req.attempt.as_ref()?;
+        let prev = self.policy.provider_idx(&attempt.previous_provider);
+        for (n, rule) in self.policy.fallbacks.iter().enumerate() {
+            if !self.ctx.holds(&rule.when) {
+                continue;
+            }
+            explain!(self.explain, "fallback rule {n} matches");
+            if attempt.count <= rule.retry {
+                match prev.map(|p| (p, self.usable(ps, p))) {
+                    Some((p, Ok(()))) => {
+                        return Some(Selection {
+                            provider: p,
+                            reason: Reason::Retry,
+                        })
+                    }
+                    other => explain!(self.explain, "retry not possible: {other:?}"),
+                }
+            }
+            if Some(rule.to) == prev && attempt.count > rule.retry {
+                explain!(
+                    self.explain,
+                    "rule {n}: target is the provider that just failed"
+                );
+                continue;
+            }
+            match self.usable(ps, rule.to) {
+                Ok(()) => {
+                    return Some(Selection {
+                        provider: rule.to,
+                        reason: Reason::Fallback,
+                    })
+                }
+                Err(why) => explain!(self.explain, "rule {n}: target not usable ({why:?})"),
+            }
+        }
+        let legacy = self.policy.legacy_fallback.as_ref()?;
+        let hit = legacy
+            .statuses
+            .iter()
+            .any(|s| status_matches(s, &attempt.status));
+        (hit && self.usable(ps, legacy.to).is_ok()).then_some(Selection {
+            provider: legacy.to,
+            reason: Reason::Fallback,
+        })
+    }
+
+    /// Steps 7–8: a live sticky entry whose provider is still a candidate, else a draw.
+    fn sticky_or_weighted(
+        &mut self,
+        state: &mut ShardState,
+        mask: u64,
+        total: u64,
+    ) -> Option<Selection> {
+        if mask == 0 {
+            return None;
+        }
+        if let Some(idx) = self.sticky_hit(state, mask) {
+            return Some(Selection {
+                provider: idx,
+                reason: Reason::Sticky,
+            });
+        }
+        let idx = draw(self.policy, mask, total, state.rng.below(total));
+        explain!(
+            self.explain,
+            "weighted draw: {}",
+            self.policy.provider(idx).name
+        );
+        Some(Selection {
+            provider: idx,
+            reason: Reason::Weighted,
+        })
+    }
+
+    fn sticky_hit(&mut self, state: &mut ShardState, mask: u64) -> Option<ProviderIdx> {
+        let sticky = self.policy.sticky.as_ref()?;
+        let value = self.ctx.metadata(&sticky.session_key)?;
+        let mut buf = [0u8; 9];
+        let bytes = session_bytes(value, &mut buf)?;
+        let ps = &state.policies[self.slot.get()];
+        let key = state.session_key(ps.identity, bytes);
+        let hit = state.sticky.get(key, ps.providers_fp, self.now_ns);
+        match hit {
+            Some(idx) if mask & idx.bit() != 0 => Some(idx),
+            Some(idx) => {
+                let name = &self.policy.provider(idx).name;
+                explain!(
+                    self.explain,
+                    "sticky entry for {name} ignored: not a candidate"
+                );
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Step 9: fallback rules in order (with the step-9 statuses), then the legacy fallback.
+    fn no_candidates(
+        &mut self,
+        ps: &PolicyState,
+        ex: &mut Exclusions,
+    ) -> Result<Selection, DecideError> {
+        let circuits = ex.by_open_circuit > 0;
+        self.ctx.no_candidates = Some(circuits);
+        let reason = if circuits {
+            Reason::CircuitBreakerFallback
+        } else {
+            Reason::Fallback
+        };
+        for (n, rule) in self.policy.fallbacks.iter().enumerate() {
+            if !self.ctx.holds(&rule.when) {
+                continue;
+            }
+            ex.fallbacks_tried += 1;
+            match self.usable(ps, rule.to) {
+                Ok(()) => {
+                    return Ok(Selection {
+                        provider: rule.to,
+                        reason,
+                    })
+                }
+                Err(why) => explain!(self.explain, "rule {n}: target not usable ({why:?})"),
+            }
+        }
+        if let Some(legacy) = &self.policy.legacy_fallback {
+            let status = self.ctx.req.attempt.as_ref().map(|a| &*a.status);
+            let hit = legacy.on_all_failed
+                || status.is_some_and(|s| legacy.statuses.iter().any(|l| status_matches(l, s)));
+            if hit {
+                ex.fallbacks_tried += 1;
+                if self.usable(ps, legacy.to).is_ok() {
+                    return Ok(Selection {
+                        provider: legacy.to,
+                        reason,
+                    });
+                }
+            }
+        }
+        Err(DecideError::DecisionFailed(*ex))
+    }
+
+    /// Spends a half-open probe and writes (or refreshes) the sticky entry.
+    fn commit(&mut self, state: &mut ShardState, sel: Selection) {
+        let policy = self.policy;
+        let slot = self.slot.get();
+        if let Some(cfg) = &policy.circuit_breaker {
+            state.policies[slot].providers[sel.provider.get()]
+                .breaker
+                .on_selected(cfg, self.now_ns);
+        }
+        let Some(sticky) = &policy.sticky else { return };
+        if !matches!(sel.reason, Reason::Sticky | Reason::Weighted) {
+            return;
+        }
+        let Some(value) = self.ctx.metadata(&sticky.session_key) else {
+            return;
+        };
+        let mut buf = [0u8; 9];
+        let Some(bytes) = session_bytes(value, &mut buf) else {
+            return;
+        };
+        let ps = &state.policies[slot];
+        let (identity, fp) = (ps.identity, ps.providers_fp);
+        let key = state.session_key(identity, bytes);
+        let expires_ns = self.now_ns.saturating_add(sticky.ttl_ms * NS_PER_MS).max(1);
+        state.sticky.put(key, fp, sel.provider, expires_ns);
+    }
+}
+
+/// Step 8: the provider owning point `r` of `[0, total)` among the candidates in `mask`.
+/// When every weighted provider is a candidate the prefix sums give it by binary search.
+pub fn draw(policy: &Policy, mask: u64, total: u64, r: u64) -> ProviderIdx {
+    debug_assert!(r < total);
+    if total == policy.weights.total {
+        let i = policy.weights.cumulative.partition_point(|&c| c <= r);
+        return ProviderIdx(i as u8);
+    }
+    let mut acc = 0u64;
+    let mut bits = mask;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        acc += u64::from(policy.providers[i].weight);
+        if r < acc {
+            return ProviderIdx(i as u8);
+        }
+        bits &= bits - 1;
+    }
+    unreachable!("r {r} outside the candidates' total weight {total}");
+}

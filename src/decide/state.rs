@@ -1,0 +1,282 @@
+//! A shard's mutable routing state: rate-limit buckets, circuit breakers, observed
+//! latency/cost, sticky sessions and the random source. Owned by one shard, never shared,
+//! so nothing here locks.
+//!
+//! State is indexed like the routing table (policy slot, provider index) so the hot path
+//! does no lookups by name. When a new table is swapped in, `adopt` carries every piece of
+//! state over by (tenant, policy id, provider name): a reload that does not touch a policy
+//! does not reset its breakers, buckets or sessions.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use foldhash::fast::FixedState;
+
+use super::breaker::{Breaker, Outcome, Transition};
+use super::bucket::TokenBucket;
+use super::rng::Rng;
+use super::sticky::{SessionKey, StickyTable};
+use crate::policy::{Policy, PolicySlot, ProviderIdx, RoutingTable};
+
+/// Weight of a new observation in the latency/cost moving averages.
+pub const EWMA_ALPHA: f64 = 0.2;
+
+/// An exponentially weighted moving average; the first sample sets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Ewma {
+    value: f64,
+    samples: u64,
+}
+
+impl Ewma {
+    pub fn observe(&mut self, x: f64) {
+        if !x.is_finite() || x < 0.0 {
+            return;
+        }
+        self.value = if self.samples == 0 {
+            x
+        } else {
+            self.value + EWMA_ALPHA * (x - self.value)
+        };
+        self.samples += 1;
+    }
+
+    pub fn get(&self) -> Option<f64> {
+        (self.samples > 0).then_some(self.value)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderState {
+    pub breaker: Breaker,
+    pub latency_ms: Ewma,
+    pub cost: Ewma,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyState {
+    /// Seeded hash of (tenant, policy id): the sticky key's namespace.
+    pub identity: u64,
+    /// Seeded hash of the provider names in order; sticky entries are tied to it.
+    pub providers_fp: u64,
+    pub bucket: Option<TokenBucket>,
+    pub providers: Box<[ProviderState]>,
+}
+
+/// Settings fixed at shard start.
+#[derive(Debug, Clone, Copy)]
+pub struct StateConfig {
+    pub sticky_entries: usize,
+    /// Seeds the weighted draw and the fingerprint hashers; take it from the OS in
+    /// production, fix it in tests.
+    pub seed: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            sticky_entries: 1 << 16,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// What feeding one result did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResultEffect {
+    /// Policies of the tenant that name the provider and saw the result.
+    pub policies: usize,
+    pub opened: usize,
+    pub half_opened: usize,
+    pub closed: usize,
+}
+
+#[derive(Debug)]
+pub struct ShardState {
+    pub(super) policies: Vec<PolicyState>,
+    pub(super) sticky: StickyTable,
+    pub(super) rng: Rng,
+    hash_hi: FixedState,
+    hash_lo: FixedState,
+}
+
+impl ShardState {
+    pub fn new(table: &RoutingTable, config: StateConfig, now_ns: u64) -> Self {
+        let mut seeds = Rng::new(config.seed);
+        let mut state = ShardState {
+            policies: Vec::new(),
+            sticky: StickyTable::new(config.sticky_entries),
+            hash_hi: FixedState::with_seed(seeds.next_u64()),
+            hash_lo: FixedState::with_seed(seeds.next_u64()),
+            rng: Rng::new(seeds.next_u64()),
+        };
+        state.policies = table
+            .policies()
+            .iter()
+            .map(|p| state.fresh(p, now_ns))
+            .collect();
+        state
+    }
+
+    fn fresh(&self, policy: &Policy, now_ns: u64) -> PolicyState {
+        PolicyState {
+            identity: self.hash_pair(&policy.tenant, &policy.id),
+            providers_fp: self.providers_fp(policy),
+            bucket: policy.rate_limit.map(|l| TokenBucket::new(l, now_ns)),
+            providers: vec![ProviderState::default(); policy.providers.len()].into(),
+        }
+    }
+
+    fn hash_pair(&self, a: &str, b: &str) -> u64 {
+        let mut h = self.hash_hi.build_hasher();
+        a.hash(&mut h);
+        b.hash(&mut h);
+        h.finish()
+    }
+
+    fn providers_fp(&self, policy: &Policy) -> u64 {
+        let mut h = self.hash_hi.build_hasher();
+        policy.providers.iter().for_each(|p| p.name.hash(&mut h));
+        h.finish()
+    }
+
+    /// The 128-bit fingerprint of a session value within a policy.
+    pub(super) fn session_key(&self, identity: u64, session: &[u8]) -> SessionKey {
+        let hash = |s: &FixedState| {
+            let mut h = s.build_hasher();
+            h.write_u64(identity);
+            h.write(session);
+            h.finish()
+        };
+        SessionKey {
+            hi: hash(&self.hash_hi),
+            lo: hash(&self.hash_lo),
+        }
+    }
+
+    /// Moves to a new routing table, keeping the state of every policy and provider that
+    /// is still there (matched by tenant, policy id and provider name). A bucket is kept
+    /// only if its limit did not change.
+    pub fn adopt(&mut self, old: &RoutingTable, new: &RoutingTable, now_ns: u64) {
+        assert_eq!(
+            self.policies.len(),
+            old.len(),
+            "state does not belong to `old`"
+        );
+        let mut next = Vec::with_capacity(new.len());
+        for policy in new.policies() {
+            let mut fresh = self.fresh(policy, now_ns);
+            if let Some(slot) = old.lookup(&policy.tenant, &policy.id) {
+                self.carry(
+                    old.policy(slot),
+                    &self.policies[slot.get()],
+                    policy,
+                    &mut fresh,
+                );
+            }
+            next.push(fresh);
+        }
+        self.policies = next;
+    }
+
+    fn carry(&self, old_p: &Policy, old_s: &PolicyState, new_p: &Policy, into: &mut PolicyState) {
+        if let (Some(b), Some(l)) = (&old_s.bucket, new_p.rate_limit) {
+            if b.limit() == l {
+                into.bucket = Some(b.clone());
+            }
+        }
+        for (i, provider) in new_p.providers.iter().enumerate() {
+            if let Some(j) = old_p.provider_idx(&provider.name) {
+                into.providers[i] = old_s.providers[j.get()].clone();
+            }
+        }
+    }
+
+    pub fn policy(&self, slot: PolicySlot) -> &PolicyState {
+        &self.policies[slot.get()]
+    }
+
+    pub fn sticky_len(&self) -> usize {
+        self.sticky.len()
+    }
+
+    /// Feeds an ExecResult (or `POST /v1/results`) for (tenant, provider) to every policy
+    /// of the tenant that names the provider: breaker and latency/cost averages.
+    /// `outcome` is `None` for a cancelled call, which only updates nothing.
+    pub fn record_result(
+        &mut self,
+        table: &RoutingTable,
+        tenant: &str,
+        provider: &str,
+        observed: Observed,
+        now_ns: u64,
+    ) -> ResultEffect {
+        let mut effect = ResultEffect::default();
+        for &(slot, idx) in table.provider_refs(tenant, provider) {
+            effect.policies += 1;
+            let policy = table.policy(slot);
+            let state = &mut self.policies[slot.get()].providers[idx.get()];
+            record_one(policy, idx, state, observed, now_ns, &mut effect);
+        }
+        effect
+    }
+}
+
+/// One observed call outcome.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observed {
+    /// `None`: cancelled, counts for nothing.
+    pub outcome: Option<Outcome>,
+    pub latency_ms: Option<f64>,
+    pub cost: Option<f64>,
+}
+
+fn record_one(
+    policy: &Policy,
+    idx: ProviderIdx,
+    state: &mut ProviderState,
+    observed: Observed,
+    now_ns: u64,
+    effect: &mut ResultEffect,
+) {
+    let Some(outcome) = observed.outcome else {
+        return;
+    };
+    // Latency of a failed call says little about the provider's speed; cost still counts.
+    if outcome == Outcome::Success {
+        if let Some(ms) = observed.latency_ms {
+            state.latency_ms.observe(ms);
+        }
+    }
+    if let Some(cost) = observed.cost {
+        state.cost.observe(cost);
+    }
+    debug_assert!(idx.get() < policy.providers.len());
+    let Some(cfg) = &policy.circuit_breaker else {
+        return;
+    };
+    match state.breaker.record(cfg, outcome, now_ns) {
+        Some(Transition::Opened) => effect.opened += 1,
+        Some(Transition::HalfOpened) => effect.half_opened += 1,
+        Some(Transition::Closed) => effect.closed += 1,
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first sample sets the average; later ones move it by `EWMA_ALPHA`.
+    #[test]
+    fn ewma_moves_by_alpha() {
+        let mut e = Ewma::default();
+        assert_eq!(e.get(), None);
+        e.observe(100.0);
+        assert_eq!(e.get(), Some(100.0));
+        e.observe(200.0);
+        assert_eq!(e.get(), Some(120.0));
+        e.observe(f64::NAN);
+        e.observe(-1.0);
+        assert_eq!(e.get(), Some(120.0), "garbage samples are ignored");
+    }
+}
