@@ -289,7 +289,8 @@ fn constraints_filter_candidates() {
     cheap.capabilities = vec!["tools".into(), "vision".into()].into();
     let unknown = provider("unknown", 50);
     let mut w = World::new(vec![policy("acme", "default", vec![fast, cheap, unknown])]);
-    let cases: [(fn(&mut Constraints<'static>), &str); 3] = [
+    type Set = fn(&mut Constraints<'static>);
+    let cases: [(Set, &str); 3] = [
         (|c| c.max_latency_ms = Some(200.0), "fast"),
         (|c| c.max_cost = Some(0.005), "cheap"),
         (|c| c.require.push("vision".into()), "cheap"),
