@@ -1,0 +1,125 @@
+//! Proves that `decide` does not touch the heap on the weighted and sticky-hit paths
+//! (STYLE: allocate at shard start, not per request), with a counting global allocator.
+//! One test function per binary, so no other test thread allocates while we count.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use shardline::contract::{Constraints, DecideRequest, Metadata, Reason, Scalar, Task};
+use shardline::decide::{decide, Now, ShardState, StateConfig};
+use shardline::policy::{Policy, Provider, RoutingTable, Sticky, WeightTable};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above, with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `alloc` and `dealloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn policy(id: &str, sticky: bool) -> Policy {
+    let names = ["openai", "anthropic", "mistral", "cohere"];
+    let providers: Box<[Provider]> = names
+        .iter()
+        .zip([40u32, 30, 20, 10])
+        .map(|(n, w)| Provider {
+            name: (*n).into(),
+            weight: w * 10_000,
+            expected_latency_ms: Some(300.0),
+            cost: Some(0.001),
+            capabilities: Box::new([]),
+        })
+        .collect();
+    Policy {
+        tenant: "acme".into(),
+        id: id.into(),
+        version: "1.0".into(),
+        weights: WeightTable::new(&providers),
+        providers,
+        fallbacks: Box::new([]),
+        legacy_fallback: None,
+        sticky: sticky.then(|| Sticky { session_key: "user_id".into(), ttl_ms: 600_000 }),
+        circuit_breaker: Some(Default::default()),
+        rate_limit: Some(shardline::policy::RateLimit { requests_per_second: 1_000_000, burst: 1_000_000 }),
+        pre: Box::new([]),
+        validators: Box::new([]),
+        post: Box::new([]),
+        timeout_ms: None,
+    }
+}
+
+fn request<'a>(policy: &'a str, user: &'a str) -> DecideRequest<'a> {
+    DecideRequest {
+        request_id: Cow::Borrowed("r-1"),
+        tenant_id: Cow::Borrowed("acme"),
+        trace_id: None,
+        traceparent: None,
+        task: Task { kind: Cow::Borrowed("chat"), payload_ref: Some(Cow::Borrowed("p")), payload: None },
+        policy_id: Cow::Borrowed(policy),
+        constraints: Constraints::default(),
+        metadata: Metadata {
+            entries: vec![(Cow::Borrowed("user_id"), Scalar::Str(Cow::Borrowed(user)))],
+        },
+        attempt: None,
+        push_assignment: false,
+        assignment_subject: None,
+        options: None,
+        deadline_unix_ms: None,
+        correlation: None,
+        idempotency_key: None,
+        explain: false,
+    }
+}
+
+fn count<R>(f: impl FnOnce() -> R) -> (u64, R) {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let r = f();
+    (ALLOCATIONS.load(Ordering::Relaxed) - before, r)
+}
+
+/// Weighted (with and without writing a sticky entry) and sticky-hit decisions allocate
+/// nothing. The counter is real: building the request above does allocate.
+#[test]
+fn decide_does_not_allocate() {
+    let table = RoutingTable::from_policies(vec![policy("plain", false), policy("sticky", true)])
+        .expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let users: Vec<String> = (0..1_000).map(|u| format!("user-{u}")).collect();
+    let (n, plain) = count(|| request("plain", "u"));
+    assert!(n > 0, "the counting allocator counts");
+    let sticky: Vec<DecideRequest> = users.iter().map(|u| request("sticky", u)).collect();
+
+    for (i, reason) in [(0u64, Reason::Weighted), (1, Reason::Sticky)] {
+        for (j, req) in sticky.iter().enumerate() {
+            let now = Now { mono_ns: i * 1_000 + j as u64, unix_ms: 1 };
+            let (n, d) = count(|| decide(&table, &mut state, req, now).expect("decision"));
+            assert_eq!(n, 0, "sticky policy, pass {i}: {n} allocations");
+            assert_eq!(d.reason, reason);
+        }
+    }
+    for t in 0..1_000u64 {
+        let now = Now { mono_ns: 10_000 + t, unix_ms: 1 };
+        let (n, d) = count(|| decide(&table, &mut state, &plain, now).expect("decision"));
+        assert_eq!(n, 0, "weighted path: {n} allocations");
+        assert_eq!(d.reason, Reason::Weighted);
+    }
+}
