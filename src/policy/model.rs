@@ -89,7 +89,10 @@ impl WeightTable {
                 sum
             })
             .collect();
-        WeightTable { cumulative, total: sum }
+        WeightTable {
+            cumulative,
+            total: sum,
+        }
     }
 }
 
