@@ -464,6 +464,11 @@ fn fallback_rule_rejections() {
         "$.fallbacks[0].if",
         "unknown key",
     );
+}
+
+#[test]
+fn backoff_rejections() {
+    let rule = |body: &str| doc(&format!(r#""fallbacks":[{{{body}}}]"#));
     let backoff = |b: &str| rule(&format!(r#""when":{{}},"to":"x","backoff":{b}"#));
     rejects(
         &backoff(r#"{"base_ms":900,"max_ms":100}"#),
@@ -490,6 +495,10 @@ fn fallback_rule_rejections() {
         "$.fallbacks[0].backoff.jitter",
         "true or false",
     );
+}
+
+#[test]
+fn legacy_fallback_rejections() {
     let legacy = |f: &str| doc(&format!(r#""fallback":{f}"#));
     rejects(
         &legacy(r#"{"conditions":[]}"#),
@@ -803,87 +812,93 @@ fn stage_limits() {
     assert_eq!(ok(&ten).validators.len(), 5);
 }
 
+/// Provider entries that must be rejected: (entries, path, part of the message).
+const PROVIDER_CASES: &[(&str, &str, &str)] = &[
+    (
+        r#"{"name":"a","weight":101}"#,
+        "$.providers[0].weight",
+        "0 to 100",
+    ),
+    (
+        r#"{"name":"a","weight":-1}"#,
+        "$.providers[0].weight",
+        "0 to 100",
+    ),
+    (
+        r#"{"name":"a","weight":0.5}"#,
+        "$.providers[0].weight",
+        "integer",
+    ),
+    (
+        r#"{"name":"a","weight":1e30}"#,
+        "$.providers[0].weight",
+        "0 to 100",
+    ),
+    (
+        r#"{"name":"a","weight":"50"}"#,
+        "$.providers[0].weight",
+        "got a string",
+    ),
+    (r#"{"name":"a"}"#, "$.providers[0].weight", "missing"),
+    (r#"{"weight":5}"#, "$.providers[0].name", "missing"),
+    (
+        r#"{"name":"OpenAI","weight":5}"#,
+        "$.providers[0].name",
+        "^[a-z0-9_]+$",
+    ),
+    (
+        r#"{"name":"","weight":5}"#,
+        "$.providers[0].name",
+        "^[a-z0-9_]+$",
+    ),
+    (
+        r#"{"name":"a","wieght":5,"weight":5}"#,
+        "$.providers[0].wieght",
+        "unknown key",
+    ),
+    (
+        r#"{"name":"a","weight":5,"priority":101}"#,
+        "$.providers[0].priority",
+        "0 to 100",
+    ),
+    (
+        r#"{"name":"a","weight":5,"cost":-0.1}"#,
+        "$.providers[0].cost",
+        "from 0",
+    ),
+    (
+        r#"{"name":"a","weight":5,"expected_latency_ms":"fast"}"#,
+        "$.providers[0].expected_latency_ms",
+        "expected a number",
+    ),
+    (
+        r#"{"name":"a","weight":5,"capabilities":[""]}"#,
+        "$.providers[0].capabilities[0]",
+        "1 to",
+    ),
+    (
+        r#"{"name":"a","weight":5,"capabilities":["x","x"]}"#,
+        "$.providers[0].capabilities[1]",
+        "duplicate capability",
+    ),
+    (
+        r#"{"name":"a","weight":5},{"name":"a","weight":5}"#,
+        "$.providers[1].name",
+        "duplicate",
+    ),
+    ("5", "$.providers[0]", "expected an object"),
+];
+
 #[test]
 fn provider_rejections() {
     let providers = |p: &str| format!(r#"{{"version":"1.0","providers":[{p}]}}"#);
-    let cases = [
-        (
-            r#"{"name":"a","weight":101}"#,
-            "$.providers[0].weight",
-            "0 to 100",
-        ),
-        (
-            r#"{"name":"a","weight":-1}"#,
-            "$.providers[0].weight",
-            "0 to 100",
-        ),
-        (
-            r#"{"name":"a","weight":0.5}"#,
-            "$.providers[0].weight",
-            "integer",
-        ),
-        (
-            r#"{"name":"a","weight":1e30}"#,
-            "$.providers[0].weight",
-            "0 to 100",
-        ),
-        (
-            r#"{"name":"a","weight":"50"}"#,
-            "$.providers[0].weight",
-            "got a string",
-        ),
-        (r#"{"name":"a"}"#, "$.providers[0].weight", "missing"),
-        (r#"{"weight":5}"#, "$.providers[0].name", "missing"),
-        (
-            r#"{"name":"OpenAI","weight":5}"#,
-            "$.providers[0].name",
-            "^[a-z0-9_]+$",
-        ),
-        (
-            r#"{"name":"","weight":5}"#,
-            "$.providers[0].name",
-            "^[a-z0-9_]+$",
-        ),
-        (
-            r#"{"name":"a","wieght":5,"weight":5}"#,
-            "$.providers[0].wieght",
-            "unknown key",
-        ),
-        (
-            r#"{"name":"a","weight":5,"priority":101}"#,
-            "$.providers[0].priority",
-            "0 to 100",
-        ),
-        (
-            r#"{"name":"a","weight":5,"cost":-0.1}"#,
-            "$.providers[0].cost",
-            "from 0",
-        ),
-        (
-            r#"{"name":"a","weight":5,"expected_latency_ms":"fast"}"#,
-            "$.providers[0].expected_latency_ms",
-            "expected a number",
-        ),
-        (
-            r#"{"name":"a","weight":5,"capabilities":[""]}"#,
-            "$.providers[0].capabilities[0]",
-            "1 to",
-        ),
-        (
-            r#"{"name":"a","weight":5,"capabilities":["x","x"]}"#,
-            "$.providers[0].capabilities[1]",
-            "duplicate capability",
-        ),
-        (
-            r#"{"name":"a","weight":5},{"name":"a","weight":5}"#,
-            "$.providers[1].name",
-            "duplicate",
-        ),
-        ("5", "$.providers[0]", "expected an object"),
-    ];
-    for (body, path, needle) in cases {
+    for &(body, path, needle) in PROVIDER_CASES {
         rejects(&providers(body), path, needle);
     }
+}
+
+#[test]
+fn weights_map_rejections() {
     rejects(
         r#"{"version":"1.0","providers":[]}"#,
         "$.providers",
