@@ -47,10 +47,25 @@ pub const PROVIDER_LATENCY_MS_MAX: f64 = 3_600_000.0;
 pub const PROVIDER_COST_MAX: f64 = 1_000_000.0;
 /// Sticky TTL when a policy gives neither `ttl` nor `ttl_seconds` (Beamline's "10m").
 pub const STICKY_TTL_DEFAULT_MS: u64 = 600_000;
-/// A JSON-DSL weight point (1 of 100) in weight units.
-const WEIGHT_UNITS_PER_POINT: u32 = WEIGHT_UNITS_FULL / 100;
+/// A JSON-DSL weight (and a `weights` map value on the 0–100 scale).
+pub const WEIGHT_POINTS_MAX: u32 = 100;
+/// A policy's or an extension stage's `timeout_ms` (Beamline's schema range).
+pub const TIMEOUT_MS_MAX: u32 = 300_000;
+/// A fallback rule's or an extension stage's `retry`.
+pub const RETRIES_MAX: u32 = 10;
+/// A fallback backoff's `base_ms`.
+pub const BACKOFF_BASE_MS_MAX: u32 = 10_000;
+/// A fallback backoff's `max_ms`.
+pub const BACKOFF_DELAY_MS_MAX: u32 = 60_000;
+/// A rate limit's `requests_per_second`.
+pub const RATE_LIMIT_RPS_MAX: u32 = 1_000_000;
+/// A rate limit's `burst`.
+pub const RATE_LIMIT_BURST_MAX: u32 = 1_000_000;
+/// One JSON-DSL weight point in weight units.
+const WEIGHT_UNITS_PER_POINT: u32 = WEIGHT_UNITS_FULL / WEIGHT_POINTS_MAX;
 
-const _: () = assert!(WEIGHT_UNITS_PER_POINT * 100 == WEIGHT_UNITS_FULL);
+const _: () = assert!(WEIGHT_UNITS_PER_POINT * WEIGHT_POINTS_MAX == WEIGHT_UNITS_FULL);
+const _: () = assert!(BACKOFF_BASE_MS_MAX <= BACKOFF_DELAY_MS_MAX);
 const _: () = assert!(STICKY_TTL_DEFAULT_MS <= STICKY_TTL_MS_MAX);
 
 /// One problem of a policy document, shown as `{source}: {path}: {message}`.
@@ -194,7 +209,7 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
         problems.add("$", message);
     }
     let timeout_ms = obj
-        .int(problems, "timeout_ms", 1, 300_000)
+        .int(problems, "timeout_ms", 1, TIMEOUT_MS_MAX.into())
         .map(|t| t as u32);
     read_deprecated(problems, obj);
     let version = version?;
@@ -318,7 +333,16 @@ fn read_provider(problems: &mut Problems, path: &str, v: &Json) -> Option<Provid
     let name = o.required(problems, "name");
     let name = name.and_then(|v| provider_name(problems, &o.path_of("name"), v));
     let weight = o.required(problems, "weight");
-    let weight = weight.and_then(|v| int_in(problems, &o.path_of("weight"), v, 0, 100));
+    let weight = weight.and_then(|v| {
+        int_in(
+            problems,
+            &o.path_of("weight"),
+            v,
+            0,
+            WEIGHT_POINTS_MAX.into(),
+        )
+    });
+    // Beamline's `priority` (0–100): accepted, not used for routing.
     o.int(problems, "priority", 0, 100);
     let expected_latency_ms = o.float(
         problems,
@@ -423,16 +447,16 @@ fn read_weight_map(problems: &mut Problems, path: &str, v: &Json, out: &mut Vec<
     let mut entries = Vec::with_capacity(members.len().min(PROVIDERS_PER_POLICY_MAX));
     for (name, value) in members {
         let at = key_path(path, name);
-        let weight = float_in(problems, &at, value, 0.0, 100.0);
+        let weight = float_in(problems, &at, value, 0.0, WEIGHT_POINTS_MAX.into());
         if check_provider_name(problems, &at, name) {
             entries.extend(weight.map(|w| (at, name, w)));
         }
     }
     let fractions = entries.iter().all(|&(_, _, w)| w <= 1.0);
     let scale = if fractions {
-        f64::from(WEIGHT_UNITS_FULL)
+        WEIGHT_UNITS_FULL
     } else {
-        1e4
+        WEIGHT_UNITS_PER_POINT
     };
     for (at, name, w) in entries {
         if out.iter().any(|p| *p.name == **name) {
@@ -442,7 +466,7 @@ fn read_weight_map(problems: &mut Problems, path: &str, v: &Json, out: &mut Vec<
             );
             continue;
         }
-        let provider = bare_provider(name, (w * scale).round() as u32);
+        let provider = bare_provider(name, (w * f64::from(scale)).round() as u32);
         if !add_provider(problems, &at, out, provider) {
             return;
         }
@@ -509,7 +533,7 @@ fn read_rule(
     let o = Obj::read(problems, path, v, RULE_KEYS)?;
     let when = o.required(problems, "when");
     let when = when.map(|v| compile_when(problems, &o.path_of("when"), v));
-    let retry = o.int(problems, "retry", 0, 10).unwrap_or(1) as u32;
+    let retry = o.int(problems, "retry", 0, RETRIES_MAX.into()).unwrap_or(1) as u32;
     let backoff = o
         .get("backoff")
         .and_then(|v| read_backoff(problems, &o.path_of("backoff"), v));
@@ -546,8 +570,10 @@ fn read_backoff(problems: &mut Problems, path: &str, v: &Json) -> Option<Backoff
             BackoffStrategy::Exponential
         }
     };
-    let base_ms = o.int(problems, "base_ms", 1, 10_000).unwrap_or(100) as u32;
-    let max_ms = o.int(problems, "max_ms", 1, 60_000).unwrap_or(5_000) as u32;
+    let base_ms = o.int(problems, "base_ms", 1, BACKOFF_BASE_MS_MAX.into());
+    let base_ms = base_ms.unwrap_or(100) as u32;
+    let max_ms = o.int(problems, "max_ms", 1, BACKOFF_DELAY_MS_MAX.into());
+    let max_ms = max_ms.unwrap_or(5_000) as u32;
     if base_ms > max_ms {
         let message = format!("base_ms {base_ms} exceeds max_ms {max_ms}");
         problems.add(path, message);
@@ -687,37 +713,33 @@ const BREAKER_KEYS: &[&str] = &[
     "error_rate_min_calls",
 ];
 
+/// Ranges and defaults are those of Beamline's schema, plus `error_rate_min_calls`.
 fn read_breaker(problems: &mut Problems, path: &str, v: &Json) -> Option<BreakerConfig> {
     let o = Obj::read(problems, path, v, BREAKER_KEYS)?;
     let d = BreakerConfig::default();
-    let mut int = |key: &str, min: i64, max: i64, default: u64| {
-        o.int(problems, key, min, max).map_or(default, |n| n as u64)
+    let mut int = |key: &str, min: u32, max: u32, default: u32| {
+        let n = o.int(problems, key, min.into(), max.into());
+        n.map_or(default, |n| n as u32)
     };
+    let failure_threshold = int("failure_threshold", 1, 100, d.failure_threshold);
+    let success_threshold = int("success_threshold", 1, 10, d.success_threshold);
+    let timeout_ms = int("timeout_ms", 1_000, 300_000, d.timeout_ms as u32);
+    let half_open_max_calls = int("half_open_max_calls", 1, 100, d.half_open_max_calls);
+    let window_s = (d.error_rate_window_ms / 1000) as u32;
+    let window_s = int("error_rate_window_seconds", 1, 3_600, window_s);
+    let error_rate_min_calls = int("error_rate_min_calls", 1, 10_000, d.error_rate_min_calls);
+    let error_rate_threshold = o.float(problems, "error_rate_threshold", 0.0, 1.0);
     let config = BreakerConfig {
-        failure_threshold: int("failure_threshold", 1, 100, d.failure_threshold.into()) as u32,
-        success_threshold: int("success_threshold", 1, 10, d.success_threshold.into()) as u32,
-        timeout_ms: int("timeout_ms", 1_000, 300_000, d.timeout_ms),
-        half_open_max_calls: int("half_open_max_calls", 1, 100, d.half_open_max_calls.into())
-            as u32,
-        error_rate_window_ms: int(
-            "error_rate_window_seconds",
-            1,
-            3_600,
-            d.error_rate_window_ms / 1000,
-        ) * 1000,
-        error_rate_min_calls: int(
-            "error_rate_min_calls",
-            1,
-            10_000,
-            d.error_rate_min_calls.into(),
-        ) as u32,
-        error_rate_threshold: o
-            .float(problems, "error_rate_threshold", 0.0, 1.0)
-            .unwrap_or(d.error_rate_threshold),
+        failure_threshold,
+        success_threshold,
+        timeout_ms: timeout_ms.into(),
+        half_open_max_calls,
+        error_rate_threshold: error_rate_threshold.unwrap_or(d.error_rate_threshold),
+        error_rate_window_ms: u64::from(window_s) * 1000,
+        error_rate_min_calls,
     };
-    o.boolean(problems, "enabled")
-        .unwrap_or(false)
-        .then_some(config)
+    let enabled = o.boolean(problems, "enabled").unwrap_or(false);
+    enabled.then_some(config)
 }
 
 fn read_rate_limit(problems: &mut Problems, path: &str, v: &Json) -> Option<RateLimit> {
@@ -729,9 +751,15 @@ fn read_rate_limit(problems: &mut Problems, path: &str, v: &Json) -> Option<Rate
     )?;
     let enabled = o.boolean(problems, "enabled").unwrap_or(false);
     let rps = o
-        .int(problems, "requests_per_second", 1, 1_000_000)
+        .int(
+            problems,
+            "requests_per_second",
+            1,
+            RATE_LIMIT_RPS_MAX.into(),
+        )
         .map(|n| n as u32);
-    let burst = o.int(problems, "burst", 1, 1_000_000).map(|n| n as u32);
+    let burst = o.int(problems, "burst", 1, RATE_LIMIT_BURST_MAX.into());
+    let burst = burst.map(|n| n as u32);
     if enabled && o.get("requests_per_second").is_none() {
         problems.add(
             &o.path_of("requests_per_second"),
@@ -813,8 +841,9 @@ fn read_stage(problems: &mut Problems, path: &str, v: &Json, kind: StageKind) ->
     let config = o
         .get("config")
         .and_then(|v| raw_config(problems, &o.path_of("config"), v));
-    let timeout_ms = o.int(problems, "timeout_ms", 1, 300_000).map(|n| n as u32);
-    let retry = o.int(problems, "retry", 0, 10).map(|n| n as u32);
+    let timeout_ms = o.int(problems, "timeout_ms", 1, TIMEOUT_MS_MAX.into());
+    let retry = o.int(problems, "retry", 0, RETRIES_MAX.into());
+    let (timeout_ms, retry) = (timeout_ms.map(|n| n as u32), retry.map(|n| n as u32));
     Some(Stage {
         id: id?.into(),
         kind,

@@ -89,7 +89,7 @@ fn operator_clause(problems: &mut Problems, path: &str, op: Op, value: &Json) ->
     )
 }
 
-/// `"name": scalar | [list] | {"op": operand, …} | {"var": "path"}`.
+/// `"name": scalar | [list] | {"var": "path"} | {"op": operand, …}`.
 fn variable_clauses(
     problems: &mut Problems,
     path: &str,
@@ -100,26 +100,23 @@ fn variable_clauses(
     let Some(var) = context_var(problems, path, name) else {
         return;
     };
+    let var_clause = |op, rhs| Clause {
+        op,
+        lhs: Operand::Var(var.clone()),
+        rhs,
+    };
     let members = match value {
-        Json::Obj(members) if is_var_ref(members) => {
-            let rhs = operand(problems, path, value);
-            out.extend(rhs.and_then(|rhs| checked(problems, path, eq(var, rhs))));
-            return;
-        }
-        Json::Obj(members) => members,
+        Json::Obj(members) if !is_var_ref(members) => members,
         _ => {
-            let rhs = operand(problems, path, value);
-            let op = if matches!(rhs, Some(Operand::List(_))) {
+            let Some(rhs) = operand(problems, path, value) else {
+                return;
+            };
+            let op = if matches!(rhs, Operand::List(_)) {
                 Op::In
             } else {
                 Op::Eq
             };
-            let clause = rhs.map(|rhs| Clause {
-                op,
-                lhs: Operand::Var(var),
-                rhs,
-            });
-            out.extend(clause.and_then(|c| checked(problems, path, c)));
+            out.extend(checked(problems, path, var_clause(op, rhs)));
             return;
         }
     };
@@ -135,21 +132,9 @@ fn variable_clauses(
             problems.add(&at, "unknown operator (known: ==, !=, >, <, >=, <=, in)");
             continue;
         };
-        let rhs = operand(problems, &at, operand_value);
-        let clause = rhs.map(|rhs| Clause {
-            op,
-            lhs: Operand::Var(var.clone()),
-            rhs,
-        });
-        out.extend(clause.and_then(|c| checked(problems, &at, c)));
-    }
-}
-
-fn eq(var: ContextVar, rhs: Operand) -> Clause {
-    Clause {
-        op: Op::Eq,
-        lhs: Operand::Var(var),
-        rhs,
+        if let Some(rhs) = operand(problems, &at, operand_value) {
+            out.extend(checked(problems, &at, var_clause(op, rhs)));
+        }
     }
 }
 
