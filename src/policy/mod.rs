@@ -1,8 +1,14 @@
 //! Routing policies: parsing the accepted document formats and normalising them into one
 //! compiled model, and the immutable routing table built from a config directory.
 
+mod json;
 pub mod model;
-pub mod table;
+mod parse;
+mod table;
+mod when;
 
+pub use json::{DOCUMENT_DEPTH_MAX, ERRORS_PER_DOCUMENT_MAX};
 pub use model::*;
-pub use table::RoutingTable;
+pub use parse::*;
+pub use table::*;
+pub use when::VAR_NAME_BYTES_MAX;

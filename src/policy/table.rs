@@ -1,43 +1,123 @@
-//! Placeholder routing table used while the loader lands; replaced by the real one.
-#![allow(clippy::type_complexity)]
+//! The routing table: every tenant's compiled policies, immutable once built.
+//!
+//! A shard reads one `RoutingTable` and a reload builds a whole new one that is swapped in
+//! atomically (SPEC §1), so the table has no mutation API at all: no lock, no partial state
+//! a request could observe. Policies live in one `Vec` indexed by `PolicySlot` so that
+//! per-shard policy state (sticky maps, buckets, breakers) can be a parallel `Vec`; the
+//! tenant map answers `(tenant, policy id) → slot` without allocating, and
+//! `(tenant, provider) → every (slot, provider index)` so that one ExecResult can feed the
+//! breaker of that provider in every policy of its tenant.
+//!
+//! On disk a config directory holds `DIR/<tenant>/<policy>.json`; dot-files and non-`.json`
+//! files are ignored, names are read in sorted order so that slots are deterministic, and
+//! sizes and counts are bounded (`POLICY_FILE_BYTES_MAX`, `DIR_ENTRIES_MAX`, …).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use foldhash::fast::RandomState;
 
 use super::model::{Policy, PolicySlot, ProviderIdx};
+use super::parse::{is_tenant_id, parse_policy, PolicyError, POLICY_FILE_BYTES_MAX};
 
+/// Tenants in one table.
+pub const TENANTS_MAX: usize = 10_000;
+/// Policies of one tenant.
+pub const POLICIES_PER_TENANT_MAX: usize = 1_000;
+/// Policies in one table, all tenants together.
+pub const POLICIES_MAX: usize = 100_000;
+/// Entries read from one directory (files of any kind, and subdirectories).
+pub const DIR_ENTRIES_MAX: usize = 100_000;
+
+const _: () = assert!(POLICIES_MAX <= u32::MAX as usize);
+const _: () = assert!(POLICIES_PER_TENANT_MAX <= POLICIES_MAX);
+
+type Map<K, V> = HashMap<K, V, RandomState>;
+
+#[derive(Debug, Default)]
+struct TenantPolicies {
+    by_id: Map<Box<str>, PolicySlot>,
+    /// Every policy of the tenant that names the provider, in slot order.
+    by_provider: Map<Box<str>, Box<[(PolicySlot, ProviderIdx)]>>,
+}
+
+/// All tenants' policies; see the module doc.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     policies: Vec<Policy>,
-    refs: Vec<(Box<str>, Box<str>, Box<[(PolicySlot, ProviderIdx)]>)>,
+    tenants: Map<Box<str>, TenantPolicies>,
 }
 
 impl RoutingTable {
-    pub fn from_policies(policies: Vec<Policy>) -> Result<Self, Vec<String>> {
-        let mut refs: Vec<(Box<str>, Box<str>, Vec<(PolicySlot, ProviderIdx)>)> = Vec::new();
-        for (s, p) in policies.iter().enumerate() {
-            for (i, pr) in p.providers.iter().enumerate() {
-                let r = (PolicySlot(s as u32), ProviderIdx(i as u8));
-                match refs
-                    .iter_mut()
-                    .find(|(t, n, _)| *t == p.tenant && *n == pr.name)
-                {
-                    Some(e) => e.2.push(r),
-                    None => refs.push((p.tenant.clone(), pr.name.clone(), vec![r])),
-                }
+    /// Builds the table; slot `i` is `policies[i]`. A repeated (tenant, id) is an error.
+    pub fn from_policies(policies: Vec<Policy>) -> Result<Self, Vec<PolicyError>> {
+        let mut problems = Vec::new();
+        if policies.len() > POLICIES_MAX {
+            let message = format!("{} policies; at most {POLICIES_MAX}", policies.len());
+            problems.push(table_error("routing table", message));
+            return Err(problems);
+        }
+        let mut tenants: Map<Box<str>, TenantPolicies> = Map::default();
+        let mut refs: Map<(&str, &str), Vec<(PolicySlot, ProviderIdx)>> = Map::default();
+        for (i, policy) in policies.iter().enumerate() {
+            policy.check();
+            let slot = PolicySlot(i as u32);
+            let source = format!("{}/{}", policy.tenant, policy.id);
+            if !tenants.contains_key(&policy.tenant) && tenants.len() == TENANTS_MAX {
+                problems.push(table_error(
+                    &source,
+                    format!("more than {TENANTS_MAX} tenants"),
+                ));
+                continue;
+            }
+            let tenant = tenants.entry(policy.tenant.clone()).or_default();
+            if tenant.by_id.contains_key(&policy.id) {
+                problems.push(table_error(&source, "duplicate policy id for this tenant"));
+                continue;
+            }
+            if tenant.by_id.len() == POLICIES_PER_TENANT_MAX {
+                let message = format!("more than {POLICIES_PER_TENANT_MAX} policies in a tenant");
+                problems.push(table_error(&source, message));
+                continue;
+            }
+            tenant.by_id.insert(policy.id.clone(), slot);
+            for (p, provider) in policy.providers.iter().enumerate() {
+                let key = (&*policy.tenant, &*provider.name);
+                refs.entry(key)
+                    .or_default()
+                    .push((slot, ProviderIdx(p as u8)));
             }
         }
-        let refs = refs
-            .into_iter()
-            .map(|(t, n, v)| (t, n, v.into_boxed_slice()))
-            .collect();
-        Ok(RoutingTable { policies, refs })
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        for ((tenant, provider), slots) in refs {
+            let entry = tenants
+                .get_mut(tenant)
+                .expect("every referenced tenant was inserted");
+            entry.by_provider.insert(provider.into(), slots.into());
+        }
+        Ok(RoutingTable { policies, tenants })
     }
 
+    /// Loads `DIR/<tenant>/<policy>.json`; every problem of every file is returned.
+    pub fn load_dir(dir: &Path) -> Result<Self, Vec<PolicyError>> {
+        let mut scan = Scan::default();
+        scan_config_dir(dir, &mut scan);
+        if !scan.problems.is_empty() {
+            return Err(scan.problems);
+        }
+        Self::from_policies(scan.policies)
+    }
+
+    /// The slot of a tenant's policy; does not allocate.
     pub fn lookup(&self, tenant: &str, policy_id: &str) -> Option<PolicySlot> {
-        self.policies
-            .iter()
-            .position(|p| &*p.tenant == tenant && &*p.id == policy_id)
-            .map(|i| PolicySlot(i as u32))
+        self.tenants.get(tenant)?.by_id.get(policy_id).copied()
     }
 
+    /// Panics on a slot this table did not hand out (a bug, not an input error).
     pub fn policy(&self, slot: PolicySlot) -> &Policy {
         &self.policies[slot.get()]
     }
@@ -46,6 +126,20 @@ impl RoutingTable {
         &self.policies
     }
 
+    /// Every (policy, provider index) of `tenant` naming `provider`; empty if none.
+    pub fn provider_refs(&self, tenant: &str, provider: &str) -> &[(PolicySlot, ProviderIdx)] {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.by_provider.get(provider))
+            .map_or(&[], |refs| refs)
+    }
+
+    /// Tenant ids, in no particular order.
+    pub fn tenants(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tenants.keys().map(|t| &**t)
+    }
+
+    /// The number of policies.
     pub fn len(&self) -> usize {
         self.policies.len()
     }
@@ -53,12 +147,212 @@ impl RoutingTable {
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
     }
+}
 
-    pub fn provider_refs(&self, tenant: &str, provider: &str) -> &[(PolicySlot, ProviderIdx)] {
-        self.refs
-            .iter()
-            .find(|(t, n, _)| &**t == tenant && &**n == provider)
-            .map(|(_, _, r)| &**r)
-            .unwrap_or(&[])
+fn table_error(source: &str, message: impl Into<String>) -> PolicyError {
+    PolicyError {
+        source: source.to_owned(),
+        path: "$".to_owned(),
+        message: message.into(),
     }
 }
+
+/// What `shardline policy check PATH...` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Policy files read (whether or not they were valid).
+    pub files_checked: usize,
+    /// Every problem, in path order.
+    pub problems: Vec<PolicyError>,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks policy files and directories without building a table. A file's tenant is its
+/// directory's name (or `_` when that is not a tenant id); a directory holding `.json` files
+/// is a tenant directory, any other directory a config directory of tenant directories.
+pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
+    let mut scan = Scan::default();
+    for path in paths {
+        match fs::metadata(path) {
+            Err(e) => scan.problems.push(io_error(path, "cannot read", &e)),
+            Ok(meta) if meta.is_dir() => match holds_policy_files(path) {
+                Ok(true) => scan_tenant_dir(path, &tenant_of_dir(path), &mut scan),
+                Ok(false) => scan_config_dir(path, &mut scan),
+                Err(e) => scan.problems.push(e),
+            },
+            Ok(_) => {
+                let tenant = path.parent().map_or_else(|| "_".to_owned(), tenant_of_dir);
+                let id = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy())
+                    .unwrap_or_default();
+                scan.load(path, &tenant, &id);
+            }
+        }
+    }
+    CheckReport {
+        files_checked: scan.files,
+        problems: scan.problems,
+    }
+}
+
+fn tenant_of_dir(dir: &Path) -> String {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if is_tenant_id(name) {
+        name.to_owned()
+    } else {
+        "_".to_owned()
+    }
+}
+
+/// Policies and problems gathered while walking directories.
+#[derive(Default)]
+struct Scan {
+    policies: Vec<Policy>,
+    problems: Vec<PolicyError>,
+    files: usize,
+}
+
+impl Scan {
+    fn load(&mut self, path: &Path, tenant: &str, policy_id: &str) {
+        self.files += 1;
+        match load_file(path, tenant, policy_id) {
+            Ok(policy) => self.policies.push(policy),
+            Err(problems) => self.problems.extend(problems),
+        }
+    }
+}
+
+fn scan_config_dir(dir: &Path, scan: &mut Scan) {
+    let entries = match list_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            scan.problems.push(e);
+            return;
+        }
+    };
+    for entry in entries {
+        match entry.kind {
+            Kind::Dir if is_tenant_id(&entry.name) => {
+                scan_tenant_dir(&entry.path, &entry.name, scan)
+            }
+            Kind::Dir => {
+                let message = "a tenant directory name must match ^[A-Za-z0-9_.-]{1,64}$";
+                scan.problems
+                    .push(table_error(&entry.path.display().to_string(), message));
+            }
+            Kind::PolicyFile => {
+                let message = "a policy file belongs in a tenant directory: DIR/<tenant>/<id>.json";
+                scan.problems
+                    .push(table_error(&entry.path.display().to_string(), message));
+            }
+            Kind::Other => {}
+        }
+    }
+}
+
+fn scan_tenant_dir(dir: &Path, tenant: &str, scan: &mut Scan) {
+    let entries = match list_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            scan.problems.push(e);
+            return;
+        }
+    };
+    let files = entries.iter().filter(|e| e.kind == Kind::PolicyFile);
+    for (i, entry) in files.enumerate() {
+        if i == POLICIES_PER_TENANT_MAX {
+            let message = format!("more than {POLICIES_PER_TENANT_MAX} policy files");
+            scan.problems
+                .push(table_error(&dir.display().to_string(), message));
+            return;
+        }
+        let id = entry
+            .name
+            .strip_suffix(".json")
+            .expect("a policy file ends in .json");
+        scan.load(&entry.path, tenant, id);
+    }
+}
+
+fn holds_policy_files(dir: &Path) -> Result<bool, PolicyError> {
+    Ok(list_dir(dir)?.iter().any(|e| e.kind == Kind::PolicyFile))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    /// A regular file named `*.json`.
+    PolicyFile,
+    Other,
+}
+
+struct Entry {
+    name: String,
+    path: PathBuf,
+    kind: Kind,
+}
+
+/// The directory's entries but dot-files, sorted by name, following symlinks.
+fn list_dir(dir: &Path) -> Result<Vec<Entry>, PolicyError> {
+    let read = fs::read_dir(dir).map_err(|e| io_error(dir, "cannot list", &e))?;
+    let mut entries = Vec::new();
+    for (i, entry) in read.enumerate() {
+        if i == DIR_ENTRIES_MAX {
+            let message = format!("more than {DIR_ENTRIES_MAX} entries");
+            return Err(table_error(&dir.display().to_string(), message));
+        }
+        let entry = entry.map_err(|e| io_error(dir, "cannot list", &e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let kind = match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => Kind::Dir,
+            Ok(meta) if meta.is_file() && name.ends_with(".json") => Kind::PolicyFile,
+            Ok(_) => Kind::Other,
+            Err(e) => return Err(io_error(&path, "cannot read", &e)),
+        };
+        entries.push(Entry { name, path, kind });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+/// Reads at most `POLICY_FILE_BYTES_MAX` bytes of `path` and parses them.
+fn load_file(path: &Path, tenant: &str, policy_id: &str) -> Result<Policy, Vec<PolicyError>> {
+    let source = path.display().to_string();
+    let too_big = || {
+        let message = format!("larger than {POLICY_FILE_BYTES_MAX} bytes");
+        vec![table_error(&source, message)]
+    };
+    let mut file = fs::File::open(path).map_err(|e| vec![io_error(path, "cannot open", &e)])?;
+    let len = file
+        .metadata()
+        .map_err(|e| vec![io_error(path, "cannot read", &e)])?
+        .len();
+    if len > POLICY_FILE_BYTES_MAX as u64 {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    let limit = POLICY_FILE_BYTES_MAX as u64 + 1;
+    let read = file.by_ref().take(limit).read_to_end(&mut bytes);
+    read.map_err(|e| vec![io_error(path, "cannot read", &e)])?;
+    if bytes.len() > POLICY_FILE_BYTES_MAX {
+        return Err(too_big());
+    }
+    parse_policy(tenant, policy_id, &source, &bytes)
+}
+
+fn io_error(path: &Path, what: &str, e: &std::io::Error) -> PolicyError {
+    table_error(&path.display().to_string(), format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,926 @@
+//! Parses one policy document (JSON-DSL 1.0, legacy, or a mix of both; SPEC §5) into the
+//! compiled `Policy`, collecting every problem with its JSON path.
+//!
+//! Strictness is deliberate: unknown keys, duplicate keys and out-of-range values are
+//! errors, because a typo in a routing policy (`"wieght": 0`) must not load as a silently
+//! different policy. Deprecated Beamline keys (`metadata`, `defaults`, `escalate_on`,
+//! `health_check`) and `providers[].priority` are accepted and ignored, so that every
+//! Beamline document still loads.
+//!
+//! Normalisation (see `model.rs` for the invariants):
+//! - weights become units of `WEIGHT_UNITS_FULL`: a JSON-DSL integer `w` (0–100) is
+//!   `w * 10_000`; a `weights` map whose values are all ≤ 1.0 holds fractions
+//!   (`round(f * 1_000_000)`), otherwise the map is on the 0–100 scale;
+//! - providers keep declaration order (`providers`, then `weights`), then every fallback
+//!   target not declared is appended with weight 0 (a fallback-only provider);
+//! - a sticky block without `ttl` or `ttl_seconds` gets `STICKY_TTL_DEFAULT_MS`.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::json::{
+    array, boolean, check_structure, expected, float_in, index_path, int_in, key_path, shown,
+    string, Json, Obj, Problems,
+};
+use super::model::*;
+use super::when::compile_when;
+
+/// A policy document, in bytes (a file, or an admin PUT body).
+pub const POLICY_FILE_BYTES_MAX: usize = 1 << 20;
+/// Provider names, extension ids and the sticky session key (Beamline's `maxLength`).
+pub const NAME_CHARS_MAX: usize = 255;
+/// A tenant id (SPEC §3: `^[A-Za-z0-9_.-]{1,64}$`).
+pub const TENANT_ID_BYTES_MAX: usize = 64;
+/// A policy id (a file stem): `^[A-Za-z0-9_.-]{1,128}$`.
+pub const POLICY_ID_BYTES_MAX: usize = 128;
+/// The document's `version` string (`^[0-9]+\.[0-9]+$`).
+pub const VERSION_BYTES_MAX: usize = 16;
+/// Capability tags of one provider.
+pub const CAPABILITIES_PER_PROVIDER_MAX: usize = 32;
+/// One capability tag.
+pub const CAPABILITY_BYTES_MAX: usize = 64;
+/// A provider's declared `expected_latency_ms` (an hour).
+pub const PROVIDER_LATENCY_MS_MAX: f64 = 3_600_000.0;
+/// A provider's declared `cost` per call.
+pub const PROVIDER_COST_MAX: f64 = 1_000_000.0;
+/// Sticky TTL when a policy gives neither `ttl` nor `ttl_seconds` (Beamline's "10m").
+pub const STICKY_TTL_DEFAULT_MS: u64 = 600_000;
+/// A JSON-DSL weight (and a `weights` map value on the 0–100 scale).
+pub const WEIGHT_POINTS_MAX: u32 = 100;
+/// A policy's or an extension stage's `timeout_ms` (Beamline's schema range).
+pub const TIMEOUT_MS_MAX: u32 = 300_000;
+/// A fallback rule's or an extension stage's `retry`.
+pub const RETRIES_MAX: u32 = 10;
+/// A fallback backoff's `base_ms`.
+pub const BACKOFF_BASE_MS_MAX: u32 = 10_000;
+/// A fallback backoff's `max_ms`.
+pub const BACKOFF_DELAY_MS_MAX: u32 = 60_000;
+/// A rate limit's `requests_per_second`.
+pub const RATE_LIMIT_RPS_MAX: u32 = 1_000_000;
+/// A rate limit's `burst`.
+pub const RATE_LIMIT_BURST_MAX: u32 = 1_000_000;
+/// One JSON-DSL weight point in weight units.
+const WEIGHT_UNITS_PER_POINT: u32 = WEIGHT_UNITS_FULL / WEIGHT_POINTS_MAX;
+
+const _: () = assert!(WEIGHT_UNITS_PER_POINT * WEIGHT_POINTS_MAX == WEIGHT_UNITS_FULL);
+const _: () = assert!(BACKOFF_BASE_MS_MAX <= BACKOFF_DELAY_MS_MAX);
+const _: () = assert!(STICKY_TTL_DEFAULT_MS <= STICKY_TTL_MS_MAX);
+
+/// One problem of a policy document, shown as `{source}: {path}: {message}`.
+///
+/// Why no `thiserror` derive: it takes a field named `source` for the error's cause and
+/// requires it to be an `Error`; here it is the document's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file path or name the document came from.
+    pub source: String,
+    /// Where in the document: a JSON path such as `$.providers[1].weight`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.source, self.path, self.message)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+const ROOT_KEYS: &[&str] = &[
+    "version",
+    "providers",
+    "weights",
+    "fallbacks",
+    "fallback",
+    "sticky",
+    "pre",
+    "validators",
+    "post",
+    "circuit_breaker",
+    "rate_limit",
+    "timeout_ms",
+    "metadata",
+    "defaults",
+    "escalate_on",
+    "health_check",
+];
+
+/// Parses and normalises one policy of `tenant`; `source` names the document in messages.
+/// Returns every problem found (up to `ERRORS_PER_DOCUMENT_MAX`), never panics on input.
+pub fn parse_policy(
+    tenant: &str,
+    policy_id: &str,
+    source: &str,
+    bytes: &[u8],
+) -> Result<Policy, Vec<PolicyError>> {
+    let mut problems = Problems::new(source);
+    check_ids(&mut problems, tenant, policy_id);
+    let Some(root) = read_document(&mut problems, bytes) else {
+        return Err(problems.into_vec());
+    };
+    check_structure(&mut problems, "$", &root, 0);
+    let policy = compile(&mut problems, &root, tenant, policy_id);
+    match policy {
+        Some(policy) if problems.is_empty() => {
+            policy.check();
+            Ok(policy)
+        }
+        _ => Err(problems.into_vec()),
+    }
+}
+
+/// Whether `s` is a valid tenant id (`^[A-Za-z0-9_.-]{1,64}$`).
+pub fn is_tenant_id(s: &str) -> bool {
+    is_id(s, TENANT_ID_BYTES_MAX)
+}
+
+/// Whether `s` is a valid policy id (`^[A-Za-z0-9_.-]{1,128}$`).
+pub fn is_policy_id(s: &str) -> bool {
+    is_id(s, POLICY_ID_BYTES_MAX)
+}
+
+fn is_id(s: &str, bytes_max: usize) -> bool {
+    let ok_byte = |b: u8| b.is_ascii_alphanumeric() || b"_.-".contains(&b);
+    (1..=bytes_max).contains(&s.len()) && s.bytes().all(ok_byte)
+}
+
+fn check_ids(problems: &mut Problems, tenant: &str, policy_id: &str) {
+    if !is_tenant_id(tenant) {
+        let message = format!(
+            "tenant id {:?} must match ^[A-Za-z0-9_.-]{{1,{TENANT_ID_BYTES_MAX}}}$",
+            shown(tenant)
+        );
+        problems.add("$", message);
+    }
+    if !is_policy_id(policy_id) {
+        let message = format!(
+            "policy id {:?} must match ^[A-Za-z0-9_.-]{{1,{POLICY_ID_BYTES_MAX}}}$",
+            shown(policy_id)
+        );
+        problems.add("$", message);
+    }
+}
+
+fn read_document(problems: &mut Problems, bytes: &[u8]) -> Option<Json> {
+    if bytes.len() > POLICY_FILE_BYTES_MAX {
+        let message = format!("{} bytes; at most {POLICY_FILE_BYTES_MAX}", bytes.len());
+        problems.add("$", message);
+        return None;
+    }
+    if let Err(e) = std::str::from_utf8(bytes) {
+        problems.add(
+            "$",
+            format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+        );
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match Json::deserialize(&mut de).and_then(|root| de.end().map(|()| root)) {
+        Ok(root) => Some(root),
+        Err(e) => {
+            problems.add("$", format!("not valid JSON: {e}"));
+            None
+        }
+    }
+}
+
+fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Option<Policy> {
+    let obj = Obj::read(problems, "$", root, ROOT_KEYS)?;
+    let version = read_version(problems, obj);
+    let routing = read_routing(problems, obj);
+    let sticky = obj
+        .get("sticky")
+        .and_then(|v| read_sticky(problems, &obj.path_of("sticky"), v));
+    let circuit_breaker = obj
+        .get("circuit_breaker")
+        .and_then(|v| read_breaker(problems, &obj.path_of("circuit_breaker"), v));
+    let rate_limit = obj
+        .get("rate_limit")
+        .and_then(|v| read_rate_limit(problems, &obj.path_of("rate_limit"), v));
+    let pre = read_stages(problems, obj, StageKind::Pre);
+    let validators = read_stages(problems, obj, StageKind::Validator);
+    let post = read_stages(problems, obj, StageKind::Post);
+    let stages = pre.len() + validators.len() + post.len();
+    if stages > STAGES_MAX {
+        let message = format!("{stages} extension stages; at most {STAGES_MAX} in all");
+        problems.add("$", message);
+    }
+    let timeout_ms = obj
+        .int(problems, "timeout_ms", 1, TIMEOUT_MS_MAX.into())
+        .map(|t| t as u32);
+    read_deprecated(problems, obj);
+    let version = version?;
+    Some(Policy {
+        tenant: tenant.into(),
+        id: id.into(),
+        version: version.into(),
+        weights: WeightTable::new(&routing.providers),
+        providers: routing.providers.into(),
+        fallbacks: routing.fallbacks.into(),
+        legacy_fallback: routing.legacy_fallback,
+        sticky,
+        circuit_breaker,
+        rate_limit,
+        pre: pre.into(),
+        validators: validators.into(),
+        post: post.into(),
+        timeout_ms,
+    })
+}
+
+fn read_version<'j>(problems: &mut Problems, obj: Obj<'j, '_>) -> Option<&'j str> {
+    let v = obj.required(problems, "version")?;
+    let path = obj.path_of("version");
+    let s = string(problems, &path, v)?;
+    let well_formed = s.len() <= VERSION_BYTES_MAX
+        && s.split_once('.').is_some_and(|(major, minor)| {
+            let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+            digits(major) && digits(minor)
+        });
+    if !well_formed {
+        problems.add(
+            &path,
+            format!("{:?} must look like \"1.0\" (^[0-9]+\\.[0-9]+$)", shown(s)),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+/// Providers and fallbacks: fallback targets are resolved to indices, appending undeclared
+/// ones as fallback-only providers.
+struct Routing {
+    providers: Vec<Provider>,
+    fallbacks: Vec<FallbackRule>,
+    legacy_fallback: Option<LegacyFallback>,
+}
+
+fn read_routing(problems: &mut Problems, obj: Obj) -> Routing {
+    let problems_before = problems.len();
+    let mut providers = Vec::new();
+    if let Some(v) = obj.get("providers") {
+        read_provider_list(problems, &obj.path_of("providers"), v, &mut providers);
+    }
+    if let Some(v) = obj.get("weights") {
+        read_weight_map(problems, &obj.path_of("weights"), v, &mut providers);
+    }
+    if obj.get("providers").is_none() && obj.get("weights").is_none() {
+        problems.add(
+            "$",
+            "missing both `providers` and `weights`; give at least one",
+        );
+    }
+    let mut fallbacks = Vec::new();
+    if let Some(v) = obj.get("fallbacks") {
+        read_fallbacks(
+            problems,
+            &obj.path_of("fallbacks"),
+            v,
+            &mut providers,
+            &mut fallbacks,
+        );
+    }
+    let legacy_fallback = obj
+        .get("fallback")
+        .and_then(|v| read_legacy_fallback(problems, &obj.path_of("fallback"), v, &mut providers));
+    let routable = providers.iter().any(|p| p.weight > 0);
+    // Judged only on a clean section: a provider dropped for a typo would mislead it.
+    let clean = problems.len() == problems_before;
+    if clean && !routable && fallbacks.is_empty() && legacy_fallback.is_none() {
+        problems.add(
+            "$",
+            "nothing to route to: no provider has a weight > 0 and no fallback",
+        );
+    }
+    Routing {
+        providers,
+        fallbacks,
+        legacy_fallback,
+    }
+}
+
+const PROVIDER_KEYS: &[&str] = &[
+    "name",
+    "weight",
+    "priority",
+    "expected_latency_ms",
+    "cost",
+    "capabilities",
+];
+
+fn read_provider_list(problems: &mut Problems, path: &str, v: &Json, out: &mut Vec<Provider>) {
+    let Some(items) = array(problems, path, v) else {
+        return;
+    };
+    if items.is_empty() {
+        problems.add(path, "must list at least one provider");
+    }
+    for (i, item) in items.iter().enumerate() {
+        let at = index_path(path, i);
+        if let Some(provider) = read_provider(problems, &at, item) {
+            if !add_provider(problems, &key_path(&at, "name"), out, provider) {
+                return;
+            }
+        }
+    }
+}
+
+fn read_provider(problems: &mut Problems, path: &str, v: &Json) -> Option<Provider> {
+    let o = Obj::read(problems, path, v, PROVIDER_KEYS)?;
+    let name = o.required(problems, "name");
+    let name = name.and_then(|v| provider_name(problems, &o.path_of("name"), v));
+    let weight = o.required(problems, "weight");
+    let weight = weight.and_then(|v| {
+        int_in(
+            problems,
+            &o.path_of("weight"),
+            v,
+            0,
+            WEIGHT_POINTS_MAX.into(),
+        )
+    });
+    // Beamline's `priority` (0–100): accepted, not used for routing.
+    o.int(problems, "priority", 0, 100);
+    let expected_latency_ms = o.float(
+        problems,
+        "expected_latency_ms",
+        0.0,
+        PROVIDER_LATENCY_MS_MAX,
+    );
+    let cost = o.float(problems, "cost", 0.0, PROVIDER_COST_MAX);
+    let capabilities = match o.get("capabilities") {
+        Some(v) => read_capabilities(problems, &o.path_of("capabilities"), v),
+        None => Box::default(),
+    };
+    Some(Provider {
+        name: name?.into(),
+        weight: weight? as u32 * WEIGHT_UNITS_PER_POINT,
+        expected_latency_ms,
+        cost,
+        capabilities,
+    })
+}
+
+fn read_capabilities(problems: &mut Problems, path: &str, v: &Json) -> Box<[Box<str>]> {
+    let Some(items) = array(problems, path, v) else {
+        return Box::default();
+    };
+    if items.len() > CAPABILITIES_PER_PROVIDER_MAX {
+        let message = format!(
+            "{} tags; at most {CAPABILITIES_PER_PROVIDER_MAX}",
+            items.len()
+        );
+        problems.add(path, message);
+        return Box::default();
+    }
+    let mut tags: Vec<Box<str>> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = index_path(path, i);
+        let Some(tag) = string(problems, &at, item) else {
+            continue;
+        };
+        if tag.is_empty() || tag.len() > CAPABILITY_BYTES_MAX {
+            problems.add(
+                &at,
+                format!("a tag needs 1 to {CAPABILITY_BYTES_MAX} bytes"),
+            );
+        } else if tags.iter().any(|t| &**t == tag) {
+            problems.add(&at, format!("duplicate capability {:?}", shown(tag)));
+        } else {
+            tags.push(tag.into());
+        }
+    }
+    tags.into()
+}
+
+/// A provider name (`^[a-z0-9_]+$`, 1–255), as in `providers`, `weights` and `to`.
+fn provider_name<'j>(problems: &mut Problems, path: &str, v: &'j Json) -> Option<&'j str> {
+    let name = string(problems, path, v)?;
+    check_provider_name(problems, path, name).then_some(name)
+}
+
+fn check_provider_name(problems: &mut Problems, path: &str, name: &str) -> bool {
+    let ok_byte = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+    let ok = (1..=NAME_CHARS_MAX).contains(&name.len()) && name.bytes().all(ok_byte);
+    if !ok {
+        let message = format!(
+            "provider name {:?} must match ^[a-z0-9_]+$ (1 to {NAME_CHARS_MAX} characters)",
+            shown(name)
+        );
+        problems.add(path, message);
+    }
+    ok
+}
+
+/// Appends `provider` unless its name is taken or the policy is full; `false` when full.
+fn add_provider(
+    problems: &mut Problems,
+    path: &str,
+    providers: &mut Vec<Provider>,
+    provider: Provider,
+) -> bool {
+    if providers.iter().any(|p| p.name == provider.name) {
+        problems.add(
+            path,
+            format!("duplicate provider {:?}", shown(&provider.name)),
+        );
+        return true;
+    }
+    if providers.len() == PROVIDERS_PER_POLICY_MAX {
+        let message = format!("more than {PROVIDERS_PER_POLICY_MAX} providers in one policy");
+        problems.add(path, message);
+        return false;
+    }
+    providers.push(provider);
+    true
+}
+
+/// The `weights` map: fractions when every value is ≤ 1.0, else the 0–100 scale.
+fn read_weight_map(problems: &mut Problems, path: &str, v: &Json, out: &mut Vec<Provider>) {
+    let Json::Obj(members) = v else {
+        expected(problems, path, "an object of provider name to weight", v);
+        return;
+    };
+    let mut entries = Vec::with_capacity(members.len().min(PROVIDERS_PER_POLICY_MAX));
+    for (name, value) in members {
+        let at = key_path(path, name);
+        let weight = float_in(problems, &at, value, 0.0, WEIGHT_POINTS_MAX.into());
+        if check_provider_name(problems, &at, name) {
+            entries.extend(weight.map(|w| (at, name, w)));
+        }
+    }
+    let fractions = entries.iter().all(|&(_, _, w)| w <= 1.0);
+    let scale = if fractions {
+        WEIGHT_UNITS_FULL
+    } else {
+        WEIGHT_UNITS_PER_POINT
+    };
+    for (at, name, w) in entries {
+        if out.iter().any(|p| *p.name == **name) {
+            problems.add(
+                &at,
+                format!("{:?} is declared in both providers and weights", name),
+            );
+            continue;
+        }
+        let provider = bare_provider(name, (w * f64::from(scale)).round() as u32);
+        if !add_provider(problems, &at, out, provider) {
+            return;
+        }
+    }
+}
+
+/// A provider with a name and a weight but no declared figures.
+fn bare_provider(name: &str, weight: u32) -> Provider {
+    Provider {
+        name: name.into(),
+        weight,
+        expected_latency_ms: None,
+        cost: None,
+        capabilities: Box::default(),
+    }
+}
+
+/// The index of provider `name`, appending it as fallback-only if not declared.
+fn target(
+    problems: &mut Problems,
+    path: &str,
+    providers: &mut Vec<Provider>,
+    name: &str,
+) -> Option<ProviderIdx> {
+    let idx = match providers.iter().position(|p| &*p.name == name) {
+        Some(i) => i,
+        None => {
+            if !add_provider(problems, path, providers, bare_provider(name, 0)) {
+                return None;
+            }
+            providers.len() - 1
+        }
+    };
+    u8::try_from(idx).ok().map(ProviderIdx)
+}
+
+const RULE_KEYS: &[&str] = &["when", "to", "retry", "backoff"];
+
+fn read_fallbacks(
+    problems: &mut Problems,
+    path: &str,
+    v: &Json,
+    providers: &mut Vec<Provider>,
+    out: &mut Vec<FallbackRule>,
+) {
+    let Some(items) = array(problems, path, v) else {
+        return;
+    };
+    if items.len() > FALLBACK_RULES_MAX {
+        let message = format!("{} rules; at most {FALLBACK_RULES_MAX}", items.len());
+        problems.add(path, message);
+    }
+    for (i, item) in items.iter().take(FALLBACK_RULES_MAX).enumerate() {
+        out.extend(read_rule(problems, &index_path(path, i), item, providers));
+    }
+}
+
+fn read_rule(
+    problems: &mut Problems,
+    path: &str,
+    v: &Json,
+    providers: &mut Vec<Provider>,
+) -> Option<FallbackRule> {
+    let o = Obj::read(problems, path, v, RULE_KEYS)?;
+    let when = o.required(problems, "when");
+    let when = when.map(|v| compile_when(problems, &o.path_of("when"), v));
+    let retry = o.int(problems, "retry", 0, RETRIES_MAX.into()).unwrap_or(1) as u32;
+    let backoff = o
+        .get("backoff")
+        .and_then(|v| read_backoff(problems, &o.path_of("backoff"), v));
+    let to_path = o.path_of("to");
+    let to = o
+        .required(problems, "to")
+        .and_then(|v| provider_name(problems, &to_path, v))?;
+    let to = target(problems, &to_path, providers, to)?;
+    Some(FallbackRule {
+        when: when?,
+        retry,
+        to,
+        backoff,
+    })
+}
+
+fn read_backoff(problems: &mut Problems, path: &str, v: &Json) -> Option<Backoff> {
+    let o = Obj::read(
+        problems,
+        path,
+        v,
+        &["strategy", "base_ms", "max_ms", "jitter"],
+    )?;
+    let strategy = match o.string(problems, "strategy") {
+        None | Some("exponential") => BackoffStrategy::Exponential,
+        Some("linear") => BackoffStrategy::Linear,
+        Some("fixed") => BackoffStrategy::Fixed,
+        Some(other) => {
+            let message = format!(
+                "unknown strategy {:?} (exponential, linear, fixed)",
+                shown(other)
+            );
+            problems.add(&o.path_of("strategy"), message);
+            BackoffStrategy::Exponential
+        }
+    };
+    let base_ms = o.int(problems, "base_ms", 1, BACKOFF_BASE_MS_MAX.into());
+    let base_ms = base_ms.unwrap_or(100) as u32;
+    let max_ms = o.int(problems, "max_ms", 1, BACKOFF_DELAY_MS_MAX.into());
+    let max_ms = max_ms.unwrap_or(5_000) as u32;
+    if base_ms > max_ms {
+        let message = format!("base_ms {base_ms} exceeds max_ms {max_ms}");
+        problems.add(path, message);
+    }
+    let jitter = o.boolean(problems, "jitter").unwrap_or(true);
+    Some(Backoff {
+        strategy,
+        base_ms,
+        max_ms,
+        jitter,
+    })
+}
+
+/// The legacy `fallback {provider, conditions}`.
+fn read_legacy_fallback(
+    problems: &mut Problems,
+    path: &str,
+    v: &Json,
+    providers: &mut Vec<Provider>,
+) -> Option<LegacyFallback> {
+    let o = Obj::read(problems, path, v, &["provider", "conditions"])?;
+    let mut statuses: Vec<Box<str>> = Vec::new();
+    let mut on_all_failed = true;
+    if let Some(v) = o.get("conditions") {
+        let at = o.path_of("conditions");
+        let items = array(problems, &at, v).unwrap_or_default();
+        if items.len() > LIST_LITERALS_MAX {
+            problems.add(
+                &at,
+                format!("{} conditions; at most {LIST_LITERALS_MAX}", items.len()),
+            );
+        }
+        for (i, item) in items.iter().take(LIST_LITERALS_MAX).enumerate() {
+            match string(problems, &index_path(&at, i), item) {
+                Some("") => problems.add(&index_path(&at, i), "empty condition"),
+                Some(s) => statuses.push(s.into()),
+                None => {}
+            }
+        }
+        on_all_failed =
+            statuses.is_empty() || statuses.iter().any(|s| &**s == "all_providers_failed");
+        statuses.retain(|s| &**s != "all_providers_failed");
+    }
+    let to_path = o.path_of("provider");
+    let name = o
+        .required(problems, "provider")
+        .and_then(|v| string(problems, &to_path, v))?;
+    if !(1..=NAME_CHARS_MAX).contains(&name.chars().count()) {
+        problems.add(&to_path, format!("needs 1 to {NAME_CHARS_MAX} characters"));
+        return None;
+    }
+    let to = target(problems, &to_path, providers, name)?;
+    Some(LegacyFallback {
+        to,
+        statuses: statuses.into(),
+        on_all_failed,
+    })
+}
+
+fn read_sticky(problems: &mut Problems, path: &str, v: &Json) -> Option<Sticky> {
+    let o = Obj::read(
+        problems,
+        path,
+        v,
+        &["enabled", "session_key", "ttl", "ttl_seconds"],
+    )?;
+    let enabled = o.required(problems, "enabled");
+    let enabled = enabled.and_then(|v| boolean(problems, &o.path_of("enabled"), v));
+    let session_key = o.string(problems, "session_key").unwrap_or("session_id");
+    if !(1..=NAME_CHARS_MAX).contains(&session_key.chars().count()) {
+        let message = format!("needs 1 to {NAME_CHARS_MAX} characters");
+        problems.add(&o.path_of("session_key"), message);
+    }
+    let ttl = o.string(problems, "ttl").and_then(|s| match parse_ttl(s) {
+        Ok(ms) => Some(ms),
+        Err(message) => {
+            problems.add(&o.path_of("ttl"), message);
+            None
+        }
+    });
+    let max_s = (STICKY_TTL_MS_MAX / 1000) as i64;
+    let ttl_seconds = o
+        .int(problems, "ttl_seconds", 1, max_s)
+        .map(|s| s as u64 * 1000);
+    if let (Some(a), Some(b)) = (ttl, ttl_seconds) {
+        if a != b {
+            let message = format!(
+                "ttl ({} s) and ttl_seconds ({} s) disagree",
+                a / 1000,
+                b / 1000
+            );
+            problems.add(path, message + "; give one, or the same duration in both");
+        }
+    }
+    let ttl_ms = ttl.or(ttl_seconds).unwrap_or(STICKY_TTL_DEFAULT_MS);
+    enabled?.then(|| Sticky {
+        session_key: session_key.into(),
+        ttl_ms,
+    })
+}
+
+/// `"10m"` → 600_000: digits then `s`, `m` or `h`; 1 s to `STICKY_TTL_MS_MAX`.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (digits, unit_ms) = match s.as_bytes().last() {
+        Some(b's') => (&s[..s.len() - 1], 1_000),
+        Some(b'm') => (&s[..s.len() - 1], 60_000),
+        Some(b'h') => (&s[..s.len() - 1], 3_600_000),
+        _ => ("", 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{:?} must be a duration like \"30s\", \"10m\" or \"1h\"",
+            shown(s)
+        ));
+    }
+    let ms = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms));
+    match ms {
+        Some(ms) if (1..=STICKY_TTL_MS_MAX).contains(&ms) => Ok(ms),
+        _ => {
+            let hours = STICKY_TTL_MS_MAX / 3_600_000;
+            Err(format!("{:?} must be from 1s to {hours}h", shown(s)))
+        }
+    }
+}
+
+const BREAKER_KEYS: &[&str] = &[
+    "enabled",
+    "failure_threshold",
+    "success_threshold",
+    "timeout_ms",
+    "half_open_max_calls",
+    "error_rate_threshold",
+    "error_rate_window_seconds",
+    "error_rate_min_calls",
+];
+
+/// Ranges and defaults are those of Beamline's schema, plus `error_rate_min_calls`.
+fn read_breaker(problems: &mut Problems, path: &str, v: &Json) -> Option<BreakerConfig> {
+    let o = Obj::read(problems, path, v, BREAKER_KEYS)?;
+    let d = BreakerConfig::default();
+    let mut int = |key: &str, min: u32, max: u32, default: u32| {
+        let n = o.int(problems, key, min.into(), max.into());
+        n.map_or(default, |n| n as u32)
+    };
+    let failure_threshold = int("failure_threshold", 1, 100, d.failure_threshold);
+    let success_threshold = int("success_threshold", 1, 10, d.success_threshold);
+    let timeout_ms = int("timeout_ms", 1_000, 300_000, d.timeout_ms as u32);
+    let half_open_max_calls = int("half_open_max_calls", 1, 100, d.half_open_max_calls);
+    let window_s = (d.error_rate_window_ms / 1000) as u32;
+    let window_s = int("error_rate_window_seconds", 1, 3_600, window_s);
+    let error_rate_min_calls = int("error_rate_min_calls", 1, 10_000, d.error_rate_min_calls);
+    let error_rate_threshold = o.float(problems, "error_rate_threshold", 0.0, 1.0);
+    let config = BreakerConfig {
+        failure_threshold,
+        success_threshold,
+        timeout_ms: timeout_ms.into(),
+        half_open_max_calls,
+        error_rate_threshold: error_rate_threshold.unwrap_or(d.error_rate_threshold),
+        error_rate_window_ms: u64::from(window_s) * 1000,
+        error_rate_min_calls,
+    };
+    let enabled = o.boolean(problems, "enabled").unwrap_or(false);
+    enabled.then_some(config)
+}
+
+fn read_rate_limit(problems: &mut Problems, path: &str, v: &Json) -> Option<RateLimit> {
+    let o = Obj::read(
+        problems,
+        path,
+        v,
+        &["enabled", "requests_per_second", "burst"],
+    )?;
+    let enabled = o.boolean(problems, "enabled").unwrap_or(false);
+    let rps = o
+        .int(
+            problems,
+            "requests_per_second",
+            1,
+            RATE_LIMIT_RPS_MAX.into(),
+        )
+        .map(|n| n as u32);
+    let burst = o.int(problems, "burst", 1, RATE_LIMIT_BURST_MAX.into());
+    let burst = burst.map(|n| n as u32);
+    if enabled && o.get("requests_per_second").is_none() {
+        problems.add(
+            &o.path_of("requests_per_second"),
+            "required when enabled is true",
+        );
+    }
+    let requests_per_second = rps.filter(|_| enabled)?;
+    let burst = burst.unwrap_or(requests_per_second);
+    Some(RateLimit {
+        requests_per_second,
+        burst,
+    })
+}
+
+const PROCESSOR_KEYS: &[&str] = &["id", "mode", "config", "timeout_ms", "retry"];
+const VALIDATOR_KEYS: &[&str] = &["id", "on_fail", "timeout_ms", "retry"];
+
+fn read_stages(problems: &mut Problems, obj: Obj, kind: StageKind) -> Vec<Stage> {
+    let key = match kind {
+        StageKind::Pre => "pre",
+        StageKind::Validator => "validators",
+        StageKind::Post => "post",
+    };
+    let path = obj.path_of(key);
+    let items = obj
+        .get(key)
+        .and_then(|v| array(problems, &path, v))
+        .unwrap_or_default();
+    if items.len() > STAGES_PER_TYPE_MAX {
+        let message = format!(
+            "{} stages; at most {STAGES_PER_TYPE_MAX} per type",
+            items.len()
+        );
+        problems.add(&path, message);
+    }
+    let mut stages: Vec<Stage> = Vec::with_capacity(STAGES_PER_TYPE_MAX);
+    for (i, item) in items.iter().take(STAGES_PER_TYPE_MAX).enumerate() {
+        let at = index_path(&path, i);
+        let Some(stage) = read_stage(problems, &at, item, kind) else {
+            continue;
+        };
+        if stages.iter().any(|s| s.id == stage.id) {
+            let message = format!("duplicate {key} id {:?}", shown(&stage.id));
+            problems.add(&key_path(&at, "id"), message);
+        } else {
+            stages.push(stage);
+        }
+    }
+    stages
+}
+
+fn read_stage(problems: &mut Problems, path: &str, v: &Json, kind: StageKind) -> Option<Stage> {
+    let keys = if kind == StageKind::Validator {
+        VALIDATOR_KEYS
+    } else {
+        PROCESSOR_KEYS
+    };
+    let o = Obj::read(problems, path, v, keys)?;
+    let id_path = o.path_of("id");
+    let id = o
+        .required(problems, "id")
+        .and_then(|v| string(problems, &id_path, v));
+    let ok_byte = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+    let id = id.filter(|id| {
+        let ok = (1..=NAME_CHARS_MAX).contains(&id.len()) && id.bytes().all(ok_byte);
+        if !ok {
+            let message = format!("extension id {:?} must match ^[a-z0-9_]+$", shown(id));
+            problems.add(
+                &id_path,
+                message + &format!(" (1 to {NAME_CHARS_MAX} characters)"),
+            );
+        }
+        ok
+    });
+    let (required, on_fail) = match kind {
+        StageKind::Validator => read_on_fail(problems, o),
+        StageKind::Pre | StageKind::Post => (read_mode(problems, o), OnFail::Block),
+    };
+    let config = o
+        .get("config")
+        .and_then(|v| raw_config(problems, &o.path_of("config"), v));
+    let timeout_ms = o.int(problems, "timeout_ms", 1, TIMEOUT_MS_MAX.into());
+    let retry = o.int(problems, "retry", 0, RETRIES_MAX.into());
+    let (timeout_ms, retry) = (timeout_ms.map(|n| n as u32), retry.map(|n| n as u32));
+    Some(Stage {
+        id: id?.into(),
+        kind,
+        required,
+        on_fail,
+        config,
+        timeout_ms,
+        retry,
+    })
+}
+
+/// `mode`: `required` fails closed, `optional` (the default) fails open.
+fn read_mode(problems: &mut Problems, o: Obj) -> bool {
+    match o.string(problems, "mode") {
+        Some("required") => true,
+        None | Some("optional") => false,
+        Some(other) => {
+            let message = format!("unknown mode {:?} (required, optional)", shown(other));
+            problems.add(&o.path_of("mode"), message);
+            false
+        }
+    }
+}
+
+fn read_on_fail(problems: &mut Problems, o: Obj) -> (bool, OnFail) {
+    let on_fail = match o.string(problems, "on_fail") {
+        None | Some("block") => OnFail::Block,
+        Some("warn") => OnFail::Warn,
+        Some("ignore") => OnFail::Ignore,
+        Some(other) => {
+            let message = format!("unknown on_fail {:?} (block, warn, ignore)", shown(other));
+            problems.add(&o.path_of("on_fail"), message);
+            OnFail::Block
+        }
+    };
+    (on_fail == OnFail::Block, on_fail)
+}
+
+/// An extension's `config` object, kept as raw JSON for the transport to forward.
+fn raw_config(problems: &mut Problems, path: &str, v: &Json) -> Option<Box<RawValue>> {
+    if !matches!(v, Json::Obj(_)) {
+        expected(problems, path, "an object", v);
+        return None;
+    }
+    match serde_json::value::to_raw_value(v) {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            problems.add(path, format!("cannot keep config: {e}"));
+            None
+        }
+    }
+}
+
+/// Deprecated Beamline keys: type-checked, otherwise ignored.
+fn read_deprecated(problems: &mut Problems, obj: Obj) {
+    for key in ["metadata", "defaults"] {
+        if let Some(v) = obj.get(key) {
+            if !matches!(v, Json::Obj(_)) {
+                expected(problems, &obj.path_of(key), "an object", v);
+            }
+        }
+    }
+    if let Some(v) = obj.get("escalate_on") {
+        let path = obj.path_of("escalate_on");
+        for (i, item) in array(problems, &path, v)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            string(problems, &index_path(&path, i), item);
+        }
+    }
+    if let Some(v) = obj.get("health_check") {
+        let keys = ["enabled", "interval_ms", "timeout_ms", "failure_threshold"];
+        Obj::read(problems, &obj.path_of("health_check"), v, &keys);
+    }
+}
+
+#[cfg(test)]
+mod tests;
