@@ -57,9 +57,15 @@ fn policy(id: &str, sticky: bool) -> Policy {
         providers,
         fallbacks: Box::new([]),
         legacy_fallback: None,
-        sticky: sticky.then(|| Sticky { session_key: "user_id".into(), ttl_ms: 600_000 }),
+        sticky: sticky.then(|| Sticky {
+            session_key: "user_id".into(),
+            ttl_ms: 600_000,
+        }),
         circuit_breaker: Some(Default::default()),
-        rate_limit: Some(shardline::policy::RateLimit { requests_per_second: 1_000_000, burst: 1_000_000 }),
+        rate_limit: Some(shardline::policy::RateLimit {
+            requests_per_second: 1_000_000,
+            burst: 1_000_000,
+        }),
         pre: Box::new([]),
         validators: Box::new([]),
         post: Box::new([]),
@@ -73,7 +79,11 @@ fn request<'a>(policy: &'a str, user: &'a str) -> DecideRequest<'a> {
         tenant_id: Cow::Borrowed("acme"),
         trace_id: None,
         traceparent: None,
-        task: Task { kind: Cow::Borrowed("chat"), payload_ref: Some(Cow::Borrowed("p")), payload: None },
+        task: Task {
+            kind: Cow::Borrowed("chat"),
+            payload_ref: Some(Cow::Borrowed("p")),
+            payload: None,
+        },
         policy_id: Cow::Borrowed(policy),
         constraints: Constraints::default(),
         metadata: Metadata {
@@ -110,14 +120,20 @@ fn decide_does_not_allocate() {
 
     for (i, reason) in [(0u64, Reason::Weighted), (1, Reason::Sticky)] {
         for (j, req) in sticky.iter().enumerate() {
-            let now = Now { mono_ns: i * 1_000 + j as u64, unix_ms: 1 };
+            let now = Now {
+                mono_ns: i * 1_000 + j as u64,
+                unix_ms: 1,
+            };
             let (n, d) = count(|| decide(&table, &mut state, req, now).expect("decision"));
             assert_eq!(n, 0, "sticky policy, pass {i}: {n} allocations");
             assert_eq!(d.reason, reason);
         }
     }
     for t in 0..1_000u64 {
-        let now = Now { mono_ns: 10_000 + t, unix_ms: 1 };
+        let now = Now {
+            mono_ns: 10_000 + t,
+            unix_ms: 1,
+        };
         let (n, d) = count(|| decide(&table, &mut state, &plain, now).expect("decision"));
         assert_eq!(n, 0, "weighted path: {n} allocations");
         assert_eq!(d.reason, Reason::Weighted);
