@@ -2,8 +2,14 @@
 //! codes, and the worker messages. Transports hand bytes and header values in; everything
 //! that leaves the router as JSON is encoded here.
 
+mod check;
 mod code;
+mod error;
+mod limits;
+mod loose;
 mod types;
 
 pub use code::ErrorCode;
+pub use error::{ContractError, ErrorDetails, Found, JsonKind, Rule, VERSION_UNSUPPORTED};
+pub use limits::*;
 pub use types::*;
