@@ -123,17 +123,6 @@ fn skip_string(bytes: &mut impl Iterator<Item = u8>) {
     }
 }
 
-/// Cuts `s` to at most `max` bytes at a character boundary.
-pub fn truncate_at_char(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,15 +226,5 @@ mod tests {
         assert_eq!(json_depth("{}"), 1);
         assert_eq!(json_depth(r#"{"a":[{"b":[]}],"c":{}}"#), 4);
         assert_eq!(json_depth(r#"{"a":"[[[[\"]]]"}"#), 1);
-    }
-
-    #[test]
-    fn truncation_respects_chars() {
-        let mut s = "aé".repeat(3);
-        truncate_at_char(&mut s, 2);
-        assert_eq!(s, "a");
-        let mut s = String::from("short");
-        truncate_at_char(&mut s, 10);
-        assert_eq!(s, "short");
     }
 }

@@ -72,6 +72,8 @@ pub enum Rule {
     AnyOf(&'static str),
     /// A string's length in bytes is outside `min..=max`.
     Bytes { min: usize, max: usize },
+    /// An object key's length in bytes is outside `min..=max`.
+    KeyBytes { min: usize, max: usize },
     /// A string does not match the quoted pattern.
     Pattern(&'static str),
     /// Not 32 hex characters and not a UUID.
@@ -109,7 +111,7 @@ impl Rule {
             Rule::Json => "json",
             Rule::Type(_) | Rule::Scalar => "type",
             Rule::Required | Rule::AnyOf(_) => "required",
-            Rule::Bytes { .. } => "length",
+            Rule::Bytes { .. } | Rule::KeyBytes { .. } => "length",
             Rule::Pattern(_) => "pattern",
             Rule::TraceId | Rule::RunId | Rule::Subject => "format",
             Rule::NonNegative | Rule::Integer { .. } | Rule::UnixMs { .. } => "range",
@@ -131,6 +133,7 @@ impl fmt::Display for Rule {
             Rule::Required => f.write_str("is required"),
             Rule::AnyOf(fields) => write!(f, "needs {fields}"),
             Rule::Bytes { min, max } => write!(f, "must be {min}–{max} bytes"),
+            Rule::KeyBytes { min, max } => write!(f, "keys must be {min}–{max} bytes"),
             Rule::Pattern(pattern) => write!(f, "must match {pattern}"),
             Rule::TraceId => f.write_str("must be 32 hex characters or a UUID"),
             Rule::RunId => f.write_str("must be a UUIDv4 or a ULID"),
@@ -148,7 +151,9 @@ impl fmt::Display for Rule {
             Rule::Entries { max } => write!(f, "must have at most {max} entries"),
             Rule::Depth { max } => write!(f, "must nest at most {max} levels deep"),
             Rule::Duplicate => f.write_str("must not be given twice"),
-            Rule::AllOrNone => f.write_str("run_id, flow_id and step_id go together: all or none"),
+            Rule::AllOrNone => {
+                f.write_str("is missing: run_id, flow_id and step_id go together (all or none)")
+            }
             Rule::Version => f.write_str("unsupported version; only \"1\" is accepted"),
             Rule::OneOf(words) => write!(f, "must be one of {words}"),
         }
@@ -204,7 +209,8 @@ impl fmt::Display for Found {
             Found::Kind(kind) => write!(f, " (got {})", kind.as_str()),
             Found::Bytes(n) => write!(f, " (got {n} bytes)"),
             Found::Int(n) => write!(f, " (got {n})"),
-            Found::Float(x) => write!(f, " (got {x})"),
+            // `{:?}` keeps the fraction (`3.0`), so a refused float never reads as an integer.
+            Found::Float(x) => write!(f, " (got {x:?})"),
             Found::Entries(n) => write!(f, " (got {n})"),
             Found::Text { excerpt, bytes } if excerpt.len() < *bytes => {
                 write!(f, " (got {excerpt:?}…, {bytes} bytes)")

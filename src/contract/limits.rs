@@ -6,10 +6,12 @@
 //! one is refused with `invalid_request` naming the field. The numbers are generous for
 //! real traffic and small enough that a shard's tables stay predictable.
 //!
-//! Nesting inside fields the router reads is bounded by serde_json's own recursion limit
-//! (128 levels); `task.payload` is captured raw, which serde_json does not bound, hence
-//! `PAYLOAD_DEPTH_MAX`. The body size itself is the transport's limit (SPEC: 1 MiB,
-//! configurable), checked before any of this runs.
+//! Nesting cannot exhaust the stack: the decoder's own recursion follows the fixed shape of
+//! the message (at most three levels), and values it skips or captures raw are scanned by
+//! serde_json iteratively. Raw values forwarded to workers (`task.payload`, `options`) are
+//! bounded by `FORWARDED_DEPTH_MAX` so that serde_json-based workers (limit 128) can read
+//! them. The body size itself is the transport's limit (SPEC: 1 MiB, configurable),
+//! checked before any of this runs.
 
 /// `request_id`: 1–128 bytes (SPEC §3).
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
@@ -21,8 +23,8 @@ pub const POLICY_ID_BYTES_MAX: usize = 128;
 pub const TASK_TYPE_BYTES_MAX: usize = 128;
 /// `task.payload_ref`: room for a URL or an object-store key.
 pub const PAYLOAD_REF_BYTES_MAX: usize = 2048;
-/// Nesting of `task.payload`, which is forwarded raw to workers that must parse it.
-pub const PAYLOAD_DEPTH_MAX: usize = 64;
+/// Nesting of `task.payload` and `options`, forwarded raw to workers that must parse them.
+pub const FORWARDED_DEPTH_MAX: usize = 64;
 /// A provider id: `constraints.exclude[]`, `attempt.previous_provider`, results.
 pub const PROVIDER_ID_BYTES_MAX: usize = 128;
 /// A capability tag in `constraints.require[]`.
@@ -68,8 +70,9 @@ const _: () = assert!(UNIX_MS_MAX < (1 << 53));
 const _: () = assert!(ATTEMPT_COUNT_MAX <= u32::MAX as u64);
 // Quoting a value in a message must never quote more than the longest legal id.
 const _: () = assert!(VALUE_SHOWN_CHARS_MAX <= TENANT_ID_BYTES_MAX);
-// serde_json stops at 128 levels; a payload must stay readable by serde_json-based workers.
-const _: () = assert!(PAYLOAD_DEPTH_MAX < 128);
+// serde_json stops at 128 levels; forwarded JSON must stay readable by serde_json-based
+// workers even once wrapped in an ExecAssignment.
+const _: () = assert!(FORWARDED_DEPTH_MAX + 4 < 128);
 
 #[cfg(test)]
 mod tests {

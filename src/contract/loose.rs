@@ -9,7 +9,9 @@
 //! the field path and the rule. The reader still makes a single pass, borrows every
 //! string without escapes from the input (`Cow::Borrowed`), captures raw values as
 //! `&RawValue` slices, and never grows a list past its limit (extra entries are skipped).
-//! Nesting is bounded by serde_json's recursion limit (128), which `IgnoredAny` obeys.
+//! Its own recursion follows the fixed shape of the message (object → object → scalar);
+//! anything nested deeper is skipped (`IgnoredAny`) or captured (`RawValue`), both of which
+//! serde_json scans iteratively, so no input can exhaust the stack.
 
 use std::borrow::Cow;
 use std::fmt;

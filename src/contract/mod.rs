@@ -7,9 +7,14 @@ mod code;
 mod error;
 mod limits;
 mod loose;
+mod request;
 mod types;
 
 pub use code::ErrorCode;
 pub use error::{ContractError, ErrorDetails, Found, JsonKind, Rule, VERSION_UNSUPPORTED};
 pub use limits::*;
+pub use request::{
+    context_ids, decode_decide, ContextIds, Headers, ASSIGNMENT_SUBJECT_DEFAULT, CONTRACT_VERSION,
+    POLICY_ID_DEFAULT,
+};
 pub use types::*;
