@@ -4,6 +4,7 @@
 
 mod check;
 mod code;
+mod encode;
 mod error;
 mod limits;
 mod loose;
@@ -11,6 +12,7 @@ mod request;
 mod types;
 
 pub use code::ErrorCode;
+pub use encode::{encode_contract_error, encode_decision, encode_error, DecisionBody};
 pub use error::{ContractError, ErrorDetails, Found, JsonKind, Rule, VERSION_UNSUPPORTED};
 pub use limits::*;
 pub use request::{
