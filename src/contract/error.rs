@@ -80,6 +80,8 @@ pub enum Rule {
     TraceId,
     /// Not a UUIDv4 and not a ULID.
     RunId,
+    /// Not a UUIDv4.
+    Uuid4,
     /// Not a NATS subject one can publish to.
     Subject,
     /// A number that must be finite and not negative.
@@ -113,7 +115,7 @@ impl Rule {
             Rule::Required | Rule::AnyOf(_) => "required",
             Rule::Bytes { .. } | Rule::KeyBytes { .. } => "length",
             Rule::Pattern(_) => "pattern",
-            Rule::TraceId | Rule::RunId | Rule::Subject => "format",
+            Rule::TraceId | Rule::RunId | Rule::Uuid4 | Rule::Subject => "format",
             Rule::NonNegative | Rule::Integer { .. } | Rule::UnixMs { .. } => "range",
             Rule::Entries { .. } => "count",
             Rule::Depth { .. } => "depth",
@@ -137,6 +139,7 @@ impl fmt::Display for Rule {
             Rule::Pattern(pattern) => write!(f, "must match {pattern}"),
             Rule::TraceId => f.write_str("must be 32 hex characters or a UUID"),
             Rule::RunId => f.write_str("must be a UUIDv4 or a ULID"),
+            Rule::Uuid4 => f.write_str("must be a UUIDv4"),
             Rule::Subject => f.write_str(
                 "must be a NATS subject: non-empty tokens of printable ASCII separated by \
                  '.', without wildcards ('*', '>')",

@@ -360,8 +360,8 @@ pub fn read_object<'de, T: Fields<'de>>(body: &'de [u8]) -> Result<T, ContractEr
         .and_then(|()| de.end());
     if let Err(err) = parsed {
         let field = match top.reading {
-            Some(key) => Cow::Owned(shown_key(&key)),
-            None => Cow::Borrowed("body"),
+            Some(key) if !key.is_empty() => Cow::Owned(shown_key(&key)),
+            _ => Cow::Borrowed("body"),
         };
         let detail = err.to_string().into_boxed_str();
         return Err(ContractError::Malformed { field, detail });
@@ -440,6 +440,8 @@ mod tests {
         assert!(err.to_string().starts_with("a: malformed JSON ("), "{err}");
         let err = read_object::<Probe>(br#"{"a": 1} x"#).unwrap_err();
         assert_eq!(err.field(), "body");
+        let err = read_object::<Probe>(br#"{"": [1"#).unwrap_err();
+        assert_eq!(err.field(), "body", "an empty key is no field name");
         let err = read_object::<Probe>(b"[1]").unwrap_err();
         assert_eq!(err.to_string(), "body: must be an object (got an array)");
     }

@@ -6,6 +6,7 @@ mod check;
 mod code;
 mod encode;
 mod error;
+mod field;
 mod limits;
 mod loose;
 mod request;

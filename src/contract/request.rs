@@ -21,6 +21,10 @@ use serde_json::value::RawValue;
 
 use super::check;
 use super::error::{shown_key, ContractError, Found, JsonKind, Rule};
+use super::field::{
+    bytes_within, id_pattern, no_duplicate, object, optional_bool, optional_non_negative,
+    optional_str, required_str, tenant_id, trace_id, type_error, version, whole_number,
+};
 use super::limits::*;
 use super::loose::{read, read_object, skip, Fields, Listed, Loose, Shaped};
 use super::types::{Attempt, Constraints, Correlation, DecideRequest, Metadata, Scalar, Task};
@@ -292,121 +296,6 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
-pub(super) fn no_duplicate(duplicate: Option<&'static str>) -> Result<(), ContractError> {
-    match duplicate {
-        Some(field) => Err(ContractError::invalid(
-            field,
-            Rule::Duplicate,
-            Found::Nothing,
-        )),
-        None => Ok(()),
-    }
-}
-
-pub(super) fn type_error(
-    field: impl Into<Cow<'static, str>>,
-    expected: JsonKind,
-    found: JsonKind,
-) -> ContractError {
-    ContractError::invalid(field, Rule::Type(expected), Found::Kind(found))
-}
-
-pub(super) fn optional_str<'a>(
-    field: &'static str,
-    value: Option<Loose<'a>>,
-) -> Result<Option<Cow<'a, str>>, ContractError> {
-    match value {
-        None | Some(Loose::Null) => Ok(None),
-        Some(Loose::Str(s)) => Ok(Some(s)),
-        Some(other) => Err(type_error(field, JsonKind::String, other.kind())),
-    }
-}
-
-pub(super) fn required_str<'a>(
-    field: &'static str,
-    value: Option<Loose<'a>>,
-) -> Result<Cow<'a, str>, ContractError> {
-    optional_str(field, value)?
-        .ok_or_else(|| ContractError::invalid(field, Rule::Required, Found::Nothing))
-}
-
-pub(super) fn bytes_within(
-    field: &'static str,
-    value: &str,
-    min: usize,
-    max: usize,
-) -> Result<(), ContractError> {
-    if (min..=max).contains(&value.len()) {
-        return Ok(());
-    }
-    let rule = Rule::Bytes { min, max };
-    Err(ContractError::invalid(
-        field,
-        rule,
-        Found::Bytes(value.len()),
-    ))
-}
-
-/// `^[A-Za-z0-9_.-]{1,max}$`, quoting `pattern` in the message.
-pub(super) fn id_pattern(
-    field: &'static str,
-    value: &str,
-    max: usize,
-    pattern: &'static str,
-) -> Result<(), ContractError> {
-    let rule = Rule::Pattern(pattern);
-    if value.is_empty() || value.len() > max {
-        return Err(ContractError::invalid(
-            field,
-            rule,
-            Found::Bytes(value.len()),
-        ));
-    }
-    if !check::is_id_chars(value) {
-        return Err(ContractError::invalid(field, rule, Found::text(value)));
-    }
-    Ok(())
-}
-
-fn optional_bool(field: &'static str, value: Option<Loose<'_>>) -> Result<bool, ContractError> {
-    match value {
-        None | Some(Loose::Null) => Ok(false),
-        Some(Loose::Bool(b)) => Ok(b),
-        Some(other) => Err(type_error(field, JsonKind::Bool, other.kind())),
-    }
-}
-
-/// A finite number ≥ 0 (serde_json never yields NaN or infinities).
-pub(super) fn optional_non_negative(
-    field: &'static str,
-    value: Option<Loose<'_>>,
-) -> Result<Option<f64>, ContractError> {
-    match value {
-        None | Some(Loose::Null) => Ok(None),
-        Some(v) => match v.as_f64() {
-            Some(x) if x >= 0.0 => Ok(Some(x)),
-            Some(_) => Err(ContractError::invalid(field, Rule::NonNegative, v.found())),
-            None => Err(type_error(field, JsonKind::Number, v.kind())),
-        },
-    }
-}
-
-/// A whole number in `min..=max`; `rule` describes the range in the message.
-pub(super) fn whole_number(
-    field: &'static str,
-    value: &Loose<'_>,
-    (min, max): (u64, u64),
-    rule: Rule,
-) -> Result<u64, ContractError> {
-    match *value {
-        Loose::U64(n) if (min..=max).contains(&n) => Ok(n),
-        Loose::U64(_) | Loose::I64(_) | Loose::F64(_) => {
-            Err(ContractError::invalid(field, rule, value.found()))
-        }
-        _ => Err(type_error(field, JsonKind::Number, value.kind())),
-    }
-}
-
 /// An absolute deadline: whole Unix milliseconds, not before 2000 (a duration sent by
 /// mistake would otherwise read as long past).
 fn optional_unix_ms(
@@ -418,71 +307,6 @@ fn optional_unix_ms(
         None | Some(Loose::Null) => Ok(None),
         Some(v) => whole_number(field, &v, (min, max), Rule::UnixMs { min, max }).map(Some),
     }
-}
-
-/// An optional object field: its fields, `None` if absent or null, or a type error.
-pub(super) fn object<T>(
-    field: &'static str,
-    value: Option<Shaped<T>>,
-) -> Result<Option<T>, ContractError> {
-    match value {
-        None | Some(Shaped::Other(JsonKind::Null)) => Ok(None),
-        Some(Shaped::Object(fields)) => Ok(Some(fields)),
-        Some(Shaped::Other(kind)) => Err(type_error(field, JsonKind::Object, kind)),
-    }
-}
-
-/// The version header wins; otherwise the body's `version`, if any, must be "1".
-fn version(body: Option<Loose<'_>>, header: Option<&str>) -> Result<(), ContractError> {
-    let (field, found) = match (header, body) {
-        (Some(CONTRACT_VERSION), _) => return Ok(()),
-        (Some(other), _) => ("headers.version", Found::text(other)),
-        (None, None | Some(Loose::Null)) => return Ok(()),
-        (None, Some(Loose::Str(s))) if s == CONTRACT_VERSION => return Ok(()),
-        (None, Some(other)) => ("version", other.found()),
-    };
-    Err(ContractError::invalid(field, Rule::Version, found))
-}
-
-/// From the header if given (the body field is then ignored), else the body; required.
-pub(super) fn tenant_id<'a>(
-    body: Option<Loose<'a>>,
-    header: Option<&'a str>,
-) -> Result<Cow<'a, str>, ContractError> {
-    let (field, value) = match header {
-        Some(value) => ("headers.tenant_id", Cow::Borrowed(value)),
-        None => match optional_str("tenant_id", body)? {
-            Some(value) => ("tenant_id", value),
-            None => {
-                let rule = Rule::AnyOf("a tenant_id field or header");
-                return Err(ContractError::invalid("tenant_id", rule, Found::Nothing));
-            }
-        },
-    };
-    id_pattern(field, &value, TENANT_ID_BYTES_MAX, TENANT_ID_PATTERN)?;
-    Ok(value)
-}
-
-/// From the header if given (the body field is then ignored), else the body; optional.
-pub(super) fn trace_id<'a>(
-    body: Option<Loose<'a>>,
-    header: Option<&'a str>,
-) -> Result<Option<Cow<'a, str>>, ContractError> {
-    let (field, value) = match header {
-        Some(value) => ("headers.trace_id", Cow::Borrowed(value)),
-        None => match optional_str("trace_id", body)? {
-            Some(value) => ("trace_id", value),
-            None => return Ok(None),
-        },
-    };
-    if !check::is_trace_id(&value) {
-        return Err(ContractError::invalid(
-            field,
-            Rule::TraceId,
-            Found::text(&value),
-        ));
-    }
-    Ok(Some(value))
 }
 
 fn task<'a>(value: Option<Shaped<WireTask<'a>>>) -> Result<Task<'a>, ContractError> {

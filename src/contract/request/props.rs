@@ -4,6 +4,7 @@
 
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use serde_json::{json, Map, Value};
 
 use super::*;
@@ -110,7 +111,14 @@ fn assert_well_behaved(body: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // Failing cases are saved beside this file (`props.proptest-regressions`) and replayed.
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_json_never_panics(value in json_value()) {
