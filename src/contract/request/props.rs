@@ -114,7 +114,7 @@ proptest! {
     // Failing cases are saved beside this file (`props.proptest-regressions`) and replayed.
     #![proptest_config(ProptestConfig {
         cases: 512,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
             "proptest-regressions",
         ))),
         ..ProptestConfig::default()
