@@ -11,6 +11,7 @@ mod limits;
 mod loose;
 mod request;
 mod types;
+mod worker;
 
 pub use code::ErrorCode;
 pub use encode::{encode_contract_error, encode_decision, encode_error, DecisionBody};
@@ -21,3 +22,8 @@ pub use request::{
     POLICY_ID_DEFAULT,
 };
 pub use types::*;
+pub use worker::{
+    AckStatus, AssignmentCorrelation, AssignmentDecision, AssignmentId, ExecAssignment,
+    ExecAssignmentAck, ExecResult, ExecStatus, Executor, Job, UsageEvent, ACK_SUBJECT,
+    EXECUTOR_CHANNEL, RESULT_SUBJECT, USAGE_SUBJECT,
+};
