@@ -1,6 +1,14 @@
 //! The v1 wire contract (SPEC §3–§6): request and response types, validation, the error
 //! codes, and the worker messages. Transports hand bytes and header values in; everything
 //! that leaves the router as JSON is encoded here.
+//!
+//! - `request`: `decode_decide`, bytes + `Headers` → a validated, borrowing `DecideRequest`.
+//! - `encode`: DecideResponse / ErrorResponse into a caller's reused buffer.
+//! - `worker`: ExecAssignment out, ExecResult / ExecAssignmentAck in, UsageEvent out.
+//! - `error`: `ContractError` (always `invalid_request`), naming field and rule.
+//! - `limits`: every bound on a client-controlled value, as a named constant.
+//! - `loose`, `field`, `check`: the lenient first-pass reader, the field checks shared by
+//!   all incoming messages, and the string-format predicates they use.
 
 mod check;
 mod code;

@@ -38,6 +38,7 @@ pub const ASSIGNMENT_SUBJECT_DEFAULT: &str = "caf.exec.assign.v1";
 
 /// Header values, as a transport found them (HTTP maps `X-Tenant-ID` / `X-Trace-ID` to
 /// `tenant_id` / `trace_id` itself). A header wins over the body field of the same name.
+/// Pass `None` for an absent header: an empty value is a value, and breaks its rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Headers<'a> {
     pub tenant_id: Option<&'a str>,
