@@ -1,1 +1,146 @@
-fn main() {}
+//! The hot path, one primitive per bench: decide on the weighted, sticky-hit and fallback
+//! paths; decode+validate a typical request; encode the response; and the whole
+//! decode → decide → encode. Targets (2-core VM): decide ≤ 200 ns median for a
+//! 4-provider weighted policy; decode → decide → encode ≤ 2 µs. See perf/README.md.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use shardline::answer;
+use shardline::contract::{decode_decide, DecideRequest, Headers};
+use shardline::decide::{decide, Now, ShardState, StateConfig};
+use shardline::policy::{parse_policy, RoutingTable};
+
+const WEIGHTED: &str = r#"{"version":"1.0","providers":[
+  {"name":"openai","weight":40,"expected_latency_ms":650,"cost":0.0025},
+  {"name":"anthropic","weight":30,"expected_latency_ms":800,"cost":0.003},
+  {"name":"mistral","weight":20,"expected_latency_ms":420,"cost":0.0008},
+  {"name":"cohere","weight":10,"expected_latency_ms":500,"cost":0.001}],
+  "circuit_breaker":{"enabled":true}}"#;
+
+const STICKY: &str = r#"{"version":"1.0","providers":[
+  {"name":"openai","weight":40},{"name":"anthropic","weight":30},
+  {"name":"mistral","weight":20},{"name":"cohere","weight":10}],
+  "sticky":{"enabled":true,"session_key":"user_id","ttl":"1h"},
+  "circuit_breaker":{"enabled":true}}"#;
+
+const FALLBACK: &str = r#"{"version":"1.0","providers":[
+  {"name":"openai","weight":70},{"name":"anthropic","weight":30}],
+  "fallbacks":[{"when":{"status":["timeout","5xx"]},"retry":2,"to":"anthropic"},
+               {"when":{"status":["rate_limited"]},"retry":1,"to":"local_llm"}],
+  "circuit_breaker":{"enabled":true}}"#;
+
+const TYPICAL: &[u8] = br#"{"version":"1","request_id":"req-7f3a9c2e","tenant_id":"acme",
+"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","task":{"type":"chat",
+"payload_ref":"s3://acme/prompts/7f3a9c2e.json"},"policy_id":"weighted",
+"metadata":{"user_id":"u-42","region":"eu-west-1"}}"#;
+
+fn table() -> RoutingTable {
+    let p = |id, doc: &str| parse_policy("acme", id, id, doc.as_bytes()).expect("policy");
+    RoutingTable::from_policies(vec![
+        p("weighted", WEIGHTED),
+        p("sticky", STICKY),
+        p("fallback", FALLBACK),
+    ])
+    .expect("table")
+}
+
+fn with_policy(body: &[u8], policy: &str) -> Vec<u8> {
+    String::from_utf8_lossy(body)
+        .replace("\"weighted\"", &format!("\"{policy}\""))
+        .into_bytes()
+}
+
+fn decide_paths(c: &mut Criterion) {
+    let table = table();
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let bodies = [
+        ("decide/weighted", with_policy(TYPICAL, "weighted")),
+        ("decide/sticky_hit", with_policy(TYPICAL, "sticky")),
+    ];
+    for (name, body) in &bodies {
+        let req = decode_decide(body, &Headers::default()).expect("request");
+        let mut t = 0u64;
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                t += 1;
+                let now = Now {
+                    mono_ns: t,
+                    unix_ms: 1,
+                };
+                black_box(decide(&table, &mut state, black_box(&req), now).is_ok())
+            })
+        });
+    }
+    let body = with_policy(TYPICAL, "fallback");
+    let mut req: DecideRequest = decode_decide(&body, &Headers::default()).expect("request");
+    req.attempt = Some(shardline::contract::Attempt {
+        previous_provider: "openai".into(),
+        status: "503".into(),
+        count: 3,
+    });
+    c.bench_function("decide/fallback", |b| {
+        b.iter(|| {
+            black_box(
+                decide(
+                    &table,
+                    &mut state,
+                    black_box(&req),
+                    Now {
+                        mono_ns: 1,
+                        unix_ms: 1,
+                    },
+                )
+                .is_ok(),
+            )
+        })
+    });
+}
+
+fn codec(c: &mut Criterion) {
+    let table = table();
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    c.bench_function("decode/typical", |b| {
+        b.iter(|| black_box(decode_decide(black_box(TYPICAL), &Headers::default()).is_ok()))
+    });
+    let req = decode_decide(TYPICAL, &Headers::default()).expect("request");
+    let outcome = decide(
+        &table,
+        &mut state,
+        &req,
+        Now {
+            mono_ns: 1,
+            unix_ms: 1,
+        },
+    );
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("encode/decision", |b| {
+        b.iter(|| {
+            out.clear();
+            answer::encode_outcome(&mut out, &table, black_box(&req), &outcome);
+            black_box(out.len())
+        })
+    });
+    let mut t = 0u64;
+    c.bench_function("round_trip/decode_decide_encode", |b| {
+        b.iter(|| {
+            t += 1;
+            let req = decode_decide(black_box(TYPICAL), &Headers::default()).expect("request");
+            let outcome = decide(
+                &table,
+                &mut state,
+                &req,
+                Now {
+                    mono_ns: t,
+                    unix_ms: 1,
+                },
+            );
+            out.clear();
+            answer::encode_outcome(&mut out, &table, &req, &outcome);
+            black_box(out.len())
+        })
+    });
+}
+
+criterion_group!(benches, decide_paths, codec);
+criterion_main!(benches);

@@ -1,1 +1,204 @@
-fn main() {}
+//! The `shardline` command: a thin shell over the library. Subcommands parse arguments,
+//! read files and the clock, and print; all decisions are the library's.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use shardline::answer::encode_outcome;
+use shardline::contract::{context_ids, decode_decide, encode_contract_error, Headers};
+use shardline::decide::{decide, Now, ShardState, StateConfig};
+use shardline::policy::{check_paths, RoutingTable};
+
+/// Largest input `decide` reads (one document or a whole JSON Lines file).
+const INPUT_BYTES_MAX: u64 = 64 << 20;
+
+#[derive(Parser)]
+#[command(
+    name = "shardline",
+    version,
+    about = "Routing decisions for AI/LLM traffic"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decide offline: one request (a JSON document), or one per line of JSON Lines input.
+    Decide {
+        /// Config directory holding `policies/<tenant>/<policy>.json` (or the policies
+        /// directory itself).
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// Request file, or `-` for standard input.
+        #[arg(long, default_value = "-")]
+        request: String,
+    },
+    /// Policy documents.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files or directories; print every problem; exit 1 if any.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Decide { config, request } => run_decide(&config, &request),
+        Command::Policy {
+            command: PolicyCommand::Check { paths },
+        } => run_check(&paths),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("shardline: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn policies_dir(config: &Path) -> PathBuf {
+    let nested = config.join("policies");
+    if nested.is_dir() {
+        nested
+    } else {
+        config.to_path_buf()
+    }
+}
+
+fn load_table(config: &Path) -> Result<RoutingTable> {
+    let dir = policies_dir(config);
+    if !dir.is_dir() {
+        bail!("{}: no such config directory", dir.display());
+    }
+    RoutingTable::load_dir(&dir).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
+    })
+}
+
+fn read_input(request: &str) -> Result<Vec<u8>> {
+    let mut input = Vec::new();
+    if request == "-" {
+        std::io::stdin()
+            .lock()
+            .take(INPUT_BYTES_MAX)
+            .read_to_end(&mut input)?;
+    } else {
+        std::fs::File::open(request)
+            .with_context(|| format!("{request}: cannot open"))?
+            .take(INPUT_BYTES_MAX)
+            .read_to_end(&mut input)?;
+    }
+    Ok(input)
+}
+
+/// One JSON document, or JSON Lines when the first non-empty line is itself a complete
+/// document and more lines follow.
+fn split_requests(input: &[u8]) -> Vec<&[u8]> {
+    let lines: Vec<&[u8]> = input
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    let first_is_whole = lines
+        .first()
+        .is_some_and(|l| serde_json::from_slice::<serde::de::IgnoredAny>(l).is_ok());
+    if lines.len() > 1 && first_is_whole {
+        lines
+    } else {
+        vec![input]
+    }
+}
+
+fn run_decide(config: &Path, request: &str) -> Result<ExitCode> {
+    let table = load_table(config)?;
+    let input = read_input(request)?;
+    let clock = Instant::now();
+    let mut state = ShardState::new(
+        &table,
+        StateConfig {
+            seed: seed(),
+            ..Default::default()
+        },
+        0,
+    );
+    let mut stdout = std::io::stdout().lock();
+    let mut out = Vec::with_capacity(4096);
+    let mut all_ok = true;
+    for body in split_requests(&input) {
+        out.clear();
+        let headers = Headers::default();
+        let now = Now {
+            mono_ns: clock.elapsed().as_nanos() as u64,
+            unix_ms: unix_ms(),
+        };
+        match decode_decide(body, &headers) {
+            Ok(req) => {
+                let outcome = decide(&table, &mut state, &req, now);
+                all_ok &= outcome.is_ok();
+                encode_outcome(&mut out, &table, &req, &outcome);
+            }
+            Err(err) => {
+                all_ok = false;
+                let ids = context_ids(body, &headers);
+                encode_contract_error(
+                    &mut out,
+                    &err,
+                    ids.request_id.as_deref(),
+                    ids.trace_id.as_deref(),
+                );
+            }
+        }
+        out.push(b'\n');
+        stdout.write_all(&out)?;
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A per-run seed for the weighted draw (not cryptographic; the OS's hasher keys suffice).
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(unix_ms())
+}
+
+fn run_check(paths: &[PathBuf]) -> Result<ExitCode> {
+    let report = check_paths(paths);
+    for problem in &report.problems {
+        println!("{problem}");
+    }
+    let invalid = report.problems.len();
+    println!(
+        "{} file(s) checked, {invalid} problem(s)",
+        report.files_checked
+    );
+    Ok(if invalid == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

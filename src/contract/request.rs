@@ -539,8 +539,23 @@ fn options(value: Option<&RawValue>) -> Result<(Option<&RawValue>, Option<u64>),
     forwarded_object("options", raw)?;
     let wire: WireOptions<'_> = read_object(raw.get().as_bytes())?;
     no_duplicate(wire.duplicate)?;
-    let deadline = optional_unix_ms("options.deadline_ms", wire.deadline_ms)?;
+    let deadline = options_deadline(wire.deadline_ms)?;
     Ok((Some(raw), deadline))
+}
+
+/// `options.deadline_ms` is an absolute Unix time in milliseconds, but Beamline gateways
+/// send it as a relative budget for the worker (seconds to a minute). A value before 2000
+/// is therefore read as such a budget: forwarded in `options`, and no routing deadline.
+fn options_deadline(value: Option<Loose<'_>>) -> Result<Option<u64>, ContractError> {
+    let field = "options.deadline_ms";
+    let (min, max) = (0, UNIX_MS_MAX);
+    match value {
+        None | Some(Loose::Null) => Ok(None),
+        Some(v) => {
+            let ms = whole_number(field, &v, (min, max), Rule::UnixMs { min, max })?;
+            Ok((ms >= DEADLINE_UNIX_MS_MIN).then_some(ms))
+        }
+    }
 }
 
 fn correlation<'a>(

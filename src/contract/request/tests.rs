@@ -865,12 +865,27 @@ fn deadline_comes_from_options_or_top_level_whichever_is_earlier() {
     assert_eq!(deadline_of(both), Some(at));
 }
 
-/// A duration sent where an absolute time belongs is refused with a message saying so.
+/// Beamline gateways send `options.deadline_ms` as a relative worker budget: it is
+/// forwarded, and is not a routing deadline.
+#[test]
+fn relative_options_deadline_is_a_budget() {
+    let body = bytes(&with(minimal(), "options", json!({"deadline_ms": 5000})));
+    let req = decode_decide(&body, &Headers::default()).unwrap();
+    assert_eq!(req.deadline_unix_ms, None);
+    assert!(req.options.unwrap().get().contains("5000"));
+    reject(
+        with(minimal(), "options", json!({"deadline_ms": -1})),
+        "options.deadline_ms",
+        "range",
+    );
+}
+
+/// A duration sent as the top-level `deadline` is refused with a message saying so.
 #[test]
 fn deadline_must_be_absolute_unix_ms() {
     let message = reject(
-        with(minimal(), "options", json!({"deadline_ms": 5000})),
-        "options.deadline_ms",
+        with(minimal(), "deadline", json!(5000)),
+        "deadline",
         "range",
     );
     assert!(
