@@ -1,0 +1,198 @@
+//! What a tenant's owner shard does with a request: decide (with the idempotency cache)
+//! and take results (with de-duplication). Only the owner runs these, so the state they
+//! touch is never shared; the accepting shard only parses and forwards.
+//!
+//! Answers are written into the caller's buffer with their HTTP status, so the local path
+//! writes straight into the connection's response and only a handoff copies bytes.
+
+use crate::answer::encode_outcome;
+use crate::contract::{
+    decode_decide, encode_contract_error, encode_error, ContractError, DecideRequest,
+    ErrorCode, ErrorDetails, ExecResult, ExecStatus, Headers, Reason,
+};
+use crate::decide::{decide, DecideError, Now, Observed, Outcome, ShardState, StateConfig};
+use crate::policy::RoutingTable;
+
+use super::cache::TtlCache;
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// Sizes of a shard's owner-side state.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerConfig {
+    pub state: StateConfig,
+    pub idempotency_entries: usize,
+    pub idempotency_ttl_ms: u64,
+    /// ExecResults remembered for de-duplication, and for how long.
+    pub results_seen_entries: usize,
+    pub results_seen_ttl_ms: u64,
+}
+
+/// The outcome of one owner-side call, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Decided(Reason),
+    Replayed,
+    Failed(ErrorCode),
+    ResultAccepted { opened: usize, closed: usize },
+    ResultDuplicate,
+}
+
+/// A written answer: HTTP status, `Retry-After` seconds, and what to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    pub status: u16,
+    pub retry_after_s: Option<u64>,
+    pub counted: Counted,
+}
+
+/// A remembered first answer to an idempotency key.
+#[derive(Debug, Clone)]
+struct Replay {
+    status: u16,
+    body: Box<[u8]>,
+}
+
+#[derive(Debug)]
+pub struct Owner {
+    pub state: ShardState,
+    idempotency: TtlCache<Replay>,
+    results_seen: TtlCache<()>,
+}
+
+impl Owner {
+    pub fn new(table: &RoutingTable, config: OwnerConfig, now_ns: u64) -> Self {
+        let seed = config.state.seed;
+        Owner {
+            state: ShardState::new(table, config.state, now_ns),
+            idempotency: TtlCache::new(
+                config.idempotency_entries,
+                config.idempotency_ttl_ms * NS_PER_MS,
+                seed ^ 1,
+            ),
+            results_seen: TtlCache::new(
+                config.results_seen_entries,
+                config.results_seen_ttl_ms * NS_PER_MS,
+                seed ^ 2,
+            ),
+        }
+    }
+
+    /// Decides a validated request; a repeated idempotency key gets the first answer.
+    pub fn decide(
+        &mut self,
+        table: &RoutingTable,
+        req: &DecideRequest<'_>,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) -> Answered {
+        let key = req.idempotency_key.as_ref().map(|k| {
+            self.idempotency.fingerprint(&[req.tenant_id.as_bytes(), k.as_bytes()])
+        });
+        if let Some(replay) = key.and_then(|k| self.idempotency.get(k, now.mono_ns)) {
+            out.extend_from_slice(&replay.body);
+            let counted = Counted::Replayed;
+            return Answered { status: replay.status, retry_after_s: None, counted };
+        }
+        let start = out.len();
+        let outcome = decide(table, &mut self.state, req, now);
+        encode_outcome(out, table, req, &outcome);
+        let answered = answered(&outcome);
+        // Only decisions are remembered: a retry after `rate_limited` deserves a new try.
+        if let (Some(k), Ok(_)) = (key, &outcome) {
+            let replay = Replay { status: answered.status, body: out[start..].into() };
+            self.idempotency.insert_new(k, replay, now.mono_ns);
+        }
+        answered
+    }
+
+    /// Decodes and decides; for requests handed over by another shard.
+    pub fn decide_bytes(
+        &mut self,
+        table: &RoutingTable,
+        body: &[u8],
+        headers: &Headers<'_>,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) -> Answered {
+        match decode_decide(body, headers) {
+            Ok(req) => self.decide(table, &req, now, out),
+            Err(err) => invalid(&err, out),
+        }
+    }
+
+    /// Feeds an ExecResult (SPEC §6) to the breakers and averages, once per id.
+    pub fn result(
+        &mut self,
+        table: &RoutingTable,
+        result: &ExecResult,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) -> Answered {
+        let key = self
+            .results_seen
+            .fingerprint(&[result.tenant_id.as_bytes(), result.dedup_key().as_bytes()]);
+        if !self.results_seen.insert_new(key, (), now.mono_ns) {
+            out.extend_from_slice(br#"{"ok":true,"duplicate":true}"#);
+            return Answered { status: 200, retry_after_s: None, counted: Counted::ResultDuplicate };
+        }
+        let outcome = match result.status {
+            ExecStatus::Success => Some(Outcome::Success),
+            ExecStatus::Error | ExecStatus::Timeout => Some(Outcome::Failure),
+            ExecStatus::Cancelled => None,
+        };
+        let observed = Observed { outcome, latency_ms: result.latency_ms, cost: result.cost };
+        let effect = self.state.record_result(
+            table,
+            &result.tenant_id,
+            &result.provider_id,
+            observed,
+            now.mono_ns,
+        );
+        let body = format!(r#"{{"ok":true,"duplicate":false,"policies_updated":{}}}"#, effect.policies);
+        out.extend_from_slice(body.as_bytes());
+        let counted = Counted::ResultAccepted { opened: effect.opened, closed: effect.closed };
+        Answered { status: 202, retry_after_s: None, counted }
+    }
+
+    /// Decodes and feeds a result; for results handed over by another shard.
+    pub fn result_bytes(
+        &mut self,
+        table: &RoutingTable,
+        body: &[u8],
+        headers: &Headers<'_>,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) -> Answered {
+        match ExecResult::decode(body, headers) {
+            Ok(result) => self.result(table, &result, now, out),
+            Err(err) => invalid(&err, out),
+        }
+    }
+}
+
+fn answered(outcome: &Result<crate::decide::Decision, DecideError>) -> Answered {
+    match outcome {
+        Ok(d) => Answered { status: 200, retry_after_s: None, counted: Counted::Decided(d.reason) },
+        Err(e) => {
+            let code = e.code();
+            let retry_after_s = e.retry_after_ms().map(|ms| ms.div_ceil(1_000));
+            Answered { status: code.http_status(), retry_after_s, counted: Counted::Failed(code) }
+        }
+    }
+}
+
+/// Writes a validation failure (always `invalid_request`).
+pub fn invalid(err: &ContractError, out: &mut Vec<u8>) -> Answered {
+    encode_contract_error(out, err, None, None);
+    let code = err.code();
+    Answered { status: code.http_status(), retry_after_s: None, counted: Counted::Failed(code) }
+}
+
+/// Writes a shed (`overloaded`): the caller could not get the request to its owner.
+pub fn overloaded(message: &str, request_id: Option<&str>, out: &mut Vec<u8>) -> Answered {
+    let code = ErrorCode::Overloaded;
+    let details = ErrorDetails { retry_after_ms: Some(1_000), ..ErrorDetails::default() };
+    encode_error(out, code, message, &details, request_id, None);
+    Answered { status: code.http_status(), retry_after_s: Some(1), counted: Counted::Failed(code) }
+}
