@@ -20,7 +20,9 @@
 //! fail to load is undone on disk and never published, so the old table keeps serving.
 
 mod auth;
+mod store;
 
 pub use auth::{
     AuthError, Scope, TokenConfigError, Tokens, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,
 };
+pub use store::{Change, PolicyStore, PutOutcome, StoreError, StoreWriter, TEMP_NAMES_MAX};
