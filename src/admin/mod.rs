@@ -21,8 +21,13 @@
 
 mod auth;
 mod store;
+mod table;
 
 pub use auth::{
     AuthError, Scope, TokenConfigError, Tokens, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,
 };
 pub use store::{Change, PolicyStore, PutOutcome, StoreError, StoreWriter, TEMP_NAMES_MAX};
+pub use table::{
+    delete_policy, put_policy, reload, PublishError, Published, ReloadReport, ShardTable,
+    TableHandle, Versioned,
+};
