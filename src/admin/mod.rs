@@ -22,6 +22,7 @@
 mod auth;
 mod store;
 mod table;
+mod watch;
 
 pub use auth::{
     AuthError, Scope, TokenConfigError, Tokens, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,
@@ -31,3 +32,4 @@ pub use table::{
     delete_policy, put_policy, reload, PublishError, Published, ReloadReport, ShardTable,
     TableHandle, Versioned,
 };
+pub use watch::{WatchStats, Watcher, WATCH_INTERVAL_MS};
