@@ -19,14 +19,18 @@
 //! the directory as it was under the store's mutex. A change that would make the directory
 //! fail to load is undone on disk and never published, so the old table keeps serving.
 
+mod api;
 mod auth;
+mod reply;
 mod store;
 mod table;
 mod watch;
 
+pub use api::{placement, Admin, AdminRequest, Placement, ShardView};
 pub use auth::{
     AuthError, Scope, TokenConfigError, Tokens, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,
 };
+pub use reply::{AdminResponse, PROBLEMS_SHOWN_MAX};
 pub use store::{Change, PolicyStore, PutOutcome, StoreError, StoreWriter, TEMP_NAMES_MAX};
 pub use table::{
     delete_policy, put_policy, reload, PublishError, Published, ReloadReport, ShardTable,
