@@ -28,6 +28,8 @@
 //! sessions and buckets, and changes none of them. The answer has the DecideResponse shape,
 //! with `explain` forced on, since the steps taken are what a dry-run is for. The clone
 //! copies the shard's sticky table (its configured capacity); this is the admin path.
+//! No extension is called (a dry-run does no I/O): required stages answer
+//! `extension_unavailable` and optional ones are reported `skipped`, as `decide` does.
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -17,6 +17,7 @@ pub const PROBLEMS_SHOWN_MAX: usize = 100;
 /// An answer: HTTP status and JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminResponse {
+    /// A 401 should go out with `WWW-Authenticate: Bearer` (RFC 6750 §3).
     pub status: u16,
     pub body: Vec<u8>,
     /// For 405: the methods the route accepts, for the `Allow` header (RFC 9110 §15.5.6).
