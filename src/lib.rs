@@ -4,6 +4,7 @@
 //! sans-IO decision engine. Transports drive the engine; the engine never does I/O or
 //! reads a clock, so it can be tested, fuzzed and benchmarked alone.
 
+pub mod admin;
 pub mod answer;
 pub mod contract;
 pub mod decide;

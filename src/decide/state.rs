@@ -90,7 +90,8 @@ pub struct ResultEffect {
     pub closed: usize,
 }
 
-#[derive(Debug)]
+/// `Clone` lets the admin dry-run decide against a copy (sticky table included).
+#[derive(Debug, Clone)]
 pub struct ShardState {
     pub(super) policies: Vec<PolicyState>,
     pub(super) sticky: StickyTable,

@@ -40,7 +40,7 @@ struct Entry {
     provider: u8,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StickyTable {
     entries: Box<[Entry]>,
     set_mask: usize,

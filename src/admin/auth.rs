@@ -1,0 +1,343 @@
+//! Admin bearer tokens (SPEC §8): which token was presented, and what it may touch.
+//!
+//! A token is configured with a scope: every tenant, or one tenant. `Tokens::authorize`
+//! reads `Authorization: Bearer <token>` and compares the token with *every* configured
+//! token in constant time, so neither which token matched nor how much of a prefix matched
+//! shows in the timing.
+//!
+//! Why padded buffers and not digests: each configured token sits in a zeroed
+//! `TOKEN_BYTES_MAX`-byte buffer next to its length; the presented token is copied into a
+//! buffer of the same size, and both the whole buffers and the lengths are compared with
+//! `subtle`, for every token, without an early exit. The work is the same whatever the
+//! tokens' lengths, and no hash crate is needed. A presented token longer than
+//! `TOKEN_BYTES_MAX` is refused before any comparison, which tells an attacker only a
+//! public constant. The matching entry is selected with `conditional_assign`, so the loop
+//! has no data-dependent branch.
+//!
+//! No token configured means no admin access at all: every request is `unauthorized`.
+
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+
+use crate::contract::ErrorCode;
+use crate::policy::is_tenant_id;
+
+/// A configured or presented token, in bytes.
+pub const TOKEN_BYTES_MAX: usize = 256;
+/// A configured token, in bytes: anything shorter is too easy to guess.
+pub const TOKEN_BYTES_MIN: usize = 16;
+/// Configured tokens; the check compares against each one.
+pub const TOKENS_MAX: usize = 1024;
+
+const _: () = assert!(TOKEN_BYTES_MIN <= TOKEN_BYTES_MAX);
+const _: () = assert!(TOKENS_MAX <= u32::MAX as usize);
+
+/// What a token may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every tenant, and the operations that touch them all (reload).
+    All,
+    /// One tenant's policies, circuits and dry-runs only.
+    Tenant(Box<str>),
+}
+
+impl Scope {
+    pub fn allows(&self, tenant: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tenant(own) => **own == *tenant,
+        }
+    }
+
+    /// `Forbidden` unless the scope covers `tenant`.
+    pub fn require(&self, tenant: &str) -> Result<(), AuthError> {
+        if self.allows(tenant) {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden {
+                tenant: shown(tenant).into(),
+            })
+        }
+    }
+
+    /// `NeedsAllTenants` unless the scope covers every tenant.
+    pub fn require_all(&self) -> Result<(), AuthError> {
+        match self {
+            Scope::All => Ok(()),
+            Scope::Tenant(_) => Err(AuthError::NeedsAllTenants),
+        }
+    }
+}
+
+/// Why a request was refused. Messages never echo the presented token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("admin requests need an Authorization: Bearer <token> header")]
+    Missing,
+    /// The header is not `Bearer <token>`.
+    #[error("the Authorization header must be Bearer <token>")]
+    NotBearer,
+    /// No configured token matches.
+    #[error("the bearer token is not valid")]
+    InvalidToken,
+    /// A valid tenant-scoped token, for another tenant.
+    #[error("this token may not act on tenant {tenant}")]
+    Forbidden { tenant: Box<str> },
+    /// A valid tenant-scoped token, for an operation on every tenant.
+    #[error("this operation needs a token scoped to all tenants")]
+    NeedsAllTenants,
+}
+
+impl AuthError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::Missing | AuthError::NotBearer | AuthError::InvalidToken => {
+                ErrorCode::Unauthorized
+            }
+            AuthError::Forbidden { .. } | AuthError::NeedsAllTenants => ErrorCode::Forbidden,
+        }
+    }
+}
+
+/// A configuration mistake in the token list; `index` is the token's position in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenConfigError {
+    #[error("{count} admin tokens; at most {TOKENS_MAX}")]
+    TooMany { count: usize },
+    #[error("admin token #{index} is {bytes} bytes; {TOKEN_BYTES_MIN}–{TOKEN_BYTES_MAX} allowed")]
+    Length { index: usize, bytes: usize },
+    #[error("admin token #{index} may hold only visible ASCII characters (no spaces)")]
+    Characters { index: usize },
+    #[error("admin token #{index} repeats token #{first}")]
+    Duplicate { index: usize, first: usize },
+    #[error("admin token #{index}: tenant {tenant:?} must match ^[A-Za-z0-9_.-]{{1,64}}$")]
+    Tenant { index: usize, tenant: Box<str> },
+}
+
+struct Entry {
+    padded: [u8; TOKEN_BYTES_MAX],
+    len: u64,
+    scope: Scope,
+}
+
+/// The configured admin tokens; see the module doc.
+pub struct Tokens {
+    entries: Box<[Entry]>,
+}
+
+impl std::fmt::Debug for Tokens {
+    /// Never prints a token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("count", &self.entries.len())
+            .finish()
+    }
+}
+
+impl Tokens {
+    /// `(token, None)` is scoped to every tenant, `(token, Some(tenant))` to one.
+    pub fn new<T, S>(tokens: &[(T, Option<S>)]) -> Result<Self, TokenConfigError>
+    where
+        T: AsRef<str>,
+        S: AsRef<str>,
+    {
+        if tokens.len() > TOKENS_MAX {
+            return Err(TokenConfigError::TooMany {
+                count: tokens.len(),
+            });
+        }
+        let mut entries: Vec<Entry> = Vec::with_capacity(tokens.len());
+        for (index, (token, tenant)) in tokens.iter().enumerate() {
+            let token = token.as_ref().as_bytes();
+            check_token(index, token)?;
+            let first = entries.iter().position(|e| e.bytes() == token);
+            if let Some(first) = first {
+                return Err(TokenConfigError::Duplicate { index, first });
+            }
+            let scope = match tenant {
+                None => Scope::All,
+                Some(t) if is_tenant_id(t.as_ref()) => Scope::Tenant(t.as_ref().into()),
+                Some(t) => {
+                    let tenant = shown(t.as_ref()).into();
+                    return Err(TokenConfigError::Tenant { index, tenant });
+                }
+            };
+            entries.push(Entry {
+                padded: pad(token),
+                len: token.len() as u64,
+                scope,
+            });
+        }
+        Ok(Tokens {
+            entries: entries.into(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The scope of the token in an `Authorization` header value (`None`: no header).
+    pub fn authorize(&self, header: Option<&str>) -> Result<Scope, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = bearer(header).ok_or(AuthError::NotBearer)?.as_bytes();
+        if token.is_empty() || token.len() > TOKEN_BYTES_MAX {
+            return Err(AuthError::InvalidToken);
+        }
+        let presented = pad(token);
+        let len = token.len() as u64;
+        let mut found = Choice::from(0);
+        let mut index = 0u32;
+        for (i, entry) in self.entries.iter().enumerate() {
+            let hit = entry.padded[..].ct_eq(&presented[..]) & entry.len.ct_eq(&len);
+            index.conditional_assign(&(i as u32), hit);
+            found |= hit;
+        }
+        if bool::from(found) {
+            Ok(self.entries[index as usize].scope.clone())
+        } else {
+            Err(AuthError::InvalidToken)
+        }
+    }
+}
+
+impl Entry {
+    /// Only for the duplicate check at construction; not constant time.
+    fn bytes(&self) -> &[u8] {
+        &self.padded[..self.len as usize]
+    }
+}
+
+fn check_token(index: usize, token: &[u8]) -> Result<(), TokenConfigError> {
+    if !(TOKEN_BYTES_MIN..=TOKEN_BYTES_MAX).contains(&token.len()) {
+        let bytes = token.len();
+        return Err(TokenConfigError::Length { index, bytes });
+    }
+    if !token.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(TokenConfigError::Characters { index });
+    }
+    Ok(())
+}
+
+fn pad(token: &[u8]) -> [u8; TOKEN_BYTES_MAX] {
+    let mut padded = [0u8; TOKEN_BYTES_MAX];
+    padded[..token.len()].copy_from_slice(token);
+    padded
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
+fn bearer(header: &str) -> Option<&str> {
+    let header = header.trim_matches([' ', '\t']);
+    let (scheme, token) = header.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim_start_matches([' ', '\t']);
+    (!token.contains([' ', '\t'])).then_some(token)
+}
+
+/// A client-chosen string cut for a message.
+pub(super) fn shown(s: &str) -> &str {
+    const SHOWN_CHARS_MAX: usize = 64;
+    match s.char_indices().nth(SHOWN_CHARS_MAX) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT: &str = "root-token-0123456789abcdef";
+    const ACME: &str = "acme-token-0123456789abcdef";
+    const ACME_PREFIX: &str = "acme-token-0123456789abcde";
+
+    fn tokens() -> Tokens {
+        Tokens::new(&[(ROOT, None), (ACME, Some("acme"))]).unwrap()
+    }
+
+    /// Each configured token yields its own scope; the comparison finds the right entry
+    /// whatever its position.
+    #[test]
+    fn each_token_gets_its_scope() {
+        let t = tokens();
+        let bearer = |tok: &str| format!("Bearer {tok}");
+        assert_eq!(t.authorize(Some(&bearer(ROOT))), Ok(Scope::All));
+        let acme = Scope::Tenant("acme".into());
+        assert_eq!(t.authorize(Some(&bearer(ACME))), Ok(acme.clone()));
+        assert_eq!(t.authorize(Some(&format!("bearer  {ACME} "))), Ok(acme));
+    }
+
+    /// A prefix, an extension or a same-length variant of a token is not that token: the
+    /// length is compared as well as the padded bytes.
+    #[test]
+    fn near_misses_are_refused() {
+        let t = tokens();
+        for tok in [
+            ACME_PREFIX,
+            "acme-token-0123456789abcdefX",
+            "acme-token-0123456789abcdeg",
+        ] {
+            let header = format!("Bearer {tok}");
+            assert_eq!(
+                t.authorize(Some(&header)),
+                Err(AuthError::InvalidToken),
+                "{tok}"
+            );
+        }
+        let long = format!("Bearer {}", "x".repeat(TOKEN_BYTES_MAX + 1));
+        assert_eq!(t.authorize(Some(&long)), Err(AuthError::InvalidToken));
+        let nul = format!("Bearer {ACME}\0");
+        assert_eq!(t.authorize(Some(&nul)), Err(AuthError::InvalidToken));
+    }
+
+    #[test]
+    fn missing_and_malformed_headers_are_unauthorized() {
+        let t = tokens();
+        assert_eq!(t.authorize(None), Err(AuthError::Missing));
+        for header in ["", "Bearer", "Bearer ", ROOT, &format!("Basic {ROOT}")] {
+            let err = t.authorize(Some(header)).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Unauthorized, "{header:?}");
+        }
+        let two = format!("Bearer {ROOT} {ACME}");
+        assert_eq!(t.authorize(Some(&two)), Err(AuthError::NotBearer));
+    }
+
+    #[test]
+    fn no_tokens_means_no_access() {
+        let t = Tokens::new::<&str, &str>(&[]).unwrap();
+        let header = format!("Bearer {ROOT}");
+        assert_eq!(t.authorize(Some(&header)), Err(AuthError::InvalidToken));
+    }
+
+    #[test]
+    fn tenant_scope_is_forbidden_elsewhere() {
+        let acme = Scope::Tenant("acme".into());
+        assert!(acme.allows("acme") && !acme.allows("globex") && !acme.allows("acm"));
+        let err = acme.require("globex").unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Forbidden);
+        assert_eq!(acme.require_all().unwrap_err().code(), ErrorCode::Forbidden);
+        assert!(Scope::All.require("globex").is_ok() && Scope::All.require_all().is_ok());
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        let short = Tokens::new(&[("short", None::<&str>)]).unwrap_err();
+        assert_eq!(short, TokenConfigError::Length { index: 0, bytes: 5 });
+        let spaced = Tokens::new(&[("has a space in the token", None::<&str>)]).unwrap_err();
+        assert_eq!(spaced, TokenConfigError::Characters { index: 0 });
+        let dup = Tokens::new(&[(ROOT, None), (ROOT, Some("acme"))]).unwrap_err();
+        assert_eq!(dup, TokenConfigError::Duplicate { index: 1, first: 0 });
+        let tenant = Tokens::new(&[(ROOT, Some("a/b"))]).unwrap_err();
+        assert!(matches!(tenant, TokenConfigError::Tenant { index: 0, .. }));
+        assert!(
+            !format!("{:?}", tokens()).contains(ROOT),
+            "Debug hides tokens"
+        );
+    }
+}

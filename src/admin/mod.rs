@@ -1,0 +1,39 @@
+//! The admin side (SPEC §8): bearer-token scopes, the on-disk policy store, distribution of
+//! new routing tables to the shards, the reload watcher, and the `/admin/v1/…` routes.
+//!
+//! Transport-agnostic: a request is (method, path, query, `Authorization` value, body) and
+//! the answer is (HTTP status, JSON body). HTTP and NATS (`beamline.router.v1.admin.*`)
+//! map onto `Admin::handle`; `placement` tells them where a request must run.
+//!
+//! Module map:
+//! - `auth`: `Tokens` (constant-time bearer check) → `Scope` (all tenants, or one).
+//! - `store`: `PolicyStore`, `DIR/<tenant>/<policy>.json` with atomic, fsynced writes
+//!   that can be rolled back; every write is serialised by the store's mutex.
+//! - `table`: `TableHandle` (the published table and its generation), `ShardTable` (a
+//!   shard's cached copy, adopted between requests), and `reload` / `put_policy` /
+//!   `delete_policy`, which persist and publish under the store's mutex.
+//! - `watch`: a background thread reloading on SIGHUP and on file changes (polling).
+//! - `api`: routing, scope checks and the JSON answers.
+//!
+//! Invariant: the published table is always one that `RoutingTable::load_dir` built from
+//! the directory as it was under the store's mutex. A change that would make the directory
+//! fail to load is undone on disk and never published, so the old table keeps serving.
+
+mod api;
+mod auth;
+mod reply;
+mod store;
+mod table;
+mod watch;
+
+pub use api::{placement, Admin, AdminRequest, Placement, ShardView};
+pub use auth::{
+    AuthError, Scope, TokenConfigError, Tokens, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,
+};
+pub use reply::{AdminResponse, PROBLEMS_SHOWN_MAX};
+pub use store::{Change, PolicyStore, PutOutcome, StoreError, StoreWriter, TEMP_NAMES_MAX};
+pub use table::{
+    delete_policy, put_policy, reload, PublishError, Published, ReloadReport, ShardTable,
+    TableHandle, Versioned,
+};
+pub use watch::{WatchStats, Watcher, WATCH_INTERVAL_MS};
