@@ -1,3 +1,6 @@
 //! Thread-per-core runtime for Shardline: one pinned executor per core, a stable
 //! tenant → shard partition, and a mesh of bounded SPSC rings between shards.
 //! It knows nothing about routing policies.
+
+pub mod id;
+pub mod topology;
