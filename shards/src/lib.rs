@@ -3,4 +3,5 @@
 //! It knows nothing about routing policies.
 
 pub mod id;
+pub mod partition;
 pub mod topology;
