@@ -4,4 +4,5 @@
 
 pub mod id;
 pub mod partition;
+pub mod ring;
 pub mod topology;
