@@ -3,6 +3,8 @@
 //! It knows nothing about routing policies.
 
 pub mod id;
+pub mod mesh;
 pub mod partition;
 pub mod ring;
 pub mod topology;
+pub mod wake;
