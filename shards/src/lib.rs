@@ -5,6 +5,7 @@
 pub mod id;
 pub mod mesh;
 pub mod partition;
+pub mod preflight;
 pub mod ring;
 pub mod topology;
 pub mod wake;
