@@ -105,8 +105,14 @@ impl<T> Batch<T> {
     /// # Panics
     /// If `limit` is 0 or above `BATCH_ITEMS_MAX`.
     pub fn with_limit(limit: usize) -> Batch<T> {
-        assert!((1..=BATCH_ITEMS_MAX).contains(&limit), "batch limit {limit} out of range");
-        Batch { items: Vec::with_capacity(limit), limit }
+        assert!(
+            (1..=BATCH_ITEMS_MAX).contains(&limit),
+            "batch limit {limit} out of range"
+        );
+        Batch {
+            items: Vec::with_capacity(limit),
+            limit,
+        }
     }
 
     /// Messages held.
@@ -149,17 +155,22 @@ impl<T: Send> Mesh<T> {
     /// If `shard_count` is outside `1..=SHARDS_MAX` or `ring_slots` is not a power of two
     /// within `RING_SLOTS_MIN..=RING_SLOTS_MAX` (configuration is validated before this).
     pub fn new(shard_count: usize, ring_slots: usize) -> Mesh<T> {
-        assert!((1..=SHARDS_MAX).contains(&shard_count), "shard count {shard_count}");
+        assert!(
+            (1..=SHARDS_MAX).contains(&shard_count),
+            "shard count {shard_count}"
+        );
         assert!((RING_SLOTS_MIN..=RING_SLOTS_MAX).contains(&ring_slots));
         let control = Arc::new(Control::new(shard_count));
-        let mut outbound: Vec<Vec<Option<Producer<T>>>> =
-            (0..shard_count).map(|_| (0..shard_count).map(|_| None).collect()).collect();
-        let mut inbound: Vec<Vec<InboundRing<T>>> =
-            (0..shard_count).map(|_| Vec::with_capacity(shard_count - 1)).collect();
-        for from in 0..shard_count {
-            for to in (0..shard_count).filter(|&to| to != from) {
+        let mut outbound: Vec<Vec<Option<Producer<T>>>> = (0..shard_count)
+            .map(|_| (0..shard_count).map(|_| None).collect())
+            .collect();
+        let mut inbound: Vec<Vec<InboundRing<T>>> = (0..shard_count)
+            .map(|_| Vec::with_capacity(shard_count - 1))
+            .collect();
+        for (from, row) in outbound.iter_mut().enumerate() {
+            for (to, slot) in row.iter_mut().enumerate().filter(|(to, _)| *to != from) {
                 let (producer, consumer) = ring(ring_slots);
-                outbound[from][to] = Some(producer);
+                *slot = Some(producer);
                 let from = ShardId::from_index(from);
                 inbound[to].push(InboundRing { from, consumer });
             }
@@ -175,7 +186,10 @@ impl<T: Send> Mesh<T> {
             stopping_delivered: false,
             quiesced: false,
         });
-        Mesh { ends: ends.collect(), control: MeshControl(control) }
+        Mesh {
+            ends: ends.collect(),
+            control: MeshControl(control),
+        }
     }
 
     /// A handle to request a stop of every shard.
@@ -227,7 +241,10 @@ impl<T> ShardEnd<T> {
     /// # Panics
     /// If above `SPIN_ITERATIONS_MAX`.
     pub fn set_spin_iterations(&mut self, spins: u32) {
-        assert!(spins <= SPIN_ITERATIONS_MAX, "spin iterations {spins} above max");
+        assert!(
+            spins <= SPIN_ITERATIONS_MAX,
+            "spin iterations {spins} above max"
+        );
         self.spin_iterations = spins;
     }
 
@@ -237,12 +254,17 @@ impl<T> ShardEnd<T> {
     /// If `to` is this shard or not in the mesh: both are routing bugs.
     #[inline]
     pub fn try_send(&mut self, to: ShardId, msg: T) -> Result<(), TrySendError<T>> {
-        assert_ne!(to, self.id, "shard {to} sent a message to itself through the mesh");
+        assert_ne!(
+            to, self.id,
+            "shard {to} sent a message to itself through the mesh"
+        );
         let bell = &self.control.bells[to.index()];
         if bell.has_exited() {
             return Err(TrySendError::Closed(msg));
         }
-        let producer = self.outbound[to.index()].as_mut().expect("ring to every peer");
+        let producer = self.outbound[to.index()]
+            .as_mut()
+            .expect("ring to every peer");
         producer.try_push(msg).map_err(TrySendError::Full)?;
         // Pairs with the consumer's fence in `park`: see the lost-wakeup argument in `wake`.
         fence(Ordering::SeqCst);
@@ -263,7 +285,10 @@ impl<T> ShardEnd<T> {
                 let Some(msg) = inbound.consumer.try_pop() else {
                     break;
                 };
-                batch.items.push(Envelope { from: inbound.from, msg });
+                batch.items.push(Envelope {
+                    from: inbound.from,
+                    msg,
+                });
             }
         }
         self.next_inbound = (self.next_inbound + 1) % rings;
@@ -275,7 +300,10 @@ impl<T> ShardEnd<T> {
     /// # Panics
     /// If `batch` is not empty: drain it before asking for more.
     pub async fn next_batch(&mut self, batch: &mut Batch<T>) -> Inbound {
-        assert!(batch.is_empty(), "next_batch called with an undrained batch");
+        assert!(
+            batch.is_empty(),
+            "next_batch called with an undrained batch"
+        );
         glommio::yield_if_needed().await;
         let mut spins = 0;
         loop {
@@ -327,7 +355,10 @@ impl<T> ShardEnd<T> {
 
     /// Messages waiting in the ring to `to` (for metrics).
     pub fn depth_to(&self, to: ShardId) -> usize {
-        self.outbound.get(to.index()).and_then(Option::as_ref).map_or(0, Producer::len)
+        self.outbound
+            .get(to.index())
+            .and_then(Option::as_ref)
+            .map_or(0, Producer::len)
     }
 
     /// Parks until a producer, a stop request or the last quiescing shard wakes us.
@@ -376,9 +407,9 @@ mod tests {
     #[test]
     fn mesh_wires_every_ordered_pair() {
         let mut ends = Mesh::<(usize, usize)>::new(3, 4).into_ends();
-        for from in 0..3 {
+        for (from, end) in ends.iter_mut().enumerate() {
             for to in (0..3).filter(|&to| to != from) {
-                ends[from].try_send(ShardId::from_index(to), (from, to)).unwrap();
+                end.try_send(ShardId::from_index(to), (from, to)).unwrap();
             }
         }
         for (to, end) in ends.iter_mut().enumerate() {
@@ -415,7 +446,11 @@ mod tests {
         assert_eq!(first, [100, 101, 102]);
         assert_eq!(ends[0].drain_into(&mut batch), 3);
         let second: Vec<u32> = batch.drain().map(|e| e.msg).collect();
-        assert_eq!(second, [200, 201, 202], "second drain starts at the next sender");
+        assert_eq!(
+            second,
+            [200, 201, 202],
+            "second drain starts at the next sender"
+        );
     }
 
     #[test]
@@ -426,7 +461,10 @@ mod tests {
         let second = ends.pop().unwrap();
         drop(second);
         assert_eq!(control.exited_count(), 1);
-        assert!(matches!(ends[0].try_send(ShardId(1), 7), Err(TrySendError::Closed(7))));
+        assert!(matches!(
+            ends[0].try_send(ShardId(1), 7),
+            Err(TrySendError::Closed(7))
+        ));
         assert!(!ends[0].control.all_quiesced());
         assert_eq!(ends[0].control.quiesced_for_test(), 1);
     }

@@ -67,7 +67,10 @@ pub fn fnv1a_64(bytes: &[u8]) -> u64 {
 /// If `buckets` is 0 (a bug: shard counts are validated at startup).
 #[inline]
 pub fn jump_consistent_hash(mut key: u64, buckets: u32) -> u32 {
-    assert!(buckets > 0, "jump consistent hash needs at least one bucket");
+    assert!(
+        buckets > 0,
+        "jump consistent hash needs at least one bucket"
+    );
     let mut b: i64 = -1;
     let mut j: i64 = 0;
     while j < i64::from(buckets) {
@@ -95,7 +98,9 @@ impl Partitioner {
             (1..=SHARDS_MAX).contains(&shard_count),
             "shard count {shard_count} outside 1..={SHARDS_MAX}"
         );
-        Partitioner { shard_count: shard_count as u32 }
+        Partitioner {
+            shard_count: shard_count as u32,
+        }
     }
 
     /// The number of shards tenants are spread over.
@@ -123,8 +128,16 @@ mod tests {
         ("a", 0xaf63_dc4c_8601_ec8c, [0, 1, 2, 2, 2, 12, 31, 163]),
         ("foobar", 0x8594_4171_f739_67e8, [0, 1, 1, 1, 5, 5, 33, 254]),
         ("acme", 0x0724_d383_f4f6_de0f, [0, 0, 0, 3, 7, 15, 42, 42]),
-        ("tenant-1", 0xc2ef_b128_e3eb_f08b, [0, 1, 1, 1, 1, 15, 51, 140]),
-        ("tenant-2", 0xc2ef_b228_e3eb_f23e, [0, 0, 0, 0, 0, 0, 17, 91]),
+        (
+            "tenant-1",
+            0xc2ef_b128_e3eb_f08b,
+            [0, 1, 1, 1, 1, 15, 51, 140],
+        ),
+        (
+            "tenant-2",
+            0xc2ef_b228_e3eb_f23e,
+            [0, 0, 0, 0, 0, 0, 17, 91],
+        ),
         ("globex", 0x7fc1_2157_b54b_b22e, [0, 1, 1, 1, 1, 1, 1, 84]),
         ("über", 0xa720_359e_1161_0baf, [0, 1, 2, 2, 2, 2, 45, 45]),
     ];
@@ -153,7 +166,10 @@ mod tests {
             }
             let mean = TENANTS / count;
             for (shard, n) in per_shard.iter().enumerate() {
-                assert!(n.abs_diff(mean) * 10 < mean, "shard {shard}/{count} got {n}");
+                assert!(
+                    n.abs_diff(mean) * 10 < mean,
+                    "shard {shard}/{count} got {n}"
+                );
             }
         }
     }
@@ -174,7 +190,10 @@ mod tests {
                 }
             }
             let expected = TENANTS / (n + 1);
-            assert!(moved.abs_diff(expected) * 10 < expected, "n={n} moved {moved}");
+            assert!(
+                moved.abs_diff(expected) * 10 < expected,
+                "n={n} moved {moved}"
+            );
         }
     }
 

@@ -118,7 +118,10 @@ pub fn preflight(shards: usize) -> Result<PreflightReport, PreflightError> {
     probe_io_uring()?;
     let limit = memlock_limit()?;
     let need = check_memlock(limit, shards)?;
-    Ok(PreflightReport { memlock_limit_bytes: limit, memlock_need_bytes: need })
+    Ok(PreflightReport {
+        memlock_limit_bytes: limit,
+        memlock_need_bytes: need,
+    })
 }
 
 /// The memlock need of `shards` shards, or the error if `limit` (`None` = unlimited) is
@@ -136,7 +139,10 @@ pub fn check_memlock(limit: Option<u64>, shards: usize) -> Result<u64, Preflight
 }
 
 fn memlock_limit() -> Result<Option<u64>, PreflightError> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `limit` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
         return Err(PreflightError::Rlimit(io::Error::last_os_error()));
@@ -188,9 +194,19 @@ fn probe_io_uring() -> Result<(), PreflightError> {
 
 fn check_opcodes(ring: &OwnedFd) -> Result<(), PreflightError> {
     use std::os::fd::AsRawFd;
-    let zero_op = ProbeOp { op: 0, resv: 0, flags: 0, resv2: 0 };
-    let mut probe =
-        Probe { last_op: 0, ops_len: 0, resv: 0, resv2: [0; 3], ops: [zero_op; PROBE_OPS_MAX] };
+    let zero_op = ProbeOp {
+        op: 0,
+        resv: 0,
+        flags: 0,
+        resv2: 0,
+    };
+    let mut probe = Probe {
+        last_op: 0,
+        ops_len: 0,
+        resv: 0,
+        resv2: [0; 3],
+        ops: [zero_op; PROBE_OPS_MAX],
+    };
     // SAFETY: the kernel writes at most `PROBE_OPS_MAX` ops into `probe`, which has room.
     let rc = unsafe {
         libc::syscall(
@@ -210,12 +226,17 @@ fn check_opcodes(ring: &OwnedFd) -> Result<(), PreflightError> {
         let entry = probe.ops[..known].get(usize::from(op));
         entry.is_some_and(|e| e.flags & IO_URING_OP_SUPPORTED != 0)
     };
-    let missing: Vec<&str> =
-        REQUIRED_OPS.iter().filter(|(op, _)| !supported(*op)).map(|(_, name)| *name).collect();
+    let missing: Vec<&str> = REQUIRED_OPS
+        .iter()
+        .filter(|(op, _)| !supported(*op))
+        .map(|(_, name)| *name)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    Err(PreflightError::IoUringTooOld { missing: missing.join(", ") })
+    Err(PreflightError::IoUringTooOld {
+        missing: missing.join(", "),
+    })
 }
 
 fn io_uring_disabled_sysctl() -> Option<u8> {
@@ -244,9 +265,16 @@ pub fn io_uring_unavailable(errno: i32, disabled_sysctl: Option<u8>) -> Prefligh
             "EMFILE",
             "out of file descriptors: raise `ulimit -n` (LimitNOFILE=)".to_owned(),
         ),
-        _ => ("unexpected errno", format!("errno {errno}; glommio will not start either")),
+        _ => (
+            "unexpected errno",
+            format!("errno {errno}; glommio will not start either"),
+        ),
     };
-    PreflightError::IoUringUnavailable { errno, errno_name, cause }
+    PreflightError::IoUringUnavailable {
+        errno,
+        errno_name,
+        cause,
+    }
 }
 
 fn eperm_cause(disabled_sysctl: Option<u8>) -> String {
@@ -293,7 +321,10 @@ mod tests {
             "memlock limit 64 KiB is below the 1 MiB needed for 2 shards: raise it with \
              `ulimit -l`, LimitMEMLOCK= in the systemd unit, or `--ulimit memlock=-1` on Docker"
         );
-        assert_eq!(check_memlock(Some(8 * 1024 * 1024), 2).unwrap(), 1024 * 1024);
+        assert_eq!(
+            check_memlock(Some(8 * 1024 * 1024), 2).unwrap(),
+            1024 * 1024
+        );
         assert_eq!(check_memlock(None, 256).unwrap(), 128 * 1024 * 1024);
         assert!(check_memlock(Some(1024 * 1024), 3).is_err());
     }
@@ -301,7 +332,10 @@ mod tests {
     #[test]
     fn io_uring_messages_name_cause_and_fix() {
         let err = io_uring_unavailable(libc::EPERM, None).to_string();
-        assert!(err.starts_with("io_uring is unavailable (io_uring_setup: EPERM): "), "{err}");
+        assert!(
+            err.starts_with("io_uring is unavailable (io_uring_setup: EPERM): "),
+            "{err}"
+        );
         assert!(err.contains("seccomp=unconfined"), "{err}");
         let err = io_uring_unavailable(libc::EPERM, Some(2)).to_string();
         assert!(err.contains("kernel.io_uring_disabled=2"), "{err}");

@@ -50,7 +50,10 @@ const _: () = assert!(RING_SLOTS_MIN <= RING_SLOTS_DEFAULT && RING_SLOTS_DEFAULT
 /// lines in aligned pairs and Apple/Neoverse cores have 128-byte lines, hence 128 there (as
 /// crossbeam does); 64 elsewhere.
 #[cfg_attr(any(target_arch = "x86_64", target_arch = "aarch64"), repr(align(128)))]
-#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), repr(align(64)))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    repr(align(64))
+)]
 #[derive(Debug, Default)]
 pub struct CachePadded<T>(pub T);
 
@@ -133,15 +136,28 @@ pub fn ring<T>(slots: usize) -> (Producer<T>, Consumer<T>) {
         slots.is_power_of_two() && (RING_SLOTS_MIN..=RING_SLOTS_MAX).contains(&slots),
         "ring slots {slots} must be a power of two in {RING_SLOTS_MIN}..={RING_SLOTS_MAX}"
     );
-    let slots_vec: Box<[_]> = (0..slots).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect();
+    let slots_vec: Box<[_]> = (0..slots)
+        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+        .collect();
     let shared = Arc::new(Shared {
         head: CachePadded(AtomicUsize::new(0)),
         tail: CachePadded(AtomicUsize::new(0)),
         slots: slots_vec,
         mask: slots - 1,
     });
-    let producer = Producer { shared: Arc::clone(&shared), tail: 0, head_seen: 0 };
-    (producer, Consumer { shared, head: 0, tail_seen: 0 })
+    let producer = Producer {
+        shared: Arc::clone(&shared),
+        tail: 0,
+        head_seen: 0,
+    };
+    (
+        producer,
+        Consumer {
+            shared,
+            head: 0,
+            tail_seen: 0,
+        },
+    )
 }
 
 impl<T> Producer<T> {
@@ -228,13 +244,17 @@ impl<T> Consumer<T> {
 
 impl<T> std::fmt::Debug for Producer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Producer").field("len", &self.len()).finish()
+        f.debug_struct("Producer")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
 impl<T> std::fmt::Debug for Consumer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("len", &self.len()).finish()
+        f.debug_struct("Consumer")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -297,12 +317,18 @@ mod tests {
         let drops = Arc::new(AtomicUsize::new(0));
         let (mut p, mut c) = ring::<Counted>(8);
         for _ in 0..5 {
-            p.try_push(Counted(Arc::clone(&drops))).map_err(|_| ()).unwrap();
+            p.try_push(Counted(Arc::clone(&drops)))
+                .map_err(|_| ())
+                .unwrap();
         }
         drop(c.try_pop());
         assert_eq!(drops.load(Ordering::Relaxed), 1);
         drop(p);
-        assert_eq!(drops.load(Ordering::Relaxed), 1, "ring still owned by the consumer");
+        assert_eq!(
+            drops.load(Ordering::Relaxed),
+            1,
+            "ring still owned by the consumer"
+        );
         drop(c);
         assert_eq!(drops.load(Ordering::Relaxed), 5);
     }

@@ -67,7 +67,10 @@ pub enum TopologyError {
         cpuset: String,
     },
     /// `--cores` is not `all`, a count, or a cpu list.
-    #[error("invalid core selection {input:?}: use `all`, a count such as `4`, or a cpu list such as `0-3,6` (one core: `5-5`)")]
+    #[error(
+        "invalid core selection {input:?}: use `all`, a count such as `4`, or a cpu list \
+         such as `0-3,6` (one core: `5-5`)"
+    )]
     SelectionSyntax {
         /// The text given.
         input: String,
@@ -252,7 +255,11 @@ impl Topology {
         cpuset: Option<&[CoreId]>,
     ) -> Result<Topology, TopologyError> {
         let usable: Vec<CoreId> = match cpuset {
-            Some(set) => affinity.iter().filter(|c| set.contains(c)).copied().collect(),
+            Some(set) => affinity
+                .iter()
+                .filter(|c| set.contains(c))
+                .copied()
+                .collect(),
             None => affinity.to_vec(),
         };
         if usable.is_empty() {
@@ -286,7 +293,9 @@ impl Topology {
             CoreSelection::List(list) => self.select_list(list)?,
         };
         if chosen.len() > SHARDS_MAX {
-            return Err(TopologyError::TooManyShards { requested: chosen.len() });
+            return Err(TopologyError::TooManyShards {
+                requested: chosen.len(),
+            });
         }
         Ok(chosen)
     }
@@ -352,7 +361,8 @@ pub fn cpuset_candidates(self_cgroup: &str, root: &Path) -> Vec<PathBuf> {
     let mut v1 = Vec::new();
     for line in self_cgroup.lines() {
         let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -433,7 +443,10 @@ mod tests {
     #[test]
     fn selection_grammar() {
         assert_eq!("all".parse::<CoreSelection>().unwrap(), CoreSelection::All);
-        assert_eq!("3".parse::<CoreSelection>().unwrap(), CoreSelection::Count(3));
+        assert_eq!(
+            "3".parse::<CoreSelection>().unwrap(),
+            CoreSelection::Count(3)
+        );
         assert_eq!(
             "0-1,4".parse::<CoreSelection>().unwrap(),
             CoreSelection::List(cores(&[0, 1, 4]))
@@ -449,18 +462,32 @@ mod tests {
     #[test]
     fn selection_is_validated_against_usable_set() {
         let topo = Topology::from_parts(&cores(&[0, 1, 2, 5]), None).unwrap();
-        assert_eq!(topo.select(&CoreSelection::All).unwrap(), cores(&[0, 1, 2, 5]));
-        assert_eq!(topo.select(&CoreSelection::Count(2)).unwrap(), cores(&[0, 1]));
+        assert_eq!(
+            topo.select(&CoreSelection::All).unwrap(),
+            cores(&[0, 1, 2, 5])
+        );
+        assert_eq!(
+            topo.select(&CoreSelection::Count(2)).unwrap(),
+            cores(&[0, 1])
+        );
         let list = CoreSelection::List(cores(&[5, 1]));
         assert_eq!(topo.select(&list).unwrap(), cores(&[1, 5]));
 
         let err = topo.select(&CoreSelection::Count(9)).unwrap_err();
-        assert_eq!(err.to_string(), "9 cores requested but only 4 are usable ([0-2,5])");
+        assert_eq!(
+            err.to_string(),
+            "9 cores requested but only 4 are usable ([0-2,5])"
+        );
         let err = topo.select(&CoreSelection::List(cores(&[3]))).unwrap_err();
         assert!(err.to_string().starts_with("core 3 is not usable"), "{err}");
         assert!(err.to_string().contains("[0-2,5]"), "{err}");
-        let err = topo.select(&CoreSelection::List(cores(&[1, 1]))).unwrap_err();
-        assert!(matches!(err, TopologyError::DuplicateCore { core: CoreId(1) }));
+        let err = topo
+            .select(&CoreSelection::List(cores(&[1, 1])))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            TopologyError::DuplicateCore { core: CoreId(1) }
+        ));
         assert!(matches!(
             topo.select(&CoreSelection::Count(0)),
             Err(TopologyError::ZeroCores)

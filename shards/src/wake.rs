@@ -73,7 +73,11 @@ impl Doorbell {
         if !self.parked.swap(false, Ordering::AcqRel) {
             return;
         }
-        let waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -118,7 +122,9 @@ pub(crate) struct Control {
 impl Control {
     pub(crate) fn new(shard_count: usize) -> Control {
         Control {
-            bells: (0..shard_count).map(|_| CachePadded(Doorbell::default())).collect(),
+            bells: (0..shard_count)
+                .map(|_| CachePadded(Doorbell::default()))
+                .collect(),
             stop: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
         }
