@@ -7,5 +7,6 @@ pub mod mesh;
 pub mod partition;
 pub mod preflight;
 pub mod ring;
+pub mod runtime;
 pub mod topology;
 pub mod wake;
