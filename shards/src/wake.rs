@@ -101,8 +101,17 @@ impl Doorbell {
         self.parked.store(false, Ordering::Relaxed);
     }
 
+    /// Marks the shard gone and drops its stored waker on the owning thread, so no stale
+    /// waker of a finished executor outlives it in the shared state.
     pub(crate) fn mark_exited(&self) {
         self.exited.store(true, Ordering::Release);
+        self.parked.store(false, Ordering::Relaxed);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(waker);
     }
 
     #[inline]
