@@ -12,7 +12,7 @@
 //! - **Wake only the sleeping.** A busy shard drains its rings in its loop, so a send costs
 //!   a store, a fence and a load. An idle shard spins briefly, then parks; only then does a
 //!   sender pay for a wake (see [`wake`]). An idle process uses no CPU.
-//! - **Fail loudly, early.** [`preflight`] names the real cause when io_uring or memlock
+//! - **Fail loudly, early.** [`preflight()`] names the real cause when io_uring or memlock
 //!   would stop glommio; [`Runtime::start`] returns the first shard's failure instead of
 //!   hanging; a shard panic is reported with its message.
 //!

@@ -297,6 +297,10 @@ impl<T> ShardEnd<T> {
 
     /// Waits for the next messages, a stop request, or the end of the stop protocol.
     ///
+    /// Fairness: on entry it yields to the shard's other tasks if glommio's preemption
+    /// timer has expired (`RuntimeConfig::preempt_timer`), so a shard flooded by its peers
+    /// still serves its sockets. Outside a glommio executor that check is a no-op.
+    ///
     /// # Panics
     /// If `batch` is not empty: drain it before asking for more.
     pub async fn next_batch(&mut self, batch: &mut Batch<T>) -> Inbound {
@@ -307,15 +311,17 @@ impl<T> ShardEnd<T> {
         glommio::yield_if_needed().await;
         let mut spins = 0;
         loop {
+            // Before draining: under sustained traffic a drain is never empty, and the stop
+            // must still get through.
+            if !self.stopping_delivered && self.control.stop_requested() {
+                self.stopping_delivered = true;
+                return Inbound::Stopping;
+            }
             // Read quiescence before draining: peers quiesce after their last push, so
             // seeing them all quiet and then an empty drain means nothing more is coming.
             let all_quiet = self.quiesced && self.control.all_quiesced();
             if self.drain_into(batch) > 0 {
                 return Inbound::Messages;
-            }
-            if !self.stopping_delivered && self.control.stop_requested() {
-                self.stopping_delivered = true;
-                return Inbound::Stopping;
             }
             if all_quiet {
                 self.control.bells[self.id.index()].mark_exited();

@@ -38,10 +38,19 @@ use crate::wake::{MeshControl, SPIN_ITERATIONS_DEFAULT, SPIN_ITERATIONS_MAX};
 pub const LIFECYCLE_TIMEOUT_MS_MAX: u64 = 120_000;
 /// Default start and stop deadline.
 pub const LIFECYCLE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Longest a shard's executor lets one task run before `yield_if_needed` yields
+/// (glommio's own default).
+pub const PREEMPT_TIMER_US_MAX: u64 = 100_000;
+/// Shortest preemption period: below this the timer's own cost shows.
+pub const PREEMPT_TIMER_US_MIN: u64 = 100;
+/// Default: a shard saturated by handoffs still polls its sockets every millisecond.
+pub const PREEMPT_TIMER_US_DEFAULT: u64 = 1_000;
 /// Events a shard thread sends at most: `Ready` or `Failed`, then `Exited`.
 const EVENTS_PER_SHARD_MAX: usize = 2;
 
 const _: () = assert!(LIFECYCLE_TIMEOUT_MS_DEFAULT <= LIFECYCLE_TIMEOUT_MS_MAX);
+const _: () = assert!(PREEMPT_TIMER_US_MIN <= PREEMPT_TIMER_US_DEFAULT);
+const _: () = assert!(PREEMPT_TIMER_US_DEFAULT <= PREEMPT_TIMER_US_MAX);
 
 /// How to start the shards.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +61,9 @@ pub struct RuntimeConfig {
     pub ring_slots: usize,
     /// Executor yields an idle shard spends re-checking before it parks.
     pub spin_iterations: u32,
+    /// How long a task may run before `yield_if_needed` (and `next_batch`) yields to the
+    /// shard's other tasks; glommio's `preempt_timer`.
+    pub preempt_timer: Duration,
     /// Deadline for every shard to initialise.
     pub start_timeout: Duration,
     /// Deadline for every shard to finish after a stop request.
@@ -64,6 +76,7 @@ impl Default for RuntimeConfig {
             cores: CoreSelection::All,
             ring_slots: RING_SLOTS_DEFAULT,
             spin_iterations: SPIN_ITERATIONS_DEFAULT,
+            preempt_timer: Duration::from_micros(PREEMPT_TIMER_US_DEFAULT),
             start_timeout: Duration::from_millis(LIFECYCLE_TIMEOUT_MS_DEFAULT),
             stop_timeout: Duration::from_millis(LIFECYCLE_TIMEOUT_MS_DEFAULT),
         }
@@ -81,6 +94,12 @@ impl RuntimeConfig {
             return Err(RuntimeError::SpinIterations {
                 spins: self.spin_iterations,
             });
+        }
+        let preempt = self.preempt_timer;
+        let preempt_range = Duration::from_micros(PREEMPT_TIMER_US_MIN)
+            ..=Duration::from_micros(PREEMPT_TIMER_US_MAX);
+        if !preempt_range.contains(&preempt) {
+            return Err(RuntimeError::PreemptTimer { preempt });
         }
         let timeout_max = Duration::from_millis(LIFECYCLE_TIMEOUT_MS_MAX);
         for (name, timeout) in [("start", self.start_timeout), ("stop", self.stop_timeout)] {
@@ -106,6 +125,15 @@ pub enum RuntimeError {
     SpinIterations {
         /// The value given.
         spins: u32,
+    },
+    /// `preempt_timer` is outside its limits.
+    #[error(
+        "preempt timer {preempt:?} must be within \
+         {PREEMPT_TIMER_US_MIN}..={PREEMPT_TIMER_US_MAX} µs"
+    )]
+    PreemptTimer {
+        /// The value given.
+        preempt: Duration,
     },
     /// A start or stop timeout is zero or above `LIFECYCLE_TIMEOUT_MS_MAX`.
     #[error(
@@ -262,6 +290,7 @@ impl Runtime {
             preflight: report,
         };
         let factory = Arc::new(factory);
+        let preempt = config.preempt_timer;
         for (mut end, core) in mesh.into_ends().into_iter().zip(cores) {
             end.set_spin_iterations(config.spin_iterations);
             let shard = end.id();
@@ -270,7 +299,7 @@ impl Runtime {
                 core,
                 end,
             };
-            match spawn_shard(context, Arc::clone(&factory), sender.clone()) {
+            match spawn_shard(context, Arc::clone(&factory), sender.clone(), preempt) {
                 Ok(handle) => runtime.threads[shard.index()] = Some(handle),
                 Err(source) => return runtime.abort(RuntimeError::Spawn { shard, source }),
             }
@@ -407,6 +436,7 @@ fn spawn_shard<T, F, Fut, E>(
     context: ShardContext<T>,
     factory: Arc<F>,
     events: SyncSender<Event>,
+    preempt: Duration,
 ) -> std::io::Result<JoinHandle<()>>
 where
     T: Send + 'static,
@@ -417,15 +447,21 @@ where
     let name = format!("shard-{}", context.id);
     std::thread::Builder::new().name(name).spawn(move || {
         let shard = context.id;
-        let outcome = catch_unwind(AssertUnwindSafe(|| run_shard(context, &*factory, &events)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            run_shard(context, &*factory, &events, preempt)
+        }));
         let panic = outcome.err().map(panic_message);
         // The receiver may be gone if the runtime gave up on us; nothing left to tell.
         let _ = events.send(Event::Exited(ShardExit { shard, panic }));
     })
 }
 
-fn run_shard<T, F, Fut, E>(context: ShardContext<T>, factory: &F, events: &SyncSender<Event>)
-where
+fn run_shard<T, F, Fut, E>(
+    context: ShardContext<T>,
+    factory: &F,
+    events: &SyncSender<Event>,
+    preempt: Duration,
+) where
     F: Fn(ShardContext<T>) -> Result<Fut, E>,
     Fut: Future<Output = ()>,
     E: std::error::Error + Send + Sync + 'static,
@@ -433,7 +469,8 @@ where
     let (shard, core) = (context.id, context.core);
     let builder = LocalExecutorBuilder::new(Placement::Fixed(core.0))
         .name(&format!("shard-{shard}"))
-        .io_memory(IO_MEMORY_PER_SHARD_BYTES);
+        .io_memory(IO_MEMORY_PER_SHARD_BYTES)
+        .preempt_timer(preempt);
     let executor = match builder.make() {
         Ok(executor) => executor,
         Err(source) => {
@@ -513,6 +550,15 @@ mod tests {
             bad_slots.validate(),
             Err(RuntimeError::RingSlots { slots: 1000 })
         ));
+        let bad_preempt = RuntimeConfig {
+            preempt_timer: Duration::from_secs(1),
+            ..RuntimeConfig::default()
+        };
+        let err = bad_preempt.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "preempt timer 1s must be within 100..=100000 µs"
+        );
         let bad_spin = RuntimeConfig {
             spin_iterations: u32::MAX,
             ..RuntimeConfig::default()
