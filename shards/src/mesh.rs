@@ -301,6 +301,9 @@ impl<T> ShardEnd<T> {
     /// timer has expired (`RuntimeConfig::preempt_timer`), so a shard flooded by its peers
     /// still serves its sockets. Outside a glommio executor that check is a no-op.
     ///
+    /// Cancel-safe: messages move into `batch` only in a synchronous drain, so dropping the
+    /// future (in a `select`) loses nothing; at worst the task gets one spurious wake.
+    ///
     /// # Panics
     /// If `batch` is not empty: drain it before asking for more.
     pub async fn next_batch(&mut self, batch: &mut Batch<T>) -> Inbound {
@@ -409,6 +412,23 @@ impl<T> Drop for ShardEnd<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Context, Wake, Waker};
+
+    struct CountingWaker(AtomicUsize);
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `next_batch` once with `waker`: `Pending` means the shard parked.
+    fn poll_next<T>(end: &mut ShardEnd<T>, batch: &mut Batch<T>, waker: &Waker) -> Poll<Inbound> {
+        let future = pin!(end.next_batch(batch));
+        future.poll(&mut Context::from_waker(waker))
+    }
 
     #[test]
     fn mesh_wires_every_ordered_pair() {
@@ -487,5 +507,58 @@ mod tests {
         let mut ends = Mesh::<u32>::new(1, 2).into_ends();
         assert_eq!(ends[0].shard_count(), 1);
         assert_eq!(ends[0].drain_into(&mut Batch::default()), 0);
+    }
+
+    /// An idle shard parks; a send wakes its task exactly once; the next poll has the message.
+    #[test]
+    fn send_wakes_a_parked_shard_once() {
+        let mut ends = Mesh::<u32>::new(2, 4).into_ends();
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut batch = Batch::default();
+        ends[1].set_spin_iterations(0);
+        assert_eq!(poll_next(&mut ends[1], &mut batch, &waker), Poll::Pending);
+        ends[0].try_send(ShardId(1), 5).unwrap();
+        ends[0].try_send(ShardId(1), 6).unwrap();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "one wake per park");
+        let polled = poll_next(&mut ends[1], &mut batch, &waker);
+        assert_eq!(polled, Poll::Ready(Inbound::Messages));
+        assert_eq!(batch.drain().map(|e| e.msg).collect::<Vec<_>>(), [5, 6]);
+    }
+
+    /// Stop gets through ahead of queued messages; the queued ones are still delivered;
+    /// `Stopped` waits for every shard to quiesce.
+    #[test]
+    fn stop_protocol_orders_stopping_messages_stopped() {
+        let mesh = Mesh::<u32>::new(2, 4);
+        let control = mesh.control();
+        let mut ends = mesh.into_ends();
+        let waker = Waker::noop();
+        let mut batch = Batch::default();
+        ends[0].try_send(ShardId(1), 9).unwrap();
+        control.request_stop();
+        let polled = poll_next(&mut ends[1], &mut batch, waker);
+        assert_eq!(polled, Poll::Ready(Inbound::Stopping));
+        let polled = poll_next(&mut ends[1], &mut batch, waker);
+        assert_eq!(polled, Poll::Ready(Inbound::Messages));
+        batch.drain().for_each(drop);
+        ends[1].quiesce();
+        ends[1].set_spin_iterations(0);
+        assert_eq!(poll_next(&mut ends[1], &mut batch, waker), Poll::Pending);
+        let polled = poll_next(&mut ends[0], &mut batch, waker);
+        assert_eq!(polled, Poll::Ready(Inbound::Stopping));
+        ends[0].quiesce();
+        for end in ends.iter_mut() {
+            let polled = poll_next(end, &mut batch, waker);
+            assert_eq!(polled, Poll::Ready(Inbound::Stopped));
+        }
+        assert_eq!(control.exited_count(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "quiesce before")]
+    fn quiesce_before_stopping_is_a_bug() {
+        let mut ends = Mesh::<u32>::new(2, 4).into_ends();
+        ends[0].quiesce();
     }
 }

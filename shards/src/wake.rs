@@ -26,8 +26,10 @@
 //! task's executor and writes that executor's `eventfd` only if it is asleep (glommio's own
 //! `should_notify` flag, with a `membarrier` on its side). So a wake of a shard that is
 //! busy with other tasks costs no syscall, and the eventfd glommio already owns is the one
-//! slept on. Why not our own `eventfd` per shard: glommio 0.9 has no public API to await
-//! readability of an arbitrary fd, and a second fd would double the syscalls of a wake.
+//! slept on. Why not our own `eventfd` per shard: glommio 0.9 has no eventfd type (we would
+//! wrap it in a file or socket type, e.g. `BufferedFile::from_raw_fd`, meant for something
+//! else), and every wake would then cost our `write` plus an io_uring read to re-arm it, on
+//! top of glommio's own wake of a sleeping executor.
 //! Why not `shared_channel`: it notifies the peer on every send (see `ring`).
 //!
 //! The waker slot is a `Mutex`, taken once per park and once per wake, never per message.
