@@ -57,7 +57,7 @@ pub mod topology;
 pub mod wake;
 
 pub use id::{CoreId, ShardId, CORES_MAX, SHARDS_MAX};
-pub use mesh::{Batch, Envelope, Inbound, Mesh, ShardEnd, TrySendError, BATCH_ITEMS_MAX};
+pub use mesh::{Batch, Envelope, Inbound, Mesh, Outbox, ShardEnd, TrySendError, BATCH_ITEMS_MAX};
 pub use partition::Partitioner;
 pub use preflight::{preflight, PreflightError, PreflightReport};
 pub use ring::{Consumer, Producer, RING_SLOTS_MAX};

@@ -178,6 +178,7 @@ impl<T: Send> Mesh<T> {
         let ends = outbound.into_iter().zip(inbound).enumerate();
         let ends = ends.map(|(index, (outbound, inbound))| ShardEnd {
             id: ShardId::from_index(index),
+            shard_count,
             outbound: outbound.into_boxed_slice(),
             inbound: inbound.into_boxed_slice(),
             next_inbound: 0,
@@ -203,6 +204,67 @@ impl<T: Send> Mesh<T> {
     }
 }
 
+/// The sending side of a shard's end, taken with [`ShardEnd::outbox`]: owned by the same
+/// thread, used by the shard's tasks while its loop awaits `next_batch`.
+#[derive(Debug)]
+pub struct Outbox<T> {
+    id: ShardId,
+    outbound: Box<[Option<Producer<T>>]>,
+    control: Arc<Control>,
+}
+
+impl<T> Outbox<T> {
+    /// The sending shard.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Sends `msg` to shard `to`, waking it if it is parked. Never blocks.
+    ///
+    /// # Panics
+    /// If `to` is this shard or not in the mesh: both are routing bugs.
+    #[inline]
+    pub fn try_send(&mut self, to: ShardId, msg: T) -> Result<(), TrySendError<T>> {
+        send(self.id, &mut self.outbound, &self.control, to, msg)
+    }
+
+    /// Messages waiting in the ring to `to` (for metrics).
+    pub fn depth_to(&self, to: ShardId) -> usize {
+        depth(&self.outbound, to)
+    }
+}
+
+#[inline]
+fn send<T>(
+    id: ShardId,
+    outbound: &mut [Option<Producer<T>>],
+    control: &Control,
+    to: ShardId,
+    msg: T,
+) -> Result<(), TrySendError<T>> {
+    assert_ne!(
+        to, id,
+        "shard {to} sent a message to itself through the mesh"
+    );
+    let bell = &control.bells[to.index()];
+    if bell.has_exited() {
+        return Err(TrySendError::Closed(msg));
+    }
+    let producer = outbound[to.index()].as_mut().expect("ring to every peer");
+    producer.try_push(msg).map_err(TrySendError::Full)?;
+    // Pairs with the consumer's fence in `park`: see the lost-wakeup argument in `wake`.
+    fence(Ordering::SeqCst);
+    bell.ring_if_parked();
+    Ok(())
+}
+
+fn depth<T>(outbound: &[Option<Producer<T>>], to: ShardId) -> usize {
+    outbound
+        .get(to.index())
+        .and_then(Option::as_ref)
+        .map_or(0, Producer::len)
+}
+
 #[derive(Debug)]
 struct InboundRing<T> {
     from: ShardId,
@@ -214,7 +276,8 @@ struct InboundRing<T> {
 #[derive(Debug)]
 pub struct ShardEnd<T> {
     id: ShardId,
-    /// Indexed by destination; `None` at our own index.
+    shard_count: usize,
+    /// Indexed by destination; `None` at our own index. Empty once `outbox` took them.
     outbound: Box<[Option<Producer<T>>]>,
     inbound: Box<[InboundRing<T>]>,
     /// Where the next drain starts, so no sender is always served last.
@@ -233,7 +296,24 @@ impl<T> ShardEnd<T> {
 
     /// The number of shards in the mesh.
     pub fn shard_count(&self) -> usize {
-        self.outbound.len()
+        self.shard_count
+    }
+
+    /// Moves the sending side out, for a shard whose other tasks send while its loop awaits
+    /// `next_batch` (which holds `&mut self`). Afterwards `try_send` on the end panics.
+    ///
+    /// # Panics
+    /// If the outbox was already taken.
+    pub fn outbox(&mut self) -> Outbox<T> {
+        assert!(
+            !self.outbound.is_empty() || self.shard_count == 0,
+            "outbox taken twice"
+        );
+        Outbox {
+            id: self.id,
+            outbound: std::mem::take(&mut self.outbound),
+            control: Arc::clone(&self.control),
+        }
     }
 
     /// Sets how many executor yields an idle shard spends re-checking before it parks.
@@ -251,25 +331,14 @@ impl<T> ShardEnd<T> {
     /// Sends `msg` to shard `to`, waking it if it is parked. Never blocks.
     ///
     /// # Panics
-    /// If `to` is this shard or not in the mesh: both are routing bugs.
+    /// If `to` is this shard or not in the mesh (routing bugs), or the outbox was taken.
     #[inline]
     pub fn try_send(&mut self, to: ShardId, msg: T) -> Result<(), TrySendError<T>> {
-        assert_ne!(
-            to, self.id,
-            "shard {to} sent a message to itself through the mesh"
+        assert!(
+            !self.outbound.is_empty(),
+            "try_send on an end whose outbox was taken"
         );
-        let bell = &self.control.bells[to.index()];
-        if bell.has_exited() {
-            return Err(TrySendError::Closed(msg));
-        }
-        let producer = self.outbound[to.index()]
-            .as_mut()
-            .expect("ring to every peer");
-        producer.try_push(msg).map_err(TrySendError::Full)?;
-        // Pairs with the consumer's fence in `park`: see the lost-wakeup argument in `wake`.
-        fence(Ordering::SeqCst);
-        bell.ring_if_parked();
-        Ok(())
+        send(self.id, &mut self.outbound, &self.control, to, msg)
     }
 
     /// Moves waiting messages into `batch` without waiting; returns how many.
@@ -364,10 +433,7 @@ impl<T> ShardEnd<T> {
 
     /// Messages waiting in the ring to `to` (for metrics).
     pub fn depth_to(&self, to: ShardId) -> usize {
-        self.outbound
-            .get(to.index())
-            .and_then(Option::as_ref)
-            .map_or(0, Producer::len)
+        depth(&self.outbound, to)
     }
 
     /// Parks until a producer, a stop request or the last quiescing shard wakes us.
@@ -428,6 +494,21 @@ mod tests {
     fn poll_next<T>(end: &mut ShardEnd<T>, batch: &mut Batch<T>, waker: &Waker) -> Poll<Inbound> {
         let future = pin!(end.next_batch(batch));
         future.poll(&mut Context::from_waker(waker))
+    }
+
+    /// A taken outbox sends like the end did, and the receiving end drains it.
+    #[test]
+    fn outbox_sends_while_end_receives() {
+        let mut ends = Mesh::<u32>::new(2, 4).into_ends();
+        let mut out0 = ends[0].outbox();
+        out0.try_send(ShardId(1), 7).unwrap();
+        assert_eq!(out0.depth_to(ShardId(1)), 1);
+        let mut batch = Batch::default();
+        assert_eq!(ends[1].drain_into(&mut batch), 1);
+        assert_eq!(
+            batch.drain().next().map(|e| (e.from, e.msg)),
+            Some((ShardId(0), 7))
+        );
     }
 
     #[test]

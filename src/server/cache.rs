@@ -69,7 +69,10 @@ impl<V> TtlCache<V> {
     }
 
     pub fn get(&self, key: Fingerprint, now_ns: u64) -> Option<&V> {
-        self.map.get(&key).filter(|e| e.expires_ns > now_ns).map(|e| &e.value)
+        self.map
+            .get(&key)
+            .filter(|e| e.expires_ns > now_ns)
+            .map(|e| &e.value)
     }
 
     /// Inserts unless a live entry exists; returns whether it inserted.
@@ -79,7 +82,9 @@ impl<V> TtlCache<V> {
             return false;
         }
         while self.map.len() >= self.capacity {
-            let Some((old, _)) = self.order.pop_front() else { break };
+            let Some((old, _)) = self.order.pop_front() else {
+                break;
+            };
             self.map.remove(&old);
         }
         let expires_ns = now_ns.saturating_add(self.ttl_ns);

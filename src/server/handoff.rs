@@ -123,7 +123,11 @@ impl PendingTable {
     /// Delivers a reply from `from`; wakes the waiter, or frees an abandoned slot.
     pub fn complete(&mut self, from: ShardId, slot: u32, reply: Reply) {
         let s = &mut self.slots[slot as usize];
-        assert_eq!(s.peer, Some(from), "reply for slot {slot} from the wrong shard");
+        assert_eq!(
+            s.peer,
+            Some(from),
+            "reply for slot {slot} from the wrong shard"
+        );
         if s.abandoned {
             self.release(slot);
             return;
@@ -137,7 +141,10 @@ impl PendingTable {
 
 /// Waits for the reply in `slot`. Dropping the future abandons the slot safely.
 pub async fn wait(pending: &Pending, slot: u32) -> Reply {
-    let mut guard = Abandon { pending, slot: Some(slot) };
+    let mut guard = Abandon {
+        pending,
+        slot: Some(slot),
+    };
     let reply = poll_fn(|cx| {
         let mut table = pending.borrow_mut();
         let s = &mut table.slots[slot as usize];
@@ -181,7 +188,11 @@ mod tests {
     use futures_lite::future;
 
     fn reply(status: u16) -> Reply {
-        Reply { status, retry_after_s: None, body: Vec::new() }
+        Reply {
+            status,
+            retry_after_s: None,
+            body: Vec::new(),
+        }
     }
 
     /// The in-flight limit per peer is half the ring, so replies always fit.
@@ -193,7 +204,10 @@ mod tests {
         let got: Vec<_> = (0..5).map(|_| t.reserve(peer)).collect();
         assert!(got[..4].iter().all(Option::is_some));
         assert_eq!(got[4], None);
-        assert!(t.reserve(ShardId(2)).is_some(), "other peers have their own budget");
+        assert!(
+            t.reserve(ShardId(2)).is_some(),
+            "other peers have their own budget"
+        );
     }
 
     /// A reply wakes its waiter and frees the slot.

@@ -7,8 +7,8 @@
 
 use crate::answer::encode_outcome;
 use crate::contract::{
-    decode_decide, encode_contract_error, encode_error, ContractError, DecideRequest,
-    ErrorCode, ErrorDetails, ExecResult, ExecStatus, Headers, Reason,
+    decode_decide, encode_contract_error, encode_error, ContractError, DecideRequest, ErrorCode,
+    ErrorDetails, ExecResult, ExecStatus, Headers, Reason,
 };
 use crate::decide::{decide, DecideError, Now, Observed, Outcome, ShardState, StateConfig};
 use crate::policy::RoutingTable;
@@ -87,12 +87,17 @@ impl Owner {
         out: &mut Vec<u8>,
     ) -> Answered {
         let key = req.idempotency_key.as_ref().map(|k| {
-            self.idempotency.fingerprint(&[req.tenant_id.as_bytes(), k.as_bytes()])
+            self.idempotency
+                .fingerprint(&[req.tenant_id.as_bytes(), k.as_bytes()])
         });
         if let Some(replay) = key.and_then(|k| self.idempotency.get(k, now.mono_ns)) {
             out.extend_from_slice(&replay.body);
             let counted = Counted::Replayed;
-            return Answered { status: replay.status, retry_after_s: None, counted };
+            return Answered {
+                status: replay.status,
+                retry_after_s: None,
+                counted,
+            };
         }
         let start = out.len();
         let outcome = decide(table, &mut self.state, req, now);
@@ -100,7 +105,10 @@ impl Owner {
         let answered = answered(&outcome);
         // Only decisions are remembered: a retry after `rate_limited` deserves a new try.
         if let (Some(k), Ok(_)) = (key, &outcome) {
-            let replay = Replay { status: answered.status, body: out[start..].into() };
+            let replay = Replay {
+                status: answered.status,
+                body: out[start..].into(),
+            };
             self.idempotency.insert_new(k, replay, now.mono_ns);
         }
         answered
@@ -134,14 +142,22 @@ impl Owner {
             .fingerprint(&[result.tenant_id.as_bytes(), result.dedup_key().as_bytes()]);
         if !self.results_seen.insert_new(key, (), now.mono_ns) {
             out.extend_from_slice(br#"{"ok":true,"duplicate":true}"#);
-            return Answered { status: 200, retry_after_s: None, counted: Counted::ResultDuplicate };
+            return Answered {
+                status: 200,
+                retry_after_s: None,
+                counted: Counted::ResultDuplicate,
+            };
         }
         let outcome = match result.status {
             ExecStatus::Success => Some(Outcome::Success),
             ExecStatus::Error | ExecStatus::Timeout => Some(Outcome::Failure),
             ExecStatus::Cancelled => None,
         };
-        let observed = Observed { outcome, latency_ms: result.latency_ms, cost: result.cost };
+        let observed = Observed {
+            outcome,
+            latency_ms: result.latency_ms,
+            cost: result.cost,
+        };
         let effect = self.state.record_result(
             table,
             &result.tenant_id,
@@ -149,10 +165,20 @@ impl Owner {
             observed,
             now.mono_ns,
         );
-        let body = format!(r#"{{"ok":true,"duplicate":false,"policies_updated":{}}}"#, effect.policies);
+        let body = format!(
+            r#"{{"ok":true,"duplicate":false,"policies_updated":{}}}"#,
+            effect.policies
+        );
         out.extend_from_slice(body.as_bytes());
-        let counted = Counted::ResultAccepted { opened: effect.opened, closed: effect.closed };
-        Answered { status: 202, retry_after_s: None, counted }
+        let counted = Counted::ResultAccepted {
+            opened: effect.opened,
+            closed: effect.closed,
+        };
+        Answered {
+            status: 202,
+            retry_after_s: None,
+            counted,
+        }
     }
 
     /// Decodes and feeds a result; for results handed over by another shard.
@@ -173,11 +199,19 @@ impl Owner {
 
 fn answered(outcome: &Result<crate::decide::Decision, DecideError>) -> Answered {
     match outcome {
-        Ok(d) => Answered { status: 200, retry_after_s: None, counted: Counted::Decided(d.reason) },
+        Ok(d) => Answered {
+            status: 200,
+            retry_after_s: None,
+            counted: Counted::Decided(d.reason),
+        },
         Err(e) => {
             let code = e.code();
             let retry_after_s = e.retry_after_ms().map(|ms| ms.div_ceil(1_000));
-            Answered { status: code.http_status(), retry_after_s, counted: Counted::Failed(code) }
+            Answered {
+                status: code.http_status(),
+                retry_after_s,
+                counted: Counted::Failed(code),
+            }
         }
     }
 }
@@ -186,13 +220,24 @@ fn answered(outcome: &Result<crate::decide::Decision, DecideError>) -> Answered 
 pub fn invalid(err: &ContractError, out: &mut Vec<u8>) -> Answered {
     encode_contract_error(out, err, None, None);
     let code = err.code();
-    Answered { status: code.http_status(), retry_after_s: None, counted: Counted::Failed(code) }
+    Answered {
+        status: code.http_status(),
+        retry_after_s: None,
+        counted: Counted::Failed(code),
+    }
 }
 
 /// Writes a shed (`overloaded`): the caller could not get the request to its owner.
 pub fn overloaded(message: &str, request_id: Option<&str>, out: &mut Vec<u8>) -> Answered {
     let code = ErrorCode::Overloaded;
-    let details = ErrorDetails { retry_after_ms: Some(1_000), ..ErrorDetails::default() };
+    let details = ErrorDetails {
+        retry_after_ms: Some(1_000),
+        ..ErrorDetails::default()
+    };
     encode_error(out, code, message, &details, request_id, None);
-    Answered { status: code.http_status(), retry_after_s: Some(1), counted: Counted::Failed(code) }
+    Answered {
+        status: code.http_status(),
+        retry_after_s: Some(1),
+        counted: Counted::Failed(code),
+    }
 }
