@@ -36,6 +36,8 @@ pub struct OwnedHeaders {
     pub trace_id: Option<Box<str>>,
     pub traceparent: Option<Box<str>>,
     pub version: Option<Box<str>>,
+    /// Admin calls only: the bearer token, checked by the owner like any admin call.
+    pub authorization: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub struct Job {
     pub route: Route,
     /// The tenant the accepting shard routed by; the owner asserts it owns it.
     pub tenant: Box<str>,
+    /// The request path (admin routes carry their arguments in it).
+    pub path: Box<str>,
     pub body: Vec<u8>,
     pub headers: OwnedHeaders,
 }

@@ -1,7 +1,346 @@
 //! The router as a server: one shard per core, each owning a partition of the tenants
-//! and their state, serving HTTP (and later NATS) and handing requests for other shards'
-//! tenants over the SPSC ring mesh.
+//! and their state, serving HTTP on a shared port (SO_REUSEPORT) and handing requests for
+//! other shards' tenants over the SPSC ring mesh.
+//!
+//! Start-up order: preflight (io_uring, memlock) → load the routing table → start one
+//! pinned executor per core, each binding its listeners before the readiness barrier →
+//! ready. Stop: SIGTERM/SIGINT → the mesh's stop protocol: listeners close, in-flight
+//! requests (including handoffs) are answered, then every shard exits.
 
 pub mod cache;
 pub mod handoff;
 pub mod owner;
+pub mod service;
+pub mod shard;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shards::{CoreSelection, Partitioner, Runtime, RuntimeConfig, ShardContext, ShardId, Topology};
+
+use crate::admin::{Admin, PolicyStore, TableHandle, Tokens, Watcher};
+use crate::decide::Now;
+use crate::policy::RoutingTable;
+use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
+use handoff::Msg;
+use owner::OwnerConfig;
+use service::RouterService;
+use shard::ShardCtx;
+use stats::ShardStats;
+
+/// The HTTPS listener's settings.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Everything `run` needs, resolved from the config file and environment.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// 0 = off; else shard `i` also listens on `shard_port_base + i`.
+    pub shard_port_base: u16,
+    pub tls: Option<TlsSettings>,
+    pub cores: CoreSelection,
+    pub http: HttpLimits,
+    pub ring_slots: usize,
+    pub owner: OwnerConfig,
+    pub policies_dir: PathBuf,
+    /// `(token, tenant)`; tenant `None` = all tenants. Empty = admin API off.
+    pub admin_tokens: Vec<(String, Option<String>)>,
+    pub watch_interval: Duration,
+    pub stop_timeout: Duration,
+}
+
+/// Process-wide, read-mostly state every shard can see.
+pub struct Shared {
+    pub settings: ServerSettings,
+    pub handle: TableHandle,
+    pub admin: Option<Admin>,
+    pub partition: Partitioner,
+    stats: Box<[Arc<ShardStats>]>,
+    http: Box<[Arc<HttpStats>]>,
+    started: Instant,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    watch: Option<Arc<crate::admin::WatchStats>>,
+}
+
+impl Shared {
+    pub fn now(&self) -> Now {
+        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Now { mono_ns: self.started.elapsed().as_nanos() as u64, unix_ms }
+    }
+
+    pub fn metrics(&self, shard: ShardId) -> &ShardStats {
+        &self.stats[shard.index()]
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_stopping()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        let (generation, table) = self.handle.current();
+        stats::render(out, &self.stats, &self.http, generation, table.len(), self.watch.as_deref());
+    }
+}
+
+/// A running router; `stop` (or a signal, in `serve`) ends it gracefully.
+pub struct Server {
+    runtime: Runtime,
+    shared: Arc<Shared>,
+    watcher: Option<Watcher>,
+    _ports: Vec<PortReservation>,
+}
+
+impl Server {
+    /// Loads the policies, starts the shards and returns once every shard listens.
+    pub fn start(mut settings: ServerSettings) -> anyhow::Result<Server> {
+        settings.http.validate()?;
+        let mut ports = vec![reserve(&mut settings.listen)?];
+        if let Some(tls) = &mut settings.tls {
+            ports.push(reserve(&mut tls.listen)?);
+        }
+        let table = RoutingTable::load_dir(&settings.policies_dir).map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
+        })?;
+        let shard_count = Topology::detect()?.select(&settings.cores)?.len();
+        let handle = TableHandle::new(table);
+        let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
+        let admin = admin(&settings, &store, &handle)?;
+        let watcher = Watcher::spawn(handle.clone(), Arc::clone(&store), settings.watch_interval)?;
+        let shared = Arc::new(Shared {
+            partition: Partitioner::new(shard_count),
+            stats: (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect(),
+            http: (0..shard_count).map(|_| Arc::new(HttpStats::default())).collect(),
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            watch: Some(Arc::clone(watcher.stats())),
+            handle,
+            admin,
+            settings,
+        });
+        let config = RuntimeConfig {
+            cores: shared.settings.cores.clone(),
+            ring_slots: shared.settings.ring_slots,
+            stop_timeout: shared.settings.stop_timeout,
+            ..RuntimeConfig::default()
+        };
+        let tls = shared.settings.tls.clone();
+        let factory_shared = Arc::clone(&shared);
+        let runtime = Runtime::start(config, move |ctx: ShardContext<Msg>| {
+            let tls = match &tls {
+                Some(t) => Some(TlsAcceptor::from_pem_files(&t.cert, &t.key, t.client_ca.as_deref())?),
+                None => None,
+            };
+            start_shard(Arc::clone(&factory_shared), ctx, tls)
+        })?;
+        shared.ready.store(true, Ordering::Release);
+        Ok(Server { runtime, shared, watcher: Some(watcher), _ports: ports })
+    }
+
+    /// The HTTP address every shard accepts on (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.settings.listen
+    }
+
+    /// The HTTPS address, when TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.shared.settings.tls.as_ref().map(|t| t.listen)
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shared.partition.shard_count()
+    }
+
+    /// Graceful stop: listeners close, in-flight requests are answered, shards exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(w) = self.watcher.take() {
+            w.stop();
+        }
+        self.runtime.stop()?;
+        Ok(())
+    }
+}
+
+fn reserve(addr: &mut SocketAddr) -> anyhow::Result<PortReservation> {
+    let reservation = PortReservation::new(*addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    *addr = reservation.addr;
+    Ok(reservation)
+}
+
+fn admin(settings: &ServerSettings, store: &Arc<PolicyStore>, handle: &TableHandle) -> anyhow::Result<Option<Admin>> {
+    if settings.admin_tokens.is_empty() {
+        return Ok(None);
+    }
+    let tokens = Tokens::new(&settings.admin_tokens)?;
+    Ok(Some(Admin::new(tokens, Arc::clone(store), handle.clone())))
+}
+
+/// Why a shard could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardStartError {
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] http::TlsError),
+}
+
+/// Runs on the shard's thread inside its executor: binds, spawns the servers, and
+/// returns the mesh loop as the shard's main future.
+fn start_shard(
+    shared: Arc<Shared>,
+    mut ctx: ShardContext<Msg>,
+    tls: Option<TlsAcceptor>,
+) -> Result<impl std::future::Future<Output = ()>, ShardStartError> {
+    let id = ctx.id;
+    let outbox = ctx.end.outbox();
+    let shard = ShardCtx::new(id, Arc::clone(&shared), outbox);
+    let service = Rc::new(RouterService { ctx: Rc::clone(&shard) });
+    let stop = Stop::new();
+    let settings = &shared.settings;
+    let mut listeners = vec![(settings.listen, None)];
+    if settings.shard_port_base != 0 {
+        let port = settings.shard_port_base + id.0;
+        listeners.push((SocketAddr::new(settings.listen.ip(), port), None));
+    }
+    if let Some(t) = &settings.tls {
+        listeners.push((t.listen, tls));
+    }
+    let mut servers = Vec::with_capacity(listeners.len());
+    for (addr, tls) in listeners {
+        let listener = http::bind(addr).map_err(|source| ShardStartError::Bind { addr, source })?;
+        let stats = Arc::clone(&shared.http[id.index()]);
+        let serve = http::serve(listener, Rc::clone(&service), settings.http.clone(), stats, tls, stop.clone());
+        let task = glommio::spawn_local(async move {
+            if let Err(e) = serve.await {
+                log::warn!("shard {id}: HTTP server ended with {e}");
+            }
+        });
+        servers.push(task.detach());
+    }
+    Ok(shard::mesh_loop(shard, ctx.end, stop, servers))
+}
+
+/// A bound, non-listening SO_REUSEPORT socket that holds a port for the shards.
+///
+/// With `listen = "127.0.0.1:0"` every shard would otherwise get its own random port. The
+/// reserving socket never listens, so the kernel routes no connection to it; it only keeps
+/// the port in the SO_REUSEPORT group until the server stops.
+#[derive(Debug)]
+pub struct PortReservation {
+    _fd: std::os::fd::OwnedFd,
+    pub addr: SocketAddr,
+}
+
+impl PortReservation {
+    pub fn new(addr: SocketAddr) -> std::io::Result<PortReservation> {
+        use std::os::fd::FromRawFd;
+        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        // SAFETY: plain socket(2); the fd is owned below.
+        let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh, valid fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        set_reuse(&fd)?;
+        bind_fd(&fd, addr)?;
+        let addr = local_addr(&fd, addr)?;
+        Ok(PortReservation { _fd: fd, addr })
+    }
+}
+
+fn set_reuse(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: valid fd; `one` outlives the call; the length matches its type.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn bind_fd(fd: &std::os::fd::OwnedFd, addr: SocketAddr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the fd's family.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn local_addr(fd: &std::os::fd::OwnedFd, asked: SocketAddr) -> std::io::Result<SocketAddr> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: zeroed storage and its true length are passed to getsockname(2).
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let port = match asked {
+        // SAFETY: the family matches the address we bound.
+        SocketAddr::V4(_) => u16::from_be(unsafe { (*(&storage as *const _ as *const libc::sockaddr_in)).sin_port }),
+        SocketAddr::V6(_) => u16::from_be(unsafe { (*(&storage as *const _ as *const libc::sockaddr_in6)).sin6_port }),
+    };
+    Ok(SocketAddr::new(asked.ip(), port))
+}

@@ -1,0 +1,262 @@
+//! The router's HTTP routes (SPEC §2, §9): decide, results, health, readiness, metrics,
+//! the shard map, and the admin API. A request for a tenant this shard does not own is
+//! handed to the owner through the ring; everything else is answered here.
+
+use std::future::Future;
+use std::rc::Rc;
+
+use super::handoff::{Job, OwnedHeaders, Reply, Route};
+use super::owner::{self, Answered};
+use super::shard::ShardCtx;
+use crate::admin::{placement, AdminRequest, AdminResponse, Placement, ShardView};
+use crate::contract::{
+    context_ids, decode_decide, encode_contract_error, encode_error, ErrorCode, ErrorDetails,
+    ExecResult, Headers,
+};
+use crate::decide::Now;
+use crate::transport::http::{Method, Request, Response, Service};
+
+const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub struct RouterService {
+    pub ctx: Rc<ShardCtx>,
+}
+
+impl Service for RouterService {
+    fn call<'a>(
+        &'a self,
+        req: &'a Request<'a>,
+        resp: &'a mut Response,
+    ) -> impl Future<Output = ()> + 'a {
+        self.route(req, resp)
+    }
+}
+
+/// Contract headers from HTTP headers; the `X-` forms are accepted too (SPEC §2).
+fn contract_headers<'a>(req: &Request<'a>) -> Headers<'a> {
+    Headers {
+        tenant_id: req.header("x-tenant-id").or_else(|| req.header("tenant_id")),
+        trace_id: req.header("x-trace-id").or_else(|| req.header("trace_id")),
+        traceparent: req.header("traceparent"),
+        version: req.header("version"),
+    }
+}
+
+fn owned(h: &Headers<'_>, authorization: Option<&str>) -> OwnedHeaders {
+    OwnedHeaders {
+        tenant_id: h.tenant_id.map(Into::into),
+        trace_id: h.trace_id.map(Into::into),
+        traceparent: h.traceparent.map(Into::into),
+        version: h.version.map(Into::into),
+        authorization: authorization.map(Into::into),
+    }
+}
+
+fn apply(resp: &mut Response, answered: Answered) {
+    resp.status = answered.status;
+    resp.retry_after_s = answered.retry_after_s;
+}
+
+fn apply_reply(resp: &mut Response, reply: Reply) {
+    resp.status = reply.status;
+    resp.retry_after_s = reply.retry_after_s;
+    resp.body = reply.body;
+}
+
+fn not_found(resp: &mut Response, req: &Request<'_>) {
+    let message = format!("no route {} {}", req.method.as_str(), req.path);
+    resp.status = 404;
+    encode_error(&mut resp.body, ErrorCode::InvalidRequest, &message, &ErrorDetails::default(), None, None);
+}
+
+fn method_not_allowed(resp: &mut Response, req: &Request<'_>, allow: &'static str) {
+    let message = format!("{} does not accept {}; use {allow}", req.path, req.method.as_str());
+    resp.status = 405;
+    let _ = resp.extra_headers.push("Allow", allow);
+    encode_error(&mut resp.body, ErrorCode::InvalidRequest, &message, &ErrorDetails::default(), None, None);
+}
+
+impl RouterService {
+    async fn route(&self, req: &Request<'_>, resp: &mut Response) {
+        let now = self.ctx.shared.now();
+        self.ctx.refresh(now);
+        let get = matches!(req.method, Method::Get | Method::Head);
+        match req.path {
+            "/v1/decide" if req.method == Method::Post => self.decide(req, resp, now).await,
+            "/v1/results" if req.method == Method::Post => self.results(req, resp, now).await,
+            "/v1/decide" | "/v1/results" => method_not_allowed(resp, req, "POST"),
+            "/healthz" if get => resp.body.extend_from_slice(br#"{"ok":true}"#),
+            "/readyz" if get => self.ready(resp),
+            "/metrics" if get => self.metrics(resp),
+            "/v1/shards" if get => self.shard_map(resp),
+            "/healthz" | "/readyz" | "/metrics" | "/v1/shards" => method_not_allowed(resp, req, "GET"),
+            p if p.starts_with("/admin/") => self.admin(req, resp, now).await,
+            _ => not_found(resp, req),
+        }
+    }
+
+    async fn decide(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
+        let ctx = &self.ctx;
+        let headers = contract_headers(req);
+        let decoded = match decode_decide(req.body, &headers) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                let ids = context_ids(req.body, &headers);
+                let (rid, tid) = (ids.request_id.as_deref(), ids.trace_id.as_deref());
+                encode_contract_error(&mut resp.body, &err, rid, tid);
+                resp.status = err.code().http_status();
+                ctx.shared.metrics(ctx.id).count_code(err.code());
+                return;
+            }
+        };
+        let owner = ctx.shared.partition.shard_of(&decoded.tenant_id);
+        if owner == ctx.id {
+            let started = std::time::Instant::now();
+            let table = ctx.table.borrow();
+            let answered = ctx.owner.borrow_mut().decide(table.table(), &decoded, now, &mut resp.body);
+            ctx.shared.metrics(ctx.id).count(&answered, started.elapsed());
+            return apply(resp, answered);
+        }
+        let job = Job {
+            route: Route::Decide,
+            tenant: decoded.tenant_id.as_ref().into(),
+            path: req.path.into(),
+            body: req.body.to_vec(),
+            headers: owned(&headers, None),
+        };
+        apply_reply(resp, ctx.hand_off(owner, job).await);
+    }
+
+    async fn results(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
+        let ctx = &self.ctx;
+        let headers = contract_headers(req);
+        let result = match ExecResult::decode(req.body, &headers) {
+            Ok(result) => result,
+            Err(err) => return apply(resp, owner::invalid(&err, &mut resp.body)),
+        };
+        let owner = ctx.shared.partition.shard_of(&result.tenant_id);
+        if owner == ctx.id {
+            let table = ctx.table.borrow();
+            let answered = ctx.owner.borrow_mut().result(table.table(), &result, now, &mut resp.body);
+            ctx.shared.metrics(ctx.id).count(&answered, std::time::Duration::ZERO);
+            return apply(resp, answered);
+        }
+        let job = Job {
+            route: Route::Results,
+            tenant: result.tenant_id.as_str().into(),
+            path: req.path.into(),
+            body: req.body.to_vec(),
+            headers: owned(&headers, None),
+        };
+        apply_reply(resp, ctx.hand_off(owner, job).await);
+    }
+
+    fn ready(&self, resp: &mut Response) {
+        let shared = &self.ctx.shared;
+        let ready = shared.is_ready();
+        resp.status = if ready { 200 } else { 503 };
+        let body = format!(
+            r#"{{"ok":{ready},"shards":{},"stopping":{}}}"#,
+            shared.partition.shard_count(),
+            shared.is_stopping()
+        );
+        resp.body.extend_from_slice(body.as_bytes());
+    }
+
+    fn metrics(&self, resp: &mut Response) {
+        resp.content_type = CONTENT_TYPE_PROMETHEUS;
+        let mut text = String::with_capacity(16 * 1024);
+        self.ctx.shared.render_metrics(&mut text);
+        resp.body.extend_from_slice(text.as_bytes());
+    }
+
+    fn shard_map(&self, resp: &mut Response) {
+        let shared = &self.ctx.shared;
+        let base = shared.settings.shard_port_base;
+        let body = serde_json::json!({
+            "ok": true,
+            "shards": shared.partition.shard_count(),
+            "this_shard": self.ctx.id.0,
+            "partition": {
+                "function": "jump_consistent_hash(fnv1a_64(utf8(tenant_id)), shards)",
+                "fnv1a_64": {"offset_basis": "0xcbf29ce484222325", "prime": "0x100000001b3"},
+                "jump_consistent_hash": "Lamping & Veach 2014, 64-bit key, returns 0..shards",
+            },
+            "shard_ports": if base == 0 { serde_json::Value::Null } else {
+                serde_json::json!({"base": base, "port_of_shard": "base + shard"})
+            },
+        });
+        serde_json::to_writer(&mut resp.body, &body).expect("JSON into a Vec");
+    }
+
+    async fn admin(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
+        let ctx = &self.ctx;
+        let Some(admin) = ctx.shared.admin.as_ref() else {
+            return not_found(resp, req);
+        };
+        let authorization = req.header("authorization");
+        let areq = AdminRequest {
+            method: req.method.as_str(),
+            path: req.path,
+            query: req.query,
+            authorization,
+            body: req.body,
+        };
+        let answer = match placement(&areq) {
+            Placement::Anywhere => {
+                let table = ctx.table.borrow();
+                admin.handle(areq, ShardView { table: table.table(), state: None, now })
+            }
+            Placement::Blocking => self.admin_blocking(req, authorization, now).await,
+            Placement::OwnerShard(tenant) => {
+                let owner = ctx.shared.partition.shard_of(&tenant);
+                let route = if req.method == Method::Post { Route::AdminDryRun } else { Route::AdminCircuits };
+                let job = Job {
+                    route,
+                    tenant: tenant.as_ref().into(),
+                    path: req.path.into(),
+                    body: req.body.to_vec(),
+                    headers: owned(&Headers::default(), authorization),
+                };
+                let reply = if owner == ctx.id { ctx.admin_here(&job, now) } else { ctx.hand_off(owner, job).await };
+                AdminResponse { status: reply.status, body: reply.body, allow: None }
+            }
+        };
+        write_admin(resp, answer);
+    }
+
+    /// Writes and reloads touch the disk (fsync): run them on glommio's blocking pool so
+    /// the shard keeps serving.
+    async fn admin_blocking(&self, req: &Request<'_>, authorization: Option<&str>, now: Now) -> AdminResponse {
+        let shared = self.ctx.shared.clone();
+        let method = req.method.as_str();
+        let (path, query) = (req.path.to_owned(), req.query.map(str::to_owned));
+        let authorization = authorization.map(str::to_owned);
+        let body = req.body.to_vec();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let admin = shared.admin.as_ref().expect("admin configured");
+                let (_, table) = shared.handle.current();
+                let areq = AdminRequest {
+                    method,
+                    path: &path,
+                    query: query.as_deref(),
+                    authorization: authorization.as_deref(),
+                    body: &body,
+                };
+                admin.handle(areq, ShardView { table: &table, state: None, now })
+            })
+            .await
+    }
+}
+
+fn write_admin(resp: &mut Response, answer: AdminResponse) {
+    resp.status = answer.status;
+    resp.body = answer.body;
+    if let Some(allow) = answer.allow {
+        let _ = resp.extra_headers.push("Allow", allow);
+    }
+    if answer.status == 401 {
+        let _ = resp.extra_headers.push("WWW-Authenticate", "Bearer");
+    }
+}

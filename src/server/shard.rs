@@ -1,0 +1,222 @@
+//! One shard: its owned state, its end of the ring mesh, and its main loop.
+//!
+//! Tasks of a shard (one per connection, the mesh loop) share the shard's context through
+//! `Rc` + `RefCell`: they run on one thread and never hold a borrow across an `.await`,
+//! so no borrow can conflict. Nothing here is shared with another shard except through
+//! the rings, the published routing table and the metrics counters.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_lite::future;
+use shards::{Batch, Inbound, Outbox, ShardEnd, ShardId, TrySendError};
+
+use super::handoff::{self, Job, Msg, OwnedHeaders, Pending, PendingTable, Reply, Route};
+use super::owner::{self, Answered, Owner};
+use super::Shared;
+use crate::admin::{AdminRequest, ShardTable, ShardView};
+use crate::contract::Headers;
+use crate::decide::Now;
+
+/// A shard's state, shared by its tasks.
+pub struct ShardCtx {
+    pub id: ShardId,
+    pub shared: Arc<Shared>,
+    pub table: RefCell<ShardTable>,
+    pub owner: RefCell<Owner>,
+    pub outbox: RefCell<Outbox<Msg>>,
+    pub pending: Pending,
+}
+
+impl ShardCtx {
+    pub fn new(id: ShardId, shared: Arc<Shared>, outbox: Outbox<Msg>) -> Rc<Self> {
+        let table = ShardTable::new(shared.handle.clone());
+        let now = shared.now();
+        let mut config = shared.settings.owner;
+        config.state.seed ^= u64::from(id.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let owner = Owner::new(table.table(), config, now.mono_ns);
+        let pending = PendingTable::new(shared.partition.shard_count(), shared.settings.ring_slots);
+        Rc::new(ShardCtx {
+            id,
+            table: RefCell::new(table),
+            owner: RefCell::new(owner),
+            outbox: RefCell::new(outbox),
+            pending,
+            shared,
+        })
+    }
+
+    /// Adopts a newly published routing table, if any (one atomic load when none).
+    pub fn refresh(&self, now: Now) {
+        let mut table = self.table.borrow_mut();
+        if table.generation() != self.shared.handle.generation() {
+            table.refresh(&mut self.owner.borrow_mut().state, now.mono_ns);
+        }
+    }
+
+    pub fn owns(&self, tenant: &str) -> bool {
+        self.shared.partition.shard_of(tenant) == self.id
+    }
+
+    /// Sends `job` to `to` and waits for its reply; sheds with `overloaded` when the
+    /// in-flight budget to that shard is spent or its ring is full.
+    pub async fn hand_off(&self, to: ShardId, job: Job) -> Reply {
+        let metrics = self.shared.metrics(self.id);
+        let Some(slot) = self.pending.borrow_mut().reserve(to) else {
+            metrics.shed_handoff_budget();
+            return shed("too many requests in flight to the tenant's shard");
+        };
+        let sent = self.outbox.borrow_mut().try_send(to, Msg::Request { slot, job: Box::new(job) });
+        match sent {
+            Ok(()) => {
+                metrics.handoff_out();
+                handoff::wait(&self.pending, slot).await
+            }
+            Err(e) => {
+                self.pending.borrow_mut().cancel(slot);
+                match e {
+                    TrySendError::Full(_) => {
+                        metrics.shed_ring_full();
+                        shed("the tenant's shard is overloaded")
+                    }
+                    TrySendError::Closed(_) => shed("the tenant's shard is stopping"),
+                }
+            }
+        }
+    }
+
+    /// Runs a job handed over by another shard, as its tenant's owner.
+    fn run_job(&self, job: &Job) -> Reply {
+        assert!(self.owns(&job.tenant), "shard {} got tenant {} it does not own", self.id, job.tenant);
+        let now = self.shared.now();
+        self.refresh(now);
+        let headers = borrowed(&job.headers);
+        let mut body = Vec::with_capacity(512);
+        let answered = match job.route {
+            Route::Decide => self.decide_bytes(&job.body, &headers, now, &mut body),
+            Route::Results => self.result_bytes(&job.body, &headers, now, &mut body),
+            Route::AdminDryRun | Route::AdminCircuits => {
+                return self.admin_here(job, now);
+            }
+        };
+        Reply { status: answered.status, retry_after_s: answered.retry_after_s, body }
+    }
+
+    pub fn decide_bytes(&self, body: &[u8], h: &Headers<'_>, now: Now, out: &mut Vec<u8>) -> Answered {
+        let table = self.table.borrow();
+        let started = std::time::Instant::now();
+        let answered = self.owner.borrow_mut().decide_bytes(table.table(), body, h, now, out);
+        self.shared.metrics(self.id).count(&answered, started.elapsed());
+        answered
+    }
+
+    pub fn result_bytes(&self, body: &[u8], h: &Headers<'_>, now: Now, out: &mut Vec<u8>) -> Answered {
+        let table = self.table.borrow();
+        let answered = self.owner.borrow_mut().result_bytes(table.table(), body, h, now, out);
+        self.shared.metrics(self.id).count(&answered, std::time::Duration::ZERO);
+        answered
+    }
+
+    /// An owner-placed admin call (dry-run, circuits) against this shard's state.
+    pub fn admin_here(&self, job: &Job, now: Now) -> Reply {
+        let Some(admin) = &self.shared.admin else {
+            return Reply { status: 404, retry_after_s: None, body: Vec::new() };
+        };
+        let method = if job.route == Route::AdminDryRun { "POST" } else { "GET" };
+        let table = self.table.borrow();
+        let owner = self.owner.borrow();
+        let req = AdminRequest {
+            method,
+            path: &job.path,
+            query: None,
+            authorization: job.headers.authorization.as_deref(),
+            body: &job.body,
+        };
+        let view = ShardView { table: table.table(), state: Some(&owner.state), now };
+        let resp = admin.handle(req, view);
+        Reply { status: resp.status, retry_after_s: None, body: resp.body }
+    }
+
+    /// Serves the peers: jobs for tenants we own, replies to jobs we sent.
+    fn serve_batch(&self, batch: &mut Batch<Msg>) {
+        for envelope in batch.drain() {
+            match envelope.msg {
+                Msg::Request { slot, job } => {
+                    self.shared.metrics(self.id).handoff_in();
+                    let reply = self.run_job(&job);
+                    let msg = Msg::Reply { slot, reply };
+                    match self.outbox.borrow_mut().try_send(envelope.from, msg) {
+                        Ok(()) | Err(TrySendError::Closed(_)) => {}
+                        // The in-flight bound (handoff module doc) makes this impossible.
+                        Err(TrySendError::Full(_)) => panic!("reply ring to {} full", envelope.from),
+                    }
+                }
+                Msg::Reply { slot, reply } => {
+                    self.pending.borrow_mut().complete(envelope.from, slot, reply);
+                }
+            }
+        }
+    }
+}
+
+fn shed(message: &str) -> Reply {
+    let mut body = Vec::with_capacity(160);
+    let answered = owner::overloaded(message, None, &mut body);
+    Reply { status: answered.status, retry_after_s: answered.retry_after_s, body }
+}
+
+pub fn borrowed(h: &OwnedHeaders) -> Headers<'_> {
+    Headers {
+        tenant_id: h.tenant_id.as_deref(),
+        trace_id: h.trace_id.as_deref(),
+        traceparent: h.traceparent.as_deref(),
+        version: h.version.as_deref(),
+    }
+}
+
+/// The shard's main loop: serve the mesh until the stop protocol ends. On a stop request
+/// the listeners stop (`stop`), and once they have drained — every request answered,
+/// including those waiting on a peer — the shard declares itself quiet.
+pub async fn mesh_loop(
+    ctx: Rc<ShardCtx>,
+    mut end: ShardEnd<Msg>,
+    stop: crate::transport::http::Stop,
+    servers: Vec<glommio::task::JoinHandle<()>>,
+) {
+    let mut batch = Batch::default();
+    let mut servers = Some(servers);
+    let mut drained: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
+    loop {
+        let inbound = match drained.as_mut() {
+            None => end.next_batch(&mut batch).await,
+            Some(fut) => {
+                let done = async {
+                    fut.await;
+                    None
+                };
+                match future::or(async { Some(end.next_batch(&mut batch).await) }, done).await {
+                    Some(inbound) => inbound,
+                    None => {
+                        drained = None;
+                        end.quiesce();
+                        continue;
+                    }
+                }
+            }
+        };
+        match inbound {
+            Inbound::Messages => ctx.serve_batch(&mut batch),
+            Inbound::Stopping => {
+                stop.trigger();
+                let handles = servers.take().unwrap_or_default();
+                drained = Some(Box::pin(async move {
+                    for h in handles {
+                        h.await;
+                    }
+                }));
+            }
+            Inbound::Stopped => break,
+        }
+    }
+}
