@@ -9,3 +9,4 @@ pub mod contract;
 pub mod decide;
 pub mod policy;
 pub mod logging;
+pub mod metrics;
