@@ -5,8 +5,9 @@
 //! reads a clock, so it can be tested, fuzzed and benchmarked alone.
 
 pub mod answer;
+pub mod config;
 pub mod contract;
 pub mod decide;
-pub mod policy;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
