@@ -200,8 +200,9 @@ pub fn set_level(level: LogLevel) {
     log::set_max_level(level.filter());
 }
 
-/// Writes `line` whole or not at all as far as this process can tell; errors (stderr
-/// closed, a broken pipe) are dropped because there is nowhere to report them.
+/// Writes `line` with one `write_all` (callers hold stderr's lock, so lines from different
+/// threads never interleave). Errors (stderr closed, a broken pipe) are dropped: there is
+/// nowhere left to report them, and logging must not take the process down.
 pub fn emit(out: &mut impl Write, line: &str) {
     let _ = out.write_all(line.as_bytes());
 }
