@@ -6,7 +6,10 @@
 
 pub mod admin;
 pub mod answer;
+pub mod config;
 pub mod contract;
 pub mod decide;
+pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod server;

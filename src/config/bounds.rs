@@ -1,0 +1,125 @@
+//! Defaults and accepted ranges of every numeric setting, as named constants.
+//!
+//! For a setting `x`, `X_DEFAULT` is used when the file omits it and `X_MIN..=X_MAX` is
+//! what `validate` accepts. The ranges are wide enough for any real deployment and tight
+//! enough that a typo (an extra zero, seconds written as milliseconds) is caught at start
+//! instead of becoming a 10 GiB allocation or a timer that never fires.
+
+/// Largest config file read.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// Shards in one process. Mirrors the runtime's bound (`shards::SHARDS_MAX`): a `ShardId`
+/// is a `u16` and the ring mesh holds `n × (n − 1)` rings.
+pub const SHARDS_MAX: usize = 256;
+/// CPU numbers accepted in `server.cores`: below the kernel's `CPU_SETSIZE` (1024).
+pub const CORE_ID_MAX: usize = 1023;
+
+/// `server.drain_timeout_ms`: 0 stops without waiting for in-flight requests.
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+pub const DRAIN_TIMEOUT_MS_MAX: u64 = 300_000;
+
+/// `limits.body_bytes_max` (SPEC §3: 1 MiB, configurable).
+pub const BODY_BYTES_DEFAULT: usize = 1 << 20;
+pub const BODY_BYTES_MIN: usize = 1 << 10;
+pub const BODY_BYTES_MAX: usize = 64 << 20;
+
+/// `limits.headers_max`: header lines per request.
+pub const HEADERS_DEFAULT: usize = 64;
+pub const HEADERS_MIN: usize = 8;
+pub const HEADERS_MAX: usize = 1_024;
+
+/// `limits.header_bytes_max`: the request line and headers together.
+pub const HEADER_BYTES_DEFAULT: usize = 16 << 10;
+pub const HEADER_BYTES_MIN: usize = 1 << 10;
+pub const HEADER_BYTES_MAX: usize = 1 << 20;
+
+/// `limits.connections_per_shard_max`.
+pub const CONNECTIONS_PER_SHARD_DEFAULT: usize = 10_000;
+pub const CONNECTIONS_PER_SHARD_MIN: usize = 1;
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 1_000_000;
+
+/// `limits.read_timeout_ms`, `limits.write_timeout_ms`, `limits.idle_timeout_ms`.
+pub const READ_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+pub const TIMEOUT_MS_MIN: u64 = 1;
+pub const TIMEOUT_MS_MAX: u64 = 3_600_000;
+
+/// `limits.ring_slots`: slots per ordered pair of shards, a power of two. Mirrors the
+/// runtime's `RING_SLOTS_MIN..=RING_SLOTS_MAX`.
+pub const RING_SLOTS_DEFAULT: usize = 1_024;
+pub const RING_SLOTS_MIN: usize = 2;
+pub const RING_SLOTS_MAX: usize = 1 << 16;
+
+/// `limits.sticky_entries_per_shard`, within the sticky table's own bounds.
+pub const STICKY_ENTRIES_PER_SHARD_DEFAULT: usize = 1 << 16;
+pub const STICKY_ENTRIES_PER_SHARD_MIN: usize = crate::decide::sticky::STICKY_ENTRIES_MIN;
+pub const STICKY_ENTRIES_PER_SHARD_MAX: usize = crate::decide::sticky::STICKY_ENTRIES_MAX;
+
+/// `limits.idempotency_entries_per_shard`.
+pub const IDEMPOTENCY_ENTRIES_PER_SHARD_DEFAULT: usize = 1 << 16;
+pub const IDEMPOTENCY_ENTRIES_PER_SHARD_MIN: usize = 1;
+pub const IDEMPOTENCY_ENTRIES_PER_SHARD_MAX: usize = 1 << 24;
+
+/// `limits.idempotency_ttl_ms`: how long a repeated key returns the first answer.
+pub const IDEMPOTENCY_TTL_MS_DEFAULT: u64 = 600_000;
+pub const IDEMPOTENCY_TTL_MS_MIN: u64 = 1_000;
+pub const IDEMPOTENCY_TTL_MS_MAX: u64 = 86_400_000;
+
+/// `admin.tokens`: entries, and each token's length. Tokens travel in an `Authorization`
+/// header, so they are visible ASCII; 16 characters is the least that resists guessing.
+pub const ADMIN_TOKENS_MAX: usize = 1_000;
+pub const ADMIN_TOKEN_CHARS_MIN: usize = 16;
+pub const ADMIN_TOKEN_BYTES_MAX: usize = 512;
+/// `admin.token_env`: the name of an environment variable.
+pub const ENV_NAME_BYTES_MAX: usize = 128;
+
+/// `nats.url`: one or more comma-separated server URLs.
+pub const NATS_URL_BYTES_MAX: usize = 4_096;
+pub const NATS_SERVERS_MAX: usize = 16;
+/// `nats.name` (the client name shown by the server), `nats.decide_queue_group`,
+/// `nats.tls_server_name`, `nats.user`.
+pub const NATS_NAME_BYTES_MAX: usize = 256;
+/// `nats.request_timeout_ms`: requests the router makes (extension calls use their own).
+pub const NATS_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+pub const NATS_REQUEST_TIMEOUT_MS_MIN: u64 = 1;
+pub const NATS_REQUEST_TIMEOUT_MS_MAX: u64 = 60_000;
+/// `nats.reconnect_backoff_max_ms`: the cap of the exponential reconnect backoff.
+pub const NATS_RECONNECT_BACKOFF_MS_DEFAULT: u64 = 5_000;
+pub const NATS_RECONNECT_BACKOFF_MS_MIN: u64 = 10;
+pub const NATS_RECONNECT_BACKOFF_MS_MAX: u64 = 300_000;
+/// `nats.outbound_bytes_max`: bytes buffered for publishing while disconnected.
+pub const NATS_OUTBOUND_BYTES_DEFAULT: usize = 8 << 20;
+pub const NATS_OUTBOUND_BYTES_MIN: usize = 64 << 10;
+pub const NATS_OUTBOUND_BYTES_MAX: usize = 1 << 30;
+/// `nats.assignment_tenants_allowlist` entries.
+pub const ASSIGNMENT_TENANTS_MAX: usize = crate::policy::TENANTS_MAX;
+/// `nats.assignment_retries_max`: publish attempts after the first for one assignment.
+pub const ASSIGNMENT_RETRIES_DEFAULT: u32 = 3;
+pub const ASSIGNMENT_RETRIES_MAX: u32 = 10;
+
+const _: () = assert!(SHARDS_MAX <= CORE_ID_MAX + 1);
+const _: () = assert!(DRAIN_TIMEOUT_MS_DEFAULT <= DRAIN_TIMEOUT_MS_MAX);
+const _: () = assert!(BODY_BYTES_MIN <= BODY_BYTES_DEFAULT && BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
+const _: () = assert!(HEADERS_MIN <= HEADERS_DEFAULT && HEADERS_DEFAULT <= HEADERS_MAX);
+const _: () =
+    assert!(HEADER_BYTES_MIN <= HEADER_BYTES_DEFAULT && HEADER_BYTES_DEFAULT <= HEADER_BYTES_MAX);
+const _: () = assert!(CONNECTIONS_PER_SHARD_DEFAULT <= CONNECTIONS_PER_SHARD_MAX);
+const _: () = assert!(TIMEOUT_MS_MIN <= READ_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(IDLE_TIMEOUT_MS_DEFAULT <= TIMEOUT_MS_MAX);
+const _: () = assert!(RING_SLOTS_DEFAULT.is_power_of_two() && RING_SLOTS_MAX.is_power_of_two());
+const _: () = assert!(RING_SLOTS_MIN <= RING_SLOTS_DEFAULT && RING_SLOTS_DEFAULT <= RING_SLOTS_MAX);
+const _: () = assert!(STICKY_ENTRIES_PER_SHARD_DEFAULT <= STICKY_ENTRIES_PER_SHARD_MAX);
+const _: () = assert!(IDEMPOTENCY_ENTRIES_PER_SHARD_DEFAULT <= IDEMPOTENCY_ENTRIES_PER_SHARD_MAX);
+const _: () = assert!(
+    IDEMPOTENCY_TTL_MS_MIN <= IDEMPOTENCY_TTL_MS_DEFAULT
+        && IDEMPOTENCY_TTL_MS_DEFAULT <= IDEMPOTENCY_TTL_MS_MAX
+);
+const _: () = assert!(ADMIN_TOKEN_CHARS_MIN <= ADMIN_TOKEN_BYTES_MAX);
+const _: () = assert!(NATS_REQUEST_TIMEOUT_MS_DEFAULT <= NATS_REQUEST_TIMEOUT_MS_MAX);
+const _: () = assert!(NATS_RECONNECT_BACKOFF_MS_DEFAULT <= NATS_RECONNECT_BACKOFF_MS_MAX);
+const _: () = assert!(
+    NATS_OUTBOUND_BYTES_MIN <= NATS_OUTBOUND_BYTES_DEFAULT
+        && NATS_OUTBOUND_BYTES_DEFAULT <= NATS_OUTBOUND_BYTES_MAX
+);
+const _: () = assert!(ASSIGNMENT_RETRIES_DEFAULT <= ASSIGNMENT_RETRIES_MAX);

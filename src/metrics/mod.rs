@@ -1,0 +1,409 @@
+//! Per-shard counters, summed at scrape time into Prometheus text (SPEC §9).
+//!
+//! Each shard owns one `ShardMetrics` (behind an `Arc`, so any shard's `/metrics` handler
+//! can read them all) and is the only thread that ever writes it. That single-writer rule
+//! is what lets the hot path count with a plain `load` + `store` instead of a locked
+//! read-modify-write (`lock xadd` costs ~20 cycles uncontended and far more once a
+//! scraping core has pulled the cache line away); see `Counter`.
+//!
+//! Why not one global set of atomics with `fetch_add`: every shard would write the same
+//! cache lines, which is exactly the sharing a thread-per-core design exists to avoid.
+//! Why not a metrics crate: the exposition format is a page of text, and the crates'
+//! registries allocate and lock on registration and lookup.
+//!
+//! Scrape consistency: a scrape reads each counter once into a `ShardSnapshot`, so the
+//! per-shard lines and the `shard="all"` total of one scrape agree with each other. Reads
+//! of different counters are not one atomic snapshot (a decision may be counted in
+//! `decisions_total` and not yet in the latency histogram); Prometheus tolerates that.
+//! Within a histogram the count is derived from the buckets, so `+Inf` always equals
+//! `_count`; `_sum` may lag by the observation in flight.
+
+mod family;
+mod render;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+use crate::contract::{ErrorCode, ExecStatus, ExtensionStatus, Reason};
+
+pub use family::{family_names, ShardSnapshot};
+pub use render::{
+    is_label_name, is_metric_name, push_seconds, render, ExtraKind, ExtraMetric, ALL_SHARDS,
+    CONTENT_TYPE, EXTRA_SERIES_MAX,
+};
+
+/// A monotonically increasing count with exactly one writer thread.
+///
+/// `inc`/`add` are `load` then `store`, both `Relaxed`. Sound because only the owning
+/// shard writes: no other store can land between the load and the store, so no increment
+/// is lost, and the atomic store can never be torn. Readers on other threads see some
+/// value the writer stored, and by read-read coherence successive reads of one counter
+/// never go backwards. Calling `inc` from two threads at once is a bug that loses counts
+/// (it is still memory-safe).
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub const fn new() -> Counter {
+        Counter(AtomicU64::new(0))
+    }
+
+    /// Single writer only (see the type's docs).
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Single writer only (see the type's docs).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        let value = self.0.load(Relaxed);
+        self.0.store(value.wrapping_add(n), Relaxed);
+    }
+
+    /// Any thread.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A value that goes up and down (entries in a table, open connections), one writer.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub const fn new() -> Gauge {
+        Gauge(AtomicU64::new(0))
+    }
+
+    #[inline]
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Relaxed);
+    }
+
+    /// Single writer only, as for `Counter`.
+    #[inline]
+    pub fn inc(&self) {
+        self.set(self.get().saturating_add(1));
+    }
+
+    /// Single writer only; stops at zero.
+    #[inline]
+    pub fn dec(&self) {
+        self.set(self.get().saturating_sub(1));
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Upper bounds (inclusive, `le`) of the decision latency buckets, in nanoseconds: 1-2-5
+/// steps from 250 ns (an in-shard decision takes ~100–200 ns, a decode-decide-encode round
+/// trip ~1.5 µs) to 1 s (a request stuck behind extensions). Above 1 s lands in `+Inf`.
+pub const LATENCY_BOUNDS_NS: [u64; 21] = [
+    250,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+/// Buckets including `+Inf`.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
+
+const _: () = {
+    let mut i = 1;
+    while i < LATENCY_BOUNDS_NS.len() {
+        assert!(LATENCY_BOUNDS_NS[i - 1] < LATENCY_BOUNDS_NS[i]);
+        i += 1;
+    }
+};
+
+/// A fixed-bucket latency histogram with one writer. Buckets hold per-bucket (not
+/// cumulative) counts; the total count is their sum, so it can never disagree with them.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [Counter; LATENCY_BUCKETS],
+    /// Written with `Release` after the bucket, read with `Acquire` before the buckets.
+    sum_ns: AtomicU64,
+}
+
+/// What a scrape read from a `Histogram`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Per-bucket counts, the last one `+Inf`.
+    pub buckets: [u64; LATENCY_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl Histogram {
+    pub const fn new() -> Histogram {
+        Histogram {
+            buckets: [const { Counter::new() }; LATENCY_BUCKETS],
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one latency. Single writer only. The bucket is counted before the sum is
+    /// released, so a reader that acquires the sum first never sees a sum that includes an
+    /// observation missing from the buckets (x86: both orderings are plain moves).
+    #[inline]
+    pub fn observe(&self, ns: u64) {
+        let index = LATENCY_BOUNDS_NS.partition_point(|&bound| bound < ns);
+        self.buckets[index].inc();
+        let sum = self.sum_ns.load(Relaxed);
+        self.sum_ns.store(sum.wrapping_add(ns), Release);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let sum_ns = self.sum_ns.load(Acquire);
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].get()),
+            sum_ns,
+        }
+    }
+}
+
+impl HistogramSnapshot {
+    pub const EMPTY: HistogramSnapshot = HistogramSnapshot {
+        buckets: [0; LATENCY_BUCKETS],
+        sum_ns: 0,
+    };
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Adds `other` into `self` (the `shard="all"` total).
+    pub fn merge(&mut self, other: &HistogramSnapshot) {
+        for (total, n) in self.buckets.iter_mut().zip(other.buckets) {
+            *total = total.saturating_add(n);
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+}
+
+macro_rules! label_enum {
+    (
+        $(#[$doc:meta])*
+        $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// Where a request came in (`shardline_requests_total{transport}`).
+    Transport { Http => "http", Https => "https", Nats => "nats" }
+);
+label_enum!(
+    /// Why work was refused before it was done (`shardline_shed_total{cause}`).
+    ShedCause {
+        /// The ring to the owning shard was full.
+        RingFull => "ring_full",
+        /// `limits.connections_per_shard_max` reached; the connection was closed.
+        ConnectionCap => "connection_cap",
+        /// The ring to the NATS bridge was full (assignment, usage event or reply).
+        BridgeFull => "bridge_full",
+        /// The shard is draining for shutdown.
+        Draining => "draining",
+    }
+);
+label_enum!(
+    /// Which connection timer fired (`shardline_timeouts_total{kind}`).
+    TimeoutKind { Read => "read", Write => "write", Idle => "idle" }
+);
+label_enum!(
+    /// A circuit breaker's new state (`shardline_breaker_transitions_total{to}`).
+    BreakerTransition { Opened => "open", HalfOpened => "half_open", Closed => "closed" }
+);
+label_enum!(
+    /// How a policy reload ended (`shardline_policy_reloads_total{outcome}`).
+    ReloadOutcome { Ok => "ok", Failed => "failed" }
+);
+
+/// The extension outcomes counted, in label order.
+pub const EXTENSION_STATUSES: [ExtensionStatus; 4] = [
+    ExtensionStatus::Ok,
+    ExtensionStatus::Skipped,
+    ExtensionStatus::Failed,
+    ExtensionStatus::Timeout,
+];
+
+fn extension_index(status: ExtensionStatus) -> usize {
+    match status {
+        ExtensionStatus::Ok => 0,
+        ExtensionStatus::Skipped => 1,
+        ExtensionStatus::Failed => 2,
+        ExtensionStatus::Timeout => 3,
+    }
+}
+
+const TRANSPORTS: usize = 3;
+const SHED_CAUSES: usize = 4;
+const TIMEOUT_KINDS: usize = 3;
+const BREAKER_TRANSITIONS: usize = 3;
+const RELOAD_OUTCOMES: usize = 2;
+const REASONS: usize = Reason::ALL.len();
+const ERROR_CODES: usize = ErrorCode::ALL.len();
+const EXEC_STATUSES: usize = ExecStatus::ALL.len();
+const EXTENSION_OUTCOMES: usize = EXTENSION_STATUSES.len();
+
+/// One shard's counters. The shard is the only writer; any thread may read.
+///
+/// Aligned to two cache lines so that two shards' metrics never share one (adjacent-line
+/// prefetch pulls pairs of 64-byte lines on x86).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ShardMetrics {
+    requests: [Counter; TRANSPORTS],
+    decisions: [Counter; REASONS],
+    errors: [Counter; ERROR_CODES],
+    /// Request received → answer encoded, for every answer (decision or error).
+    pub decision_latency: Histogram,
+    /// Requests this shard handed to their owning shard.
+    pub handoffs_out: Counter,
+    /// Requests other shards handed to this one.
+    pub handoffs_in: Counter,
+    sheds: [Counter; SHED_CAUSES],
+    pub connections_accepted: Counter,
+    pub connections_closed: Counter,
+    timeouts: [Counter; TIMEOUT_KINDS],
+    results: [Counter; EXEC_STATUSES],
+    /// ExecResults ignored because their assignment id was already seen.
+    pub results_duplicate: Counter,
+    /// ExecResults that failed validation.
+    pub results_rejected: Counter,
+    /// ExecAssignments handed to the NATS bridge for publishing.
+    pub assignments: Counter,
+    /// ExecAssignmentAcks received.
+    pub assignment_acks: Counter,
+    /// Decide requests answered from the idempotency cache.
+    pub idempotency_hits: Counter,
+    breaker_transitions: [Counter; BREAKER_TRANSITIONS],
+    /// Circuits of this shard's tenants currently open or half-open.
+    pub breakers_open: Gauge,
+    policy_reloads: [Counter; RELOAD_OUTCOMES],
+    extension_calls: [Counter; EXTENSION_OUTCOMES],
+    /// Generation of the routing table this shard currently reads.
+    pub table_generation: Gauge,
+    /// Live entries in this shard's sticky-session table.
+    pub sticky_entries: Gauge,
+}
+
+const _: () = assert!(Transport::ALL.len() == TRANSPORTS);
+const _: () = assert!(ShedCause::ALL.len() == SHED_CAUSES);
+const _: () = assert!(TimeoutKind::ALL.len() == TIMEOUT_KINDS);
+const _: () = assert!(BreakerTransition::ALL.len() == BREAKER_TRANSITIONS);
+const _: () = assert!(ReloadOutcome::ALL.len() == RELOAD_OUTCOMES);
+
+impl ShardMetrics {
+    pub const fn new() -> ShardMetrics {
+        ShardMetrics {
+            requests: [const { Counter::new() }; TRANSPORTS],
+            decisions: [const { Counter::new() }; REASONS],
+            errors: [const { Counter::new() }; ERROR_CODES],
+            decision_latency: Histogram::new(),
+            handoffs_out: Counter::new(),
+            handoffs_in: Counter::new(),
+            sheds: [const { Counter::new() }; SHED_CAUSES],
+            connections_accepted: Counter::new(),
+            connections_closed: Counter::new(),
+            timeouts: [const { Counter::new() }; TIMEOUT_KINDS],
+            results: [const { Counter::new() }; EXEC_STATUSES],
+            results_duplicate: Counter::new(),
+            results_rejected: Counter::new(),
+            assignments: Counter::new(),
+            assignment_acks: Counter::new(),
+            idempotency_hits: Counter::new(),
+            breaker_transitions: [const { Counter::new() }; BREAKER_TRANSITIONS],
+            breakers_open: Gauge::new(),
+            policy_reloads: [const { Counter::new() }; RELOAD_OUTCOMES],
+            extension_calls: [const { Counter::new() }; EXTENSION_OUTCOMES],
+            table_generation: Gauge::new(),
+            sticky_entries: Gauge::new(),
+        }
+    }
+
+    pub fn request(&self, transport: Transport) -> &Counter {
+        &self.requests[transport as usize]
+    }
+
+    /// Decisions answered, by reason. `Reason` is a fieldless enum whose declaration order
+    /// is `Reason::ALL`'s (checked by a test), so the cast is the index.
+    pub fn decision(&self, reason: Reason) -> &Counter {
+        &self.decisions[reason as usize]
+    }
+
+    /// Error answers, by code (same indexing rule as `decision`).
+    pub fn error(&self, code: ErrorCode) -> &Counter {
+        &self.errors[code as usize]
+    }
+
+    pub fn shed(&self, cause: ShedCause) -> &Counter {
+        &self.sheds[cause as usize]
+    }
+
+    pub fn timeout(&self, kind: TimeoutKind) -> &Counter {
+        &self.timeouts[kind as usize]
+    }
+
+    /// ExecResults applied, by status.
+    pub fn result(&self, status: ExecStatus) -> &Counter {
+        &self.results[status as usize]
+    }
+
+    pub fn breaker_transition(&self, to: BreakerTransition) -> &Counter {
+        &self.breaker_transitions[to as usize]
+    }
+
+    pub fn policy_reload(&self, outcome: ReloadOutcome) -> &Counter {
+        &self.policy_reloads[outcome as usize]
+    }
+
+    pub fn extension_call(&self, status: ExtensionStatus) -> &Counter {
+        &self.extension_calls[extension_index(status)]
+    }
+
+    /// Connections open now: accepted minus closed. `closed` is read first, so the
+    /// difference never goes below zero even while the shard is accepting.
+    pub fn connections_open(&self) -> u64 {
+        let closed = self.connections_closed.get();
+        self.connections_accepted.get().saturating_sub(closed)
+    }
+}
+
+#[cfg(test)]
+mod tests;
