@@ -8,3 +8,4 @@ pub mod answer;
 pub mod contract;
 pub mod decide;
 pub mod policy;
+pub mod transport;
