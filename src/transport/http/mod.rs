@@ -26,16 +26,21 @@
 //! httparse (hyper's own parser) does the byte-level parsing here.
 
 mod chunked;
+mod conn;
 mod date;
 mod error;
 mod limits;
 mod parse;
 mod request;
 mod response;
+mod server;
 mod stats;
 mod stop;
+mod tls;
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 
 pub use chunked::ChunkError;
 pub use error::RequestError;
@@ -44,8 +49,10 @@ pub use request::{Header, Method, Request};
 pub use response::{
     reason_phrase, ExtraHeaders, HeaderRejected, Response, CONTENT_TYPE_JSON,
 };
+pub use server::{serve, ServeError, CONNECTION_LIMIT_MESSAGE};
 pub use stats::{HttpStats, HttpStatsSnapshot, RESPONSE_CLASSES};
 pub use stop::Stop;
+pub use tls::{TlsAcceptor, TlsError};
 
 /// What answers requests. One instance per shard, shared by its connections (`Rc`).
 ///
@@ -58,4 +65,13 @@ pub trait Service {
         req: &'a Request<'a>,
         resp: &'a mut Response,
     ) -> impl Future<Output = ()> + 'a;
+}
+
+/// A listener on `addr` with SO_REUSEPORT set, so that every shard can bind the same
+/// port. Call it on the shard's executor thread (glommio registers the socket there).
+///
+/// glommio's `TcpListener::bind` already sets SO_REUSEPORT (through socket2) before
+/// binding, with a backlog of 1024; this wrapper only converts the error type.
+pub fn bind(addr: SocketAddr) -> io::Result<glommio::net::TcpListener> {
+    glommio::net::TcpListener::bind(addr).map_err(io::Error::from)
 }
