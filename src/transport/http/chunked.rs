@@ -161,7 +161,12 @@ impl ChunkedDecoder {
         Ok(false)
     }
 
-    fn size_line(&mut self, byte: u8, decoded: usize, lim: ChunkLimits) -> Result<State, ChunkError> {
+    fn size_line(
+        &mut self,
+        byte: u8,
+        decoded: usize,
+        lim: ChunkLimits,
+    ) -> Result<State, ChunkError> {
         self.line_bytes += 1;
         if self.line_bytes > CHUNK_LINE_BYTES_MAX {
             return Err(ChunkError::LineTooLong);

@@ -176,10 +176,11 @@ where
                     return Next::Close;
                 }
             };
-            let close = !request.keep_alive || shared.stop.is_triggered();
             HttpStats::add(&shared.stats.requests);
             self.resp.clear();
             shared.service.call(&request, &mut self.resp).await;
+            // Checked after the call: a stop during a slow call still closes.
+            let close = !request.keep_alive || shared.stop.is_triggered();
             let framing = Framing {
                 head_only: request.method == Method::Head,
                 close,
@@ -219,7 +220,8 @@ where
         let details = ErrorDetails::default();
         let (status, code) = (err.status(), err.code());
         self.resp.clear();
-        self.resp.error_with_status(status, code, &self.message, &details);
+        self.resp
+            .error_with_status(status, code, &self.message, &details);
         let framing = Framing {
             head_only: false,
             close: true,
@@ -386,7 +388,10 @@ impl ReadBuf {
     }
 
     fn consume(&mut self, n: usize) {
-        assert!(n <= self.end - self.start, "consumed more than was buffered");
+        assert!(
+            n <= self.end - self.start,
+            "consumed more than was buffered"
+        );
         self.start += n;
         if self.start == self.end {
             self.clear();

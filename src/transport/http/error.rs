@@ -79,11 +79,23 @@ mod tests {
     #[test]
     fn statuses_and_codes() {
         let head = RequestError::HeadTooLarge { max: 16 };
-        assert_eq!((head.status(), head.code()), (431, ErrorCode::InvalidRequest));
-        assert_eq!(head.to_string(), "the request head exceeds 16 bytes (header_bytes_max)");
+        assert_eq!(
+            (head.status(), head.code()),
+            (431, ErrorCode::InvalidRequest)
+        );
+        assert_eq!(
+            head.to_string(),
+            "the request head exceeds 16 bytes (header_bytes_max)"
+        );
         let body = RequestError::BodyTooLarge { max: 1 };
-        assert_eq!((body.status(), body.code()), (413, ErrorCode::PayloadTooLarge));
+        assert_eq!(
+            (body.status(), body.code()),
+            (413, ErrorCode::PayloadTooLarge)
+        );
         assert_eq!(RequestError::UnsupportedTransferEncoding.status(), 501);
-        assert_eq!(RequestError::Malformed(httparse::Error::Token).status(), 400);
+        assert_eq!(
+            RequestError::Malformed(httparse::Error::Token).status(),
+            400
+        );
     }
 }

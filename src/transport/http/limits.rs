@@ -200,11 +200,17 @@ mod tests {
             idle_timeout: Duration::ZERO,
             ..base
         };
-        assert_eq!(zero.validate(), Err(LimitsError::ZeroTimeout("idle_timeout")));
+        assert_eq!(
+            zero.validate(),
+            Err(LimitsError::ZeroTimeout("idle_timeout"))
+        );
         let no_pipeline = HttpLimits {
             pipeline_max: 0,
             ..base
         };
-        assert_eq!(no_pipeline.validate(), Err(LimitsError::ZeroCount("pipeline_max")));
+        assert_eq!(
+            no_pipeline.validate(),
+            Err(LimitsError::ZeroCount("pipeline_max"))
+        );
     }
 }

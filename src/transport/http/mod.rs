@@ -46,9 +46,7 @@ pub use chunked::ChunkError;
 pub use error::RequestError;
 pub use limits::*;
 pub use request::{Header, Method, Request};
-pub use response::{
-    reason_phrase, ExtraHeaders, HeaderRejected, Response, CONTENT_TYPE_JSON,
-};
+pub use response::{reason_phrase, ExtraHeaders, HeaderRejected, Response, CONTENT_TYPE_JSON};
 pub use server::{serve, ServeError, CONNECTION_LIMIT_MESSAGE};
 pub use stats::{HttpStats, HttpStatsSnapshot, RESPONSE_CLASSES};
 pub use stop::Stop;

@@ -116,7 +116,10 @@ impl ExtraHeaders {
 
     /// Adds `name: value`. `name` must be a valid header token (a literal in code).
     pub fn push(&mut self, name: &'static str, value: &str) -> Result<(), HeaderRejected> {
-        debug_assert!(!name.is_empty() && name.bytes().all(is_token_byte), "{name}");
+        debug_assert!(
+            !name.is_empty() && name.bytes().all(is_token_byte),
+            "{name}"
+        );
         if self.len == EXTRA_HEADERS_MAX {
             return Err(HeaderRejected::Full);
         }
@@ -126,7 +129,10 @@ impl ExtraHeaders {
         if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
             return Err(HeaderRejected::InvalidValue);
         }
-        if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        if RESERVED_HEADERS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(name))
+        {
             return Err(HeaderRejected::Reserved);
         }
         self.values.push_str(value);
@@ -193,7 +199,11 @@ pub(crate) fn write_response(out: &mut Vec<u8>, resp: &Response, framing: Framin
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(resp.content_type.as_bytes());
     }
-    let body: &[u8] = if status == resp.status { &resp.body } else { b"" };
+    let body: &[u8] = if status == resp.status {
+        &resp.body
+    } else {
+        b""
+    };
     if !no_body {
         out.extend_from_slice(b"\r\nContent-Length: ");
         push_decimal(out, body.len() as u64);
@@ -267,6 +277,13 @@ pub fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
+        _ => class_phrase(status),
+    }
+}
+
+/// A phrase for a status not listed in `reason_phrase`, from its class.
+fn class_phrase(status: u16) -> &'static str {
+    match status {
         200..=299 => "Success",
         300..=399 => "Redirection",
         400..=499 => "Client Error",
@@ -337,8 +354,14 @@ mod tests {
     #[test]
     fn extra_headers_are_bounded_and_safe() {
         let mut headers = ExtraHeaders::new();
-        assert_eq!(headers.push("X-A", "a\r\nInjected: 1"), Err(HeaderRejected::InvalidValue));
-        assert_eq!(headers.push("content-length", "1"), Err(HeaderRejected::Reserved));
+        assert_eq!(
+            headers.push("X-A", "a\r\nInjected: 1"),
+            Err(HeaderRejected::InvalidValue)
+        );
+        assert_eq!(
+            headers.push("content-length", "1"),
+            Err(HeaderRejected::Reserved)
+        );
         let long = "v".repeat(EXTRA_HEADER_VALUE_BYTES_MAX + 1);
         assert_eq!(headers.push("X-A", &long), Err(HeaderRejected::TooLong));
         for _ in 0..EXTRA_HEADERS_MAX {

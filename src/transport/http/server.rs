@@ -148,10 +148,8 @@ async fn handshake<S>(
     shared: &Shared<S>,
 ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
     let accept = tls.acceptor().accept(stream);
-    let outcome = glommio::timer::timeout(shared.limits.read_timeout, async {
-        Ok(accept.await)
-    })
-    .await;
+    let outcome =
+        glommio::timer::timeout(shared.limits.read_timeout, async { Ok(accept.await) }).await;
     match outcome {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(err)) => {

@@ -34,7 +34,10 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     /// A client CA certificate was refused as a trust anchor.
     #[error("client CA {}: {source}", path.display())]
-    ClientCa { path: PathBuf, source: rustls::Error },
+    ClientCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     /// The client-certificate verifier could not be built.
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] VerifierBuilderError),

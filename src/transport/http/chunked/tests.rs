@@ -79,11 +79,17 @@ fn sizes_and_lines_are_bounded() {
         body_bytes_max: usize::MAX,
         ..LIMITS
     };
-    assert_eq!(decode_all(huge, limits).unwrap_err(), ChunkError::InvalidSize);
+    assert_eq!(
+        decode_all(huge, limits).unwrap_err(),
+        ChunkError::InvalidSize
+    );
 
     let mut long = b"1;".to_vec();
     long.resize(CHUNK_LINE_BYTES_MAX + 1, b'a');
-    assert_eq!(decode_all(&long, LIMITS).unwrap_err(), ChunkError::LineTooLong);
+    assert_eq!(
+        decode_all(&long, LIMITS).unwrap_err(),
+        ChunkError::LineTooLong
+    );
 
     let mut trailers = b"0\r\n".to_vec();
     trailers.resize(3 + 33, b'a');
@@ -115,7 +121,9 @@ fn body_limit_counts_every_chunk() {
 fn reset_starts_a_new_body() {
     let mut decoder = ChunkedDecoder::default();
     let mut out = Vec::new();
-    decoder.decode(b"1\r\na\r\n0\r\n\r\n", &mut out, LIMITS).unwrap();
+    decoder
+        .decode(b"1\r\na\r\n0\r\n\r\n", &mut out, LIMITS)
+        .unwrap();
     decoder.reset();
     out.clear();
     let progress = decoder.decode(b"0\r\n\r\n", &mut out, LIMITS).unwrap();

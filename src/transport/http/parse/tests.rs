@@ -109,7 +109,9 @@ fn chunked_body_across_reads() {
         let seen = parse_with(&whole[..end], &limits, &mut decoder, &mut body).unwrap();
         assert_eq!(seen, None);
     }
-    let seen = parse_with(whole, &limits, &mut decoder, &mut body).unwrap().unwrap();
+    let seen = parse_with(whole, &limits, &mut decoder, &mut body)
+        .unwrap()
+        .unwrap();
     assert_eq!(seen.body, b"hello world");
     assert_eq!(seen.len, whole.len());
 }
@@ -122,7 +124,10 @@ fn header_count_limit() {
         head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
     }
     head.extend_from_slice(b"\r\n");
-    assert!(parse(&head, &limits).unwrap().is_some(), "8 headers are allowed");
+    assert!(
+        parse(&head, &limits).unwrap().is_some(),
+        "8 headers are allowed"
+    );
     head.truncate(head.len() - 2);
     head.extend_from_slice(b"X-8: v\r\n");
     // Refused as soon as the ninth header is seen, even before the head is complete.
@@ -136,12 +141,20 @@ fn header_bytes_limit() {
     let limits = limits();
     let mut head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ".to_vec();
     head.resize(limits.header_bytes_max, b'v');
-    assert_eq!(parse(&head, &limits), Ok(None), "partial at the limit: wait");
+    assert_eq!(
+        parse(&head, &limits),
+        Ok(None),
+        "partial at the limit: wait"
+    );
     head.push(b'v');
     let err = parse(&head, &limits).unwrap_err();
     assert_eq!(err, RequestError::HeadTooLarge { max: 4096 });
     head.extend_from_slice(b"\r\n\r\n");
-    assert_eq!(parse(&head, &limits).unwrap_err(), err, "complete but too long");
+    assert_eq!(
+        parse(&head, &limits).unwrap_err(),
+        err,
+        "complete but too long"
+    );
 }
 
 #[test]
@@ -195,7 +208,11 @@ fn framing_that_cannot_be_trusted_is_refused() {
 #[test]
 fn garbage_is_malformed() {
     let limits = limits();
-    for garbage in [&b"\x16\x03\x01\x02\x00\x01\x00"[..], b"GET / SPDY/3\r\n\r\n", b"{}\r\n"] {
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00"[..],
+        b"GET / SPDY/3\r\n\r\n",
+        b"{}\r\n",
+    ] {
         let err = parse(garbage, &limits).unwrap_err();
         assert!(matches!(err, RequestError::Malformed(_)), "{err:?}");
         assert_eq!(err.status(), 400);
@@ -207,8 +224,12 @@ fn keep_alive_follows_version_and_connection() {
     let limits = limits();
     let keep = |head: &[u8]| parse(head, &limits).unwrap().unwrap().keep_alive;
     assert!(keep(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
-    assert!(!keep(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n"));
-    assert!(!keep(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: te, close\r\n\r\n"));
+    assert!(!keep(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n"
+    ));
+    assert!(!keep(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: te, close\r\n\r\n"
+    ));
     assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
     assert!(keep(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
 }
@@ -219,5 +240,7 @@ fn expect_continue_is_reported_while_the_body_is_missing() {
     assert!(expects_continue(head));
     let no_expect = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n";
     assert!(!expects_continue(no_expect));
-    assert!(!expects_continue(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"));
+    assert!(!expects_continue(
+        b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+    ));
 }
