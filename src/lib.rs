@@ -1,8 +1,10 @@
 //! Shardline: a routing-decision service for AI/LLM traffic.
 //!
-//! The library holds everything but the CLI: the wire contract, policy parsing, and the
-//! sans-IO decision engine. Transports drive the engine; the engine never does I/O or
-//! reads a clock, so it can be tested, fuzzed and benchmarked alone.
+//! The library holds everything but the CLI: the wire contract (`contract`), policy
+//! parsing (`policy`), the sans-IO decision engine (`decide`), the transports
+//! (`transport`), the server that runs them on the shards (`server`), and its operations
+//! side (`admin`, `config`, `logging`, `metrics`). Transports drive the engine; the engine
+//! never does I/O or reads a clock, so it can be tested, fuzzed and benchmarked alone.
 
 pub mod admin;
 pub mod answer;
@@ -13,3 +15,4 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod server;
+pub mod transport;

@@ -1,0 +1,267 @@
+//! The accept loop: admit or refuse each connection, spawn one task per admitted one, and
+//! on `Stop` stop accepting and wait (bounded) for the open connections to finish.
+//!
+//! Why count connections in the loop rather than with glommio's `Gate`: the cap needs the
+//! count at accept time, before the spawned task first runs, and a `Gate` whose `close`
+//! is abandoned by a timeout panics when the last task leaves. One `Cell` counter and one
+//! waker slot do both jobs. Refusals get their own small cap: answering `503` costs a task
+//! (and a TLS handshake on HTTPS), and overload is exactly when that must stay bounded.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::FutureExt;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::Timer;
+use thiserror::Error;
+
+use super::conn::{linger, race, serve_connection, Raced, Shared};
+use super::date::DateCache;
+use super::limits::{HttpLimits, LimitsError, ACCEPT_ERROR_BACKOFF_MS, REFUSALS_IN_FLIGHT_MAX};
+use super::response::{write_response, Framing, Response};
+use super::stats::HttpStats;
+use super::stop::Stop;
+use super::tls::TlsAcceptor;
+use super::Service;
+use crate::contract::{ErrorCode, ErrorDetails};
+
+/// The message of the `503 overloaded` answer to a connection over `connections_max`.
+pub const CONNECTION_LIMIT_MESSAGE: &str = "connection limit reached on this shard";
+/// `Retry-After` of that answer.
+const REFUSAL_RETRY_AFTER_S: u64 = 1;
+/// Bytes read (and dropped) from a refused client while lingering.
+const REFUSAL_SCRATCH_BYTES: usize = 1024;
+
+/// Why `serve` returned an error.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The limits cannot be honoured; nothing was served.
+    #[error("invalid HTTP limits: {0}")]
+    Limits(#[from] LimitsError),
+    /// Stopped, but some connections had not finished within `drain_timeout`; they end
+    /// on their own timeouts.
+    #[error("{open} connection(s) still open after the drain timeout")]
+    DrainTimeout { open: usize },
+}
+
+/// Per-`serve` state beside what connections share.
+struct Server<S> {
+    shared: Shared<S>,
+    tls: Option<TlsAcceptor>,
+    /// Connections being served plus connections being refused.
+    open: Cell<usize>,
+    refusing: Cell<usize>,
+    /// The task draining after `Stop`, woken when `open` reaches 0.
+    drain_waker: RefCell<Option<Waker>>,
+}
+
+/// Serves HTTP/1.1 on `listener` until `stop` is triggered, then drains.
+///
+/// One task per connection; `service` answers each request. Returns once every
+/// connection has ended, or after `limits.drain_timeout` with `ServeError::DrainTimeout`.
+/// Runs on the calling shard's glommio executor; call it once per shard.
+pub async fn serve<S: Service + 'static>(
+    listener: TcpListener,
+    service: Rc<S>,
+    limits: HttpLimits,
+    stats: Arc<HttpStats>,
+    tls: Option<TlsAcceptor>,
+    stop: Stop,
+) -> Result<(), ServeError> {
+    limits.validate()?;
+    let server = Rc::new(Server {
+        shared: Shared {
+            service,
+            limits,
+            stats,
+            stop,
+        },
+        tls,
+        open: Cell::new(0),
+        refusing: Cell::new(0),
+        drain_waker: RefCell::new(None),
+    });
+    accept_loop(&listener, &server).await;
+    drop(listener);
+    drain(&server).await
+}
+
+async fn accept_loop<S: Service + 'static>(listener: &TcpListener, server: &Rc<Server<S>>) {
+    let stop = &server.shared.stop;
+    while !stop.is_triggered() {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                stop.wait().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => admit(stream, server),
+            Some(Err(err)) => {
+                log::warn!("http accept failed: {err}");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+            }
+        }
+    }
+}
+
+fn admit<S: Service + 'static>(stream: TcpStream, server: &Rc<Server<S>>) {
+    // Responses are written in whole batches: Nagle would only delay them.
+    if let Err(err) = stream.set_nodelay(true) {
+        log::debug!("http TCP_NODELAY: {err}");
+    }
+    let stats = &server.shared.stats;
+    if server.open.get() - server.refusing.get() >= server.shared.limits.connections_max {
+        HttpStats::add(&stats.connections_refused);
+        if server.refusing.get() < REFUSALS_IN_FLIGHT_MAX {
+            let guard = OpenGuard::new(server, true);
+            glommio::spawn_local(refuse(stream, guard)).detach();
+        }
+        return;
+    }
+    HttpStats::add(&stats.connections_accepted);
+    let guard = OpenGuard::new(server, false);
+    glommio::spawn_local(connection(stream, guard)).detach();
+}
+
+async fn connection<S: Service>(stream: TcpStream, guard: OpenGuard<S>) {
+    let server = &*guard.server;
+    match &server.tls {
+        None => serve_connection(stream, &server.shared).await,
+        Some(tls) => {
+            if let Some(stream) = handshake(tls, stream, &server.shared).await {
+                serve_connection(stream, &server.shared).await;
+            }
+        }
+    }
+}
+
+async fn handshake<S>(
+    tls: &TlsAcceptor,
+    stream: TcpStream,
+    shared: &Shared<S>,
+) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
+    let accept = tls.acceptor().accept(stream);
+    let outcome =
+        glommio::timer::timeout(shared.limits.read_timeout, async { Ok(accept.await) }).await;
+    match outcome {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(err)) => {
+            log::debug!("tls handshake failed: {err}");
+            HttpStats::add(&shared.stats.tls_handshake_failures);
+            None
+        }
+        Err(_) => {
+            log::debug!("tls handshake timed out");
+            HttpStats::add(&shared.stats.tls_handshake_failures);
+            None
+        }
+    }
+}
+
+/// Answers `503 overloaded` with `Retry-After: 1` and closes.
+async fn refuse<S>(stream: TcpStream, guard: OpenGuard<S>) {
+    let server = &*guard.server;
+    match &server.tls {
+        None => send_refusal(stream, &server.shared).await,
+        Some(tls) => {
+            if let Some(stream) = handshake(tls, stream, &server.shared).await {
+                send_refusal(stream, &server.shared).await;
+            }
+        }
+    }
+}
+
+async fn send_refusal<IO, S>(mut io: IO, shared: &Shared<S>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut resp = Response::new();
+    let details = ErrorDetails {
+        retry_after_ms: Some(REFUSAL_RETRY_AFTER_S * 1000),
+        ..ErrorDetails::default()
+    };
+    resp.error(ErrorCode::Overloaded, CONNECTION_LIMIT_MESSAGE, &details);
+    resp.retry_after_s = Some(REFUSAL_RETRY_AFTER_S);
+    let mut out = Vec::new();
+    let mut date = DateCache::new();
+    let framing = Framing {
+        head_only: false,
+        close: true,
+        keep_alive_10: false,
+        date: date.now(),
+    };
+    let status = write_response(&mut out, &resp, framing);
+    let mut timer = Timer::new(shared.limits.write_timeout);
+    let write = async {
+        io.write_all(&out).await?;
+        io.flush().await
+    };
+    if let Raced::Done(Ok(())) = race(write, &mut timer, None).await {
+        shared.stats.count_response(status);
+        let mut scratch = [0u8; REFUSAL_SCRATCH_BYTES];
+        linger(&mut io, &mut scratch, &mut timer).await;
+    }
+}
+
+/// Waits until every connection has ended, at most `drain_timeout`.
+async fn drain<S>(server: &Server<S>) -> Result<(), ServeError> {
+    let all_closed = poll_fn(|cx| {
+        if server.open.get() == 0 {
+            return Poll::Ready(());
+        }
+        *server.drain_waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    });
+    let mut timer = Timer::new(server.shared.limits.drain_timeout);
+    match race(all_closed, &mut timer, None).await {
+        Raced::Done(()) => Ok(()),
+        Raced::TimedOut | Raced::Stopped => Err(ServeError::DrainTimeout {
+            open: server.open.get(),
+        }),
+    }
+}
+
+/// Counts one connection (served or being refused) for as long as its task lives.
+struct OpenGuard<S> {
+    server: Rc<Server<S>>,
+    refusal: bool,
+}
+
+impl<S> OpenGuard<S> {
+    fn new(server: &Rc<Server<S>>, refusal: bool) -> Self {
+        server.open.set(server.open.get() + 1);
+        if refusal {
+            server.refusing.set(server.refusing.get() + 1);
+        } else {
+            HttpStats::gauge_up(&server.shared.stats.connections_open);
+        }
+        OpenGuard {
+            server: server.clone(),
+            refusal,
+        }
+    }
+}
+
+impl<S> Drop for OpenGuard<S> {
+    fn drop(&mut self) {
+        let server = &self.server;
+        server.open.set(server.open.get() - 1);
+        if self.refusal {
+            server.refusing.set(server.refusing.get() - 1);
+        } else {
+            HttpStats::gauge_down(&server.shared.stats.connections_open);
+        }
+        if server.open.get() == 0 {
+            if let Some(waker) = server.drain_waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Transports: how requests reach the router and answers leave it.
+
+pub mod http;
