@@ -9,9 +9,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use shardline::answer::encode_outcome;
+use shardline::config::{Config, CONFIG_PATH_DEFAULT};
 use shardline::contract::{context_ids, decode_decide, encode_contract_error, Headers};
 use shardline::decide::{decide, Now, ShardState, StateConfig};
 use shardline::policy::{check_paths, RoutingTable};
+use shardline::server::{Server, ServerSettings};
+
+/// mimalloc: faster small allocations than glibc malloc and no cross-thread arena
+/// contention between shards.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Largest input `decide` reads (one document or a whole JSON Lines file).
 const INPUT_BYTES_MAX: u64 = 64 << 20;
@@ -29,6 +36,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve decisions over HTTP, one pinned shard per core, until SIGTERM or SIGINT.
+    Serve {
+        /// The router's config file.
+        #[arg(long, default_value = CONFIG_PATH_DEFAULT)]
+        config: PathBuf,
+    },
+    /// The router's config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Decide offline: one request (a JSON document), or one per line of JSON Lines input.
     Decide {
         /// Config directory holding `policies/<tenant>/<policy>.json` (or the policies
@@ -47,6 +65,16 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate a config (environment overrides applied), print it with secrets
+    /// redacted; exit 1 on any problem.
+    Check {
+        #[arg(default_value = CONFIG_PATH_DEFAULT)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate policy files or directories; print every problem; exit 1 if any.
     Check {
@@ -58,6 +86,10 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve { config } => run_serve(&config),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => run_config_check(&file),
         Command::Decide { config, request } => run_decide(&config, &request),
         Command::Policy {
             command: PolicyCommand::Check { paths },
@@ -201,4 +233,47 @@ fn run_check(paths: &[PathBuf]) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_config_check(file: &Path) -> Result<ExitCode> {
+    match Config::load(file) {
+        Ok(config) => {
+            print!("{}", config.redacted_summary());
+            println!("# {}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            println!("{}: {err}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run_serve(file: &Path) -> Result<ExitCode> {
+    let config = Config::load(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    shardline::logging::init(config.logging.level, config.logging.format)?;
+    let settings = ServerSettings::from_config(&config);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let server = Server::start(settings)?;
+    log::info!(
+        "serving on http://{} with {} shard(s); admin API {}",
+        server.local_addr(),
+        server.shard_count(),
+        if server.shared().admin.is_some() {
+            "on"
+        } else {
+            "off (no token configured)"
+        },
+    );
+    if let Some(addr) = server.tls_addr() {
+        log::info!("serving on https://{addr}");
+    }
+    let signal = signals.forever().next();
+    log::info!("signal {signal:?}: stopping, answering requests in flight");
+    server.stop()?;
+    log::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }

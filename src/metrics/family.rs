@@ -6,8 +6,8 @@
 //! the flat list of every series' value in table order.
 
 use super::{
-    BreakerTransition, HistogramSnapshot, ReloadOutcome, ShardMetrics, ShedCause, TimeoutKind,
-    Transport, EXTENSION_STATUSES,
+    BreakerTransition, HistogramSnapshot, ReloadOutcome, ShardMetrics, ShedCause, Transport,
+    EXTENSION_STATUSES,
 };
 use crate::contract::{ErrorCode, ExecStatus, Reason};
 
@@ -96,33 +96,6 @@ pub(super) const FAMILIES: &[Family] = &[
         series: ShedCause::ALL.len(),
         label_value: |i| ShedCause::ALL[i].as_str(),
         read: |m, i| m.sheds[i].get(),
-    },
-    Family {
-        name: "shardline_connections_accepted_total",
-        help: "Client connections accepted.",
-        kind: Kind::Counter,
-        label: "",
-        series: 1,
-        label_value: no_label,
-        read: |m, _| m.connections_accepted.get(),
-    },
-    Family {
-        name: "shardline_connections_open",
-        help: "Client connections open.",
-        kind: Kind::SummedGauge,
-        label: "",
-        series: 1,
-        label_value: no_label,
-        read: |m, _| m.connections_open(),
-    },
-    Family {
-        name: "shardline_timeouts_total",
-        help: "Connections closed by a timer, by which timer fired.",
-        kind: Kind::Counter,
-        label: "kind",
-        series: TimeoutKind::ALL.len(),
-        label_value: |i| TimeoutKind::ALL[i].as_str(),
-        read: |m, i| m.timeouts[i].get(),
     },
     Family {
         name: "shardline_results_total",

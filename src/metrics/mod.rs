@@ -233,17 +233,13 @@ label_enum!(
     ShedCause {
         /// The ring to the owning shard was full.
         RingFull => "ring_full",
-        /// `limits.connections_per_shard_max` reached; the connection was closed.
-        ConnectionCap => "connection_cap",
+        /// The in-flight budget to the owning shard was spent.
+        HandoffBudget => "handoff_budget",
         /// The ring to the NATS bridge was full (assignment, usage event or reply).
         BridgeFull => "bridge_full",
         /// The shard is draining for shutdown.
         Draining => "draining",
     }
-);
-label_enum!(
-    /// Which connection timer fired (`shardline_timeouts_total{kind}`).
-    TimeoutKind { Read => "read", Write => "write", Idle => "idle" }
 );
 label_enum!(
     /// A circuit breaker's new state (`shardline_breaker_transitions_total{to}`).
@@ -273,7 +269,6 @@ fn extension_index(status: ExtensionStatus) -> usize {
 
 const TRANSPORTS: usize = 3;
 const SHED_CAUSES: usize = 4;
-const TIMEOUT_KINDS: usize = 3;
 const BREAKER_TRANSITIONS: usize = 3;
 const RELOAD_OUTCOMES: usize = 2;
 const REASONS: usize = Reason::ALL.len();
@@ -298,9 +293,6 @@ pub struct ShardMetrics {
     /// Requests other shards handed to this one.
     pub handoffs_in: Counter,
     sheds: [Counter; SHED_CAUSES],
-    pub connections_accepted: Counter,
-    pub connections_closed: Counter,
-    timeouts: [Counter; TIMEOUT_KINDS],
     results: [Counter; EXEC_STATUSES],
     /// ExecResults ignored because their assignment id was already seen.
     pub results_duplicate: Counter,
@@ -325,7 +317,6 @@ pub struct ShardMetrics {
 
 const _: () = assert!(Transport::ALL.len() == TRANSPORTS);
 const _: () = assert!(ShedCause::ALL.len() == SHED_CAUSES);
-const _: () = assert!(TimeoutKind::ALL.len() == TIMEOUT_KINDS);
 const _: () = assert!(BreakerTransition::ALL.len() == BREAKER_TRANSITIONS);
 const _: () = assert!(ReloadOutcome::ALL.len() == RELOAD_OUTCOMES);
 
@@ -339,9 +330,6 @@ impl ShardMetrics {
             handoffs_out: Counter::new(),
             handoffs_in: Counter::new(),
             sheds: [const { Counter::new() }; SHED_CAUSES],
-            connections_accepted: Counter::new(),
-            connections_closed: Counter::new(),
-            timeouts: [const { Counter::new() }; TIMEOUT_KINDS],
             results: [const { Counter::new() }; EXEC_STATUSES],
             results_duplicate: Counter::new(),
             results_rejected: Counter::new(),
@@ -376,10 +364,6 @@ impl ShardMetrics {
         &self.sheds[cause as usize]
     }
 
-    pub fn timeout(&self, kind: TimeoutKind) -> &Counter {
-        &self.timeouts[kind as usize]
-    }
-
     /// ExecResults applied, by status.
     pub fn result(&self, status: ExecStatus) -> &Counter {
         &self.results[status as usize]
@@ -395,13 +379,6 @@ impl ShardMetrics {
 
     pub fn extension_call(&self, status: ExtensionStatus) -> &Counter {
         &self.extension_calls[extension_index(status)]
-    }
-
-    /// Connections open now: accepted minus closed. `closed` is read first, so the
-    /// difference never goes below zero even while the shard is accepting.
-    pub fn connections_open(&self) -> u64 {
-        let closed = self.connections_closed.get();
-        self.connections_accepted.get().saturating_sub(closed)
     }
 }
 

@@ -107,8 +107,6 @@ fn two_shards() -> (ShardMetrics, ShardMetrics) {
     a.shed(ShedCause::RingFull).inc();
     a.handoffs_out.add(5);
     b.handoffs_in.add(5);
-    a.connections_accepted.add(4);
-    a.connections_closed.add(1);
     b.table_generation.set(7);
     a.table_generation.set(6);
     a.extension_call(ExtensionStatus::Timeout).inc();
@@ -242,8 +240,6 @@ fn totals_are_sums() {
     assert_eq!(p.get("shardline_decisions_total", &weighted), Some(11.0));
     let limited = [("shard", "all"), ("code", "rate_limited")];
     assert_eq!(p.get("shardline_errors_total", &limited), Some(2.0));
-    let open = [("shard", "0")];
-    assert_eq!(p.get("shardline_connections_open", &open), Some(3.0));
     let generation = "shardline_routing_table_generation";
     assert_eq!(p.get(generation, &[("shard", "1")]), Some(7.0));
     assert_eq!(p.get(generation, &[("shard", "all")]), None, "no total");
@@ -363,7 +359,6 @@ fn snapshot_value_lookup() {
     let (a, _) = two_shards();
     let s = a.snapshot();
     assert_eq!(s.value("shardline_decisions_total", "sticky"), Some(3));
-    assert_eq!(s.value("shardline_connections_open", ""), Some(3));
     assert_eq!(s.value("shardline_decisions_total", "nope"), None);
     assert_eq!(s.value("nope", ""), None);
 }

@@ -31,6 +31,7 @@ use handoff::Msg;
 use owner::OwnerConfig;
 use service::RouterService;
 use shard::ShardCtx;
+pub use stats::Count;
 use stats::ShardStats;
 
 /// The HTTPS listener's settings.
@@ -76,8 +77,13 @@ pub struct Shared {
 
 impl Shared {
     pub fn now(&self) -> Now {
-        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Now { mono_ns: self.started.elapsed().as_nanos() as u64, unix_ms }
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Now {
+            mono_ns: self.started.elapsed().as_nanos() as u64,
+            unix_ms,
+        }
     }
 
     pub fn metrics(&self, shard: ShardId) -> &ShardStats {
@@ -94,7 +100,14 @@ impl Shared {
 
     pub fn render_metrics(&self, out: &mut String) {
         let (generation, table) = self.handle.current();
-        stats::render(out, &self.stats, &self.http, generation, table.len(), self.watch.as_deref());
+        stats::render_all(
+            out,
+            &self.stats,
+            &self.http,
+            generation,
+            table.len(),
+            self.watch.as_deref(),
+        );
     }
 }
 
@@ -125,8 +138,12 @@ impl Server {
         let watcher = Watcher::spawn(handle.clone(), Arc::clone(&store), settings.watch_interval)?;
         let shared = Arc::new(Shared {
             partition: Partitioner::new(shard_count),
-            stats: (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect(),
-            http: (0..shard_count).map(|_| Arc::new(HttpStats::default())).collect(),
+            stats: (0..shard_count)
+                .map(|_| Arc::new(ShardStats::default()))
+                .collect(),
+            http: (0..shard_count)
+                .map(|_| Arc::new(HttpStats::default()))
+                .collect(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -145,13 +162,22 @@ impl Server {
         let factory_shared = Arc::clone(&shared);
         let runtime = Runtime::start(config, move |ctx: ShardContext<Msg>| {
             let tls = match &tls {
-                Some(t) => Some(TlsAcceptor::from_pem_files(&t.cert, &t.key, t.client_ca.as_deref())?),
+                Some(t) => Some(TlsAcceptor::from_pem_files(
+                    &t.cert,
+                    &t.key,
+                    t.client_ca.as_deref(),
+                )?),
                 None => None,
             };
             start_shard(Arc::clone(&factory_shared), ctx, tls)
         })?;
         shared.ready.store(true, Ordering::Release);
-        Ok(Server { runtime, shared, watcher: Some(watcher), _ports: ports })
+        Ok(Server {
+            runtime,
+            shared,
+            watcher: Some(watcher),
+            _ports: ports,
+        })
     }
 
     /// The HTTP address every shard accepts on (the real port when 0 was asked).
@@ -184,13 +210,17 @@ impl Server {
 }
 
 fn reserve(addr: &mut SocketAddr) -> anyhow::Result<PortReservation> {
-    let reservation = PortReservation::new(*addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let reservation =
+        PortReservation::new(*addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     *addr = reservation.addr;
     Ok(reservation)
 }
 
-fn admin(settings: &ServerSettings, store: &Arc<PolicyStore>, handle: &TableHandle) -> anyhow::Result<Option<Admin>> {
+fn admin(
+    settings: &ServerSettings,
+    store: &Arc<PolicyStore>,
+    handle: &TableHandle,
+) -> anyhow::Result<Option<Admin>> {
     if settings.admin_tokens.is_empty() {
         return Ok(None);
     }
@@ -202,7 +232,10 @@ fn admin(settings: &ServerSettings, store: &Arc<PolicyStore>, handle: &TableHand
 #[derive(Debug, thiserror::Error)]
 pub enum ShardStartError {
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] http::TlsError),
 }
@@ -217,7 +250,9 @@ fn start_shard(
     let id = ctx.id;
     let outbox = ctx.end.outbox();
     let shard = ShardCtx::new(id, Arc::clone(&shared), outbox);
-    let service = Rc::new(RouterService { ctx: Rc::clone(&shard) });
+    let service = Rc::new(RouterService {
+        ctx: Rc::clone(&shard),
+    });
     let stop = Stop::new();
     let settings = &shared.settings;
     let mut listeners = vec![(settings.listen, None)];
@@ -232,7 +267,14 @@ fn start_shard(
     for (addr, tls) in listeners {
         let listener = http::bind(addr).map_err(|source| ShardStartError::Bind { addr, source })?;
         let stats = Arc::clone(&shared.http[id.index()]);
-        let serve = http::serve(listener, Rc::clone(&service), settings.http.clone(), stats, tls, stop.clone());
+        let serve = http::serve(
+            listener,
+            Rc::clone(&service),
+            settings.http.clone(),
+            stats,
+            tls,
+            stop.clone(),
+        );
         let task = glommio::spawn_local(async move {
             if let Err(e) = serve.await {
                 log::warn!("shard {id}: HTTP server ended with {e}");
@@ -257,7 +299,11 @@ pub struct PortReservation {
 impl PortReservation {
     pub fn new(addr: SocketAddr) -> std::io::Result<PortReservation> {
         use std::os::fd::FromRawFd;
-        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         // SAFETY: plain socket(2); the fd is owned below.
         let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
@@ -297,7 +343,13 @@ fn bind_fd(fd: &std::os::fd::OwnedFd, addr: SocketAddr) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (storage, len) = sockaddr(addr);
     // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the fd's family.
-    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -333,14 +385,98 @@ fn local_addr(fd: &std::os::fd::OwnedFd, asked: SocketAddr) -> std::io::Result<S
     // SAFETY: zeroed storage and its true length are passed to getsockname(2).
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) };
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let port = match asked {
         // SAFETY: the family matches the address we bound.
-        SocketAddr::V4(_) => u16::from_be(unsafe { (*(&storage as *const _ as *const libc::sockaddr_in)).sin_port }),
-        SocketAddr::V6(_) => u16::from_be(unsafe { (*(&storage as *const _ as *const libc::sockaddr_in6)).sin6_port }),
+        SocketAddr::V4(_) => {
+            u16::from_be(unsafe { (*(&storage as *const _ as *const libc::sockaddr_in)).sin_port })
+        }
+        SocketAddr::V6(_) => u16::from_be(unsafe {
+            (*(&storage as *const _ as *const libc::sockaddr_in6)).sin6_port
+        }),
     };
     Ok(SocketAddr::new(asked.ip(), port))
+}
+
+impl ServerSettings {
+    /// Resolves a loaded config into the server's settings.
+    pub fn from_config(config: &crate::config::Config) -> ServerSettings {
+        use crate::config::Cores;
+        let (s, l) = (&config.server, &config.limits);
+        let cores = match &config.server.cores {
+            Cores::All => CoreSelection::All,
+            Cores::Count(n) => CoreSelection::Count(*n),
+            Cores::List(list) => {
+                CoreSelection::List(list.iter().map(|&c| shards::CoreId(c)).collect())
+            }
+        };
+        let tls = config.tls.enabled.then(|| TlsSettings {
+            listen: config.tls.listen,
+            cert: config.tls.cert.clone(),
+            key: config.tls.key.clone(),
+            client_ca: config.tls.client_ca.clone(),
+        });
+        let admin_tokens = if config.admin.enabled {
+            let tokens = config.admin.all_tokens();
+            tokens
+                .map(|(t, tenant)| (t.expose().to_owned(), tenant.map(str::to_owned)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let drain = Duration::from_millis(s.drain_timeout_ms);
+        ServerSettings {
+            listen: s.listen,
+            shard_port_base: s.shard_port_base,
+            tls,
+            cores,
+            http: HttpLimits {
+                headers_max: l.headers_max,
+                header_bytes_max: l.header_bytes_max,
+                body_bytes_max: l.body_bytes_max,
+                read_timeout: Duration::from_millis(l.read_timeout_ms),
+                idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+                write_timeout: Duration::from_millis(l.write_timeout_ms),
+                connections_max: l.connections_per_shard_max,
+                drain_timeout: drain,
+                ..HttpLimits::default()
+            },
+            ring_slots: l.ring_slots,
+            owner: OwnerConfig {
+                state: crate::decide::StateConfig {
+                    sticky_entries: l.sticky_entries_per_shard,
+                    seed: random_seed(),
+                },
+                idempotency_entries: l.idempotency_entries_per_shard,
+                idempotency_ttl_ms: l.idempotency_ttl_ms,
+                results_seen_entries: RESULTS_SEEN_ENTRIES,
+                results_seen_ttl_ms: RESULTS_SEEN_TTL_MS,
+            },
+            policies_dir: s.policies_dir.clone(),
+            admin_tokens,
+            watch_interval: Duration::from_millis(crate::admin::WATCH_INTERVAL_MS),
+            // The shards' own stop deadline leaves the HTTP drain its full time first.
+            stop_timeout: drain + Duration::from_secs(5),
+        }
+    }
+}
+
+/// ExecResults remembered per shard for de-duplication, and for how long: a worker that
+/// re-sends a result within ten minutes is not counted twice.
+pub const RESULTS_SEEN_ENTRIES: usize = 1 << 16;
+pub const RESULTS_SEEN_TTL_MS: u64 = 600_000;
+
+/// A seed for the weighted draw and hashers, from the OS-keyed std hasher (not crypto).
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(SystemTime::now())
 }

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use super::handoff::{Job, OwnedHeaders, Reply, Route};
 use super::owner::{self, Answered};
 use super::shard::ShardCtx;
+use super::stats::Count;
 use crate::admin::{placement, AdminRequest, AdminResponse, Placement, ShardView};
 use crate::contract::{
     context_ids, decode_decide, encode_contract_error, encode_error, ErrorCode, ErrorDetails,
@@ -35,7 +36,9 @@ impl Service for RouterService {
 /// Contract headers from HTTP headers; the `X-` forms are accepted too (SPEC §2).
 fn contract_headers<'a>(req: &Request<'a>) -> Headers<'a> {
     Headers {
-        tenant_id: req.header("x-tenant-id").or_else(|| req.header("tenant_id")),
+        tenant_id: req
+            .header("x-tenant-id")
+            .or_else(|| req.header("tenant_id")),
         trace_id: req.header("x-trace-id").or_else(|| req.header("trace_id")),
         traceparent: req.header("traceparent"),
         version: req.header("version"),
@@ -66,14 +69,32 @@ fn apply_reply(resp: &mut Response, reply: Reply) {
 fn not_found(resp: &mut Response, req: &Request<'_>) {
     let message = format!("no route {} {}", req.method.as_str(), req.path);
     resp.status = 404;
-    encode_error(&mut resp.body, ErrorCode::InvalidRequest, &message, &ErrorDetails::default(), None, None);
+    encode_error(
+        &mut resp.body,
+        ErrorCode::InvalidRequest,
+        &message,
+        &ErrorDetails::default(),
+        None,
+        None,
+    );
 }
 
 fn method_not_allowed(resp: &mut Response, req: &Request<'_>, allow: &'static str) {
-    let message = format!("{} does not accept {}; use {allow}", req.path, req.method.as_str());
+    let message = format!(
+        "{} does not accept {}; use {allow}",
+        req.path,
+        req.method.as_str()
+    );
     resp.status = 405;
     let _ = resp.extra_headers.push("Allow", allow);
-    encode_error(&mut resp.body, ErrorCode::InvalidRequest, &message, &ErrorDetails::default(), None, None);
+    encode_error(
+        &mut resp.body,
+        ErrorCode::InvalidRequest,
+        &message,
+        &ErrorDetails::default(),
+        None,
+        None,
+    );
 }
 
 impl RouterService {
@@ -89,7 +110,9 @@ impl RouterService {
             "/readyz" if get => self.ready(resp),
             "/metrics" if get => self.metrics(resp),
             "/v1/shards" if get => self.shard_map(resp),
-            "/healthz" | "/readyz" | "/metrics" | "/v1/shards" => method_not_allowed(resp, req, "GET"),
+            "/healthz" | "/readyz" | "/metrics" | "/v1/shards" => {
+                method_not_allowed(resp, req, "GET")
+            }
             p if p.starts_with("/admin/") => self.admin(req, resp, now).await,
             _ => not_found(resp, req),
         }
@@ -113,8 +136,13 @@ impl RouterService {
         if owner == ctx.id {
             let started = std::time::Instant::now();
             let table = ctx.table.borrow();
-            let answered = ctx.owner.borrow_mut().decide(table.table(), &decoded, now, &mut resp.body);
-            ctx.shared.metrics(ctx.id).count(&answered, started.elapsed());
+            let answered =
+                ctx.owner
+                    .borrow_mut()
+                    .decide(table.table(), &decoded, now, &mut resp.body);
+            ctx.shared
+                .metrics(ctx.id)
+                .answered(&answered, started.elapsed());
             return apply(resp, answered);
         }
         let job = Job {
@@ -132,13 +160,22 @@ impl RouterService {
         let headers = contract_headers(req);
         let result = match ExecResult::decode(req.body, &headers) {
             Ok(result) => result,
-            Err(err) => return apply(resp, owner::invalid(&err, &mut resp.body)),
+            Err(err) => {
+                let answered = owner::invalid(&err, &mut resp.body);
+                ctx.shared.metrics(ctx.id).results_rejected.inc();
+                return apply(resp, answered);
+            }
         };
         let owner = ctx.shared.partition.shard_of(&result.tenant_id);
         if owner == ctx.id {
             let table = ctx.table.borrow();
-            let answered = ctx.owner.borrow_mut().result(table.table(), &result, now, &mut resp.body);
-            ctx.shared.metrics(ctx.id).count(&answered, std::time::Duration::ZERO);
+            let answered =
+                ctx.owner
+                    .borrow_mut()
+                    .result(table.table(), &result, now, &mut resp.body);
+            ctx.shared
+                .metrics(ctx.id)
+                .answered(&answered, std::time::Duration::ZERO);
             return apply(resp, answered);
         }
         let job = Job {
@@ -205,12 +242,23 @@ impl RouterService {
         let answer = match placement(&areq) {
             Placement::Anywhere => {
                 let table = ctx.table.borrow();
-                admin.handle(areq, ShardView { table: table.table(), state: None, now })
+                admin.handle(
+                    areq,
+                    ShardView {
+                        table: table.table(),
+                        state: None,
+                        now,
+                    },
+                )
             }
             Placement::Blocking => self.admin_blocking(req, authorization, now).await,
             Placement::OwnerShard(tenant) => {
                 let owner = ctx.shared.partition.shard_of(&tenant);
-                let route = if req.method == Method::Post { Route::AdminDryRun } else { Route::AdminCircuits };
+                let route = if req.method == Method::Post {
+                    Route::AdminDryRun
+                } else {
+                    Route::AdminCircuits
+                };
                 let job = Job {
                     route,
                     tenant: tenant.as_ref().into(),
@@ -218,8 +266,16 @@ impl RouterService {
                     body: req.body.to_vec(),
                     headers: owned(&Headers::default(), authorization),
                 };
-                let reply = if owner == ctx.id { ctx.admin_here(&job, now) } else { ctx.hand_off(owner, job).await };
-                AdminResponse { status: reply.status, body: reply.body, allow: None }
+                let reply = if owner == ctx.id {
+                    ctx.admin_here(&job, now)
+                } else {
+                    ctx.hand_off(owner, job).await
+                };
+                AdminResponse {
+                    status: reply.status,
+                    body: reply.body,
+                    allow: None,
+                }
             }
         };
         write_admin(resp, answer);
@@ -227,7 +283,12 @@ impl RouterService {
 
     /// Writes and reloads touch the disk (fsync): run them on glommio's blocking pool so
     /// the shard keeps serving.
-    async fn admin_blocking(&self, req: &Request<'_>, authorization: Option<&str>, now: Now) -> AdminResponse {
+    async fn admin_blocking(
+        &self,
+        req: &Request<'_>,
+        authorization: Option<&str>,
+        now: Now,
+    ) -> AdminResponse {
         let shared = self.ctx.shared.clone();
         let method = req.method.as_str();
         let (path, query) = (req.path.to_owned(), req.query.map(str::to_owned));
@@ -244,7 +305,14 @@ impl RouterService {
                     authorization: authorization.as_deref(),
                     body: &body,
                 };
-                admin.handle(areq, ShardView { table: &table, state: None, now })
+                admin.handle(
+                    areq,
+                    ShardView {
+                        table: &table,
+                        state: None,
+                        now,
+                    },
+                )
             })
             .await
     }

@@ -14,6 +14,7 @@ use shards::{Batch, Inbound, Outbox, ShardEnd, ShardId, TrySendError};
 
 use super::handoff::{self, Job, Msg, OwnedHeaders, Pending, PendingTable, Reply, Route};
 use super::owner::{self, Answered, Owner};
+use super::stats::Count;
 use super::Shared;
 use crate::admin::{AdminRequest, ShardTable, ShardView};
 use crate::contract::Headers;
@@ -67,7 +68,13 @@ impl ShardCtx {
             metrics.shed_handoff_budget();
             return shed("too many requests in flight to the tenant's shard");
         };
-        let sent = self.outbox.borrow_mut().try_send(to, Msg::Request { slot, job: Box::new(job) });
+        let sent = self.outbox.borrow_mut().try_send(
+            to,
+            Msg::Request {
+                slot,
+                job: Box::new(job),
+            },
+        );
         match sent {
             Ok(()) => {
                 metrics.handoff_out();
@@ -88,7 +95,12 @@ impl ShardCtx {
 
     /// Runs a job handed over by another shard, as its tenant's owner.
     fn run_job(&self, job: &Job) -> Reply {
-        assert!(self.owns(&job.tenant), "shard {} got tenant {} it does not own", self.id, job.tenant);
+        assert!(
+            self.owns(&job.tenant),
+            "shard {} got tenant {} it does not own",
+            self.id,
+            job.tenant
+        );
         let now = self.shared.now();
         self.refresh(now);
         let headers = borrowed(&job.headers);
@@ -100,30 +112,64 @@ impl ShardCtx {
                 return self.admin_here(job, now);
             }
         };
-        Reply { status: answered.status, retry_after_s: answered.retry_after_s, body }
+        Reply {
+            status: answered.status,
+            retry_after_s: answered.retry_after_s,
+            body,
+        }
     }
 
-    pub fn decide_bytes(&self, body: &[u8], h: &Headers<'_>, now: Now, out: &mut Vec<u8>) -> Answered {
+    pub fn decide_bytes(
+        &self,
+        body: &[u8],
+        h: &Headers<'_>,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) -> Answered {
         let table = self.table.borrow();
         let started = std::time::Instant::now();
-        let answered = self.owner.borrow_mut().decide_bytes(table.table(), body, h, now, out);
-        self.shared.metrics(self.id).count(&answered, started.elapsed());
+        let answered = self
+            .owner
+            .borrow_mut()
+            .decide_bytes(table.table(), body, h, now, out);
+        self.shared
+            .metrics(self.id)
+            .answered(&answered, started.elapsed());
         answered
     }
 
-    pub fn result_bytes(&self, body: &[u8], h: &Headers<'_>, now: Now, out: &mut Vec<u8>) -> Answered {
+    pub fn result_bytes(
+        &self,
+        body: &[u8],
+        h: &Headers<'_>,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) -> Answered {
         let table = self.table.borrow();
-        let answered = self.owner.borrow_mut().result_bytes(table.table(), body, h, now, out);
-        self.shared.metrics(self.id).count(&answered, std::time::Duration::ZERO);
+        let answered = self
+            .owner
+            .borrow_mut()
+            .result_bytes(table.table(), body, h, now, out);
+        self.shared
+            .metrics(self.id)
+            .answered(&answered, std::time::Duration::ZERO);
         answered
     }
 
     /// An owner-placed admin call (dry-run, circuits) against this shard's state.
     pub fn admin_here(&self, job: &Job, now: Now) -> Reply {
         let Some(admin) = &self.shared.admin else {
-            return Reply { status: 404, retry_after_s: None, body: Vec::new() };
+            return Reply {
+                status: 404,
+                retry_after_s: None,
+                body: Vec::new(),
+            };
         };
-        let method = if job.route == Route::AdminDryRun { "POST" } else { "GET" };
+        let method = if job.route == Route::AdminDryRun {
+            "POST"
+        } else {
+            "GET"
+        };
         let table = self.table.borrow();
         let owner = self.owner.borrow();
         let req = AdminRequest {
@@ -133,9 +179,17 @@ impl ShardCtx {
             authorization: job.headers.authorization.as_deref(),
             body: &job.body,
         };
-        let view = ShardView { table: table.table(), state: Some(&owner.state), now };
+        let view = ShardView {
+            table: table.table(),
+            state: Some(&owner.state),
+            now,
+        };
         let resp = admin.handle(req, view);
-        Reply { status: resp.status, retry_after_s: None, body: resp.body }
+        Reply {
+            status: resp.status,
+            retry_after_s: None,
+            body: resp.body,
+        }
     }
 
     /// Serves the peers: jobs for tenants we own, replies to jobs we sent.
@@ -149,11 +203,15 @@ impl ShardCtx {
                     match self.outbox.borrow_mut().try_send(envelope.from, msg) {
                         Ok(()) | Err(TrySendError::Closed(_)) => {}
                         // The in-flight bound (handoff module doc) makes this impossible.
-                        Err(TrySendError::Full(_)) => panic!("reply ring to {} full", envelope.from),
+                        Err(TrySendError::Full(_)) => {
+                            panic!("reply ring to {} full", envelope.from)
+                        }
                     }
                 }
                 Msg::Reply { slot, reply } => {
-                    self.pending.borrow_mut().complete(envelope.from, slot, reply);
+                    self.pending
+                        .borrow_mut()
+                        .complete(envelope.from, slot, reply);
                 }
             }
         }
@@ -163,7 +221,11 @@ impl ShardCtx {
 fn shed(message: &str) -> Reply {
     let mut body = Vec::with_capacity(160);
     let answered = owner::overloaded(message, None, &mut body);
-    Reply { status: answered.status, retry_after_s: answered.retry_after_s, body }
+    Reply {
+        status: answered.status,
+        retry_after_s: answered.retry_after_s,
+        body,
+    }
 }
 
 pub fn borrowed(h: &OwnedHeaders) -> Headers<'_> {

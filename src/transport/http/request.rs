@@ -30,6 +30,18 @@ impl Method {
             _ => Method::Other,
         }
     }
+
+    /// The method's token; `OTHER` for methods the router does not route.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Other => "OTHER",
+        }
+    }
 }
 
 /// One complete request, with its body decoded.

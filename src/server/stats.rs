@@ -1,0 +1,167 @@
+//! What the server counts, on top of `metrics`: the mapping from an answered request to
+//! its counters, and the scrape that joins every shard's metrics with the HTTP layer's
+//! connection statistics and the reload watcher's counts.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::owner::{Answered, Counted};
+use crate::admin::WatchStats;
+use crate::contract::ErrorCode;
+use crate::metrics::{render, ExtraMetric, ShardMetrics, ShedCause};
+use crate::transport::http::{HttpStats, RESPONSE_CLASSES};
+
+pub type ShardStats = ShardMetrics;
+
+/// Counting verbs the shards use; each shard is the only writer of its `ShardMetrics`.
+pub trait Count {
+    fn answered(&self, answered: &Answered, latency: Duration);
+    fn count_code(&self, code: ErrorCode);
+    fn handoff_out(&self);
+    fn handoff_in(&self);
+    fn shed_ring_full(&self);
+    fn shed_handoff_budget(&self);
+}
+
+impl Count for ShardMetrics {
+    fn answered(&self, answered: &Answered, latency: Duration) {
+        match answered.counted {
+            Counted::Decided(reason) => self.decision(reason).inc(),
+            Counted::Replayed => self.idempotency_hits.inc(),
+            Counted::Failed(code) => self.error(code).inc(),
+            Counted::ResultAccepted { opened, closed } => {
+                self.breaker_transition(crate::metrics::BreakerTransition::Opened)
+                    .add(opened as u64);
+                self.breaker_transition(crate::metrics::BreakerTransition::Closed)
+                    .add(closed as u64);
+                return;
+            }
+            Counted::ResultDuplicate => {
+                self.results_duplicate.inc();
+                return;
+            }
+        }
+        self.decision_latency.observe(latency.as_nanos() as u64);
+    }
+
+    fn count_code(&self, code: ErrorCode) {
+        self.error(code).inc();
+    }
+
+    fn handoff_out(&self) {
+        self.handoffs_out.inc();
+    }
+
+    fn handoff_in(&self) {
+        self.handoffs_in.inc();
+    }
+
+    fn shed_ring_full(&self) {
+        self.shed(ShedCause::RingFull).inc();
+    }
+
+    fn shed_handoff_budget(&self) {
+        self.shed(ShedCause::HandoffBudget).inc();
+    }
+}
+
+/// The Prometheus text of one scrape.
+pub fn render_all(
+    out: &mut String,
+    shards: &[std::sync::Arc<ShardMetrics>],
+    http: &[std::sync::Arc<HttpStats>],
+    generation: u64,
+    policies: usize,
+    watch: Option<&WatchStats>,
+) {
+    let snapshots: Vec<_> = shards.iter().map(|m| m.snapshot()).collect();
+    let mut extra = http_series(http);
+    extra.push(ExtraMetric::gauge(
+        "shardline_policies_loaded",
+        "Policies in the published routing table.",
+        policies as f64,
+    ));
+    extra.push(ExtraMetric::gauge(
+        "shardline_routing_table_published_generation",
+        "Generation of the most recently published routing table.",
+        generation as f64,
+    ));
+    if let Some(w) = watch {
+        let reloads = "shardline_watch_reloads_total";
+        let help = "Reloads of the policies directory by SIGHUP or file change, by outcome.";
+        let ok = w.reloads_ok.load(Ordering::Relaxed) as f64;
+        let failed = w.reloads_failed.load(Ordering::Relaxed) as f64;
+        extra.push(ExtraMetric::counter(reloads, help, ok).label("outcome", "ok"));
+        extra.push(ExtraMetric::counter(reloads, help, failed).label("outcome", "failed"));
+    }
+    render(out, &snapshots, &extra);
+}
+
+fn http_series(http: &[std::sync::Arc<HttpStats>]) -> Vec<ExtraMetric> {
+    type Read = fn(&crate::transport::http::HttpStatsSnapshot) -> u64;
+    let families: [(&'static str, &'static str, bool, Read); 7] = [
+        (
+            "shardline_http_connections_accepted_total",
+            "HTTP connections accepted.",
+            true,
+            |s| s.connections_accepted,
+        ),
+        (
+            "shardline_http_connections_open",
+            "HTTP connections open.",
+            false,
+            |s| s.connections_open,
+        ),
+        (
+            "shardline_http_connections_refused_total",
+            "Connections refused at the per-shard cap.",
+            true,
+            |s| s.connections_refused,
+        ),
+        (
+            "shardline_http_requests_total",
+            "HTTP requests parsed.",
+            true,
+            |s| s.requests,
+        ),
+        (
+            "shardline_http_bad_requests_total",
+            "Malformed or over-limit HTTP requests.",
+            true,
+            |s| s.bad_requests,
+        ),
+        (
+            "shardline_http_timeouts_total",
+            "Connections closed by the read, idle or write timer.",
+            true,
+            |s| s.timeouts_closed,
+        ),
+        (
+            "shardline_http_tls_handshake_failures_total",
+            "Failed TLS handshakes.",
+            true,
+            |s| s.tls_handshake_failures,
+        ),
+    ];
+    let snaps: Vec<_> = http.iter().map(|h| h.snapshot()).collect();
+    let mut out = Vec::new();
+    for (name, help, counter, read) in families {
+        for (shard, s) in snaps.iter().enumerate() {
+            let v = read(s) as f64;
+            let m = if counter {
+                ExtraMetric::counter(name, help, v)
+            } else {
+                ExtraMetric::gauge(name, help, v)
+            };
+            out.push(m.label("shard", shard));
+        }
+    }
+    let name = "shardline_http_responses_total";
+    for (shard, s) in snaps.iter().enumerate() {
+        for (class, n) in RESPONSE_CLASSES.iter().zip(s.responses_by_class) {
+            let m = ExtraMetric::counter(name, "HTTP responses by status class.", n as f64);
+            out.push(m.label("shard", shard).label("class", class));
+        }
+    }
+    out
+}
