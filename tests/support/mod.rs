@@ -1,0 +1,228 @@
+//! Shared by the black-box server tests: a router started in-process on 127.0.0.1:0 with
+//! a private copy of the example policies, and a raw HTTP/1.1 client over std sockets.
+//!
+//! Servers in one test binary run one at a time (`serial`): each pins a shard per core
+//! and locks io_uring memory, and two at once would only measure contention.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use shardline::config::Config;
+use shardline::server::{Server, ServerSettings};
+
+/// An all-tenants admin token and an `acme`-only one.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ACME_TOKEN: &str = "test-acme-token-0123456789";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the lock that runs server tests one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("shardline-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A config directory holding a copy of `config/policies` and a `shardline.toml` made
+/// of `extra_toml` (on top of test defaults: port 0, two tokens).
+pub fn config_dir(name: &str, extra_toml: &str) -> TempDir {
+    let dir = TempDir::new(name);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_dir(&repo.join("config/policies"), &dir.0.join("policies"));
+    let toml = format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra_toml}\n",);
+    std::fs::write(dir.0.join("shardline.toml"), toml).unwrap();
+    dir
+}
+
+/// Loads `DIR/shardline.toml` and adds the two test admin tokens.
+pub fn settings(dir: &TempDir) -> ServerSettings {
+    let config = Config::load(&dir.0.join("shardline.toml")).expect("test config");
+    let mut settings = ServerSettings::from_config(&config);
+    settings.admin_tokens = vec![
+        (ADMIN_TOKEN.to_owned(), None),
+        (ACME_TOKEN.to_owned(), Some("acme".to_owned())),
+    ];
+    settings.watch_interval = Duration::from_millis(50);
+    settings
+}
+
+pub fn start(settings: ServerSettings) -> Server {
+    Server::start(settings).expect("server starts")
+}
+
+/// One parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection with a read timeout.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
+    /// Writes raw bytes (one or several pipelined requests).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) {
+        self.send_raw(&request_bytes(method, path, headers, body));
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.send(method, path, headers, body);
+        self.read_response().expect("a response")
+    }
+
+    /// Reads one response; `None` when the server closed the connection first.
+    pub fn read_response(&mut self) -> Option<Response> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let status = line.split(' ').nth(1)?.parse().ok()?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).ok()?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':')?;
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body).ok()?;
+        Some(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A decide body for `tenant` with `request_id`.
+pub fn decide_body(tenant: &str, request_id: &str) -> Vec<u8> {
+    format!(
+        r#"{{"request_id":"{request_id}","tenant_id":"{tenant}","task":{{"type":"chat","payload_ref":"p"}}}}"#
+    )
+    .into_bytes()
+}
+
+/// Tenant names that land on every shard of `shards` (by the documented partition).
+pub fn tenants_covering(shards: usize) -> Vec<String> {
+    let partition = shards::Partitioner::new(shards);
+    let mut found: Vec<Option<String>> = vec![None; shards];
+    for i in 0.. {
+        let t = format!("tenant{i}");
+        let s = partition.shard_of(&t).index();
+        if found[s].is_none() {
+            found[s] = Some(t);
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found.into_iter().map(Option::unwrap).collect()
+}
+
+/// Writes a minimal valid policy for `tenant` into a config dir's policies.
+pub fn write_policy(dir: &TempDir, tenant: &str, id: &str, doc: &str) {
+    let t = dir.0.join("policies").join(tenant);
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join(format!("{id}.json")), doc).unwrap();
+}
+
+pub const SIMPLE_POLICY: &str = r#"{"version":"1.0","providers":[{"name":"openai","weight":60},{"name":"anthropic","weight":40}]}"#;
