@@ -270,7 +270,7 @@ fn start_shard(
         let serve = http::serve(
             listener,
             Rc::clone(&service),
-            settings.http.clone(),
+            settings.http,
             stats,
             tls,
             stop.clone(),
