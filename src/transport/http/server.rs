@@ -148,20 +148,22 @@ async fn handshake<S>(
     shared: &Shared<S>,
 ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
     let accept = tls.acceptor().accept(stream);
-    let outcome =
-        glommio::timer::timeout(shared.limits.read_timeout, async { Ok(accept.await) }).await;
-    match outcome {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(err)) => {
+    let mut timer = Timer::new(shared.limits.read_timeout);
+    match race(accept, &mut timer, Some(&shared.stop)).await {
+        Raced::Done(Ok(stream)) => Some(stream),
+        Raced::Done(Err(err)) => {
             log::debug!("tls handshake failed: {err}");
             HttpStats::add(&shared.stats.tls_handshake_failures);
             None
         }
-        Err(_) => {
+        Raced::TimedOut => {
             log::debug!("tls handshake timed out");
             HttpStats::add(&shared.stats.tls_handshake_failures);
             None
         }
+        // No request has begun, so a stop closes the connection as it closes an idle
+        // one; finishing the handshake would only hold the drain for nothing.
+        Raced::Stopped => None,
     }
 }
 
