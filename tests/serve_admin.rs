@@ -1289,6 +1289,43 @@ fn mtls_requires_a_client_certificate_from_the_ca() {
     server.stop().unwrap();
 }
 
+/// A graceful stop does not wait for TLS handshakes: a client that connected to the HTTPS
+/// port and stalled (a TCP health check, a half-sent ClientHello) has no request in flight,
+/// so like an idle plain connection it is closed at once, not after the drain timeout.
+#[test]
+fn stop_does_not_wait_for_stalled_tls_handshakes() {
+    let _serial = serial();
+    let dir = config_dir("tls-stop", "");
+    let pki = Pki::new("tls-stop");
+    let mut settings = https_settings(&dir, pki.tls_settings(false));
+    let long = Duration::from_secs(60);
+    (settings.http.read_timeout, settings.http.drain_timeout) = (long, long);
+    settings.stop_timeout = long + Duration::from_secs(5);
+    let server = start(settings);
+    let addr = server.tls_addr().expect("TLS on");
+    let trusted = pki.client(None);
+    let mut served = TlsClient::connect(addr, "localhost", &trusted);
+    assert_eq!(
+        served.request("GET", "/healthz", b"").map(|r| r.status),
+        Some(200)
+    );
+    let silent = TcpStream::connect(addr).unwrap();
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"\x16\x03\x01\x02\x00").unwrap();
+    let idle_plain = TcpStream::connect(server.local_addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(server.stop().map_err(|e| e.to_string())));
+    let bound = Duration::from_secs(10);
+    let result = stopped.recv_timeout(bound);
+    assert!(
+        matches!(result, Ok(Ok(()))),
+        "stopped within {bound:?} of a 60 s drain: {result:?}"
+    );
+    drop((served, silent, half, idle_plain));
+}
+
 // ---------------------------------------------------------------------------------------
 // 9: metrics
 
