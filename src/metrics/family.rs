@@ -6,8 +6,7 @@
 //! the flat list of every series' value in table order.
 
 use super::{
-    BreakerTransition, HistogramSnapshot, ReloadOutcome, ShardMetrics, ShedCause, Transport,
-    EXTENSION_STATUSES,
+    BreakerTransition, HistogramSnapshot, ShardMetrics, ShedCause, Transport, EXTENSION_STATUSES,
 };
 use crate::contract::{ErrorCode, ExecStatus, Reason};
 
@@ -159,24 +158,6 @@ pub(super) const FAMILIES: &[Family] = &[
         series: BreakerTransition::ALL.len(),
         label_value: |i| BreakerTransition::ALL[i].as_str(),
         read: |m, i| m.breaker_transitions[i].get(),
-    },
-    Family {
-        name: "shardline_breakers_open",
-        help: "Circuit breakers currently open or half-open.",
-        kind: Kind::SummedGauge,
-        label: "",
-        series: 1,
-        label_value: no_label,
-        read: |m, _| m.breakers_open.get(),
-    },
-    Family {
-        name: "shardline_policy_reloads_total",
-        help: "Routing table reloads, by outcome.",
-        kind: Kind::Counter,
-        label: "outcome",
-        series: ReloadOutcome::ALL.len(),
-        label_value: |i| ReloadOutcome::ALL[i].as_str(),
-        read: |m, i| m.policy_reloads[i].get(),
     },
     Family {
         name: "shardline_extension_calls_total",

@@ -245,10 +245,6 @@ label_enum!(
     /// A circuit breaker's new state (`shardline_breaker_transitions_total{to}`).
     BreakerTransition { Opened => "open", HalfOpened => "half_open", Closed => "closed" }
 );
-label_enum!(
-    /// How a policy reload ended (`shardline_policy_reloads_total{outcome}`).
-    ReloadOutcome { Ok => "ok", Failed => "failed" }
-);
 
 /// The extension outcomes counted, in label order.
 pub const EXTENSION_STATUSES: [ExtensionStatus; 4] = [
@@ -270,7 +266,6 @@ fn extension_index(status: ExtensionStatus) -> usize {
 const TRANSPORTS: usize = 3;
 const SHED_CAUSES: usize = 4;
 const BREAKER_TRANSITIONS: usize = 3;
-const RELOAD_OUTCOMES: usize = 2;
 const REASONS: usize = Reason::ALL.len();
 const ERROR_CODES: usize = ErrorCode::ALL.len();
 const EXEC_STATUSES: usize = ExecStatus::ALL.len();
@@ -305,9 +300,6 @@ pub struct ShardMetrics {
     /// Decide requests answered from the idempotency cache.
     pub idempotency_hits: Counter,
     breaker_transitions: [Counter; BREAKER_TRANSITIONS],
-    /// Circuits of this shard's tenants currently open or half-open.
-    pub breakers_open: Gauge,
-    policy_reloads: [Counter; RELOAD_OUTCOMES],
     extension_calls: [Counter; EXTENSION_OUTCOMES],
     /// Generation of the routing table this shard currently reads.
     pub table_generation: Gauge,
@@ -318,7 +310,6 @@ pub struct ShardMetrics {
 const _: () = assert!(Transport::ALL.len() == TRANSPORTS);
 const _: () = assert!(ShedCause::ALL.len() == SHED_CAUSES);
 const _: () = assert!(BreakerTransition::ALL.len() == BREAKER_TRANSITIONS);
-const _: () = assert!(ReloadOutcome::ALL.len() == RELOAD_OUTCOMES);
 
 impl ShardMetrics {
     pub const fn new() -> ShardMetrics {
@@ -337,8 +328,6 @@ impl ShardMetrics {
             assignment_acks: Counter::new(),
             idempotency_hits: Counter::new(),
             breaker_transitions: [const { Counter::new() }; BREAKER_TRANSITIONS],
-            breakers_open: Gauge::new(),
-            policy_reloads: [const { Counter::new() }; RELOAD_OUTCOMES],
             extension_calls: [const { Counter::new() }; EXTENSION_OUTCOMES],
             table_generation: Gauge::new(),
             sticky_entries: Gauge::new(),
@@ -371,10 +360,6 @@ impl ShardMetrics {
 
     pub fn breaker_transition(&self, to: BreakerTransition) -> &Counter {
         &self.breaker_transitions[to as usize]
-    }
-
-    pub fn policy_reload(&self, outcome: ReloadOutcome) -> &Counter {
-        &self.policy_reloads[outcome as usize]
     }
 
     pub fn extension_call(&self, status: ExtensionStatus) -> &Counter {

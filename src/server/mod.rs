@@ -25,6 +25,7 @@ use shards::{CoreSelection, Partitioner, Runtime, RuntimeConfig, ShardContext, S
 
 use crate::admin::{Admin, PolicyStore, TableHandle, Tokens, Watcher};
 use crate::decide::Now;
+use crate::metrics::Transport;
 use crate::policy::RoutingTable;
 use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
 use handoff::Msg;
@@ -250,9 +251,14 @@ fn start_shard(
     let id = ctx.id;
     let outbox = ctx.end.outbox();
     let shard = ShardCtx::new(id, Arc::clone(&shared), outbox);
-    let service = Rc::new(RouterService {
-        ctx: Rc::clone(&shard),
-    });
+    let service_for = |transport| {
+        Rc::new(RouterService {
+            ctx: Rc::clone(&shard),
+            transport,
+        })
+    };
+    let (http_service, https_service) =
+        (service_for(Transport::Http), service_for(Transport::Https));
     let stop = Stop::new();
     let settings = &shared.settings;
     let mut listeners = vec![(settings.listen, None)];
@@ -267,14 +273,12 @@ fn start_shard(
     for (addr, tls) in listeners {
         let listener = http::bind(addr).map_err(|source| ShardStartError::Bind { addr, source })?;
         let stats = Arc::clone(&shared.http[id.index()]);
-        let serve = http::serve(
-            listener,
-            Rc::clone(&service),
-            settings.http,
-            stats,
-            tls,
-            stop.clone(),
-        );
+        let service = Rc::clone(if tls.is_some() {
+            &https_service
+        } else {
+            &http_service
+        });
+        let serve = http::serve(listener, service, settings.http, stats, tls, stop.clone());
         let task = glommio::spawn_local(async move {
             if let Err(e) = serve.await {
                 log::warn!("shard {id}: HTTP server ended with {e}");

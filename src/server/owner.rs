@@ -34,7 +34,11 @@ pub enum Counted {
     Decided(Reason),
     Replayed,
     Failed(ErrorCode),
-    ResultAccepted { opened: usize, closed: usize },
+    ResultAccepted {
+        status: ExecStatus,
+        opened: usize,
+        closed: usize,
+    },
     ResultDuplicate,
 }
 
@@ -171,6 +175,7 @@ impl Owner {
         );
         out.extend_from_slice(body.as_bytes());
         let counted = Counted::ResultAccepted {
+            status: result.status,
             opened: effect.opened,
             closed: effect.closed,
         };

@@ -15,12 +15,15 @@ use crate::contract::{
     ExecResult, Headers,
 };
 use crate::decide::Now;
+use crate::metrics::Transport;
 use crate::transport::http::{Method, Request, Response, Service};
 
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub struct RouterService {
     pub ctx: Rc<ShardCtx>,
+    /// Which listener this instance serves, for `shardline_requests_total{transport}`.
+    pub transport: Transport,
 }
 
 impl Service for RouterService {
@@ -101,6 +104,11 @@ impl RouterService {
     async fn route(&self, req: &Request<'_>, resp: &mut Response) {
         let now = self.ctx.shared.now();
         self.ctx.refresh(now);
+        self.ctx
+            .shared
+            .metrics(self.ctx.id)
+            .request(self.transport)
+            .inc();
         let get = matches!(req.method, Method::Get | Method::Head);
         match req.path {
             "/v1/decide" if req.method == Method::Post => self.decide(req, resp, now).await,

@@ -37,6 +37,7 @@ impl ShardCtx {
         let mut config = shared.settings.owner;
         config.state.seed ^= u64::from(id.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let owner = Owner::new(table.table(), config, now.mono_ns);
+        shared.metrics(id).table_generation.set(table.generation());
         let pending = PendingTable::new(shared.partition.shard_count(), shared.settings.ring_slots);
         Rc::new(ShardCtx {
             id,
@@ -53,7 +54,17 @@ impl ShardCtx {
         let mut table = self.table.borrow_mut();
         if table.generation() != self.shared.handle.generation() {
             table.refresh(&mut self.owner.borrow_mut().state, now.mono_ns);
+            self.shared
+                .metrics(self.id)
+                .table_generation
+                .set(table.generation());
         }
+    }
+
+    /// Publishes the state gauges after a decision changed them.
+    pub fn note_state(&self) {
+        let sticky = self.owner.borrow().state.sticky_len() as u64;
+        self.shared.metrics(self.id).sticky_entries.set(sticky);
     }
 
     pub fn owns(&self, tenant: &str) -> bool {

@@ -29,7 +29,12 @@ impl Count for ShardMetrics {
             Counted::Decided(reason) => self.decision(reason).inc(),
             Counted::Replayed => self.idempotency_hits.inc(),
             Counted::Failed(code) => self.error(code).inc(),
-            Counted::ResultAccepted { opened, closed } => {
+            Counted::ResultAccepted {
+                status,
+                opened,
+                closed,
+            } => {
+                self.result(status).inc();
                 self.breaker_transition(crate::metrics::BreakerTransition::Opened)
                     .add(opened as u64);
                 self.breaker_transition(crate::metrics::BreakerTransition::Closed)
