@@ -102,7 +102,11 @@ async fn accept_loop<S: Service + 'static>(listener: &TcpListener, server: &Rc<S
             .await;
         match accepted {
             None => return,
-            Some(Ok(stream)) => admit(stream, server),
+            Some(Ok(stream)) => {
+                admit(stream, server);
+                // A burst of connections must not keep the shard from serving them.
+                glommio::yield_if_needed().await;
+            }
             Some(Err(err)) => {
                 log::warn!("http accept failed: {err}");
                 glommio::timer::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
