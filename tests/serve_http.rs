@@ -2,9 +2,156 @@
 
 mod support;
 
+use std::collections::{BTreeSet, HashSet};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
 use support::*;
 
-/// A newcomer's first request: a decision for a bundled tenant, on any shard.
+/// A policy whose single provider admits one request per second.
+const LIMITED_POLICY: &str = r#"{"version":"1.0","providers":[{"name":"openai","weight":100}],
+"rate_limit":{"enabled":true,"requests_per_second":1,"burst":1}}"#;
+/// A policy with a required pre-processor, which no NATS transport can reach here.
+const GUARDED_POLICY: &str = r#"{"version":"1.0","providers":[{"name":"openai","weight":100}],
+"pre":[{"id":"normalize_text","mode":"required"}]}"#;
+/// A Unix time in milliseconds long past (September 2001).
+const LONG_AGO_UNIX_MS: u64 = 1_000_000_000_000;
+
+/// A decide body for `tenant` with `request_id`, plus the top-level fields of `extra`.
+fn decide(tenant: &str, request_id: &str, extra: Value) -> Vec<u8> {
+    let mut req = json!({
+        "request_id": request_id,
+        "tenant_id": tenant,
+        "task": {"type": "chat", "payload_ref": "p"},
+    });
+    if let Value::Object(fields) = extra {
+        for (k, v) in fields {
+            req[k] = v;
+        }
+    }
+    serde_json::to_vec(&req).unwrap()
+}
+
+fn post(client: &mut Client, path: &str, body: &[u8]) -> Response {
+    client.request("POST", path, &[], body)
+}
+
+fn text(resp: &Response) -> String {
+    String::from_utf8_lossy(&resp.body).into_owned()
+}
+
+/// Asserts `resp` is the contract's ErrorResponse with `status` and `code`, exactly
+/// `{"ok":false,"error":{"code","message","details"},"context":{…}}`; returns its JSON.
+fn expect_error(resp: &Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status, status, "{}", text(resp));
+    let content_type = resp.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let json = resp.json();
+    let keys = |v: &Value| -> BTreeSet<String> {
+        v.as_object()
+            .unwrap_or_else(|| panic!("not an object: {v}"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
+    assert_eq!(keys(&json), set(&["ok", "error", "context"]), "{json}");
+    assert_eq!(
+        keys(&json["error"]),
+        set(&["code", "message", "details"]),
+        "{json}"
+    );
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["error"]["code"], code, "{json}");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{json}");
+    assert!(json["error"]["details"].is_object(), "{json}");
+    assert!(json["context"].is_object(), "{json}");
+    json
+}
+
+/// A decision for `tenant` answering `request_id`; returns its `decision` object.
+fn expect_decision(resp: &Response, tenant: &str, request_id: &str) -> Value {
+    assert_eq!(resp.status, 200, "{}", text(resp));
+    let json = resp.json();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["context"]["request_id"], request_id, "{json}");
+    assert_eq!(json["decision"]["metadata"]["tenant_id"], tenant, "{json}");
+    json["decision"].clone()
+}
+
+/// `Retry-After` in whole seconds; panics if absent or not a number.
+fn retry_after(resp: &Response) -> u64 {
+    let value = resp.header("retry-after").expect("a Retry-After header");
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After {value:?}"))
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let resp = Client::connect(addr).request("GET", "/metrics", &[], b"");
+    assert_eq!(resp.status, 200);
+    text(&resp)
+}
+
+/// The value of the exact series `name{labels}` in a scrape.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series}"))
+        .parse()
+        .unwrap()
+}
+
+/// The sum of every series whose line starts with `prefix`.
+fn sum_samples(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+const HANDOFFS_OUT: &str = r#"shardline_handoffs_total{shard="all",direction="out"}"#;
+const HANDOFFS_IN: &str = r#"shardline_handoffs_total{shard="all",direction="in"}"#;
+const DECISIONS_ALL: &str = r#"shardline_decisions_total{shard="all","#;
+
+/// A config dir whose tenants land on every shard, each with `SIMPLE_POLICY` as default.
+fn covering_dir(name: &str, extra_toml: &str) -> (TempDir, Vec<String>) {
+    let dir = config_dir(name, extra_toml);
+    let tenants = tenants_covering(usable_cores());
+    for t in &tenants {
+        write_policy(&dir, t, "default", SIMPLE_POLICY);
+    }
+    (dir, tenants)
+}
+
+/// The owner shard of `tenant` on a server with `shards` shards.
+fn owner_of(tenant: &str, shards: usize) -> usize {
+    ::shards::Partitioner::new(shards).shard_of(tenant).index()
+}
+
+/// An ExecResult body for acme's `provider` with assignment number `n`.
+fn exec_result(n: u32, status: &str, provider: &str) -> Vec<u8> {
+    let body = json!({
+        "assignment_id": format!("00000000-0000-4000-8000-{n:012x}"),
+        "request_id": format!("r-{n}"),
+        "status": status,
+        "provider_id": provider,
+        "tenant_id": "acme",
+        "latency_ms": 120,
+        "cost": 0.002,
+    });
+    serde_json::to_vec(&body).unwrap()
+}
+
 #[test]
 fn decide_happy_path() {
     let _serial = serial();
@@ -17,6 +164,837 @@ fn decide_happy_path() {
         let json = resp.json();
         assert_eq!(json["ok"], true);
         assert_eq!(json["decision"]["metadata"]["tenant_id"], tenant);
+    }
+    server.stop().unwrap();
+}
+
+/// A request that breaks the contract is 400 `invalid_request` naming the field and rule,
+/// with the request id echoed when it could be read; the connection stays usable.
+#[test]
+fn invalid_requests_are_400_and_name_the_field() {
+    let _serial = serial();
+    let dir = config_dir("invalid", "");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+
+    let resp = post(
+        &mut client,
+        "/v1/decide",
+        &decide("bad tenant!", "r-bad", json!({})),
+    );
+    let json = expect_error(&resp, 400, "invalid_request");
+    assert_eq!(json["error"]["details"]["field"], "tenant_id", "{json}");
+    assert_eq!(json["error"]["details"]["rule"], "pattern", "{json}");
+    assert_eq!(json["context"]["request_id"], "r-bad", "{json}");
+
+    let resp = post(
+        &mut client,
+        "/v1/decide",
+        br#"{"request_id":"r-2","tenant_id":"#,
+    );
+    let json = expect_error(&resp, 400, "invalid_request");
+    assert_eq!(json["error"]["details"]["rule"], "json", "{json}");
+    assert!(json["error"]["details"]["field"].is_string(), "{json}");
+
+    let no_task = br#"{"request_id":"r-3","tenant_id":"acme"}"#;
+    let json = expect_error(
+        &post(&mut client, "/v1/decide", no_task),
+        400,
+        "invalid_request",
+    );
+    assert_eq!(json["error"]["details"]["field"], "task", "{json}");
+    assert_eq!(json["error"]["details"]["rule"], "required", "{json}");
+
+    let v2 = decide("acme", "r-4", json!({"version": "2"}));
+    let json = expect_error(
+        &post(&mut client, "/v1/decide", &v2),
+        400,
+        "invalid_request",
+    );
+    assert_eq!(
+        json["error"]["details"]["reason"], "VERSION_UNSUPPORTED",
+        "{json}"
+    );
+
+    let resp = post(&mut client, "/v1/decide", &decide("acme", "r-5", json!({})));
+    expect_decision(&resp, "acme", "r-5");
+    server.stop().unwrap();
+}
+
+/// Each decision-engine failure has its status and code, whether the tenant's owner is
+/// the shard that read the request or another one (the answer then crosses the ring).
+#[test]
+fn engine_errors_have_their_status_on_every_shard() {
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("engine-errors", "");
+    for t in &tenants {
+        write_policy(&dir, t, "guarded", GUARDED_POLICY);
+    }
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    for t in &tenants {
+        let resp = post(
+            &mut client,
+            "/v1/decide",
+            &decide(t, "r-nf", json!({"policy_id": "gold"})),
+        );
+        let json = expect_error(&resp, 404, "policy_not_found");
+        assert_eq!(json["context"]["request_id"], "r-nf", "{json}");
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(t.as_str()));
+
+        let exclude = json!({"constraints": {"exclude": ["openai", "anthropic"]}});
+        let resp = post(&mut client, "/v1/decide", &decide(t, "r-df", exclude));
+        expect_error(&resp, 500, "decision_failed");
+
+        let guarded = json!({"policy_id": "guarded"});
+        let resp = post(&mut client, "/v1/decide", &decide(t, "r-ext", guarded));
+        let json = expect_error(&resp, 502, "extension_unavailable");
+        assert_eq!(
+            json["error"]["details"]["extension_id"], "normalize_text",
+            "{json}"
+        );
+
+        let late = json!({"deadline": LONG_AGO_UNIX_MS});
+        let resp = post(&mut client, "/v1/decide", &decide(t, "r-dl", late));
+        expect_error(&resp, 504, "deadline_exceeded");
+
+        let resp = post(&mut client, "/v1/decide", &decide(t, "r-ok", json!({})));
+        expect_decision(&resp, t, "r-ok");
+    }
+    let resp = post(
+        &mut client,
+        "/v1/decide",
+        &decide("nobody", "r-x", json!({})),
+    );
+    expect_error(&resp, 404, "policy_not_found");
+    server.stop().unwrap();
+}
+
+/// Past its policy's rate limit a tenant gets 429 `rate_limited` with a `Retry-After`
+/// header and `details.retry_after_ms`, on every shard.
+#[test]
+fn rate_limited_is_429_with_retry_after() {
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("rate-limited", "");
+    for t in &tenants {
+        write_policy(&dir, t, "limited", LIMITED_POLICY);
+    }
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    for t in &tenants {
+        let mut limited = None;
+        // One token per second: back-to-back requests run dry within a few tries.
+        for i in 0..20 {
+            let body = decide(t, &format!("r-{i}"), json!({"policy_id": "limited"}));
+            let resp = post(&mut client, "/v1/decide", &body);
+            assert!(matches!(resp.status, 200 | 429), "{}", text(&resp));
+            if resp.status == 429 {
+                limited = Some(resp);
+                break;
+            }
+        }
+        let resp = limited.unwrap_or_else(|| panic!("{t} was never rate limited"));
+        let json = expect_error(&resp, 429, "rate_limited");
+        let ms = json["error"]["details"]["retry_after_ms"]
+            .as_u64()
+            .expect("retry_after_ms");
+        assert!((1..=1_000).contains(&ms), "{json}");
+        assert_eq!(retry_after(&resp), ms.div_ceil(1_000), "{json}");
+    }
+    server.stop().unwrap();
+}
+
+/// A body over `limits.body_bytes_max` is 413 `payload_too_large` and the connection is
+/// closed; one under it is decided.
+#[test]
+fn oversized_body_is_413() {
+    let _serial = serial();
+    let dir = config_dir("too-large", "[limits]\nbody_bytes_max = 2048");
+    let server = start(settings(&dir));
+    let notes = json!({"a": "x".repeat(750), "b": "x".repeat(750)});
+    let small = decide("acme", "r-small", json!({ "metadata": notes }));
+    let resp = post(
+        &mut Client::connect(server.local_addr()),
+        "/v1/decide",
+        &small,
+    );
+    expect_decision(&resp, "acme", "r-small");
+
+    let mut client = Client::connect(server.local_addr());
+    let notes = json!({"a": "x".repeat(750), "b": "x".repeat(750), "c": "x".repeat(750)});
+    let big = decide("acme", "r-big", json!({ "metadata": notes }));
+    let resp = post(&mut client, "/v1/decide", &big);
+    expect_error(&resp, 413, "payload_too_large");
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(client.read_response().is_none(), "closed after a 413");
+    server.stop().unwrap();
+}
+
+/// A connection over `connections_per_shard_max` is answered 503 `overloaded` with
+/// `Retry-After` and closed, while the admitted ones are served.
+#[test]
+fn connection_over_the_cap_is_503_with_retry_after() {
+    let _serial = serial();
+    let dir = config_dir("conn-cap", "[limits]\nconnections_per_shard_max = 1");
+    let server = start(settings(&dir));
+    // One more connection than shards: some shard gets two while the first is still open.
+    let mut clients: Vec<Client> = (0..=server.shard_count())
+        .map(|_| Client::connect(server.local_addr()))
+        .collect();
+    let (mut served, mut refused) = (0, 0);
+    for client in &mut clients {
+        let resp = client.request("GET", "/healthz", &[], b"");
+        if resp.status == 200 {
+            served += 1;
+            continue;
+        }
+        refused += 1;
+        let json = expect_error(&resp, 503, "overloaded");
+        assert!(retry_after(&resp) >= 1);
+        assert!(
+            json["error"]["details"]["retry_after_ms"].as_u64() >= Some(1),
+            "{json}"
+        );
+        assert!(
+            client.read_response().is_none(),
+            "a refused connection is closed"
+        );
+    }
+    assert!(refused >= 1, "no connection was refused");
+    assert!(served >= 1, "none served");
+    server.stop().unwrap();
+}
+
+/// A known path with the wrong method is 405 with `Allow`; an unknown path is 404; both
+/// carry the contract's error body.
+#[test]
+fn wrong_method_is_405_and_unknown_path_404() {
+    let _serial = serial();
+    let dir = config_dir("routes", "");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    for (method, path, allow) in [
+        ("GET", "/v1/decide", "POST"),
+        ("GET", "/v1/results", "POST"),
+        ("POST", "/healthz", "GET"),
+        ("DELETE", "/metrics", "GET"),
+    ] {
+        let resp = client.request(method, path, &[], b"");
+        expect_error(&resp, 405, "invalid_request");
+        assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
+    }
+    for path in ["/nope", "/v2/decide", "/v1/decide/extra"] {
+        let resp = client.request("POST", path, &[], &decide_body("acme", "r-1"));
+        let json = expect_error(&resp, 404, "invalid_request");
+        assert!(
+            json["error"]["message"].as_str().unwrap().contains(path),
+            "{json}"
+        );
+    }
+    server.stop().unwrap();
+}
+
+/// `X-Tenant-ID` alone names the tenant, and wins over the body's `tenant_id` — also when
+/// the header's tenant lives on another shard than the body's.
+#[test]
+fn tenant_header_suffices_and_wins_over_the_body() {
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("tenant-header", "");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    let bare = br#"{"request_id":"r-h","task":{"type":"chat","payload_ref":"p"}}"#;
+    for t in &tenants {
+        let resp = client.request("POST", "/v1/decide", &[("X-Tenant-ID", t)], bare);
+        expect_decision(&resp, t, "r-h");
+    }
+    let resp = post(&mut client, "/v1/decide", bare);
+    let json = expect_error(&resp, 400, "invalid_request");
+    assert_eq!(json["error"]["details"]["field"], "tenant_id", "{json}");
+
+    for (i, t) in tenants.iter().enumerate() {
+        let other = &tenants[(i + 1) % tenants.len()];
+        let body = decide(other, "r-w", json!({}));
+        let resp = client.request("POST", "/v1/decide", &[("X-Tenant-ID", t)], &body);
+        expect_decision(&resp, t, "r-w");
+        let body = decide(t, "r-nf", json!({}));
+        let resp = client.request("POST", "/v1/decide", &[("X-Tenant-ID", "nobody")], &body);
+        expect_error(&resp, 404, "policy_not_found");
+    }
+    server.stop().unwrap();
+}
+
+/// One connection serves many requests in turn, for tenants on every shard, and never
+/// asks to close.
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("keep-alive", "");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    for i in 0..200 {
+        let tenant = &tenants[i % tenants.len()];
+        let id = format!("ka-{i}");
+        let resp = post(&mut client, "/v1/decide", &decide(tenant, &id, json!({})));
+        expect_decision(&resp, tenant, &id);
+        assert_eq!(resp.header("connection"), None, "request {i}");
+    }
+    server.stop().unwrap();
+}
+
+/// Twenty decide requests in one write, for tenants on every shard, get twenty answers
+/// in request order even though some are answered by another shard.
+#[test]
+fn pipelined_requests_are_answered_in_order_across_shards() {
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("pipeline", "");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        let tenant = &tenants[i % tenants.len()];
+        let id = format!("pipe-{i}");
+        batch.extend(request_bytes(
+            "POST",
+            "/v1/decide",
+            &[],
+            &decide(tenant, &id, json!({})),
+        ));
+        expected.push((tenant.clone(), id));
+    }
+    client.send_raw(&batch);
+    for (tenant, id) in &expected {
+        let resp = client.read_response().expect("a response");
+        expect_decision(&resp, tenant, id);
+    }
+    let metrics = scrape(server.local_addr());
+    if server.shard_count() >= 2 {
+        assert!(
+            sample(&metrics, HANDOFFS_OUT) > 0.0,
+            "nothing was handed off"
+        );
+    }
+    server.stop().unwrap();
+}
+
+/// Under load from eight connections, ten thousand requests with distinct ids are each
+/// answered exactly once with a decision, and the metrics count them all.
+#[test]
+fn every_request_is_answered_exactly_once_under_load() {
+    const CONNECTIONS: usize = 8;
+    const PER_CONNECTION: usize = 1_250;
+    const BATCH: usize = 25;
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("load", "");
+    let server = start(settings(&dir));
+    let addr = server.local_addr();
+    let tenants = Arc::new(tenants);
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let tenants = Arc::clone(&tenants);
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let mut seen = Vec::with_capacity(PER_CONNECTION);
+                for start in (0..PER_CONNECTION).step_by(BATCH) {
+                    let mut bytes = Vec::new();
+                    let mut ids = Vec::new();
+                    for i in start..start + BATCH {
+                        let tenant = &tenants[(c + i) % tenants.len()];
+                        let id = format!("load-{c}-{i}");
+                        let body = decide(tenant, &id, json!({}));
+                        bytes.extend(request_bytes("POST", "/v1/decide", &[], &body));
+                        ids.push(id);
+                    }
+                    client.send_raw(&bytes);
+                    for id in ids {
+                        let resp = client.read_response().expect("a response");
+                        assert_eq!(resp.status, 200, "{}", text(&resp));
+                        let got = resp.json()["context"]["request_id"].clone();
+                        assert_eq!(got, id.as_str(), "answers out of order");
+                        seen.push(id);
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for w in workers {
+        answered.extend(w.join().expect("client thread"));
+    }
+    let unique: HashSet<&String> = answered.iter().collect();
+    let expected: HashSet<String> = (0..CONNECTIONS)
+        .flat_map(|c| (0..PER_CONNECTION).map(move |i| format!("load-{c}-{i}")))
+        .collect();
+    assert_eq!(answered.len(), CONNECTIONS * PER_CONNECTION);
+    assert_eq!(unique, expected.iter().collect());
+
+    let metrics = scrape(addr);
+    let decisions = sum_samples(&metrics, DECISIONS_ALL);
+    assert_eq!(
+        decisions as usize,
+        CONNECTIONS * PER_CONNECTION,
+        "decisions_total"
+    );
+    if server.shard_count() >= 2 {
+        let (out, inn) = (
+            sample(&metrics, HANDOFFS_OUT),
+            sample(&metrics, HANDOFFS_IN),
+        );
+        assert!(out > 0.0, "no handoffs");
+        assert_eq!(out, inn, "every handoff out arrived");
+    }
+    server.stop().unwrap();
+}
+
+/// A sticky session (acme/default is sticky on `user_id`) holds whichever shard and
+/// connection the next request of the session arrives on.
+#[test]
+fn sticky_sessions_hold_across_connections_and_shards() {
+    let _serial = serial();
+    let (_dir, server, base) = start_with_shard_ports("sticky", "", |_| {});
+    let shards = server.shard_count();
+    let mut addrs: Vec<SocketAddr> = (0..shards).map(|i| loopback(base + i as u16)).collect();
+    addrs.push(server.local_addr());
+    for user in 0..12 {
+        let metadata = json!({"metadata": {"user_id": format!("u-{user}")}});
+        let first = post(
+            &mut Client::connect(addrs[user % addrs.len()]),
+            "/v1/decide",
+            &decide("acme", "r-0", metadata.clone()),
+        );
+        let first = expect_decision(&first, "acme", "r-0");
+        assert_eq!(first["reason"], "weighted", "{first}");
+        for round in 1..=2 * addrs.len() {
+            let id = format!("r-{round}");
+            let mut client = Client::connect(addrs[(user + round) % addrs.len()]);
+            let resp = post(
+                &mut client,
+                "/v1/decide",
+                &decide("acme", &id, metadata.clone()),
+            );
+            let next = expect_decision(&resp, "acme", &id);
+            assert_eq!(
+                next["reason"], "sticky",
+                "user {user} round {round}: {next}"
+            );
+            assert_eq!(next["provider_id"], first["provider_id"], "user {user}");
+        }
+    }
+    server.stop().unwrap();
+}
+
+/// ExecResults posted to any shard reach the tenant's owner: five failures open acme's
+/// `openai` circuit (failure_threshold 5) and later decisions avoid it; a repeated
+/// assignment id is a duplicate; a malformed result is 400.
+#[test]
+fn results_open_a_circuit_from_any_shard() {
+    let _serial = serial();
+    let (_dir, server, base) = start_with_shard_ports("results", "", |_| {});
+    let shards = server.shard_count();
+    let owner = owner_of("acme", shards);
+    let other = (owner + 1) % shards;
+    let port = |i: usize| loopback(base + i as u16);
+    let mut at_owner = Client::connect(port(owner));
+    let mut at_other = Client::connect(port(other));
+
+    let mut chosen = HashSet::new();
+    for i in 0..40 {
+        let id = format!("before-{i}");
+        let resp = post(&mut at_owner, "/v1/decide", &decide("acme", &id, json!({})));
+        chosen.insert(expect_decision(&resp, "acme", &id)["provider_id"].clone());
+    }
+    assert!(
+        chosen.contains(&json!("openai")),
+        "openai is drawn while closed"
+    );
+
+    // Sent where acme is not owned (when there are two shards), so each is handed off.
+    for n in 1..=5 {
+        let resp = post(
+            &mut at_other,
+            "/v1/results",
+            &exec_result(n, "error", "openai"),
+        );
+        assert_eq!(resp.status, 202, "{}", text(&resp));
+        let json = resp.json();
+        assert_eq!(
+            (&json["ok"], &json["duplicate"]),
+            (&json!(true), &json!(false))
+        );
+        assert!(json["policies_updated"].as_u64() >= Some(1), "{json}");
+    }
+    for client in [&mut at_owner, &mut at_other] {
+        for i in 0..40 {
+            let id = format!("after-{i}");
+            let resp = post(client, "/v1/decide", &decide("acme", &id, json!({})));
+            let decision = expect_decision(&resp, "acme", &id);
+            assert_ne!(
+                decision["provider_id"], "openai",
+                "open circuit chosen: {decision}"
+            );
+        }
+    }
+
+    for client in [&mut at_owner, &mut at_other] {
+        let resp = post(client, "/v1/results", &exec_result(1, "error", "openai"));
+        assert_eq!(resp.status, 200, "{}", text(&resp));
+        assert_eq!(resp.json(), json!({"ok": true, "duplicate": true}));
+    }
+    let no_ids = br#"{"status":"error","provider_id":"openai","tenant_id":"acme"}"#;
+    let json = expect_error(
+        &post(&mut at_other, "/v1/results", no_ids),
+        400,
+        "invalid_request",
+    );
+    assert_eq!(json["error"]["details"]["field"], "assignment_id", "{json}");
+    let bad_status =
+        br#"{"request_id":"r-9","status":"great","provider_id":"openai","tenant_id":"acme"}"#;
+    let json = expect_error(
+        &post(&mut at_owner, "/v1/results", bad_status),
+        400,
+        "invalid_request",
+    );
+    assert_eq!(json["error"]["details"]["field"], "status", "{json}");
+    expect_error(
+        &post(&mut at_owner, "/v1/results", b"{not json"),
+        400,
+        "invalid_request",
+    );
+    server.stop().unwrap();
+}
+
+/// A repeated `idempotency_key` gets the first answer byte for byte, on whichever shard
+/// it arrives; another key gets a decision of its own.
+#[test]
+fn idempotency_key_replays_the_first_answer() {
+    let _serial = serial();
+    let (_dir, server, base) = start_with_shard_ports("idempotency", "", |_| {});
+    let mut addrs: Vec<SocketAddr> = (0..server.shard_count())
+        .map(|i| loopback(base + i as u16))
+        .collect();
+    addrs.push(server.local_addr());
+    let keyed = |id: &str, key: &str| {
+        let extra = json!({"idempotency_key": key, "metadata": {"n": id}});
+        decide("acme", id, extra)
+    };
+    let first = post(
+        &mut Client::connect(addrs[0]),
+        "/v1/decide",
+        &keyed("r-1", "k-1"),
+    );
+    expect_decision(&first, "acme", "r-1");
+    for round in 0..3 * addrs.len() {
+        let mut client = Client::connect(addrs[round % addrs.len()]);
+        // Even a retry whose body differs gets the first answer: the key decides.
+        let id = if round % 2 == 0 { "r-1" } else { "r-retry" };
+        let again = post(&mut client, "/v1/decide", &keyed(id, "k-1"));
+        assert_eq!(again.status, 200);
+        assert_eq!(text(&again), text(&first), "round {round}");
+    }
+    let replays = 3 * addrs.len();
+    let other = post(
+        &mut Client::connect(addrs[0]),
+        "/v1/decide",
+        &keyed("r-2", "k-2"),
+    );
+    expect_decision(&other, "acme", "r-2");
+    assert_ne!(text(&other), text(&first));
+    let metrics = scrape(server.local_addr());
+    let hits = sample(&metrics, r#"shardline_idempotency_hits_total{shard="all"}"#);
+    assert_eq!(hits as usize, replays);
+    server.stop().unwrap();
+}
+
+/// With `shard_port_base`, port `base + i` reaches shard `i`: `/v1/shards` says so, a
+/// tenant owned by that shard is decided with no handoff, and any other tenant still is.
+#[test]
+fn shard_ports_reach_their_shard() {
+    let _serial = serial();
+    let tenants = tenants_covering(usable_cores());
+    let prepare = |dir: &TempDir| {
+        for t in &tenants {
+            write_policy(dir, t, "default", SIMPLE_POLICY);
+        }
+    };
+    let (_dir, server, base) = start_with_shard_ports("shard-ports", "", prepare);
+    let shards = server.shard_count();
+    for (i, tenant) in tenants.iter().enumerate() {
+        assert_eq!(owner_of(tenant, shards), i);
+        let mut client = Client::connect(loopback(base + i as u16));
+        let map = client.request("GET", "/v1/shards", &[], b"").json();
+        assert_eq!(map["this_shard"], i, "{map}");
+        assert_eq!(map["shard_ports"]["base"], base, "{map}");
+        let resp = post(
+            &mut client,
+            "/v1/decide",
+            &decide(tenant, "r-own", json!({})),
+        );
+        expect_decision(&resp, tenant, "r-own");
+    }
+    let metrics = scrape(loopback(base));
+    assert_eq!(
+        sample(&metrics, HANDOFFS_OUT),
+        0.0,
+        "owners were asked directly"
+    );
+    for i in 0..shards {
+        let mut client = Client::connect(loopback(base + i as u16));
+        for t in tenants
+            .iter()
+            .chain(&["acme".to_owned(), "globex".to_owned()])
+        {
+            let resp = post(&mut client, "/v1/decide", &decide(t, "r-any", json!({})));
+            expect_decision(&resp, t, "r-any");
+        }
+    }
+    if shards >= 2 {
+        assert!(sample(&scrape(loopback(base)), HANDOFFS_OUT) > 0.0);
+    }
+    server.stop().unwrap();
+}
+
+/// More headers than `limits.headers_max` is 431 with the contract's error body.
+#[test]
+fn too_many_headers_is_431() {
+    let _serial = serial();
+    let dir = config_dir("headers", "[limits]\nheaders_max = 16");
+    let server = start(settings(&dir));
+    let names: Vec<String> = (0..40).map(|i| format!("X-Extra-{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let mut client = Client::connect(server.local_addr());
+    let resp = client.request("POST", "/v1/decide", &headers, &decide_body("acme", "r-1"));
+    expect_error(&resp, 431, "invalid_request");
+    assert!(client.read_response().is_none(), "closed after a 431");
+    let few = &headers[..8];
+    let resp = Client::connect(server.local_addr()).request(
+        "POST",
+        "/v1/decide",
+        few,
+        &decide_body("acme", "r-2"),
+    );
+    expect_decision(&resp, "acme", "r-2");
+    server.stop().unwrap();
+}
+
+/// A client that sends half a request head and stalls is answered 408 and closed once
+/// `limits.read_timeout_ms` has passed, not left holding the connection.
+#[test]
+fn stalled_request_head_is_closed_after_the_read_timeout() {
+    let _serial = serial();
+    let dir = config_dir("stall", "[limits]\nread_timeout_ms = 300");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    let sent = Instant::now();
+    client.send_raw(b"POST /v1/decide HTTP/1.1\r\nHost: test\r\nContent-Le");
+    let resp = read_response_checked(&mut client)
+        .expect("an answer within the client's read timeout")
+        .expect("a 408 before the close");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(300),
+        "closed before the timeout"
+    );
+    expect_error(&resp, 408, "invalid_request");
+    let after = read_response_checked(&mut client);
+    assert!(matches!(after, Ok(None)), "then closed: {after:?}");
+    server.stop().unwrap();
+}
+
+/// Bytes that are not HTTP are 400 with the contract's error body, and the router keeps
+/// serving other connections.
+#[test]
+fn garbage_bytes_are_400() {
+    let _serial = serial();
+    let dir = config_dir("garbage", "");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    client.send_raw(b"\x16\x03\x01\x00\xa5garbage\r\n\r\n");
+    let resp = client.read_response().expect("an answer");
+    expect_error(&resp, 400, "invalid_request");
+    assert!(client.read_response().is_none(), "closed after a 400");
+    let resp = post(
+        &mut Client::connect(server.local_addr()),
+        "/v1/decide",
+        &decide_body("acme", "r-1"),
+    );
+    expect_decision(&resp, "acme", "r-1");
+    server.stop().unwrap();
+}
+
+/// What one client connection saw while the server stopped under it.
+#[derive(Debug, Default)]
+struct Stream {
+    written: usize,
+    answered: usize,
+    /// The last answer said `Connection: close`.
+    closed_by_answer: bool,
+    /// A batch was fully written but none of it answered (the connection was idle
+    /// when the server closed it, so the server never read the batch).
+    unread_batch: bool,
+    failure: Option<String>,
+}
+
+/// Writes pipelined batches of decide requests and reads their answers until the server
+/// closes the connection; `progress` counts answered batches.
+fn stream_until_closed(
+    addr: SocketAddr,
+    c: usize,
+    tenants: &[String],
+    progress: &AtomicUsize,
+) -> Stream {
+    const BATCH: usize = 8;
+    let mut client = Client::connect(addr);
+    let mut s = Stream::default();
+    for b in 0usize.. {
+        let mut bytes = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..BATCH {
+            let id = format!("stop-{c}-{b}-{i}");
+            let body = decide(&tenants[(c + i) % tenants.len()], &id, json!({}));
+            bytes.extend(request_bytes("POST", "/v1/decide", &[], &body));
+            ids.push(id);
+        }
+        if std::io::Write::write_all(&mut client.stream, &bytes).is_err() {
+            return s;
+        }
+        s.written += BATCH;
+        for (i, id) in ids.iter().enumerate() {
+            let resp = match read_response_checked(&mut client) {
+                Ok(Some(resp)) => resp,
+                Ok(None) if i == 0 => {
+                    s.unread_batch = true;
+                    return s;
+                }
+                Ok(None) => {
+                    s.failure = Some(format!("closed after {i} of a batch, no close said"));
+                    return s;
+                }
+                Err(e) => {
+                    s.failure = Some(format!("truncated answer: {e}"));
+                    return s;
+                }
+            };
+            s.answered += 1;
+            let json = resp.json();
+            if resp.status != 200 || json["context"]["request_id"] != id.as_str() {
+                s.failure = Some(format!("{id}: {} {json}", resp.status));
+                return s;
+            }
+            if resp.header("connection") == Some("close") {
+                s.closed_by_answer = true;
+                match read_response_checked(&mut client) {
+                    Ok(None) => {}
+                    other => s.failure = Some(format!("after the close: {other:?}")),
+                }
+                return s;
+            }
+        }
+        progress.fetch_add(1, Ordering::Relaxed);
+    }
+    unreachable!()
+}
+
+/// A graceful stop under pipelined load answers every request the server read: each
+/// connection ends either on an answer that says `Connection: close` or while idle,
+/// never inside an answer or with a read request unanswered.
+#[test]
+fn graceful_stop_answers_every_request_in_flight() {
+    const CONNECTIONS: usize = 4;
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("graceful", "");
+    let server = start(settings(&dir));
+    let addr = server.local_addr();
+    let tenants = Arc::new(tenants);
+    let progress: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..CONNECTIONS).map(|_| AtomicUsize::new(0)).collect());
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let (tenants, progress) = (Arc::clone(&tenants), Arc::clone(&progress));
+            std::thread::spawn(move || stream_until_closed(addr, c, &tenants, &progress[c]))
+        })
+        .collect();
+    let waited = Instant::now();
+    while progress.iter().any(|p| p.load(Ordering::Relaxed) < 5) {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "clients made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.stop().expect("a clean stop");
+    for (c, client) in clients.into_iter().enumerate() {
+        let s = client.join().expect("client thread");
+        assert_eq!(s.failure, None, "connection {c}: {s:?}");
+        assert!(s.answered >= 5 * 8, "connection {c}: {s:?}");
+        assert!(
+            s.closed_by_answer || s.unread_batch,
+            "connection {c}: {s:?}"
+        );
+        if !s.closed_by_answer {
+            assert_eq!(s.answered + 8, s.written, "connection {c}: {s:?}");
+        }
+    }
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "still accepting after stop"
+    );
+}
+
+/// The operational routes: `/healthz`, `/readyz` with the shard count, `/v1/shards`
+/// describing the partition, `/metrics` in the Prometheus text format.
+#[test]
+fn health_readiness_shard_map_and_metrics() {
+    let _serial = serial();
+    let dir = config_dir("ops-routes", "");
+    let server = start(settings(&dir));
+    let shards = server.shard_count();
+    assert_eq!(shards, usable_cores());
+    let mut client = Client::connect(server.local_addr());
+
+    let resp = client.request("GET", "/healthz", &[], b"");
+    assert_eq!((resp.status, resp.json()), (200, json!({"ok": true})));
+
+    let resp = client.request("GET", "/readyz", &[], b"");
+    assert_eq!(resp.status, 200, "{}", text(&resp));
+    let ready = resp.json();
+    assert_eq!(
+        (&ready["ok"], &ready["shards"]),
+        (&json!(true), &json!(shards)),
+        "{ready}"
+    );
+
+    let map = client.request("GET", "/v1/shards", &[], b"").json();
+    assert_eq!(map["shards"], shards, "{map}");
+    assert!(map["this_shard"].as_u64() < Some(shards as u64), "{map}");
+    let function = map["partition"]["function"].as_str().unwrap_or_default();
+    assert!(
+        function.contains("jump_consistent_hash") && function.contains("fnv1a_64"),
+        "{map}"
+    );
+    assert_eq!(
+        map["partition"]["fnv1a_64"]["offset_basis"],
+        "0xcbf29ce484222325"
+    );
+    assert_eq!(map["shard_ports"], Value::Null, "{map}");
+
+    let resp = client.request("GET", "/metrics", &[], b"");
+    assert_eq!(resp.status, 200);
+    let content_type = resp.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let metrics = text(&resp);
+    assert!(
+        metrics.contains("# TYPE shardline_decisions_total counter"),
+        "{metrics}"
+    );
+    for i in 0..shards {
+        let series = format!(r#"shardline_handoffs_total{{shard="{i}",direction="out"}}"#);
+        sample(&metrics, &series);
     }
     server.stop().unwrap();
 }

@@ -226,3 +226,113 @@ pub fn write_policy(dir: &TempDir, tenant: &str, id: &str, doc: &str) {
 }
 
 pub const SIMPLE_POLICY: &str = r#"{"version":"1.0","providers":[{"name":"openai","weight":60},{"name":"anthropic","weight":40}]}"#;
+
+/// Shards a server with `cores = "all"` runs: one per usable core.
+pub fn usable_cores() -> usize {
+    shards::Topology::detect()
+        .expect("CPU topology")
+        .usable()
+        .len()
+}
+
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The first of `count` consecutive TCP ports on 127.0.0.1 that are free right now.
+pub fn free_port_base(count: usize) -> u16 {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind(loopback(0)).expect("bind 127.0.0.1:0");
+        let base = first.local_addr().unwrap().port();
+        if usize::from(base) + count > usize::from(u16::MAX) {
+            continue;
+        }
+        let rest: Result<Vec<_>, _> = (1..count)
+            .map(|i| std::net::TcpListener::bind(loopback(base + i as u16)))
+            .collect();
+        if rest.is_ok() {
+            return base;
+        }
+    }
+    panic!("found no {count} consecutive free ports");
+}
+
+/// Starts a router whose shard `i` also listens on `base + i` (`server.shard_port_base`
+/// in its config file) and returns it with `base`. `prepare` runs on the fresh config dir
+/// before the start (to write policies). Retries with other ports if one was taken since
+/// it was found free.
+pub fn start_with_shard_ports(
+    name: &str,
+    extra_toml: &str,
+    prepare: impl Fn(&TempDir),
+) -> (TempDir, Server, u16) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let base = free_port_base(usable_cores());
+        let dir = config_dir(name, &format!("shard_port_base = {base}\n{extra_toml}"));
+        prepare(&dir);
+        match Server::start(settings(&dir)) {
+            Ok(server) => return (dir, server, base),
+            Err(e) => last = format!("{e:#}"),
+        }
+    }
+    panic!("no server on shard ports: {last}");
+}
+
+/// Reads one response and tells a clean end from a cut one: `Ok(None)` when the
+/// connection ended (EOF or reset) before the response's first byte; `Err` when it ended
+/// inside a response, the bytes are not a response, or the read timed out.
+pub fn read_response_checked(client: &mut Client) -> Result<Option<Response>, String> {
+    use std::io::ErrorKind;
+    let closed = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+        )
+    };
+    let mut line = String::new();
+    match client.reader.read_line(&mut line) {
+        Ok(0) => return Ok(None),
+        Err(e) if closed(&e) && line.is_empty() => return Ok(None),
+        Err(e) => return Err(format!("status line: {e} after {line:?}")),
+        Ok(_) if !line.ends_with("\r\n") => return Err(format!("cut status line {line:?}")),
+        Ok(_) => {}
+    }
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not a status line: {line:?}"))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        match client.reader.read_line(&mut line) {
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) if line.ends_with("\r\n") => {
+                let (k, v) = line
+                    .trim_end()
+                    .split_once(':')
+                    .ok_or_else(|| format!("not a header: {line:?}"))?;
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            Ok(_) => return Err(format!("cut header {line:?} (status {status})")),
+            Err(e) => return Err(format!("headers: {e} (status {status})")),
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| format!("no Content-Length (status {status})"))?;
+    let mut body = vec![0; len];
+    client
+        .reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("body of {len} bytes: {e} (status {status})"))?;
+    Ok(Some(Response {
+        status,
+        headers,
+        body,
+    }))
+}
