@@ -58,6 +58,17 @@ fn owned(h: &Headers<'_>, authorization: Option<&str>) -> OwnedHeaders {
     }
 }
 
+/// A job for the tenant's owner, carrying what the owner needs of the request.
+fn forward(route: Route, tenant: &str, req: &Request<'_>, headers: &Headers<'_>) -> Job {
+    Job {
+        route,
+        tenant: tenant.into(),
+        path: req.path.into(),
+        body: req.body.to_vec(),
+        headers: owned(headers, None),
+    }
+}
+
 fn apply(resp: &mut Response, answered: Answered) {
     resp.status = answered.status;
     resp.retry_after_s = answered.retry_after_s;
@@ -153,13 +164,7 @@ impl RouterService {
                 .answered(&answered, started.elapsed());
             return apply(resp, answered);
         }
-        let job = Job {
-            route: Route::Decide,
-            tenant: decoded.tenant_id.as_ref().into(),
-            path: req.path.into(),
-            body: req.body.to_vec(),
-            headers: owned(&headers, None),
-        };
+        let job = forward(Route::Decide, decoded.tenant_id.as_ref(), req, &headers);
         apply_reply(resp, ctx.hand_off(owner, job).await);
     }
 
@@ -186,13 +191,7 @@ impl RouterService {
                 .answered(&answered, std::time::Duration::ZERO);
             return apply(resp, answered);
         }
-        let job = Job {
-            route: Route::Results,
-            tenant: result.tenant_id.as_str().into(),
-            path: req.path.into(),
-            body: req.body.to_vec(),
-            headers: owned(&headers, None),
-        };
+        let job = forward(Route::Results, result.tenant_id.as_str(), req, &headers);
         apply_reply(resp, ctx.hand_off(owner, job).await);
     }
 

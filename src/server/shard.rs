@@ -13,7 +13,7 @@ use futures_lite::future;
 use shards::{Batch, Inbound, Outbox, ShardEnd, ShardId, TrySendError};
 
 use super::handoff::{self, Job, Msg, OwnedHeaders, Pending, PendingTable, Reply, Route};
-use super::owner::{self, Answered, Owner};
+use super::owner::{self, Owner};
 use super::stats::Count;
 use super::Shared;
 use crate::admin::{AdminRequest, ShardTable, ShardView};
@@ -114,57 +114,31 @@ impl ShardCtx {
         );
         let now = self.shared.now();
         self.refresh(now);
+        if matches!(job.route, Route::AdminDryRun | Route::AdminCircuits) {
+            return self.admin_here(job, now);
+        }
         let headers = borrowed(&job.headers);
         let mut body = Vec::with_capacity(512);
-        let answered = match job.route {
-            Route::Decide => self.decide_bytes(&job.body, &headers, now, &mut body),
-            Route::Results => self.result_bytes(&job.body, &headers, now, &mut body),
-            Route::AdminDryRun | Route::AdminCircuits => {
-                return self.admin_here(job, now);
+        let started = std::time::Instant::now();
+        let answered = {
+            let (table, mut owner) = (self.table.borrow(), self.owner.borrow_mut());
+            let (table, input) = (table.table(), &job.body);
+            match job.route {
+                Route::Decide => owner.decide_bytes(table, input, &headers, now, &mut body),
+                _ => owner.result_bytes(table, input, &headers, now, &mut body),
             }
         };
+        self.shared
+            .metrics(self.id)
+            .answered(&answered, started.elapsed());
+        if job.route == Route::Decide {
+            self.note_state();
+        }
         Reply {
             status: answered.status,
             retry_after_s: answered.retry_after_s,
             body,
         }
-    }
-
-    pub fn decide_bytes(
-        &self,
-        body: &[u8],
-        h: &Headers<'_>,
-        now: Now,
-        out: &mut Vec<u8>,
-    ) -> Answered {
-        let table = self.table.borrow();
-        let started = std::time::Instant::now();
-        let answered = self
-            .owner
-            .borrow_mut()
-            .decide_bytes(table.table(), body, h, now, out);
-        self.shared
-            .metrics(self.id)
-            .answered(&answered, started.elapsed());
-        answered
-    }
-
-    pub fn result_bytes(
-        &self,
-        body: &[u8],
-        h: &Headers<'_>,
-        now: Now,
-        out: &mut Vec<u8>,
-    ) -> Answered {
-        let table = self.table.borrow();
-        let answered = self
-            .owner
-            .borrow_mut()
-            .result_bytes(table.table(), body, h, now, out);
-        self.shared
-            .metrics(self.id)
-            .answered(&answered, std::time::Duration::ZERO);
-        answered
     }
 
     /// An owner-placed admin call (dry-run, circuits) against this shard's state.
