@@ -172,12 +172,15 @@ pub enum RuntimeError {
         errno: Option<i32>,
     },
     /// The caller's factory returned an error.
-    #[error("shard {shard} failed to initialise: {source}")]
+    ///
+    /// The factory's error is part of the message and deliberately not a `source`, so an
+    /// error-chain printer does not repeat it.
+    #[error("shard {shard} failed to initialise: {error}")]
     ShardInit {
         /// The shard.
         shard: ShardId,
         /// The factory's error.
-        source: Box<dyn std::error::Error + Send + Sync>,
+        error: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A shard thread panicked.
     #[error("shard {shard} panicked: {message}")]
@@ -498,8 +501,8 @@ fn run_shard<T, F, Fut, E>(
                 shard_future.await;
             }
             Err(err) => {
-                let source = Box::new(err);
-                let _ = events.send(Event::Failed(RuntimeError::ShardInit { shard, source }));
+                let error = Box::new(err);
+                let _ = events.send(Event::Failed(RuntimeError::ShardInit { shard, error }));
             }
         }
     });
