@@ -11,6 +11,7 @@ pub mod answer;
 pub mod config;
 pub mod contract;
 pub mod decide;
+pub mod gate;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

@@ -62,6 +62,25 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The perf gate: judge a candidate perf report against a baseline under a policy;
+    /// one PASS/FAIL/SKIP line per rule. Exit 0 pass, 1 fail, 2 unusable input.
+    Gate {
+        /// Baseline report (Beamline or Shardline bench format).
+        #[arg(long)]
+        baseline: PathBuf,
+        /// Gate policy (rules per metric and gate flags).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Candidate report; repeat for several runs (each metric is then their median).
+        #[arg(long)]
+        candidate: Vec<PathBuf>,
+        /// A directory whose `*.json` files are more candidate runs.
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+        /// Exit code of the candidate's benchmark run, for the policy's exit-code flag.
+        #[arg(long, allow_negative_numbers = true)]
+        candidate_exit_code: Option<i32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +113,19 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { paths },
         } => run_check(&paths),
+        Command::Gate {
+            baseline,
+            policy,
+            candidate,
+            runs_dir,
+            candidate_exit_code,
+        } => run_gate(
+            &baseline,
+            &policy,
+            candidate,
+            runs_dir.as_deref(),
+            candidate_exit_code,
+        ),
     };
     match result {
         Ok(code) => code,
@@ -229,6 +261,33 @@ fn run_check(paths: &[PathBuf]) -> Result<ExitCode> {
         report.files_checked
     );
     Ok(if invalid == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_gate(
+    baseline: &Path,
+    policy: &Path,
+    mut candidates: Vec<PathBuf>,
+    runs_dir: Option<&Path>,
+    exit_code: Option<i32>,
+) -> Result<ExitCode> {
+    // The gate's messages already name the file and the cause: no error chain appended.
+    let unusable = |e: shardline::gate::GateError| anyhow::anyhow!("gate: {e}");
+    if let Some(dir) = runs_dir {
+        candidates.extend(shardline::gate::runs_in_dir(dir).map_err(unusable)?);
+    }
+    let outcome = shardline::gate::run(&shardline::gate::GateInputs {
+        baseline,
+        policy,
+        candidates: &candidates,
+        exit_code,
+    })
+    .map_err(unusable)?;
+    print!("{outcome}");
+    Ok(if outcome.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
