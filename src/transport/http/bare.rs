@@ -62,15 +62,15 @@ pub enum BareError {
     #[error("starting bare shard {shard}: {message}")]
     Spawn { shard: usize, message: String },
     /// The shard could not listen.
-    #[error("bare shard {shard}: binding {addr}: {source}")]
+    #[error("bare shard {shard}: binding {addr}: {error}")]
     Bind {
         shard: usize,
         addr: SocketAddr,
-        source: io::Error,
+        error: io::Error,
     },
     /// `serve` refused its limits or did not drain in time.
-    #[error("bare shard {shard}: {source}")]
-    Serve { shard: usize, source: ServeError },
+    #[error("bare shard {shard}: {error}")]
+    Serve { shard: usize, error: ServeError },
     /// The shard's thread panicked or ended without reporting.
     #[error("bare shard {shard} ended abnormally: {message}")]
     Join { shard: usize, message: String },
@@ -118,13 +118,9 @@ impl BareShards {
             .spawn(move || async move {
                 let listener = match bind(addr) {
                     Ok(l) => l,
-                    Err(source) => {
+                    Err(error) => {
                         let _ = bound_tx.send(None);
-                        return Err(BareError::Bind {
-                            shard,
-                            addr,
-                            source,
-                        });
+                        return Err(BareError::Bind { shard, addr, error });
                     }
                 };
                 let _ = bound_tx.send(listener.local_addr().ok());
@@ -216,7 +212,7 @@ async fn run_shard(
     let limits = HttpLimits::default();
     serve(listener, Rc::new(Canned), limits, stats.clone(), None, stop)
         .await
-        .map_err(|source| BareError::Serve { shard, source })?;
+        .map_err(|error| BareError::Serve { shard, error })?;
     Ok(stats.snapshot())
 }
 
