@@ -62,6 +62,9 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Load-test a router over HTTP (open loop at a fixed rate, or closed loop) and report
+    /// client-side latency; optionally against the bare HTTP responder too.
+    Bench(Box<shardline::bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { paths },
         } => run_check(&paths),
+        Command::Bench(args) => run_bench(&args),
     };
     match result {
         Ok(code) => code,
@@ -276,4 +280,24 @@ fn run_serve(file: &Path) -> Result<ExitCode> {
     server.stop()?;
     log::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the benchmark; prints the summary, writes the JSON report if asked. Exit 1 when
+/// the request counts do not add up (a load-generator bug: the numbers are not to be used).
+fn run_bench(args: &shardline::bench::BenchArgs) -> Result<ExitCode> {
+    let command_line: Vec<String> = std::env::args().collect();
+    let settings = args.settings(command_line.join(" "))?;
+    let report = shardline::bench::run(&settings)?;
+    print!("{}", report.summary());
+    if let Some(out) = &args.out {
+        std::fs::write(out, report.to_json() + "\n")
+            .with_context(|| format!("{}: cannot write the report", out.display()))?;
+        eprintln!("report written to {}", out.display());
+    }
+    Ok(if report.counts_ok() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("shardline bench: request counts do not add up; see the summary");
+        ExitCode::FAILURE
+    })
 }
