@@ -342,6 +342,14 @@ fn side_counts(out: &mut String, name: &str, s: &Side) {
              connection busy; {} unsent",
             lag.p50, lag.p99, lag.max, sched.behind_no_connection, sched.unsent
         );
+        if sched.behind_no_connection > 0 || sched.unsent > 0 {
+            let _ = writeln!(
+                out,
+                "  warning: the schedule ran behind with every connection busy; latency \
+                 still counts from the intended times, but raise --connections (needed: \
+                 rate × latency)"
+            );
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
@@ -298,12 +299,14 @@ fn watch(
     watched
 }
 
-/// Prints `router 3.0 s: sent 6000 (2000 req/s), p99 412 µs`; returns the sent total.
+/// Prints `router 3.0 s: sent 6000 (2000 req/s), p99 412 µs` (and how many requests
+/// found every connection busy, if any); returns the sent total.
 fn progress_line(label: &str, elapsed_s: f64, progress: &[Progress], last_sent: u64) -> u64 {
     let mut merged = histogram();
-    let mut sent = 0;
+    let (mut sent, mut behind) = (0, 0);
     for p in progress {
-        sent += p.sent.load(std::sync::atomic::Ordering::Relaxed);
+        sent += p.sent.load(Ordering::Relaxed);
+        behind += p.behind.load(Ordering::Relaxed);
         let h = p.latency.lock().unwrap_or_else(|e| e.into_inner());
         // Same bounds on both sides: addition cannot fail.
         merged.add(&*h).expect("same bounds");
@@ -313,8 +316,13 @@ fn progress_line(label: &str, elapsed_s: f64, progress: &[Progress], last_sent: 
     } else {
         format!("{} µs", merged.value_at_quantile(0.99))
     };
+    let behind = if behind > 0 {
+        format!("; behind schedule, all connections busy: {behind}")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "{label} {elapsed_s:.1} s: sent {sent} ({} req/s), p99 {p99}",
+        "{label} {elapsed_s:.1} s: sent {sent} ({} req/s), p99 {p99}{behind}",
         sent - last_sent
     );
     sent

@@ -86,6 +86,8 @@ impl Plan {
 pub struct Progress {
     /// Requests sent, warmup included.
     pub sent: AtomicU64,
+    /// Open loop: requests that found every connection busy, warmup included.
+    pub behind: AtomicU64,
     /// Answered-200 latencies so far (µs), warmup included, published every second.
     pub latency: Mutex<Histogram<u64>>,
 }
@@ -94,6 +96,7 @@ impl Progress {
     pub fn new() -> Progress {
         Progress {
             sent: AtomicU64::new(0),
+            behind: AtomicU64::new(0),
             latency: Mutex::new(histogram()),
         }
     }
@@ -339,6 +342,7 @@ impl<'a> Worker<'a> {
                 if stalled != next {
                     stalled = next;
                     self.rec.behind_no_connection += u64::from(intended >= self.plan.warmup_ns);
+                    self.progress.behind.fetch_add(1, Ordering::Relaxed);
                 }
                 // Every connection is busy: wait for an answer to free one.
                 let wake = self.next_housekeeping_ns.min(end);
