@@ -3,11 +3,13 @@
 //! The library holds everything but the CLI: the wire contract (`contract`), policy
 //! parsing (`policy`), the sans-IO decision engine (`decide`), the transports
 //! (`transport`), the server that runs them on the shards (`server`), and its operations
-//! side (`admin`, `config`, `logging`, `metrics`). Transports drive the engine; the engine
+//! side (`admin`, `config`, `logging`, `metrics`); `bench` is the load generator that
+//! measures it from a client's side. Transports drive the engine; the engine
 //! never does I/O or reads a clock, so it can be tested, fuzzed and benchmarked alone.
 
 pub mod admin;
 pub mod answer;
+pub mod bench;
 pub mod config;
 pub mod contract;
 pub mod decide;

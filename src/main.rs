@@ -81,6 +81,9 @@ enum Command {
         #[arg(long, allow_negative_numbers = true)]
         candidate_exit_code: Option<i32>,
     },
+    /// Load-test a router over HTTP (open loop at a fixed rate, or closed loop) and report
+    /// client-side latency; optionally against the bare HTTP responder too.
+    Bench(Box<shardline::bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
             runs_dir.as_deref(),
             candidate_exit_code,
         ),
+        Command::Bench(args) => run_bench(&args),
     };
     match result {
         Ok(code) => code,
@@ -335,4 +339,24 @@ fn run_serve(file: &Path) -> Result<ExitCode> {
     server.stop()?;
     log::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the benchmark; prints the summary, writes the JSON report if asked. Exit 1 when
+/// the request counts do not add up (a load-generator bug: the numbers are not to be used).
+fn run_bench(args: &shardline::bench::BenchArgs) -> Result<ExitCode> {
+    let command_line: Vec<String> = std::env::args().collect();
+    let settings = args.settings(command_line.join(" "))?;
+    let report = shardline::bench::run(&settings)?;
+    print!("{}", report.summary());
+    if let Some(out) = &args.out {
+        std::fs::write(out, report.to_json() + "\n")
+            .with_context(|| format!("{}: cannot write the report", out.display()))?;
+        eprintln!("report written to {}", out.display());
+    }
+    Ok(if report.counts_ok() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("shardline bench: request counts do not add up; see the summary");
+        ExitCode::FAILURE
+    })
 }

@@ -25,6 +25,7 @@
 //! (`http::Request`, header maps) are what the thread-per-core design is meant to avoid.
 //! httparse (hyper's own parser) does the byte-level parsing here.
 
+pub mod bare;
 mod chunked;
 mod conn;
 mod date;

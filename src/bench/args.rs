@@ -1,0 +1,428 @@
+//! `shardline bench`'s command line, and its checks: every flag is bounded, and
+//! combinations that cannot mean anything are refused before a socket is opened.
+//!
+//! The arguments live in the library (not `main.rs`) so that what they mean — defaults,
+//! limits, the settings they resolve to — is documented and tested beside the code that
+//! uses them; the binary only forwards them.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use thiserror::Error;
+
+use super::mix::Generated;
+use super::schedule::{RATE_RPS_MAX, RATE_RPS_MIN};
+use super::BenchError;
+
+/// The embedded router's config when `--embedded` is given without `--config`: four
+/// tenants, no rate limit (so the router, not a policy, is measured).
+pub const EMBEDDED_CONFIG_DEFAULT: &str = "perf/bench/shardline.toml";
+/// Tenants of a generated mix when none are given and none can be read from a config:
+/// those of `perf/bench/`.
+pub const TENANTS_DEFAULT: [&str; 4] = ["tenant-0", "tenant-1", "tenant-2", "tenant-3"];
+/// Open-loop rate when neither `--rate` nor `--concurrency` is given.
+pub const RATE_RPS_DEFAULT: f64 = 1000.0;
+/// Client threads.
+pub const THREADS_MAX: usize = 64;
+/// Connections over all threads.
+pub const CONNECTIONS_MAX: usize = 10_000;
+/// Requests in flight per connection (the router answers at most 64 per read).
+pub const PIPELINE_MAX: usize = 64;
+/// Length of a run, and of its warmup.
+pub const RUN_SECONDS_MAX: u64 = 24 * 3600;
+/// `--timeout-ms`; within the latency histogram's 60 s ceiling.
+pub const TIMEOUT_MS_MAX: u64 = 60_000;
+/// `--spin-us`.
+pub const SPIN_US_MAX: u64 = 10_000;
+/// Bytes of a `--target` URL.
+const URL_BYTES_MAX: usize = 2048;
+
+const _: () = assert!(TIMEOUT_MS_MAX * 1000 <= super::record::LATENCY_US_MAX);
+const _: () = assert!(PIPELINE_MAX <= crate::transport::http::PIPELINE_REQUESTS_MAX);
+
+/// `shardline bench`: a latency-budget load generator for the router over HTTP.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Drive a running router at `http://HOST:PORT` (keep-alive connections).
+    #[arg(long, value_name = "URL", conflicts_with = "embedded")]
+    pub target: Option<String>,
+    /// Start a router in this process on 127.0.0.1:0 and drive it.
+    #[arg(long)]
+    pub embedded: bool,
+    /// The embedded router's config [default: perf/bench/shardline.toml].
+    #[arg(long, value_name = "FILE", requires = "embedded")]
+    pub config: Option<PathBuf>,
+    /// Open loop: requests per second over all connections, on a fixed schedule; latency
+    /// counts from each request's intended send time [default: 1000 unless
+    /// --concurrency].
+    #[arg(long, value_name = "R", conflicts_with = "concurrency")]
+    pub rate: Option<f64>,
+    /// Closed loop: C connections, each sending its next request when the answer arrives.
+    #[arg(long, value_name = "C")]
+    pub concurrency: Option<usize>,
+    /// Open loop: keep-alive connections over all threads (needed: rate × latency).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub connections: usize,
+    /// Requests in flight per connection (HTTP pipelining); 1 = none.
+    #[arg(long, value_name = "P", default_value_t = 1)]
+    pub pipeline: usize,
+    /// Measured time (`10s`, `500ms`, `2m`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Time sent but not recorded before the measurement.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Client threads; each owns a share of the connections.
+    #[arg(long, value_name = "T", default_value_t = 1)]
+    pub threads: usize,
+    /// Pin client thread i to the i-th CPU of this list (`1`, `0-1,3`) [default: the OS
+    /// chooses].
+    #[arg(long, value_name = "LIST")]
+    pub client_cores: Option<String>,
+    /// Tenants of generated requests, cycled [default: the tenants of the embedded
+    /// config's policies, else tenant-0..3].
+    #[arg(long, value_name = "A,B,…", value_delimiter = ',')]
+    pub tenants: Vec<String>,
+    /// `policy_id` of generated requests.
+    #[arg(long, default_value = "default")]
+    pub policy: String,
+    /// Sticky session keys: `metadata.user_id` drawn from a pool of N (0 = none).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub sticky_keys: u32,
+    /// Send `task.payload` padded to N bytes instead of a `payload_ref` (0 = ref).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// JSON Lines of DecideRequest bodies, cycled (request ids are replaced).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tenants", "payload_bytes"])]
+    pub requests: Option<PathBuf>,
+    /// A request unanswered this long after its send is a timeout.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// Open loop: busy-wait this long before each send instead of sleeping (0 = sleep
+    /// only: less CPU, less precise).
+    #[arg(long, value_name = "US", default_value_t = 50)]
+    pub spin_us: u64,
+    /// Also run the same load against the bare responder (same HTTP stack and shard
+    /// count, no routing) and report what the router adds.
+    #[arg(long)]
+    pub compare_bare: bool,
+    /// Write the JSON report here (the summary table is printed either way).
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+}
+
+/// What `--duration` and `--warmup` accept.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0:?}: expected a duration such as 10s, 0.5s, 500ms or 2m (at most 24h)")]
+pub struct DurationError(String);
+
+/// `10s`, `0.5s`, `500ms`, `250us`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let err = || DurationError(text.chars().take(64).collect());
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| err())?;
+    let seconds_per_unit = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(err()),
+    };
+    let seconds = value * seconds_per_unit;
+    if !seconds.is_finite() || !(0.0..=RUN_SECONDS_MAX as f64).contains(&seconds) {
+        return Err(err());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Where the load goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A running router.
+    Url {
+        url: String,
+        addr: SocketAddr,
+        /// The `Host` header (`HOST:PORT` as given).
+        host: String,
+    },
+    /// A router started in-process from this config.
+    Embedded { config: PathBuf },
+}
+
+/// The requests sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MixSource {
+    /// Generated; `tenants` empty = decided by the target (see `--tenants`).
+    Generated(Generated),
+    File(PathBuf),
+}
+
+/// How the load is applied, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Load {
+    /// `Some` = open loop at this rate; `None` = closed loop.
+    pub rate_rps: Option<f64>,
+    pub connections: usize,
+    pub threads: usize,
+    pub pipeline: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub timeout: Duration,
+    pub spin: Duration,
+    pub client_cores: Vec<usize>,
+}
+
+/// Everything a run needs, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub target: Target,
+    pub load: Load,
+    pub mix: MixSource,
+    pub compare_bare: bool,
+    /// Recorded in the report's `env`.
+    pub command_line: String,
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> BenchError {
+    BenchError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+impl BenchArgs {
+    /// Checks the flags and resolves them into settings.
+    pub fn settings(&self, command_line: String) -> Result<Settings, BenchError> {
+        let target = match (&self.target, self.embedded) {
+            (Some(url), false) => parse_target(url)?,
+            (None, true) => Target::Embedded {
+                config: self
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(EMBEDDED_CONFIG_DEFAULT)),
+            },
+            _ => {
+                return Err(invalid(
+                    "--target",
+                    "give --target http://HOST:PORT or --embedded",
+                ))
+            }
+        };
+        let mix = match &self.requests {
+            Some(path) => MixSource::File(path.clone()),
+            None => MixSource::Generated(Generated {
+                tenants: self.tenants.clone(),
+                policy: self.policy.clone(),
+                sticky_keys: self.sticky_keys,
+                payload_bytes: self.payload_bytes,
+            }),
+        };
+        Ok(Settings {
+            target,
+            load: self.load()?,
+            mix,
+            compare_bare: self.compare_bare,
+            command_line,
+        })
+    }
+
+    fn load(&self) -> Result<Load, BenchError> {
+        let (rate_rps, connections) = match (self.rate, self.concurrency) {
+            (_, Some(c)) => (None, c),
+            (rate, None) => (Some(rate.unwrap_or(RATE_RPS_DEFAULT)), self.connections),
+        };
+        if let Some(rate) = rate_rps {
+            if !(RATE_RPS_MIN..=RATE_RPS_MAX).contains(&rate) {
+                return Err(invalid(
+                    "--rate",
+                    format!("must be {RATE_RPS_MIN}..={RATE_RPS_MAX}"),
+                ));
+            }
+        }
+        if !(1..=CONNECTIONS_MAX).contains(&connections) {
+            let flag = if rate_rps.is_some() {
+                "--connections"
+            } else {
+                "--concurrency"
+            };
+            return Err(invalid(flag, format!("must be 1..={CONNECTIONS_MAX}")));
+        }
+        if !(1..=THREADS_MAX).contains(&self.threads) || self.threads > connections {
+            return Err(invalid(
+                "--threads",
+                format!("must be 1..={THREADS_MAX} and at most the connections"),
+            ));
+        }
+        if !(1..=PIPELINE_MAX).contains(&self.pipeline) {
+            return Err(invalid("--pipeline", format!("must be 1..={PIPELINE_MAX}")));
+        }
+        if self.duration.is_zero() {
+            return Err(invalid("--duration", "must be more than zero"));
+        }
+        if !(1..=TIMEOUT_MS_MAX).contains(&self.timeout_ms) {
+            return Err(invalid(
+                "--timeout-ms",
+                format!("must be 1..={TIMEOUT_MS_MAX}"),
+            ));
+        }
+        if self.spin_us > SPIN_US_MAX {
+            return Err(invalid(
+                "--spin-us",
+                format!("must be at most {SPIN_US_MAX}"),
+            ));
+        }
+        let client_cores = match &self.client_cores {
+            None => Vec::new(),
+            Some(list) => shards::topology::parse_cpu_list(list)
+                .map_err(|e| invalid("--client-cores", e.to_string()))?
+                .into_iter()
+                .map(|c| c.0)
+                .collect(),
+        };
+        Ok(Load {
+            rate_rps,
+            connections,
+            threads: self.threads,
+            pipeline: self.pipeline,
+            duration: self.duration,
+            warmup: self.warmup,
+            timeout: Duration::from_millis(self.timeout_ms),
+            spin: Duration::from_micros(self.spin_us),
+            client_cores,
+        })
+    }
+}
+
+/// `http://HOST[:PORT][/]`, resolved now (the first address).
+pub fn parse_target(url: &str) -> Result<Target, BenchError> {
+    let bad = |reason: &'static str| BenchError::Target {
+        url: url.chars().take(URL_BYTES_MAX).collect(),
+        reason,
+    };
+    if url.len() > URL_BYTES_MAX {
+        return Err(bad("too long"));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(bad("only http:// targets are supported"));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(bad(
+            "give http://HOST:PORT (requests always go to /v1/decide)",
+        ));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|_| bad("cannot resolve the host"))?
+        .next()
+        .ok_or_else(|| bad("the host has no address"))?;
+    Ok(Target::Url {
+        url: url.to_owned(),
+        addr,
+        host: authority.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, BenchError> {
+        let mut argv = vec!["bench"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+            .expect("parses")
+            .bench
+            .settings("bench".into())
+    }
+
+    /// Durations in the units people type; garbage and absurd lengths refused.
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("25h").is_err());
+    }
+
+    /// `--embedded` alone: perf config, open loop at the default rate.
+    #[test]
+    fn embedded_defaults() {
+        let s = settings(&["--embedded"]).unwrap();
+        assert_eq!(
+            s.target,
+            Target::Embedded {
+                config: PathBuf::from(EMBEDDED_CONFIG_DEFAULT)
+            }
+        );
+        assert_eq!(s.load.rate_rps, Some(RATE_RPS_DEFAULT));
+        assert_eq!(s.load.connections, 16);
+    }
+
+    /// Closed loop takes its connection count from `--concurrency`.
+    #[test]
+    fn closed_loop_uses_concurrency() {
+        let s = settings(&["--target", "http://127.0.0.1:9", "--concurrency", "4"]).unwrap();
+        assert_eq!(s.load.rate_rps, None);
+        assert_eq!(s.load.connections, 4);
+        let Target::Url { addr, host, .. } = s.target else {
+            panic!("url target")
+        };
+        assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], 9)));
+        assert_eq!(host, "127.0.0.1:9");
+    }
+
+    /// Meaningless combinations and out-of-range values are refused with the flag named.
+    #[test]
+    fn refuses_bad_flags() {
+        assert!(settings(&[]).is_err());
+        let flag = |args: &[&str]| match settings(args) {
+            Err(BenchError::Invalid { flag, .. }) => flag,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(flag(&["--embedded", "--rate", "0"]), "--rate");
+        assert_eq!(
+            flag(&["--embedded", "--connections", "2", "--threads", "3"]),
+            "--threads"
+        );
+        assert_eq!(flag(&["--embedded", "--pipeline", "65"]), "--pipeline");
+        assert_eq!(
+            flag(&["--embedded", "--client-cores", "x"]),
+            "--client-cores"
+        );
+        assert!(matches!(
+            settings(&["--target", "https://x:1"]),
+            Err(BenchError::Target { .. })
+        ));
+        assert!(matches!(
+            settings(&["--target", "http://127.0.0.1:1/v1/decide"]),
+            Err(BenchError::Target { .. })
+        ));
+    }
+}

@@ -1,0 +1,143 @@
+//! `shardline bench`: the latency-budget load generator, measured from the client's side.
+//!
+//! It drives a router over HTTP/1.1 keep-alive connections — a running one
+//! (`--target http://HOST:PORT`) or one started in this process (`--embedded`) — and
+//! reports what a gateway would see: rate achieved, latency percentiles, and every
+//! request accounted for. With `--compare-bare` it then drives the bare responder (the
+//! same HTTP stack answering a canned body, `transport::http::bare`) with the identical
+//! load, so the router's *added* latency comes from one run on one machine.
+//!
+//! # Honest numbers
+//! - **Open loop** (`--rate R`): request `g` is due at `g / R` seconds; latency counts from
+//!   that intended time, not from the actual send, so a stalled router or a client that
+//!   fell behind shows up as latency instead of vanishing (coordinated-omission
+//!   correction). A late thread sends at once and keeps the schedule. Pacing sleeps
+//!   (epoll with a nanosecond timeout, 1 ns timer slack) until `--spin-us` before the
+//!   send, then busy-polls, so sends are not bunched by sleep granularity. With
+//!   keep-alive and no `--pipeline`, a connection carries one request at a time, so the
+//!   run needs about rate × latency connections; a request that finds every connection
+//!   busy waits for one (its latency still counts from its intended time) and is counted
+//!   in `schedule.behind_no_connection`.
+//! - **Closed loop** (`--concurrency C`): each connection sends its next request when the
+//!   answer arrives; the maximum throughput, latency counted from the send.
+//! - **Accounting**: every measured request ends in exactly one of answered (200),
+//!   error (by `error.code`), shed (`rate_limited`, `overloaded`) or timeout, and
+//!   `sent == answered + errors + sheds + timeouts` is checked (`counts_ok`). Requests
+//!   due during `--warmup` are sent but recorded nowhere.
+//! - The client threads (`--threads`, optionally pinned with `--client-cores`) share the
+//!   machine with the router; on a small machine that is part of the measurement, and the
+//!   report records the machine and the command.
+//!
+//! Why threads with epoll rather than an async runtime: see `worker.rs`; why templates
+//! for the bodies: see `mix.rs`.
+//!
+//! # Report (`--out FILE.json`)
+//! A JSON object. The perf gate reads `latency_us.{p50,p90,p99,p999,max}`,
+//! `achieved_rps`, `errors_total`, `sheds_total`, `timeouts_total` and `rss_mb`: these
+//! names are stable.
+//!
+//! Fields, in order:
+//! - `target`: the URL driven (`http://127.0.0.1:PORT` for an embedded router);
+//! - `mode`: `open-loop` or `closed-loop`;
+//! - `target_rps`: `--rate`; `null` in closed loop;
+//! - `achieved_rps`: measured requests sent ÷ `duration_s`;
+//! - `duration_s`, `warmup_s`: the measured window and the warmup before it, seconds;
+//! - `connections`, `threads`, `pipeline`: the client's shape;
+//! - `shards`: shards of the embedded router or bare responder (absent when remote);
+//! - `latency_us`: `{p50, p90, p99, p999, max, mean}` in µs, of answered-200 requests
+//!   only; open loop counts from the intended send time, closed loop from the send;
+//! - `sent`: measured requests sent; `answered`: of those, answered 200;
+//! - `errors_total`, `errors_by_code`: other answers by the body's `error.code`
+//!   (`http_<status>` when there is none), plus the client-side `connection_closed`
+//!   (connection lost with the request in flight) and `bad_response` (unframeable);
+//! - `sheds_total`, `sheds_by_code`: `rate_limited` (429) and `overloaded` (503) answers;
+//! - `timeouts_total`: no answer within `--timeout-ms` of the send;
+//! - `counts_ok`: `sent == answered + errors_total + sheds_total + timeouts_total`;
+//! - `connect_errors`: failed connection attempts (not requests);
+//! - `schedule` (open loop only): `{behind_no_connection, unsent, send_lag_us {p50, p90,
+//!   p99, p999, max, mean}}`: requests that found every connection busy at their intended
+//!   time, requests due in the window but never sent, actual − intended send time;
+//! - `rss_mb` (embedded only): `VmRSS` of the process at the window's end, MiB (it
+//!   includes the client's few MiB);
+//! - `cpu_s` (embedded only): CPU seconds of the router's threads during the window
+//!   (client threads excluded);
+//! - `embedded`, `config`: whether the router ran in-process, and its config file;
+//! - `env`: `{cpu_model, cores, kernel, git_commit (null outside git), command_line}`;
+//! - `bare` (with `--compare-bare`): the bare responder's figures, the fields above from
+//!   `target` to `schedule`;
+//! - `added_us` (with `--compare-bare`): router − bare in µs, `{p50, p90, p99, p999, max}`;
+//! - `ratio` (with `--compare-bare`): router ÷ bare, same keys (`null` where bare is 0).
+
+mod args;
+mod mix;
+mod poll;
+mod record;
+mod report;
+mod run;
+mod schedule;
+mod sys;
+mod wire;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+pub use args::{
+    parse_duration, parse_target, BenchArgs, DurationError, Load, MixSource, Settings, Target,
+    CONNECTIONS_MAX, EMBEDDED_CONFIG_DEFAULT, PIPELINE_MAX, RATE_RPS_DEFAULT, THREADS_MAX,
+    TIMEOUT_MS_MAX,
+};
+pub use mix::{Generated, Mix, MixCursor, MixError};
+pub use record::{Counts, Recorder, LATENCY_SIGFIGS, LATENCY_US_MAX};
+pub use report::{Latency, PerPercentile, Report, ScheduleReport, Side};
+pub use run::run;
+pub use schedule::{wait_step, Schedule, WaitStep};
+pub use sys::Env;
+
+/// Why a benchmark could not run.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// A flag's value is out of range or meaningless with the others.
+    #[error("{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+    /// `--target` is not a usable `http://HOST:PORT`.
+    #[error("--target {url}: {reason}")]
+    Target { url: String, reason: &'static str },
+    #[error(transparent)]
+    Mix(#[from] MixError),
+    /// The embedded router's config did not load.
+    #[error("{}: {error}", path.display())]
+    Config {
+        path: PathBuf,
+        error: crate::config::ConfigError,
+    },
+    #[error(transparent)]
+    Topology(#[from] shards::TopologyError),
+    /// The embedded router did not start or stop cleanly.
+    #[error("embedded router: {0}")]
+    Router(String),
+    #[error(transparent)]
+    Bare(#[from] crate::transport::http::bare::BareError),
+    /// A client connection could not be opened at the start.
+    #[error("connecting to {addr}: {error}")]
+    Connect {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// `--client-cores` named a CPU this process may not run on.
+    #[error("pinning a client thread to CPU {core}: {error}")]
+    Pin { core: usize, error: std::io::Error },
+    /// epoll failed (not a connection's error: the thread cannot go on).
+    #[error("epoll: {0}")]
+    Poll(std::io::Error),
+    #[error("starting a client thread: {0}")]
+    Spawn(std::io::Error),
+    /// Another client thread failed to start, so this one did not run.
+    #[error("aborted: another client thread failed to start")]
+    Aborted,
+    /// A client thread panicked (a bug).
+    #[error("client thread {0} panicked")]
+    ThreadPanicked(usize),
+}

@@ -1,0 +1,515 @@
+//! The report: the JSON document (schema in `bench/mod.rs`) and the summary table.
+//!
+//! Figures are rounded where more digits would only be noise (rates to 0.1 req/s, times to
+//! the millisecond, memory to 0.1 MiB); latencies stay whole microseconds as the HDR
+//! histogram gives them (each the highest value equivalent to the recorded one at 3
+//! significant figures).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::record::Recorder;
+use super::sys::Env;
+
+/// Latency percentiles of the answered-200 requests, µs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl Latency {
+    /// The percentiles of `h`; all zero when it is empty.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency {
+                p50: 0,
+                p90: 0,
+                p99: 0,
+                p999: 0,
+                max: 0,
+                mean: 0.0,
+            };
+        }
+        Latency {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: round(h.mean(), 1.0),
+        }
+    }
+
+    /// `(name, value)` of the percentiles compared between router and bare.
+    pub fn points(&self) -> [(&'static str, u64); 5] {
+        [
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("p999", self.p999),
+            ("max", self.max),
+        ]
+    }
+}
+
+/// One value per compared percentile.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PerPercentile<T> {
+    pub p50: T,
+    pub p90: T,
+    pub p99: T,
+    pub p999: T,
+    pub max: T,
+}
+
+impl<T: Copy> PerPercentile<T> {
+    fn from_fn(router: &Latency, bare: &Latency, f: impl Fn(u64, u64) -> T) -> Self {
+        let (r, b) = (router.points(), bare.points());
+        let at = |i: usize| f(r[i].1, b[i].1);
+        PerPercentile {
+            p50: at(0),
+            p90: at(1),
+            p99: at(2),
+            p999: at(3),
+            max: at(4),
+        }
+    }
+}
+
+/// Open-loop pacing: how closely sends kept to the schedule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleReport {
+    /// Requests that found every connection busy at their intended time.
+    pub behind_no_connection: u64,
+    /// Requests intended within the window but never sent.
+    pub unsent: u64,
+    /// Actual minus intended send time, µs.
+    pub send_lag_us: Latency,
+}
+
+/// How one phase was run, besides what it measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseInfo {
+    pub target: String,
+    pub rate_rps: Option<f64>,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub connections: usize,
+    pub threads: usize,
+    pub pipeline: usize,
+    pub shards: Option<usize>,
+    pub rss_mb: Option<f64>,
+    pub cpu_s: Option<f64>,
+}
+
+/// The figures of one target: the router, or the bare responder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Side {
+    pub target: String,
+    /// `open-loop` or `closed-loop`.
+    pub mode: &'static str,
+    pub target_rps: Option<f64>,
+    pub achieved_rps: f64,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub connections: usize,
+    pub threads: usize,
+    pub pipeline: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
+    pub latency_us: Latency,
+    pub sent: u64,
+    pub answered: u64,
+    pub errors_total: u64,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub sheds_total: u64,
+    pub sheds_by_code: BTreeMap<String, u64>,
+    pub timeouts_total: u64,
+    pub counts_ok: bool,
+    pub connect_errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_mb: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<f64>,
+}
+
+fn round(value: f64, per_unit: f64) -> f64 {
+    (value * per_unit).round() / per_unit
+}
+
+impl Side {
+    pub fn new(info: &PhaseInfo, rec: &Recorder) -> Side {
+        let counts = rec.counts();
+        let achieved = if info.duration_s > 0.0 {
+            counts.sent as f64 / info.duration_s
+        } else {
+            0.0
+        };
+        Side {
+            target: info.target.clone(),
+            mode: if info.rate_rps.is_some() {
+                "open-loop"
+            } else {
+                "closed-loop"
+            },
+            target_rps: info.rate_rps,
+            achieved_rps: round(achieved, 10.0),
+            duration_s: round(info.duration_s, 1000.0),
+            warmup_s: round(info.warmup_s, 1000.0),
+            connections: info.connections,
+            threads: info.threads,
+            pipeline: info.pipeline,
+            shards: info.shards,
+            latency_us: Latency::of(&rec.latency),
+            sent: counts.sent,
+            answered: counts.answered,
+            errors_total: counts.errors,
+            errors_by_code: rec.errors.by_code().clone(),
+            sheds_total: counts.sheds,
+            sheds_by_code: rec.sheds.by_code().clone(),
+            timeouts_total: counts.timeouts,
+            counts_ok: counts.add_up(),
+            connect_errors: rec.connect_errors,
+            schedule: info.rate_rps.map(|_| ScheduleReport {
+                behind_no_connection: rec.behind_no_connection,
+                unsent: rec.unsent,
+                send_lag_us: Latency::of(&rec.send_lag),
+            }),
+            rss_mb: info.rss_mb.map(|mb| round(mb, 10.0)),
+            cpu_s: info.cpu_s.map(|s| round(s, 100.0)),
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub router: Side,
+    pub embedded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    pub env: Env,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bare: Option<Side>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added_us: Option<PerPercentile<i64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<PerPercentile<Option<f64>>>,
+}
+
+/// Router minus bare, µs, per percentile.
+pub fn added_us(router: &Latency, bare: &Latency) -> PerPercentile<i64> {
+    PerPercentile::from_fn(router, bare, |r, b| r as i64 - b as i64)
+}
+
+/// Router over bare per percentile, 3 decimals; `None` where bare is 0.
+pub fn ratio(router: &Latency, bare: &Latency) -> PerPercentile<Option<f64>> {
+    PerPercentile::from_fn(router, bare, |r, b| {
+        (b > 0).then(|| round(r as f64 / b as f64, 1000.0))
+    })
+}
+
+impl Report {
+    /// The report with the comparison filled in when `bare` is given.
+    pub fn new(
+        router: Side,
+        embedded: bool,
+        config: Option<String>,
+        env: Env,
+        bare: Option<Side>,
+    ) -> Report {
+        let added = bare
+            .as_ref()
+            .map(|b| added_us(&router.latency_us, &b.latency_us));
+        let ratio = bare
+            .as_ref()
+            .map(|b| ratio(&router.latency_us, &b.latency_us));
+        Report {
+            router,
+            embedded,
+            config,
+            env,
+            bare,
+            added_us: added,
+            ratio,
+        }
+    }
+
+    /// Every side's counts add up.
+    pub fn counts_ok(&self) -> bool {
+        self.router.counts_ok && self.bare.as_ref().is_none_or(|b| b.counts_ok)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Plain data with string keys: serialization cannot fail.
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    /// The table printed to stdout.
+    pub fn summary(&self) -> String {
+        let r = &self.router;
+        let mut out = String::new();
+        let load = match r.target_rps {
+            Some(rate) => format!("open-loop at {rate} req/s"),
+            None => "closed-loop".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "shardline bench: {load}, {} connection(s), {} thread(s), {:.1} s (+{:.1} s warmup)",
+            r.connections, r.threads, r.duration_s, r.warmup_s
+        );
+        let shards = r
+            .shards
+            .map(|s| format!(", {s} shard(s)"))
+            .unwrap_or_default();
+        let how = if self.embedded { "embedded" } else { "remote" };
+        let _ = writeln!(out, "target: {} ({how}{shards})", r.target);
+        self.latency_table(&mut out);
+        side_counts(&mut out, "router", r);
+        if let Some(b) = &self.bare {
+            side_counts(&mut out, "bare", b);
+        }
+        if let (Some(rss), Some(cpu)) = (r.rss_mb, r.cpu_s) {
+            let _ = writeln!(out, "router process: rss {rss:.1} MiB, cpu {cpu:.2} s");
+        }
+        out
+    }
+
+    fn latency_table(&self, out: &mut String) {
+        let r = &self.router;
+        let _ = write!(out, "{:<14}{:>12}", "", "router");
+        if self.bare.is_some() {
+            let _ = write!(out, "{:>12}{:>12}{:>9}", "bare", "added", "ratio");
+        }
+        out.push('\n');
+        let _ = write!(out, "{:<14}{:>12.1}", "req/s", r.achieved_rps);
+        if let Some(b) = &self.bare {
+            let _ = write!(out, "{:>12.1}", b.achieved_rps);
+        }
+        out.push('\n');
+        let names = ["p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"];
+        for (i, (_, value)) in r.latency_us.points().iter().enumerate() {
+            let _ = write!(out, "{:<14}{value:>12}", names[i]);
+            if let (Some(b), Some(added), Some(ratio)) = (&self.bare, &self.added_us, &self.ratio) {
+                let pick = |p: &PerPercentile<i64>| [p.p50, p.p90, p.p99, p.p999, p.max][i];
+                let ratios = [ratio.p50, ratio.p90, ratio.p99, ratio.p999, ratio.max];
+                let ratio = ratios[i].map_or_else(|| "-".into(), |x| format!("{x:.2}"));
+                let bare = b.latency_us.points()[i].1;
+                let _ = write!(out, "{bare:>12}{:>+12}{ratio:>9}", pick(added));
+            }
+            out.push('\n');
+        }
+        let _ = write!(out, "{:<14}{:>12.1}", "mean µs", r.latency_us.mean);
+        if let Some(b) = &self.bare {
+            let _ = write!(out, "{:>12.1}", b.latency_us.mean);
+        }
+        out.push('\n');
+    }
+}
+
+fn side_counts(out: &mut String, name: &str, s: &Side) {
+    let check = if s.counts_ok { "ok" } else { "MISMATCH" };
+    let _ = writeln!(
+        out,
+        "{name}: sent {} = answered {} + errors {} + sheds {} + timeouts {} ({check})",
+        s.sent, s.answered, s.errors_total, s.sheds_total, s.timeouts_total
+    );
+    for (label, codes) in [("errors", &s.errors_by_code), ("sheds", &s.sheds_by_code)] {
+        if !codes.is_empty() {
+            let list: Vec<String> = codes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let _ = writeln!(out, "  {label} by code: {}", list.join(", "));
+        }
+    }
+    if s.connect_errors > 0 {
+        let _ = writeln!(out, "  failed connection attempts: {}", s.connect_errors);
+    }
+    if let Some(sched) = &s.schedule {
+        let lag = &sched.send_lag_us;
+        let _ = writeln!(
+            out,
+            "  pacing: send lag p50 {} µs, p99 {} µs, max {} µs; {} request(s) found every \
+             connection busy; {} unsent",
+            lag.p50, lag.p99, lag.max, sched.behind_no_connection, sched.unsent
+        );
+        if sched.behind_no_connection > 0 || sched.unsent > 0 {
+            let _ = writeln!(
+                out,
+                "  warning: the schedule ran behind with every connection busy; latency \
+                 still counts from the intended times, but raise --connections (needed: \
+                 rate × latency)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::wire::{Code, Outcome};
+
+    fn info() -> PhaseInfo {
+        PhaseInfo {
+            target: "http://127.0.0.1:1".into(),
+            rate_rps: Some(100.0),
+            duration_s: 2.0,
+            warmup_s: 0.5,
+            connections: 4,
+            threads: 1,
+            pipeline: 1,
+            shards: Some(2),
+            rss_mb: Some(12.34),
+            cpu_s: Some(0.5),
+        }
+    }
+
+    fn recorder(base_us: u64) -> Recorder {
+        let mut rec = Recorder::new();
+        for i in 0..1000 {
+            rec.sent += 1;
+            rec.resolve(Outcome::Ok, base_us + i);
+        }
+        rec.sent += 1;
+        rec.resolve(Outcome::Shed(Code::Named("rate_limited")), 0);
+        rec
+    }
+
+    /// Percentiles come from the histogram at 3 significant figures; empty is all zero.
+    #[test]
+    fn extracts_percentiles() {
+        let mut h = crate::bench::record::histogram();
+        for v in 1..=10_000 {
+            h.record(v).unwrap();
+        }
+        let l = Latency::of(&h);
+        assert_eq!((l.p50, l.p90, l.p99, l.max), (5003, 9007, 9903, 10007));
+        assert!((l.p999 as i64 - 9990).abs() <= 10, "{}", l.p999);
+        assert!((l.mean - 5000.5).abs() < 5.0, "{}", l.mean);
+        assert_eq!(Latency::of(&crate::bench::record::histogram()).p99, 0);
+    }
+
+    /// The JSON carries every field the gate and readers rely on, with these names.
+    #[test]
+    fn json_shape() {
+        let router = Side::new(&info(), &recorder(100));
+        let bare = Side::new(
+            &PhaseInfo {
+                rss_mb: None,
+                cpu_s: None,
+                ..info()
+            },
+            &recorder(50),
+        );
+        let env = Env::detect("shardline bench --embedded");
+        let report = Report::new(
+            router,
+            true,
+            Some("perf/bench/shardline.toml".into()),
+            env,
+            Some(bare),
+        );
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        for key in [
+            "target",
+            "mode",
+            "target_rps",
+            "achieved_rps",
+            "duration_s",
+            "connections",
+            "sent",
+            "answered",
+            "errors_total",
+            "errors_by_code",
+            "sheds_total",
+            "timeouts_total",
+            "rss_mb",
+            "cpu_s",
+            "env",
+            "bare",
+            "added_us",
+            "ratio",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing");
+        }
+        for key in ["p50", "p90", "p99", "p999", "max", "mean"] {
+            assert!(v["latency_us"][key].is_number(), "latency_us.{key}");
+            assert!(
+                v["bare"]["latency_us"][key].is_number(),
+                "bare.latency_us.{key}"
+            );
+        }
+        for key in ["cpu_model", "cores", "kernel", "git_commit", "command_line"] {
+            assert!(v["env"].get(key).is_some(), "env.{key}");
+        }
+        assert_eq!(v["mode"], "open-loop");
+        assert_eq!(v["achieved_rps"], 500.5);
+        assert_eq!(v["sheds_total"], 1);
+        assert_eq!(v["sheds_by_code"]["rate_limited"], 1);
+        assert_eq!(v["counts_ok"], true);
+        assert!(v["bare"].get("rss_mb").is_none());
+        assert_eq!(v["added_us"]["p50"], 50);
+        assert!(v["ratio"]["p50"].as_f64().unwrap() > 1.0);
+        assert!(report
+            .summary()
+            .contains("router: sent 1001 = answered 1000"));
+    }
+
+    /// A remote target has no process figures; without bare there is no comparison.
+    #[test]
+    fn optional_fields_are_left_out() {
+        let remote = PhaseInfo {
+            rss_mb: None,
+            cpu_s: None,
+            rate_rps: None,
+            ..info()
+        };
+        let report = Report::new(
+            Side::new(&remote, &recorder(10)),
+            false,
+            None,
+            Env::detect("x"),
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        for key in ["rss_mb", "cpu_s", "bare", "added_us", "ratio", "schedule"] {
+            assert!(v.get(key).is_none(), "{key} present");
+        }
+        assert_eq!(v["target_rps"], serde_json::Value::Null);
+        assert_eq!(v["mode"], "closed-loop");
+    }
+
+    /// Added latency may be negative; a zero baseline has no ratio.
+    #[test]
+    fn compares_per_percentile() {
+        let a = Latency {
+            p50: 100,
+            p90: 200,
+            p99: 300,
+            p999: 400,
+            max: 500,
+            mean: 0.0,
+        };
+        let b = Latency {
+            p50: 50,
+            p90: 250,
+            p99: 0,
+            p999: 100,
+            max: 1000,
+            mean: 0.0,
+        };
+        let added = added_us(&a, &b);
+        assert_eq!((added.p50, added.p90, added.max), (50, -50, -500));
+        let r = ratio(&a, &b);
+        assert_eq!((r.p50, r.p99, r.p999), (Some(2.0), None, Some(4.0)));
+    }
+}

@@ -1,0 +1,329 @@
+//! A run: start what is measured (the embedded router, the bare responder), drive each
+//! with the client threads, watch them, and assemble the report.
+//!
+//! The router is measured first, then stopped, then the bare responder is started on the
+//! same cores and given the identical load: the two never compete for the CPUs, and the
+//! client is the same code with the same settings both times.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::thread::ScopedJoinHandle;
+use std::time::{Duration, Instant};
+
+use super::args::{Load, MixSource, Settings, Target, TENANTS_DEFAULT};
+use super::mix::{Generated, Mix, TENANTS_MAX};
+use super::record::{histogram, Recorder};
+use super::report::{PhaseInfo, Report, Side};
+use super::sys::{self, Env, CLIENT_THREAD_PREFIX};
+use super::worker::{client_thread, Plan, Progress, StartGate};
+use super::BenchError;
+use crate::config::Config;
+use crate::server::{Server, ServerSettings};
+use crate::transport::http::bare::BareShards;
+
+/// Between the threads' release and their first send: time for all to wake.
+const START_LEAD_MS: u64 = 20;
+/// The progress line is printed this often.
+const PROGRESS_PERIOD_MS: u64 = 1000;
+/// The watcher notices finished threads within this.
+const WATCH_POLL_MS: u64 = 50;
+
+/// One thing driven: where it listens and how it is described.
+struct Endpoint {
+    label: &'static str,
+    target: String,
+    addr: SocketAddr,
+    host: String,
+    shards: Option<usize>,
+    /// In this process: its memory and CPU time are read.
+    local: bool,
+}
+
+/// Runs the benchmark `settings` describe; progress goes to stderr.
+pub fn run(settings: &Settings) -> Result<Report, BenchError> {
+    let env = Env::detect(&settings.command_line);
+    match &settings.target {
+        Target::Url { url, addr, host } => {
+            let mix = build_mix(&settings.mix, None)?;
+            let endpoint = Endpoint {
+                label: "router",
+                target: url.clone(),
+                addr: *addr,
+                host: host.clone(),
+                shards: None,
+                local: false,
+            };
+            let router = run_phase(&settings.load, &mix, &endpoint)?;
+            let bare = if settings.compare_bare {
+                let usable = shards::Topology::detect()?.usable().to_vec();
+                let cores: Vec<usize> = usable.iter().map(|c| c.0).collect();
+                Some(run_bare(&settings.load, &mix, &cores)?)
+            } else {
+                None
+            };
+            Ok(Report::new(router, false, None, env, bare))
+        }
+        Target::Embedded { config } => run_embedded(settings, config, env),
+    }
+}
+
+fn run_embedded(settings: &Settings, config: &Path, env: Env) -> Result<Report, BenchError> {
+    let (server, cores, policies) = start_embedded(config)?;
+    let mix = build_mix(&settings.mix, Some(&policies));
+    let addr = server.local_addr();
+    let endpoint = Endpoint {
+        label: "router",
+        target: format!("http://{addr}"),
+        addr,
+        host: addr.to_string(),
+        shards: Some(server.shard_count()),
+        local: true,
+    };
+    let router = mix.and_then(|mix| Ok((run_phase(&settings.load, &mix, &endpoint)?, mix)));
+    // Stopped before the bare phase (and on failure) so that nothing competes with it.
+    let stopped = server
+        .stop()
+        .map_err(|e| BenchError::Router(format!("{e:#}")));
+    let (router, mix) = router?;
+    stopped?;
+    let bare = if settings.compare_bare {
+        Some(run_bare(&settings.load, &mix, &cores)?)
+    } else {
+        None
+    };
+    let config = Some(config.display().to_string());
+    Ok(Report::new(router, true, config, env, bare))
+}
+
+/// Starts the router of `path` on 127.0.0.1:0 (HTTP only); returns it, the cores its
+/// shards run on, and its policies directory.
+fn start_embedded(path: &Path) -> Result<(Server, Vec<usize>, PathBuf), BenchError> {
+    let config = Config::load(path).map_err(|error| BenchError::Config {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    // Already installed (a second run in one process) is fine: logs still flow.
+    let _ = crate::logging::init(config.logging.level, config.logging.format);
+    let mut settings = ServerSettings::from_config(&config);
+    settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.shard_port_base = 0;
+    settings.tls = None;
+    let cores = shards::Topology::detect()?.select(&settings.cores)?;
+    let policies = settings.policies_dir.clone();
+    let server = Server::start(settings).map_err(|e| BenchError::Router(format!("{e:#}")))?;
+    Ok((server, cores.iter().map(|c| c.0).collect(), policies))
+}
+
+fn run_bare(load: &Load, mix: &Mix, cores: &[usize]) -> Result<Side, BenchError> {
+    let bare = BareShards::start(SocketAddr::from(([127, 0, 0, 1], 0)), cores)?;
+    let addr = bare.local_addr();
+    let endpoint = Endpoint {
+        label: "bare",
+        target: format!("http://{addr}"),
+        addr,
+        host: addr.to_string(),
+        shards: Some(cores.len()),
+        local: false,
+    };
+    let side = run_phase(load, mix, &endpoint);
+    let stopped = bare.stop();
+    let side = side?;
+    stopped?;
+    Ok(side)
+}
+
+/// The mix to send; generated tenants default to those of `policies` having the policy.
+fn build_mix(source: &MixSource, policies: Option<&Path>) -> Result<Mix, BenchError> {
+    match source {
+        MixSource::File(path) => Ok(Mix::from_file(path)?),
+        MixSource::Generated(spec) if spec.tenants.is_empty() => {
+            let mut tenants = policies.map_or_else(Vec::new, |p| tenants_with(p, &spec.policy));
+            if tenants.is_empty() {
+                tenants = TENANTS_DEFAULT.iter().map(|t| (*t).to_owned()).collect();
+            }
+            Ok(Mix::generated(&Generated {
+                tenants,
+                ..spec.clone()
+            })?)
+        }
+        MixSource::Generated(spec) => Ok(Mix::generated(spec)?),
+    }
+}
+
+/// Tenants (directories of `policies`) that hold `<policy>.json`, sorted.
+fn tenants_with(policies: &Path, policy: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(policies) else {
+        return Vec::new();
+    };
+    let file = format!("{policy}.json");
+    let mut tenants: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join(&file).is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .take(TENANTS_MAX)
+        .collect();
+    tenants.sort();
+    tenants
+}
+
+/// What the watcher saw of the process while the window was measured.
+#[derive(Debug, Default)]
+struct Watched {
+    cpu_at_start: Option<f64>,
+    cpu_at_end: Option<f64>,
+    rss_mb: Option<f64>,
+}
+
+fn run_phase(load: &Load, mix: &Mix, endpoint: &Endpoint) -> Result<Side, BenchError> {
+    let warmup_ns = load.warmup.as_nanos() as u64;
+    let plan = Plan {
+        addr: endpoint.addr,
+        host: endpoint.host.clone(),
+        rate_rps: load.rate_rps,
+        threads: load.threads,
+        connections: load.connections,
+        pipeline: load.pipeline,
+        warmup_ns,
+        end_ns: warmup_ns + load.duration.as_nanos() as u64,
+        timeout_ns: load.timeout.as_nanos() as u64,
+        spin_ns: load.spin.as_nanos() as u64,
+        client_cores: load.client_cores.clone(),
+    };
+    let progress: Vec<Progress> = (0..load.threads).map(|_| Progress::new()).collect();
+    let gate = StartGate::new(load.threads);
+    let (rec, watched) = std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(load.threads);
+        for (i, progress) in progress.iter().enumerate() {
+            let (plan, gate) = (&plan, &gate);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{CLIENT_THREAD_PREFIX}{i}"))
+                .spawn_scoped(scope, move || client_thread(i, plan, mix, progress, gate));
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(source) => {
+                    gate.abort();
+                    return Err(BenchError::Spawn(source));
+                }
+            }
+        }
+        let start = gate.release(Duration::from_millis(START_LEAD_MS));
+        let watched = match start {
+            Some(start) => watch(endpoint, &plan, start, &progress, &handles),
+            None => Watched::default(),
+        };
+        let merged = join_all(handles)?;
+        Ok((merged, watched))
+    })?;
+    let info = PhaseInfo {
+        target: endpoint.target.clone(),
+        rate_rps: load.rate_rps,
+        duration_s: load.duration.as_secs_f64(),
+        warmup_s: load.warmup.as_secs_f64(),
+        connections: load.connections,
+        threads: load.threads,
+        pipeline: load.pipeline,
+        shards: endpoint.shards,
+        rss_mb: watched.rss_mb,
+        cpu_s: watched
+            .cpu_at_start
+            .zip(watched.cpu_at_end)
+            .map(|(a, b)| b - a),
+    };
+    Ok(Side::new(&info, &rec))
+}
+
+/// Merges the threads' records; the first real error wins over the `Aborted` it caused.
+fn join_all(handles: Vec<ScopedJoinHandle<'_, ThreadResult>>) -> Result<Recorder, BenchError> {
+    let mut merged = Recorder::new();
+    let mut error = None;
+    for (i, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(rec)) => merged.merge(&rec),
+            Ok(Err(BenchError::Aborted)) => {
+                error = error.or(Some(BenchError::Aborted));
+            }
+            Ok(Err(e)) if matches!(error, None | Some(BenchError::Aborted)) => error = Some(e),
+            Ok(Err(_)) => {}
+            Err(_) => return Err(BenchError::ThreadPanicked(i)),
+        }
+    }
+    error.map_or(Ok(merged), Err)
+}
+
+type ThreadResult = Result<Recorder, BenchError>;
+type Handles<'s> = [ScopedJoinHandle<'s, ThreadResult>];
+
+/// Until every client thread has finished: a progress line each second, and (for a
+/// router in this process) its CPU time at the window's edges and its memory at the end.
+fn watch(
+    endpoint: &Endpoint,
+    plan: &Plan,
+    start: Instant,
+    progress: &[Progress],
+    handles: &Handles<'_>,
+) -> Watched {
+    let window_start = start + Duration::from_nanos(plan.warmup_ns);
+    let window_end = start + Duration::from_nanos(plan.end_ns);
+    let period = Duration::from_millis(PROGRESS_PERIOD_MS);
+    let mut watched = Watched::default();
+    let mut next_line = start + period;
+    let mut last_sent = 0;
+    while !handles.iter().all(|h| h.is_finished()) {
+        let now = Instant::now();
+        if endpoint.local && watched.cpu_at_start.is_none() && now >= window_start {
+            watched.cpu_at_start = sys::router_cpu_s();
+        }
+        if endpoint.local && watched.cpu_at_end.is_none() && now >= window_end {
+            watched.cpu_at_end = sys::router_cpu_s();
+            watched.rss_mb = sys::rss_mb();
+        }
+        if now >= next_line {
+            let elapsed = now.saturating_duration_since(start).as_secs_f64();
+            last_sent = progress_line(endpoint.label, elapsed, progress, last_sent);
+            next_line += period;
+        }
+        let mut wake = next_line.min(now + Duration::from_millis(WATCH_POLL_MS));
+        if watched.cpu_at_start.is_none() && window_start > now {
+            wake = wake.min(window_start);
+        }
+        if watched.cpu_at_end.is_none() && window_end > now {
+            wake = wake.min(window_end);
+        }
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+    }
+    if endpoint.local && watched.cpu_at_end.is_none() {
+        watched.cpu_at_end = sys::router_cpu_s();
+        watched.rss_mb = sys::rss_mb();
+    }
+    watched
+}
+
+/// Prints `router 3.0 s: sent 6000 (2000 req/s), p99 412 µs` (and how many requests
+/// found every connection busy, if any); returns the sent total.
+fn progress_line(label: &str, elapsed_s: f64, progress: &[Progress], last_sent: u64) -> u64 {
+    let mut merged = histogram();
+    let (mut sent, mut behind) = (0, 0);
+    for p in progress {
+        sent += p.sent.load(Ordering::Relaxed);
+        behind += p.behind.load(Ordering::Relaxed);
+        let h = p.latency.lock().unwrap_or_else(|e| e.into_inner());
+        // Same bounds on both sides: addition cannot fail.
+        merged.add(&*h).expect("same bounds");
+    }
+    let p99 = if merged.is_empty() {
+        "-".to_owned()
+    } else {
+        format!("{} µs", merged.value_at_quantile(0.99))
+    };
+    let behind = if behind > 0 {
+        format!("; behind schedule, all connections busy: {behind}")
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "{label} {elapsed_s:.1} s: sent {sent} ({} req/s), p99 {p99}{behind}",
+        sent - last_sent
+    );
+    sent
+}

@@ -1,0 +1,256 @@
+//! `shardline bench` run as a user runs it: the built binary, a real router (embedded, or
+//! started here on 127.0.0.1:0), the JSON report read back. Every run is a second or two;
+//! they take turns (`serial`), since each one loads both cores.
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{config_dir, serial, settings, start, TempDir};
+
+fn bench(args: &[&str], out: &PathBuf) -> (Output, Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run shardline bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    let text = std::fs::read_to_string(out).unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (output, report)
+}
+
+fn count(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key}: {report}"))
+}
+
+/// `sent == answered + errors + sheds + timeouts`, recomputed from the report itself.
+fn assert_counts_add_up(report: &Value) {
+    let parts = ["answered", "errors_total", "sheds_total", "timeouts_total"];
+    let sum: u64 = parts.iter().map(|k| count(report, k)).sum();
+    assert_eq!(count(report, "sent"), sum, "{report}");
+    assert_eq!(report["counts_ok"], true);
+    let by_code: u64 = report["errors_by_code"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_code, count(report, "errors_total"));
+}
+
+/// The README's one-command demo: an embedded router at 2,000 req/s for 2 s. The report
+/// parses, every request is accounted for, the schedule was kept (within 5 %), and the
+/// router answered everything.
+#[test]
+fn embedded_open_loop() {
+    let _serial = serial();
+    let dir = TempDir::new("bench-open");
+    let out = dir.0.join("report.json");
+    let args = [
+        "--embedded",
+        "--rate",
+        "2000",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0.5s",
+    ];
+    let (output, report) = bench(&args, &out);
+    assert_counts_add_up(&report);
+    assert_eq!(report["mode"], "open-loop");
+    assert_eq!(report["embedded"], true);
+    let achieved = report["achieved_rps"].as_f64().unwrap();
+    assert!(
+        (achieved - 2000.0).abs() <= 100.0,
+        "achieved {achieved} req/s"
+    );
+    assert_eq!(count(&report, "errors_total"), 0, "{report}");
+    assert_eq!(count(&report, "answered"), count(&report, "sent"));
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(count(&report["latency_us"], key) > 0, "latency_us.{key}");
+    }
+    assert!(report["rss_mb"].as_f64().unwrap() > 0.0);
+    assert!(report["cpu_s"].as_f64().is_some());
+    assert!(report["env"]["command_line"]
+        .as_str()
+        .unwrap()
+        .contains("--rate 2000"));
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("answered"), "{summary}");
+}
+
+/// Closed loop with 4 connections against a router this test started: a report with the
+/// remote target's fields (no process figures, no schedule).
+#[test]
+fn closed_loop_against_a_running_router() {
+    let _serial = serial();
+    let dir = config_dir("bench-closed", "");
+    let server = start(settings(&dir));
+    let target = format!("http://{}", server.local_addr());
+    let out = dir.0.join("report.json");
+    let args = [
+        "--target",
+        &target,
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+        "--tenants",
+        "acme,globex,initech",
+    ];
+    let (_, report) = bench(&args, &out);
+    server.stop().unwrap();
+    assert_counts_add_up(&report);
+    assert_eq!(report["mode"], "closed-loop");
+    assert_eq!(report["target"], target.as_str());
+    assert_eq!(report["connections"], 4);
+    assert_eq!(report["target_rps"], Value::Null);
+    assert!(count(&report, "answered") > 0);
+    assert_eq!(count(&report, "errors_total"), 0, "{report}");
+    for key in ["rss_mb", "cpu_s", "schedule", "bare"] {
+        assert!(report.get(key).is_none(), "{key} in a remote report");
+    }
+}
+
+/// Errors are counted by the code in the answer: half the requests name a tenant without
+/// a policy, and exactly those are `policy_not_found`.
+#[test]
+fn errors_are_counted_by_code() {
+    let _serial = serial();
+    let dir = config_dir("bench-errors", "");
+    let server = start(settings(&dir));
+    let target = format!("http://{}", server.local_addr());
+    let out = dir.0.join("report.json");
+    let args = [
+        "--target",
+        &target,
+        "--rate",
+        "400",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--tenants",
+        "acme,nobody",
+    ];
+    let (_, report) = bench(&args, &out);
+    server.stop().unwrap();
+    assert_counts_add_up(&report);
+    let errors = count(&report, "errors_total");
+    assert_eq!(report["errors_by_code"]["policy_not_found"], errors);
+    assert!(errors.abs_diff(count(&report, "answered")) <= 1, "{report}");
+}
+
+/// A server that accepts and never answers: every request sent ends as a timeout, none is
+/// lost, and the run still ends on time.
+#[test]
+fn silent_server_times_out() {
+    let _serial = serial();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let done_in_thread = Arc::clone(&done);
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !done_in_thread.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+            let mut scratch = [0u8; 4096];
+            for s in &mut held {
+                s.set_nonblocking(true).unwrap();
+                let _ = s.read(&mut scratch);
+            }
+        }
+    });
+    let dir = TempDir::new("bench-silent");
+    let out = dir.0.join("report.json");
+    let target = format!("http://{addr}");
+    let args = [
+        "--target",
+        &target,
+        "--rate",
+        "50",
+        "--connections",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--timeout-ms",
+        "200",
+    ];
+    let (_, report) = bench(&args, &out);
+    done.store(true, Ordering::Relaxed);
+    holder.join().unwrap();
+    assert_counts_add_up(&report);
+    assert_eq!(count(&report, "answered"), 0);
+    assert!(count(&report, "sent") > 0);
+    assert_eq!(count(&report, "timeouts_total"), count(&report, "sent"));
+    assert!(
+        count(&report["schedule"], "behind_no_connection") > 0,
+        "{report}"
+    );
+}
+
+/// `--compare-bare` runs the same load against the bare responder and reports the
+/// difference per percentile.
+#[test]
+fn compare_bare_reports_added_latency() {
+    let _serial = serial();
+    let dir = TempDir::new("bench-bare");
+    let out = dir.0.join("report.json");
+    let args = [
+        "--embedded",
+        "--compare-bare",
+        "--rate",
+        "1000",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+    ];
+    let (output, report) = bench(&args, &out);
+    assert_counts_add_up(&report);
+    let bare = &report["bare"];
+    assert_counts_add_up(bare);
+    assert_eq!(count(bare, "errors_total"), 0, "{bare}");
+    assert_eq!(bare["shards"], report["shards"]);
+    assert_ne!(bare["target"], report["target"]);
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        let (router, baseline) = (
+            count(&report["latency_us"], key),
+            count(&bare["latency_us"], key),
+        );
+        let added = report["added_us"][key].as_i64().unwrap();
+        assert_eq!(added, router as i64 - baseline as i64, "added_us.{key}");
+        assert!(report["ratio"][key].is_number(), "ratio.{key}");
+    }
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        summary.contains("bare") && summary.contains("added"),
+        "{summary}"
+    );
+}
