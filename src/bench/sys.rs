@@ -6,7 +6,8 @@
 //! is the load generator's, not the router's. Summing every task except the client
 //! threads (named `bench-N`) and the main thread gives the router's own CPU time.
 //! `VmRSS` cannot be split that way; it includes the client's buffers and histograms
-//! (a few MiB).
+//! (a few MiB). Sharing the process still costs the router something: see `cpu_s` in the
+//! report schema (`bench/mod.rs`) on glommio's `membarrier`.
 
 use std::io;
 use std::process::Command;
