@@ -60,12 +60,7 @@
 //! - `rss_mb` (embedded only): `VmRSS` of the process at the window's end, MiB (it
 //!   includes the client's few MiB);
 //! - `cpu_s` (embedded only): CPU seconds of the router's threads during the window
-//!   (client threads excluded). Read it as an upper bound: glommio issues
-//!   `membarrier(PRIVATE_EXPEDITED)` each time an executor goes to sleep, which interrupts
-//!   every CPU running a thread of the process — with the client in the process, that is
-//!   the client's CPU, every time. Under moderate load this made the router's threads use
-//!   about 3× the CPU of the same router in its own process (measured with `perf stat`
-//!   at 5,000 req/s); latency and saturated throughput were not visibly affected;
+//!   (client threads excluded; see `sys.rs` on what sharing the process means);
 //! - `embedded`, `config`: whether the router ran in-process, and its config file;
 //! - `env`: `{cpu_model, cores, kernel, git_commit (null outside git), command_line}`;
 //! - `bare` (with `--compare-bare`): the bare responder's figures, the fields above from

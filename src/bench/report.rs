@@ -283,8 +283,7 @@ impl Report {
         if let (Some(rss), Some(cpu)) = (r.rss_mb, r.cpu_s) {
             let _ = writeln!(
                 out,
-                "router in this process: rss {rss:.1} MiB; cpu {cpu:.2} s in the window (an \
-                 upper bound: sharing the process with the client inflates it)"
+                "router in this process: rss {rss:.1} MiB, cpu {cpu:.2} s in the window"
             );
         }
         out
