@@ -150,14 +150,28 @@ fn bench_report(p50: u32, p99: u32, rps: u32) -> String {
     )
 }
 
-/// Our policy (`perf/policy.json`) on bench reports: within the p99 budget passes; past
-/// the absolute 150 µs fails on that rule alone.
+/// A policy of our shape with a 150 µs p99 budget (the product target), so that these
+/// tests pin the gate's behaviour rather than the repo's current budget.
+const BUDGET_POLICY: &str = r#"{
+    "version": "shardline-1",
+    "rules": {
+        "latency_p99_us": {"absolute": {"max": 150}, "relative": {"max_pct_increase": 20}},
+        "latency_p50_us": {"relative": {"max_pct_increase": 20}},
+        "rps": {"relative": {"max_pct_decrease": 10}},
+        "errors_total": {"absolute": {"equals": 0}}
+    },
+    "gate": {"require_candidate_exit_code_zero": false, "require_all_metrics_present": true}
+}"#;
+
+/// A p99-budget policy on bench reports: within the budget passes; past the absolute
+/// 150 µs fails on that rule alone.
 #[test]
-fn our_policy_on_bench_reports() {
+fn budget_policy_on_bench_reports() {
     let dir = temp_dir("ours");
+    let policy = write(&dir, "policy.json", BUDGET_POLICY);
     let base = write(&dir, "base.json", &bench_report(50, 130, 10_000));
     let good = write(&dir, "good.json", &bench_report(60, 144, 9_000));
-    let args = ["--baseline", &base, "--policy", "perf/policy.json"];
+    let args = ["--baseline", &base, "--policy", &policy];
     let out = gate(&[&args[..], &["--candidate", &good]].concat());
     expect_exit(&out, 0);
     assert_eq!(
@@ -194,7 +208,8 @@ fn median_of_runs_from_flags_and_directory() {
     let r2 = write(&runs, "2.json", &bench_report(400, 4000, 2_000));
     let r3 = write(&runs, "3.json", &bench_report(52, 125, 9_800));
     write(&runs, "notes.txt", "not a report");
-    let args = ["--baseline", &base, "--policy", "perf/policy.json"];
+    let policy = write(&dir, "policy.json", BUDGET_POLICY);
+    let args = ["--baseline", &base, "--policy", &policy];
     let out = gate(
         &[
             &args[..],
@@ -241,10 +256,10 @@ fn default_p99_rule_is_applied_and_named() {
     );
 }
 
-/// The repo's baseline and policy are usable input to each other: the gate judges (exit 0
-/// or 1, never 2), and the baseline is within its own relative budgets.
+/// The repo's baseline passes the repo's policy: a gate that failed its own baseline could
+/// never pass a build.
 #[test]
-fn repo_baseline_and_policy_are_usable() {
+fn repo_baseline_passes_repo_policy() {
     let args = [
         "--baseline",
         "perf/baseline.json",
@@ -252,15 +267,14 @@ fn repo_baseline_and_policy_are_usable() {
         "perf/policy.json",
     ];
     let out = gate(&[&args[..], &["--candidate", "perf/baseline.json"]].concat());
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    expect_exit(&out, 0);
     let text = stdout(&out);
-    for line in [
-        "PASS latency_p50_us relative max_pct_increase 20: base 560 candidate 560 limit 672",
-        "PASS latency_p99_us relative max_pct_increase 20: base 5280 candidate 5280 limit 6336",
-        "PASS rps relative max_pct_decrease 10: base 35000 candidate 35000 limit 31500",
-    ] {
-        assert!(text.contains(line), "{text}");
-    }
+    assert!(!text.contains("FAIL"), "{text}");
+    assert!(text.contains("PASS latency_p99_us"), "{text}");
+    assert!(
+        text.ends_with("gate: PASS (5 rules, 1 skipped)\n"),
+        "{text}"
+    );
 }
 
 /// Unusable input exits 2 with a message naming the file and, for content, the JSON path;
