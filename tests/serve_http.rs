@@ -998,3 +998,131 @@ fn health_readiness_shard_map_and_metrics() {
     }
     server.stop().unwrap();
 }
+
+/// Trace ids sent as headers (`X-Trace-ID` or `trace_id`) reach the answer's context and
+/// win over the body's, for decisions and errors, on every shard; a `version` header
+/// other than "1" is refused even when the body says "1".
+#[test]
+fn trace_and_version_headers_win_over_the_body_on_every_shard() {
+    const HEADER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const BODY_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("trace-headers", "");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    for t in &tenants {
+        let body = decide(t, "r-b", json!({ "trace_id": BODY_TRACE }));
+        let resp = post(&mut client, "/v1/decide", &body);
+        expect_decision(&resp, t, "r-b");
+        assert_eq!(resp.json()["context"]["trace_id"], BODY_TRACE);
+        for name in ["X-Trace-ID", "trace_id"] {
+            let resp = client.request("POST", "/v1/decide", &[(name, HEADER_TRACE)], &body);
+            expect_decision(&resp, t, "r-b");
+            assert_eq!(resp.json()["context"]["trace_id"], HEADER_TRACE, "{name}");
+        }
+        let missing = decide(t, "r-nf", json!({ "policy_id": "gold" }));
+        let resp = client.request(
+            "POST",
+            "/v1/decide",
+            &[("X-Trace-ID", HEADER_TRACE)],
+            &missing,
+        );
+        let json = expect_error(&resp, 404, "policy_not_found");
+        assert_eq!(json["context"]["trace_id"], HEADER_TRACE, "{json}");
+
+        let v1 = decide(t, "r-v", json!({ "version": "1" }));
+        let resp = client.request("POST", "/v1/decide", &[("version", "2")], &v1);
+        let json = expect_error(&resp, 400, "invalid_request");
+        assert_eq!(
+            json["error"]["details"]["reason"], "VERSION_UNSUPPORTED",
+            "{json}"
+        );
+    }
+    server.stop().unwrap();
+}
+
+/// An idempotency key is scoped to its tenant: the same key sent for several tenants, some
+/// sharing an owner shard, gets each tenant a decision of its own, and repeats replay it.
+#[test]
+fn idempotency_keys_do_not_cross_tenants() {
+    let _serial = serial();
+    let (dir, mut tenants) = covering_dir("idempotency-tenants", "");
+    tenants.extend(["acme", "globex", "initech"].map(String::from));
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    for _round in 0..2 {
+        for t in &tenants {
+            let id = format!("r-{t}");
+            let body = decide(t, &id, json!({ "idempotency_key": "shared-key" }));
+            expect_decision(&post(&mut client, "/v1/decide", &body), t, &id);
+        }
+    }
+    let metrics = scrape(server.local_addr());
+    let hits = sample(&metrics, r#"shardline_idempotency_hits_total{shard="all"}"#);
+    assert_eq!(
+        hits as usize,
+        tenants.len(),
+        "only the second round replays"
+    );
+    server.stop().unwrap();
+}
+
+/// When more requests wait on one peer shard than the handoff budget allows (a 2-slot
+/// ring admits one in flight), the surplus is answered 503 `overloaded` with
+/// `Retry-After` and its request id, in order with the decided ones, and counted.
+#[test]
+fn handoff_over_budget_is_503_overloaded() {
+    const CONNECTIONS: usize = 8;
+    const PER_CONNECTION: usize = 25;
+    let _serial = serial();
+    let tenants = tenants_covering(usable_cores());
+    if tenants.len() < 2 {
+        eprintln!("SKIPPED: one shard, nothing is handed off");
+        return;
+    }
+    let prepare = |dir: &TempDir| {
+        for t in &tenants {
+            write_policy(dir, t, "default", SIMPLE_POLICY);
+        }
+    };
+    let (_dir, server, base) = start_with_shard_ports("shed", "[limits]\nring_slots = 2", prepare);
+    // Every connection on shard 0, every request for a tenant of shard 1.
+    let mut clients: Vec<Client> = (0..CONNECTIONS)
+        .map(|_| Client::connect(loopback(base)))
+        .collect();
+    for (c, client) in clients.iter_mut().enumerate() {
+        let mut bytes = Vec::new();
+        for i in 0..PER_CONNECTION {
+            let trace = json!({ "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736" });
+            let body = decide(&tenants[1], &format!("shed-{c}-{i}"), trace);
+            bytes.extend(request_bytes("POST", "/v1/decide", &[], &body));
+        }
+        client.send_raw(&bytes);
+    }
+    let mut shed = 0;
+    for (c, client) in clients.iter_mut().enumerate() {
+        for i in 0..PER_CONNECTION {
+            let id = format!("shed-{c}-{i}");
+            let resp = client.read_response().expect("an answer");
+            if resp.status == 200 {
+                expect_decision(&resp, &tenants[1], &id);
+                continue;
+            }
+            shed += 1;
+            let json = expect_error(&resp, 503, "overloaded");
+            assert_eq!(retry_after(&resp), 1);
+            assert_eq!(json["error"]["details"]["retry_after_ms"], 1_000, "{json}");
+            assert_eq!(json["context"]["request_id"], id.as_str(), "{json}");
+            let trace = &json["context"]["trace_id"];
+            assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736", "{json}");
+        }
+    }
+    assert!(shed > 0, "nothing was shed");
+    let metrics = scrape(loopback(base));
+    let counted = sample(
+        &metrics,
+        r#"shardline_shed_total{shard="all",cause="handoff_budget"}"#,
+    );
+    assert_eq!(counted as usize, shed);
+    server.stop().unwrap();
+}

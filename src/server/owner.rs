@@ -232,14 +232,20 @@ pub fn invalid(err: &ContractError, out: &mut Vec<u8>) -> Answered {
     }
 }
 
-/// Writes a shed (`overloaded`): the caller could not get the request to its owner.
-pub fn overloaded(message: &str, request_id: Option<&str>, out: &mut Vec<u8>) -> Answered {
+/// Writes a shed (`overloaded`): the caller could not get the request to its owner. The
+/// request's ids, when known, go to `context` as in every other ErrorResponse.
+pub fn overloaded(
+    message: &str,
+    request_id: Option<&str>,
+    trace_id: Option<&str>,
+    out: &mut Vec<u8>,
+) -> Answered {
     let code = ErrorCode::Overloaded;
     let details = ErrorDetails {
         retry_after_ms: Some(1_000),
         ..ErrorDetails::default()
     };
-    encode_error(out, code, message, &details, request_id, None);
+    encode_error(out, code, message, &details, request_id, trace_id);
     Answered {
         status: code.http_status(),
         retry_after_s: Some(1),

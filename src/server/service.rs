@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use super::handoff::{Job, OwnedHeaders, Reply, Route};
 use super::owner::{self, Answered};
-use super::shard::ShardCtx;
+use super::shard::{Ids, ShardCtx};
 use super::stats::Count;
 use crate::admin::{placement, AdminRequest, AdminResponse, Placement, ShardView};
 use crate::contract::{
@@ -165,7 +165,11 @@ impl RouterService {
             return apply(resp, answered);
         }
         let job = forward(Route::Decide, decoded.tenant_id.as_ref(), req, &headers);
-        apply_reply(resp, ctx.hand_off(owner, job).await);
+        let ids = Ids {
+            request_id: Some(&decoded.request_id),
+            trace_id: decoded.trace_id.as_deref(),
+        };
+        apply_reply(resp, ctx.hand_off(owner, job, ids).await);
     }
 
     async fn results(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
@@ -192,7 +196,7 @@ impl RouterService {
             return apply(resp, answered);
         }
         let job = forward(Route::Results, result.tenant_id.as_str(), req, &headers);
-        apply_reply(resp, ctx.hand_off(owner, job).await);
+        apply_reply(resp, ctx.hand_off(owner, job, Ids::default()).await);
     }
 
     fn ready(&self, resp: &mut Response) {
@@ -276,7 +280,7 @@ impl RouterService {
                 let reply = if owner == ctx.id {
                     ctx.admin_here(&job, now)
                 } else {
-                    ctx.hand_off(owner, job).await
+                    ctx.hand_off(owner, job, Ids::default()).await
                 };
                 AdminResponse {
                     status: reply.status,

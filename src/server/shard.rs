@@ -72,12 +72,13 @@ impl ShardCtx {
     }
 
     /// Sends `job` to `to` and waits for its reply; sheds with `overloaded` when the
-    /// in-flight budget to that shard is spent or its ring is full.
-    pub async fn hand_off(&self, to: ShardId, job: Job) -> Reply {
+    /// in-flight budget to that shard is spent or its ring is full. A shed answer echoes
+    /// `ids` (the request's `request_id` and `trace_id`, when known) in its `context`.
+    pub async fn hand_off(&self, to: ShardId, job: Job, ids: Ids<'_>) -> Reply {
         let metrics = self.shared.metrics(self.id);
         let Some(slot) = self.pending.borrow_mut().reserve(to) else {
             metrics.shed_handoff_budget();
-            return shed("too many requests in flight to the tenant's shard");
+            return shed("too many requests in flight to the tenant's shard", ids);
         };
         let sent = self.outbox.borrow_mut().try_send(
             to,
@@ -96,9 +97,9 @@ impl ShardCtx {
                 match e {
                     TrySendError::Full(_) => {
                         metrics.shed_ring_full();
-                        shed("the tenant's shard is overloaded")
+                        shed("the tenant's shard is overloaded", ids)
                     }
-                    TrySendError::Closed(_) => shed("the tenant's shard is stopping"),
+                    TrySendError::Closed(_) => shed("the tenant's shard is stopping", ids),
                 }
             }
         }
@@ -203,9 +204,16 @@ impl ShardCtx {
     }
 }
 
-fn shed(message: &str) -> Reply {
+/// The ids of a handed-off request, for the `context` of a shed answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ids<'a> {
+    pub request_id: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
+}
+
+fn shed(message: &str, ids: Ids<'_>) -> Reply {
     let mut body = Vec::with_capacity(160);
-    let answered = owner::overloaded(message, None, &mut body);
+    let answered = owner::overloaded(message, ids.request_id, ids.trace_id, &mut body);
     Reply {
         status: answered.status,
         retry_after_s: answered.retry_after_s,
