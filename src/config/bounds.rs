@@ -26,11 +26,13 @@ pub const BODY_BYTES_MAX: usize = 64 << 20;
 /// `limits.headers_max`: header lines per request.
 pub const HEADERS_DEFAULT: usize = 64;
 pub const HEADERS_MIN: usize = 8;
-pub const HEADERS_MAX: usize = 1_024;
+/// The HTTP parser's header array: the server refuses more (`HEADERS_CEILING_MAX`).
+pub const HEADERS_MAX: usize = crate::transport::http::HEADERS_CEILING_MAX;
 
 /// `limits.header_bytes_max`: the request line and headers together.
 pub const HEADER_BYTES_DEFAULT: usize = 16 << 10;
-pub const HEADER_BYTES_MIN: usize = 1 << 10;
+/// A request head must fit the connection's first read buffer (the server refuses less).
+pub const HEADER_BYTES_MIN: usize = crate::transport::http::READ_BUFFER_BYTES_INITIAL;
 pub const HEADER_BYTES_MAX: usize = 1 << 20;
 
 /// `limits.connections_per_shard_max`.
