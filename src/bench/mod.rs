@@ -60,7 +60,7 @@
 //! - `rss_mb` (embedded only): `VmRSS` of the process at the window's end, MiB (it
 //!   includes the client's few MiB);
 //! - `cpu_s` (embedded only): CPU seconds of the router's threads during the window
-//!   (client threads excluded);
+//!   (client threads excluded; see `sys.rs` on what sharing the process means);
 //! - `embedded`, `config`: whether the router ran in-process, and its config file;
 //! - `env`: `{cpu_model, cores, kernel, git_commit (null outside git), command_line}`;
 //! - `bare` (with `--compare-bare`): the bare responder's figures, the fields above from

@@ -281,7 +281,10 @@ impl Report {
             side_counts(&mut out, "bare", b);
         }
         if let (Some(rss), Some(cpu)) = (r.rss_mb, r.cpu_s) {
-            let _ = writeln!(out, "router process: rss {rss:.1} MiB, cpu {cpu:.2} s");
+            let _ = writeln!(
+                out,
+                "router in this process: rss {rss:.1} MiB, cpu {cpu:.2} s in the window"
+            );
         }
         out
     }

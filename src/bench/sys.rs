@@ -7,6 +7,13 @@
 //! threads (named `bench-N`) and the main thread gives the router's own CPU time.
 //! `VmRSS` cannot be split that way; it includes the client's buffers and histograms
 //! (a few MiB).
+//!
+//! Sharing the process is not free for the router: glommio issues
+//! `membarrier(PRIVATE_EXPEDITED)` each time an executor goes to sleep, and that
+//! interrupts every CPU running a thread of the process, the client's included. Measured
+//! against the same router in its own process (`perf stat`, 5,000 req/s, 2-core VM), the
+//! difference in the router's CPU time and latency was within run-to-run noise; a
+//! `--target` run against `shardline serve` is the check when in doubt.
 
 use std::io;
 use std::process::Command;
