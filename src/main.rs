@@ -84,6 +84,16 @@ enum Command {
     /// Load-test a router over HTTP (open loop at a fixed rate, or closed loop) and report
     /// client-side latency; optionally against the bare HTTP responder too.
     Bench(Box<shardline::bench::BenchArgs>),
+    /// Overlay the latency-by-percentile lines of several bench reports (e.g. before and
+    /// after) in one SVG; each line is labelled with its file's stem.
+    Plot {
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Bench reports (`--out` JSON of `shardline bench`).
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +140,7 @@ fn main() -> ExitCode {
             candidate_exit_code,
         ),
         Command::Bench(args) => run_bench(&args),
+        Command::Plot { out, reports } => run_plot(&out, &reports),
     };
     match result {
         Ok(code) => code,
@@ -349,9 +360,11 @@ fn run_bench(args: &shardline::bench::BenchArgs) -> Result<ExitCode> {
     let report = shardline::bench::run(&settings)?;
     print!("{}", report.summary());
     if let Some(out) = &args.out {
-        std::fs::write(out, report.to_json() + "\n")
+        let written = report
+            .write_files(out)
             .with_context(|| format!("{}: cannot write the report", out.display()))?;
-        eprintln!("report written to {}", out.display());
+        let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        eprintln!("report written to {}", names.join(", "));
     }
     Ok(if report.counts_ok() {
         ExitCode::SUCCESS
@@ -359,4 +372,27 @@ fn run_bench(args: &shardline::bench::BenchArgs) -> Result<ExitCode> {
         eprintln!("shardline bench: request counts do not add up; see the summary");
         ExitCode::FAILURE
     })
+}
+
+/// Writes one SVG overlaying the router line of each report, labelled by file stem.
+fn run_plot(out: &Path, reports: &[PathBuf]) -> Result<ExitCode> {
+    use shardline::bench::plot;
+    if reports.len() > plot::SERIES_MAX {
+        bail!("at most {} reports per plot", plot::SERIES_MAX);
+    }
+    let mut series = Vec::with_capacity(reports.len());
+    for path in reports {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+        let points = plot::points_of(&report["latency_us"])
+            .with_context(|| format!("{}: no latency_us percentiles", path.display()))?;
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        series.push((stem.into_owned(), points));
+    }
+    std::fs::write(out, plot::svg(&series))
+        .with_context(|| format!("{}: cannot write", out.display()))?;
+    eprintln!("plot written to {}", out.display());
+    Ok(ExitCode::SUCCESS)
 }

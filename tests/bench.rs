@@ -254,3 +254,47 @@ fn compare_bare_reports_added_latency() {
         "{summary}"
     );
 }
+
+/// `--out x.json` also writes `x.md` and `x.svg` (router and bare lines), and
+/// `shardline plot` overlays reports into one SVG, one line per report.
+#[test]
+fn writes_markdown_and_svg_and_plots_reports() {
+    let _serial = serial();
+    let dir = TempDir::new("bench-plot");
+    let out = dir.0.join("x.json");
+    let args = [
+        "--embedded",
+        "--compare-bare",
+        "--rate",
+        "500",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+    ];
+    let (_, report) = bench(&args, &out);
+    let md = std::fs::read_to_string(dir.0.join("x.md")).expect("x.md written");
+    let p99 = count(&report["latency_us"], "p99");
+    assert!(
+        md.contains("| latency µs | router | bare | added | ratio |"),
+        "{md}"
+    );
+    assert!(md.contains(&format!("| p99 | {p99} |")), "{md}");
+    let svg = std::fs::read_to_string(dir.0.join("x.svg")).expect("x.svg written");
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+
+    let plot = dir.0.join("p.svg");
+    let output = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .arg("plot")
+        .arg("--out")
+        .arg(&plot)
+        .args([&out, &out])
+        .output()
+        .expect("run shardline plot");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let svg = std::fs::read_to_string(&plot).expect("p.svg written");
+    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    assert_eq!(svg.matches(">x</text>").count(), 2, "{svg}");
+}

@@ -67,9 +67,14 @@
 //!   `target` to `schedule`;
 //! - `added_us` (with `--compare-bare`): router − bare in µs, `{p50, p90, p99, p999, max}`;
 //! - `ratio` (with `--compare-bare`): router ÷ bare, same keys (`null` where bare is 0).
+//!
+//! Beside `FILE.json` go `FILE.md`, the summary in Markdown (`markdown.rs`), and
+//! `FILE.svg`, latency by percentile with bare as a second line when compared (`plot.rs`).
 
 mod args;
+pub mod markdown;
 mod mix;
+pub mod plot;
 mod poll;
 mod record;
 mod report;

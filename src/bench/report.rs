@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -254,6 +255,17 @@ impl Report {
     pub fn to_json(&self) -> String {
         // Plain data with string keys: serialization cannot fail.
         serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    /// Writes the JSON report to `json`, and beside it the same name with `.md` (the
+    /// Markdown summary) and `.svg` (latency by percentile). Returns the paths written.
+    pub fn write_files(&self, json: &Path) -> std::io::Result<[PathBuf; 3]> {
+        let value = serde_json::to_value(self).expect("report serializes");
+        let (md, svg) = (json.with_extension("md"), json.with_extension("svg"));
+        std::fs::write(json, self.to_json() + "\n")?;
+        std::fs::write(&md, super::markdown::summary(&value))?;
+        std::fs::write(&svg, super::plot::svg(&super::plot::report_series(&value)))?;
+        Ok([json.to_path_buf(), md, svg])
     }
 
     /// The table printed to stdout.
