@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1114,37 +1114,6 @@ impl Pki {
     }
 }
 
-/// Reads one response from any byte stream; `None` on an error or a close before one.
-fn read_response(reader: &mut impl BufRead) -> Option<Response> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let status = line.split(' ').nth(1)?.parse().ok()?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).ok()?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':')?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.parse().unwrap());
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
 /// A keep-alive HTTPS connection (rustls over a std socket).
 struct TlsClient {
     reader: BufReader<StreamOwned<ClientConnection, TcpStream>>,
@@ -1170,7 +1139,7 @@ impl TlsClient {
             .write_all(&request_bytes(method, path, &[], body))
             .ok()?;
         stream.flush().ok()?;
-        read_response(&mut self.reader)
+        read_response_from(&mut self.reader)
     }
 }
 
@@ -1278,7 +1247,7 @@ fn mtls_requires_a_client_certificate_from_the_ca() {
     let auth = bearer(ADMIN_TOKEN);
     let raw = request_bytes("GET", path, &[("Authorization", &auth)], b"");
     session.reader.get_mut().write_all(&raw).unwrap();
-    let got = read_response(&mut session.reader).expect("admin over mTLS");
+    let got = read_response_from(&mut session.reader).expect("admin over mTLS");
     assert_eq!(got.status, 200, "{}", text(&got));
     drop(session);
     let mut http = Client::connect(server.local_addr());
