@@ -62,8 +62,8 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 }
 
 /// The binary serves decisions, and SIGTERM while four clients are mid-stream ends it
-/// (tenants without a rate limit, so every answer before the stop is a decision)
-/// with status 0 within the bound; every response a client read was complete.
+/// with status 0 within the bound; every response a client read was complete. The tenants
+/// have no rate limit, so every answer before the stop is a decision.
 #[test]
 fn sigterm_during_traffic_exits_promptly() {
     let _serial = serial();

@@ -73,14 +73,19 @@ impl StickyTable {
         self.len == 0
     }
 
+    fn set_start(&self, key: SessionKey) -> usize {
+        (key.lo as usize & self.set_mask) * WAYS
+    }
+
     fn set(&mut self, key: SessionKey) -> &mut [Entry] {
-        let start = (key.lo as usize & self.set_mask) * WAYS;
+        let start = self.set_start(key);
         &mut self.entries[start..start + WAYS]
     }
 
     /// The live entry's provider, if its provider list is still `providers_fp`.
-    pub fn get(&mut self, key: SessionKey, providers_fp: u64, now_ns: u64) -> Option<ProviderIdx> {
-        self.set(key)
+    pub fn get(&self, key: SessionKey, providers_fp: u64, now_ns: u64) -> Option<ProviderIdx> {
+        let start = self.set_start(key);
+        self.entries[start..start + WAYS]
             .iter()
             .find(|e| e.key_hi == key.hi && e.key_lo == key.lo && e.expires_ns > now_ns)
             .filter(|e| e.providers_fp == providers_fp)
