@@ -4,7 +4,8 @@
 //! parsing (`policy`), the sans-IO decision engine (`decide`), the transports
 //! (`transport`), the server that runs them on the shards (`server`), and its operations
 //! side (`admin`, `config`, `logging`, `metrics`); `bench` is the load generator that
-//! measures it from a client's side. Transports drive the engine; the engine
+//! measures it from a client's side, and `tune` checks the node's kernel and CPU settings
+//! against a profile. Transports drive the engine; the engine
 //! never does I/O or reads a clock, so it can be tested, fuzzed and benchmarked alone.
 
 pub mod admin;
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod transport;
+pub mod tune;

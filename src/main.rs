@@ -94,6 +94,11 @@ enum Command {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+    /// The node's kernel and CPU-affinity settings against a profile in tuning/profiles/.
+    Tune {
+        #[command(subcommand)]
+        command: shardline::tune::TuneCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,6 +146,7 @@ fn main() -> ExitCode {
         ),
         Command::Bench(args) => run_bench(&args),
         Command::Plot { out, reports } => run_plot(&out, &reports),
+        Command::Tune { command } => shardline::tune::run(&command).map_err(Into::into),
     };
     match result {
         Ok(code) => code,

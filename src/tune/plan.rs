@@ -1,0 +1,162 @@
+//! `tune plan`: the commands and kernel arguments that make a machine match a profile.
+//!
+//! It prints and never executes: changing a node's kernel settings is the operator's act,
+//! reviewed before it is run (`scripts/apply_tuning.sh` applies the sysctl part, and saves
+//! what it changed so that it can be put back). Every command carries the profile's reason
+//! as a comment, so the printed plan explains itself.
+
+use std::fmt::Write as _;
+
+use shards::topology::format_cpu_list;
+
+use super::check::{cores_value, sysctl_command};
+use super::cores::CorePlan;
+use super::machine::Machine;
+use super::profile::{Expect, Profile};
+
+/// The full plan as shell text: comments, then commands an operator can paste as root.
+pub fn render(profile: &Profile, plan: &CorePlan) -> String {
+    let mut out = String::new();
+    let all = format_cpu_list(&plan.cores);
+    let n = plan.cores.len();
+    let _ = writeln!(out, "# Profile {}: {}", profile.name, profile.description);
+    let _ = writeln!(
+        out,
+        "# Machine: {n} core(s) ({all}). Run as root; nothing here has run."
+    );
+    core_section(&mut out, profile, plan);
+    boot_section(&mut out, profile, plan);
+    let _ = writeln!(
+        out,
+        "\n# sysctl (scripts/apply_tuning.sh --apply does these, --restore undoes)"
+    );
+    for (key, setting) in &profile.sysctl {
+        let command = sysctl_command(key, &setting.expect());
+        let _ = writeln!(out, "{command}  # {}", setting.why);
+    }
+    cpu_section(&mut out, profile, plan);
+    out
+}
+
+fn core_section(out: &mut String, profile: &Profile, plan: &CorePlan) {
+    let list = |cores: &[_]| format_cpu_list(cores);
+    let shards = cores_value(&plan.shards);
+    let _ = writeln!(out, "\n# Core plan: {}", profile.cores.why);
+    let _ = writeln!(out, "#   shards        {}", list(&plan.shards));
+    let _ = writeln!(out, "#   irq           {}", list(&plan.irq));
+    let _ = writeln!(out, "#   nats-server   {}", list(&plan.nats));
+    let _ = writeln!(out, "#   housekeeping  {}", list(&plan.housekeeping));
+    let _ = writeln!(
+        out,
+        "\n# Router: server.cores = \"{shards}\" in the config, or:"
+    );
+    let _ = writeln!(out, "export SHARDLINE_SERVER_CORES={shards}");
+    let nats = list(&plan.nats);
+    let _ = writeln!(
+        out,
+        "# nats-server on its cores (start it under taskset, or move it):"
+    );
+    let _ = writeln!(out, "taskset -apc {nats} \"$(pidof nats-server)\"");
+    if plan.irq != plan.cores {
+        let irq = list(&plan.irq);
+        let _ = writeln!(
+            out,
+            "# Interrupts to {irq}; irqbalance would move them back:"
+        );
+        let _ = writeln!(out, "systemctl stop irqbalance");
+        let _ = writeln!(
+            out,
+            "for f in /proc/irq/*/smp_affinity_list; do echo {irq} > \"$f\" 2>/dev/null; done"
+        );
+    }
+    if plan.housekeeping != plan.cores {
+        let hk = list(&plan.housekeeping);
+        let _ = writeln!(
+            out,
+            "# Everything else systemd starts, on the housekeeping cores:"
+        );
+        for slice in ["system.slice", "user.slice", "init.scope"] {
+            let _ = writeln!(
+                out,
+                "systemctl set-property --runtime {slice} AllowedCPUs={hk}"
+            );
+        }
+    }
+}
+
+fn boot_section(out: &mut String, profile: &Profile, plan: &CorePlan) {
+    if profile.boot.is_empty() {
+        let _ = writeln!(out, "\n# Kernel arguments: none for this profile.");
+        return;
+    }
+    let args: Vec<String> = profile
+        .boot
+        .iter()
+        .map(|(name, s)| format!("{name}={}", plan.fill(&s.expect().to_string())))
+        .collect();
+    let args = args.join(" ");
+    let _ = writeln!(out, "\n# Kernel arguments (take effect at the next boot):");
+    for (name, setting) in &profile.boot {
+        let _ = writeln!(out, "#   {name}: {}", setting.why);
+    }
+    let _ = writeln!(out, "# {args}");
+    let _ = writeln!(out, "grubby --update-kernel=ALL --args=\"{args}\"");
+    let _ = writeln!(
+        out,
+        "# (Debian/Ubuntu: append them to GRUB_CMDLINE_LINUX in /etc/default/grub, then \
+         update-grub.) Then reboot."
+    );
+}
+
+fn cpu_section(out: &mut String, profile: &Profile, plan: &CorePlan) {
+    let cpu = &profile.cpu;
+    let none = cpu.governor.is_none() && cpu.idle_latency_us_max.is_none();
+    if none && cpu.transparent_hugepages.is_none() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n# CPU (not persistent: a tuned profile or a unit keeps them)"
+    );
+    if let Some(g) = &cpu.governor {
+        let _ = writeln!(
+            out,
+            "cpupower -c all frequency-set -g {}  # {}",
+            g.expect(),
+            g.why
+        );
+    }
+    if let Some(idle) = &cpu.idle_latency_us_max {
+        let shards = format_cpu_list(&plan.shards);
+        let _ = writeln!(
+            out,
+            "cpupower -c {shards} idle-set -D {}  # {}",
+            idle.expect(),
+            idle.why
+        );
+    }
+    if let Some(thp) = &cpu.transparent_hugepages {
+        let path = "/sys/kernel/mm/transparent_hugepage/enabled";
+        let _ = writeln!(out, "echo {} > {path}  # {}", thp.expect(), thp.why);
+    }
+}
+
+/// The sysctls as `key = value` lines (the sysctl.conf format) for
+/// `scripts/apply_tuning.sh`. An at-least setting the machine already exceeds keeps its
+/// current value: applying a profile never lowers a limit someone raised.
+pub fn sysctl_conf(profile: &Profile, machine: &Machine) -> String {
+    let mut out = String::new();
+    for (key, setting) in &profile.sysctl {
+        let value = match setting.expect() {
+            Expect::Equal(v) => v,
+            Expect::AtLeast(min) => {
+                let current = machine
+                    .sysctl(key)
+                    .and_then(|v| v.trim().parse::<i64>().ok());
+                current.filter(|c| *c >= min).unwrap_or(min).to_string()
+            }
+        };
+        let _ = writeln!(out, "{key} = {value}");
+    }
+    out
+}
