@@ -298,3 +298,32 @@ fn sysctl_conf_keeps_higher_limits() {
     );
     assert!(!conf.contains('#'), "{conf}");
 }
+
+/// `scripts/apply_tuning.sh --dry-run` works from any directory, with a profile path
+/// relative to the caller, and lists every sysctl of the profile without changing one.
+#[test]
+fn apply_script_dry_run_lists_every_sysctl() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/apply_tuning.sh");
+    let out = Command::new(script)
+        .args(["--dry-run", "--profile", "profiles/dev.toml"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning"))
+        .env("SHARDLINE_BIN", env!("CARGO_BIN_EXE_shardline"))
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for key in ["net.core.somaxconn", "kernel.io_uring_disabled"] {
+        let listed = text.lines().any(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|k| k.trim_end_matches(':') == key)
+        });
+        assert!(listed, "{key} missing from\n{text}");
+    }
+    assert!(!text.contains("saved the old values"), "{text}");
+}
