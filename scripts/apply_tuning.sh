@@ -2,7 +2,7 @@
 # Applies the sysctl part of a tuning profile, and puts it back.
 #
 #   scripts/apply_tuning.sh --dry-run [--profile NAME|PATH]   show what would change
-#   scripts/apply_tuning.sh --apply   [--profile NAME|PATH]   change it (root), saving the old values
+#   scripts/apply_tuning.sh --apply   [--profile NAME|PATH]   change it (root), saving old values
 #   scripts/apply_tuning.sh --restore                         put the saved values back (root)
 #
 # The profile defaults to low-latency. The values come from `shardline tune plan
@@ -54,7 +54,7 @@ need_root() {
     fi
 }
 
-# One "key = value" line per sysctl, whitespace folded.
+# Whitespace runs folded to one space, ends trimmed.
 trim() { echo "$1" | xargs; }
 
 apply() {

@@ -38,7 +38,11 @@ fn limit_constants() -> Vec<(String, String, String)> {
     let mut found = Vec::new();
     for file in files {
         let text = fs::read_to_string(&file).unwrap();
-        let rel = file.strip_prefix(ROOT).unwrap().to_string_lossy().into_owned();
+        let rel = file
+            .strip_prefix(ROOT)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         for (i, line) in text.lines().enumerate() {
             let Some(rest) = line.trim_start().strip_prefix("pub const ") else {
                 continue;
@@ -62,12 +66,18 @@ fn limit_constants() -> Vec<(String, String, String)> {
 /// The rows of the table under `## Limits` in docs/ARCHITECTURE.md, as their cells.
 fn limits_table() -> Vec<Vec<String>> {
     let doc = fs::read_to_string(Path::new(ROOT).join("docs/ARCHITECTURE.md")).unwrap();
-    let section = doc.split("\n## Limits").nth(1).expect("a `## Limits` section");
+    let section = doc
+        .split("\n## Limits")
+        .nth(1)
+        .expect("a `## Limits` section");
     let section = section.split("\n## ").next().unwrap();
     let rows = section.lines().filter(|l| l.starts_with("| `"));
     let cells = |l: &str| {
         let inner = l.trim().trim_matches('|');
-        inner.split(" | ").map(|c| c.trim().trim_matches('`').to_owned()).collect()
+        inner
+            .split(" | ")
+            .map(|c| c.trim().trim_matches('`').to_owned())
+            .collect()
     };
     rows.map(cells).collect()
 }
@@ -77,24 +87,36 @@ fn limits_table() -> Vec<Vec<String>> {
 #[test]
 fn every_limit_constant_is_in_the_limits_table() {
     let constants = limit_constants();
-    assert!(constants.len() > 100, "the scan found {} constants", constants.len());
+    assert!(
+        constants.len() > 100,
+        "the scan found {} constants",
+        constants.len()
+    );
     let table = limits_table();
     let mut problems = Vec::new();
     for (name, file, expr) in &constants {
         match table.iter().find(|r| r[0] == *name && r[1] == *file) {
             None => problems.push(format!("{name} ({file}) has no row")),
-            Some(row) if row[2] != *expr => {
-                problems.push(format!("{name} ({file}): table says {}, code {expr}", row[2]))
-            }
+            Some(row) if row[2] != *expr => problems.push(format!(
+                "{name} ({file}): table says {}, code {expr}",
+                row[2]
+            )),
             Some(_) => {}
         }
     }
     for row in &table {
-        if !constants.iter().any(|(n, f, _)| *n == row[0] && *f == row[1]) {
+        if !constants
+            .iter()
+            .any(|(n, f, _)| *n == row[0] && *f == row[1])
+        {
             problems.push(format!("row {} ({}) names no constant", row[0], row[1]));
         }
     }
-    assert!(problems.is_empty(), "limits table:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "limits table:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 /// The documentation files whose commands are checked.
@@ -154,7 +176,13 @@ fn invocations(command: &str) -> Vec<Vec<String>> {
     let words: Vec<&str> = command.split_whitespace().collect();
     let mut found = Vec::new();
     for (i, word) in words.iter().enumerate() {
-        let is_binary = word.ends_with("/shardline") || *word == "shardline";
+        // `shardline` as a command word (not an argument, as in `pidof shardline`).
+        let command_position = i == 0
+            || matches!(
+                words[i - 1],
+                "|" | "&&" | "||" | ";" | "&" | "sudo" | "exec" | "time"
+            );
+        let is_binary = word.ends_with("/shardline") || (*word == "shardline" && command_position);
         let via_cargo = *word == "--" && i >= 2 && words[..i].contains(&"run");
         if !is_binary && !via_cargo {
             continue;
@@ -218,7 +246,9 @@ impl Cli {
         let help = self.help(&path).to_owned();
         for word in rest.iter().filter(|w| w.starts_with("--") && w.len() > 2) {
             let flag = word.split('=').next().unwrap();
-            let listed = help.split_whitespace().any(|w| w.trim_end_matches(',') == flag);
+            let listed = help
+                .split_whitespace()
+                .any(|w| w.trim_end_matches(',') == flag);
             if !listed {
                 return Some(format!("`shardline {}` has no {flag}", path.join(" ")));
             }
@@ -258,7 +288,10 @@ fn documented_commands_and_scripts_exist() {
             }
         }
     }
-    assert!(checked > 20, "only {checked} shardline commands found in the docs");
+    assert!(
+        checked > 20,
+        "only {checked} shardline commands found in the docs"
+    );
     let mut missing = Vec::new();
     for script in &scripts {
         let path = Path::new(ROOT).join(script);
@@ -267,14 +300,19 @@ fn documented_commands_and_scripts_exist() {
             m.is_file() && m.permissions().mode() & 0o111 != 0
         });
         if !executable && !SCRIPTS_LANDING_WITH_NATS.contains(&script.as_str()) {
-            problems.push(format!("{script}: documented but missing or not executable"));
+            problems.push(format!(
+                "{script}: documented but missing or not executable"
+            ));
         }
         if !path.exists() {
             missing.push(script.as_str());
         }
     }
     if !missing.is_empty() {
-        eprintln!("documented scripts not in this tree yet: {}", missing.join(", "));
+        eprintln!(
+            "documented scripts not in this tree yet: {}",
+            missing.join(", ")
+        );
     }
     assert!(problems.is_empty(), "docs:\n  {}", problems.join("\n  "));
 }
@@ -287,11 +325,18 @@ fn the_command_checker_catches_mistakes() {
         help: BTreeMap::new(),
     };
     let args = |line: &str| invocations(line).remove(0);
-    assert_eq!(cli.problem(&args("shardline tune check --profile dev --strict")), None);
+    assert_eq!(
+        cli.problem(&args("shardline tune check --profile dev --strict")),
+        None
+    );
     let wrong_flag = cli.problem(&args("shardline tune plan --strict")).unwrap();
     assert!(wrong_flag.contains("no --strict"), "{wrong_flag}");
     let wrong_command = cli.problem(&args("shardline tune apply")).unwrap();
-    assert!(wrong_command.contains("no subcommand \"apply\""), "{wrong_command}");
+    assert!(
+        wrong_command.contains("no subcommand \"apply\""),
+        "{wrong_command}"
+    );
     let via_cargo = args("cargo run --release -- serve --config x.toml | tee log");
     assert_eq!(via_cargo, ["serve", "--config", "x.toml"]);
+    assert!(invocations("pidof shardline || journalctl -u shardline --no-pager").is_empty());
 }

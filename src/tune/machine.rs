@@ -152,12 +152,12 @@ pub fn sysctl_path(key: &str) -> String {
 pub fn boot_param<'a>(cmdline: &'a str, name: &str) -> Option<&'a str> {
     let args = cmdline.split(" -- ").next().unwrap_or("");
     args.split_whitespace()
-        .filter_map(|arg| match arg.split_once('=') {
+        .rev()
+        .find_map(|arg| match arg.split_once('=') {
             Some((key, value)) if key == name => Some(value),
             None if arg == name => Some(""),
             _ => None,
         })
-        .last()
 }
 
 #[cfg(test)]
