@@ -23,8 +23,13 @@
 //!
 //! No I/O except `Registry::load_dir`, no clock: time comes in as `now_ns`.
 
+mod codec;
 mod registry;
 
+pub use codec::{
+    decode_reply, encode_call, Call, StageReply, REPLY_BYTES_MAX, REPLY_MESSAGE_BYTES_MAX,
+    REPLY_METADATA_ENTRIES_MAX,
+};
 pub use registry::{
     parse_extension, Extension, ExtensionKind, Registry, RegistryError, Resolved, Unresolved,
     EXTENSIONS_MAX, EXTENSION_FILE_BYTES_MAX, EXTENSION_RETRIES_MAX, EXTENSION_RETRY_FIELD_MAX,
