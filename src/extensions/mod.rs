@@ -23,9 +23,12 @@
 //!
 //! No I/O except `Registry::load_dir`, no clock: time comes in as `now_ns`.
 
+mod breakers;
 mod codec;
 mod registry;
+mod retry;
 
+pub use breakers::{CallOutcome, ExtensionBreakers, ExtensionCounters, EXTENSION_BREAKER};
 pub use codec::{
     decode_reply, encode_call, Call, StageReply, REPLY_BYTES_MAX, REPLY_MESSAGE_BYTES_MAX,
     REPLY_METADATA_ENTRIES_MAX,
@@ -35,3 +38,4 @@ pub use registry::{
     EXTENSIONS_MAX, EXTENSION_FILE_BYTES_MAX, EXTENSION_RETRIES_MAX, EXTENSION_RETRY_FIELD_MAX,
     EXTENSION_TIMEOUT_MS_MAX, SUBJECT_BYTES_MAX,
 };
+pub use retry::RetryPlan;
