@@ -23,11 +23,13 @@
 //!
 //! No I/O except `Registry::load_dir`, no clock: time comes in as `now_ns`.
 
+mod admin;
 mod breakers;
 mod codec;
 mod registry;
 mod retry;
 
+pub use admin::{extension_health, pipeline_complexity};
 pub use breakers::{CallOutcome, ExtensionBreakers, ExtensionCounters, EXTENSION_BREAKER};
 pub use codec::{
     decode_reply, encode_call, Call, StageReply, REPLY_BYTES_MAX, REPLY_MESSAGE_BYTES_MAX,
