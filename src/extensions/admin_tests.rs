@@ -123,3 +123,26 @@ fn complexity_warns_about_budget_and_required_stages() {
          extension_not_found"
     );
 }
+
+/// Beamline's extension policies against Beamline's registry: every stage either resolves
+/// or is warned about (when the fixtures are present; see `tests/compat_beamline.rs`).
+#[test]
+fn beamline_policies_against_beamline_registry() {
+    let dir = std::env::var_os("SHARDLINE_COMPAT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/compat/beamline")
+        });
+    if !dir.join("extensions").is_dir() {
+        println!("Beamline fixtures not found (set SHARDLINE_COMPAT_DIR); nothing to check");
+        return;
+    }
+    let reg = Registry::load_dir(&dir.join("extensions")).unwrap();
+    let bytes = std::fs::read(dir.join("policies/extensions_full.json")).unwrap();
+    let full = parse_policy("beamline", "extensions_full", "full", &bytes).unwrap();
+    let body = parse(pipeline_complexity(&full, &reg));
+    assert_eq!(body["stages"]["total"], json!(7));
+    // normalize_text 100, pii_guard 200, mask_pii 150; the other four are not registered.
+    assert_eq!(body["latency_budget_ms"], json!(450));
+    assert_eq!(body["warnings"].as_array().unwrap().len(), 4);
+}

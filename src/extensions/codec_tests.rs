@@ -50,7 +50,12 @@ fn call_body() {
     };
     let mut out = b"prefix:".to_vec();
     encode_call(&mut out, &call);
-    let want = r#"prefix:{"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","tenant_id":"acme","payload":{"text" : "Hi",  "n":1.50},"metadata":{"user_id":"u-42","n":3,"lang":"en","ok":true},"config":{"lowercase":true}}"#;
+    let want = concat!(
+        r#"prefix:{"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","tenant_id":"acme","#,
+        r#""payload":{"text" : "Hi",  "n":1.50},"#,
+        r#""metadata":{"user_id":"u-42","n":3,"lang":"en","ok":true},"#,
+        r#""config":{"lowercase":true}}"#,
+    );
     assert_eq!(std::str::from_utf8(&out).unwrap(), want);
 }
 
@@ -142,7 +147,10 @@ fn validator_reply_forms() {
     );
     assert_eq!(
         outcome(v, r#"{"valid":"yes"}"#),
-        failed("reply is not readable: invalid type: string \"yes\", expected a boolean at line 1 column 14")
+        failed(concat!(
+            "reply is not readable: invalid type: string \"yes\", ",
+            "expected a boolean at line 1 column 14"
+        ))
     );
 }
 

@@ -215,14 +215,15 @@ impl Registry {
     /// with `.` are ignored). A missing directory is an empty registry: extensions are
     /// optional, and a policy naming one then gets `extension_not_found`.
     pub fn load_dir(dir: &Path) -> Result<Registry, RegistryError> {
-        let files = match list_files(dir) {
-            Ok(files) => files,
+        let listing = match fs::read_dir(dir) {
+            Ok(listing) => listing,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Registry::default()),
             Err(source) => {
                 let path = dir.to_owned();
                 return Err(RegistryError::Io { path, source });
             }
         };
+        let files = list_files(dir, listing)?;
         if files.len() > EXTENSIONS_MAX {
             return Err(RegistryError::TooMany {
                 dir: dir.to_owned(),
@@ -349,15 +350,24 @@ fn is_empty_object(v: &RawValue) -> bool {
     s.starts_with('{') && s[1..].trim_start() == "}"
 }
 
-fn list_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+fn list_files(dir: &Path, listing: fs::ReadDir) -> Result<Vec<PathBuf>, RegistryError> {
     let mut files = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
+    for entry in listing {
+        let path = entry
+            .map_err(|source| RegistryError::Io {
+                path: dir.to_owned(),
+                source,
+            })?
+            .path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-        let json = path.extension().is_some_and(|e| e == "json");
+        if name.starts_with('.') || path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
         // Follows symlinks, as the policy directory does.
-        if json && !name.starts_with('.') && fs::metadata(&path)?.is_file() {
-            files.push(path);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push(path),
+            Ok(_) => {}
+            Err(source) => return Err(RegistryError::Io { path, source }),
         }
         if files.len() > EXTENSIONS_MAX {
             break;

@@ -138,7 +138,10 @@ fn bad_files_name_file_and_field() {
         ),
         (
             r#"{"id":"a","type":"pre","subject":"s.*","timeout_ms":5}"#,
-            r#"x.json: $.subject: "s.*" is not a NATS subject one can publish to (dot-separated tokens, no spaces, no * or >)"#,
+            concat!(
+                r#"x.json: $.subject: "s.*" is not a NATS subject one can publish to "#,
+                "(dot-separated tokens, no spaces, no * or >)"
+            ),
         ),
         (
             r#"{"id":"a","type":"pre","subject":"s","timeout_ms":0}"#,
@@ -309,4 +312,17 @@ fn resolve_failures() {
 
     assert!(reg.resolve(&stage("guard", StageKind::Validator)).is_ok());
     assert_eq!(reg.index_of("prov"), Some(2));
+}
+
+/// A file that cannot be read is an I/O error naming that file, not the directory.
+#[test]
+fn unreadable_file_is_named() {
+    let dir = temp_dir("dangling");
+    std::os::unix::fs::symlink(dir.join("gone.json"), dir.join("x.json")).unwrap();
+    let err = Registry::load_dir(&dir).unwrap_err();
+    let RegistryError::Io { path, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(path.ends_with("x.json"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
