@@ -14,6 +14,7 @@ pub mod bench;
 pub mod config;
 pub mod contract;
 pub mod decide;
+pub mod extensions;
 pub mod gate;
 pub mod logging;
 pub mod metrics;

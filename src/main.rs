@@ -12,6 +12,7 @@ use shardline::answer::encode_outcome;
 use shardline::config::{Config, CONFIG_PATH_DEFAULT};
 use shardline::contract::{context_ids, decode_decide, encode_contract_error, Headers};
 use shardline::decide::{decide, Now, ShardState, StateConfig};
+use shardline::extensions::Registry;
 use shardline::policy::{check_paths, RoutingTable};
 use shardline::server::{Server, ServerSettings};
 
@@ -319,6 +320,14 @@ fn run_config_check(file: &Path) -> Result<ExitCode> {
     match Config::load(file) {
         Ok(config) => {
             print!("{}", config.redacted_summary());
+            let dir = &config.server.extensions_dir;
+            match Registry::load_dir(dir) {
+                Ok(registry) => println!("# {}: {} extension(s)", dir.display(), registry.len()),
+                Err(err) => {
+                    println!("{err}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             println!("# {}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -21,6 +21,7 @@ mod request;
 mod types;
 mod worker;
 
+pub use check::is_nats_subject;
 pub use code::ErrorCode;
 pub use encode::{encode_contract_error, encode_decision, encode_error, DecisionBody};
 pub use error::{ContractError, ErrorDetails, Found, JsonKind, Rule, VERSION_UNSUPPORTED};

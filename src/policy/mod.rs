@@ -1,7 +1,7 @@
 //! Routing policies: parsing the accepted document formats and normalising them into one
 //! compiled model, and the immutable routing table built from a config directory.
 
-mod json;
+pub(crate) mod json;
 pub mod model;
 mod parse;
 mod table;
