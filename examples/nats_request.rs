@@ -101,7 +101,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("nats_request: no responder on {} ({})", args.subject, args.url);
+            eprintln!(
+                "nats_request: no responder on {} ({})",
+                args.subject, args.url
+            );
             ExitCode::from(2)
         }
         Err(e) => {
