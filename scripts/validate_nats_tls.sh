@@ -132,10 +132,13 @@ done
 if [ "$connected" = 1 ]; then
   pass "the router is connected to nats-server with its client certificate"
 else
-  fail "no connection named shardline in http://127.0.0.1:$monitor_port/connz within 10 s"
+  fail "no connection named shardline in" \
+    "http://127.0.0.1:$monitor_port/connz within 10 s"
 fi
 
-body='{"version":"1","tenant_id":"acme","request_id":"validate-1","task":{"type":"chat","payload":{}}}'
+# A DecideRequest for the bundled tenant acme (config/policies/acme/default.json).
+body='{"version":"1","tenant_id":"acme","request_id":"validate-1",'
+body+='"task":{"type":"chat","payload":{}}}'
 reply=""
 for _ in $(seq 1 10); do
   set +e
