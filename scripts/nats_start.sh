@@ -23,6 +23,13 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+for p in "$port" "$monitor_port"; do
+  case "$p" in
+    ''|*[!0-9]*) echo "not a port number: '$p'" >&2; exit 2 ;;
+  esac
+done
+[ "$port" != "$monitor_port" ] || { echo "--port and --monitor-port must differ" >&2; exit 2; }
+
 if pid="$(nats_running_pid)"; then
   echo "nats-server already running: pid $pid, $(tr '\n' ' ' <"$NATS_ENVFILE" 2>/dev/null)" \
     "(scripts/nats_stop.sh first to start it with other options)"
