@@ -71,7 +71,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors; unusable arguments exit 3, not clap's 2.
+            return ExitCode::from(if e.use_stderr() { 3 } else { 0 });
+        }
+    };
     let body = match read_body(&args) {
         Ok(body) => body,
         Err(e) => {
