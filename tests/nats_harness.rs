@@ -119,7 +119,7 @@ fn tls_with_client_verification_serves_certified_clients_only() {
         .expect_err("a client without a certificate is refused");
     eprintln!("client without a certificate: {error}");
     assert!(
-        server.log().contains("client didn't provide a certificate"),
+        server.log_shows("client didn't provide a certificate", REPLY_TIMEOUT),
         "server log:\n{}",
         server.log()
     );
@@ -216,7 +216,7 @@ fn max_payload_is_announced_and_enforced() {
         "the oversize message was delivered"
     );
     assert!(
-        server.log().contains("maximum payload exceeded"),
+        server.log_shows("maximum payload exceeded", REPLY_TIMEOUT),
         "server log:\n{}",
         server.log()
     );

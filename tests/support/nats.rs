@@ -176,6 +176,21 @@ impl NatsServer {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Whether the log shows `needle` within `timeout` (the server may log an event a
+    /// moment after the client has seen its effect).
+    pub fn log_shows(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(READY_POLL);
+        }
+    }
+
     /// Kills the server and waits for it to exit. Stopping a stopped server does nothing.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
