@@ -3,6 +3,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The black-box NATS tests run a real nats-server; install Debian's package when missing.
+ensure_nats_server() {
+  if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then
+    return 0
+  fi
+  local as_root=()
+  if [ "$(id -u)" != 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "nats-server is missing; installing it needs root: apt-get install -y nats-server" >&2
+      exit 1
+    fi
+    as_root=(sudo)
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "nats-server is missing and there is no apt-get: put nats-server 2.9+ on PATH" >&2
+    exit 1
+  fi
+  echo "nats-server is missing: installing Debian's nats-server package"
+  local apt=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+  # Try without refreshing the package lists first; refresh them when that fails.
+  if ! "${apt[@]}" install -y nats-server; then
+    "${apt[@]}" update && "${apt[@]}" install -y nats-server || {
+      echo "could not install nats-server: apt-get install -y nats-server" >&2
+      exit 1
+    }
+  fi
+}
+ensure_nats_server
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --skip every_beamline_fixture_loads_and_decides

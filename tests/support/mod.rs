@@ -3,8 +3,13 @@
 //!
 //! Servers in one test binary run one at a time (`serial`): each pins a shard per core
 //! and locks io_uring memory, and two at once would only measure contention.
+//!
+//! `nats` starts a real nats-server (plain, TLS with client verification, token or
+//! user/password) for tests that speak NATS.
 
 #![allow(dead_code)]
+
+pub mod nats;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
