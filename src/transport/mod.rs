@@ -1,3 +1,4 @@
 //! Transports: how requests reach the router and answers leave it.
 
 pub mod http;
+pub mod nats;

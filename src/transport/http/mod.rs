@@ -51,6 +51,7 @@ pub use response::{reason_phrase, ExtraHeaders, HeaderRejected, Response, CONTEN
 pub use server::{serve, ServeError, CONNECTION_LIMIT_MESSAGE};
 pub use stats::{HttpStats, HttpStatsSnapshot, RESPONSE_CLASSES};
 pub use stop::Stop;
+pub(crate) use tls::load_certs;
 pub use tls::{TlsAcceptor, TlsError};
 
 /// What answers requests. One instance per shard, shared by its connections (`Rc`).
