@@ -20,6 +20,17 @@ pub fn encode_outcome(
 }
 
 fn encode_decided(out: &mut Vec<u8>, table: &RoutingTable, req: &DecideRequest<'_>, d: &Decision) {
+    with_body(table, req, d, |body| encode_decision(out, body));
+}
+
+/// Calls `f` with the wire view of decision `d` (the answer, and the assignment's
+/// `decision` part).
+pub fn with_body<R>(
+    table: &RoutingTable,
+    req: &DecideRequest<'_>,
+    d: &Decision,
+    f: impl FnOnce(&DecisionBody<'_>) -> R,
+) -> R {
     let policy = table.policy(d.slot);
     // Pre-processors' metadata joins the echo only when extensions ran (rare: allocates).
     let merged;
@@ -44,7 +55,7 @@ fn encode_decided(out: &mut Vec<u8>, table: &RoutingTable, req: &DecideRequest<'
         request_id: &req.request_id,
         trace_id: req.trace_id.as_deref(),
     };
-    encode_decision(out, &body);
+    f(&body)
 }
 
 fn pre_then_post(d: &Decision) -> Vec<(Box<str>, serde_json::Value)> {

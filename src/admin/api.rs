@@ -168,6 +168,10 @@ impl Admin {
         &self.store
     }
 
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
     /// Answers one request; see the module doc for the routes and the order of checks.
     pub fn handle(&self, req: AdminRequest<'_>, shard: ShardView<'_>) -> AdminResponse {
         let scope = match self.tokens.authorize(req.authorization) {

@@ -26,7 +26,7 @@ pub struct AdminResponse {
 
 impl AdminResponse {
     /// A body that is already JSON (a stored policy document, a DecideResponse).
-    pub(super) fn raw(status: u16, body: Vec<u8>) -> Self {
+    pub fn raw(status: u16, body: Vec<u8>) -> Self {
         AdminResponse {
             status,
             body,
@@ -45,7 +45,7 @@ impl AdminResponse {
     }
 
     /// An ErrorResponse with a status other than the code's (404 and 405 for routing).
-    pub(super) fn error_status(status: u16, code: ErrorCode, message: &str) -> Self {
+    pub fn error_status(status: u16, code: ErrorCode, message: &str) -> Self {
         let mut body = Vec::new();
         encode_error(
             &mut body,

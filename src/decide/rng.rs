@@ -22,6 +22,14 @@ impl Rng {
         (t as u64) ^ ((t >> 64) as u64)
     }
 
+    /// 16 random bytes (e.g. a UUID's).
+    pub fn next_bytes(&mut self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        out[8..].copy_from_slice(&self.next_u64().to_le_bytes());
+        out
+    }
+
     /// Uniform in `0..bound` (Lemire's multiply-shift; the bias is below 2^-64 · bound).
     pub fn below(&mut self, bound: u64) -> u64 {
         debug_assert!(bound > 0);

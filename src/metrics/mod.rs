@@ -235,8 +235,9 @@ label_enum!(
         RingFull => "ring_full",
         /// The in-flight budget to the owning shard was spent.
         HandoffBudget => "handoff_budget",
-        /// The ring to the NATS bridge was full (assignment, usage event or reply).
-        BridgeFull => "bridge_full",
+        /// The shard's NATS outbound buffer was full (reply, assignment or usage event),
+        /// or too many NATS requests were already being answered asynchronously.
+        NatsFull => "nats_full",
         /// The shard is draining for shutdown.
         Draining => "draining",
     }
@@ -297,6 +298,10 @@ pub struct ShardMetrics {
     pub assignments: Counter,
     /// ExecAssignmentAcks received.
     pub assignment_acks: Counter,
+    /// UsageEvents published.
+    pub usage_events: Counter,
+    /// Decide messages over NATS without a reply subject (not answerable).
+    pub nats_no_reply: Counter,
     /// Decide requests answered from the idempotency cache.
     pub idempotency_hits: Counter,
     breaker_transitions: [Counter; BREAKER_TRANSITIONS],
@@ -326,6 +331,8 @@ impl ShardMetrics {
             results_rejected: Counter::new(),
             assignments: Counter::new(),
             assignment_acks: Counter::new(),
+            usage_events: Counter::new(),
+            nats_no_reply: Counter::new(),
             idempotency_hits: Counter::new(),
             breaker_transitions: [const { Counter::new() }; BREAKER_TRANSITIONS],
             extension_calls: [const { Counter::new() }; EXTENSION_OUTCOMES],

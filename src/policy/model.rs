@@ -290,6 +290,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether the policy has any extension stage (pre, validator or post).
+    pub fn has_stages(&self) -> bool {
+        !(self.pre.is_empty() && self.validators.is_empty() && self.post.is_empty())
+    }
+
     pub fn provider(&self, idx: ProviderIdx) -> &Provider {
         &self.providers[idx.get()]
     }

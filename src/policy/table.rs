@@ -41,6 +41,8 @@ struct TenantPolicies {
     by_id: Map<Box<str>, PolicySlot>,
     /// Every policy of the tenant that names the provider, in slot order.
     by_provider: Map<Box<str>, Box<[(PolicySlot, ProviderIdx)]>>,
+    /// Some policy of the tenant has extension stages.
+    has_stages: bool,
 }
 
 /// All tenants' policies; see the module doc.
@@ -83,6 +85,7 @@ impl RoutingTable {
                 continue;
             }
             tenant.by_id.insert(policy.id.clone(), slot);
+            tenant.has_stages |= policy.has_stages();
             for (p, provider) in policy.providers.iter().enumerate() {
                 let key = (&*policy.tenant, &*provider.name);
                 refs.entry(key)
@@ -115,6 +118,12 @@ impl RoutingTable {
     /// The slot of a tenant's policy; does not allocate.
     pub fn lookup(&self, tenant: &str, policy_id: &str) -> Option<PolicySlot> {
         self.tenants.get(tenant)?.by_id.get(policy_id).copied()
+    }
+
+    /// Whether any policy of `tenant` has extension stages (a cheap pre-check before
+    /// decoding a request to find its policy).
+    pub fn tenant_has_stages(&self, tenant: &str) -> bool {
+        self.tenants.get(tenant).is_some_and(|t| t.has_stages)
     }
 
     /// Panics on a slot this table did not hand out (a bug, not an input error).

@@ -57,6 +57,16 @@ pub struct Reply {
     pub status: u16,
     pub retry_after_s: Option<u64>,
     pub body: Vec<u8>,
+    /// An ExecAssignment the answering shard publishes after the answer.
+    pub assignment: Option<Box<Outgoing>>,
+}
+
+/// A NATS message to publish: subject, headers, body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outgoing {
+    pub subject: Box<str>,
+    pub headers: Vec<(&'static str, Box<str>)>,
+    pub body: Vec<u8>,
 }
 
 #[derive(Debug)]

@@ -7,9 +7,13 @@
 //! ready. Stop: SIGTERM/SIGINT → the mesh's stop protocol: listeners close, in-flight
 //! requests (including handoffs) are answered, then every shard exits.
 
+mod admin_call;
 pub mod cache;
 pub mod handoff;
+pub mod nats;
+mod nats_admin;
 pub mod owner;
+pub mod pipeline;
 pub mod service;
 pub mod shard;
 pub mod stats;
@@ -25,9 +29,11 @@ use shards::{CoreSelection, Partitioner, Runtime, RuntimeConfig, ShardContext, S
 
 use crate::admin::{Admin, PolicyStore, TableHandle, Tokens, Watcher};
 use crate::decide::Now;
+use crate::extensions::Registry;
 use crate::metrics::Transport;
 use crate::policy::RoutingTable;
 use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
+use crate::transport::nats::ClientStats;
 use handoff::Msg;
 use owner::OwnerConfig;
 use service::RouterService;
@@ -60,6 +66,10 @@ pub struct ServerSettings {
     pub admin_tokens: Vec<(String, Option<String>)>,
     pub watch_interval: Duration,
     pub stop_timeout: Duration,
+    /// Extension registry (`server.extensions_dir`), loaded once at start.
+    pub extensions_dir: PathBuf,
+    /// `[nats]` when a URL is configured; `None` = NATS off.
+    pub nats: Option<crate::config::NatsConfig>,
 }
 
 /// Process-wide, read-mostly state every shard can see.
@@ -74,6 +84,12 @@ pub struct Shared {
     ready: AtomicBool,
     stopping: AtomicBool,
     watch: Option<Arc<crate::admin::WatchStats>>,
+    pub registry: Arc<Registry>,
+    pub nats_settings: Option<Arc<nats::NatsSettings>>,
+    /// Per shard: its NATS client's counters (empty when NATS is off).
+    pub nats: Box<[Arc<ClientStats>]>,
+    /// Per shard: calls by extension and outcome.
+    pub extension_calls: Box<[nats::ExtensionCalls]>,
 }
 
 impl Shared {
@@ -92,7 +108,14 @@ impl Shared {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_stopping()
+        self.ready.load(Ordering::Acquire) && !self.is_stopping() && self.nats_connected()
+    }
+
+    /// Whether every shard's NATS connection is up (true when NATS is off).
+    pub fn nats_connected(&self) -> bool {
+        self.nats
+            .iter()
+            .all(|s| s.connected.load(Ordering::Relaxed) == 1)
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -108,6 +131,7 @@ impl Shared {
             generation,
             table.len(),
             self.watch.as_deref(),
+            nats::metric_series(&self.nats, &self.extension_calls, &self.registry),
         );
     }
 }
@@ -133,6 +157,12 @@ impl Server {
             anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
         })?;
         let shard_count = Topology::detect()?.select(&settings.cores)?.len();
+        let registry = Registry::load_dir(&settings.extensions_dir)
+            .map_err(|e| anyhow::anyhow!("invalid extension registry: {e}"))?;
+        let nats = match &settings.nats {
+            Some(config) => Some(Arc::new(nats::NatsSettings::from_config(config)?)),
+            None => None,
+        };
         let handle = TableHandle::new(table);
         let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
         let admin = admin(&settings, &store, &handle)?;
@@ -149,6 +179,15 @@ impl Server {
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             watch: Some(Arc::clone(watcher.stats())),
+            nats: match &nats {
+                Some(_) => (0..shard_count).map(|_| Arc::default()).collect(),
+                None => Box::new([]),
+            },
+            nats_settings: nats,
+            extension_calls: (0..shard_count)
+                .map(|_| nats::ExtensionCalls::new(registry.len()))
+                .collect(),
+            registry: Arc::new(registry),
             handle,
             admin,
             settings,
@@ -285,6 +324,9 @@ fn start_shard(
             }
         });
         servers.push(task.detach());
+    }
+    if let Some(nats) = &shared.nats_settings {
+        servers.push(nats::start(&shard, nats, stop.clone()));
     }
     Ok(shard::mesh_loop(shard, ctx.end, stop, servers))
 }
@@ -470,6 +512,8 @@ impl ServerSettings {
             watch_interval: Duration::from_millis(crate::admin::WATCH_INTERVAL_MS),
             // The shards' own stop deadline leaves the HTTP drain its full time first.
             stop_timeout: drain + Duration::from_secs(5),
+            extensions_dir: s.extensions_dir.clone(),
+            nats: config.nats.enabled().then(|| config.nats.clone()),
         }
     }
 }

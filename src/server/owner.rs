@@ -13,7 +13,10 @@ use crate::contract::{
 use crate::decide::{decide, DecideError, Now, Observed, Outcome, ShardState, StateConfig};
 use crate::policy::RoutingTable;
 
-use super::cache::TtlCache;
+use super::cache::{Fingerprint, TtlCache};
+use super::handoff::Outgoing;
+use crate::contract::{AssignmentId, ExecAssignment, ASSIGNMENT_SUBJECT_DEFAULT};
+use crate::decide::rng::Rng;
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -62,6 +65,9 @@ pub struct Owner {
     pub state: ShardState,
     idempotency: TtlCache<Replay>,
     results_seen: TtlCache<()>,
+    /// Set when NATS is on: how assignments are made.
+    pub assign: Option<Assigner>,
+    ids: Rng,
 }
 
 impl Owner {
@@ -79,41 +85,84 @@ impl Owner {
                 config.results_seen_ttl_ms * NS_PER_MS,
                 seed ^ 2,
             ),
+            assign: None,
+            ids: Rng::new(seed ^ 3),
         }
     }
 
-    /// Decides a validated request; a repeated idempotency key gets the first answer.
+    /// Decides a validated request; a repeated idempotency key gets the first answer. An
+    /// ExecAssignment to publish after the answer, if the request asked for one, goes to
+    /// `assignment`.
     pub fn decide(
         &mut self,
         table: &RoutingTable,
         req: &DecideRequest<'_>,
         now: Now,
         out: &mut Vec<u8>,
+        assignment: &mut Option<Outgoing>,
     ) -> Answered {
-        let key = req.idempotency_key.as_ref().map(|k| {
-            self.idempotency
-                .fingerprint(&[req.tenant_id.as_bytes(), k.as_bytes()])
-        });
-        if let Some(replay) = key.and_then(|k| self.idempotency.get(k, now.mono_ns)) {
-            out.extend_from_slice(&replay.body);
-            let counted = Counted::Replayed;
-            return Answered {
-                status: replay.status,
-                retry_after_s: None,
-                counted,
-            };
+        if let Some(replayed) = self.replay(req, now, out) {
+            return replayed;
         }
         let start = out.len();
         let outcome = decide(table, &mut self.state, req, now);
-        encode_outcome(out, table, req, &outcome);
-        let answered = answered(&outcome);
+        self.conclude(table, req, &outcome, None, now, start, out, assignment)
+    }
+
+    /// The remembered answer to a repeated idempotency key, written to `out`.
+    pub fn replay(
+        &mut self,
+        req: &DecideRequest<'_>,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) -> Option<Answered> {
+        let key = self.idempotency_key(req)?;
+        let replay = self.idempotency.get(key, now.mono_ns)?;
+        out.extend_from_slice(&replay.body);
+        Some(Answered {
+            status: replay.status,
+            retry_after_s: None,
+            counted: Counted::Replayed,
+        })
+    }
+
+    fn idempotency_key(&self, req: &DecideRequest<'_>) -> Option<Fingerprint> {
+        let k = req.idempotency_key.as_ref()?;
+        Some(
+            self.idempotency
+                .fingerprint(&[req.tenant_id.as_bytes(), k.as_bytes()]),
+        )
+    }
+
+    /// Encodes an outcome, remembers it under the idempotency key and prepares the
+    /// assignment. `payload` is the task payload as pre-processors left it, if they did.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conclude(
+        &mut self,
+        table: &RoutingTable,
+        req: &DecideRequest<'_>,
+        outcome: &Result<crate::decide::Decision, DecideError>,
+        payload: Option<&serde_json::value::RawValue>,
+        now: Now,
+        start: usize,
+        out: &mut Vec<u8>,
+        assignment: &mut Option<Outgoing>,
+    ) -> Answered {
+        encode_outcome(out, table, req, outcome);
+        let answered = answered(outcome);
         // Only decisions are remembered: a retry after `rate_limited` deserves a new try.
-        if let (Some(k), Ok(_)) = (key, &outcome) {
+        if let (Some(k), Ok(_)) = (self.idempotency_key(req), outcome) {
             let replay = Replay {
                 status: answered.status,
                 body: out[start..].into(),
             };
             self.idempotency.insert_new(k, replay, now.mono_ns);
+        }
+        if let (Ok(decision), Some(assign)) = (outcome, &self.assign) {
+            if req.push_assignment && assign.allows(&req.tenant_id) {
+                let id = AssignmentId::from_random_bytes(self.ids.next_bytes());
+                *assignment = Some(assign.outgoing(table, req, decision, payload, id));
+            }
         }
         answered
     }
@@ -126,9 +175,10 @@ impl Owner {
         headers: &Headers<'_>,
         now: Now,
         out: &mut Vec<u8>,
+        assignment: &mut Option<Outgoing>,
     ) -> Answered {
         match decode_decide(body, headers) {
-            Ok(req) => self.decide(table, &req, now, out),
+            Ok(req) => self.decide(table, &req, now, out, assignment),
             Err(err) => invalid(&err, out),
         }
     }
@@ -250,5 +300,53 @@ pub fn overloaded(
         status: code.http_status(),
         retry_after_s: Some(1),
         counted: Counted::Failed(code),
+    }
+}
+
+/// Who gets assignments, and where they go (`[nats]`).
+#[derive(Debug, Clone)]
+pub struct Assigner {
+    /// Used when the request named no subject of its own.
+    pub subject: Box<str>,
+    /// Empty = every tenant.
+    pub allowlist: Box<[Box<str>]>,
+}
+
+impl Assigner {
+    pub fn allows(&self, tenant: &str) -> bool {
+        self.allowlist.is_empty() || self.allowlist.iter().any(|t| &**t == tenant)
+    }
+
+    /// The ExecAssignment of a decided request, ready to publish.
+    fn outgoing(
+        &self,
+        table: &RoutingTable,
+        req: &DecideRequest<'_>,
+        decision: &crate::decide::Decision,
+        payload: Option<&serde_json::value::RawValue>,
+        id: AssignmentId,
+    ) -> Outgoing {
+        let mut assignment = crate::answer::with_body(table, req, decision, |body| {
+            ExecAssignment::new(id, req, body)
+        });
+        if let Some(p) = payload {
+            assignment.job.payload = Some(p.to_owned());
+        }
+        let mut body = Vec::with_capacity(1024);
+        assignment.encode(&mut body);
+        // The contract fills in the default subject; ours (config) replaces it.
+        let subject = match req.assignment_subject.as_deref() {
+            Some(s) if s != ASSIGNMENT_SUBJECT_DEFAULT => s.into(),
+            _ => self.subject.clone(),
+        };
+        let headers = assignment
+            .headers()
+            .map(|(k, v)| (k, Box::<str>::from(v)))
+            .collect();
+        Outgoing {
+            subject,
+            headers,
+            body,
+        }
     }
 }

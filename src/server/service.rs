@@ -5,11 +5,11 @@
 use std::future::Future;
 use std::rc::Rc;
 
-use super::handoff::{Job, OwnedHeaders, Reply, Route};
+use super::handoff::{Job, Outgoing, OwnedHeaders, Reply, Route};
 use super::owner::{self, Answered};
 use super::shard::{Ids, ShardCtx};
 use super::stats::Count;
-use crate::admin::{placement, AdminRequest, AdminResponse, Placement, ShardView};
+use crate::admin::{AdminRequest, AdminResponse};
 use crate::contract::{
     context_ids, decode_decide, encode_contract_error, encode_error, ErrorCode, ErrorDetails,
     ExecResult, Headers,
@@ -152,16 +152,29 @@ impl RouterService {
             }
         };
         let owner = ctx.shared.partition.shard_of(&decoded.tenant_id);
+        if owner == ctx.id && ctx.needs_pipeline(&decoded) {
+            let (answered, assignment) = ctx.decide_pipeline(&decoded, &mut resp.body).await;
+            self.push_assignment(assignment.as_ref());
+            return apply(resp, answered);
+        }
         if owner == ctx.id {
             let started = std::time::Instant::now();
-            let table = ctx.table.borrow();
-            let answered =
-                ctx.owner
-                    .borrow_mut()
-                    .decide(table.table(), &decoded, now, &mut resp.body);
+            let mut assignment = None;
+            let answered = {
+                let table = ctx.table.borrow();
+                let mut owner = ctx.owner.borrow_mut();
+                owner.decide(
+                    table.table(),
+                    &decoded,
+                    now,
+                    &mut resp.body,
+                    &mut assignment,
+                )
+            };
             ctx.shared
                 .metrics(ctx.id)
                 .answered(&answered, started.elapsed());
+            self.push_assignment(assignment.as_ref());
             return apply(resp, answered);
         }
         let job = forward(Route::Decide, decoded.tenant_id.as_ref(), req, &headers);
@@ -169,7 +182,17 @@ impl RouterService {
             request_id: Some(&decoded.request_id),
             trace_id: decoded.trace_id.as_deref(),
         };
-        apply_reply(resp, ctx.hand_off(owner, job, ids).await);
+        let mut reply = ctx.hand_off(owner, job, ids).await;
+        self.push_assignment(reply.assignment.take().as_deref());
+        apply_reply(resp, reply);
+    }
+
+    /// A decision over HTTP that asked for an assignment: published on this shard's NATS
+    /// connection as the answer leaves.
+    fn push_assignment(&self, assignment: Option<&Outgoing>) {
+        if let (Some(a), Some(client)) = (assignment, self.ctx.nats.get()) {
+            super::nats::push_assignment(&self.ctx, client, a);
+        }
     }
 
     async fn results(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
@@ -185,14 +208,19 @@ impl RouterService {
         };
         let owner = ctx.shared.partition.shard_of(&result.tenant_id);
         if owner == ctx.id {
-            let table = ctx.table.borrow();
-            let answered =
-                ctx.owner
-                    .borrow_mut()
-                    .result(table.table(), &result, now, &mut resp.body);
+            let answered = {
+                let table = ctx.table.borrow();
+                let mut owner = ctx.owner.borrow_mut();
+                owner.result(table.table(), &result, now, &mut resp.body)
+            };
             ctx.shared
                 .metrics(ctx.id)
                 .answered(&answered, std::time::Duration::ZERO);
+            if let (Some(client), owner::Counted::ResultAccepted { .. }) =
+                (ctx.nats.get(), answered.counted)
+            {
+                super::nats::publish_usage(ctx, client, &result, now.unix_ms);
+            }
             return apply(resp, answered);
         }
         let job = forward(Route::Results, result.tenant_id.as_str(), req, &headers);
@@ -238,94 +266,17 @@ impl RouterService {
     }
 
     async fn admin(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
-        let ctx = &self.ctx;
-        let Some(admin) = ctx.shared.admin.as_ref() else {
+        if self.ctx.shared.admin.is_none() {
             return not_found(resp, req);
-        };
-        let authorization = req.header("authorization");
+        }
         let areq = AdminRequest {
             method: req.method.as_str(),
             path: req.path,
             query: req.query,
-            authorization,
+            authorization: req.header("authorization"),
             body: req.body,
         };
-        let answer = match placement(&areq) {
-            Placement::Anywhere => {
-                let table = ctx.table.borrow();
-                admin.handle(
-                    areq,
-                    ShardView {
-                        table: table.table(),
-                        state: None,
-                        now,
-                    },
-                )
-            }
-            Placement::Blocking => self.admin_blocking(req, authorization, now).await,
-            Placement::OwnerShard(tenant) => {
-                let owner = ctx.shared.partition.shard_of(&tenant);
-                let route = if req.method == Method::Post {
-                    Route::AdminDryRun
-                } else {
-                    Route::AdminCircuits
-                };
-                let job = Job {
-                    route,
-                    tenant: tenant.as_ref().into(),
-                    path: req.path.into(),
-                    body: req.body.to_vec(),
-                    headers: owned(&Headers::default(), authorization),
-                };
-                let reply = if owner == ctx.id {
-                    ctx.admin_here(&job, now)
-                } else {
-                    ctx.hand_off(owner, job, Ids::default()).await
-                };
-                AdminResponse {
-                    status: reply.status,
-                    body: reply.body,
-                    allow: None,
-                }
-            }
-        };
-        write_admin(resp, answer);
-    }
-
-    /// Writes and reloads touch the disk (fsync): run them on glommio's blocking pool so
-    /// the shard keeps serving.
-    async fn admin_blocking(
-        &self,
-        req: &Request<'_>,
-        authorization: Option<&str>,
-        now: Now,
-    ) -> AdminResponse {
-        let shared = self.ctx.shared.clone();
-        let method = req.method.as_str();
-        let (path, query) = (req.path.to_owned(), req.query.map(str::to_owned));
-        let authorization = authorization.map(str::to_owned);
-        let body = req.body.to_vec();
-        glommio::executor()
-            .spawn_blocking(move || {
-                let admin = shared.admin.as_ref().expect("admin configured");
-                let (_, table) = shared.handle.current();
-                let areq = AdminRequest {
-                    method,
-                    path: &path,
-                    query: query.as_deref(),
-                    authorization: authorization.as_deref(),
-                    body: &body,
-                };
-                admin.handle(
-                    areq,
-                    ShardView {
-                        table: &table,
-                        state: None,
-                        now,
-                    },
-                )
-            })
-            .await
+        write_admin(resp, self.ctx.admin_call(areq, now).await);
     }
 }
 

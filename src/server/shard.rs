@@ -5,7 +5,7 @@
 //! so no borrow can conflict. Nothing here is shared with another shard except through
 //! the rings, the published routing table and the metrics counters.
 
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -19,6 +19,8 @@ use super::Shared;
 use crate::admin::{AdminRequest, ShardTable, ShardView};
 use crate::contract::Headers;
 use crate::decide::Now;
+use crate::extensions::ExtensionBreakers;
+use crate::transport::nats::Client;
 
 /// A shard's state, shared by its tasks.
 pub struct ShardCtx {
@@ -28,6 +30,13 @@ pub struct ShardCtx {
     pub owner: RefCell<Owner>,
     pub outbox: RefCell<Outbox<Msg>>,
     pub pending: Pending,
+    /// The shard's NATS client, once started (NATS on).
+    pub nats: OnceCell<Client>,
+    /// The shard's view of every extension's health.
+    pub breakers: RefCell<ExtensionBreakers>,
+    /// Requests this shard answers asynchronously (handoffs and pipelines of NATS
+    /// messages, jobs with extension stages), bounded by `ASYNC_TASKS_PER_SHARD_MAX`.
+    pub tasks: Cell<usize>,
 }
 
 impl ShardCtx {
@@ -39,8 +48,12 @@ impl ShardCtx {
         let owner = Owner::new(table.table(), config, now.mono_ns);
         shared.metrics(id).table_generation.set(table.generation());
         let pending = PendingTable::new(shared.partition.shard_count(), shared.settings.ring_slots);
+        let breakers = RefCell::new(ExtensionBreakers::new(&shared.registry));
         Rc::new(ShardCtx {
             id,
+            nats: OnceCell::new(),
+            breakers,
+            tasks: Cell::new(0),
             table: RefCell::new(table),
             owner: RefCell::new(owner),
             outbox: RefCell::new(outbox),
@@ -105,8 +118,10 @@ impl ShardCtx {
         }
     }
 
-    /// Runs a job handed over by another shard, as its tenant's owner.
-    fn run_job(&self, job: &Job) -> Reply {
+    /// Runs a job handed over by another shard, as its tenant's owner. `None` when the
+    /// job went to a task of its own (a decision with extension stages): that task sends
+    /// the reply.
+    fn run_job(self: &Rc<Self>, job: Box<Job>, from: ShardId, slot: u32) -> Option<Reply> {
         assert!(
             self.owns(&job.tenant),
             "shard {} got tenant {} it does not own",
@@ -116,16 +131,34 @@ impl ShardCtx {
         let now = self.shared.now();
         self.refresh(now);
         if matches!(job.route, Route::AdminDryRun | Route::AdminCircuits) {
-            return self.admin_here(job, now);
+            return Some(self.admin_here(&job, now));
         }
+        if job.route == Route::Decide && self.job_needs_pipeline(&job) {
+            let ctx = Rc::clone(self);
+            self.tasks.set(self.tasks.get() + 1);
+            glommio::spawn_local(async move {
+                let reply = ctx.decide_job_pipeline(&job).await;
+                ctx.send_reply(from, slot, reply);
+                ctx.tasks.set(ctx.tasks.get() - 1);
+            })
+            .detach();
+            return None;
+        }
+        Some(self.run_here(&job, now))
+    }
+
+    fn run_here(&self, job: &Job, now: Now) -> Reply {
         let headers = borrowed(&job.headers);
         let mut body = Vec::with_capacity(512);
+        let mut assignment = None;
         let started = std::time::Instant::now();
         let answered = {
             let (table, mut owner) = (self.table.borrow(), self.owner.borrow_mut());
             let (table, input) = (table.table(), &job.body);
             match job.route {
-                Route::Decide => owner.decide_bytes(table, input, &headers, now, &mut body),
+                Route::Decide => {
+                    owner.decide_bytes(table, input, &headers, now, &mut body, &mut assignment)
+                }
                 _ => owner.result_bytes(table, input, &headers, now, &mut body),
             }
         };
@@ -134,11 +167,23 @@ impl ShardCtx {
             .answered(&answered, started.elapsed());
         if job.route == Route::Decide {
             self.note_state();
+        } else {
+            self.publish_usage(&job.body, &headers, &answered, now);
         }
         Reply {
             status: answered.status,
             retry_after_s: answered.retry_after_s,
             body,
+            assignment: assignment.map(Box::new),
+        }
+    }
+
+    fn send_reply(&self, to: ShardId, slot: u32, reply: Reply) {
+        let msg = Msg::Reply { slot, reply };
+        match self.outbox.borrow_mut().try_send(to, msg) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            // The in-flight bound (handoff module doc) makes this impossible.
+            Err(TrySendError::Full(_)) => panic!("reply ring to {to} full"),
         }
     }
 
@@ -147,8 +192,7 @@ impl ShardCtx {
         let Some(admin) = &self.shared.admin else {
             return Reply {
                 status: 404,
-                retry_after_s: None,
-                body: Vec::new(),
+                ..Reply::default()
             };
         };
         let method = if job.route == Route::AdminDryRun {
@@ -173,25 +217,19 @@ impl ShardCtx {
         let resp = admin.handle(req, view);
         Reply {
             status: resp.status,
-            retry_after_s: None,
             body: resp.body,
+            ..Reply::default()
         }
     }
 
     /// Serves the peers: jobs for tenants we own, replies to jobs we sent.
-    fn serve_batch(&self, batch: &mut Batch<Msg>) {
+    fn serve_batch(self: &Rc<Self>, batch: &mut Batch<Msg>) {
         for envelope in batch.drain() {
             match envelope.msg {
                 Msg::Request { slot, job } => {
                     self.shared.metrics(self.id).handoff_in();
-                    let reply = self.run_job(&job);
-                    let msg = Msg::Reply { slot, reply };
-                    match self.outbox.borrow_mut().try_send(envelope.from, msg) {
-                        Ok(()) | Err(TrySendError::Closed(_)) => {}
-                        // The in-flight bound (handoff module doc) makes this impossible.
-                        Err(TrySendError::Full(_)) => {
-                            panic!("reply ring to {} full", envelope.from)
-                        }
+                    if let Some(reply) = self.run_job(job, envelope.from, slot) {
+                        self.send_reply(envelope.from, slot, reply);
                     }
                 }
                 Msg::Reply { slot, reply } => {
@@ -211,13 +249,14 @@ pub struct Ids<'a> {
     pub trace_id: Option<&'a str>,
 }
 
-fn shed(message: &str, ids: Ids<'_>) -> Reply {
+pub(crate) fn shed(message: &str, ids: Ids<'_>) -> Reply {
     let mut body = Vec::with_capacity(160);
     let answered = owner::overloaded(message, ids.request_id, ids.trace_id, &mut body);
     Reply {
         status: answered.status,
         retry_after_s: answered.retry_after_s,
         body,
+        assignment: None,
     }
 }
 

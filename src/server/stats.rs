@@ -78,6 +78,7 @@ pub fn render_all(
     generation: u64,
     policies: usize,
     watch: Option<&WatchStats>,
+    more: Vec<ExtraMetric>,
 ) {
     let snapshots: Vec<_> = shards.iter().map(|m| m.snapshot()).collect();
     let mut extra = http_series(http);
@@ -99,6 +100,7 @@ pub fn render_all(
         extra.push(ExtraMetric::counter(reloads, help, ok).label("outcome", "ok"));
         extra.push(ExtraMetric::counter(reloads, help, failed).label("outcome", "failed"));
     }
+    extra.extend(more);
     render(out, &snapshots, &extra);
 }
 

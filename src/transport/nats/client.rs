@@ -280,6 +280,18 @@ impl Client {
         Ok(sid)
     }
 
+    /// Stops delivering `sid`'s messages, now and after reconnects.
+    pub fn unsubscribe(&self, sid: u64) {
+        let mut st = self.0.st.borrow_mut();
+        let Some(slot) = st.subs.get_mut((sid as usize).wrapping_sub(1)) else {
+            return;
+        };
+        if slot.take().is_some() && st.connected {
+            proto::encode_unsub(&mut st.out, sid);
+            wake(&mut st.out_waker);
+        }
+    }
+
     /// Sends a request and waits for its reply, at most `timeout`. Fails at once when
     /// disconnected or over the in-flight bound.
     pub async fn request(

@@ -1,0 +1,619 @@
+//! The router on NATS (SPEC §2, §6, §8): each shard's own client subscribes, in queue
+//! groups, to decide requests, ExecResults, assignment acks and admin calls, so the server
+//! spreads messages over shards as SO_REUSEPORT spreads HTTP connections.
+//!
+//! A message is handled inside the client's connection task, synchronously, when it can
+//! be: a decision for a tenant this shard owns is made and published before the next
+//! message is read (no allocation beyond the answer). A message that must wait — a
+//! handoff to the owner shard, a policy with extension stages, an admin write — is copied
+//! and finished by a task of its own; at most `ASYNC_TASKS_PER_SHARD_MAX` of those run
+//! per shard, beyond which requests are answered `overloaded` at once.
+//!
+//! Replies carry the contract headers (`tenant_id`, `trace_id`, `traceparent`,
+//! `version`) and `status`, the HTTP status the same answer has over HTTP, so a NATS
+//! client can classify an answer without parsing it. A decide message without a reply
+//! subject cannot be answered: it is counted and logged.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::handoff::{Job, Outgoing, OwnedHeaders, Reply, Route};
+use super::owner::{self, Answered, Assigner};
+use super::pipeline::ASYNC_TASKS_PER_SHARD_MAX;
+use super::shard::{Ids, ShardCtx};
+use super::stats::Count;
+use crate::config::NatsConfig;
+use crate::contract::{
+    context_ids, decode_decide, encode_contract_error, ExecAssignmentAck, ExecResult, Headers,
+    UsageEvent,
+};
+use crate::extensions::{CallOutcome, Registry};
+use crate::metrics::{Counter, ExtraMetric, ShedCause, Transport};
+use crate::transport::http::Stop;
+use crate::transport::nats::{Client, ClientOptions, ClientStats, HeaderBlock, Msg};
+
+/// Queue groups of the subscriptions other than decide (whose group is configured): one
+/// router instance of the group gets each message.
+pub const RESULT_QUEUE_GROUP: &str = "router-result-group";
+pub const ACK_QUEUE_GROUP: &str = "router-ack-group";
+pub const ADMIN_QUEUE_GROUP: &str = "router-admin-group";
+/// Publish attempts of one assignment are spaced by this times the attempt number.
+const ASSIGNMENT_RETRY_STEP_MS: u64 = 10;
+
+/// `[nats]`, resolved: the client's options and the subjects.
+#[derive(Debug)]
+pub struct NatsSettings {
+    pub client: ClientOptions,
+    pub config: NatsConfig,
+}
+
+impl NatsSettings {
+    pub fn from_config(config: &NatsConfig) -> anyhow::Result<NatsSettings> {
+        let client = ClientOptions::from_config(config)?
+            .ok_or_else(|| anyhow::anyhow!("nats.url is empty"))?;
+        Ok(NatsSettings {
+            client,
+            config: config.clone(),
+        })
+    }
+}
+
+/// Calls per extension (registry order) and outcome, one table per shard.
+#[derive(Debug)]
+pub struct ExtensionCalls {
+    counts: Box<[[Counter; OUTCOMES.len()]]>,
+    /// Stages naming no registered extension.
+    unregistered: [Counter; OUTCOMES.len()],
+}
+
+const OUTCOMES: [(CallOutcome, &str); 7] = [
+    (CallOutcome::Ok, "ok"),
+    (CallOutcome::Rejected, "rejected"),
+    (CallOutcome::Failed, "failed"),
+    (CallOutcome::Timeout, "timeout"),
+    (CallOutcome::Unavailable, "unavailable"),
+    (CallOutcome::NotFound, "not_found"),
+    (CallOutcome::CircuitOpen, "circuit_open"),
+];
+
+impl ExtensionCalls {
+    pub fn new(extensions: usize) -> ExtensionCalls {
+        ExtensionCalls {
+            counts: (0..extensions).map(|_| Default::default()).collect(),
+            unregistered: Default::default(),
+        }
+    }
+
+    pub fn count(&self, index: Option<usize>, outcome: CallOutcome) {
+        let i = OUTCOMES
+            .iter()
+            .position(|(o, _)| *o == outcome)
+            .expect("listed");
+        match index.and_then(|x| self.counts.get(x)) {
+            Some(row) => row[i].inc(),
+            None => self.unregistered[i].inc(),
+        }
+    }
+}
+
+/// Starts the shard's client and its subscriptions; the returned task ends once the
+/// shard's NATS work has drained after `stop`.
+pub fn start(
+    ctx: &Rc<ShardCtx>,
+    settings: &Arc<NatsSettings>,
+    stop: Stop,
+) -> glommio::task::JoinHandle<()> {
+    let stats = Arc::clone(&ctx.shared.nats[ctx.id.index()]);
+    let seed = ctx.shared.settings.owner.state.seed ^ u64::from(ctx.id.0);
+    let client = Client::start(settings.client.clone(), stats, seed);
+    let _ = ctx.nats.set(client.clone());
+    let config = &settings.config;
+    ctx.owner.borrow_mut().assign = Some(Assigner {
+        subject: config.assignment_subject.as_str().into(),
+        allowlist: config
+            .assignment_tenants_allowlist
+            .iter()
+            .map(|t| t.as_str().into())
+            .collect(),
+    });
+    let sids = subscribe_all(ctx, &client, config);
+    let ctx = Rc::clone(ctx);
+    glommio::spawn_local(async move {
+        stop.wait().await;
+        // No new work; what is in flight finishes, then buffered replies are flushed.
+        for sid in sids {
+            client.unsubscribe(sid);
+        }
+        let deadline = std::time::Instant::now() + ctx.shared.settings.http.drain_timeout;
+        while ctx.tasks.get() > 0 && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        client.close().await;
+    })
+    .detach()
+}
+
+fn subscribe_all(ctx: &Rc<ShardCtx>, client: &Client, config: &NatsConfig) -> Vec<u64> {
+    let on = |f: fn(&Rc<ShardCtx>, &Client, Msg<'_>)| {
+        let ctx = Rc::clone(ctx);
+        Rc::new(move |client: &Client, msg: Msg<'_>| f(&ctx, client, msg))
+    };
+    let admin_subject = format!("{}.*", config.admin_subject);
+    let subscriptions: [(&str, &str, crate::transport::nats::Handler); 4] = [
+        (
+            &config.decide_subject,
+            &config.decide_queue_group,
+            on(on_decide),
+        ),
+        (&config.result_subject, RESULT_QUEUE_GROUP, on(on_result)),
+        (&config.ack_subject, ACK_QUEUE_GROUP, on(on_ack)),
+        (
+            &admin_subject,
+            ADMIN_QUEUE_GROUP,
+            on(super::nats_admin::on_admin),
+        ),
+    ];
+    let mut sids = Vec::with_capacity(subscriptions.len());
+    for (subject, queue, handler) in subscriptions {
+        let skip_admin = ctx.shared.admin.is_none() && subject == admin_subject;
+        if skip_admin {
+            continue;
+        }
+        match client.subscribe(subject, Some(queue), handler) {
+            Ok(sid) => sids.push(sid),
+            Err(e) => log::error!("nats: cannot subscribe to {subject}: {e}"),
+        }
+    }
+    sids
+}
+
+/// Contract headers of a NATS message (header names as SPEC §2 spells them).
+pub fn contract_headers<'a>(block: Option<HeaderBlock<'a>>) -> Headers<'a> {
+    let get = |name| block.and_then(|b| b.get(name));
+    Headers {
+        tenant_id: get("tenant_id").or_else(|| get("X-Tenant-ID")),
+        trace_id: get("trace_id").or_else(|| get("X-Trace-ID")),
+        traceparent: get("traceparent"),
+        version: get("version"),
+    }
+}
+
+fn owned(h: &Headers<'_>, authorization: Option<&str>) -> OwnedHeaders {
+    OwnedHeaders {
+        tenant_id: h.tenant_id.map(Into::into),
+        trace_id: h.trace_id.map(Into::into),
+        traceparent: h.traceparent.map(Into::into),
+        version: h.version.map(Into::into),
+        authorization: authorization.map(Into::into),
+    }
+}
+
+/// Publishes an answer to `reply` with the contract headers, then any assignment.
+pub fn answer(ctx: &ShardCtx, client: &Client, reply: &str, ids: &ReplyIds<'_>, r: &Reply) {
+    let mut status = [0u8; 3];
+    let status = status_text(r.status, &mut status);
+    let mut headers: [(&str, &str); 5] = [("status", status); 5];
+    let mut n = 1;
+    for (name, value) in [
+        ("tenant_id", ids.tenant_id),
+        ("trace_id", ids.trace_id),
+        ("traceparent", ids.traceparent),
+        ("version", Some(crate::contract::CONTRACT_VERSION)),
+    ] {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            headers[n] = (name, v);
+            n += 1;
+        }
+    }
+    publish_or_shed(ctx, client, reply, &headers[..n], &r.body);
+    if let Some(assignment) = &r.assignment {
+        push_assignment(ctx, client, assignment);
+    }
+}
+
+fn status_text(status: u16, buf: &mut [u8; 3]) -> &str {
+    let s = status.clamp(100, 999);
+    *buf = [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ];
+    std::str::from_utf8(buf).expect("digits")
+}
+
+fn publish_or_shed(
+    ctx: &ShardCtx,
+    client: &Client,
+    subject: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    if let Err(e) = client.publish(subject, None, headers, body) {
+        ctx.shared.metrics(ctx.id).shed(ShedCause::NatsFull).inc();
+        log::warn!("nats: reply to {subject} dropped: {e}");
+    }
+}
+
+/// Publishes an ExecAssignment; a full outbound buffer is retried a bounded number of
+/// times, spaced, from a task of its own.
+pub fn push_assignment(ctx: &ShardCtx, client: &Client, a: &Outgoing) {
+    let metrics = ctx.shared.metrics(ctx.id);
+    let headers: Vec<(&str, &str)> = a.headers.iter().map(|(k, v)| (*k, &**v)).collect();
+    if client.publish(&a.subject, None, &headers, &a.body).is_ok() {
+        metrics.assignments.inc();
+        return;
+    }
+    let retries = ctx
+        .shared
+        .nats_settings
+        .as_ref()
+        .map_or(0, |s| s.config.assignment_retries_max);
+    let (client, a, shared, id) = (client.clone(), a.clone(), Arc::clone(&ctx.shared), ctx.id);
+    glommio::spawn_local(async move {
+        let headers: Vec<(&str, &str)> = a.headers.iter().map(|(k, v)| (*k, &**v)).collect();
+        for attempt in 1..=u64::from(retries) {
+            let delay = std::time::Duration::from_millis(ASSIGNMENT_RETRY_STEP_MS * attempt);
+            glommio::timer::sleep(delay).await;
+            if client.publish(&a.subject, None, &headers, &a.body).is_ok() {
+                shared.metrics(id).assignments.inc();
+                return;
+            }
+        }
+        shared.metrics(id).shed(ShedCause::NatsFull).inc();
+        log::warn!(
+            "nats: assignment to {} dropped after {retries} retries",
+            a.subject
+        );
+    })
+    .detach();
+}
+
+/// The ids a reply echoes in its headers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReplyIds<'a> {
+    pub tenant_id: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+}
+
+fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
+    let metrics = ctx.shared.metrics(ctx.id);
+    metrics.request(Transport::Nats).inc();
+    let Some(reply_to) = msg.reply else {
+        metrics.nats_no_reply.inc();
+        log::warn!(
+            "nats: decide message on {} without a reply subject dropped",
+            msg.subject
+        );
+        return;
+    };
+    let headers = contract_headers(msg.headers);
+    let now = ctx.shared.now();
+    ctx.refresh(now);
+    let req = match decode_decide(msg.payload, &headers) {
+        Ok(req) => req,
+        Err(err) => {
+            let ids = context_ids(msg.payload, &headers);
+            let mut body = Vec::with_capacity(256);
+            let (rid, tid) = (ids.request_id.as_deref(), ids.trace_id.as_deref());
+            encode_contract_error(&mut body, &err, rid, tid);
+            metrics.count_code(err.code());
+            let reply = Reply {
+                status: err.code().http_status(),
+                body,
+                ..Reply::default()
+            };
+            let ids = ReplyIds {
+                tenant_id: headers.tenant_id,
+                trace_id: tid.or(headers.trace_id),
+                traceparent: headers.traceparent,
+            };
+            return answer(ctx, client, reply_to, &ids, &reply);
+        }
+    };
+    let ids = ReplyIds {
+        tenant_id: Some(&req.tenant_id),
+        trace_id: req.trace_id.as_deref(),
+        traceparent: req.traceparent.as_deref(),
+    };
+    let owner_shard = ctx.shared.partition.shard_of(&req.tenant_id);
+    if owner_shard == ctx.id && !ctx.needs_pipeline(&req) {
+        let started = std::time::Instant::now();
+        let mut body = Vec::with_capacity(512);
+        let mut assignment = None;
+        let answered = {
+            let table = ctx.table.borrow();
+            let mut owner = ctx.owner.borrow_mut();
+            owner.decide(table.table(), &req, now, &mut body, &mut assignment)
+        };
+        metrics.answered(&answered, started.elapsed());
+        ctx.note_state();
+        return answer(
+            ctx,
+            client,
+            reply_to,
+            &ids,
+            &reply_of(answered, body, assignment),
+        );
+    }
+    if ctx.tasks.get() >= ASYNC_TASKS_PER_SHARD_MAX {
+        metrics.shed(ShedCause::NatsFull).inc();
+        let ids_shed = Ids {
+            request_id: Some(&req.request_id),
+            trace_id: req.trace_id.as_deref(),
+        };
+        let reply = super::shard::shed("too many NATS requests in flight on this shard", ids_shed);
+        return answer(ctx, client, reply_to, &ids, &reply);
+    }
+    let job = Job {
+        route: Route::Decide,
+        tenant: req.tenant_id.as_ref().into(),
+        path: "".into(),
+        body: msg.payload.to_vec(),
+        headers: owned(&headers, None),
+    };
+    let owned_ids = OwnedReplyIds::of(&req);
+    let reply_to: Box<str> = reply_to.into();
+    let (ctx, client) = (Rc::clone(ctx), client.clone());
+    ctx.tasks.set(ctx.tasks.get() + 1);
+    glommio::spawn_local(async move {
+        let reply = if owner_shard == ctx.id {
+            ctx.decide_job_pipeline(&job).await
+        } else {
+            ctx.hand_off(owner_shard, job, owned_ids.ids()).await
+        };
+        answer(&ctx, &client, &reply_to, &owned_ids.reply_ids(), &reply);
+        ctx.tasks.set(ctx.tasks.get() - 1);
+    })
+    .detach();
+}
+
+fn reply_of(answered: Answered, body: Vec<u8>, assignment: Option<Outgoing>) -> Reply {
+    Reply {
+        status: answered.status,
+        retry_after_s: answered.retry_after_s,
+        body,
+        assignment: assignment.map(Box::new),
+    }
+}
+
+/// A request's ids, kept for a reply sent after the message's buffer is gone.
+struct OwnedReplyIds {
+    request_id: Box<str>,
+    tenant_id: Box<str>,
+    trace_id: Option<Box<str>>,
+    traceparent: Option<Box<str>>,
+}
+
+impl OwnedReplyIds {
+    fn of(req: &crate::contract::DecideRequest<'_>) -> Self {
+        OwnedReplyIds {
+            request_id: req.request_id.as_ref().into(),
+            tenant_id: req.tenant_id.as_ref().into(),
+            trace_id: req.trace_id.as_deref().map(Into::into),
+            traceparent: req.traceparent.as_deref().map(Into::into),
+        }
+    }
+
+    fn ids(&self) -> Ids<'_> {
+        Ids {
+            request_id: Some(&self.request_id),
+            trace_id: self.trace_id.as_deref(),
+        }
+    }
+
+    fn reply_ids(&self) -> ReplyIds<'_> {
+        ReplyIds {
+            tenant_id: Some(&self.tenant_id),
+            trace_id: self.trace_id.as_deref(),
+            traceparent: self.traceparent.as_deref(),
+        }
+    }
+}
+
+/// An ExecResult (SPEC §6): to the tenant's owner, which feeds breakers and averages and
+/// publishes the usage event. Answered only when the message has a reply subject.
+fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
+    let metrics = ctx.shared.metrics(ctx.id);
+    let headers = contract_headers(msg.headers);
+    let result = match ExecResult::decode(msg.payload, &headers) {
+        Ok(result) => result,
+        Err(err) => {
+            metrics.results_rejected.inc();
+            log::warn!("nats: invalid ExecResult on {}: {err}", msg.subject);
+            if let Some(reply_to) = msg.reply {
+                let mut body = Vec::new();
+                let answered = owner::invalid(&err, &mut body);
+                let ids = ReplyIds::default();
+                answer(ctx, client, reply_to, &ids, &reply_of(answered, body, None));
+            }
+            return;
+        }
+    };
+    let now = ctx.shared.now();
+    ctx.refresh(now);
+    let owner_shard = ctx.shared.partition.shard_of(&result.tenant_id);
+    let reply_to: Option<Box<str>> = msg.reply.map(Into::into);
+    if owner_shard == ctx.id {
+        let mut body = Vec::new();
+        let answered = {
+            let table = ctx.table.borrow();
+            let mut owner = ctx.owner.borrow_mut();
+            owner.result(table.table(), &result, now, &mut body)
+        };
+        metrics.answered(&answered, std::time::Duration::ZERO);
+        if matches!(answered.counted, owner::Counted::ResultAccepted { .. }) {
+            publish_usage(ctx, client, &result, now.unix_ms);
+        }
+        if let Some(reply_to) = reply_to {
+            let ids = ReplyIds::default();
+            answer(
+                ctx,
+                client,
+                &reply_to,
+                &ids,
+                &reply_of(answered, body, None),
+            );
+        }
+        return;
+    }
+    let job = Job {
+        route: Route::Results,
+        tenant: result.tenant_id.as_str().into(),
+        path: "".into(),
+        body: msg.payload.to_vec(),
+        headers: owned(&headers, None),
+    };
+    let (ctx, client) = (Rc::clone(ctx), client.clone());
+    glommio::spawn_local(async move {
+        let reply = ctx.hand_off(owner_shard, job, Ids::default()).await;
+        if let Some(reply_to) = reply_to {
+            answer(&ctx, &client, &reply_to, &ReplyIds::default(), &reply);
+        }
+    })
+    .detach();
+}
+
+/// Publishes the UsageEvent of a newly accepted result.
+pub fn publish_usage(ctx: &ShardCtx, client: &Client, result: &ExecResult, now_unix_ms: u64) {
+    let Some(settings) = &ctx.shared.nats_settings else {
+        return;
+    };
+    let event = UsageEvent::from_result(result, now_unix_ms);
+    let mut body = Vec::with_capacity(256);
+    event.encode(&mut body);
+    let mut headers = vec![("tenant_id", result.tenant_id.as_str())];
+    if let Some(trace) = result.trace_id.as_deref() {
+        headers.push(("trace_id", trace));
+    }
+    if client
+        .publish(&settings.config.usage_subject, None, &headers, &body)
+        .is_ok()
+    {
+        ctx.shared.metrics(ctx.id).usage_events.inc();
+    } else {
+        ctx.shared.metrics(ctx.id).shed(ShedCause::NatsFull).inc();
+    }
+}
+
+fn on_ack(ctx: &Rc<ShardCtx>, _client: &Client, msg: Msg<'_>) {
+    let headers = contract_headers(msg.headers);
+    match ExecAssignmentAck::decode(msg.payload, &headers) {
+        Ok(ack) => {
+            ctx.shared.metrics(ctx.id).assignment_acks.inc();
+            log::debug!(
+                "nats: assignment {} acknowledged: {:?}",
+                ack.assignment_id,
+                ack.status
+            );
+        }
+        Err(err) => log::warn!("nats: invalid ExecAssignmentAck on {}: {err}", msg.subject),
+    }
+}
+
+impl ShardCtx {
+    /// After a result taken over HTTP or a handoff: the usage event, when NATS is on.
+    pub fn publish_usage(
+        &self,
+        body: &[u8],
+        headers: &Headers<'_>,
+        answered: &Answered,
+        now: crate::decide::Now,
+    ) {
+        let Some(client) = self.nats.get() else {
+            return;
+        };
+        if !matches!(answered.counted, owner::Counted::ResultAccepted { .. }) {
+            return;
+        }
+        if let Ok(result) = ExecResult::decode(body, headers) {
+            publish_usage(self, client, &result, now.unix_ms);
+        }
+    }
+}
+
+/// NATS and extension series for the scrape.
+pub fn metric_series(
+    nats: &[Arc<ClientStats>],
+    calls: &[ExtensionCalls],
+    registry: &Registry,
+) -> Vec<ExtraMetric> {
+    let mut out = Vec::new();
+    for (shard, s) in nats.iter().enumerate() {
+        let series: [(&'static str, &'static str, u64, bool); 7] = [
+            (
+                "shardline_nats_connected",
+                "1 while the shard's NATS connection is up.",
+                s.connected.load(Relaxed),
+                false,
+            ),
+            (
+                "shardline_nats_reconnects_total",
+                "NATS connections re-established.",
+                s.reconnects.load(Relaxed),
+                true,
+            ),
+            (
+                "shardline_nats_connect_failures_total",
+                "NATS connection attempts that failed.",
+                s.connect_failures.load(Relaxed),
+                true,
+            ),
+            (
+                "shardline_nats_outbound_full_total",
+                "NATS publishes refused: outbound buffer full.",
+                s.outbound_full.load(Relaxed),
+                true,
+            ),
+            (
+                "shardline_nats_requests_timed_out_total",
+                "Router-made NATS requests with no reply in time.",
+                s.requests_timed_out.load(Relaxed),
+                true,
+            ),
+            (
+                "shardline_nats_bytes_in_total",
+                "Bytes read from NATS.",
+                s.bytes_in.load(Relaxed),
+                true,
+            ),
+            (
+                "shardline_nats_bytes_out_total",
+                "Bytes written to NATS.",
+                s.bytes_out.load(Relaxed),
+                true,
+            ),
+        ];
+        for (name, help, value, counter) in series {
+            let m = if counter {
+                ExtraMetric::counter(name, help, value as f64)
+            } else {
+                ExtraMetric::gauge(name, help, value as f64)
+            };
+            out.push(m.label("shard", shard));
+        }
+        let help = "NATS messages by direction.";
+        for (direction, v) in [("in", &s.msgs_in), ("out", &s.msgs_out)] {
+            let m = ExtraMetric::counter(
+                "shardline_nats_messages_total",
+                help,
+                v.load(Relaxed) as f64,
+            );
+            out.push(m.label("shard", shard).label("direction", direction));
+        }
+    }
+    let help = "Extension calls by extension and outcome (all shards).";
+    let names = registry.iter().map(|e| &*e.id).chain(["unregistered"]);
+    for (i, name) in names.enumerate() {
+        for (j, (_, outcome)) in OUTCOMES.iter().enumerate() {
+            let total: u64 = calls
+                .iter()
+                .map(|c| c.counts.get(i).unwrap_or(&c.unregistered)[j].get())
+                .sum();
+            let m = ExtraMetric::counter("shardline_extension_calls_total", help, total as f64);
+            out.push(m.label("extension", name).label("outcome", outcome));
+        }
+    }
+    out
+}

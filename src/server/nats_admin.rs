@@ -1,0 +1,186 @@
+//! The admin API over NATS (SPEC §8): `<admin_subject>.<operation>` request-reply, with
+//! the same tokens and answers as `/admin/v1/…`.
+//!
+//! The request body is a JSON object naming the operation's arguments:
+//! `tenant_id`, `policy_id`, `policy` (put), `request` (dry runs). The token comes from an
+//! `authorization: Bearer …` header or a `token` member. Policy operations map onto the
+//! HTTP admin routes (one implementation, one set of checks); the extension operations
+//! answer from the receiving shard's view (its breakers and counters), which is named in
+//! the answer.
+
+use std::rc::Rc;
+
+use serde_json::Value;
+
+use super::handoff::Reply;
+use super::nats::{answer, ReplyIds};
+use super::shard::ShardCtx;
+use crate::admin::{AdminRequest, AdminResponse};
+use crate::contract::ErrorCode;
+use crate::extensions::{extension_health, pipeline_complexity};
+use crate::transport::nats::{Client, Msg};
+
+/// Largest admin request body accepted over NATS (a policy document plus its envelope).
+pub const ADMIN_MESSAGE_BYTES_MAX: usize = 2 << 20;
+
+pub fn on_admin(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
+    let Some(reply_to) = msg.reply else {
+        log::warn!(
+            "nats: admin message on {} without a reply subject dropped",
+            msg.subject
+        );
+        return;
+    };
+    let op = msg.subject.rsplit('.').next().unwrap_or("").to_owned();
+    let header = msg.headers.and_then(|h| h.get("authorization"));
+    let body = msg.payload.to_vec();
+    let header = header.map(str::to_owned);
+    let (ctx, client, reply_to) = (Rc::clone(ctx), client.clone(), reply_to.to_owned());
+    ctx.tasks.set(ctx.tasks.get() + 1);
+    glommio::spawn_local(async move {
+        let resp = call(&ctx, &op, header, &body).await;
+        let reply = Reply {
+            status: resp.status,
+            body: resp.body,
+            ..Reply::default()
+        };
+        answer(&ctx, &client, &reply_to, &ReplyIds::default(), &reply);
+        ctx.tasks.set(ctx.tasks.get() - 1);
+    })
+    .detach();
+}
+
+async fn call(ctx: &Rc<ShardCtx>, op: &str, header: Option<String>, body: &[u8]) -> AdminResponse {
+    if body.len() > ADMIN_MESSAGE_BYTES_MAX {
+        let message = format!("admin message over {ADMIN_MESSAGE_BYTES_MAX} bytes");
+        return AdminResponse::error_status(413, ErrorCode::PayloadTooLarge, &message);
+    }
+    let args: Value = match body.iter().all(u8::is_ascii_whitespace) {
+        true => Value::Object(Default::default()),
+        false => match serde_json::from_slice(body) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return invalid("the admin message must be a JSON object"),
+        },
+    };
+    let token = args.get("token").and_then(Value::as_str);
+    let authorization = header.or_else(|| token.map(|t| format!("Bearer {t}")));
+    let text = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or("");
+    let (tenant, policy) = (text("tenant_id"), text("policy_id"));
+    let raw = |k: &str| {
+        args.get(k)
+            .map(|v| v.to_string().into_bytes())
+            .unwrap_or_default()
+    };
+    let (method, path, body) = match op {
+        "list_policies" if tenant.is_empty() => ("GET", "/admin/v1/policies".to_owned(), vec![]),
+        "list_policies" => ("GET", format!("/admin/v1/policies/{tenant}"), vec![]),
+        "get_policy" => (
+            "GET",
+            format!("/admin/v1/policies/{tenant}/{policy}"),
+            vec![],
+        ),
+        "put_policy" => (
+            "PUT",
+            format!("/admin/v1/policies/{tenant}/{policy}"),
+            raw("policy"),
+        ),
+        "delete_policy" => (
+            "DELETE",
+            format!("/admin/v1/policies/{tenant}/{policy}"),
+            vec![],
+        ),
+        "reload" => ("POST", "/admin/v1/reload".to_owned(), vec![]),
+        "dry_run" | "dry_run_pipeline" => ("POST", "/admin/v1/dry-run".to_owned(), raw("request")),
+        "get_circuit_breaker_states" => ("GET", format!("/admin/v1/circuits/{tenant}"), vec![]),
+        "get_extension_health" => return health(ctx, authorization.as_deref()),
+        "get_pipeline_complexity" => {
+            return complexity(ctx, authorization.as_deref(), tenant, policy)
+        }
+        _ => {
+            let message = format!("unknown admin operation {op:?}");
+            return AdminResponse::error_status(404, ErrorCode::InvalidRequest, &message);
+        }
+    };
+    let req = AdminRequest {
+        method,
+        path: &path,
+        query: None,
+        authorization: authorization.as_deref(),
+        body: &body,
+    };
+    let now = ctx.shared.now();
+    let resp = ctx.admin_call(req, now).await;
+    if op == "dry_run_pipeline" && resp.status == 200 {
+        return with_pipeline(ctx, resp, &args);
+    }
+    resp
+}
+
+fn invalid(message: &str) -> AdminResponse {
+    AdminResponse::error_status(400, ErrorCode::InvalidRequest, message)
+}
+
+fn health(ctx: &ShardCtx, authorization: Option<&str>) -> AdminResponse {
+    let admin = ctx.shared.admin.as_ref().expect("admin configured");
+    if let Err(err) = admin.tokens().authorize(authorization) {
+        return err.into();
+    }
+    let now_ns = ctx.shared.now().mono_ns;
+    let body = extension_health(&ctx.shared.registry, &ctx.breakers.borrow(), now_ns);
+    AdminResponse::raw(200, with_shard(body, ctx))
+}
+
+fn complexity(
+    ctx: &ShardCtx,
+    authorization: Option<&str>,
+    tenant: &str,
+    policy: &str,
+) -> AdminResponse {
+    let admin = ctx.shared.admin.as_ref().expect("admin configured");
+    let scope = match admin.tokens().authorize(authorization) {
+        Ok(scope) => scope,
+        Err(err) => return err.into(),
+    };
+    if let Err(err) = scope.require(tenant) {
+        return err.into();
+    }
+    let table = ctx.table.borrow();
+    let table = table.table();
+    let Some(slot) = table.lookup(tenant, policy) else {
+        let message = format!("no policy {policy:?} for tenant {tenant:?}");
+        return AdminResponse::error_status(404, ErrorCode::PolicyNotFound, &message);
+    };
+    AdminResponse::raw(
+        200,
+        pipeline_complexity(table.policy(slot), &ctx.shared.registry),
+    )
+}
+
+/// A dry run's answer, with the stages its policy would run (none is called).
+fn with_pipeline(ctx: &ShardCtx, resp: AdminResponse, args: &Value) -> AdminResponse {
+    let request = args.get("request");
+    let field = |k: &str| request.and_then(|r| r.get(k)).and_then(Value::as_str);
+    let tenant = field("tenant_id").unwrap_or("");
+    let policy = field("policy_id").unwrap_or("default");
+    let table = ctx.table.borrow();
+    let table = table.table();
+    let pipeline = table
+        .lookup(tenant, policy)
+        .map(|slot| pipeline_complexity(table.policy(slot), &ctx.shared.registry));
+    let decision: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    let pipeline: Value = pipeline
+        .and_then(|p| serde_json::from_slice(&p).ok())
+        .unwrap_or(Value::Null);
+    let body = serde_json::json!({"ok": true, "decision": decision, "pipeline": pipeline});
+    AdminResponse::raw(200, body.to_string().into_bytes())
+}
+
+fn with_shard(body: Vec<u8>, ctx: &ShardCtx) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(mut map)) => {
+            map.insert("shard".into(), Value::from(ctx.id.0));
+            Value::Object(map).to_string().into_bytes()
+        }
+        _ => body,
+    }
+}
