@@ -63,8 +63,9 @@ pub const BENCHES: [Bench; 5] = [
     },
 ];
 
-/// The callgrind `--toggle-collect` pattern of `measured` (demangled; the `*` stands for
-/// the crate and module path, and stops closures, `measured::{{closure}}`, matching).
+/// The callgrind `--toggle-collect` pattern of `measured`, demangled; `*` stands for the
+/// crate name. The fixed end keeps closures (`…::measured::{{closure}}`) from matching:
+/// entering one would toggle counting off again.
 pub const MEASURED_PATTERN: &str = "*::benches::measured";
 
 /// Runs `op` uncounted to steady state, then counted.
