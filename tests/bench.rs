@@ -56,6 +56,51 @@ fn assert_counts_add_up(report: &Value) {
     assert_eq!(by_code, count(report, "errors_total"));
 }
 
+/// Every field `src/bench/mod.rs` documents for an embedded open-loop run is in the report
+/// (the perf gate and the Markdown summary read them by name).
+fn assert_documented_fields(report: &Value) {
+    let fields = [
+        "target",
+        "mode",
+        "target_rps",
+        "achieved_rps",
+        "duration_s",
+        "warmup_s",
+        "connections",
+        "threads",
+        "pipeline",
+        "shards",
+        "latency_us",
+        "sent",
+        "answered",
+        "errors_total",
+        "errors_by_code",
+        "sheds_total",
+        "sheds_by_code",
+        "timeouts_total",
+        "counts_ok",
+        "connect_errors",
+        "schedule",
+        "rss_mb",
+        "cpu_s",
+        "embedded",
+        "config",
+        "env",
+    ];
+    for field in fields {
+        assert!(report.get(field).is_some(), "{field} missing: {report}");
+    }
+    for field in ["behind_no_connection", "unsent", "send_lag_us"] {
+        assert!(
+            report["schedule"].get(field).is_some(),
+            "schedule.{field}: {report}"
+        );
+    }
+    for field in ["cpu_model", "cores", "kernel", "git_commit", "command_line"] {
+        assert!(report["env"].get(field).is_some(), "env.{field}: {report}");
+    }
+}
+
 /// The README's one-command demo: an embedded router at 2,000 req/s for 2 s. The report
 /// parses, every request is accounted for, the schedule was kept (within 5 %), and the
 /// router answered everything.
@@ -75,6 +120,7 @@ fn embedded_open_loop() {
     ];
     let (output, report) = bench(&args, &out);
     assert_counts_add_up(&report);
+    assert_documented_fields(&report);
     assert_eq!(report["mode"], "open-loop");
     assert_eq!(report["embedded"], true);
     let achieved = report["achieved_rps"].as_f64().unwrap();

@@ -6,6 +6,8 @@
 //!   `relative max_pct_increase DEFAULT_P99_MAX_PCT_INCREASE` is added on each p99 metric
 //!   both reports have; if they share none, that is a `FAIL`. A rule on a p99 metric is
 //!   never skipped: a missing p99 fails even without `require_all_metrics_present`.
+//!   Only a policy that declares `p99_not_applicable` (its reports measure no latency)
+//!   goes without the default rule.
 //! - Bounds are inclusive: a candidate exactly at the limit passes.
 //! - A relative limit is `base ± |base| × pct / 100`. With a base of 0 the limit is 0
 //!   whatever the percentage (no increase is allowed over nothing), so the rule acts as
@@ -141,7 +143,7 @@ fn with_default_p99(
     candidate: &Candidate,
 ) -> (Vec<Rule>, Option<Check>) {
     let mut rules = policy.rules.clone();
-    if rules.iter().any(|r| is_p99(&r.metric)) {
+    if policy.p99_not_applicable || rules.iter().any(|r| is_p99(&r.metric)) {
         return (rules, None);
     }
     let shared = baseline
@@ -541,6 +543,23 @@ mod tests {
             None,
         );
         assert_eq!(outcome.checks.len(), 2);
+        assert_eq!(outcome.summary(), "gate: PASS (1 rule, 1 skipped)");
+    }
+
+    /// A policy for reports without latency (instruction counts) declares so and is judged
+    /// on its own rules alone: no default p99 rule, no failure for want of one.
+    #[test]
+    fn p99_not_applicable_drops_the_default_rule() {
+        let mut p = policy(&[("icount_x", Bound::MaxPctIncrease(5.0))]);
+        p.p99_not_applicable = true;
+        let base = metrics(&[("icount_x", 1000.0), ("latency_p99_us", 1.0)]);
+        let cand = metrics(&[("icount_x", 1050.0), ("latency_p99_us", 9.0)]);
+        let outcome = evaluate(&p, &base, &Candidate::from_runs(&[cand]), None);
+        assert_eq!(outcome.checks.len(), 2, "{outcome}");
+        assert_eq!(
+            outcome.checks[0].to_string(),
+            "PASS icount_x relative max_pct_increase 5: base 1000 candidate 1050 limit 1050"
+        );
         assert_eq!(outcome.summary(), "gate: PASS (1 rule, 1 skipped)");
     }
 

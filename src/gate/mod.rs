@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 pub use check::{evaluate, Check, Outcome, Status, DEFAULT_P99_MAX_PCT_INCREASE};
 pub use error::GateError;
 pub use policy::{is_p99, parse_policy, Bound, GatePolicy, Origin, Rule};
-pub use policy::{ALL_METRICS_FLAG, EXIT_CODE_FLAGS};
+pub use policy::{ALL_METRICS_FLAG, EXIT_CODE_FLAGS, NO_P99_FLAG};
 pub use report::{latency_metric, median, parse_report, Candidate, Metrics, Sample};
 pub use report::{BENCH_FIELDS, BENCH_LATENCY_KEY, METRICS_KEY};
 

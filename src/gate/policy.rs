@@ -8,8 +8,10 @@
 //! would otherwise check nothing and pass.
 //!
 //! Flags (absent = false): `require_candidate_exit_code_zero` (Beamline spells it
-//! `require_candidate_ct_exit_code_zero`; either being true requires it) and
-//! `require_all_metrics_present`.
+//! `require_candidate_ct_exit_code_zero`; either being true requires it),
+//! `require_all_metrics_present`, and `p99_not_applicable`: the reports measure no latency
+//! (instruction counts, say), so the gate adds no default p99 rule and does not fail for
+//! want of a p99 metric. Rules the policy states on p99 metrics still apply.
 
 use std::path::Path;
 
@@ -111,6 +113,7 @@ pub struct GatePolicy {
     pub rules: Vec<Rule>,
     pub require_exit_code_zero: bool,
     pub require_all_metrics_present: bool,
+    pub p99_not_applicable: bool,
 }
 
 /// Our spelling and Beamline's of the exit-code flag.
@@ -120,6 +123,8 @@ pub const EXIT_CODE_FLAGS: [&str; 2] = [
 ];
 /// The missing-metric flag.
 pub const ALL_METRICS_FLAG: &str = "require_all_metrics_present";
+/// The flag of reports that have no latency to enforce.
+pub const NO_P99_FLAG: &str = "p99_not_applicable";
 
 /// Reads a policy document.
 pub fn parse_policy(file: &Path, bytes: &[u8]) -> Result<GatePolicy, GateError> {
@@ -256,9 +261,12 @@ fn parse_flags(
             policy.require_exit_code_zero |= on;
         } else if flag == ALL_METRICS_FLAG {
             policy.require_all_metrics_present = on;
+        } else if flag == NO_P99_FLAG {
+            policy.p99_not_applicable = on;
         } else {
             let expected = "require_candidate_exit_code_zero, \
-                            require_candidate_ct_exit_code_zero or require_all_metrics_present";
+                            require_candidate_ct_exit_code_zero, require_all_metrics_present \
+                            or p99_not_applicable";
             return Err(unknown_key(file, path, "gate flag", flag, expected));
         }
     }
@@ -353,6 +361,9 @@ mod tests {
         )
         .unwrap();
         assert!(p.require_exit_code_zero && p.require_all_metrics_present);
+        assert!(!p.p99_not_applicable);
+        let p = flags(r#"{"p99_not_applicable": true}"#).unwrap();
+        assert!(p.p99_not_applicable && !p.require_all_metrics_present);
     }
 
     /// Each unusable policy is a typed error with the file and the JSON path.

@@ -17,7 +17,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use foldhash::fast::RandomState;
+use foldhash::fast::SeedableRandomState;
 
 use super::model::{Policy, PolicySlot, ProviderIdx};
 use super::parse::{is_tenant_id, parse_policy, PolicyError, POLICY_FILE_BYTES_MAX};
@@ -34,7 +34,9 @@ pub const DIR_ENTRIES_MAX: usize = 100_000;
 const _: () = assert!(POLICIES_MAX <= u32::MAX as usize);
 const _: () = assert!(POLICIES_PER_TENANT_MAX <= POLICIES_MAX);
 
-type Map<K, V> = HashMap<K, V, RandomState>;
+/// Seeded at random per table in production (tenant and provider names are chosen by
+/// clients, so their hashes must not be predictable); fixed only for measurements.
+type Map<K, V> = HashMap<K, V, SeedableRandomState>;
 
 #[derive(Debug, Default)]
 struct TenantPolicies {
@@ -55,14 +57,29 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// Builds the table; slot `i` is `policies[i]`. A repeated (tenant, id) is an error.
     pub fn from_policies(policies: Vec<Policy>) -> Result<Self, Vec<PolicyError>> {
+        Self::build(policies, SeedableRandomState::random)
+    }
+
+    /// As `from_policies`, with hash seeds fixed so that lookups execute the same
+    /// instructions in every process: for instruction-count measurements. Never serve
+    /// from it: a client could pick tenant or provider names that collide.
+    pub fn from_policies_fixed_hash(policies: Vec<Policy>) -> Result<Self, Vec<PolicyError>> {
+        Self::build(policies, SeedableRandomState::fixed)
+    }
+
+    fn build(
+        policies: Vec<Policy>,
+        hasher: fn() -> SeedableRandomState,
+    ) -> Result<Self, Vec<PolicyError>> {
         let mut problems = Vec::new();
         if policies.len() > POLICIES_MAX {
             let message = format!("{} policies; at most {POLICIES_MAX}", policies.len());
             problems.push(table_error("routing table", message));
             return Err(problems);
         }
-        let mut tenants: Map<Box<str>, TenantPolicies> = Map::default();
-        let mut refs: Map<(&str, &str), Vec<(PolicySlot, ProviderIdx)>> = Map::default();
+        let mut tenants: Map<Box<str>, TenantPolicies> = Map::with_hasher(hasher());
+        let mut refs: Map<(&str, &str), Vec<(PolicySlot, ProviderIdx)>> =
+            Map::with_hasher(hasher());
         for (i, policy) in policies.iter().enumerate() {
             policy.check();
             let slot = PolicySlot(i as u32);
@@ -74,7 +91,12 @@ impl RoutingTable {
                 ));
                 continue;
             }
-            let tenant = tenants.entry(policy.tenant.clone()).or_default();
+            let tenant = tenants
+                .entry(policy.tenant.clone())
+                .or_insert_with(|| TenantPolicies {
+                    by_id: Map::with_hasher(hasher()),
+                    by_provider: Map::with_hasher(hasher()),
+                });
             if tenant.by_id.contains_key(&policy.id) {
                 problems.push(table_error(&source, "duplicate policy id for this tenant"));
                 continue;

@@ -43,9 +43,11 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-pub use chunked::ChunkError;
+pub use chunked::{ChunkError, ChunkedDecoder};
 pub use error::RequestError;
 pub use limits::*;
+// Public so that the request framing can be measured and fuzzed without a socket.
+pub use parse::{parse_request, Parsed};
 pub use request::{Header, Method, Request};
 pub use response::{reason_phrase, ExtraHeaders, HeaderRejected, Response, CONTENT_TYPE_JSON};
 pub use server::{serve, ServeError, CONNECTION_LIMIT_MESSAGE};
