@@ -96,6 +96,7 @@ impl RoutingTable {
                 .or_insert_with(|| TenantPolicies {
                     by_id: Map::with_hasher(hasher()),
                     by_provider: Map::with_hasher(hasher()),
+                    has_stages: false,
                 });
             if tenant.by_id.contains_key(&policy.id) {
                 problems.push(table_error(&source, "duplicate policy id for this tenant"));

@@ -206,6 +206,7 @@ mod tests {
             status,
             retry_after_s: None,
             body: Vec::new(),
+            assignment: None,
         }
     }
 

@@ -174,6 +174,7 @@ fn message() -> Msg {
         status: 200,
         retry_after_s: None,
         body: Vec::new(),
+        assignment: None,
     };
     Msg::Reply { slot: 7, reply }
 }

@@ -1,0 +1,285 @@
+//! The router over NATS, driven by the official `nats` client (an independent
+//! implementation): decisions on every shard, the error codes, replies' headers, results,
+//! usage events, assignments and acknowledgements.
+
+#![allow(deprecated)] // the sync `nats` crate is deprecated upstream; it is the reference here
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::nats::NatsServer;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// A router on a fresh config dir whose `[nats]` points at `nats`, with `extra` TOML and
+/// policies for `tenants`, and an official client connected to the same server.
+pub struct Rig {
+    pub server: Option<shardline::server::Server>,
+    pub nc: ::nats::Connection,
+    pub dir: TempDir,
+}
+
+pub fn rig(nats: &NatsServer, tenants: &[String], extra: &str) -> Rig {
+    let toml = format!("[nats]\nurl = \"{}\"\n{extra}", nats.url());
+    let dir = config_dir("serve-nats", &toml);
+    for t in tenants {
+        write_policy(&dir, t, "default", SIMPLE_POLICY);
+    }
+    let server = start(settings(&dir));
+    let deadline = Instant::now() + WAIT;
+    while !server.shared().is_ready() {
+        assert!(Instant::now() < deadline, "router never connected to NATS");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let nc = ::nats::Options::new()
+        .max_reconnects(1)
+        .reconnect_delay_callback(|_| Duration::ZERO)
+        .connect(nats.url())
+        .unwrap();
+    Rig {
+        server: Some(server),
+        nc,
+        dir,
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().unwrap();
+        }
+    }
+}
+
+pub fn decide(nc: &::nats::Connection, tenant: Option<&str>, body: &[u8]) -> ::nats::Message {
+    let headers = tenant.map(|t| {
+        let mut h = ::nats::HeaderMap::new();
+        h.insert("tenant_id", t.to_owned());
+        h.insert("trace_id", TRACE.to_owned());
+        h
+    });
+    nc.request_with_headers_or_timeout(
+        "beamline.router.v1.decide",
+        headers.as_ref(),
+        Some(WAIT),
+        body,
+    )
+    .expect("a reply")
+}
+
+pub fn header(m: &::nats::Message, name: &str) -> Option<String> {
+    m.headers.as_ref()?.get(name).cloned()
+}
+
+pub fn json(m: &::nats::Message) -> Value {
+    serde_json::from_slice(&m.data)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&m.data)))
+}
+
+/// Every shard answers over NATS (the queue group spreads messages, handoffs reach the
+/// owners); replies carry the contract headers and the HTTP-equivalent status.
+#[test]
+fn decides_for_tenants_on_every_shard() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let tenants = tenants_covering(usable_cores());
+    let rig = rig(&nats, &tenants, "");
+    for tenant in &tenants {
+        for i in 0..40 {
+            let body = decide_body(tenant, &format!("r{i}"));
+            let m = decide(&rig.nc, Some(tenant), &body);
+            let v = json(&m);
+            assert_eq!(
+                v["decision"]["metadata"]["tenant_id"],
+                tenant.as_str(),
+                "{v}"
+            );
+            let provider = v["decision"]["provider_id"].as_str().unwrap();
+            assert!(["openai", "anthropic"].contains(&provider), "{v}");
+            assert_eq!(header(&m, "status").as_deref(), Some("200"));
+            assert_eq!(header(&m, "tenant_id").as_deref(), Some(tenant.as_str()));
+            assert_eq!(header(&m, "trace_id").as_deref(), Some(TRACE));
+        }
+    }
+    let shared = rig.server.as_ref().unwrap().shared();
+    let mut text = String::new();
+    shared.render_metrics(&mut text);
+    assert!(
+        text.contains("shardline_requests_total{shard=\"all\",transport=\"nats\"} 80")
+            || text.contains(&format!(
+                "shardline_requests_total{{shard=\"all\",transport=\"nats\"}} {}",
+                40 * tenants.len()
+            )),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("requests_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(text.contains("shardline_nats_connected{shard=\"0\"} 1"));
+}
+
+/// The same codes and bodies as HTTP: invalid JSON, a missing field, an unknown tenant,
+/// and a rate limit, each with its status header.
+#[test]
+fn error_codes_over_nats() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let tenants = ["limited".to_owned()];
+    let rig = rig(&nats, &[], "");
+    let limited = r#"{"version":"1.0","providers":[{"name":"a","weight":1}],
+        "rate_limit":{"enabled":true,"requests_per_second":1,"burst":1}}"#;
+    write_policy(&rig.dir, &tenants[0], "default", limited);
+    std::thread::sleep(Duration::from_millis(300)); // the watcher reloads
+    let cases: [(&[u8], Option<&str>, &str, &str); 3] = [
+        (b"{not json", Some("x"), "invalid_request", "400"),
+        (
+            br#"{"request_id":"r","task":{"type":"chat"}}"#,
+            None,
+            "invalid_request",
+            "400",
+        ),
+        (
+            &decide_body("nobody", "r1"),
+            Some("nobody"),
+            "policy_not_found",
+            "404",
+        ),
+    ];
+    for (body, tenant, code, status) in cases {
+        let m = decide(&rig.nc, tenant, body);
+        let v = json(&m);
+        assert_eq!(v["ok"], false, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert_eq!(header(&m, "status").as_deref(), Some(status));
+    }
+    let codes: Vec<String> = (0..5)
+        .map(|i| {
+            let m = decide(
+                &rig.nc,
+                Some("limited"),
+                &decide_body("limited", &format!("q{i}")),
+            );
+            json(&m)["error"]["code"]
+                .as_str()
+                .unwrap_or("ok")
+                .to_owned()
+        })
+        .collect();
+    assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
+}
+
+/// A decide message without a reply subject is counted, not answered, and breaks nothing.
+#[test]
+fn message_without_reply_subject_is_counted() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let tenants = ["acme".to_owned()];
+    let rig = rig(&nats, &tenants, "");
+    rig.nc
+        .publish("beamline.router.v1.decide", decide_body("acme", "lost"))
+        .unwrap();
+    rig.nc.flush().unwrap();
+    let shared = rig.server.as_ref().unwrap().shared();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut text = String::new();
+        shared.render_metrics(&mut text);
+        if text.contains("shardline_nats_no_reply_total{shard=\"all\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = decide(&rig.nc, Some("acme"), &decide_body("acme", "after"));
+    assert_eq!(json(&m)["ok"], true);
+}
+
+/// `push_assignment` publishes an ExecAssignment with its headers after the reply; a
+/// result updates the owner and publishes a usage event; a duplicate is ignored; an ack
+/// is counted.
+#[test]
+fn assignments_results_usage_and_acks() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let tenants = tenants_covering(usable_cores());
+    let rig = rig(&nats, &tenants, "");
+    let assignments = rig.nc.subscribe("caf.exec.assign.v1").unwrap();
+    let usage = rig.nc.subscribe("beamline.usage.v1.metered").unwrap();
+    rig.nc.flush().unwrap();
+    for tenant in &tenants {
+        let body = format!(
+            r#"{{"request_id":"a-{tenant}","tenant_id":"{tenant}","trace_id":"{TRACE}","task":{{"type":"chat","payload":{{"q":1}}}},"push_assignment":true}}"#
+        );
+        let m = decide(&rig.nc, None, body.as_bytes());
+        let decision = json(&m);
+        let a = assignments.next_timeout(WAIT).expect("an assignment");
+        let v = json(&a);
+        assert_eq!(v["tenant_id"], tenant.as_str());
+        assert_eq!(v["request_id"], format!("a-{tenant}"));
+        assert_eq!(
+            v["executor"]["provider_id"],
+            decision["decision"]["provider_id"]
+        );
+        assert_eq!(v["job"]["payload"]["q"], 1);
+        assert_eq!(header(&a, "tenant_id").as_deref(), Some(tenant.as_str()));
+        assert_eq!(header(&a, "trace_id").as_deref(), Some(TRACE));
+        assert_eq!(header(&a, "version").as_deref(), Some("1"));
+        let result = format!(
+            r#"{{"assignment_id":"{}","request_id":"a-{tenant}","status":"success","provider_id":"openai","latency_ms":120,"cost":0.01,"tenant_id":"{tenant}","timestamp":1700000000000}}"#,
+            v["assignment_id"].as_str().unwrap()
+        );
+        let reply = rig
+            .nc
+            .request_timeout("caf.exec.result.v1", &result, WAIT)
+            .unwrap();
+        assert_eq!(json(&reply)["duplicate"], false, "{:?}", json(&reply));
+        let event = usage.next_timeout(WAIT).expect("a usage event");
+        let e = json(&event);
+        assert_eq!(
+            (e["tenant_id"].as_str(), e["provider_id"].as_str()),
+            (Some(tenant.as_str()), Some("openai"))
+        );
+        let again = rig
+            .nc
+            .request_timeout("caf.exec.result.v1", &result, WAIT)
+            .unwrap();
+        assert_eq!(json(&again)["duplicate"], true);
+        assert!(
+            usage.next_timeout(Duration::from_millis(200)).is_err(),
+            "no event for a duplicate"
+        );
+        let ack = format!(
+            r#"{{"assignment_id":"{}","status":"accepted","tenant_id":"{tenant}"}}"#,
+            v["assignment_id"].as_str().unwrap()
+        );
+        rig.nc.publish("caf.exec.assign.v1.ack", ack).unwrap();
+    }
+    rig.nc.flush().unwrap();
+    let shared = rig.server.as_ref().unwrap().shared();
+    let deadline = Instant::now() + WAIT;
+    let want = format!(
+        "shardline_assignment_acks_total{{shard=\"all\"}} {}",
+        tenants.len()
+    );
+    loop {
+        let mut text = String::new();
+        shared.render_metrics(&mut text);
+        if text.contains(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acks not counted: {}",
+            text.lines()
+                .filter(|l| l.contains("ack"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
