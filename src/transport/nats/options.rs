@@ -19,7 +19,7 @@ use crate::transport::http::TlsError;
 /// Requests one shard's client awaits at once (router-made: extension calls).
 pub const INFLIGHT_REQUESTS_MAX: usize = 4_096;
 /// Servers a client rotates over.
-pub const SERVERS_MAX: usize = 16;
+pub const SERVERS_MAX: usize = crate::config::NATS_SERVERS_MAX;
 /// Time to open TCP, finish TLS and get the server's PONG to CONNECT.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// First reconnect delay; it doubles (with ±25 % jitter) up to the configured cap.
