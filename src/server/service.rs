@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::handoff::{Job, Outgoing, OwnedHeaders, Reply, Route};
 use super::owner::{self, Answered};
@@ -231,8 +232,17 @@ impl RouterService {
         let shared = &self.ctx.shared;
         let ready = shared.is_ready();
         resp.status = if ready { 200 } else { 503 };
+        let nats = if shared.nats.is_empty() {
+            "null".to_owned()
+        } else {
+            let up = shared
+                .nats
+                .iter()
+                .filter(|s| s.connected.load(Relaxed) == 1);
+            format!(r#"{{"connected_shards":{}}}"#, up.count())
+        };
         let body = format!(
-            r#"{{"ok":{ready},"shards":{},"stopping":{}}}"#,
+            r#"{{"ok":{ready},"shards":{},"stopping":{},"nats":{nats}}}"#,
             shared.partition.shard_count(),
             shared.is_stopping()
         );
