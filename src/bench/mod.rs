@@ -74,6 +74,8 @@
 mod args;
 pub mod markdown;
 mod mix;
+mod nats_bare;
+mod nats_worker;
 pub mod plot;
 mod poll;
 mod record;
@@ -90,11 +92,12 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use args::{
-    parse_duration, parse_target, BenchArgs, DurationError, Load, MixSource, Settings, Target,
-    CONNECTIONS_MAX, EMBEDDED_CONFIG_DEFAULT, PIPELINE_MAX, RATE_RPS_DEFAULT, THREADS_MAX,
-    TIMEOUT_MS_MAX,
+    parse_duration, parse_target, BenchArgs, DurationError, Load, MixSource, NatsTarget, Settings,
+    Target, CONNECTIONS_MAX, EMBEDDED_CONFIG_DEFAULT, NATS_DECIDE_SUBJECT, NATS_PIPELINE_DEFAULT,
+    PIPELINE_MAX, RATE_RPS_DEFAULT, THREADS_MAX, TIMEOUT_MS_MAX,
 };
 pub use mix::{Generated, Mix, MixCursor, MixError};
+pub use nats_bare::{BareNats, BARE_QUEUE_GROUP};
 pub use record::{Counts, Recorder, LATENCY_SIGFIGS, LATENCY_US_MAX};
 pub use report::{Latency, PerPercentile, Report, ScheduleReport, Side};
 pub use run::run;
@@ -110,6 +113,21 @@ pub enum BenchError {
     /// `--target` is not a usable `http://HOST:PORT`.
     #[error("--target {url}: {reason}")]
     Target { url: String, reason: &'static str },
+    /// `--target nats://…` or its TLS files are unusable.
+    #[error("--target {url}: {error}")]
+    Nats {
+        url: String,
+        error: crate::transport::nats::OptionsError,
+    },
+    /// A NATS connection was not up within its connect timeout at the start.
+    #[error("NATS {url}: not connected within {timeout_ms} ms")]
+    NatsConnect { url: String, timeout_ms: u64 },
+    /// The bare NATS echo did not start or did not stop cleanly.
+    #[error("bare NATS echo: {0}")]
+    NatsBare(String),
+    /// A glommio executor for a client thread could not be built.
+    #[error("client thread executor: {0}")]
+    Executor(String),
     #[error(transparent)]
     Mix(#[from] MixError),
     /// The embedded router's config did not load.
