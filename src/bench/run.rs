@@ -256,7 +256,7 @@ struct Watched {
 /// The client threads' plan for one endpoint.
 enum Drive {
     Http(Plan),
-    Nats(NatsPlan),
+    Nats(Box<NatsPlan>),
 }
 
 impl Drive {
@@ -278,7 +278,7 @@ impl Drive {
                 spin_ns,
                 client_cores: load.client_cores.clone(),
             }),
-            Wire::Nats { opts, subject } => Drive::Nats(NatsPlan {
+            Wire::Nats { opts, subject } => Drive::Nats(Box::new(NatsPlan {
                 opts: opts.clone(),
                 url: endpoint.target.clone(),
                 subject: subject.clone(),
@@ -292,7 +292,7 @@ impl Drive {
                 timeout_ns,
                 spin_ns,
                 client_cores: load.client_cores.clone(),
-            }),
+            })),
         }
     }
 
