@@ -12,8 +12,9 @@
 //! same client wherever the bench runs, and needs nothing started beside the NATS server.
 //!
 //! Readiness: a responder reports ready only after a probe request through the server has
-//! been answered on the subject, so the measured window never starts on a subscription
-//! the server has not seen yet.
+//! been answered on the subject, so the measured window never starts with no echo the
+//! server knows of. (With several responders a probe may be answered by one started
+//! earlier; the later one's SUB went out before its probe and lands microseconds later.)
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};

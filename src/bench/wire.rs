@@ -5,6 +5,9 @@
 //! `bad_response`. Classification reads the status and, for a non-200 answer, the first
 //! `"code":"…"` in the body — a byte search, not a JSON parse, so an error storm costs
 //! the client no more than successes do.
+//!
+//! A NATS reply has no status, so `classify_reply` reads the body's `"ok"` flag instead
+//! and then counts an ErrorResponse by the same code (and shed) rules.
 
 use std::io::Write as _;
 use std::ops::Range;
