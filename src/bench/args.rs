@@ -1,6 +1,13 @@
 //! `shardline bench`'s command line, and its checks: every flag is bounded, and
 //! combinations that cannot mean anything are refused before a socket is opened.
 //!
+//! One command line drives both transports: `--target http://…` (or `--embedded`) speaks
+//! HTTP/1.1, `--target nats://…` (or `tls://…`) NATS request-reply. The load flags mean
+//! the same on both, except what one connection carries: an HTTP connection holds
+//! `--pipeline` requests at most (1 by default), a NATS connection multiplexes many
+//! (`NATS_PIPELINE_DEFAULT`), so a NATS run needs few connections (one per thread by
+//! default) and bounds its requests in flight instead.
+//!
 //! The arguments live in the library (not `main.rs`) so that what they mean — defaults,
 //! limits, the settings they resolve to — is documented and tested beside the code that
 //! uses them; the binary only forwards them.
@@ -15,6 +22,8 @@ use thiserror::Error;
 use super::mix::Generated;
 use super::schedule::{RATE_RPS_MAX, RATE_RPS_MIN};
 use super::BenchError;
+use crate::config::{NatsConfig, NatsUrls};
+use crate::transport::nats::ClientOptions;
 
 /// The embedded router's config when `--embedded` is given without `--config`: four
 /// tenants, no rate limit (so the router, not a policy, is measured).
@@ -28,6 +37,18 @@ pub const RATE_RPS_DEFAULT: f64 = 1000.0;
 pub const THREADS_MAX: usize = 64;
 /// Connections over all threads.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// HTTP keep-alive connections when `--connections` is not given.
+pub const HTTP_CONNECTIONS_DEFAULT: usize = 16;
+/// Open loop over NATS: requests in flight per connection when `--pipeline` is not given.
+pub const NATS_PIPELINE_DEFAULT: usize = 256;
+/// Requests in flight on one NATS connection (the client's own bound).
+pub const NATS_PIPELINE_MAX: usize = crate::transport::nats::options::INFLIGHT_REQUESTS_MAX;
+/// Closed loop over NATS: requests in flight over all threads.
+pub const NATS_CONCURRENCY_MAX: usize = 100_000;
+/// The router's decide subject (SPEC §2), the default `--subject`.
+pub const NATS_DECIDE_SUBJECT: &str = "beamline.router.v1.decide";
+/// Bytes of `--subject`.
+const SUBJECT_BYTES_MAX: usize = 256;
 /// Requests in flight per connection (the router answers at most 64 per read).
 pub const PIPELINE_MAX: usize = 64;
 /// Length of a run, and of its warmup.
@@ -45,9 +66,22 @@ const _: () = assert!(PIPELINE_MAX <= crate::transport::http::PIPELINE_REQUESTS_
 /// `shardline bench`: a latency-budget load generator for the router over HTTP.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Drive a running router at `http://HOST:PORT` (keep-alive connections).
+    /// Drive a running router at `http://HOST:PORT` (keep-alive connections), or over
+    /// NATS request-reply through the server at `nats://HOST:PORT` (`tls://` for TLS).
     #[arg(long, value_name = "URL", conflicts_with = "embedded")]
     pub target: Option<String>,
+    /// NATS: the subject decide requests are sent to.
+    #[arg(long, default_value = NATS_DECIDE_SUBJECT)]
+    pub subject: String,
+    /// NATS: CA of the server's certificate (TLS to the server).
+    #[arg(long, value_name = "FILE")]
+    pub nats_ca: Option<PathBuf>,
+    /// NATS: client certificate for mutual TLS (with --nats-key).
+    #[arg(long, value_name = "FILE", requires_all = ["nats_key", "nats_ca"])]
+    pub nats_cert: Option<PathBuf>,
+    /// NATS: the client certificate's key.
+    #[arg(long, value_name = "FILE", requires = "nats_cert")]
+    pub nats_key: Option<PathBuf>,
     /// Start a router in this process on 127.0.0.1:0 and drive it.
     #[arg(long)]
     pub embedded: bool,
@@ -59,15 +93,18 @@ pub struct BenchArgs {
     /// --concurrency].
     #[arg(long, value_name = "R", conflicts_with = "concurrency")]
     pub rate: Option<f64>,
-    /// Closed loop: C connections, each sending its next request when the answer arrives.
+    /// Closed loop: C requests in flight, each followed by the next when its answer
+    /// arrives (HTTP: C connections; NATS: over --connections).
     #[arg(long, value_name = "C")]
     pub concurrency: Option<usize>,
-    /// Open loop: keep-alive connections over all threads (needed: rate × latency).
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub connections: usize,
-    /// Requests in flight per connection (HTTP pipelining); 1 = none.
-    #[arg(long, value_name = "P", default_value_t = 1)]
-    pub pipeline: usize,
+    /// Connections over all threads [default: HTTP 16 (open loop; needed: rate ×
+    /// latency), NATS one per thread].
+    #[arg(long, value_name = "N")]
+    pub connections: Option<usize>,
+    /// Open loop: requests in flight per connection [default: HTTP 1 (no pipelining),
+    /// NATS 256].
+    #[arg(long, value_name = "P")]
+    pub pipeline: Option<usize>,
     /// Measured time (`10s`, `500ms`, `2m`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -104,10 +141,15 @@ pub struct BenchArgs {
     /// only: less CPU, less precise).
     #[arg(long, value_name = "US", default_value_t = 50)]
     pub spin_us: u64,
-    /// Also run the same load against the bare responder (same HTTP stack and shard
-    /// count, no routing) and report what the router adds.
+    /// Also run the same load against the bare responder (HTTP: same stack and shard
+    /// count, no routing; NATS: an echo on the same client and server) and report what
+    /// the router adds.
     #[arg(long)]
     pub compare_bare: bool,
+    /// NATS: drive only the bare echo responder (the floor of client, server and
+    /// generator), no router.
+    #[arg(long, conflicts_with = "compare_bare")]
+    pub bare_only: bool,
     /// Write the JSON report here (the summary table is printed either way).
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
@@ -154,6 +196,40 @@ pub enum Target {
     },
     /// A router started in-process from this config.
     Embedded { config: PathBuf },
+    /// A router (or only the bare echo) behind a NATS server.
+    Nats(NatsTarget),
+}
+
+/// A NATS target: the server, its TLS material, and the subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsTarget {
+    /// `nats://HOST:PORT` or `tls://HOST:PORT`, as given.
+    pub url: String,
+    pub subject: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Drive only the bare echo, not `subject`.
+    pub bare_only: bool,
+}
+
+impl NatsTarget {
+    /// The client options every connection of the run uses.
+    pub fn client_options(&self) -> Result<ClientOptions, BenchError> {
+        let config = NatsConfig {
+            url: NatsUrls::new(self.url.clone()),
+            name: "shardline-bench".into(),
+            tls_ca: self.ca.clone(),
+            tls_cert: self.cert.clone(),
+            tls_key: self.key.clone(),
+            ..NatsConfig::default()
+        };
+        let opts = ClientOptions::from_config(&config).map_err(|error| BenchError::Nats {
+            url: crate::config::redacted_url(&self.url),
+            error,
+        })?;
+        Ok(opts.expect("a URL was given"))
+    }
 }
 
 /// The requests sent.
@@ -171,7 +247,10 @@ pub struct Load {
     pub rate_rps: Option<f64>,
     pub connections: usize,
     pub threads: usize,
+    /// Requests in flight per connection at most (closed-loop NATS: the average).
     pub pipeline: usize,
+    /// Requests in flight over all threads at most (closed loop: always).
+    pub in_flight: usize,
     pub duration: Duration,
     pub warmup: Duration,
     pub timeout: Duration,
@@ -201,6 +280,7 @@ impl BenchArgs {
     /// Checks the flags and resolves them into settings.
     pub fn settings(&self, command_line: String) -> Result<Settings, BenchError> {
         let target = match (&self.target, self.embedded) {
+            (Some(url), false) if is_nats_url(url) => Target::Nats(self.nats_target(url)?),
             (Some(url), false) => parse_target(url)?,
             (None, true) => Target::Embedded {
                 config: self
@@ -224,19 +304,72 @@ impl BenchArgs {
                 payload_bytes: self.payload_bytes,
             }),
         };
+        let nats = matches!(target, Target::Nats(_));
+        if !nats {
+            for (flag, given) in [
+                ("--bare-only", self.bare_only),
+                ("--nats-ca", self.nats_ca.is_some()),
+                ("--subject", self.subject != NATS_DECIDE_SUBJECT),
+            ] {
+                if given {
+                    return Err(invalid(flag, "applies to nats:// and tls:// targets only"));
+                }
+            }
+        }
         Ok(Settings {
             target,
-            load: self.load()?,
+            load: self.load(nats)?,
             mix,
             compare_bare: self.compare_bare,
             command_line,
         })
     }
 
-    fn load(&self) -> Result<Load, BenchError> {
+    fn nats_target(&self, url: &str) -> Result<NatsTarget, BenchError> {
+        if url.len() > URL_BYTES_MAX {
+            return Err(BenchError::Target {
+                url: url.chars().take(URL_BYTES_MAX).collect(),
+                reason: "too long",
+            });
+        }
+        let subject_ok = (1..=SUBJECT_BYTES_MAX).contains(&self.subject.len())
+            && !self
+                .subject
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b == b'*')
+            && !self
+                .subject
+                .split('.')
+                .any(|token| token.is_empty() || token == ">");
+        if !subject_ok {
+            return Err(invalid(
+                "--subject",
+                format!("1..={SUBJECT_BYTES_MAX} bytes of dot-separated tokens, no wildcard"),
+            ));
+        }
+        let target = NatsTarget {
+            url: url.to_owned(),
+            subject: self.subject.clone(),
+            ca: self.nats_ca.clone(),
+            cert: self.nats_cert.clone(),
+            key: self.nats_key.clone(),
+            bare_only: self.bare_only,
+        };
+        target.client_options()?; // checks the URL and reads the TLS files now
+        Ok(target)
+    }
+
+    fn load(&self, nats: bool) -> Result<Load, BenchError> {
+        let default_connections = if nats {
+            self.threads
+        } else {
+            HTTP_CONNECTIONS_DEFAULT
+        };
+        let connections = self.connections.unwrap_or(default_connections);
         let (rate_rps, connections) = match (self.rate, self.concurrency) {
+            (_, Some(c)) if nats => (None, connections.min(c.max(1))),
             (_, Some(c)) => (None, c),
-            (rate, None) => (Some(rate.unwrap_or(RATE_RPS_DEFAULT)), self.connections),
+            (rate, None) => (Some(rate.unwrap_or(RATE_RPS_DEFAULT)), connections),
         };
         if let Some(rate) = rate_rps {
             if !(RATE_RPS_MIN..=RATE_RPS_MAX).contains(&rate) {
@@ -260,9 +393,7 @@ impl BenchArgs {
                 format!("must be 1..={THREADS_MAX} and at most the connections"),
             ));
         }
-        if !(1..=PIPELINE_MAX).contains(&self.pipeline) {
-            return Err(invalid("--pipeline", format!("must be 1..={PIPELINE_MAX}")));
-        }
+        let (pipeline, in_flight) = self.in_flight(nats, connections)?;
         if self.duration.is_zero() {
             return Err(invalid("--duration", "must be more than zero"));
         }
@@ -290,7 +421,8 @@ impl BenchArgs {
             rate_rps,
             connections,
             threads: self.threads,
-            pipeline: self.pipeline,
+            pipeline,
+            in_flight,
             duration: self.duration,
             warmup: self.warmup,
             timeout: Duration::from_millis(self.timeout_ms),
@@ -298,6 +430,39 @@ impl BenchArgs {
             client_cores,
         })
     }
+}
+
+impl BenchArgs {
+    /// `(pipeline, in_flight)`: requests in flight per connection and over the run.
+    fn in_flight(&self, nats: bool, connections: usize) -> Result<(usize, usize), BenchError> {
+        let (default, max) = if nats {
+            (NATS_PIPELINE_DEFAULT, NATS_PIPELINE_MAX)
+        } else {
+            (1, PIPELINE_MAX)
+        };
+        let pipeline = self.pipeline.unwrap_or(default);
+        if !(1..=max).contains(&pipeline) {
+            return Err(invalid("--pipeline", format!("must be 1..={max}")));
+        }
+        match self.concurrency {
+            Some(c) if nats => {
+                if !(1..=NATS_CONCURRENCY_MAX).contains(&c) {
+                    let reason = format!("must be 1..={NATS_CONCURRENCY_MAX}");
+                    return Err(invalid("--concurrency", reason));
+                }
+                if c.div_ceil(connections) > NATS_PIPELINE_MAX {
+                    let reason = format!("more than {NATS_PIPELINE_MAX} per connection");
+                    return Err(invalid("--concurrency", reason));
+                }
+                Ok((c.div_ceil(connections), c))
+            }
+            _ => Ok((pipeline, connections * pipeline)),
+        }
+    }
+}
+
+fn is_nats_url(url: &str) -> bool {
+    url.starts_with("nats://") || url.starts_with("tls://")
 }
 
 /// `http://HOST[:PORT][/]`, resolved now (the first address).

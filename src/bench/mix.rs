@@ -78,6 +78,8 @@ pub struct Generated {
 /// One body split around its request id.
 #[derive(Debug, Clone)]
 struct Template {
+    /// The body's `tenant_id`, sent again as a header where the transport has them (NATS).
+    tenant: Option<String>,
     before_id: Vec<u8>,
     /// Up to the end of the body, or up to its closing `}` when a user id follows.
     after_id: Vec<u8>,
@@ -130,6 +132,7 @@ impl Mix {
                 after.push('}');
             }
             templates.push(Template {
+                tenant: Some(tenant.clone()),
                 before_id: br#"{"request_id":""#.to_vec(),
                 after_id: after.into_bytes(),
             });
@@ -206,6 +209,10 @@ fn task_json(payload_bytes: usize) -> String {
 fn template_of(line: &str) -> Result<Template, String> {
     let mut value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let object = value.as_object_mut().ok_or("not an object")?;
+    let tenant = object
+        .get("tenant_id")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
     object.insert("request_id".into(), ID_MARKER.into());
     let body = serde_json::to_string(&value).map_err(|e| e.to_string())?;
     let quoted = format!("\"{ID_MARKER}\"");
@@ -214,6 +221,7 @@ fn template_of(line: &str) -> Result<Template, String> {
         return Err("the body contains the bench's request id marker".into());
     }
     Ok(Template {
+        tenant,
         before_id: body.as_bytes()[..at + 1].to_vec(),
         after_id: body.as_bytes()[at + quoted.len() - 1..].to_vec(),
     })
@@ -239,6 +247,26 @@ impl MixCursor {
 
     /// Writes the next body into `out` (cleared first).
     pub fn next_body(&mut self, mix: &Mix, out: &mut Vec<u8>) {
+        self.write_body(mix, out);
+    }
+
+    /// Writes the next body into `out` (cleared first) and its trace id (32 hex
+    /// characters, unique within the run) into `trace_id`; returns the body's tenant,
+    /// when it names one.
+    pub fn next_request<'m>(
+        &mut self,
+        mix: &'m Mix,
+        out: &mut Vec<u8>,
+        trace_id: &mut String,
+    ) -> Option<&'m str> {
+        use std::fmt::Write as _;
+        trace_id.clear();
+        // Writing into a String cannot fail.
+        let _ = write!(trace_id, "{:08x}{:024x}", self.thread as u32, self.seq);
+        self.write_body(mix, out)
+    }
+
+    fn write_body<'m>(&mut self, mix: &'m Mix, out: &mut Vec<u8>) -> Option<&'m str> {
         use std::io::Write as _;
         let template = &mix.templates[(self.seq % mix.templates.len() as u64) as usize];
         out.clear();
@@ -251,6 +279,7 @@ impl MixCursor {
             let _ = write!(out, r#","metadata":{{"user_id":"u-{key}"}}}}"#);
         }
         self.seq += 1;
+        template.tenant.as_deref()
     }
 
     /// splitmix64: cheap, seeded per thread, good enough to spread session keys.
@@ -310,6 +339,28 @@ mod tests {
         let mut out = Vec::new();
         cursor.next_body(&mix, &mut out);
         assert!(decode_decide(&out, &Headers::default()).is_ok());
+    }
+
+    /// Each request names its body's tenant (for the `tenant_id` header) and carries a
+    /// distinct 32-hex trace id; a file line without a tenant gives none.
+    #[test]
+    fn requests_name_their_tenant_and_trace() {
+        let mix = Mix::generated(&spec()).unwrap();
+        let mut cursor = MixCursor::new(5);
+        let (mut body, mut trace) = (Vec::new(), String::new());
+        assert_eq!(
+            cursor.next_request(&mix, &mut body, &mut trace),
+            Some("tenant-0")
+        );
+        let first = trace.clone();
+        assert_eq!(
+            cursor.next_request(&mix, &mut body, &mut trace),
+            Some("tenant-1")
+        );
+        assert_eq!(trace.len(), 32);
+        assert!(trace.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(first, trace);
+        assert_eq!(template_of(r#"{"task":{}}"#).unwrap().tenant, None);
     }
 
     /// `--payload-bytes` pads `task.payload` to exactly that many bytes.

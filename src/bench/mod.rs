@@ -7,6 +7,15 @@
 //! same HTTP stack answering a canned body, `transport::http::bare`) with the identical
 //! load, so the router's *added* latency comes from one run on one machine.
 //!
+//! Over NATS (`--target nats://HOST:PORT`, or `tls://` with `--nats-ca` and optionally
+//! `--nats-cert`/`--nats-key`) it sends the same mix as request-reply on `--subject`
+//! (the router's `beamline.router.v1.decide` by default) with `tenant_id` and `trace_id`
+//! headers, through the router's own shard-native client, one glommio executor per client
+//! thread (`nats_worker.rs`). There is no status over NATS: a reply counts by its body
+//! (`"ok":true`, or an ErrorResponse by its `error.code`, sheds apart). `--compare-bare`
+//! drives an in-process echo on the same client and server (`nats_bare.rs`);
+//! `--bare-only` drives the echo alone, the floor of the generator, client and server.
+//!
 //! # Honest numbers
 //! - **Open loop** (`--rate R`): request `g` is due at `g / R` seconds; latency counts from
 //!   that intended time, not from the actual send, so a stalled router or a client that
@@ -37,12 +46,18 @@
 //! names are stable.
 //!
 //! Fields, in order:
-//! - `target`: the URL driven (`http://127.0.0.1:PORT` for an embedded router);
+//! - `target`: the URL driven (`http://127.0.0.1:PORT` for an embedded router,
+//!   `nats://…` / `tls://…` for the NATS server);
+//! - `transport`: `http` or `nats`;
+//! - `subject` (NATS only): the subject driven (`bench.bare.<random>` for the echo);
 //! - `mode`: `open-loop` or `closed-loop`;
 //! - `target_rps`: `--rate`; `null` in closed loop;
 //! - `achieved_rps`: measured requests sent ÷ `duration_s`;
 //! - `duration_s`, `warmup_s`: the measured window and the warmup before it, seconds;
-//! - `connections`, `threads`, `pipeline`: the client's shape;
+//! - `connections`, `threads`, `pipeline`: the client's shape (`pipeline`: requests in
+//!   flight per connection at most; closed-loop NATS: `in_flight_max` ÷ connections);
+//! - `in_flight_max`: requests in flight over all threads at most (open loop
+//!   `connections × pipeline`, closed loop `--concurrency`);
 //! - `shards`: shards of the embedded router or bare responder (absent when remote);
 //! - `latency_us`: `{p50, p90, p99, p999, max, mean}` in µs, of answered-200 requests
 //!   only; open loop counts from the intended send time, closed loop from the send;
@@ -50,7 +65,11 @@
 //! - `errors_total`, `errors_by_code`: other answers by the body's `error.code`
 //!   (`http_<status>` when there is none), plus the client-side `connection_closed`
 //!   (connection lost with the request in flight) and `bad_response` (unframeable);
-//! - `sheds_total`, `sheds_by_code`: `rate_limited` (429) and `overloaded` (503) answers;
+//!   over NATS also `no_responders` (nobody subscribed to the subject), `not_connected`,
+//!   `outbound_full`, `in_flight_full`, `too_large` (over the server's max_payload) and
+//!   `no_code` (an ErrorResponse without a code);
+//! - `sheds_total`, `sheds_by_code`: `rate_limited` (429) and `overloaded` (503) answers
+//!   (over NATS: ErrorResponses with those codes);
 //! - `timeouts_total`: no answer within `--timeout-ms` of the send;
 //! - `counts_ok`: `sent == answered + errors_total + sheds_total + timeouts_total`;
 //! - `connect_errors`: failed connection attempts (not requests);
@@ -62,6 +81,7 @@
 //! - `cpu_s` (embedded only): CPU seconds of the router's threads during the window
 //!   (client threads excluded; see `sys.rs` on what sharing the process means);
 //! - `embedded`, `config`: whether the router ran in-process, and its config file;
+//! - `bare_only` (only when true): the top-level figures are the bare responder's;
 //! - `env`: `{cpu_model, cores, kernel, git_commit (null outside git), command_line}`;
 //! - `bare` (with `--compare-bare`): the bare responder's figures, the fields above from
 //!   `target` to `schedule`;
@@ -74,6 +94,8 @@
 mod args;
 pub mod markdown;
 mod mix;
+mod nats_bare;
+mod nats_worker;
 pub mod plot;
 mod poll;
 mod record;
@@ -90,11 +112,12 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use args::{
-    parse_duration, parse_target, BenchArgs, DurationError, Load, MixSource, Settings, Target,
-    CONNECTIONS_MAX, EMBEDDED_CONFIG_DEFAULT, PIPELINE_MAX, RATE_RPS_DEFAULT, THREADS_MAX,
-    TIMEOUT_MS_MAX,
+    parse_duration, parse_target, BenchArgs, DurationError, Load, MixSource, NatsTarget, Settings,
+    Target, CONNECTIONS_MAX, EMBEDDED_CONFIG_DEFAULT, NATS_DECIDE_SUBJECT, NATS_PIPELINE_DEFAULT,
+    PIPELINE_MAX, RATE_RPS_DEFAULT, THREADS_MAX, TIMEOUT_MS_MAX,
 };
 pub use mix::{Generated, Mix, MixCursor, MixError};
+pub use nats_bare::{BareNats, BARE_QUEUE_GROUP};
 pub use record::{Counts, Recorder, LATENCY_SIGFIGS, LATENCY_US_MAX};
 pub use report::{Latency, PerPercentile, Report, ScheduleReport, Side};
 pub use run::run;
@@ -110,6 +133,21 @@ pub enum BenchError {
     /// `--target` is not a usable `http://HOST:PORT`.
     #[error("--target {url}: {reason}")]
     Target { url: String, reason: &'static str },
+    /// `--target nats://…` or its TLS files are unusable.
+    #[error("--target {url}: {error}")]
+    Nats {
+        url: String,
+        error: crate::transport::nats::OptionsError,
+    },
+    /// A NATS connection was not up within its connect timeout at the start.
+    #[error("NATS {url}: not connected within {timeout_ms} ms")]
+    NatsConnect { url: String, timeout_ms: u64 },
+    /// The bare NATS echo did not start or did not stop cleanly.
+    #[error("bare NATS echo: {0}")]
+    NatsBare(String),
+    /// A glommio executor for a client thread could not be built.
+    #[error("client thread executor: {0}")]
+    Executor(String),
     #[error(transparent)]
     Mix(#[from] MixError),
     /// The embedded router's config did not load.

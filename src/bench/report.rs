@@ -100,12 +100,17 @@ pub struct ScheduleReport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhaseInfo {
     pub target: String,
+    /// `http` or `nats`.
+    pub transport: &'static str,
+    /// NATS: the subject driven.
+    pub subject: Option<String>,
     pub rate_rps: Option<f64>,
     pub duration_s: f64,
     pub warmup_s: f64,
     pub connections: usize,
     pub threads: usize,
     pub pipeline: usize,
+    pub in_flight_max: usize,
     pub shards: Option<usize>,
     pub rss_mb: Option<f64>,
     pub cpu_s: Option<f64>,
@@ -115,6 +120,10 @@ pub struct PhaseInfo {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Side {
     pub target: String,
+    /// `http` or `nats`.
+    pub transport: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// `open-loop` or `closed-loop`.
     pub mode: &'static str,
     pub target_rps: Option<f64>,
@@ -124,6 +133,7 @@ pub struct Side {
     pub connections: usize,
     pub threads: usize,
     pub pipeline: usize,
+    pub in_flight_max: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
     pub latency_us: Latency,
@@ -158,6 +168,8 @@ impl Side {
         };
         Side {
             target: info.target.clone(),
+            transport: info.transport,
+            subject: info.subject.clone(),
             mode: if info.rate_rps.is_some() {
                 "open-loop"
             } else {
@@ -170,6 +182,7 @@ impl Side {
             connections: info.connections,
             threads: info.threads,
             pipeline: info.pipeline,
+            in_flight_max: info.in_flight_max,
             shards: info.shards,
             latency_us: Latency::of(&rec.latency),
             sent: counts.sent,
@@ -198,6 +211,9 @@ pub struct Report {
     #[serde(flatten)]
     pub router: Side,
     pub embedded: bool,
+    /// The top-level figures are the bare responder's (`--bare-only`), not a router's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bare_only: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
     pub env: Env,
@@ -239,6 +255,7 @@ impl Report {
         Report {
             router,
             embedded,
+            bare_only: false,
             config,
             env,
             bare,
@@ -286,9 +303,18 @@ impl Report {
             .map(|s| format!(", {s} shard(s)"))
             .unwrap_or_default();
         let how = if self.embedded { "embedded" } else { "remote" };
-        let _ = writeln!(out, "target: {} ({how}{shards})", r.target);
+        let subject = r
+            .subject
+            .as_ref()
+            .map(|s| format!(", subject {s}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "target: {} ({}, {how}{shards}{subject})",
+            r.target, r.transport
+        );
         self.latency_table(&mut out);
-        side_counts(&mut out, "router", r);
+        side_counts(&mut out, self.label(), r);
         if let Some(b) = &self.bare {
             side_counts(&mut out, "bare", b);
         }
@@ -301,9 +327,18 @@ impl Report {
         out
     }
 
+    /// What the top-level figures measured.
+    fn label(&self) -> &'static str {
+        if self.bare_only {
+            "bare"
+        } else {
+            "router"
+        }
+    }
+
     fn latency_table(&self, out: &mut String) {
         let r = &self.router;
-        let _ = write!(out, "{:<14}{:>12}", "", "router");
+        let _ = write!(out, "{:<14}{:>12}", "", self.label());
         if self.bare.is_some() {
             let _ = write!(out, "{:>12}{:>12}{:>9}", "bare", "added", "ratio");
         }
@@ -376,12 +411,15 @@ mod tests {
     fn info() -> PhaseInfo {
         PhaseInfo {
             target: "http://127.0.0.1:1".into(),
+            transport: "http",
+            subject: None,
             rate_rps: Some(100.0),
             duration_s: 2.0,
             warmup_s: 0.5,
             connections: 4,
             threads: 1,
             pipeline: 1,
+            in_flight_max: 4,
             shards: Some(2),
             rss_mb: Some(12.34),
             cpu_s: Some(0.5),
@@ -436,6 +474,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         for key in [
             "target",
+            "transport",
+            "in_flight_max",
             "mode",
             "target_rps",
             "achieved_rps",

@@ -1,6 +1,10 @@
 //! A run: start what is measured (the embedded router, the bare responder), drive each
 //! with the client threads, watch them, and assemble the report.
 //!
+//! Over NATS the same holds: the router's subject is driven first, then the bare echo
+//! (`nats_bare.rs`) is started on the same cores and driven with the same load through
+//! the same server; `--bare-only` drives the echo alone.
+//!
 //! The router is measured first, then stopped, then the bare responder is started on the
 //! same cores and given the identical load: the two never compete for the CPUs, and the
 //! client is the same code with the same settings both times.
@@ -11,8 +15,10 @@ use std::sync::atomic::Ordering;
 use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
-use super::args::{Load, MixSource, Settings, Target, TENANTS_DEFAULT};
+use super::args::{Load, MixSource, NatsTarget, Settings, Target, TENANTS_DEFAULT};
 use super::mix::{Generated, Mix, TENANTS_MAX};
+use super::nats_bare::BareNats;
+use super::nats_worker::{self, NatsPlan};
 use super::record::{histogram, Recorder};
 use super::report::{PhaseInfo, Report, Side};
 use super::sys::{self, Env, CLIENT_THREAD_PREFIX};
@@ -21,6 +27,7 @@ use super::BenchError;
 use crate::config::Config;
 use crate::server::{Server, ServerSettings};
 use crate::transport::http::bare::BareShards;
+use crate::transport::nats::ClientOptions;
 
 /// Between the threads' release and their first send: time for all to wake.
 const START_LEAD_MS: u64 = 20;
@@ -33,11 +40,28 @@ const WATCH_POLL_MS: u64 = 50;
 struct Endpoint {
     label: &'static str,
     target: String,
-    addr: SocketAddr,
-    host: String,
+    wire: Wire,
     shards: Option<usize>,
     /// In this process: its memory and CPU time are read.
     local: bool,
+}
+
+/// How an endpoint is spoken to.
+enum Wire {
+    Http {
+        addr: SocketAddr,
+        host: String,
+    },
+    Nats {
+        opts: ClientOptions,
+        subject: String,
+    },
+}
+
+impl Wire {
+    fn http(addr: SocketAddr, host: String) -> Wire {
+        Wire::Http { addr, host }
+    }
 }
 
 /// Runs the benchmark `settings` describe; progress goes to stderr.
@@ -49,23 +73,79 @@ pub fn run(settings: &Settings) -> Result<Report, BenchError> {
             let endpoint = Endpoint {
                 label: "router",
                 target: url.clone(),
-                addr: *addr,
-                host: host.clone(),
+                wire: Wire::http(*addr, host.clone()),
                 shards: None,
                 local: false,
             };
             let router = run_phase(&settings.load, &mix, &endpoint)?;
             let bare = if settings.compare_bare {
-                let usable = shards::Topology::detect()?.usable().to_vec();
-                let cores: Vec<usize> = usable.iter().map(|c| c.0).collect();
-                Some(run_bare(&settings.load, &mix, &cores)?)
+                Some(run_bare(&settings.load, &mix, &usable_cores()?)?)
             } else {
                 None
             };
             Ok(Report::new(router, false, None, env, bare))
         }
         Target::Embedded { config } => run_embedded(settings, config, env),
+        Target::Nats(nats) => run_nats(settings, nats, env),
     }
+}
+
+fn usable_cores() -> Result<Vec<usize>, BenchError> {
+    let usable = shards::Topology::detect()?.usable().to_vec();
+    Ok(usable.iter().map(|c| c.0).collect())
+}
+
+fn run_nats(settings: &Settings, nats: &NatsTarget, env: Env) -> Result<Report, BenchError> {
+    let opts = nats.client_options()?;
+    let mix = build_mix(&settings.mix, None)?;
+    if nats.bare_only {
+        let bare = run_nats_bare(&settings.load, &mix, &opts, &nats.url)?;
+        let mut report = Report::new(bare, false, None, env, None);
+        report.bare_only = true;
+        return Ok(report);
+    }
+    let endpoint = Endpoint {
+        label: "router",
+        target: nats.url.clone(),
+        wire: Wire::Nats {
+            opts: opts.clone(),
+            subject: nats.subject.clone(),
+        },
+        shards: None,
+        local: false,
+    };
+    let router = run_phase(&settings.load, &mix, &endpoint)?;
+    let bare = if settings.compare_bare {
+        Some(run_nats_bare(&settings.load, &mix, &opts, &nats.url)?)
+    } else {
+        None
+    };
+    Ok(Report::new(router, false, None, env, bare))
+}
+
+fn run_nats_bare(
+    load: &Load,
+    mix: &Mix,
+    opts: &ClientOptions,
+    url: &str,
+) -> Result<Side, BenchError> {
+    let cores = usable_cores()?;
+    let bare = BareNats::start(opts, &cores)?;
+    let endpoint = Endpoint {
+        label: "bare",
+        target: url.to_owned(),
+        wire: Wire::Nats {
+            opts: opts.clone(),
+            subject: bare.subject().to_owned(),
+        },
+        shards: Some(cores.len()),
+        local: false,
+    };
+    let side = run_phase(load, mix, &endpoint);
+    let stopped = bare.stop();
+    let side = side?;
+    stopped?;
+    Ok(side)
 }
 
 fn run_embedded(settings: &Settings, config: &Path, env: Env) -> Result<Report, BenchError> {
@@ -75,8 +155,7 @@ fn run_embedded(settings: &Settings, config: &Path, env: Env) -> Result<Report, 
     let endpoint = Endpoint {
         label: "router",
         target: format!("http://{addr}"),
-        addr,
-        host: addr.to_string(),
+        wire: Wire::http(addr, addr.to_string()),
         shards: Some(server.shard_count()),
         local: true,
     };
@@ -121,8 +200,7 @@ fn run_bare(load: &Load, mix: &Mix, cores: &[usize]) -> Result<Side, BenchError>
     let endpoint = Endpoint {
         label: "bare",
         target: format!("http://{addr}"),
-        addr,
-        host: addr.to_string(),
+        wire: Wire::http(addr, addr.to_string()),
         shards: Some(cores.len()),
         local: false,
     };
@@ -175,30 +253,82 @@ struct Watched {
     rss_mb: Option<f64>,
 }
 
+/// The client threads' plan for one endpoint.
+enum Drive {
+    Http(Plan),
+    Nats(Box<NatsPlan>),
+}
+
+impl Drive {
+    fn of(load: &Load, endpoint: &Endpoint) -> Drive {
+        let warmup_ns = load.warmup.as_nanos() as u64;
+        let end_ns = warmup_ns + load.duration.as_nanos() as u64;
+        let (timeout_ns, spin_ns) = (load.timeout.as_nanos() as u64, load.spin.as_nanos() as u64);
+        match &endpoint.wire {
+            Wire::Http { addr, host } => Drive::Http(Plan {
+                addr: *addr,
+                host: host.clone(),
+                rate_rps: load.rate_rps,
+                threads: load.threads,
+                connections: load.connections,
+                pipeline: load.pipeline,
+                warmup_ns,
+                end_ns,
+                timeout_ns,
+                spin_ns,
+                client_cores: load.client_cores.clone(),
+            }),
+            Wire::Nats { opts, subject } => Drive::Nats(Box::new(NatsPlan {
+                opts: opts.clone(),
+                url: endpoint.target.clone(),
+                subject: subject.clone(),
+                rate_rps: load.rate_rps,
+                threads: load.threads,
+                connections: load.connections,
+                pipeline: load.pipeline,
+                in_flight: load.in_flight,
+                warmup_ns,
+                end_ns,
+                timeout_ns,
+                spin_ns,
+                client_cores: load.client_cores.clone(),
+            })),
+        }
+    }
+
+    /// `(warmup_ns, end_ns)` after the start.
+    fn window(&self) -> (u64, u64) {
+        match self {
+            Drive::Http(p) => (p.warmup_ns, p.end_ns),
+            Drive::Nats(p) => (p.warmup_ns, p.end_ns),
+        }
+    }
+
+    fn thread(
+        &self,
+        i: usize,
+        mix: &Mix,
+        progress: &Progress,
+        gate: &StartGate,
+    ) -> Result<Recorder, BenchError> {
+        match self {
+            Drive::Http(plan) => client_thread(i, plan, mix, progress, gate),
+            Drive::Nats(plan) => nats_worker::client_thread(i, plan, mix, progress, gate),
+        }
+    }
+}
+
 fn run_phase(load: &Load, mix: &Mix, endpoint: &Endpoint) -> Result<Side, BenchError> {
-    let warmup_ns = load.warmup.as_nanos() as u64;
-    let plan = Plan {
-        addr: endpoint.addr,
-        host: endpoint.host.clone(),
-        rate_rps: load.rate_rps,
-        threads: load.threads,
-        connections: load.connections,
-        pipeline: load.pipeline,
-        warmup_ns,
-        end_ns: warmup_ns + load.duration.as_nanos() as u64,
-        timeout_ns: load.timeout.as_nanos() as u64,
-        spin_ns: load.spin.as_nanos() as u64,
-        client_cores: load.client_cores.clone(),
-    };
+    let drive = Drive::of(load, endpoint);
     let progress: Vec<Progress> = (0..load.threads).map(|_| Progress::new()).collect();
     let gate = StartGate::new(load.threads);
     let (rec, watched) = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(load.threads);
         for (i, progress) in progress.iter().enumerate() {
-            let (plan, gate) = (&plan, &gate);
+            let (drive, gate) = (&drive, &gate);
             let spawned = std::thread::Builder::new()
                 .name(format!("{CLIENT_THREAD_PREFIX}{i}"))
-                .spawn_scoped(scope, move || client_thread(i, plan, mix, progress, gate));
+                .spawn_scoped(scope, move || drive.thread(i, mix, progress, gate));
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(source) => {
@@ -209,20 +339,27 @@ fn run_phase(load: &Load, mix: &Mix, endpoint: &Endpoint) -> Result<Side, BenchE
         }
         let start = gate.release(Duration::from_millis(START_LEAD_MS));
         let watched = match start {
-            Some(start) => watch(endpoint, &plan, start, &progress, &handles),
+            Some(start) => watch(endpoint, drive.window(), start, &progress, &handles),
             None => Watched::default(),
         };
         let merged = join_all(handles)?;
         Ok((merged, watched))
     })?;
+    let (transport, subject) = match &endpoint.wire {
+        Wire::Http { .. } => ("http", None),
+        Wire::Nats { subject, .. } => ("nats", Some(subject.clone())),
+    };
     let info = PhaseInfo {
         target: endpoint.target.clone(),
+        transport,
+        subject,
         rate_rps: load.rate_rps,
         duration_s: load.duration.as_secs_f64(),
         warmup_s: load.warmup.as_secs_f64(),
         connections: load.connections,
         threads: load.threads,
         pipeline: load.pipeline,
+        in_flight_max: load.in_flight,
         shards: endpoint.shards,
         rss_mb: watched.rss_mb,
         cpu_s: watched
@@ -258,13 +395,13 @@ type Handles<'s> = [ScopedJoinHandle<'s, ThreadResult>];
 /// router in this process) its CPU time at the window's edges and its memory at the end.
 fn watch(
     endpoint: &Endpoint,
-    plan: &Plan,
+    (warmup_ns, end_ns): (u64, u64),
     start: Instant,
     progress: &[Progress],
     handles: &Handles<'_>,
 ) -> Watched {
-    let window_start = start + Duration::from_nanos(plan.warmup_ns);
-    let window_end = start + Duration::from_nanos(plan.end_ns);
+    let window_start = start + Duration::from_nanos(warmup_ns);
+    let window_end = start + Duration::from_nanos(end_ns);
     let period = Duration::from_millis(PROGRESS_PERIOD_MS);
     let mut watched = Watched::default();
     let mut next_line = start + period;

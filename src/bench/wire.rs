@@ -5,6 +5,9 @@
 //! `bad_response`. Classification reads the status and, for a non-200 answer, the first
 //! `"code":"…"` in the body — a byte search, not a JSON parse, so an error storm costs
 //! the client no more than successes do.
+//!
+//! A NATS reply has no status, so `classify_reply` reads the body's `"ok"` flag instead
+//! and then counts an ErrorResponse by the same code (and shed) rules.
 
 use std::io::Write as _;
 use std::ops::Range;
@@ -23,6 +26,10 @@ pub const CODE_BYTES_MAX: usize = 64;
 /// Client-side error codes, for failures that have no answer to read a code from.
 pub const CONNECTION_CLOSED: &str = "connection_closed";
 pub const BAD_RESPONSE: &str = "bad_response";
+/// An ErrorResponse without a readable `error.code`.
+pub const NO_CODE: &str = "no_code";
+/// Bytes into a reply within which its `"ok"` key must start (it is the first key).
+pub const OK_KEY_OFFSET_MAX: usize = 256;
 
 /// Appends one keep-alive `POST /v1/decide` carrying `body`.
 pub fn write_request(out: &mut Vec<u8>, host: &str, body: &[u8]) {
@@ -136,7 +143,43 @@ pub fn classify(status: u16, body: &[u8]) -> Outcome<'_> {
     if status == 200 {
         return Outcome::Ok;
     }
-    let code = error_code(body).map_or(Code::Status(status), Code::Named);
+    by_code(error_code(body).map_or(Code::Status(status), Code::Named))
+}
+
+/// Classifies an answer that has no status (a NATS reply): a DecideResponse
+/// (`"ok":true`) is answered; an ErrorResponse (`"ok":false`) counts by its `error.code`
+/// as `classify` counts it, shed or error; anything else is a `bad_response`.
+pub fn classify_reply(body: &[u8]) -> Outcome<'_> {
+    match ok_flag(body) {
+        Some(true) => Outcome::Ok,
+        Some(false) => by_code(Code::Named(error_code(body).unwrap_or(NO_CODE))),
+        None => Outcome::Error(Code::Named(BAD_RESPONSE)),
+    }
+}
+
+/// The value of the first `"ok"` key of `body`, if it is `true` or `false`.
+pub fn ok_flag(body: &[u8]) -> Option<bool> {
+    const KEY: &[u8] = br#""ok""#;
+    let at = body
+        .windows(KEY.len())
+        .take(OK_KEY_OFFSET_MAX)
+        .position(|w| w == KEY)?;
+    let rest = &body[at + KEY.len()..];
+    let value = rest
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
+        .map(|i| &rest[i..])?;
+    if value.starts_with(b"true") {
+        Some(true)
+    } else if value.starts_with(b"false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// A shed (`rate_limited`, `overloaded`, or 429/503 without a code) or an error.
+fn by_code(code: Code<'_>) -> Outcome<'_> {
     let shed = match code {
         Code::Named(name) => {
             name == ErrorCode::RateLimited.as_str() || name == ErrorCode::Overloaded.as_str()
@@ -244,6 +287,43 @@ mod tests {
         let mut name = String::new();
         Code::Status(500).write_name(&mut name);
         assert_eq!(name, "http_500");
+    }
+
+    /// Without a status, the body decides: ok true is answered, ok false counts by its
+    /// code (sheds apart), anything else is a bad response.
+    #[test]
+    fn classifies_replies_by_body() {
+        let limited = br#"{"ok":false,"error":{"code":"rate_limited","message":"x"}}"#;
+        let overloaded = br#"{ "ok" : false, "error":{"code":"overloaded"}}"#;
+        let missing = br#"{"ok":false,"error":{"code":"policy_not_found","message":"y"}}"#;
+        assert_eq!(
+            classify_reply(crate::transport::http::bare::CANNED_BODY),
+            Outcome::Ok
+        );
+        assert_eq!(
+            classify_reply(limited),
+            Outcome::Shed(Code::Named("rate_limited"))
+        );
+        assert_eq!(
+            classify_reply(overloaded),
+            Outcome::Shed(Code::Named("overloaded"))
+        );
+        assert_eq!(
+            classify_reply(missing),
+            Outcome::Error(Code::Named("policy_not_found"))
+        );
+        assert_eq!(
+            classify_reply(br#"{"ok":false}"#),
+            Outcome::Error(Code::Named(NO_CODE))
+        );
+        assert_eq!(
+            classify_reply(b""),
+            Outcome::Error(Code::Named(BAD_RESPONSE))
+        );
+        assert_eq!(
+            classify_reply(b"hello"),
+            Outcome::Error(Code::Named(BAD_RESPONSE))
+        );
     }
 
     /// Only a plausible code name is taken from a body.

@@ -1,0 +1,180 @@
+//! `shardline bench --target nats://…` run as a user runs it: the built binary, a real
+//! nats-server, the in-process bare echo, the JSON report read back. A router answering
+//! on the decide subject is the same code path with another subject; here the echo is the
+//! responder. Runs take turns (`serial`): each one loads both cores.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::nats::NatsServer;
+use support::{serial, TempDir};
+
+fn bench(args: &[&str], out: &Path) -> (Output, Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run shardline bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    let text = std::fs::read_to_string(out).unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (output, report)
+}
+
+fn count(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key}: {report}"))
+}
+
+/// `sent == answered + errors + sheds + timeouts`, recomputed from the report itself.
+fn assert_counts_add_up(report: &Value) {
+    let parts = ["answered", "errors_total", "sheds_total", "timeouts_total"];
+    let sum: u64 = parts.iter().map(|k| count(report, k)).sum();
+    assert_eq!(count(report, "sent"), sum, "{report}");
+    assert_eq!(report["counts_ok"], true);
+    let by_code: u64 = report["errors_by_code"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_code, count(report, "errors_total"));
+}
+
+/// The bare echo alone, open loop at 5,000 req/s for 2 s: every request answered, the
+/// achieved rate within 1 % of the target, the report saying nats and bare.
+#[test]
+fn bare_only_keeps_the_rate() {
+    let _serial = serial();
+    let server = NatsServer::start();
+    let dir = TempDir::new("bench-nats-bare");
+    let out = dir.0.join("report.json");
+    let url = server.url();
+    let args = [
+        "--target",
+        &url,
+        "--bare-only",
+        "--rate",
+        "5000",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0.5s",
+        "--spin-us",
+        "0",
+    ];
+    let (output, report) = bench(&args, &out);
+    assert_counts_add_up(&report);
+    assert_eq!(report["transport"], "nats");
+    assert_eq!(report["target"], url.as_str());
+    assert_eq!(report["bare_only"], true);
+    assert!(report["subject"]
+        .as_str()
+        .unwrap()
+        .starts_with("bench.bare."));
+    assert_eq!(report["mode"], "open-loop");
+    let achieved = report["achieved_rps"].as_f64().unwrap();
+    assert!(
+        (achieved - 5000.0).abs() <= 50.0,
+        "achieved {achieved} req/s"
+    );
+    assert_eq!(
+        count(&report, "answered"),
+        count(&report, "sent"),
+        "{report}"
+    );
+    for key in ["p50", "p99", "max"] {
+        assert!(count(&report["latency_us"], key) > 0, "latency_us.{key}");
+    }
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("bare: sent"), "{summary}");
+    assert!(dir.0.join("report.md").is_file() && dir.0.join("report.svg").is_file());
+}
+
+/// A subject nobody serves: every request is an error counted as `no_responders`, and
+/// the run ends on time instead of hanging.
+#[test]
+fn no_responder_is_counted_not_waited_for() {
+    let _serial = serial();
+    let server = NatsServer::start();
+    let dir = TempDir::new("bench-nats-none");
+    let out = dir.0.join("report.json");
+    let url = server.url();
+    let started = std::time::Instant::now();
+    let args = [
+        "--target",
+        &url,
+        "--subject",
+        "nobody.home",
+        "--rate",
+        "500",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+        "--spin-us",
+        "0",
+    ];
+    let (_, report) = bench(&args, &out);
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+    assert_counts_add_up(&report);
+    assert_eq!(report["subject"], "nobody.home");
+    assert!(count(&report, "sent") > 0);
+    assert_eq!(
+        report["errors_by_code"]["no_responders"].as_u64(),
+        Some(count(&report, "sent")),
+        "{report}"
+    );
+    assert_eq!(count(&report, "timeouts_total"), 0);
+}
+
+/// Closed loop with --compare-bare against a subject served by nobody and the echo: the
+/// two sides are reported with the comparison, and each side's counts add up.
+#[test]
+fn closed_loop_compare_bare() {
+    let _serial = serial();
+    let server = NatsServer::start();
+    let dir = TempDir::new("bench-nats-closed");
+    let out = dir.0.join("report.json");
+    let url = server.url();
+    let args = [
+        "--target",
+        &url,
+        "--subject",
+        "bench.test.router",
+        "--compare-bare",
+        "--concurrency",
+        "8",
+        "--connections",
+        "2",
+        "--threads",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+    ];
+    let (_, report) = bench(&args, &out);
+    assert_counts_add_up(&report);
+    assert_counts_add_up(&report["bare"]);
+    assert_eq!(report["mode"], "closed-loop");
+    assert_eq!(report["in_flight_max"], 8);
+    assert_eq!(report["connections"], 2);
+    assert_eq!(report["bare"]["transport"], "nats");
+    assert!(count(&report["bare"], "answered") > 0);
+    assert_eq!(count(&report["bare"], "errors_total"), 0, "{report}");
+    assert!(report["added_us"]["p50"].is_i64(), "{report}");
+    assert!(report.get("bare_only").is_none());
+}
