@@ -674,8 +674,9 @@ impl<'c> Connection<'c> {
                 return Poll::Ready(Ok(()));
             }
             let read = self.poll_read(stream, cx)?;
-            self.poll_ping(cx)?;
-            if wrote.is_pending() && read.is_pending() {
+            // A PING just queued must be written before parking: nothing else wakes us.
+            let pinged = self.poll_ping(cx)?;
+            if wrote.is_pending() && read.is_pending() && !pinged {
                 return Poll::Pending;
             }
         }
@@ -738,9 +739,10 @@ impl<'c> Connection<'c> {
         }
     }
 
-    fn poll_ping(&mut self, cx: &mut Context<'_>) -> Result<(), ConnError> {
+    /// Queues a PING when the interval has passed; `true` when it did.
+    fn poll_ping(&mut self, cx: &mut Context<'_>) -> Result<bool, ConnError> {
         if self.ping.as_mut().poll(cx).is_pending() {
-            return Ok(());
+            return Ok(false);
         }
         let mut st = self.client.0.st.borrow_mut();
         if st.pings_out >= PINGS_OUTSTANDING_MAX {
@@ -751,7 +753,7 @@ impl<'c> Connection<'c> {
         drop(st);
         self.ping = Box::pin(Timer::new(self.client.0.opts.ping_interval));
         let _ = self.ping.as_mut().poll(cx);
-        Ok(())
+        Ok(true)
     }
 
     fn dispatch_all(&mut self) -> Result<(), ConnError> {
