@@ -66,10 +66,15 @@ fn pre_then_post(d: &Decision) -> Vec<(Box<str>, serde_json::Value)> {
     pre.chain(d.decision_metadata.iter().cloned()).collect()
 }
 
+/// As the encoder echoes request metadata: an integral number stays an integer, so a
+/// pre-processor's `"tier": 3` comes back as `3`, not `3.0`.
 fn scalar_json(v: &crate::contract::Scalar<'_>) -> serde_json::Value {
-    use crate::contract::Scalar;
+    use crate::contract::{Scalar, INTEGRAL_F64_ABS_MAX};
     match v {
         Scalar::Str(s) => serde_json::Value::String(s.to_string()),
+        Scalar::Num(n) if n.fract() == 0.0 && n.abs() < INTEGRAL_F64_ABS_MAX => {
+            serde_json::Value::from(*n as i64)
+        }
         Scalar::Num(n) => {
             serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into)
         }

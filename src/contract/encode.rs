@@ -25,7 +25,7 @@ const RESERVED_METADATA_KEYS: [&str; 2] = ["tenant_id", "executed_extensions"];
 
 /// Integral floats below this magnitude are printed as integers when echoing metadata,
 /// so a client's `"tier": 3` comes back as `3`, not `3.0`. (2^53: exact in an f64.)
-const INTEGRAL_F64_ABS_MAX: f64 = 9_007_199_254_740_992.0;
+pub const INTEGRAL_F64_ABS_MAX: f64 = 9_007_199_254_740_992.0;
 
 /// Everything a DecideResponse says, borrowed from wherever it lives.
 #[derive(Debug, Clone, Copy)]

@@ -23,7 +23,9 @@ mod worker;
 
 pub use check::is_nats_subject;
 pub use code::ErrorCode;
-pub use encode::{encode_contract_error, encode_decision, encode_error, DecisionBody};
+pub use encode::{
+    encode_contract_error, encode_decision, encode_error, DecisionBody, INTEGRAL_F64_ABS_MAX,
+};
 pub use error::{ContractError, ErrorDetails, Found, JsonKind, Rule, VERSION_UNSUPPORTED};
 pub use limits::*;
 pub use request::{

@@ -151,8 +151,11 @@ impl ShardCtx {
         if let Err(e) = pending.select(&mut self.owner.borrow_mut().state, req, now) {
             return Ok(Err(e));
         }
+        // Post-processors see the request as the pre-processors left it, like later
+        // pre-processors and validators do: the payload and the merged metadata.
         for stage in pending.stages(StageKind::Post) {
-            let outcome = self.call_stage(stage, req, &[], payload).await;
+            let merged = pending.request_metadata();
+            let outcome = self.call_stage(stage, req, merged, payload).await;
             if let Err(e) = pending.apply(stage, outcome) {
                 return Ok(Err(e));
             }
