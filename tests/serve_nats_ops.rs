@@ -763,6 +763,12 @@ fn nats_restart_under_traffic() {
     }
     let decided = http.request("POST", "/v1/decide", &[], &decide_body("acme", "during"));
     assert_eq!(decided.status, 200, "HTTP decides while NATS is down");
+    let push = br#"{"request_id":"push","tenant_id":"acme","task":{"type":"chat","payload_ref":"p"},"push_assignment":true}"#;
+    let pushed = http.request("POST", "/v1/decide", &[], push);
+    assert_eq!(
+        pushed.status, 200,
+        "an assignment waits for NATS, the answer does not"
+    );
     std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
 
     nats.restart();
