@@ -568,9 +568,11 @@ fn results_open_half_open_and_close_a_circuit() {
         chosen.iter().any(|p| p == "openai"),
         "closed again: {chosen:?}"
     );
-    let mut metrics = String::new();
-    router.server().shared().render_metrics(&mut metrics);
-    assert!(metrics.contains("shardline_"), "metrics render");
+    let text = router.metrics();
+    for to in ["open", "half_open", "closed"] {
+        let series = format!("shardline_breaker_transitions_total{{shard=\"all\",to=\"{to}\"}}");
+        assert_eq!(metric(&text, &series), Some(1.0), "{series}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -763,8 +765,10 @@ fn nats_restart_under_traffic() {
     }
     let decided = http.request("POST", "/v1/decide", &[], &decide_body("acme", "during"));
     assert_eq!(decided.status, 200, "HTTP decides while NATS is down");
-    let push = br#"{"request_id":"push","tenant_id":"acme","task":{"type":"chat","payload_ref":"p"},"push_assignment":true}"#;
-    let pushed = http.request("POST", "/v1/decide", &[], push);
+    let push = json!({"request_id": "push", "tenant_id": "acme", "push_assignment": true,
+        "task": {"type": "chat", "payload_ref": "p"}})
+    .to_string();
+    let pushed = http.request("POST", "/v1/decide", &[], push.as_bytes());
     assert_eq!(
         pushed.status, 200,
         "an assignment waits for NATS, the answer does not"
