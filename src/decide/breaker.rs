@@ -157,12 +157,14 @@ impl Breaker {
         }
     }
 
-    /// The provider was chosen: a half-open breaker spends one probe.
-    pub fn on_selected(&mut self, cfg: &BreakerConfig, now_ns: u64) {
-        self.advance(cfg, now_ns);
+    /// The provider was chosen: a half-open breaker spends one probe. Returns the
+    /// transition applied on the way (an elapsed open circuit becoming half-open).
+    pub fn on_selected(&mut self, cfg: &BreakerConfig, now_ns: u64) -> Option<Transition> {
+        let lazily = self.advance(cfg, now_ns);
         if let BreakerState::HalfOpen { admitted, .. } = &mut self.state {
             *admitted = admitted.saturating_add(1);
         }
+        lazily
     }
 
     /// Feeds one result; returns the transition it caused, if any.
@@ -361,12 +363,17 @@ mod tests {
         fail_n(&mut b, &c, 3, 0);
         assert_eq!(b.availability(&c, 999 * MS), Availability::Open);
         assert_eq!(b.availability(&c, 1_000 * MS), Availability::Probe);
-        b.on_selected(&c, 1_000 * MS);
+        let first = b.on_selected(&c, 1_000 * MS);
+        assert_eq!(
+            first,
+            Some(Transition::HalfOpened),
+            "reported once, for metrics"
+        );
         assert!(matches!(
             b.state(),
             BreakerState::HalfOpen { admitted: 1, .. }
         ));
-        b.on_selected(&c, 1_001 * MS);
+        assert_eq!(b.on_selected(&c, 1_001 * MS), None);
         assert_eq!(b.availability(&c, 1_002 * MS), Availability::Open);
     }
 

@@ -1,7 +1,7 @@
 //! Steps 5–9 of SPEC §5: candidates, attempt-driven retry/fallback, sticky, weighted draw,
 //! and the no-candidate fallbacks. Allocation-free unless `explain` is on.
 
-use super::breaker::Availability;
+use super::breaker::{Availability, Transition};
 use super::condition::{session_bytes, status_matches, RuleCtx};
 use super::error::{DecideError, Exclusions};
 use super::state::{PolicyState, ShardState};
@@ -304,9 +304,12 @@ impl Selector<'_, '_, '_> {
         let policy = self.policy;
         let slot = self.slot.get();
         if let Some(cfg) = &policy.circuit_breaker {
-            state.policies[slot].providers[sel.provider.get()]
+            let transition = state.policies[slot].providers[sel.provider.get()]
                 .breaker
                 .on_selected(cfg, self.now_ns);
+            if transition == Some(Transition::HalfOpened) {
+                state.half_opened += 1;
+            }
         }
         let Some(sticky) = &policy.sticky else { return };
         if !matches!(sel.reason, Reason::Sticky | Reason::Weighted) {

@@ -96,6 +96,8 @@ pub struct ShardState {
     pub(super) policies: Vec<PolicyState>,
     pub(super) sticky: StickyTable,
     pub(super) rng: Rng,
+    /// Circuits a decision moved from open to half-open, not yet taken for the metrics.
+    pub(super) half_opened: u64,
     hash_hi: FixedState,
     hash_lo: FixedState,
 }
@@ -109,6 +111,7 @@ impl ShardState {
             hash_hi: FixedState::with_seed(seeds.next_u64()),
             hash_lo: FixedState::with_seed(seeds.next_u64()),
             rng: Rng::new(seeds.next_u64()),
+            half_opened: 0,
         };
         state.policies = table
             .policies()
@@ -198,6 +201,12 @@ impl ShardState {
 
     pub fn sticky_len(&self) -> usize {
         self.sticky.len()
+    }
+
+    /// Circuits that decisions moved from open to half-open since the last call. (Results
+    /// report theirs in `ResultEffect`.)
+    pub fn take_half_opened(&mut self) -> u64 {
+        std::mem::take(&mut self.half_opened)
     }
 
     /// Feeds an ExecResult (or `POST /v1/results`) for (tenant, provider) to every policy

@@ -18,10 +18,24 @@ use super::shard::ShardCtx;
 use crate::admin::{AdminRequest, AdminResponse};
 use crate::contract::ErrorCode;
 use crate::extensions::{extension_health, pipeline_complexity};
+use crate::policy::{is_policy_id, is_tenant_id};
 use crate::transport::nats::{Client, Msg};
 
 /// Largest admin request body accepted over NATS (a policy document plus its envelope).
 pub const ADMIN_MESSAGE_BYTES_MAX: usize = 2 << 20;
+/// The operations, the last token of `<admin_subject>.<operation>`.
+const OPERATIONS: [&str; 10] = [
+    "list_policies",
+    "get_policy",
+    "put_policy",
+    "delete_policy",
+    "reload",
+    "dry_run",
+    "dry_run_pipeline",
+    "get_circuit_breaker_states",
+    "get_extension_health",
+    "get_pipeline_complexity",
+];
 
 pub fn on_admin(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let Some(reply_to) = msg.reply else {
@@ -62,44 +76,23 @@ async fn call(ctx: &Rc<ShardCtx>, op: &str, header: Option<String>, body: &[u8])
             _ => return invalid("the admin message must be a JSON object"),
         },
     };
+    if !OPERATIONS.contains(&op) {
+        let known = OPERATIONS.join(", ");
+        let message = format!("unknown admin operation {op:?}; known: {known}");
+        return AdminResponse::error_status(404, ErrorCode::InvalidRequest, &message);
+    }
     let token = args.get("token").and_then(Value::as_str);
     let authorization = header.or_else(|| token.map(|t| format!("Bearer {t}")));
-    let text = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or("");
-    let (tenant, policy) = (text("tenant_id"), text("policy_id"));
-    let raw = |k: &str| {
-        args.get(k)
-            .map(|v| v.to_string().into_bytes())
-            .unwrap_or_default()
+    let (tenant, policy) = match ids(&args, op) {
+        Ok(ids) => ids,
+        Err(resp) => return resp,
     };
     let (method, path, body) = match op {
-        "list_policies" if tenant.is_empty() => ("GET", "/admin/v1/policies".to_owned(), vec![]),
-        "list_policies" => ("GET", format!("/admin/v1/policies/{tenant}"), vec![]),
-        "get_policy" => (
-            "GET",
-            format!("/admin/v1/policies/{tenant}/{policy}"),
-            vec![],
-        ),
-        "put_policy" => (
-            "PUT",
-            format!("/admin/v1/policies/{tenant}/{policy}"),
-            raw("policy"),
-        ),
-        "delete_policy" => (
-            "DELETE",
-            format!("/admin/v1/policies/{tenant}/{policy}"),
-            vec![],
-        ),
-        "reload" => ("POST", "/admin/v1/reload".to_owned(), vec![]),
-        "dry_run" | "dry_run_pipeline" => ("POST", "/admin/v1/dry-run".to_owned(), raw("request")),
-        "get_circuit_breaker_states" => ("GET", format!("/admin/v1/circuits/{tenant}"), vec![]),
         "get_extension_health" => return health(ctx, authorization.as_deref()),
         "get_pipeline_complexity" => {
             return complexity(ctx, authorization.as_deref(), tenant, policy)
         }
-        _ => {
-            let message = format!("unknown admin operation {op:?}");
-            return AdminResponse::error_status(404, ErrorCode::InvalidRequest, &message);
-        }
+        _ => route(op, &args, tenant, policy),
     };
     let req = AdminRequest {
         method,
@@ -114,6 +107,65 @@ async fn call(ctx: &Rc<ShardCtx>, op: &str, header: Option<String>, body: &[u8])
         return with_pipeline(ctx, resp, &args);
     }
     resp
+}
+
+/// The HTTP admin request (method, path, body) an operation of `OPERATIONS` maps onto.
+fn route(op: &str, args: &Value, tenant: &str, policy: &str) -> (&'static str, String, Vec<u8>) {
+    let raw = |k: &str| {
+        args.get(k)
+            .map(|v| v.to_string().into_bytes())
+            .unwrap_or_default()
+    };
+    let policy_path = || format!("/admin/v1/policies/{tenant}/{policy}");
+    match op {
+        "list_policies" if tenant.is_empty() => ("GET", "/admin/v1/policies".to_owned(), vec![]),
+        "list_policies" => ("GET", format!("/admin/v1/policies/{tenant}"), vec![]),
+        "get_policy" => ("GET", policy_path(), vec![]),
+        "put_policy" => ("PUT", policy_path(), raw("policy")),
+        "delete_policy" => ("DELETE", policy_path(), vec![]),
+        "reload" => ("POST", "/admin/v1/reload".to_owned(), vec![]),
+        "dry_run" | "dry_run_pipeline" => ("POST", "/admin/v1/dry-run".to_owned(), raw("request")),
+        "get_circuit_breaker_states" => ("GET", format!("/admin/v1/circuits/{tenant}"), vec![]),
+        _ => unreachable!("admin operation {op:?} has no route"),
+    }
+}
+
+/// `(tenant_id, policy_id)` of the message, each `""` when absent and not needed by `op`.
+/// They become path segments, so anything but an id is refused: `a/b` would change the
+/// route.
+fn ids<'a>(args: &'a Value, op: &str) -> Result<(&'a str, &'a str), AdminResponse> {
+    let (tenant_required, policy_required) = match op {
+        "get_policy" | "put_policy" | "delete_policy" | "get_pipeline_complexity" => (true, true),
+        "get_circuit_breaker_states" => (true, false),
+        _ => (false, false),
+    };
+    let tenant = id_member(args, op, "tenant_id", tenant_required)?;
+    let policy = id_member(args, op, "policy_id", policy_required)?;
+    Ok((tenant, policy))
+}
+
+/// `key` of the admin message as a tenant or policy id: `""` when absent and optional; a
+/// 400 naming the member when it is absent and required, not a string, or not an id.
+fn id_member<'a>(
+    args: &'a Value,
+    op: &str,
+    key: &str,
+    required: bool,
+) -> Result<&'a str, AdminResponse> {
+    let (valid, pattern): (fn(&str) -> bool, _) = match key {
+        "tenant_id" => (is_tenant_id, "^[A-Za-z0-9_.-]{1,64}$"),
+        _ => (is_policy_id, "^[A-Za-z0-9_.-]{1,128}$"),
+    };
+    match args.get(key) {
+        None | Some(Value::Null) if required => {
+            Err(invalid(&format!("{op} needs the member {key:?}")))
+        }
+        None | Some(Value::Null) => Ok(""),
+        Some(Value::String(id)) if valid(id) => Ok(id),
+        Some(_) => Err(invalid(&format!(
+            "{key} must be a string matching {pattern}"
+        ))),
+    }
 }
 
 fn invalid(message: &str) -> AdminResponse {

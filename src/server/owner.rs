@@ -40,6 +40,7 @@ pub enum Counted {
     ResultAccepted {
         status: ExecStatus,
         opened: usize,
+        half_opened: usize,
         closed: usize,
     },
     ResultDuplicate,
@@ -227,6 +228,7 @@ impl Owner {
         let counted = Counted::ResultAccepted {
             status: result.status,
             opened: effect.opened,
+            half_opened: effect.half_opened,
             closed: effect.closed,
         };
         Answered {

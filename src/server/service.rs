@@ -175,6 +175,7 @@ impl RouterService {
             ctx.shared
                 .metrics(ctx.id)
                 .answered(&answered, started.elapsed());
+            ctx.note_state();
             self.push_assignment(assignment.as_ref());
             return apply(resp, answered);
         }

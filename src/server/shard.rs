@@ -74,10 +74,18 @@ impl ShardCtx {
         }
     }
 
-    /// Publishes the state gauges after a decision changed them.
+    /// Publishes the state gauges, and the circuits it half-opened, after a decision.
     pub fn note_state(&self) {
-        let sticky = self.owner.borrow().state.sticky_len() as u64;
-        self.shared.metrics(self.id).sticky_entries.set(sticky);
+        let (sticky, half_opened) = {
+            let mut owner = self.owner.borrow_mut();
+            let state = &mut owner.state;
+            (state.sticky_len() as u64, state.take_half_opened())
+        };
+        let metrics = self.shared.metrics(self.id);
+        metrics.sticky_entries.set(sticky);
+        metrics
+            .breaker_transition(crate::metrics::BreakerTransition::HalfOpened)
+            .add(half_opened);
     }
 
     pub fn owns(&self, tenant: &str) -> bool {

@@ -32,11 +32,14 @@ impl Count for ShardMetrics {
             Counted::ResultAccepted {
                 status,
                 opened,
+                half_opened,
                 closed,
             } => {
                 self.result(status).inc();
                 self.breaker_transition(crate::metrics::BreakerTransition::Opened)
                     .add(opened as u64);
+                self.breaker_transition(crate::metrics::BreakerTransition::HalfOpened)
+                    .add(half_opened as u64);
                 self.breaker_transition(crate::metrics::BreakerTransition::Closed)
                     .add(closed as u64);
                 return;
