@@ -150,6 +150,11 @@ pub struct BenchArgs {
     /// generator), no router.
     #[arg(long, conflicts_with = "compare_bare")]
     pub bare_only: bool,
+    /// NATS, shard-aware: the router's shard count; each request goes straight to its
+    /// tenant's owner shard on `SUBJECT.shard.<i>` (the partition of `/v1/shards`),
+    /// skipping the handoff between shards. 0 = the shared subject.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub nats_shards: usize,
     /// Write the JSON report here (the summary table is printed either way).
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
@@ -211,6 +216,8 @@ pub struct NatsTarget {
     pub key: Option<PathBuf>,
     /// Drive only the bare echo, not `subject`.
     pub bare_only: bool,
+    /// Shard-aware: the router's shard count (0 = send everything to `subject`).
+    pub owner_shards: usize,
 }
 
 impl NatsTarget {
@@ -309,6 +316,7 @@ impl BenchArgs {
             for (flag, given) in [
                 ("--bare-only", self.bare_only),
                 ("--nats-ca", self.nats_ca.is_some()),
+                ("--nats-shards", self.nats_shards != 0),
                 ("--subject", self.subject != NATS_DECIDE_SUBJECT),
             ] {
                 if given {
@@ -354,6 +362,7 @@ impl BenchArgs {
             cert: self.nats_cert.clone(),
             key: self.nats_key.clone(),
             bare_only: self.bare_only,
+            owner_shards: self.nats_shards,
         };
         target.client_options()?; // checks the URL and reads the TLS files now
         Ok(target)

@@ -69,6 +69,9 @@ pub struct NatsPlan {
     /// As given, for messages.
     pub url: String,
     pub subject: String,
+    /// Shard-aware: the router's shard count; a request with a tenant goes to
+    /// `subject.shard.<owner>`. 0 = every request to `subject`.
+    pub owner_shards: usize,
     /// `Some` = open loop at this many requests/s over all threads; `None` = closed loop.
     pub rate_rps: Option<f64>,
     pub threads: usize,
@@ -207,6 +210,8 @@ async fn close_all(clients: &[Client]) {
 /// The state of one thread's run, shared by its pacer and lanes (one executor: no locks).
 struct Shared {
     subject: String,
+    /// Shard-aware: the partition and each shard's subject.
+    owners: Option<(shards::Partitioner, Vec<String>)>,
     mix: Mix,
     cursor: RefCell<MixCursor>,
     start: Instant,
@@ -238,8 +243,15 @@ struct State {
 impl Shared {
     fn new(plan: &NatsPlan, mix: &Mix, index: usize, start: Instant) -> Shared {
         let lanes = plan.lanes_of(index);
+        let owners = (plan.owner_shards > 0).then(|| {
+            let subjects = (0..plan.owner_shards)
+                .map(|i| format!("{}.shard.{i}", plan.subject))
+                .collect();
+            (shards::Partitioner::new(plan.owner_shards), subjects)
+        });
         Shared {
             subject: plan.subject.clone(),
+            owners,
             mix: mix.clone(),
             cursor: RefCell::new(MixCursor::new(index)),
             start,
@@ -399,9 +411,13 @@ async fn lane(shared: Rc<Shared>, client: Client) {
             }
             None => &[("trace_id", trace.as_str())][..],
         };
+        let subject = match (&shared.owners, tenant) {
+            (Some((partition, subjects)), Some(t)) => &subjects[partition.shard_of(t).index()],
+            _ => &shared.subject,
+        };
         let measured = shared.on_send(intended, shared.now_ns());
         let result = client
-            .request(&shared.subject, headers, &body, shared.timeout)
+            .request(subject, headers, &body, shared.timeout)
             .await;
         let latency_us = shared.now_ns().saturating_sub(intended) / 1000;
         shared.resolve(outcome_of(&result), latency_us, measured);
@@ -497,6 +513,7 @@ mod tests {
             opts: ClientOptions::plain("nats://127.0.0.1:4222").unwrap(),
             url: String::new(),
             subject: "s".into(),
+            owner_shards: 0,
             rate_rps: Some(100.0),
             threads: 2,
             connections: 3,

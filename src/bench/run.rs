@@ -55,6 +55,8 @@ enum Wire {
     Nats {
         opts: ClientOptions,
         subject: String,
+        /// Shard-aware sending: the router's shard count (0 = off).
+        owner_shards: usize,
     },
 }
 
@@ -110,6 +112,7 @@ fn run_nats(settings: &Settings, nats: &NatsTarget, env: Env) -> Result<Report, 
         wire: Wire::Nats {
             opts: opts.clone(),
             subject: nats.subject.clone(),
+            owner_shards: nats.owner_shards,
         },
         shards: None,
         local: false,
@@ -137,6 +140,7 @@ fn run_nats_bare(
         wire: Wire::Nats {
             opts: opts.clone(),
             subject: bare.subject().to_owned(),
+            owner_shards: 0,
         },
         shards: Some(cores.len()),
         local: false,
@@ -278,10 +282,15 @@ impl Drive {
                 spin_ns,
                 client_cores: load.client_cores.clone(),
             }),
-            Wire::Nats { opts, subject } => Drive::Nats(Box::new(NatsPlan {
+            Wire::Nats {
+                opts,
+                subject,
+                owner_shards,
+            } => Drive::Nats(Box::new(NatsPlan {
                 opts: opts.clone(),
                 url: endpoint.target.clone(),
                 subject: subject.clone(),
+                owner_shards: *owner_shards,
                 rate_rps: load.rate_rps,
                 threads: load.threads,
                 connections: load.connections,

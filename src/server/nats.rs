@@ -140,12 +140,14 @@ fn subscribe_all(ctx: &Rc<ShardCtx>, client: &Client, config: &NatsConfig) -> Ve
         Rc::new(move |client: &Client, msg: Msg<'_>| f(&ctx, client, msg))
     };
     let admin_subject = format!("{}.*", config.admin_subject);
-    let subscriptions: [(&str, &str, crate::transport::nats::Handler); 4] = [
+    let (shard_subject, shard_group) = shard_decide_subject(config, ctx.id);
+    let subscriptions: [(&str, &str, crate::transport::nats::Handler); 5] = [
         (
             &config.decide_subject,
             &config.decide_queue_group,
             on(on_decide),
         ),
+        (&shard_subject, &shard_group, on(on_decide)),
         (&config.result_subject, RESULT_QUEUE_GROUP, on(on_result)),
         (&config.ack_subject, ACK_QUEUE_GROUP, on(on_ack)),
         (
@@ -166,6 +168,17 @@ fn subscribe_all(ctx: &Rc<ShardCtx>, client: &Client, config: &NatsConfig) -> Ve
         }
     }
     sids
+}
+
+/// The decide subject of one shard, for shard-aware clients (as HTTP's shard ports):
+/// `<decide_subject>.shard.<i>` in queue group `<decide_queue_group>.shard.<i>`. A client
+/// that computes the tenant's owner (`/v1/shards`) sends there and skips the handoff;
+/// router instances with the same shard count share the group, so one of them answers.
+pub fn shard_decide_subject(config: &NatsConfig, shard: shards::ShardId) -> (String, String) {
+    (
+        format!("{}.shard.{}", config.decide_subject, shard.0),
+        format!("{}.shard.{}", config.decide_queue_group, shard.0),
+    )
 }
 
 /// Contract headers of a NATS message (header names as SPEC §2 spells them).

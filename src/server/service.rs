@@ -272,6 +272,9 @@ impl RouterService {
             "shard_ports": if base == 0 { serde_json::Value::Null } else {
                 serde_json::json!({"base": base, "port_of_shard": "base + shard"})
             },
+            "nats_shard_subjects": shared.nats_settings.as_ref().map(|n| serde_json::json!({
+                "subject_of_shard": format!("{}.shard.<shard>", n.config.decide_subject),
+            })),
         });
         serde_json::to_writer(&mut resp.body, &body).expect("JSON into a Vec");
     }
