@@ -18,9 +18,10 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::handoff::{Job, Outgoing, OwnedHeaders, Reply, Route};
+use super::handoff::{Job, Outgoing, Reply, Route};
 use super::owner::{self, Answered, Assigner};
 use super::pipeline::ASYNC_TASKS_PER_SHARD_MAX;
+use super::service::owned;
 use super::shard::{Ids, ShardCtx};
 use super::stats::Count;
 use crate::config::NatsConfig;
@@ -189,16 +190,6 @@ pub fn contract_headers<'a>(block: Option<HeaderBlock<'a>>) -> Headers<'a> {
         trace_id: get("trace_id").or_else(|| get("X-Trace-ID")),
         traceparent: get("traceparent"),
         version: get("version"),
-    }
-}
-
-fn owned(h: &Headers<'_>, authorization: Option<&str>) -> OwnedHeaders {
-    OwnedHeaders {
-        tenant_id: h.tenant_id.map(Into::into),
-        trace_id: h.trace_id.map(Into::into),
-        traceparent: h.traceparent.map(Into::into),
-        version: h.version.map(Into::into),
-        authorization: authorization.map(Into::into),
     }
 }
 

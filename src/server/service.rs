@@ -49,7 +49,7 @@ fn contract_headers<'a>(req: &Request<'a>) -> Headers<'a> {
     }
 }
 
-fn owned(h: &Headers<'_>, authorization: Option<&str>) -> OwnedHeaders {
+pub(super) fn owned(h: &Headers<'_>, authorization: Option<&str>) -> OwnedHeaders {
     OwnedHeaders {
         tenant_id: h.tenant_id.map(Into::into),
         trace_id: h.trace_id.map(Into::into),

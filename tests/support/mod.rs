@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod nats;
 
 use std::io::{BufRead, BufReader, Read, Write};

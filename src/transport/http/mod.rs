@@ -49,6 +49,7 @@ pub use limits::*;
 // Public so that the request framing can be measured and fuzzed without a socket.
 pub use parse::{parse_request, Parsed};
 pub use request::{Header, Method, Request};
+pub(crate) use response::push_decimal;
 pub use response::{reason_phrase, ExtraHeaders, HeaderRejected, Response, CONTENT_TYPE_JSON};
 pub use server::{serve, ServeError, CONNECTION_LIMIT_MESSAGE};
 pub use stats::{HttpStats, HttpStatsSnapshot, RESPONSE_CLASSES};

@@ -369,18 +369,8 @@ pub fn encode_unsub(out: &mut Vec<u8>, sid: u64) {
 pub const PING: &[u8] = b"PING\r\n";
 pub const PONG: &[u8] = b"PONG\r\n";
 
-fn push_usize(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn push_usize(out: &mut Vec<u8>, n: usize) {
+    crate::transport::http::push_decimal(out, n as u64);
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
