@@ -72,7 +72,7 @@ impl Scope {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization` header.
-    #[error("admin requests need an Authorization: Bearer <token> header")]
+    #[error("admin requests need an Authorization: Bearer <token> header (over NATS: an authorization header or a token member)")]
     Missing,
     /// The header is not `Bearer <token>`.
     #[error("the Authorization header must be Bearer <token>")]

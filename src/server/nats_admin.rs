@@ -103,7 +103,9 @@ async fn call(ctx: &Rc<ShardCtx>, op: &str, header: Option<String>, body: &[u8])
     };
     let now = ctx.shared.now();
     let resp = ctx.admin_call(req, now).await;
-    if op == "dry_run_pipeline" && resp.status == 200 {
+    // The pipeline is shown with the dry run's answer, decision or error (a required stage
+    // that cannot run is what an operator checks it for); not with a refused call.
+    if op == "dry_run_pipeline" && !matches!(resp.status, 400 | 401 | 403 | 404 | 413) {
         return with_pipeline(ctx, resp, &args);
     }
     resp
@@ -223,8 +225,9 @@ fn with_pipeline(ctx: &ShardCtx, resp: AdminResponse, args: &Value) -> AdminResp
     let pipeline: Value = pipeline
         .and_then(|p| serde_json::from_slice(&p).ok())
         .unwrap_or(Value::Null);
-    let body = serde_json::json!({"ok": true, "decision": decision, "pipeline": pipeline});
-    AdminResponse::raw(200, body.to_string().into_bytes())
+    let ok = decision["ok"].as_bool().unwrap_or(false);
+    let body = serde_json::json!({"ok": ok, "decision": decision, "pipeline": pipeline});
+    AdminResponse::raw(resp.status, body.to_string().into_bytes())
 }
 
 fn with_shard(body: Vec<u8>, ctx: &ShardCtx) -> Vec<u8> {
