@@ -81,6 +81,13 @@ enum Command {
         /// Exit code of the candidate's benchmark run, for the policy's exit-code flag.
         #[arg(long, allow_negative_numbers = true)]
         candidate_exit_code: Option<i32>,
+        /// Run `shardline bench BENCH_ARGS` this many times first and gate on the median
+        /// of the runs (reports kept in `_artifacts/gate-runs/`).
+        #[arg(long, value_name = "N", requires = "bench_args")]
+        runs: Option<u32>,
+        /// With `--runs`: the bench arguments, after `--`.
+        #[arg(last = true, value_name = "BENCH_ARGS")]
+        bench_args: Vec<String>,
     },
     /// Load-test a router over HTTP (open loop at a fixed rate, or closed loop) and report
     /// client-side latency; optionally against the bare HTTP responder too.
@@ -138,13 +145,18 @@ fn main() -> ExitCode {
             candidate,
             runs_dir,
             candidate_exit_code,
-        } => run_gate(
-            &baseline,
-            &policy,
-            candidate,
-            runs_dir.as_deref(),
-            candidate_exit_code,
-        ),
+            runs,
+            bench_args,
+        } => bench_runs(runs, &bench_args).and_then(|(mut ran, code)| {
+            ran.extend(candidate);
+            run_gate(
+                &baseline,
+                &policy,
+                ran,
+                runs_dir.as_deref(),
+                candidate_exit_code.or(code),
+            )
+        }),
         Command::Bench(args) => run_bench(&args),
         Command::Plot { out, reports } => run_plot(&out, &reports),
         Command::Tune { command } => shardline::tune::run(&command).map_err(Into::into),
@@ -287,6 +299,36 @@ fn run_check(paths: &[PathBuf]) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--runs N -- BENCH_ARGS`: N bench runs by this same binary; their reports, and the
+/// first non-zero exit code (for `require_candidate_exit_code_zero`).
+fn bench_runs(runs: Option<u32>, args: &[String]) -> Result<(Vec<PathBuf>, Option<i32>)> {
+    const RUNS_MAX: u32 = 100;
+    let Some(n) = runs else {
+        return Ok((Vec::new(), None));
+    };
+    anyhow::ensure!((1..=RUNS_MAX).contains(&n), "--runs: 1..={RUNS_MAX}");
+    let dir = PathBuf::from("_artifacts/gate-runs");
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    let (mut reports, mut code) = (Vec::new(), 0);
+    for i in 1..=n {
+        let out = dir.join(format!("run-{i}.json"));
+        eprintln!("gate: bench run {i} of {n}");
+        let status = std::process::Command::new(&exe)
+            .arg("bench")
+            .args(args)
+            .arg("--out")
+            .arg(&out)
+            .status()?;
+        let c = status.code().unwrap_or(1);
+        if code == 0 {
+            code = c;
+        }
+        reports.push(out);
+    }
+    Ok((reports, Some(code)))
 }
 
 fn run_gate(

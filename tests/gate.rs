@@ -384,3 +384,31 @@ fn unusable_input_exits_2_naming_file_and_path() {
         stderr(&out)
     );
 }
+
+/// `--runs N -- BENCH_ARGS` runs the bench N times and gates on the median: the verdict
+/// names the median, and a rule the runs cannot meet (rps at 1,000/s against a 20,000/s
+/// baseline) fails the gate with exit 1.
+#[test]
+fn runs_benches_and_gates_on_their_median() {
+    let out = gate(&[
+        "--baseline",
+        "perf/baseline.json",
+        "--policy",
+        "perf/policy.json",
+        "--runs",
+        "2",
+        "--",
+        "--embedded",
+        "--rate",
+        "1000",
+        "--duration",
+        "1s",
+        "--spin-us",
+        "0",
+    ]);
+    expect_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(text.contains("candidate: median of 2 runs"), "{text}");
+    assert!(text.contains("PASS errors_total"), "{text}");
+    assert!(text.contains("FAIL rps"), "{text}");
+}
