@@ -244,7 +244,9 @@ impl Cli {
             }
         }
         let help = self.help(&path).to_owned();
-        for word in rest.iter().filter(|w| w.starts_with("--") && w.len() > 2) {
+        // Words after a bare `--` belong to another command (`gate --runs N -- BENCH_ARGS`).
+        let own = rest.split(|w| w == "--").next().unwrap_or(&[]);
+        for word in own.iter().filter(|w| w.starts_with("--") && w.len() > 2) {
             let flag = word.split('=').next().unwrap();
             let listed = help
                 .split_whitespace()
