@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use super::handoff::{Job, Outgoing, Reply, Route};
 use super::owner::{self, Answered, Assigner};
-use super::pipeline::ASYNC_TASKS_PER_SHARD_MAX;
 use super::service::owned;
 use super::shard::{Ids, ShardCtx};
 use super::stats::Count;
@@ -341,7 +340,7 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
             &reply_of(answered, body, assignment),
         );
     }
-    if ctx.tasks.get() >= ASYNC_TASKS_PER_SHARD_MAX {
+    if !ctx.begin_task() {
         metrics.shed(ShedCause::NatsFull).inc();
         let ids_shed = Ids {
             request_id: Some(&req.request_id),
@@ -360,7 +359,6 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let owned_ids = OwnedReplyIds::of(&req);
     let reply_to: Box<str> = reply_to.into();
     let (ctx, client) = (Rc::clone(ctx), client.clone());
-    ctx.tasks.set(ctx.tasks.get() + 1);
     glommio::spawn_local(async move {
         let reply = if owner_shard == ctx.id {
             ctx.decide_job_pipeline(&job).await
@@ -469,12 +467,21 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         body: msg.payload.to_vec(),
         headers: owned(&headers, None),
     };
+    if !ctx.begin_task() {
+        metrics.shed(ShedCause::NatsFull).inc();
+        if let Some(reply_to) = reply_to {
+            let reply = super::shard::shed("too many NATS requests in flight", Ids::default());
+            answer(ctx, client, &reply_to, &ReplyIds::default(), &reply);
+        }
+        return;
+    }
     let (ctx, client) = (Rc::clone(ctx), client.clone());
     glommio::spawn_local(async move {
         let reply = ctx.hand_off(owner_shard, job, Ids::default()).await;
         if let Some(reply_to) = reply_to {
             answer(&ctx, &client, &reply_to, &ReplyIds::default(), &reply);
         }
+        ctx.tasks.set(ctx.tasks.get() - 1);
     })
     .detach();
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::handoff::Reply;
 use super::nats::{answer, ReplyIds};
-use super::shard::ShardCtx;
+use super::shard::{Ids, ShardCtx};
 use crate::admin::{AdminRequest, AdminResponse};
 use crate::contract::ErrorCode;
 use crate::extensions::{extension_health, pipeline_complexity};
@@ -49,8 +49,14 @@ pub fn on_admin(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let header = msg.headers.and_then(|h| h.get("authorization"));
     let body = msg.payload.to_vec();
     let header = header.map(str::to_owned);
+    if !ctx.begin_task() {
+        let reply = super::shard::shed(
+            "too many NATS requests in flight on this shard",
+            Ids::default(),
+        );
+        return answer(ctx, client, reply_to, &ReplyIds::default(), &reply);
+    }
     let (ctx, client, reply_to) = (Rc::clone(ctx), client.clone(), reply_to.to_owned());
-    ctx.tasks.set(ctx.tasks.get() + 1);
     glommio::spawn_local(async move {
         let resp = call(&ctx, &op, header, &body).await;
         let reply = Reply {

@@ -35,6 +35,17 @@ pub const ASYNC_TASKS_PER_SHARD_MAX: usize = 4_096;
 struct Reloaded;
 
 impl ShardCtx {
+    /// Counts one more asynchronous task, unless `ASYNC_TASKS_PER_SHARD_MAX` are running
+    /// (then the caller sheds). The task decrements `tasks` when it ends.
+    pub fn begin_task(&self) -> bool {
+        let n = self.tasks.get();
+        if n >= ASYNC_TASKS_PER_SHARD_MAX {
+            return false;
+        }
+        self.tasks.set(n + 1);
+        true
+    }
+
     /// Whether `tenant`'s requests may run extension calls: NATS on and some policy of the
     /// tenant with stages. Cheap: no decoding.
     pub fn may_need_pipeline(&self, tenant: &str) -> bool {
