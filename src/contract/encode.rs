@@ -171,7 +171,8 @@ impl Serialize for MetadataView<'_, '_> {
     }
 }
 
-struct ScalarView<'s, 'a>(&'s Scalar<'a>);
+/// A metadata scalar as JSON; integral numbers as integers (`3`, not `3.0`).
+pub(crate) struct ScalarView<'s, 'a>(pub &'s Scalar<'a>);
 
 impl Serialize for ScalarView<'_, '_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

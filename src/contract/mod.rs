@@ -13,6 +13,7 @@
 mod check;
 mod code;
 mod encode;
+pub(crate) use encode::ScalarView;
 mod error;
 mod field;
 mod limits;

@@ -18,7 +18,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::contract::{Metadata, Scalar, METADATA_KEY_BYTES_MAX};
+use crate::contract::{Metadata, Scalar, ScalarView, METADATA_KEY_BYTES_MAX};
 use crate::decide::StageOutcome;
 use crate::policy::StageKind;
 
@@ -28,8 +28,6 @@ pub const REPLY_BYTES_MAX: usize = 256 * 1024;
 pub const REPLY_METADATA_ENTRIES_MAX: usize = crate::contract::METADATA_ENTRIES_MAX;
 /// A reply's `reason`/`message`/`error` as kept in an outcome; longer ones are cut.
 pub const REPLY_MESSAGE_BYTES_MAX: usize = 512;
-/// Integers up to 2^53 print without a fraction (as the decision encoder does).
-const INTEGRAL_F64_ABS_MAX: f64 = 9_007_199_254_740_992.0;
 
 /// What one stage call sends.
 #[derive(Debug, Clone, Copy)]
@@ -87,22 +85,6 @@ impl Serialize for MetadataView<'_, '_> {
             map.serialize_entry(&**key, &ScalarView(value))?;
         }
         map.end()
-    }
-}
-
-struct ScalarView<'s, 'a>(&'s Scalar<'a>);
-
-impl Serialize for ScalarView<'_, '_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Scalar::Str(s) => serializer.serialize_str(s),
-            Scalar::Num(x) if x.fract() == 0.0 && x.abs() < INTEGRAL_F64_ABS_MAX => {
-                serializer.serialize_i64(*x as i64)
-            }
-            Scalar::Num(x) => serializer.serialize_f64(*x),
-            Scalar::Bool(b) => serializer.serialize_bool(*b),
-            Scalar::Null => serializer.serialize_unit(),
-        }
     }
 }
 
