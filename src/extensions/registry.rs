@@ -18,12 +18,13 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::contract::is_nats_subject;
 use crate::decide::StageOutcome;
-use crate::policy::json::{check_structure, expected, shown, string, Json, Obj, Problems};
+use crate::policy::json::{
+    check_structure, expected, parse_root, shown, string, Json, Obj, Problems,
+};
 use crate::policy::{PolicyError, Stage, StageKind, NAME_CHARS_MAX, RETRIES_MAX, TIMEOUT_MS_MAX};
 
 /// Registry entries (files) in one directory.
@@ -408,14 +409,7 @@ fn read_document(problems: &mut Problems, bytes: &[u8]) -> Option<Json> {
         problems.add("$", format!("more than {EXTENSION_FILE_BYTES_MAX} bytes"));
         return None;
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    match Json::deserialize(&mut de).and_then(|root| de.end().map(|()| root)) {
-        Ok(root) => Some(root),
-        Err(e) => {
-            problems.add("$", format!("not valid JSON: {e}"));
-            None
-        }
-    }
+    parse_root(problems, bytes)
 }
 
 fn compile(problems: &mut Problems, o: Obj) -> Option<Extension> {

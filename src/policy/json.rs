@@ -141,6 +141,19 @@ impl Serialize for Json {
     }
 }
 
+/// Parses a whole document (nothing may follow the root), reporting a syntax error as a
+/// problem at `$`.
+pub(crate) fn parse_root(problems: &mut Problems, bytes: &[u8]) -> Option<Json> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match Json::deserialize(&mut de).and_then(|root| de.end().map(|()| root)) {
+        Ok(root) => Some(root),
+        Err(e) => {
+            problems.add("$", format!("not valid JSON: {e}"));
+            None
+        }
+    }
+}
+
 /// Collects the problems of one document, bounded by `ERRORS_PER_DOCUMENT_MAX`.
 pub(crate) struct Problems<'s> {
     source: &'s str,

@@ -17,12 +17,11 @@
 
 use std::fmt;
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::json::{
-    array, boolean, check_structure, expected, float_in, index_path, int_in, key_path, shown,
-    string, Json, Obj, Problems,
+    array, boolean, check_structure, expected, float_in, index_path, int_in, key_path, parse_root,
+    shown, string, Json, Obj, Problems,
 };
 use super::model::*;
 use super::when::compile_when;
@@ -177,14 +176,7 @@ fn read_document(problems: &mut Problems, bytes: &[u8]) -> Option<Json> {
         );
         return None;
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    match Json::deserialize(&mut de).and_then(|root| de.end().map(|()| root)) {
-        Ok(root) => Some(root),
-        Err(e) => {
-            problems.add("$", format!("not valid JSON: {e}"));
-            None
-        }
-    }
+    parse_root(problems, bytes)
 }
 
 fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Option<Policy> {
