@@ -296,24 +296,7 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     ctx.refresh(now);
     let req = match decode_decide(msg.payload, &headers) {
         Ok(req) => req,
-        Err(err) => {
-            let ids = context_ids(msg.payload, &headers);
-            let mut body = Vec::with_capacity(256);
-            let (rid, tid) = (ids.request_id.as_deref(), ids.trace_id.as_deref());
-            encode_contract_error(&mut body, &err, rid, tid);
-            metrics.count_code(err.code());
-            let reply = Reply {
-                status: err.code().http_status(),
-                body,
-                ..Reply::default()
-            };
-            let ids = ReplyIds {
-                tenant_id: headers.tenant_id,
-                trace_id: tid.or(headers.trace_id),
-                traceparent: headers.traceparent,
-            };
-            return answer(ctx, client, reply_to, &ids, &reply);
-        }
+        Err(err) => return answer_invalid(ctx, client, reply_to, &msg, &headers, &err),
     };
     let ids = ReplyIds {
         tenant_id: Some(&req.tenant_id),
@@ -322,23 +305,8 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     };
     let owner_shard = ctx.shared.partition.shard_of(&req.tenant_id);
     if owner_shard == ctx.id && !ctx.needs_pipeline(&req) {
-        let started = std::time::Instant::now();
-        let mut body = Vec::with_capacity(512);
-        let mut assignment = None;
-        let answered = {
-            let table = ctx.table.borrow();
-            let mut owner = ctx.owner.borrow_mut();
-            owner.decide(table.table(), &req, now, &mut body, &mut assignment)
-        };
-        metrics.answered(&answered, started.elapsed());
-        ctx.note_state();
-        return answer(
-            ctx,
-            client,
-            reply_to,
-            &ids,
-            &reply_of(answered, body, assignment),
-        );
+        let reply = decide_here(ctx, &req, now);
+        return answer(ctx, client, reply_to, &ids, &reply);
     }
     if !ctx.begin_task() {
         metrics.shed(ShedCause::NatsFull).inc();
@@ -356,16 +324,69 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         body: msg.payload.to_vec(),
         headers: owned(&headers, None),
     };
-    let owned_ids = OwnedReplyIds::of(&req);
-    let reply_to: Box<str> = reply_to.into();
+    decide_later(ctx, client, job, OwnedReplyIds::of(&req), reply_to.into());
+}
+
+/// An invalid request: the contract error, with the ids that could be read.
+fn answer_invalid(
+    ctx: &ShardCtx,
+    client: &Client,
+    reply_to: &str,
+    msg: &Msg<'_>,
+    headers: &Headers<'_>,
+    err: &crate::contract::ContractError,
+) {
+    let ids = context_ids(msg.payload, headers);
+    let mut body = Vec::with_capacity(256);
+    let (rid, tid) = (ids.request_id.as_deref(), ids.trace_id.as_deref());
+    encode_contract_error(&mut body, err, rid, tid);
+    ctx.shared.metrics(ctx.id).count_code(err.code());
+    let reply = Reply {
+        status: err.code().http_status(),
+        body,
+        ..Reply::default()
+    };
+    let ids = ReplyIds {
+        tenant_id: headers.tenant_id,
+        trace_id: tid.or(headers.trace_id),
+        traceparent: headers.traceparent,
+    };
+    answer(ctx, client, reply_to, &ids, &reply);
+}
+
+/// A decision for a tenant this shard owns, with no extension stage: made at once.
+fn decide_here(
+    ctx: &ShardCtx,
+    req: &crate::contract::DecideRequest<'_>,
+    now: crate::decide::Now,
+) -> Reply {
+    let started = std::time::Instant::now();
+    let mut body = Vec::with_capacity(512);
+    let mut assignment = None;
+    let answered = {
+        let table = ctx.table.borrow();
+        let mut owner = ctx.owner.borrow_mut();
+        owner.decide(table.table(), req, now, &mut body, &mut assignment)
+    };
+    ctx.shared
+        .metrics(ctx.id)
+        .answered(&answered, started.elapsed());
+    ctx.note_state();
+    reply_of(answered, body, assignment)
+}
+
+/// A decision that must wait (the owner is another shard, or stages run over NATS): a
+/// task of its own, counted by `begin_task`, answers when it is made.
+fn decide_later(ctx: &Rc<ShardCtx>, client: &Client, job: Job, ids: OwnedReplyIds, to: Box<str>) {
+    let owner_shard = ctx.shared.partition.shard_of(&job.tenant);
     let (ctx, client) = (Rc::clone(ctx), client.clone());
     glommio::spawn_local(async move {
         let reply = if owner_shard == ctx.id {
             ctx.decide_job_pipeline(&job).await
         } else {
-            ctx.hand_off(owner_shard, job, owned_ids.ids()).await
+            ctx.hand_off(owner_shard, job, ids.ids()).await
         };
-        answer(&ctx, &client, &reply_to, &owned_ids.reply_ids(), &reply);
+        answer(&ctx, &client, &to, &ids.reply_ids(), &reply);
         ctx.tasks.set(ctx.tasks.get() - 1);
     })
     .detach();
@@ -552,67 +573,7 @@ pub fn metric_series(
 ) -> Vec<ExtraMetric> {
     let mut out = Vec::new();
     for (shard, s) in nats.iter().enumerate() {
-        let series: [(&'static str, &'static str, u64, bool); 7] = [
-            (
-                "shardline_nats_connected",
-                "1 while the shard's NATS connection is up.",
-                s.connected.load(Relaxed),
-                false,
-            ),
-            (
-                "shardline_nats_reconnects_total",
-                "NATS connections re-established.",
-                s.reconnects.load(Relaxed),
-                true,
-            ),
-            (
-                "shardline_nats_connect_failures_total",
-                "NATS connection attempts that failed.",
-                s.connect_failures.load(Relaxed),
-                true,
-            ),
-            (
-                "shardline_nats_outbound_full_total",
-                "NATS publishes refused: outbound buffer full.",
-                s.outbound_full.load(Relaxed),
-                true,
-            ),
-            (
-                "shardline_nats_requests_timed_out_total",
-                "Router-made NATS requests with no reply in time.",
-                s.requests_timed_out.load(Relaxed),
-                true,
-            ),
-            (
-                "shardline_nats_bytes_in_total",
-                "Bytes read from NATS.",
-                s.bytes_in.load(Relaxed),
-                true,
-            ),
-            (
-                "shardline_nats_bytes_out_total",
-                "Bytes written to NATS.",
-                s.bytes_out.load(Relaxed),
-                true,
-            ),
-        ];
-        for (name, help, value, counter) in series {
-            let m = if counter {
-                ExtraMetric::counter(name, help, value as f64)
-            } else {
-                ExtraMetric::gauge(name, help, value as f64)
-            };
-            out.push(m.label("shard", shard));
-        }
-        let help = "NATS messages by direction.";
-        for (direction, v) in [("in", &s.msgs_in), ("out", &s.msgs_out)] {
-            let m = ExtraMetric::counter(
-                "shardline_nats_messages_total",
-                help,
-                v.load(Relaxed) as f64,
-            );
-            out.push(m.label("shard", shard).label("direction", direction));
-        }
+        nats_series(&mut out, shard, s);
     }
     let help = "Extension calls by extension and outcome (all shards).";
     let names = registry.iter().map(|e| &*e.id).chain(["unregistered"]);
@@ -627,4 +588,54 @@ pub fn metric_series(
         }
     }
     out
+}
+
+fn nats_series(out: &mut Vec<ExtraMetric>, shard: usize, s: &ClientStats) {
+    let gauge = |name, help, v: &std::sync::atomic::AtomicU64| {
+        ExtraMetric::gauge(name, help, v.load(Relaxed) as f64).label("shard", shard)
+    };
+    let counter = |name, help, v: &std::sync::atomic::AtomicU64| {
+        ExtraMetric::counter(name, help, v.load(Relaxed) as f64).label("shard", shard)
+    };
+    out.extend([
+        gauge(
+            "shardline_nats_connected",
+            "1 while the shard's NATS connection is up.",
+            &s.connected,
+        ),
+        counter(
+            "shardline_nats_reconnects_total",
+            "NATS connections re-established.",
+            &s.reconnects,
+        ),
+        counter(
+            "shardline_nats_connect_failures_total",
+            "NATS connection attempts that failed.",
+            &s.connect_failures,
+        ),
+        counter(
+            "shardline_nats_outbound_full_total",
+            "NATS publishes refused: outbound buffer full.",
+            &s.outbound_full,
+        ),
+        counter(
+            "shardline_nats_requests_timed_out_total",
+            "Router-made NATS requests with no reply in time.",
+            &s.requests_timed_out,
+        ),
+        counter(
+            "shardline_nats_bytes_in_total",
+            "Bytes read from NATS.",
+            &s.bytes_in,
+        ),
+        counter(
+            "shardline_nats_bytes_out_total",
+            "Bytes written to NATS.",
+            &s.bytes_out,
+        ),
+    ]);
+    let help = "NATS messages by direction.";
+    for (direction, v) in [("in", &s.msgs_in), ("out", &s.msgs_out)] {
+        out.push(counter("shardline_nats_messages_total", help, v).label("direction", direction));
+    }
 }
