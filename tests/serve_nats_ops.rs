@@ -223,7 +223,10 @@ fn admin_policies_over_nats() {
         (&written["ok"], &written["tenant"], &written["policy_id"]),
         (&json!(true), &json!("acme"), &json!("gold"))
     );
-    let (status, again) = admin(&nc, "put_policy", tok, put);
+    // The same document sent as a string holding it (a forwarded file) is a replacement.
+    let mut as_text = gold.clone();
+    as_text["policy"] = json!(ONLY_MISTRAL);
+    let (status, again) = admin(&nc, "put_policy", tok, as_text);
     assert_eq!(status, "200", "a replacement is 200: {again}");
     for i in 0..10 {
         assert_eq!(

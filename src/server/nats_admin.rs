@@ -119,10 +119,11 @@ async fn call(ctx: &Rc<ShardCtx>, op: &str, header: Option<String>, body: &[u8])
 
 /// The HTTP admin request (method, path, body) an operation of `OPERATIONS` maps onto.
 fn route(op: &str, args: &Value, tenant: &str, policy: &str) -> (&'static str, String, Vec<u8>) {
-    let raw = |k: &str| {
-        args.get(k)
-            .map(|v| v.to_string().into_bytes())
-            .unwrap_or_default()
+    // A document as a JSON value, or as a string holding it (clients that forward a file).
+    let raw = |k: &str| match args.get(k) {
+        Some(Value::String(text)) => text.clone().into_bytes(),
+        Some(v) => v.to_string().into_bytes(),
+        None => Vec::new(),
     };
     let policy_path = || format!("/admin/v1/policies/{tenant}/{policy}");
     match op {
