@@ -193,7 +193,7 @@ pub fn contract_headers<'a>(block: Option<HeaderBlock<'a>>) -> Headers<'a> {
 }
 
 /// Publishes an answer to `reply` with the contract headers, then any assignment.
-pub fn answer(ctx: &ShardCtx, client: &Client, reply: &str, ids: &ReplyIds<'_>, r: &Reply) {
+pub fn answer(ctx: &Rc<ShardCtx>, client: &Client, reply: &str, ids: &ReplyIds<'_>, r: &Reply) {
     let mut status = [0u8; 3];
     let status = status_text(r.status, &mut status);
     let mut headers: [(&str, &str); 5] = [("status", status); 5];
@@ -239,11 +239,11 @@ fn publish_or_shed(
 }
 
 /// Publishes an ExecAssignment; a full outbound buffer is retried a bounded number of
-/// times, spaced, from a task of its own.
-pub fn push_assignment(ctx: &ShardCtx, client: &Client, a: &Outgoing) {
+/// times, spaced, from a task of its own. Retrying tasks count against the shard's bound
+/// of asynchronous work: when it is spent the assignment is dropped and counted.
+pub fn push_assignment(ctx: &Rc<ShardCtx>, client: &Client, a: &Outgoing) {
     let metrics = ctx.shared.metrics(ctx.id);
-    let headers: Vec<(&str, &str)> = a.headers.iter().map(|(k, v)| (*k, &**v)).collect();
-    if client.publish(&a.subject, None, &headers, &a.body).is_ok() {
+    if publish_assignment(client, a) {
         metrics.assignments.inc();
         return;
     }
@@ -252,24 +252,43 @@ pub fn push_assignment(ctx: &ShardCtx, client: &Client, a: &Outgoing) {
         .nats_settings
         .as_ref()
         .map_or(0, |s| s.config.assignment_retries_max);
-    let (client, a, shared, id) = (client.clone(), a.clone(), Arc::clone(&ctx.shared), ctx.id);
+    if retries == 0 || !ctx.begin_task() {
+        metrics.shed(ShedCause::NatsFull).inc();
+        log::warn!(
+            "nats: assignment to {} dropped: outbound buffer full",
+            a.subject
+        );
+        return;
+    }
+    let (ctx, client, a) = (Rc::clone(ctx), client.clone(), a.clone());
     glommio::spawn_local(async move {
-        let headers: Vec<(&str, &str)> = a.headers.iter().map(|(k, v)| (*k, &**v)).collect();
+        let metrics = ctx.shared.metrics(ctx.id);
+        let mut sent = false;
         for attempt in 1..=u64::from(retries) {
             let delay = std::time::Duration::from_millis(ASSIGNMENT_RETRY_STEP_MS * attempt);
             glommio::timer::sleep(delay).await;
-            if client.publish(&a.subject, None, &headers, &a.body).is_ok() {
-                shared.metrics(id).assignments.inc();
-                return;
+            sent = publish_assignment(&client, &a);
+            if sent {
+                break;
             }
         }
-        shared.metrics(id).shed(ShedCause::NatsFull).inc();
-        log::warn!(
-            "nats: assignment to {} dropped after {retries} retries",
-            a.subject
-        );
+        if sent {
+            metrics.assignments.inc();
+        } else {
+            metrics.shed(ShedCause::NatsFull).inc();
+            log::warn!(
+                "nats: assignment to {} dropped after {retries} retries",
+                a.subject
+            );
+        }
+        ctx.tasks.set(ctx.tasks.get() - 1);
     })
     .detach();
+}
+
+fn publish_assignment(client: &Client, a: &Outgoing) -> bool {
+    let headers: Vec<(&str, &str)> = a.headers.iter().map(|(k, v)| (*k, &**v)).collect();
+    client.publish(&a.subject, None, &headers, &a.body).is_ok()
 }
 
 /// The ids a reply echoes in its headers.
@@ -329,7 +348,7 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
 
 /// An invalid request: the contract error, with the ids that could be read.
 fn answer_invalid(
-    ctx: &ShardCtx,
+    ctx: &Rc<ShardCtx>,
     client: &Client,
     reply_to: &str,
     msg: &Msg<'_>,
