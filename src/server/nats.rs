@@ -479,15 +479,7 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let reply_to: Option<Box<str>> = msg.reply.map(Into::into);
     if owner_shard == ctx.id {
         let mut body = Vec::new();
-        let answered = {
-            let table = ctx.table.borrow();
-            let mut owner = ctx.owner.borrow_mut();
-            owner.result(table.table(), &result, now, &mut body)
-        };
-        metrics.answered(&answered, std::time::Duration::ZERO);
-        if matches!(answered.counted, owner::Counted::ResultAccepted { .. }) {
-            publish_usage(ctx, client, &result, now.unix_ms);
-        }
+        let answered = ctx.take_result(&result, now, &mut body);
         if let Some(reply_to) = reply_to {
             let ids = ReplyIds::default();
             answer(
@@ -527,7 +519,7 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
 }
 
 /// Publishes the UsageEvent of a newly accepted result.
-pub fn publish_usage(ctx: &ShardCtx, client: &Client, result: &ExecResult, now_unix_ms: u64) {
+fn publish_usage(ctx: &ShardCtx, client: &Client, result: &ExecResult, now_unix_ms: u64) {
     let Some(settings) = &ctx.shared.nats_settings else {
         return;
     };
@@ -564,23 +556,28 @@ fn on_ack(ctx: &Rc<ShardCtx>, _client: &Client, msg: Msg<'_>) {
 }
 
 impl ShardCtx {
-    /// After a result taken over HTTP or a handoff: the usage event, when NATS is on.
-    pub fn publish_usage(
+    /// An ExecResult for a tenant this shard owns, from any transport: breakers and
+    /// averages, the metrics, and (NATS on) the usage event of a result not seen before.
+    pub fn take_result(
         &self,
-        body: &[u8],
-        headers: &Headers<'_>,
-        answered: &Answered,
+        result: &ExecResult,
         now: crate::decide::Now,
-    ) {
-        let Some(client) = self.nats.get() else {
-            return;
+        out: &mut Vec<u8>,
+    ) -> Answered {
+        let answered = {
+            let table = self.table.borrow();
+            let mut owner = self.owner.borrow_mut();
+            owner.result(table.table(), result, now, out)
         };
-        if !matches!(answered.counted, owner::Counted::ResultAccepted { .. }) {
-            return;
+        self.shared
+            .metrics(self.id)
+            .answered(&answered, std::time::Duration::ZERO);
+        if let (Some(client), owner::Counted::ResultAccepted { .. }) =
+            (self.nats.get(), answered.counted)
+        {
+            publish_usage(self, client, result, now.unix_ms);
         }
-        if let Ok(result) = ExecResult::decode(body, headers) {
-            publish_usage(self, client, &result, now.unix_ms);
-        }
+        answered
     }
 }
 

@@ -237,21 +237,6 @@ impl Owner {
             counted,
         }
     }
-
-    /// Decodes and feeds a result; for results handed over by another shard.
-    pub fn result_bytes(
-        &mut self,
-        table: &RoutingTable,
-        body: &[u8],
-        headers: &Headers<'_>,
-        now: Now,
-        out: &mut Vec<u8>,
-    ) -> Answered {
-        match ExecResult::decode(body, headers) {
-            Ok(result) => self.result(table, &result, now, out),
-            Err(err) => invalid(&err, out),
-        }
-    }
 }
 
 fn answered(outcome: &Result<crate::decide::Decision, DecideError>) -> Answered {

@@ -210,19 +210,7 @@ impl RouterService {
         };
         let owner = ctx.shared.partition.shard_of(&result.tenant_id);
         if owner == ctx.id {
-            let answered = {
-                let table = ctx.table.borrow();
-                let mut owner = ctx.owner.borrow_mut();
-                owner.result(table.table(), &result, now, &mut resp.body)
-            };
-            ctx.shared
-                .metrics(ctx.id)
-                .answered(&answered, std::time::Duration::ZERO);
-            if let (Some(client), owner::Counted::ResultAccepted { .. }) =
-                (ctx.nats.get(), answered.counted)
-            {
-                super::nats::publish_usage(ctx, client, &result, now.unix_ms);
-            }
+            let answered = ctx.take_result(&result, now, &mut resp.body);
             return apply(resp, answered);
         }
         let job = forward(Route::Results, result.tenant_id.as_str(), req, &headers);

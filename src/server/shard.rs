@@ -17,7 +17,7 @@ use super::owner::{self, Owner};
 use super::stats::Count;
 use super::Shared;
 use crate::admin::{AdminRequest, ShardTable, ShardView};
-use crate::contract::Headers;
+use crate::contract::{ExecResult, Headers};
 use crate::decide::Now;
 use crate::extensions::ExtensionBreakers;
 use crate::transport::nats::Client;
@@ -159,25 +159,30 @@ impl ShardCtx {
         let headers = borrowed(&job.headers);
         let mut body = Vec::with_capacity(512);
         let mut assignment = None;
-        let started = std::time::Instant::now();
-        let answered = {
-            let (table, mut owner) = (self.table.borrow(), self.owner.borrow_mut());
-            let (table, input) = (table.table(), &job.body);
-            match job.route {
-                Route::Decide => {
-                    owner.decide_bytes(table, input, &headers, now, &mut body, &mut assignment)
-                }
-                _ => owner.result_bytes(table, input, &headers, now, &mut body),
+        let answered = match job.route {
+            Route::Decide => {
+                let started = std::time::Instant::now();
+                let answered = {
+                    let (table, mut owner) = (self.table.borrow(), self.owner.borrow_mut());
+                    let table = table.table();
+                    owner.decide_bytes(table, &job.body, &headers, now, &mut body, &mut assignment)
+                };
+                self.shared
+                    .metrics(self.id)
+                    .answered(&answered, started.elapsed());
+                self.note_state();
+                answered
             }
+            _ => match ExecResult::decode(&job.body, &headers) {
+                Ok(result) => self.take_result(&result, now, &mut body),
+                Err(err) => {
+                    let answered = owner::invalid(&err, &mut body);
+                    let metrics = self.shared.metrics(self.id);
+                    metrics.answered(&answered, std::time::Duration::ZERO);
+                    answered
+                }
+            },
         };
-        self.shared
-            .metrics(self.id)
-            .answered(&answered, started.elapsed());
-        if job.route == Route::Decide {
-            self.note_state();
-        } else {
-            self.publish_usage(&job.body, &headers, &answered, now);
-        }
         Reply {
             status: answered.status,
             retry_after_s: answered.retry_after_s,
