@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 use thiserror::Error;
@@ -69,13 +70,19 @@ impl ServerAddr {
             Some((c, h)) => (Some(c), h),
             None => (None, rest),
         };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| bad())?)
+        // `[v6]:port`, `[v6]`, `host:port` or `host`; the default port is 4222.
+        let (host, port) = match hostport.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+                match after.strip_prefix(':') {
+                    Some(p) => (host, p),
+                    None if after.is_empty() => (host, "4222"),
+                    None => return Err(bad()),
+                }
             }
-            _ => (hostport, 4222),
+            None => hostport.rsplit_once(':').unwrap_or((hostport, "4222")),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port.parse::<u16>().map_err(|_| bad())?;
         if host.is_empty() || port == 0 {
             return Err(bad());
         }
@@ -176,7 +183,7 @@ impl ClientOptions {
             url: crate::config::NatsUrls::new(url),
             ..NatsConfig::default()
         };
-        Ok(ClientOptions::from_config(&config)?.expect("a URL was given"))
+        ClientOptions::from_config(&config)?.ok_or_else(|| OptionsError::Url(url.to_owned()))
     }
 }
 
@@ -215,8 +222,6 @@ pub fn client_tls(
     Ok(Arc::new(config))
 }
 
-use rustls::pki_types::pem::PemObject;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +241,14 @@ mod tests {
         );
         let c = ServerAddr::parse("127.0.0.1:5000").unwrap();
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 5000));
+        let v6 = ServerAddr::parse("nats://[::1]:4333").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 4333));
+        assert_eq!(ServerAddr::parse("[::1]").unwrap().port, 4222);
+        assert!(ServerAddr::parse("nats://[::1]x").is_err());
+        assert!(
+            ClientOptions::plain("").is_err(),
+            "an empty URL is an error, not a panic"
+        );
         assert!(ServerAddr::parse("http://x:1").is_err());
         assert!(ServerAddr::parse("nats://:1").is_err());
         assert!(ServerAddr::parse("nats://h:notaport").is_err());
