@@ -325,7 +325,8 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let owner_shard = ctx.shared.partition.shard_of(&req.tenant_id);
     if owner_shard == ctx.id && !ctx.needs_pipeline(&req) {
         let reply = decide_here(ctx, &req, now);
-        return answer(ctx, client, reply_to, &ids, &reply);
+        answer(ctx, client, reply_to, &ids, &reply);
+        return ctx.return_answer_buf(reply.body);
     }
     if !ctx.begin_task() {
         metrics.shed(ShedCause::NatsFull).inc();
@@ -380,7 +381,7 @@ fn decide_here(
     now: crate::decide::Now,
 ) -> Reply {
     let started = std::time::Instant::now();
-    let mut body = Vec::with_capacity(512);
+    let mut body = ctx.take_answer_buf();
     let mut assignment = None;
     let answered = {
         let table = ctx.table.borrow();

@@ -22,6 +22,10 @@ use crate::decide::Now;
 use crate::extensions::ExtensionBreakers;
 use crate::transport::nats::Client;
 
+/// Capacity of a shard's reused answer buffer; one grown past it (a long explanation) is
+/// not kept.
+const ANSWER_BUF_BYTES: usize = 4 << 10;
+
 /// A shard's state, shared by its tasks.
 pub struct ShardCtx {
     pub id: ShardId,
@@ -34,6 +38,8 @@ pub struct ShardCtx {
     pub nats: OnceCell<Client>,
     /// The shard's view of every extension's health.
     pub breakers: RefCell<ExtensionBreakers>,
+    /// The answer buffer of NATS decisions made at once, reused message after message.
+    pub answer_buf: RefCell<Vec<u8>>,
     /// Requests this shard answers asynchronously (handoffs and pipelines of NATS
     /// messages, jobs with extension stages), bounded by `ASYNC_TASKS_PER_SHARD_MAX`.
     pub tasks: Cell<usize>,
@@ -54,6 +60,7 @@ impl ShardCtx {
             nats: OnceCell::new(),
             breakers,
             tasks: Cell::new(0),
+            answer_buf: RefCell::new(Vec::with_capacity(ANSWER_BUF_BYTES)),
             table: RefCell::new(table),
             owner: RefCell::new(owner),
             outbox: RefCell::new(outbox),
@@ -86,6 +93,18 @@ impl ShardCtx {
         metrics
             .breaker_transition(crate::metrics::BreakerTransition::HalfOpened)
             .add(half_opened);
+    }
+
+    /// The reused answer buffer, empty; give it back with `return_answer_buf`.
+    pub fn take_answer_buf(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.answer_buf.borrow_mut())
+    }
+
+    pub fn return_answer_buf(&self, mut buf: Vec<u8>) {
+        if buf.capacity() <= ANSWER_BUF_BYTES {
+            buf.clear();
+            *self.answer_buf.borrow_mut() = buf;
+        }
     }
 
     pub fn owns(&self, tenant: &str) -> bool {
