@@ -11,29 +11,15 @@ use shardline::contract::{decode_decide, DecideRequest, Headers};
 use shardline::decide::{decide, Now, ShardState, StateConfig};
 use shardline::policy::{parse_policy, RoutingTable};
 
-const WEIGHTED: &str = r#"{"version":"1.0","providers":[
-  {"name":"openai","weight":40,"expected_latency_ms":650,"cost":0.0025},
-  {"name":"anthropic","weight":30,"expected_latency_ms":800,"cost":0.003},
-  {"name":"mistral","weight":20,"expected_latency_ms":420,"cost":0.0008},
-  {"name":"cohere","weight":10,"expected_latency_ms":500,"cost":0.001}],
-  "circuit_breaker":{"enabled":true}}"#;
-
-const STICKY: &str = r#"{"version":"1.0","providers":[
-  {"name":"openai","weight":40},{"name":"anthropic","weight":30},
-  {"name":"mistral","weight":20},{"name":"cohere","weight":10}],
-  "sticky":{"enabled":true,"session_key":"user_id","ttl":"1h"},
-  "circuit_breaker":{"enabled":true}}"#;
+#[path = "fixtures/policies.rs"]
+mod fixtures;
+use fixtures::{STICKY, TYPICAL, WEIGHTED};
 
 const FALLBACK: &str = r#"{"version":"1.0","providers":[
   {"name":"openai","weight":70},{"name":"anthropic","weight":30}],
   "fallbacks":[{"when":{"status":["timeout","5xx"]},"retry":2,"to":"anthropic"},
                {"when":{"status":["rate_limited"]},"retry":1,"to":"local_llm"}],
   "circuit_breaker":{"enabled":true}}"#;
-
-const TYPICAL: &[u8] = br#"{"version":"1","request_id":"req-7f3a9c2e","tenant_id":"acme",
-"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","task":{"type":"chat",
-"payload_ref":"s3://acme/prompts/7f3a9c2e.json"},"policy_id":"weighted",
-"metadata":{"user_id":"u-42","region":"eu-west-1"}}"#;
 
 fn table() -> RoutingTable {
     let p = |id, doc: &str| parse_policy("acme", id, id, doc.as_bytes()).expect("policy");

@@ -84,24 +84,9 @@ fn measured<F: FnMut()>(op: &mut F) {
     }
 }
 
-const WEIGHTED: &str = r#"{"version":"1.0","providers":[
-  {"name":"openai","weight":40,"expected_latency_ms":650,"cost":0.0025},
-  {"name":"anthropic","weight":30,"expected_latency_ms":800,"cost":0.003},
-  {"name":"mistral","weight":20,"expected_latency_ms":420,"cost":0.0008},
-  {"name":"cohere","weight":10,"expected_latency_ms":500,"cost":0.001}],
-  "circuit_breaker":{"enabled":true}}"#;
-
-const STICKY: &str = r#"{"version":"1.0","providers":[
-  {"name":"openai","weight":40},{"name":"anthropic","weight":30},
-  {"name":"mistral","weight":20},{"name":"cohere","weight":10}],
-  "sticky":{"enabled":true,"session_key":"user_id","ttl":"1h"},
-  "circuit_breaker":{"enabled":true}}"#;
-
-/// The typical request of `benches/hot_path.rs` (330 bytes), for the weighted policy.
-const WEIGHTED_REQUEST: &[u8] = br#"{"version":"1","request_id":"req-7f3a9c2e","tenant_id":"acme",
-"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","task":{"type":"chat",
-"payload_ref":"s3://acme/prompts/7f3a9c2e.json"},"policy_id":"weighted",
-"metadata":{"user_id":"u-42","region":"eu-west-1"}}"#;
+#[path = "../../../benches/fixtures/policies.rs"]
+mod fixtures;
+use fixtures::{STICKY, TYPICAL as WEIGHTED_REQUEST, WEIGHTED};
 
 /// The same request for the sticky policy; every call after the first is a sticky hit.
 const STICKY_REQUEST: &[u8] = br#"{"version":"1","request_id":"req-7f3a9c2e","tenant_id":"acme",
