@@ -398,6 +398,42 @@ fn chunked_body_is_decoded() {
     assert_eq!(client.get("/after").json()["path"], "/after");
 }
 
+/// A chunked request's decoded body never carries over into the next request on the same
+/// connection (behind a pooling proxy, the next request is another client's).
+#[test]
+fn every_request_starts_from_an_empty_body() {
+    let server = TestServer::start(HttpLimits::default());
+    let mut client = server.connect();
+    let chunked =
+        b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let sized = b"POST /l HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc";
+    // One at a time: chunked three times, then mixed with Content-Length.
+    for (request, len) in [
+        (&chunked[..], 5),
+        (&chunked[..], 5),
+        (&chunked[..], 5),
+        (&sized[..], 3),
+        (&chunked[..], 5),
+        (&sized[..], 3),
+    ] {
+        client.send(request);
+        let reply = client.reply();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["body_len"], len);
+    }
+    // Pipelined: four requests in one write, answered in order with their own bodies.
+    let mut pipelined = Vec::new();
+    for request in [&chunked[..], &chunked[..], &sized[..], &chunked[..]] {
+        pipelined.extend_from_slice(request);
+    }
+    client.send(&pipelined);
+    for len in [5, 5, 3, 5] {
+        let reply = client.reply();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["body_len"], len);
+    }
+}
+
 #[test]
 fn expect_continue_is_answered_before_the_body() {
     let server = TestServer::start(HttpLimits::default());

@@ -444,6 +444,54 @@ fn keep_alive_serves_many_requests_on_one_connection() {
     server.stop().unwrap();
 }
 
+/// The same chunked decide request, three times on one connection, then mixed with
+/// Content-Length and pipelined: each is decided from its own body alone (a body left
+/// from the previous request once answered `invalid_request` "trailing characters").
+#[test]
+fn chunked_requests_on_one_connection_each_start_from_an_empty_body() {
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("chunked-keep-alive", "");
+    let server = start(settings(&dir));
+    let tenant = &tenants[0];
+    let chunked = |id: &str| {
+        let body = decide(tenant, id, json!({}));
+        let (a, b) = body.split_at(body.len() / 2);
+        let mut out =
+            b"POST /v1/decide HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in [a, b] {
+            out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            out.extend_from_slice(part);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    };
+    let sized = |id: &str| request_bytes("POST", "/v1/decide", &[], &decide(tenant, id, json!({})));
+    let mut client = Client::connect(server.local_addr());
+    for (i, framing) in ["c", "c", "c", "l", "c", "l"].iter().enumerate() {
+        let id = format!("ck-{i}");
+        let request = if *framing == "c" {
+            chunked(&id)
+        } else {
+            sized(&id)
+        };
+        client.send_raw(&request);
+        let resp = client.read_response().expect("a response");
+        expect_decision(&resp, tenant, &id);
+    }
+    let mut batch = Vec::new();
+    let ids: Vec<String> = (0..4).map(|i| format!("ckp-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        batch.extend(if i == 2 { sized(id) } else { chunked(id) });
+    }
+    client.send_raw(&batch);
+    for id in &ids {
+        let resp = client.read_response().expect("a response");
+        expect_decision(&resp, tenant, id);
+    }
+    server.stop().unwrap();
+}
+
 /// Twenty decide requests in one write, for tenants on every shard, get twenty answers
 /// in request order even though some are answered by another shard.
 #[test]

@@ -199,11 +199,14 @@ where
         Next::Read
     }
 
-    /// Forgets the per-request state once a request is answered.
+    /// Forgets the per-request state once a request is answered: the next request starts
+    /// from an empty body, whatever the size of this one (a decoded chunked body left here
+    /// would be read as the start of the next request's body).
     fn next_request(&mut self) {
         self.decoder.reset();
         self.continue_sent = false;
         self.deadline = None;
+        self.body.clear();
         trim(&mut self.body);
         trim(&mut self.resp.body);
     }
