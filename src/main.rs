@@ -161,6 +161,8 @@ fn main() -> ExitCode {
         Command::Plot { out, reports } => run_plot(&out, &reports),
         Command::Tune { command } => shardline::tune::run(&command).map_err(Into::into),
     };
+    // Buffered log lines reach stderr before the process ends.
+    shardline::logging::flush();
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -14,6 +14,7 @@ use std::fmt::{self, Display, Write};
 use log::Level;
 
 use super::redact::{is_sensitive_key, redact_into, REDACTED};
+use super::summary::LOG_SUMMARY_LIKE_BYTES_MAX;
 use super::time::push_timestamp;
 use super::LogFormat;
 
@@ -49,6 +50,8 @@ pub struct Scratch {
     line: String,
     raw: String,
     clean: String,
+    /// The last event's message, redacted and cut: what a summary line quotes.
+    msg: String,
 }
 
 impl Scratch {
@@ -57,7 +60,19 @@ impl Scratch {
             line: String::with_capacity(LOG_LINE_BYTES_MAX),
             raw: String::with_capacity(LOG_LINE_BYTES_MAX),
             clean: String::with_capacity(LOG_LINE_BYTES_MAX),
+            msg: String::with_capacity(LOG_SUMMARY_LIKE_BYTES_MAX),
         }
+    }
+
+    /// The message of the event last formatted, redacted, at most
+    /// `LOG_SUMMARY_LIKE_BYTES_MAX` bytes.
+    pub fn msg(&self) -> &str {
+        &self.msg
+    }
+
+    /// The line last formatted and its message (see `msg`).
+    pub fn line_and_msg(&self) -> (&str, &str) {
+        (&self.line, &self.msg)
     }
 }
 
@@ -149,11 +164,16 @@ impl Line<'_> {
 }
 
 fn cut_target(target: &str) -> &str {
-    let mut end = target.len().min(TARGET_BYTES_MAX);
-    while !target.is_char_boundary(end) {
+    cut_to(target, TARGET_BYTES_MAX)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn cut_to(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
         end -= 1;
     }
-    &target[..end]
+    &s[..end]
 }
 
 /// Formats `event` into the scratch line and returns it, newline included, at most
@@ -163,6 +183,7 @@ pub fn format_event<'s>(event: &Event<'_>, format: LogFormat, scratch: &'s mut S
         line: out,
         raw,
         clean,
+        msg,
     } = scratch;
     out.clear();
     if format == LogFormat::Json {
@@ -175,6 +196,8 @@ pub fn format_event<'s>(event: &Event<'_>, format: LogFormat, scratch: &'s mut S
         truncated: false,
     };
     render(raw, clean, event.msg);
+    msg.clear();
+    msg.push_str(cut_to(clean, LOG_SUMMARY_LIKE_BYTES_MAX));
     match format {
         LogFormat::Json => json_event(&mut line, event, raw, clean),
         LogFormat::Text => text_event(&mut line, event, raw, clean),

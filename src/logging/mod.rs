@@ -12,15 +12,20 @@
 //!
 //! Invariants: a line is at most `LOG_LINE_BYTES_MAX` bytes and always complete; a
 //! field whose key names a secret is never formatted; logging never panics, even with
-//! stderr closed (write errors are dropped: there is nowhere left to report them).
-//! Lines are built in a per-thread buffer and written with one `write_all` under stderr's
-//! lock, so lines from different shards never interleave.
+//! stderr closed (write errors are dropped: there is nowhere left to report them); and
+//! logging never blocks a shard on stderr. Lines are built in a per-thread buffer and
+//! handed to a bounded buffer that one logger thread drains (`sink`): when stderr is not
+//! read, lines are dropped and counted instead of stalling the shards. A call site that
+//! repeats itself is summarised (`summary`). `flush` (at exit, and from the panic hook)
+//! writes what is buffered.
 //!
 //! Logging is not on the request path: a shard logs state changes and failures, not each
 //! decision (those are counted in `metrics`).
 
 mod line;
 mod redact;
+mod sink;
+mod summary;
 mod time;
 
 use std::cell::RefCell;
@@ -28,13 +33,21 @@ use std::fmt::{self, Display};
 use std::io::Write;
 use std::str::FromStr;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use line::{format_event, Event, Field, Scratch, LOG_LINE_BYTES_MAX};
 pub use redact::{is_sensitive_key, redact_into, REDACTED};
+pub use sink::{Pending, LOG_BUFFER_BYTES_MAX, LOG_FLUSH_WAIT_MS};
+pub use summary::{
+    site_key, Admit, Summarizer, Summary, LOG_REPEATS_PER_WINDOW_MAX, LOG_SUMMARY_KEYS_MAX,
+    LOG_SUMMARY_LIKE_BYTES_MAX, LOG_SUMMARY_WINDOW_MS,
+};
 pub use time::{civil_from_days, now_unix_ms, push_timestamp};
+
+use sink::Sink;
 
 /// Target of events logged through `log_event`.
 pub const EVENT_TARGET: &str = "shardline";
@@ -172,6 +185,9 @@ pub enum LogInitError {
     /// `init` ran before, or another `log` implementation is installed.
     #[error("a logger is already installed")]
     AlreadyInstalled,
+    /// The logger thread could not be started.
+    #[error("cannot start the logger thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The installed logger; its format is set once `log::set_logger` has accepted it, so a
@@ -180,19 +196,53 @@ struct StderrLogger;
 
 static LOGGER: StderrLogger = StderrLogger;
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+static SINK: OnceLock<Sink> = OnceLock::new();
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
 }
 
-/// Installs the stderr logger for the whole process. Call once, at start.
+/// Installs the stderr logger for the whole process and starts its logger thread. Call
+/// once, at start; call `flush` before exit.
 pub fn init(level: LogLevel, format: LogFormat) -> Result<(), LogInitError> {
     log::set_logger(&LOGGER).map_err(|_| LogInitError::AlreadyInstalled)?;
+    let sink = SINK.get_or_init(|| Sink::new(format));
+    std::thread::Builder::new()
+        .name("shardline-log".into())
+        .spawn(move || sink.run(&mut std::io::stderr()))
+        .map_err(LogInitError::Thread)?;
     FORMAT
         .set(format)
         .map_err(|_| LogInitError::AlreadyInstalled)?;
     log::set_max_level(level.filter());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // Lines logged before the panic go out before its message.
+        flush();
+        previous(info);
+    }));
     Ok(())
+}
+
+/// Writes every buffered line (and owed summary) to stderr, waiting at most
+/// `LOG_FLUSH_WAIT_MS`: an unread stderr cannot hang the exit.
+pub fn flush() {
+    match SINK.get() {
+        Some(sink) => sink.flush(Duration::from_millis(LOG_FLUSH_WAIT_MS)),
+        None => {
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+/// Lines dropped because the log buffer was full (`shardline_log_dropped_total`).
+pub fn dropped_total() -> u64 {
+    SINK.get().map_or(0, Sink::dropped)
+}
+
+/// Lines left out by summarising (`shardline_log_summarised_total`).
+pub fn summarised_total() -> u64 {
+    SINK.get().map_or(0, Sink::suppressed)
 }
 
 /// Changes the level at run time (e.g. on reload).
@@ -207,11 +257,36 @@ pub fn emit(out: &mut impl Write, line: &str) {
     let _ = out.write_all(line.as_bytes());
 }
 
-/// Formats `event` in this thread's reused buffer and writes it to stderr.
-fn write_event(format: LogFormat, event: &Event<'_>) {
+/// Formats `event` in this thread's reused buffer and hands it to the sink (or writes it
+/// to stderr before the sink exists). `site` identifies the call site for summarising.
+fn write_event(format: LogFormat, event: &Event<'_>, site: u64) {
+    let sink = SINK.get();
+    let mut record_like = false;
+    let mut owed = None;
+    if let Some(sink) = sink {
+        match sink.admit(site, event.level, event.target) {
+            Admit::Suppress => return,
+            Admit::Write {
+                summary,
+                record_like: like,
+            } => {
+                owed = summary;
+                record_like = like;
+            }
+        }
+    }
     let write = |scratch: &mut Scratch| {
-        let line = format_event(event, format, scratch);
-        emit(&mut std::io::stderr().lock(), line);
+        let Some(sink) = sink else {
+            let line = format_event(event, format, scratch);
+            emit(&mut std::io::stderr().lock(), line);
+            return;
+        };
+        if let Some(summary) = &owed {
+            sink.push(sink.summary_line(summary, scratch), None);
+        }
+        format_event(event, format, scratch);
+        let (line, msg) = scratch.line_and_msg();
+        sink.push(line, record_like.then_some((site, msg)));
     };
     let reused = SCRATCH.try_with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => {
@@ -246,11 +321,15 @@ impl Log for StderrLogger {
             msg: record.args(),
             fields: &[],
         };
-        write_event(*format, &event);
+        let site = match (record.file(), record.args().as_str()) {
+            (Some(file), _) => site_key(record.target(), file, record.line().unwrap_or(0)),
+            (None, template) => site_key(record.target(), template.unwrap_or(""), 0),
+        };
+        write_event(*format, &event, site);
     }
 
     fn flush(&self) {
-        let _ = std::io::stderr().flush();
+        flush();
     }
 }
 
@@ -274,7 +353,7 @@ pub fn log_event_at(target: &str, level: Level, msg: &str, fields: &[Field<'_>])
             msg: &msg,
             fields,
         };
-        write_event(*format, &event);
+        write_event(*format, &event, site_key(target, msg, 0));
         return;
     }
     // Another logger is installed (a test harness, an embedding program): hand it the

@@ -103,6 +103,16 @@ pub fn render_all(
         extra.push(ExtraMetric::counter(reloads, help, ok).label("outcome", "ok"));
         extra.push(ExtraMetric::counter(reloads, help, failed).label("outcome", "failed"));
     }
+    extra.push(ExtraMetric::counter(
+        "shardline_log_dropped_total",
+        "Log lines dropped because the log buffer was full (stderr not read fast enough).",
+        crate::logging::dropped_total() as f64,
+    ));
+    extra.push(ExtraMetric::counter(
+        "shardline_log_summarised_total",
+        "Repeated log lines left out and reported in a summary line instead.",
+        crate::logging::summarised_total() as f64,
+    ));
     extra.extend(more);
     render(out, &snapshots, &extra);
 }
