@@ -384,7 +384,8 @@ fn run_config_check(file: &Path) -> Result<ExitCode> {
 
 fn run_serve(file: &Path) -> Result<ExitCode> {
     let config = Config::load(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    shardline::logging::init(config.logging.level, config.logging.format)?;
+    let logging = &config.logging;
+    shardline::logging::init(logging.level, logging.format, logging.repeats_per_window)?;
     let settings = ServerSettings::from_config(&config);
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -187,7 +187,8 @@ fn start_embedded(path: &Path) -> Result<(Server, Vec<usize>, PathBuf), BenchErr
         error,
     })?;
     // Already installed (a second run in one process) is fine: logs still flow.
-    let _ = crate::logging::init(config.logging.level, config.logging.format);
+    let logging = &config.logging;
+    let _ = crate::logging::init(logging.level, logging.format, logging.repeats_per_window);
     let mut settings = ServerSettings::from_config(&config);
     settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.shard_port_base = 0;

@@ -206,6 +206,7 @@ impl LoggingConfig {
         match key {
             "level" => self.level = parse(raw)?,
             "format" => self.format = parse(raw)?,
+            "repeats_per_window" => self.repeats_per_window = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())

@@ -193,11 +193,24 @@ impl AdminConfig {
 }
 
 /// `[logging]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     pub level: LogLevel,
     pub format: LogFormat,
+    /// Lines one call site writes per summary window before the rest are only counted
+    /// and reported in one summary line; 0 writes every line.
+    pub repeats_per_window: u64,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: LogLevel::default(),
+            format: LogFormat::default(),
+            repeats_per_window: crate::logging::LOG_REPEATS_PER_WINDOW_DEFAULT,
+        }
+    }
 }
 
 /// `[nats]`: the platform bus. Everything NATS is off while `url` is empty.

@@ -72,6 +72,9 @@ impl Config {
         self.check_tls(&mut report);
         check_admin(&self.admin, &mut report);
         check_nats(&self.nats, &mut report);
+        let repeats = self.logging.repeats_per_window;
+        let max = crate::logging::LOG_REPEATS_PER_WINDOW_MAX;
+        report.range("logging.repeats_per_window", repeats, 0, max);
         report.0
     }
 

@@ -42,8 +42,9 @@ pub use line::{format_event, Event, Field, Scratch, LOG_LINE_BYTES_MAX};
 pub use redact::{is_sensitive_key, redact_into, REDACTED};
 pub use sink::{Pending, LOG_BUFFER_BYTES_MAX, LOG_FLUSH_WAIT_MS};
 pub use summary::{
-    site_key, Admit, Summarizer, Summary, LOG_REPEATS_PER_WINDOW_MAX, LOG_SUMMARY_KEYS_MAX,
-    LOG_SUMMARY_LIKE_BYTES_MAX, LOG_SUMMARY_WINDOW_MS,
+    site_key, Admit, Summarizer, Summary, LOG_REPEATS_PER_WINDOW_DEFAULT,
+    LOG_REPEATS_PER_WINDOW_MAX, LOG_SUMMARY_KEYS_MAX, LOG_SUMMARY_LIKE_BYTES_MAX,
+    LOG_SUMMARY_WINDOW_MS,
 };
 pub use time::{civil_from_days, now_unix_ms, push_timestamp};
 
@@ -203,10 +204,15 @@ thread_local! {
 }
 
 /// Installs the stderr logger for the whole process and starts its logger thread. Call
-/// once, at start; call `flush` before exit.
-pub fn init(level: LogLevel, format: LogFormat) -> Result<(), LogInitError> {
+/// once, at start; call `flush` before exit. `repeats_per_window`: lines one call site
+/// writes per summary window (0 = every line).
+pub fn init(
+    level: LogLevel,
+    format: LogFormat,
+    repeats_per_window: u64,
+) -> Result<(), LogInitError> {
     log::set_logger(&LOGGER).map_err(|_| LogInitError::AlreadyInstalled)?;
-    let sink = SINK.get_or_init(|| Sink::new(format));
+    let sink = SINK.get_or_init(|| Sink::new(format, repeats_per_window));
     std::thread::Builder::new()
         .name("shardline-log".into())
         .spawn(move || sink.run(&mut std::io::stderr()))

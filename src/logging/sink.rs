@@ -108,12 +108,13 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(format: LogFormat) -> Sink {
+    /// `repeats`: see `Summarizer::new`.
+    pub fn new(format: LogFormat, repeats: u64) -> Sink {
         Sink {
             format,
             state: Mutex::new(State {
                 pending: Pending::with_cap(LOG_BUFFER_BYTES_MAX),
-                summarizer: Summarizer::new(),
+                summarizer: Summarizer::new(repeats),
                 accepted: 0,
                 written: 0,
             }),
@@ -142,7 +143,10 @@ impl Sink {
 
     /// The summarising decision for one line of the call site `key`.
     pub fn admit(&self, key: u64, level: Level, target: &str) -> Admit {
-        let admit = self.lock().summarizer.admit(key, level, target, now_unix_ms());
+        let admit = self
+            .lock()
+            .summarizer
+            .admit(key, level, target, now_unix_ms());
         if admit == Admit::Suppress {
             self.suppressed.fetch_add(1, Relaxed);
         }
@@ -293,7 +297,7 @@ mod tests {
                 Ok(())
             }
         }
-        let sink: &'static Sink = Box::leak(Box::new(Sink::new(LogFormat::Json)));
+        let sink: &'static Sink = Box::leak(Box::new(Sink::new(LogFormat::Json, 5)));
         std::thread::spawn(move || sink.run(&mut Stuck));
         let line = "x".repeat(1000) + "\n";
         for _ in 0..2 * LOG_BUFFER_BYTES_MAX / line.len() + 10 {
@@ -302,7 +306,10 @@ mod tests {
         assert!(sink.dropped() > 0);
         let started = Instant::now();
         sink.flush(Duration::from_millis(50));
-        assert!(started.elapsed() < Duration::from_secs(30), "flush is bounded");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "flush is bounded"
+        );
     }
 
     /// Lines written by the logger thread arrive whole and in order; `flush` returns once
@@ -320,7 +327,7 @@ mod tests {
                 Ok(())
             }
         }
-        let sink: &'static Sink = Box::leak(Box::new(Sink::new(LogFormat::Text)));
+        let sink: &'static Sink = Box::leak(Box::new(Sink::new(LogFormat::Text, 5)));
         let out = Shared::default();
         let mut writer = out.clone();
         std::thread::spawn(move || sink.run(&mut writer));
@@ -337,7 +344,10 @@ mod tests {
         sink.flush(Duration::from_secs(20));
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(&lines[..5], ["line 0", "line 1", "line 2", "line 3", "line 4"]);
+        assert_eq!(
+            &lines[..5],
+            ["line 0", "line 1", "line 2", "line 3", "line 4"]
+        );
         assert_eq!(lines.len(), 6, "{text}");
         assert!(
             lines[5].ends_with(

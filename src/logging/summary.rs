@@ -1,6 +1,6 @@
-//! Repeated warnings summarised: a call site that logs more than
-//! `LOG_REPEATS_PER_WINDOW_MAX` lines within one `LOG_SUMMARY_WINDOW_MS` window writes
-//! those lines, then stays quiet until the window ends, when one line reports how many
+//! Repeated warnings summarised: a call site that logs more than `repeats` lines
+//! (`logging.repeats_per_window`, default `LOG_REPEATS_PER_WINDOW_DEFAULT`) within one
+//! `LOG_SUMMARY_WINDOW_MS` window writes those lines, then stays quiet until the window ends, when one line reports how many
 //! were left out (`… and 4,211 more like this in the last 10 s`).
 //!
 //! Why: some warnings fire per input (an invalid result, a dropped NATS reply under
@@ -18,8 +18,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use log::Level;
 
-/// Lines one call site writes per window before the rest are only counted.
-pub const LOG_REPEATS_PER_WINDOW_MAX: u64 = 5;
+/// Lines one call site writes per window before the rest are only counted, by default.
+pub const LOG_REPEATS_PER_WINDOW_DEFAULT: u64 = 5;
+/// Largest `logging.repeats_per_window`; 0 turns summarising off.
+pub const LOG_REPEATS_PER_WINDOW_MAX: u64 = 1_000_000;
 /// Call sites whose repeats are tracked at once.
 pub const LOG_SUMMARY_KEYS_MAX: usize = 64;
 /// Bytes of the first line's message quoted in a summary line (`"like"`).
@@ -29,7 +31,7 @@ pub const LOG_SUMMARY_WINDOW_MS: u64 = 10_000;
 /// Longest target (module path) kept for a summary line.
 const TARGET_KEPT_BYTES: usize = 128;
 
-const _: () = assert!(LOG_REPEATS_PER_WINDOW_MAX >= 1);
+const _: () = assert!(LOG_REPEATS_PER_WINDOW_DEFAULT <= LOG_REPEATS_PER_WINDOW_MAX);
 const _: () = assert!(LOG_SUMMARY_WINDOW_MS % 1000 == 0);
 
 /// The key of a call site: its target and its location (or message template).
@@ -74,8 +76,8 @@ struct Slot {
 }
 
 impl Slot {
-    fn left_out(&self) -> u64 {
-        self.seen.saturating_sub(LOG_REPEATS_PER_WINDOW_MAX)
+    fn left_out(&self, repeats: u64) -> u64 {
+        self.seen.saturating_sub(repeats)
     }
 
     fn expired(&self, now_ms: u64) -> bool {
@@ -83,9 +85,9 @@ impl Slot {
     }
 
     /// The summary of the window, if lines were left out; the slot forgets them.
-    fn take_summary(&mut self) -> Option<Summary> {
-        let count = self.left_out();
-        self.seen = self.seen.min(LOG_REPEATS_PER_WINDOW_MAX);
+    fn take_summary(&mut self, repeats: u64) -> Option<Summary> {
+        let count = self.left_out(repeats);
+        self.seen = self.seen.min(repeats);
         (count > 0).then(|| Summary {
             level: self.level,
             target: self.target.clone(),
@@ -118,16 +120,19 @@ fn cut(s: &str, max: usize) -> &str {
 #[derive(Debug)]
 pub struct Summarizer {
     slots: Vec<Slot>,
+    /// Lines written per window; 0 = no summarising.
+    repeats: u64,
 }
 
 impl Default for Summarizer {
     fn default() -> Self {
-        Summarizer::new()
+        Summarizer::new(LOG_REPEATS_PER_WINDOW_DEFAULT)
     }
 }
 
 impl Summarizer {
-    pub fn new() -> Summarizer {
+    /// `repeats` lines per call site and window are written; 0 writes every line.
+    pub fn new(repeats: u64) -> Summarizer {
         let slots = (0..LOG_SUMMARY_KEYS_MAX)
             .map(|_| Slot {
                 key: 0,
@@ -138,15 +143,22 @@ impl Summarizer {
                 seen: 0,
             })
             .collect();
-        Summarizer { slots }
+        Summarizer { slots, repeats }
     }
 
     /// Decides on one line of the call site `key` at `now_ms`.
     pub fn admit(&mut self, key: u64, level: Level, target: &str, now_ms: u64) -> Admit {
+        let repeats = self.repeats;
+        if repeats == 0 {
+            return Admit::Write {
+                summary: None,
+                record_like: false,
+            };
+        }
         if let Some(slot) = self.slots.iter_mut().find(|s| s.key == key) {
             if !slot.expired(now_ms) {
                 slot.seen += 1;
-                if slot.seen > LOG_REPEATS_PER_WINDOW_MAX {
+                if slot.seen > repeats {
                     return Admit::Suppress;
                 }
                 return Admit::Write {
@@ -154,7 +166,7 @@ impl Summarizer {
                     record_like: false,
                 };
             }
-            let summary = slot.take_summary();
+            let summary = slot.take_summary(repeats);
             slot.open(key, level, target, now_ms);
             return Admit::Write {
                 summary,
@@ -165,7 +177,7 @@ impl Summarizer {
         let free = self
             .slots
             .iter_mut()
-            .find(|s| s.key == 0 || (s.expired(now_ms) && s.left_out() == 0));
+            .find(|s| s.key == 0 || (s.expired(now_ms) && s.left_out(repeats) == 0));
         let Some(slot) = free else {
             // Every slot is busy: written as it comes, not summarised.
             return Admit::Write {
@@ -191,9 +203,10 @@ impl Summarizer {
     /// Moves the summaries of every window ended by `now_ms` into `out` and frees their
     /// slots. `u64::MAX` ends every window (at exit).
     pub fn take_due(&mut self, now_ms: u64, out: &mut Vec<Summary>) {
+        let repeats = self.repeats;
         for slot in self.slots.iter_mut() {
             if slot.key != 0 && slot.expired(now_ms) {
-                if let Some(summary) = slot.take_summary() {
+                if let Some(summary) = slot.take_summary(repeats) {
                     out.push(summary);
                 }
                 slot.key = 0;
@@ -203,7 +216,9 @@ impl Summarizer {
 
     /// Whether any window holds lines left out (a summary is owed).
     pub fn owes(&self) -> bool {
-        self.slots.iter().any(|s| s.key != 0 && s.left_out() > 0)
+        self.slots
+            .iter()
+            .any(|s| s.key != 0 && s.left_out(self.repeats) > 0)
     }
 }
 
@@ -245,21 +260,26 @@ mod tests {
         matches!(admit, Admit::Write { .. })
     }
 
-    /// The first `LOG_REPEATS_PER_WINDOW_MAX` lines of a window are written, the rest are
+    /// The first `LOG_REPEATS_PER_WINDOW_DEFAULT` lines of a window are written, the rest are
     /// counted, and the window's end gives one summary with the count and the message.
     #[test]
     fn repeats_beyond_the_bound_are_summarised() {
-        let mut s = Summarizer::new();
+        let mut s = Summarizer::default();
         let key = site_key("shardline::x", "x.rs", 7);
         let mut written = 0;
         for i in 0..4_216u64 {
             let admit = s.admit(key, Level::Warn, "shardline::x", 1_000 + i);
-            if admit == (Admit::Write { summary: None, record_like: true }) {
+            if admit
+                == (Admit::Write {
+                    summary: None,
+                    record_like: true,
+                })
+            {
                 s.set_like(key, "invalid result");
             }
             written += u64::from(write(&admit));
         }
-        assert_eq!(written, LOG_REPEATS_PER_WINDOW_MAX);
+        assert_eq!(written, LOG_REPEATS_PER_WINDOW_DEFAULT);
         assert!(s.owes());
         let mut due = Vec::new();
         s.take_due(1_000 + LOG_SUMMARY_WINDOW_MS - 1, &mut due);
@@ -282,25 +302,25 @@ mod tests {
     /// Call sites are counted apart; a site under the bound owes no summary.
     #[test]
     fn sites_are_independent() {
-        let mut s = Summarizer::new();
+        let mut s = Summarizer::default();
         let (a, b) = (site_key("t", "a.rs", 1), site_key("t", "b.rs", 1));
         for _ in 0..10 {
             s.admit(a, Level::Warn, "t", 0);
         }
-        for _ in 0..LOG_REPEATS_PER_WINDOW_MAX {
+        for _ in 0..LOG_REPEATS_PER_WINDOW_DEFAULT {
             assert!(write(&s.admit(b, Level::Warn, "t", 0)));
         }
         let mut due = Vec::new();
         s.take_due(u64::MAX, &mut due);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].count, 10 - LOG_REPEATS_PER_WINDOW_MAX);
+        assert_eq!(due[0].count, 10 - LOG_REPEATS_PER_WINDOW_DEFAULT);
     }
 
     /// A line after its window ended, before the logger took the summary, carries the
     /// summary with it so the count is not lost.
     #[test]
     fn late_line_carries_the_owed_summary() {
-        let mut s = Summarizer::new();
+        let mut s = Summarizer::default();
         let key = site_key("t", "a.rs", 1);
         for _ in 0..8 {
             s.admit(key, Level::Error, "t", 0);
@@ -317,7 +337,7 @@ mod tests {
     /// With every slot busy, lines of further call sites are written, never lost.
     #[test]
     fn untracked_sites_are_written() {
-        let mut s = Summarizer::new();
+        let mut s = Summarizer::default();
         for i in 0..LOG_SUMMARY_KEYS_MAX as u32 {
             s.admit(site_key("t", "f.rs", i), Level::Warn, "t", 0);
         }
@@ -334,6 +354,17 @@ mod tests {
         }
     }
 
+    /// `repeats_per_window = 0` writes every line.
+    #[test]
+    fn zero_repeats_writes_everything() {
+        let mut s = Summarizer::new(0);
+        let key = site_key("t", "a.rs", 1);
+        for _ in 0..1000 {
+            assert!(write(&s.admit(key, Level::Warn, "t", 0)));
+        }
+        assert!(!s.owes());
+    }
+
     #[test]
     fn thousands_and_message() {
         assert_eq!(Thousands(0).to_string(), "0");
@@ -348,11 +379,11 @@ mod tests {
 
     #[test]
     fn like_is_cut_on_a_char_boundary() {
-        let mut s = Summarizer::new();
+        let mut s = Summarizer::default();
         let key = site_key("t", "a.rs", 1);
         s.admit(key, Level::Warn, "t", 0);
         s.set_like(key, &"é".repeat(LOG_SUMMARY_LIKE_BYTES_MAX));
-        for _ in 0..LOG_REPEATS_PER_WINDOW_MAX {
+        for _ in 0..LOG_REPEATS_PER_WINDOW_DEFAULT {
             s.admit(key, Level::Warn, "t", 0);
         }
         let mut due = Vec::new();
