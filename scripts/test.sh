@@ -37,6 +37,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --skip every_beamline_fixture_loads_and_decides
 # Run apart so that its report (how many Beamline fixtures loaded) reaches the output.
 cargo test --test compat_beamline every_beamline_fixture_loads_and_decides -- --nocapture
+# Tests behind test-only fault hooks (a failing directory fsync in the policy store).
+cargo test --features fault-injection --test store_faults
 # Instruction counts of the hot path against the committed baseline (installs valgrind if
 # missing): the perf gate that a shared machine's noise cannot flake.
 ./scripts/icount_gate.sh

@@ -125,7 +125,10 @@ fn flood_invalid_results(nats: &NatsServer) {
     let mut line = String::new();
     while !line.starts_with("PONG") {
         line.clear();
-        assert!(reader.read_line(&mut line).expect("PONG") > 0, "nats closed");
+        assert!(
+            reader.read_line(&mut line).expect("PONG") > 0,
+            "nats closed"
+        );
     }
 }
 

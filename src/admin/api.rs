@@ -333,8 +333,7 @@ fn store_error(tenant: &str, id: &str, err: StoreError) -> AdminResponse {
         }
         StoreError::Io { .. } => {
             log::error!("admin: policy store failed for {tenant}/{id}: {err}");
-            let message = "the policy store failed; the router's log has the cause";
-            AdminResponse::error(ErrorCode::Internal, message)
+            AdminResponse::error(ErrorCode::Internal, &err.public_message())
         }
     }
 }

@@ -7,6 +7,13 @@
 //! directory is fsynced into its parent the same way. Temp and backup files start with a
 //! dot, so the table loader and the watcher ignore them.
 //!
+//! If the directory fsync after the rename fails, the rename may not survive a crash while
+//! the served table would already show it: the write is undone at once (the previous
+//! document renamed back, or the new one removed) and answered with an error, so the
+//! store, the table and the disk after a crash all hold the old document. A full disk
+//! fails the temp-file write, before anything is renamed; the error says so
+//! (`StoreError::public_message`).
+//!
 //! A write can be undone: `StoreWriter::put` and `delete` return a `Change` holding a hard
 //! link to the previous document (`.<id>.json.bak-<pid>-<n>`), which `rollback` renames
 //! back over the target and `commit` unlinks. Why links and not a copy in memory: the
@@ -285,12 +292,28 @@ impl StoreWriter<'_> {
             }
             return Err(io_err("rename", &target)(e));
         }
-        sync_dir(&tenant_dir)?;
-        Ok(Change {
+        let change = Change {
             target,
             backup,
             deleted: false,
-        })
+        };
+        self.sync_or_undo(change, &tenant_dir)
+    }
+
+    /// Makes `change` durable with a directory fsync; if that fails, undoes it (module
+    /// docs) and returns the fsync's error.
+    fn sync_or_undo(&mut self, change: Change, dir: &Path) -> Result<Change, StoreError> {
+        let synced = match fault::dir_sync(&change.target) {
+            Some(e) => Err(io_err("sync", dir)(e)),
+            None => sync_dir(dir),
+        };
+        let Err(err) = synced else {
+            return Ok(change);
+        };
+        if let Err(undo) = self.rollback(change) {
+            log::error!("policy store: cannot undo a write whose directory fsync failed: {undo}");
+        }
+        Err(err)
     }
 
     /// Removes `DIR/<tenant>/<id>.json` (renamed to its backup until committed); `None`
@@ -302,16 +325,16 @@ impl StoreWriter<'_> {
         }
         let backup = self.store.sibling(&target, "json.bak");
         fs::rename(&target, &backup).map_err(io_err("rename", &target))?;
-        sync_dir(
-            target
-                .parent()
-                .expect("a policy path has a tenant directory"),
-        )?;
-        Ok(Some(Change {
+        let dir = target
+            .parent()
+            .expect("a policy path has a tenant directory")
+            .to_owned();
+        let change = Change {
             target,
             backup: Some(backup),
             deleted: true,
-        }))
+        };
+        self.sync_or_undo(change, &dir).map(Some)
     }
 
     /// Keeps the change: drops the backup. A backup that cannot be removed is only logged;
@@ -389,6 +412,51 @@ impl StoreWriter<'_> {
         Err(io_err("link", target)(
             last.expect("at least one name was tried"),
         ))
+    }
+}
+
+impl StoreError {
+    /// What an admin client is told: the cause class, never a path of the server. Full
+    /// disks and quotas are named, since the operator's fix is obvious.
+    pub fn public_message(&self) -> String {
+        let StoreError::Io { op, source, .. } = self else {
+            return self.to_string();
+        };
+        let what = match source.raw_os_error() {
+            Some(libc::ENOSPC) => "the policy directory's disk is full",
+            Some(libc::EDQUOT) => "the policy directory's disk quota is spent",
+            Some(libc::EROFS) => "the policy directory is read-only",
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                "the router may not write the policy directory"
+            }
+            _ => "the policy store failed",
+        };
+        format!("{what} ({op}); nothing was changed; the router's log has the cause")
+    }
+}
+
+/// Faults injected by tests (`--features fault-injection`); without the feature every
+/// hook is a constant `None` the compiler removes.
+mod fault {
+    use std::io;
+    use std::path::Path;
+
+    /// Names the policy ids (by prefix) whose directory fsync after a write fails.
+    #[cfg(feature = "fault-injection")]
+    pub const DIR_FSYNC_ENV: &str = "FAULT_INJECTION_DIR_FSYNC_POLICY";
+
+    /// An injected failure of the directory fsync after writing `target`.
+    #[cfg(feature = "fault-injection")]
+    pub fn dir_sync(target: &Path) -> Option<io::Error> {
+        let prefix = std::env::var(DIR_FSYNC_ENV).ok()?;
+        let name = target.file_name()?.to_str()?;
+        (!prefix.is_empty() && name.starts_with(&prefix))
+            .then(|| io::Error::other("injected fault: directory fsync failed"))
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn dir_sync(_: &Path) -> Option<io::Error> {
+        None
     }
 }
 
