@@ -359,3 +359,15 @@ fn load_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `logging.repeats_per_window`: 5 by default, 0 accepted (every line written), bounded.
+#[test]
+fn log_repeats_per_window_is_bounded() {
+    let config = Config::from_toml_str("", Path::new("/base")).unwrap();
+    assert_eq!(config.logging.repeats_per_window, 5);
+    let config =
+        Config::from_toml_str("[logging]\nrepeats_per_window = 0\n", Path::new("/base")).unwrap();
+    assert_eq!(config.logging.repeats_per_window, 0);
+    let err = parse_err("[logging]\nrepeats_per_window = 1000001\n");
+    assert_eq!(keys(err.problems()), ["logging.repeats_per_window"]);
+}
