@@ -635,7 +635,7 @@ impl ReadBuf {
     }
 
     async fn read_from(&mut self, stream: &mut Stream) -> io::Result<usize> {
-        let limit = proto::CONTROL_LINE_BYTES_MAX * 2;
+        let limit = proto::INFO_LINE_BYTES_MAX + proto::CONTROL_LINE_BYTES_MAX;
         poll_fn(|cx| self.poll_read_from(stream, cx, limit)).await
     }
 }
@@ -726,7 +726,9 @@ impl<'c> Connection<'c> {
         stream: &mut Stream,
         cx: &mut Context<'_>,
     ) -> Result<Poll<()>, ConnError> {
-        let limit = self.client.max_payload() + proto::CONTROL_LINE_BYTES_MAX;
+        // An INFO (a cluster change) may come at any time and be longer than a payload.
+        let limit = self.client.max_payload().max(proto::INFO_LINE_BYTES_MAX)
+            + proto::CONTROL_LINE_BYTES_MAX;
         match self.rbuf.poll_read_from(stream, cx, limit) {
             Poll::Ready(Ok(0)) => Err(ConnError::Eof),
             Poll::Ready(Ok(n)) => {
