@@ -35,6 +35,9 @@ ensure_nats_server
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --skip every_beamline_fixture_loads_and_decides
+# The failure tests need the test-only fault hooks (a hanging DNS lookup, a stalled or
+# panicking shard), compiled in only with this feature.
+cargo test --features fault-injection --test serve_faults
 # Run apart so that its report (how many Beamline fixtures loaded) reaches the output.
 cargo test --test compat_beamline every_beamline_fixture_loads_and_decides -- --nocapture
 # Instruction counts of the hot path against the committed baseline (installs valgrind if
