@@ -133,13 +133,11 @@ impl Watchdog {
         let period = threshold / BEATS_PER_STALL;
         let thread = std::thread::Builder::new()
             .name("shard-watchdog".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(period) {
-                    Err(RecvTimeoutError::Timeout) => beats
-                        .check(Instant::now(), threshold)
-                        .into_iter()
-                        .for_each(&on_change),
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            // A stop message or a dropped sender ends the loop; a timeout is a look.
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                    let changes = beats.check(Instant::now(), threshold);
+                    changes.into_iter().for_each(&on_change);
                 }
             })?;
         Ok(Watchdog {
