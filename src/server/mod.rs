@@ -157,10 +157,11 @@ fn more_series(shared: &Shared) -> Vec<crate::metrics::ExtraMetric> {
 
 /// A running router; `stop` (or a signal, in `serve`) ends it gracefully.
 pub struct Server {
+    // First, so it is dropped first: stopping shards stop beating, which is not a stall.
+    watchdog: Option<Watchdog>,
     runtime: Runtime,
     shared: Arc<Shared>,
     watcher: Option<Watcher>,
-    watchdog: Option<Watchdog>,
     _ports: Vec<PortReservation>,
 }
 

@@ -39,8 +39,8 @@ pub enum ResolveError {
     /// The name resolved to no address.
     #[error("{0} resolved to no address")]
     NoAddress(String),
-    /// The lookup thread could not be started.
-    #[error("cannot start the lookup thread: {0}")]
+    /// The lookup thread could not be started, or is gone.
+    #[error("no lookup thread: {0}")]
     Thread(io::Error),
 }
 
@@ -99,8 +99,10 @@ impl Resolver {
         match self.sender()?.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(ResolveError::Busy),
+            // Only a panic in the lookup ends the thread before the client does.
             Err(TrySendError::Disconnected(_)) => {
-                unreachable!("the lookup thread never ends first")
+                let ended = io::Error::other("the lookup thread ended");
+                return Err(ResolveError::Thread(ended));
             }
         }
         let result = poll_fn(|cx| {
