@@ -35,10 +35,12 @@ ensure_nats_server
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --skip every_beamline_fixture_loads_and_decides
+# The failure tests need the test-only fault hooks (a hanging DNS lookup, a stalled or
+# panicking shard, a failing directory fsync in the policy store), compiled in only with
+# this feature.
+cargo test --features fault-injection --test serve_faults --test store_faults
 # Run apart so that its report (how many Beamline fixtures loaded) reaches the output.
 cargo test --test compat_beamline every_beamline_fixture_loads_and_decides -- --nocapture
-# Tests behind test-only fault hooks (a failing directory fsync in the policy store).
-cargo test --features fault-injection --test store_faults
 # Instruction counts of the hot path against the committed baseline (installs valgrind if
 # missing): the perf gate that a shared machine's noise cannot flake.
 ./scripts/icount_gate.sh

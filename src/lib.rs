@@ -15,6 +15,8 @@ pub mod config;
 pub mod contract;
 pub mod decide;
 pub mod extensions;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod gate;
 pub mod logging;
 pub mod metrics;

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -391,7 +391,7 @@ fn run_serve(file: &Path) -> Result<ExitCode> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])?;
-    let server = Server::start(settings)?;
+    let mut server = Server::start(settings)?;
     log::info!(
         "serving on http://{} with {} shard(s); admin API {}",
         server.local_addr(),
@@ -405,11 +405,52 @@ fn run_serve(file: &Path) -> Result<ExitCode> {
     if let Some(addr) = server.tls_addr() {
         log::info!("serving on https://{addr}");
     }
-    let signal = signals.forever().next();
+    let signal = match wait_signal(&mut server, &mut signals) {
+        Ok(signal) => signal,
+        Err(exit) => return Ok(shard_died(&exit)),
+    };
     log::info!("signal {signal:?}: stopping, answering requests in flight");
     server.stop()?;
     log::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit status of `serve` when a shard died: EX_SOFTWARE, an internal error.
+const EXIT_SHARD_DIED: u8 = 70;
+
+/// Waits for SIGTERM/SIGINT, watching the shards meanwhile: a shard that ends on its own
+/// (a panic) comes back as `Err`.
+fn wait_signal(
+    server: &mut Server,
+    signals: &mut signal_hook::iterator::Signals,
+) -> std::result::Result<i32, shards::ShardExit> {
+    loop {
+        if let Some(signal) = signals.pending().next() {
+            return Ok(signal);
+        }
+        if let Some(exit) = server.wait_shard_exit(Duration::from_millis(100)) {
+            return Err(exit);
+        }
+    }
+}
+
+/// A dead shard's tenants cannot be served and its peers' handoffs to it cannot be
+/// answered; restarting one shard in place would lose its state and its rings' in-flight
+/// messages. The process ends instead, at once and non-zero, for its supervisor to
+/// restart it clean (docs/OPERATIONS.md).
+fn shard_died(exit: &shards::ShardExit) -> ExitCode {
+    let why = match &exit.panic {
+        Some(message) => format!("panicked: {message}"),
+        None => "left its loop".to_owned(),
+    };
+    log::error!(
+        "shard {} {why}; exiting with status {EXIT_SHARD_DIED} so that the supervisor restarts \
+         the router",
+        exit.shard
+    );
+    log::logger().flush();
+    // Not a graceful stop: the stop protocol needs every shard, and one is gone.
+    std::process::exit(i32::from(EXIT_SHARD_DIED));
 }
 
 /// Runs the benchmark; prints the summary, writes the JSON report if asked. Exit 1 when

@@ -210,3 +210,46 @@ fn payload_and_buffer_bounds_are_enforced() {
     });
     drop(server);
 }
+
+/// A server of a large cluster sends an INFO of 40 KiB (its `connect_urls`): the client
+/// reads it and connects, where a 4 KiB control-line bound made it reconnect forever.
+/// The server is a tiny fake over a real socket: the thing under test is our client.
+#[test]
+fn connects_to_a_server_whose_info_is_40_kib() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    let urls: Vec<String> = (0..2_500).map(|i| format!("\"10.0.{i}.1:4222\"")).collect();
+    let info = format!(
+        "INFO {{\"server_id\":\"fake\",\"max_payload\":1048576,\"headers\":true,\
+         \"connect_urls\":[{}]}}\r\n",
+        urls.join(",")
+    );
+    assert!(info.len() > 40 << 10, "{}", info.len());
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in listener.incoming().take(50) {
+            let Ok(mut conn) = conn else { continue };
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            if conn.write_all(info.as_bytes()).is_err() {
+                continue;
+            }
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(6).any(|w| w == b"PING\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(b"PONG\r\n");
+            open.push(conn);
+        }
+    });
+    run(move || async move {
+        let c = start(url);
+        until_connected(&c).await;
+        assert_eq!(c.stats().connect_failures.load(Relaxed), 0);
+        c.close().await;
+    });
+}

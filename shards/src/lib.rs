@@ -14,7 +14,8 @@
 //!   sender pay for a wake (see [`wake`]). An idle process uses no CPU.
 //! - **Fail loudly, early.** [`preflight()`] names the real cause when io_uring or memlock
 //!   would stop glommio; [`Runtime::start`] returns the first shard's failure instead of
-//!   hanging; a shard panic is reported with its message.
+//!   hanging; a shard panic is reported with its message; a shard that stops running its
+//!   tasks is found by a [`Watchdog`] thread from its missing [`Heartbeats`].
 //!
 //! # Limits
 //! - One process, one node: no cross-node partitioning or rebalancing. Changing the shard
@@ -55,6 +56,7 @@ pub mod ring;
 pub mod runtime;
 pub mod topology;
 pub mod wake;
+pub mod watchdog;
 
 pub use id::{CoreId, ShardId, CORES_MAX, SHARDS_MAX};
 pub use mesh::{Batch, Envelope, Inbound, Mesh, Outbox, ShardEnd, TrySendError, BATCH_ITEMS_MAX};
@@ -64,3 +66,4 @@ pub use ring::{Consumer, Producer, RING_SLOTS_MAX};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeError, ShardContext, ShardExit};
 pub use topology::{CoreSelection, Topology, TopologyError};
 pub use wake::{MeshControl, SPIN_ITERATIONS_MAX};
+pub use watchdog::{Heartbeats, StallChange, Watchdog};

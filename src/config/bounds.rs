@@ -18,6 +18,20 @@ pub const CORE_ID_MAX: usize = 1023;
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const DRAIN_TIMEOUT_MS_MAX: u64 = 300_000;
 
+/// `server.stall_ms`: a shard whose heartbeat has not run for this long is stalled (not
+/// ready). Below the minimum a busy but healthy shard would flap; above the maximum a
+/// frozen shard would take traffic for minutes.
+pub const STALL_MS_DEFAULT: u64 = 1_000;
+pub const STALL_MS_MIN: u64 = 50;
+pub const STALL_MS_MAX: u64 = 60_000;
+
+/// `server.handoff_timeout_ms`: how long a request handed to another shard waits for its
+/// answer before it is answered `overloaded`. The default is well under clients' own
+/// timeouts, and above a decision with extension stages on a healthy shard.
+pub const HANDOFF_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+pub const HANDOFF_TIMEOUT_MS_MIN: u64 = 10;
+pub const HANDOFF_TIMEOUT_MS_MAX: u64 = 120_000;
+
 /// `limits.body_bytes_max` (SPEC §3: 1 MiB, configurable).
 pub const BODY_BYTES_DEFAULT: usize = 1 << 20;
 pub const BODY_BYTES_MIN: usize = 1 << 10;
@@ -102,6 +116,9 @@ pub const ASSIGNMENT_RETRIES_MAX: u32 = 10;
 
 const _: () = assert!(SHARDS_MAX <= CORE_ID_MAX + 1);
 const _: () = assert!(DRAIN_TIMEOUT_MS_DEFAULT <= DRAIN_TIMEOUT_MS_MAX);
+const _: () = assert!(STALL_MS_MIN <= STALL_MS_DEFAULT && STALL_MS_DEFAULT <= STALL_MS_MAX);
+const _: () = assert!(HANDOFF_TIMEOUT_MS_MIN <= HANDOFF_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(HANDOFF_TIMEOUT_MS_DEFAULT <= HANDOFF_TIMEOUT_MS_MAX);
 const _: () = assert!(BODY_BYTES_MIN <= BODY_BYTES_DEFAULT && BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
 const _: () = assert!(HEADERS_MIN <= HEADERS_DEFAULT && HEADERS_DEFAULT <= HEADERS_MAX);
 const _: () =

@@ -146,6 +146,8 @@ impl ServerConfig {
             "policies_dir" => self.policies_dir = raw.into(),
             "extensions_dir" => self.extensions_dir = raw.into(),
             "drain_timeout_ms" => self.drain_timeout_ms = parse(raw)?,
+            "stall_ms" => self.stall_ms = parse(raw)?,
+            "handoff_timeout_ms" => self.handoff_timeout_ms = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())

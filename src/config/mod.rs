@@ -67,6 +67,10 @@ pub struct ServerConfig {
     pub extensions_dir: PathBuf,
     /// How long a stopping shard waits for in-flight requests.
     pub drain_timeout_ms: u64,
+    /// A shard whose heartbeat has not run for this long is reported stalled.
+    pub stall_ms: u64,
+    /// How long a request handed to another shard waits before `overloaded`.
+    pub handoff_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +82,8 @@ impl Default for ServerConfig {
             policies_dir: PathBuf::from("policies"),
             extensions_dir: PathBuf::from("extensions"),
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+            stall_ms: STALL_MS_DEFAULT,
+            handoff_timeout_ms: HANDOFF_TIMEOUT_MS_DEFAULT,
         }
     }
 }

@@ -91,6 +91,11 @@ impl Config {
         }
         let drain = server.drain_timeout_ms;
         report.range("server.drain_timeout_ms", drain, 0, DRAIN_TIMEOUT_MS_MAX);
+        let stall = server.stall_ms;
+        report.range("server.stall_ms", stall, STALL_MS_MIN, STALL_MS_MAX);
+        let handoff = server.handoff_timeout_ms;
+        let (min, max) = (HANDOFF_TIMEOUT_MS_MIN, HANDOFF_TIMEOUT_MS_MAX);
+        report.range("server.handoff_timeout_ms", handoff, min, max);
         if server.shard_port_base != 0 {
             self.check_shard_ports(report);
         }

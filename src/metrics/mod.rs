@@ -240,6 +240,8 @@ label_enum!(
         NatsFull => "nats_full",
         /// The shard is draining for shutdown.
         Draining => "draining",
+        /// The owning shard did not answer a handoff within `server.handoff_timeout_ms`.
+        HandoffTimeout => "handoff_timeout",
     }
 );
 label_enum!(
@@ -265,7 +267,7 @@ fn extension_index(status: ExtensionStatus) -> usize {
 }
 
 const TRANSPORTS: usize = 3;
-const SHED_CAUSES: usize = 4;
+const SHED_CAUSES: usize = 5;
 const BREAKER_TRANSITIONS: usize = 3;
 const REASONS: usize = Reason::ALL.len();
 const ERROR_CODES: usize = ErrorCode::ALL.len();

@@ -25,7 +25,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shards::{CoreSelection, Partitioner, Runtime, RuntimeConfig, ShardContext, ShardId, Topology};
+use shards::{
+    CoreSelection, Heartbeats, Partitioner, Runtime, RuntimeConfig, ShardContext, ShardExit,
+    ShardId, Topology, Watchdog,
+};
 
 use crate::admin::{Admin, PolicyStore, TableHandle, Tokens, Watcher};
 use crate::decide::Now;
@@ -66,6 +69,10 @@ pub struct ServerSettings {
     pub admin_tokens: Vec<(String, Option<String>)>,
     pub watch_interval: Duration,
     pub stop_timeout: Duration,
+    /// A shard whose heartbeat is older than this is stalled (`server.stall_ms`).
+    pub stall: Duration,
+    /// How long a handed-off request waits for the owner (`server.handoff_timeout_ms`).
+    pub handoff_timeout: Duration,
     /// Extension registry (`server.extensions_dir`), loaded once at start.
     pub extensions_dir: PathBuf,
     /// `[nats]` when a URL is configured; `None` = NATS off.
@@ -90,6 +97,8 @@ pub struct Shared {
     pub nats: Box<[Arc<ClientStats>]>,
     /// Per shard: calls by extension and outcome.
     pub extension_calls: Box<[nats::ExtensionCalls]>,
+    /// Per shard: its last heartbeat and stall mark, kept by the watchdog thread.
+    pub heartbeats: Arc<Heartbeats>,
 }
 
 impl Shared {
@@ -108,7 +117,10 @@ impl Shared {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_stopping() && self.nats_connected()
+        self.ready.load(Ordering::Acquire)
+            && !self.is_stopping()
+            && self.nats_connected()
+            && self.heartbeats.stalled().next().is_none()
     }
 
     /// Whether every shard's NATS connection is up (true when NATS is off).
@@ -131,13 +143,22 @@ impl Shared {
             generation,
             table.len(),
             self.watch.as_deref(),
-            nats::metric_series(&self.nats, &self.extension_calls, &self.registry),
+            more_series(self),
         );
     }
 }
 
+/// Series beyond the shards' own metrics: NATS, extensions, stalls.
+fn more_series(shared: &Shared) -> Vec<crate::metrics::ExtraMetric> {
+    let mut series = nats::metric_series(&shared.nats, &shared.extension_calls, &shared.registry);
+    series.extend(stats::stall_series(&shared.heartbeats));
+    series
+}
+
 /// A running router; `stop` (or a signal, in `serve`) ends it gracefully.
 pub struct Server {
+    // First, so it is dropped first: stopping shards stop beating, which is not a stall.
+    watchdog: Option<Watchdog>,
     runtime: Runtime,
     shared: Arc<Shared>,
     watcher: Option<Watcher>,
@@ -188,6 +209,7 @@ impl Server {
                 .map(|_| nats::ExtensionCalls::new(registry.len()))
                 .collect(),
             registry: Arc::new(registry),
+            heartbeats: Heartbeats::new(shard_count),
             handle,
             admin,
             settings,
@@ -211,11 +233,13 @@ impl Server {
             };
             start_shard(Arc::clone(&factory_shared), ctx, tls)
         })?;
+        let watchdog = watch_stalls(&shared)?;
         shared.ready.store(true, Ordering::Release);
         Ok(Server {
             runtime,
             shared,
             watcher: Some(watcher),
+            watchdog: Some(watchdog),
             _ports: ports,
         })
     }
@@ -238,15 +262,40 @@ impl Server {
         self.shared.partition.shard_count()
     }
 
+    /// Waits up to `timeout` for a shard to end on its own: a panic, or a loop that
+    /// returned. The caller decides what a dead shard means (`serve` exits non-zero).
+    pub fn wait_shard_exit(&mut self, timeout: Duration) -> Option<ShardExit> {
+        self.runtime.wait_exit(timeout)
+    }
+
     /// Graceful stop: listeners close, in-flight requests are answered, shards exit.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.shared.stopping.store(true, Ordering::Release);
+        // Stopping shards stop beating: that is not a stall.
+        if let Some(w) = self.watchdog.take() {
+            w.stop();
+        }
         if let Some(w) = self.watcher.take() {
             w.stop();
         }
         self.runtime.stop()?;
         Ok(())
     }
+}
+
+/// Starts the watchdog thread that marks shards whose heartbeat stopped (`shard::beat`).
+fn watch_stalls(shared: &Arc<Shared>) -> anyhow::Result<Watchdog> {
+    let stall = shared.settings.stall;
+    let watchdog = Watchdog::spawn(Arc::clone(&shared.heartbeats), stall, |change| {
+        let (shard, silent) = (change.shard, change.silent.as_millis());
+        if change.stalled {
+            log::error!("shard {shard} is stalled: no heartbeat for {silent} ms; not ready");
+        } else {
+            log::warn!("shard {shard} runs again after {silent} ms without a heartbeat");
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the shard watchdog thread: {e}"))?;
+    Ok(watchdog)
 }
 
 fn reserve(addr: &mut SocketAddr) -> anyhow::Result<PortReservation> {
@@ -328,6 +377,7 @@ fn start_shard(
     if let Some(nats) = &shared.nats_settings {
         servers.push(nats::start(&shard, nats, stop.clone()));
     }
+    shard::beat(&shared, id);
     Ok(shard::mesh_loop(shard, ctx.end, stop, servers))
 }
 
@@ -512,6 +562,8 @@ impl ServerSettings {
             watch_interval: Duration::from_millis(crate::admin::WATCH_INTERVAL_MS),
             // The shards' own stop deadline leaves the HTTP drain its full time first.
             stop_timeout: drain + Duration::from_secs(5),
+            stall: Duration::from_millis(s.stall_ms),
+            handoff_timeout: Duration::from_millis(s.handoff_timeout_ms),
             extensions_dir: s.extensions_dir.clone(),
             nats: config.nats.enabled().then(|| config.nats.clone()),
         }

@@ -152,6 +152,8 @@ impl RouterService {
                 return;
             }
         };
+        #[cfg(feature = "fault-injection")]
+        crate::fault::on_decide(ctx.id, &decoded.tenant_id);
         let owner = ctx.shared.partition.shard_of(&decoded.tenant_id);
         if owner == ctx.id && ctx.needs_pipeline(&decoded) {
             let (answered, assignment) = ctx.decide_pipeline(&decoded, &mut resp.body).await;
@@ -230,10 +232,12 @@ impl RouterService {
                 .filter(|s| s.connected.load(Relaxed) == 1);
             format!(r#"{{"connected_shards":{}}}"#, up.count())
         };
+        let stalled: Vec<String> = shared.heartbeats.stalled().map(|s| s.to_string()).collect();
         let body = format!(
-            r#"{{"ok":{ready},"shards":{},"stopping":{},"nats":{nats}}}"#,
+            r#"{{"ok":{ready},"shards":{},"stopping":{},"nats":{nats},"stalled_shards":[{}]}}"#,
             shared.partition.shard_count(),
-            shared.is_stopping()
+            shared.is_stopping(),
+            stalled.join(",")
         );
         resp.body.extend_from_slice(body.as_bytes());
     }

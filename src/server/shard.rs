@@ -20,6 +20,7 @@ use crate::admin::{AdminRequest, ShardTable, ShardView};
 use crate::contract::{ExecResult, Headers};
 use crate::decide::Now;
 use crate::extensions::ExtensionBreakers;
+use crate::metrics::ShedCause;
 use crate::transport::nats::Client;
 
 /// Capacity of a shard's reused answer buffer; one grown past it (a long explanation) is
@@ -112,7 +113,9 @@ impl ShardCtx {
     }
 
     /// Sends `job` to `to` and waits for its reply; sheds with `overloaded` when the
-    /// in-flight budget to that shard is spent or its ring is full. A shed answer echoes
+    /// in-flight budget to that shard is spent, its ring is full, or it has not answered
+    /// within `server.handoff_timeout_ms` (a stalled owner must not hold the request
+    /// forever; its late reply frees the slot, see `handoff`). A shed answer echoes
     /// `ids` (the request's `request_id` and `trace_id`, when known) in its `context`.
     pub async fn hand_off(&self, to: ShardId, job: Job, ids: Ids<'_>) -> Reply {
         let metrics = self.shared.metrics(self.id);
@@ -130,7 +133,23 @@ impl ShardCtx {
         match sent {
             Ok(()) => {
                 metrics.handoff_out();
-                handoff::wait(&self.pending, slot).await
+                let deadline = self.shared.settings.handoff_timeout;
+                let answered = async { Some(handoff::wait(&self.pending, slot).await) };
+                let expired = async {
+                    glommio::timer::sleep(deadline).await;
+                    None
+                };
+                match future::or(answered, expired).await {
+                    Some(reply) => reply,
+                    None => {
+                        metrics.shed(ShedCause::HandoffTimeout).inc();
+                        let message = format!(
+                            "the tenant's shard {to} did not answer within {} ms",
+                            deadline.as_millis()
+                        );
+                        shed(&message, ids)
+                    }
+                }
             }
             Err(e) => {
                 self.pending.borrow_mut().cancel(slot);
@@ -299,6 +318,21 @@ pub fn borrowed(h: &OwnedHeaders) -> Headers<'_> {
         traceparent: h.traceparent.as_deref(),
         version: h.version.as_deref(),
     }
+}
+
+/// Beats the shard's heartbeat from a task of its own executor, `BEATS_PER_STALL` times
+/// per stall threshold, for as long as the shard runs: the beat runs only when the
+/// executor gets round to its tasks, as a request would (`shards::watchdog`).
+pub fn beat(shared: &Arc<Shared>, id: ShardId) {
+    let beats = Arc::clone(&shared.heartbeats);
+    let period = shared.settings.stall / shards::watchdog::BEATS_PER_STALL;
+    glommio::spawn_local(async move {
+        loop {
+            beats.beat(id);
+            glommio::timer::sleep(period).await;
+        }
+    })
+    .detach();
 }
 
 /// The shard's main loop: serve the mesh until the stop protocol ends. On a stop request

@@ -185,3 +185,19 @@ fn http_series(http: &[std::sync::Arc<HttpStats>]) -> Vec<ExtraMetric> {
     }
     out
 }
+
+/// Per shard: whether the watchdog marks it stalled now, and how often it was.
+pub fn stall_series(beats: &shards::Heartbeats) -> Vec<ExtraMetric> {
+    let shards = (0..beats.shard_count()).map(shards::ShardId::from_index);
+    let stalled = shards.clone().map(|shard| {
+        let help = "1 while the shard's loop has not run for server.stall_ms, else 0.";
+        let value = f64::from(u8::from(beats.is_stalled(shard)));
+        ExtraMetric::gauge("shardline_shard_stalled", help, value).label("shard", shard)
+    });
+    let stalls = shards.map(|shard| {
+        let help = "Times the shard was found stalled.";
+        let value = beats.stalls(shard) as f64;
+        ExtraMetric::counter("shardline_shard_stalls_total", help, value).label("shard", shard)
+    });
+    stalled.chain(stalls).collect()
+}

@@ -346,3 +346,31 @@ fn every_problem_is_collected() {
         "invalid config: 1 problem\n  limits.ring_slots: must be a power of two (got 3)"
     );
 }
+
+/// The stall threshold and the handoff deadline are bounded both ways: zero would mark
+/// every shard stalled or shed every handoff, and a typo'd huge value would hide a
+/// frozen shard or hold requests for hours.
+#[test]
+fn stall_and_handoff_timeout_ranges() {
+    let p = problems_after(|c| {
+        c.server.stall_ms = STALL_MS_MIN - 1;
+        c.server.handoff_timeout_ms = HANDOFF_TIMEOUT_MS_MAX + 1;
+    });
+    assert_eq!(
+        p,
+        [
+            "server.stall_ms: must be between 50 and 60000 (got 49)",
+            "server.handoff_timeout_ms: must be between 10 and 120000 (got 120001)",
+        ]
+    );
+    let mut c = Config::default();
+    let vars = [
+        ("SHARDLINE_SERVER_STALL_MS".to_owned(), "250".to_owned()),
+        (
+            "SHARDLINE_SERVER_HANDOFF_TIMEOUT_MS".to_owned(),
+            "400".to_owned(),
+        ),
+    ];
+    assert!(c.apply_env_collect(vars.into_iter()).is_empty());
+    assert_eq!((c.server.stall_ms, c.server.handoff_timeout_ms), (250, 400));
+}

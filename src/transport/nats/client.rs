@@ -24,6 +24,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -40,6 +41,7 @@ use super::options::{
     ClientOptions, ServerAddr, CONNECT_TIMEOUT_MS, PINGS_OUTSTANDING_MAX, RECONNECT_BACKOFF_MIN_MS,
 };
 use super::proto::{self, EncodeError, Msg, ProtoError, ServerInfo, ServerOp};
+use super::resolve::{ResolveError, Resolver};
 use super::stream::Stream;
 use crate::decide::rng::Rng;
 
@@ -96,6 +98,8 @@ enum ConnError {
     TlsRequired,
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
 }
 
 /// Counters of one client, shared with the metrics scrape (other threads read them).
@@ -168,6 +172,8 @@ struct Inner {
     st: RefCell<State>,
     stats: std::sync::Arc<ClientStats>,
     task: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// Host names are looked up on its thread, never on the shard.
+    resolver: Resolver,
 }
 
 /// A handle to a shard's NATS client; clones share the connection.
@@ -205,6 +211,7 @@ impl Client {
             st: RefCell::new(st),
             stats,
             task: RefCell::new(None),
+            resolver: Resolver::default(),
         }));
         let supervisor = glommio::spawn_local(supervise(client.clone())).detach();
         *client.0.task.borrow_mut() = Some(supervisor);
@@ -526,9 +533,9 @@ async fn connect(client: &Client, server: &ServerAddr) -> Result<(Stream, ReadBu
 }
 
 async fn open(client: &Client, server: &ServerAddr) -> Result<(Stream, ReadBuf), ConnError> {
-    let tcp = TcpStream::connect((server.host.as_str(), server.port))
-        .await
-        .map_err(io::Error::from)?;
+    // Inside the connect timeout: a hanging DNS server costs this attempt, not the shard.
+    let addrs = client.0.resolver.resolve(&server.host, server.port).await?;
+    let tcp = connect_first(&addrs).await?;
     tcp.set_nodelay(true).map_err(io::Error::from)?;
     let mut stream = Stream::Plain(tcp);
     let mut rbuf = ReadBuf::new();
@@ -574,6 +581,18 @@ async fn open(client: &Client, server: &ServerAddr) -> Result<(Stream, ReadBuf),
     stream.write_all(&hello).await?;
     stream.flush().await?;
     Ok((stream, rbuf))
+}
+
+/// The first of `addrs` that accepts; the last error when none does.
+async fn connect_first(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for &addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e.into(),
+        }
+    }
+    Err(last)
 }
 
 /// The bytes read and not yet parsed.
@@ -635,7 +654,7 @@ impl ReadBuf {
     }
 
     async fn read_from(&mut self, stream: &mut Stream) -> io::Result<usize> {
-        let limit = proto::CONTROL_LINE_BYTES_MAX * 2;
+        let limit = proto::INFO_LINE_BYTES_MAX + proto::CONTROL_LINE_BYTES_MAX;
         poll_fn(|cx| self.poll_read_from(stream, cx, limit)).await
     }
 }
@@ -726,7 +745,9 @@ impl<'c> Connection<'c> {
         stream: &mut Stream,
         cx: &mut Context<'_>,
     ) -> Result<Poll<()>, ConnError> {
-        let limit = self.client.max_payload() + proto::CONTROL_LINE_BYTES_MAX;
+        // An INFO (a cluster change) may come at any time and be longer than a payload.
+        let limit = self.client.max_payload().max(proto::INFO_LINE_BYTES_MAX)
+            + proto::CONTROL_LINE_BYTES_MAX;
         match self.rbuf.poll_read_from(stream, cx, limit) {
             Poll::Ready(Ok(0)) => Err(ConnError::Eof),
             Poll::Ready(Ok(n)) => {

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod options;
 pub mod proto;
+pub mod resolve;
 mod stream;
 
 pub use client::{Client, ClientStats, Handler, PublishError, Reply, RequestError};

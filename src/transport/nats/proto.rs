@@ -6,7 +6,9 @@
 //! (and fuzzed: see the property tests) apart from glommio and TLS.
 //!
 //! Limits: a control line (everything before a message's payload) is at most
-//! `CONTROL_LINE_BYTES_MAX`, as in nats-server; a message payload at most the server's
+//! `CONTROL_LINE_BYTES_MAX`, as in nats-server, except INFO, at most `INFO_LINE_BYTES_MAX`:
+//! a large cluster lists every member's address in `connect_urls`, which outgrows 4 KiB,
+//! while every other line stays short. A message payload is at most the server's
 //! `max_payload`, itself capped by `PAYLOAD_BYTES_MAX`. Anything larger is a protocol error
 //! and the driver reconnects rather than buffering without bound.
 
@@ -14,6 +16,8 @@ use thiserror::Error;
 
 /// Longest control line accepted (nats-server's own `MAX_CONTROL_LINE_SIZE`).
 pub const CONTROL_LINE_BYTES_MAX: usize = 4_096;
+/// Longest INFO line accepted: room for the `connect_urls` of a large cluster.
+pub const INFO_LINE_BYTES_MAX: usize = 64 << 10;
 /// Largest message payload accepted from any server, whatever its INFO says.
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
 /// Longest subject we publish or subscribe to.
@@ -29,8 +33,9 @@ pub enum ProtoError {
     /// An operation name we do not know.
     #[error("unknown operation from server: {0}")]
     UnknownOp(String),
-    #[error("control line longer than {CONTROL_LINE_BYTES_MAX} bytes")]
-    LineTooLong,
+    /// A line over its limit: `INFO_LINE_BYTES_MAX` for INFO, else `CONTROL_LINE_BYTES_MAX`.
+    #[error("control line longer than {0} bytes")]
+    LineTooLong(usize),
     #[error("message of {0} bytes exceeds the payload limit")]
     PayloadTooLarge(usize),
 }
@@ -60,14 +65,15 @@ pub struct Msg<'a> {
 /// Parses one operation from the front of `buf`: `Ok(None)` when more bytes are needed,
 /// otherwise the operation and the bytes it used. `payload_max` bounds message sizes.
 pub fn parse(buf: &[u8], payload_max: usize) -> Result<Option<(ServerOp<'_>, usize)>, ProtoError> {
-    let Some(eol) = find_crlf(buf) else {
-        if buf.len() > CONTROL_LINE_BYTES_MAX {
-            return Err(ProtoError::LineTooLong);
+    let line_max = line_max(buf);
+    let Some(eol) = find_crlf(buf, line_max) else {
+        if buf.len() > line_max {
+            return Err(ProtoError::LineTooLong(line_max));
         }
         return Ok(None);
     };
-    if eol > CONTROL_LINE_BYTES_MAX {
-        return Err(ProtoError::LineTooLong);
+    if eol > line_max {
+        return Err(ProtoError::LineTooLong(line_max));
     }
     let line = &buf[..eol];
     let used = eol + 2;
@@ -373,8 +379,20 @@ fn push_usize(out: &mut Vec<u8>, n: usize) {
     crate::transport::http::push_decimal(out, n as u64);
 }
 
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    let limit = buf.len().min(CONTROL_LINE_BYTES_MAX + 2);
+/// The limit of the line at the front of `buf`: INFO's, once its name is complete.
+fn line_max(buf: &[u8]) -> usize {
+    match buf.get(..5) {
+        Some(head)
+            if head[..4].eq_ignore_ascii_case(b"INFO") && matches!(head[4], b' ' | b'\t') =>
+        {
+            INFO_LINE_BYTES_MAX
+        }
+        _ => CONTROL_LINE_BYTES_MAX,
+    }
+}
+
+fn find_crlf(buf: &[u8], line_max: usize) -> Option<usize> {
+    let limit = buf.len().min(line_max + 2);
     buf[..limit].windows(2).position(|w| w == b"\r\n")
 }
 

@@ -88,7 +88,49 @@ fn rejects_bad_input_with_an_error() {
         Err(ProtoError::PayloadTooLarge(99))
     );
     let long = vec![b'A'; CONTROL_LINE_BYTES_MAX + 10];
-    assert_eq!(parse(&long, MAX), Err(ProtoError::LineTooLong));
+    assert_eq!(
+        parse(&long, MAX),
+        Err(ProtoError::LineTooLong(CONTROL_LINE_BYTES_MAX))
+    );
+}
+
+/// A big cluster's INFO (every member in `connect_urls`) fits up to 64 KiB; every other
+/// line keeps the 4 KiB bound, and INFO's own bound holds too.
+#[test]
+fn info_lines_may_reach_64_kib_and_no_further() {
+    let info = |json_len: usize| {
+        let urls = "x".repeat(json_len - 20);
+        format!("INFO {{\"connect_urls\":[\"{urls}\"]}}\r\nPING\r\n").into_bytes()
+    };
+    let big = info(40 << 10);
+    let (op, used) = one(&big);
+    assert!(matches!(op, ServerOp::Info(json) if json.len() > 40 << 10));
+    assert_eq!(&big[used..], b"PING\r\n");
+    let at_max = info(INFO_LINE_BYTES_MAX - 6); // "INFO " and the JSON: the bound exactly
+    assert!(matches!(one(&at_max).0, ServerOp::Info(_)));
+    // Incomplete: more bytes wanted until the INFO bound, an error past it.
+    assert_eq!(parse(&big[..30 << 10], MAX).unwrap(), None);
+    let over = info(INFO_LINE_BYTES_MAX + 10);
+    assert_eq!(
+        parse(&over, MAX),
+        Err(ProtoError::LineTooLong(INFO_LINE_BYTES_MAX))
+    );
+    assert_eq!(
+        parse(&over[..INFO_LINE_BYTES_MAX + 3], MAX),
+        Err(ProtoError::LineTooLong(INFO_LINE_BYTES_MAX))
+    );
+    // Other lines keep the control-line bound, even when long and unterminated.
+    let mut long_err = b"-ERR '".to_vec();
+    long_err.extend(std::iter::repeat_n(b'e', 8 << 10));
+    assert_eq!(
+        parse(&long_err, MAX),
+        Err(ProtoError::LineTooLong(CONTROL_LINE_BYTES_MAX))
+    );
+    long_err.extend_from_slice(b"'\r\n");
+    assert_eq!(
+        parse(&long_err, MAX),
+        Err(ProtoError::LineTooLong(CONTROL_LINE_BYTES_MAX))
+    );
 }
 
 #[test]
