@@ -146,13 +146,22 @@ impl From<AuthError> for AdminResponse {
 /// The admin API over one policy store and the table it publishes.
 #[derive(Debug)]
 pub struct Admin {
-    tokens: Tokens,
+    tokens: Arc<Tokens>,
     store: Arc<PolicyStore>,
     handle: TableHandle,
 }
 
 impl Admin {
     pub fn new(tokens: Tokens, store: Arc<PolicyStore>, handle: TableHandle) -> Self {
+        Self::with_shared_tokens(Arc::new(tokens), store, handle)
+    }
+
+    /// With the tokens the data-plane routes check too (one list, one set of permissions).
+    pub fn with_shared_tokens(
+        tokens: Arc<Tokens>,
+        store: Arc<PolicyStore>,
+        handle: TableHandle,
+    ) -> Self {
         Admin {
             tokens,
             store,

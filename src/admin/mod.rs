@@ -28,7 +28,8 @@ mod watch;
 
 pub use api::{placement, Admin, AdminRequest, Placement, ShardView};
 pub use auth::{
-    AuthError, Scope, TokenConfigError, Tokens, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,
+    token_length_problem, AuthError, Grant, Permission, Permissions, Scope, TokenConfigError,
+    TokenSpec, Tokens, AUTH_FAILURE_REASONS, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,
 };
 pub use reply::{AdminResponse, PROBLEMS_SHOWN_MAX};
 pub use store::{Change, PolicyStore, PutOutcome, StoreError, StoreWriter, TEMP_NAMES_MAX};
