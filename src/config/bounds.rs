@@ -73,7 +73,7 @@ pub const IDEMPOTENCY_TTL_MS_MAX: u64 = 86_400_000;
 /// so `config check` accepts exactly what `serve` does.
 pub use crate::admin::{TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN};
 /// `admin.writes_per_second`: admin writes per token and second.
-pub const ADMIN_WRITES_PER_SECOND_DEFAULT: u32 = 10;
+pub const ADMIN_WRITES_PER_SECOND_DEFAULT: u32 = 50;
 pub const ADMIN_WRITES_PER_SECOND_MIN: u32 = 1;
 pub const ADMIN_WRITES_PER_SECOND_MAX: u32 = 10_000;
 /// `admin.token_env`: the name of an environment variable.
