@@ -24,10 +24,12 @@
 //! only one with that tenant's breakers and sessions): the caller runs them there and
 //! passes that shard's table and state in `ShardView`. Those two do no I/O.
 //!
-//! A dry-run decides against a clone of the owner's state: it sees the current circuits,
-//! sessions and buckets, and changes none of them. The answer has the DecideResponse shape,
-//! with `explain` forced on, since the steps taken are what a dry-run is for. The clone
-//! copies the shard's sticky table (its configured capacity); this is the admin path.
+//! A dry-run decides against a copy of what that one decision reads on the owner
+//! (`ShardState::dry_run_copy`: its policy's state, the random source, its session's
+//! sticky entry): it sees the current circuits, sessions and buckets, and changes none of
+//! them, at a cost that does not grow with the shard's other tenants or its sticky table.
+//! The answer has the DecideResponse shape, with `explain` forced on, since the steps taken
+//! are what a dry-run is for.
 //! No extension is called (a dry-run does no I/O): required stages answer
 //! `extension_unavailable` and optional ones are reported `skipped`, as `decide` does.
 
@@ -387,7 +389,7 @@ fn owner_state<'v>(shard: &ShardView<'v>, route: &str) -> Result<&'v ShardState,
     })
 }
 
-/// Decides against a clone of the owner shard's state; see the module doc.
+/// Decides against a copy of what the decision reads on the owner; see the module doc.
 fn dry_run(scope: &Scope, body: &[u8], shard: &ShardView<'_>) -> Reply {
     let headers = Headers::default();
     let mut req = match decode_decide(body, &headers) {
@@ -403,7 +405,7 @@ fn dry_run(scope: &Scope, body: &[u8], shard: &ShardView<'_>) -> Reply {
     scope.require(&req.tenant_id)?;
     let state = owner_state(shard, "dry-run")?;
     req.explain = true;
-    let mut scratch = state.clone();
+    let mut scratch = state.dry_run_copy(shard.table, &req, shard.now.mono_ns);
     let outcome = decide(shard.table, &mut scratch, &req, shard.now);
     let status = outcome
         .as_ref()
