@@ -39,7 +39,7 @@ use std::sync::Arc;
 use super::auth::{shown, AuthError, Scope, Tokens};
 use super::reply::{AdminResponse, CircuitRow, Circuits, PolicyList, PolicyRow, Reloaded, Written};
 use super::store::{PolicyStore, StoreError};
-use super::table::{delete_policy, put_policy, reload, PublishError, TableHandle};
+use super::table::{delete_policy, put_policy, reload_all, PublishError, TableHandle};
 use crate::answer::encode_outcome;
 use crate::contract::{context_ids, decode_decide, encode_contract_error, ErrorCode, Headers};
 use crate::decide::breaker::BreakerState;
@@ -268,7 +268,7 @@ impl Admin {
 
     fn reload(&self, scope: &Scope) -> Reply {
         scope.require_all()?;
-        match reload(&self.handle, &self.store) {
+        match reload_all(&self.handle, &self.store) {
             Ok(report) => {
                 log::info!("admin: reloaded, table generation {}", report.generation);
                 Ok(AdminResponse::json(

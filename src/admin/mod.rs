@@ -34,7 +34,7 @@ pub use auth::{
 pub use reply::{AdminResponse, PROBLEMS_SHOWN_MAX};
 pub use store::{Change, PolicyStore, PutOutcome, StoreError, StoreWriter, TEMP_NAMES_MAX};
 pub use table::{
-    delete_policy, put_policy, reload, PublishError, Published, ReloadReport, ShardTable,
-    TableHandle, Versioned,
+    delete_policy, put_policy, reload, reload_all, PublishError, Published, ReloadReport,
+    ShardTable, TableHandle, Versioned,
 };
 pub use watch::{WatchStats, Watcher, WATCH_INTERVAL_MS};
