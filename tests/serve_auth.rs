@@ -516,3 +516,66 @@ fn auth_failures_are_logged_at_most_once_a_second() {
         .all(|l| l.contains("more refusals since the last line")));
     assert!(log.iter().all(|l| !l.contains(presented)), "{log:?}");
 }
+
+/// `config check` and `serve` agree on token lengths: a 257-byte token is refused by both
+/// binaries' commands with the same message; a 256-byte one passes `config check` and
+/// then starts a server on which it authenticates.
+#[test]
+fn token_length_bounds_agree_between_config_check_and_serve() {
+    let _serial = serial();
+    let toml = |len: usize| {
+        format!(
+            "[admin]\ntokens = [{{ token = \"{}\" }}]\n",
+            "k".repeat(len)
+        )
+    };
+    let run = |args: &[&str], dir: &TempDir| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args(args)
+            .arg(dir.0.join("shardline.toml"))
+            .output()
+            .expect("run shardline")
+    };
+    let long = config_dir("auth-token-long", &toml(257));
+    let expected = "admin.tokens[0].token: must be 16–256 bytes (got 257)";
+    for args in [&["config", "check"][..], &["serve", "--config"][..]] {
+        let out = run(args, &long);
+        let said = output(&out);
+        assert!(!out.status.success(), "{args:?} accepted a 257-byte token");
+        assert!(said.contains(expected), "{args:?}: {said}");
+    }
+    let short = config_dir("auth-token-short", &toml(15));
+    let out = run(&["config", "check"], &short);
+    assert!(!out.status.success());
+    assert!(output(&out).contains("must be 16–256 bytes (got 15)"));
+
+    let ok = config_dir("auth-token-ok", &toml(256));
+    let out = run(&["config", "check"], &ok);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = Config::load(&ok.0.join("shardline.toml")).expect("loads");
+    let server = start(ServerSettings::from_config(&config));
+    let mut c = Client::connect(server.local_addr());
+    let auth = bearer(&"k".repeat(256));
+    let resp = c.request(
+        "GET",
+        "/admin/v1/policies",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(resp.status, 200, "{}", text(&resp));
+    server.stop().unwrap();
+}
+
+/// What a command printed, stdout then stderr.
+fn output(out: &std::process::Output) -> String {
+    let (o, e) = (&out.stdout, &out.stderr);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(o),
+        String::from_utf8_lossy(e)
+    )
+}
