@@ -680,7 +680,7 @@ fn circuits_show_breakers_opened_by_results() {
         let resp = clients[i % n].request(
             "POST",
             "/v1/results",
-            &[],
+            &[("Authorization", &bearer(ADMIN_TOKEN))],
             &failed_result(&format!("r-{i}")),
         );
         assert_eq!(resp.status, 202, "{}", text(&resp));
@@ -689,7 +689,7 @@ fn circuits_show_breakers_opened_by_results() {
         let resp = clients[(i + 1) % n].request(
             "POST",
             "/v1/results",
-            &[],
+            &[("Authorization", &bearer(ADMIN_TOKEN))],
             &failed_result(&format!("r-{i}")),
         );
         assert_eq!(
@@ -713,7 +713,12 @@ fn circuits_show_breakers_opened_by_results() {
             "shard {i}: 4 of 5"
         );
     }
-    let resp = clients[0].request("POST", "/v1/results", &[], &failed_result("r-5"));
+    let resp = clients[0].request(
+        "POST",
+        "/v1/results",
+        &[("Authorization", &bearer(ADMIN_TOKEN))],
+        &failed_result("r-5"),
+    );
     assert_eq!(resp.status, 202, "{}", text(&resp));
     for (i, client) in clients.iter_mut().enumerate() {
         let states = circuits(client, "acme");
@@ -769,7 +774,7 @@ fn a_new_table_keeps_breakers_buckets_and_sessions() {
         let resp = c.request(
             "POST",
             "/v1/results",
-            &[],
+            &[("Authorization", &bearer(ADMIN_TOKEN))],
             &failed_result(&format!("r-{i}")),
         );
         assert_eq!(resp.status, 202, "{}", text(&resp));

@@ -35,8 +35,14 @@ fn decide(tenant: &str, request_id: &str, extra: Value) -> Vec<u8> {
     serde_json::to_vec(&req).unwrap()
 }
 
+/// Results carry the all-scopes test token: they need one by default (`[auth] results`).
 fn post(client: &mut Client, path: &str, body: &[u8]) -> Response {
-    client.request("POST", path, &[], body)
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let headers: &[(&str, &str)] = match path {
+        "/v1/results" => &[("Authorization", &auth)],
+        _ => &[],
+    };
+    client.request("POST", path, headers, body)
 }
 
 fn text(resp: &Response) -> String {

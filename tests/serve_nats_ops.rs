@@ -826,3 +826,50 @@ fn nats_restart_under_traffic() {
     drop(http);
     router.stop();
 }
+
+/// Results over NATS carry no token (NATS permissions govern the subject), but one for a
+/// tenant without policies, or for a provider none of the tenant's policies names, is
+/// ignored: answered 404 `policy_not_found` when it has a reply subject, dropped when it
+/// has none, counted by reason either way, and no circuit moves.
+#[test]
+fn results_for_unknown_tenants_or_providers_are_ignored_over_nats() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let router = Router::start(
+        &nats_toml(&nats.url(), ""),
+        &[("cb", "default", BREAKER)],
+        true,
+    );
+    router.wait_ready();
+    let nc = official(&nats.url());
+    let ignored = |tenant: &str, provider: &str, n: u32| {
+        json!({"assignment_id": format!("ig-{n}"), "request_id": format!("ig-{n}"),
+            "status": "error", "provider_id": provider, "latency_ms": 300,
+            "tenant_id": tenant, "timestamp": 1_700_000_000_000u64})
+        .to_string()
+    };
+    for (n, (tenant, provider)) in [("nobody", "openai"), ("cb", "made-up-llm")]
+        .into_iter()
+        .enumerate()
+    {
+        let m = nc
+            .request_timeout(RESULTS, ignored(tenant, provider, n as u32), WAIT)
+            .expect("a reply");
+        assert_eq!(header(&m, "status").as_deref(), Some("404"));
+        let v = body(&m);
+        assert_eq!(v["error"]["code"], "policy_not_found", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(provider) || n == 0);
+    }
+    for n in 10..13 {
+        nc.publish(RESULTS, ignored("cb", "made-up-llm", n))
+            .unwrap();
+    }
+    nc.flush().unwrap();
+    let series = |r: &str| format!("shardline_results_ignored_total{{reason=\"{r}\"}}");
+    wait_until("the ignored results are counted", WAIT, || {
+        metric(&router.metrics(), &series("unknown_provider")) == Some(4.0)
+    });
+    let text = router.metrics();
+    assert_eq!(metric(&text, &series("unknown_tenant")), Some(1.0));
+    assert_eq!(openai_state(&nc), "closed");
+}

@@ -24,10 +24,12 @@
 //! only one with that tenant's breakers and sessions): the caller runs them there and
 //! passes that shard's table and state in `ShardView`. Those two do no I/O.
 //!
-//! A dry-run decides against a clone of the owner's state: it sees the current circuits,
-//! sessions and buckets, and changes none of them. The answer has the DecideResponse shape,
-//! with `explain` forced on, since the steps taken are what a dry-run is for. The clone
-//! copies the shard's sticky table (its configured capacity); this is the admin path.
+//! A dry-run decides against a copy of what that one decision reads on the owner
+//! (`ShardState::dry_run_copy`: its policy's state, the random source, its session's
+//! sticky entry): it sees the current circuits, sessions and buckets, and changes none of
+//! them, at a cost that does not grow with the shard's other tenants or its sticky table.
+//! The answer has the DecideResponse shape, with `explain` forced on, since the steps taken
+//! are what a dry-run is for.
 //! No extension is called (a dry-run does no I/O): required stages answer
 //! `extension_unavailable` and optional ones are reported `skipped`, as `decide` does.
 
@@ -37,7 +39,7 @@ use std::sync::Arc;
 use super::auth::{shown, AuthError, Scope, Tokens};
 use super::reply::{AdminResponse, CircuitRow, Circuits, PolicyList, PolicyRow, Reloaded, Written};
 use super::store::{PolicyStore, StoreError};
-use super::table::{delete_policy, put_policy, reload, PublishError, TableHandle};
+use super::table::{delete_policy, put_policy, reload_all, PublishError, TableHandle};
 use crate::answer::encode_outcome;
 use crate::contract::{context_ids, decode_decide, encode_contract_error, ErrorCode, Headers};
 use crate::decide::breaker::BreakerState;
@@ -146,13 +148,22 @@ impl From<AuthError> for AdminResponse {
 /// The admin API over one policy store and the table it publishes.
 #[derive(Debug)]
 pub struct Admin {
-    tokens: Tokens,
+    tokens: Arc<Tokens>,
     store: Arc<PolicyStore>,
     handle: TableHandle,
 }
 
 impl Admin {
     pub fn new(tokens: Tokens, store: Arc<PolicyStore>, handle: TableHandle) -> Self {
+        Self::with_shared_tokens(Arc::new(tokens), store, handle)
+    }
+
+    /// With the tokens the data-plane routes check too (one list, one set of permissions).
+    pub fn with_shared_tokens(
+        tokens: Arc<Tokens>,
+        store: Arc<PolicyStore>,
+        handle: TableHandle,
+    ) -> Self {
         Admin {
             tokens,
             store,
@@ -257,7 +268,7 @@ impl Admin {
 
     fn reload(&self, scope: &Scope) -> Reply {
         scope.require_all()?;
-        match reload(&self.handle, &self.store) {
+        match reload_all(&self.handle, &self.store) {
             Ok(report) => {
                 log::info!("admin: reloaded, table generation {}", report.generation);
                 Ok(AdminResponse::json(
@@ -377,7 +388,7 @@ fn owner_state<'v>(shard: &ShardView<'v>, route: &str) -> Result<&'v ShardState,
     })
 }
 
-/// Decides against a clone of the owner shard's state; see the module doc.
+/// Decides against a copy of what the decision reads on the owner; see the module doc.
 fn dry_run(scope: &Scope, body: &[u8], shard: &ShardView<'_>) -> Reply {
     let headers = Headers::default();
     let mut req = match decode_decide(body, &headers) {
@@ -393,7 +404,7 @@ fn dry_run(scope: &Scope, body: &[u8], shard: &ShardView<'_>) -> Reply {
     scope.require(&req.tenant_id)?;
     let state = owner_state(shard, "dry-run")?;
     req.explain = true;
-    let mut scratch = state.clone();
+    let mut scratch = state.dry_run_copy(shard.table, &req, shard.now.mono_ns);
     let outcome = decide(shard.table, &mut scratch, &req, shard.now);
     let status = outcome
         .as_ref()

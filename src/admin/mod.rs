@@ -6,7 +6,8 @@
 //! map onto `Admin::handle`; `placement` tells them where a request must run.
 //!
 //! Module map:
-//! - `auth`: `Tokens` (constant-time bearer check) → `Scope` (all tenants, or one).
+//! - `auth`: `Tokens` (constant-time bearer check) → `Scope` (all tenants, or one) and
+//!   `Permissions` (`admin`, `results`, `decide`), shared with the data-plane routes.
 //! - `store`: `PolicyStore`, `DIR/<tenant>/<policy>.json` with atomic, fsynced writes
 //!   that can be rolled back; every write is serialised by the store's mutex.
 //! - `table`: `TableHandle` (the published table and its generation), `ShardTable` (a
@@ -15,8 +16,9 @@
 //! - `watch`: a background thread reloading on SIGHUP and on file changes (polling).
 //! - `api`: routing, scope checks and the JSON answers.
 //!
-//! Invariant: the published table is always one that `RoutingTable::load_dir` built from
-//! the directory as it was under the store's mutex. A change that would make the directory
+//! Invariant: the published table is always one that `RoutingTable::load_dir` would build
+//! from the directory as it was under the store's mutex (`load_dir_reusing` lists and
+//! stats every file and reuses only the parses of files whose stamps did not change). A change that would make the directory
 //! fail to load is undone on disk and never published, so the old table keeps serving.
 
 mod api;
@@ -28,12 +30,13 @@ mod watch;
 
 pub use api::{placement, Admin, AdminRequest, Placement, ShardView};
 pub use auth::{
-    AuthError, Scope, TokenConfigError, Tokens, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,
+    token_length_problem, AuthError, Grant, Permission, Permissions, Scope, TokenConfigError,
+    TokenSpec, Tokens, AUTH_FAILURE_REASONS, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,
 };
 pub use reply::{AdminResponse, PROBLEMS_SHOWN_MAX};
 pub use store::{Change, PolicyStore, PutOutcome, StoreError, StoreWriter, TEMP_NAMES_MAX};
 pub use table::{
-    delete_policy, put_policy, reload, PublishError, Published, ReloadReport, ShardTable,
-    TableHandle, Versioned,
+    delete_policy, put_policy, reload, reload_all, PublishError, Published, ReloadReport,
+    ShardTable, TableHandle, Versioned,
 };
 pub use watch::{WatchStats, Watcher, WATCH_INTERVAL_MS};

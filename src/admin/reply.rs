@@ -22,6 +22,8 @@ pub struct AdminResponse {
     pub body: Vec<u8>,
     /// For 405: the methods the route accepts, for the `Allow` header (RFC 9110 §15.5.6).
     pub allow: Option<&'static str>,
+    /// For 429: seconds until a retry can pass, for the `Retry-After` header.
+    pub retry_after_s: Option<u64>,
 }
 
 impl AdminResponse {
@@ -31,6 +33,7 @@ impl AdminResponse {
             status,
             body,
             allow: None,
+            retry_after_s: None,
         }
     }
 
@@ -58,7 +61,28 @@ impl AdminResponse {
         Self::raw(status, body)
     }
 
-    pub(super) fn auth(err: &AuthError) -> Self {
+    /// 429 `rate_limited`: the token's admin writes are spent for now.
+    pub fn write_rate_limited(retry_after_s: u64) -> Self {
+        let mut body = Vec::new();
+        let details = ErrorDetails {
+            retry_after_ms: Some(retry_after_s * 1_000),
+            ..ErrorDetails::default()
+        };
+        let message = "too many admin writes with this token (admin.writes_per_second)";
+        encode_error(
+            &mut body,
+            ErrorCode::RateLimited,
+            message,
+            &details,
+            None,
+            None,
+        );
+        let mut reply = Self::raw(ErrorCode::RateLimited.http_status(), body);
+        reply.retry_after_s = Some(retry_after_s);
+        reply
+    }
+
+    pub fn auth(err: &AuthError) -> Self {
         Self::error(err.code(), &err.to_string())
     }
 

@@ -36,7 +36,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::auth::{shown, Scope};
 use crate::policy::{
-    is_policy_id, is_tenant_id, parse_policy, PolicyError, DIR_ENTRIES_MAX, POLICY_FILE_BYTES_MAX,
+    is_policy_id, is_tenant_id, parse_policy, ParsedFiles, PolicyError, DIR_ENTRIES_MAX,
+    POLICY_FILE_BYTES_MAX,
 };
 
 /// Names tried for one temp or backup file before giving up (a stale file from a crashed
@@ -87,7 +88,9 @@ pub struct PutOutcome {
 #[derive(Debug)]
 pub struct PolicyStore {
     dir: PathBuf,
-    writes: Mutex<()>,
+    /// The write lock; it also holds the policies parsed by the last scans, so that a
+    /// write reparses only the documents that changed.
+    writes: Mutex<ParsedFiles>,
     names: AtomicU64,
 }
 
@@ -102,7 +105,7 @@ impl PolicyStore {
         }
         Ok(PolicyStore {
             dir,
-            writes: Mutex::new(()),
+            writes: Mutex::new(ParsedFiles::default()),
             names: AtomicU64::new(0),
         })
     }
@@ -111,14 +114,20 @@ impl PolicyStore {
         &self.dir
     }
 
-    /// Holds the write lock until dropped. A poisoned lock is taken over: it guards no
-    /// data, only the order of filesystem operations, each of which is atomic.
+    /// Holds the write lock until dropped. A poisoned lock is taken over: it orders
+    /// filesystem operations, each of which is atomic, and guards only a cache of parsed
+    /// files, which checks every file's stamp before reusing it.
     pub fn writer(&self) -> StoreWriter<'_> {
         let guard = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         StoreWriter {
             store: self,
-            _guard: guard,
+            parsed: guard,
         }
+    }
+
+    /// Policy documents parsed by reloads and writes so far (reused ones not counted).
+    pub fn documents_parsed(&self) -> u64 {
+        self.writer().parsed.parsed()
     }
 
     /// The stored document of (tenant, id), byte for byte; `None` if there is none.
@@ -239,7 +248,7 @@ fn read_names(dir: &Path) -> Result<Vec<String>, StoreError> {
 /// The store's write lock, and the operations that need it.
 pub struct StoreWriter<'s> {
     store: &'s PolicyStore,
-    _guard: MutexGuard<'s, ()>,
+    parsed: MutexGuard<'s, ParsedFiles>,
 }
 
 /// A write that can still be undone; pass it to `commit` or `rollback`. Dropped without
@@ -263,6 +272,11 @@ impl Change {
 impl StoreWriter<'_> {
     pub fn dir(&self) -> &Path {
         &self.store.dir
+    }
+
+    /// The policies parsed by earlier scans of the directory (`load_dir_reusing`).
+    pub fn parsed_files(&mut self) -> &mut ParsedFiles {
+        &mut self.parsed
     }
 
     /// Validates `bytes` with `parse_policy` (nothing is written if it fails), then writes

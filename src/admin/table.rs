@@ -13,7 +13,9 @@
 //! sessions over, between requests; the request path itself never waits for a reload.
 //!
 //! `reload`, `put_policy` and `delete_policy` run under the store's write lock, so they
-//! never interleave. A put or delete changes the directory, rebuilds the table from it and
+//! never interleave. Each rescans the directory but parses only the files whose stamps
+//! changed since the last scan (`RoutingTable::load_dir_reusing`); `reload_all` (SIGHUP,
+//! `POST /admin/v1/reload`) parses everything. A put or delete changes the directory, rebuilds the table from it and
 //! publishes; if the directory no longer loads, the file change is rolled back and the old
 //! table stays (SPEC §8). A rebuild that yields the very same policies publishes nothing:
 //! the generation stays, and shards have nothing to adopt. That makes a reload idempotent,
@@ -160,17 +162,34 @@ pub struct ReloadReport {
 
 /// Rebuilds the table from the store's directory and publishes it; on any problem the
 /// published table stays and every problem is returned, sources relative to the directory.
+/// Only files whose stamp changed since the last scan are parsed again.
 pub fn reload(handle: &TableHandle, store: &PolicyStore) -> Result<ReloadReport, Vec<PolicyError>> {
-    let writer = store.writer();
-    reload_locked(handle, &writer)
+    let mut writer = store.writer();
+    reload_locked(handle, &mut writer)
 }
 
+/// `reload`, parsing every file again: what an operator's explicit reload (SIGHUP,
+/// `POST /admin/v1/reload`) asks for, whatever the files' stamps say.
+pub fn reload_all(
+    handle: &TableHandle,
+    store: &PolicyStore,
+) -> Result<ReloadReport, Vec<PolicyError>> {
+    let mut writer = store.writer();
+    writer.parsed_files().clear();
+    reload_locked(handle, &mut writer)
+}
+
+/// Why the directory is scanned rather than the published table patched with the one
+/// changed document: the directory is what a restart loads, so a change is published only
+/// if the directory, as it is now, loads. The scan lists and stats every file but parses
+/// only those that changed (`load_dir_reusing`): on a write, the written document.
 fn reload_locked(
     handle: &TableHandle,
-    writer: &StoreWriter<'_>,
+    writer: &mut StoreWriter<'_>,
 ) -> Result<ReloadReport, Vec<PolicyError>> {
-    let dir = writer.dir();
-    let table = RoutingTable::load_dir(dir).map_err(|p| relative_sources(p, dir))?;
+    let dir = writer.dir().to_owned();
+    let table = RoutingTable::load_dir_reusing(&dir, writer.parsed_files())
+        .map_err(|p| relative_sources(p, &dir))?;
     let policies = table.len();
     let (generation, changed) = handle.publish_if_changed(table);
     Ok(ReloadReport {
@@ -222,7 +241,7 @@ pub fn put_policy(
     let mut writer = store.writer();
     let change = writer.put(tenant, id, bytes)?;
     let created = change.created();
-    match reload_locked(handle, &writer) {
+    match reload_locked(handle, &mut writer) {
         Ok(report) => {
             writer.commit(change);
             Ok(Published { created, report })
@@ -245,7 +264,7 @@ pub fn delete_policy(
     let Some(change) = writer.delete(tenant, id)? else {
         return Ok(None);
     };
-    match reload_locked(handle, &writer) {
+    match reload_locked(handle, &mut writer) {
         Ok(report) => {
             writer.commit(change);
             Ok(Some(Published {

@@ -40,7 +40,7 @@ use signal_hook::consts::SIGHUP;
 use signal_hook::SigId;
 
 use super::store::PolicyStore;
-use super::table::{reload, TableHandle};
+use super::table::{reload, reload_all, TableHandle};
 use crate::policy::DIR_ENTRIES_MAX;
 
 /// How often the watcher looks at the directory and the SIGHUP flag, by default.
@@ -159,13 +159,20 @@ impl Loop {
             self.seen = now;
             if hup || (settled && now != loaded) {
                 loaded = now;
-                self.reload(if hup { "SIGHUP" } else { "a file change" });
+                self.reload(hup);
             }
         }
     }
 
-    fn reload(&self, cause: &str) {
-        match reload(&self.handle, &self.store) {
+    /// SIGHUP parses every file again (an operator asked); a file change parses only
+    /// the files whose stamps changed.
+    fn reload(&self, hup: bool) {
+        let (cause, result) = if hup {
+            ("SIGHUP", reload_all(&self.handle, &self.store))
+        } else {
+            ("a file change", reload(&self.handle, &self.store))
+        };
+        match result {
             Ok(report) => {
                 self.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 if report.changed {

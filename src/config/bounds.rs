@@ -82,11 +82,14 @@ pub const IDEMPOTENCY_TTL_MS_DEFAULT: u64 = 600_000;
 pub const IDEMPOTENCY_TTL_MS_MIN: u64 = 1_000;
 pub const IDEMPOTENCY_TTL_MS_MAX: u64 = 86_400_000;
 
-/// `admin.tokens`: entries, and each token's length. Tokens travel in an `Authorization`
-/// header, so they are visible ASCII; 16 characters is the least that resists guessing.
-pub const ADMIN_TOKENS_MAX: usize = 1_000;
-pub const ADMIN_TOKEN_CHARS_MIN: usize = 16;
-pub const ADMIN_TOKEN_BYTES_MAX: usize = 512;
+/// `admin.tokens` and the `token_env` token together, and each token's length: the
+/// bounds `serve` enforces (`admin::TOKENS_MAX`, `TOKEN_BYTES_MIN..=TOKEN_BYTES_MAX`),
+/// so `config check` accepts exactly what `serve` does.
+pub use crate::admin::{TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN};
+/// `admin.writes_per_second`: admin writes per token and second.
+pub const ADMIN_WRITES_PER_SECOND_DEFAULT: u32 = 50;
+pub const ADMIN_WRITES_PER_SECOND_MIN: u32 = 1;
+pub const ADMIN_WRITES_PER_SECOND_MAX: u32 = 10_000;
 /// `admin.token_env`: the name of an environment variable.
 pub const ENV_NAME_BYTES_MAX: usize = 128;
 
@@ -134,7 +137,10 @@ const _: () = assert!(
     IDEMPOTENCY_TTL_MS_MIN <= IDEMPOTENCY_TTL_MS_DEFAULT
         && IDEMPOTENCY_TTL_MS_DEFAULT <= IDEMPOTENCY_TTL_MS_MAX
 );
-const _: () = assert!(ADMIN_TOKEN_CHARS_MIN <= ADMIN_TOKEN_BYTES_MAX);
+const _: () = assert!(
+    ADMIN_WRITES_PER_SECOND_MIN <= ADMIN_WRITES_PER_SECOND_DEFAULT
+        && ADMIN_WRITES_PER_SECOND_DEFAULT <= ADMIN_WRITES_PER_SECOND_MAX
+);
 const _: () = assert!(NATS_REQUEST_TIMEOUT_MS_DEFAULT <= NATS_REQUEST_TIMEOUT_MS_MAX);
 const _: () = assert!(NATS_RECONNECT_BACKOFF_MS_DEFAULT <= NATS_RECONNECT_BACKOFF_MS_MAX);
 const _: () = assert!(

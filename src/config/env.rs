@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use super::{
-    AdminConfig, Config, ConfigError, LimitsConfig, LoggingConfig, NatsConfig, NatsUrls, Problem,
-    Secret, ServerConfig, TlsConfig,
+    AdminConfig, AuthConfig, Config, ConfigError, LimitsConfig, LoggingConfig, NatsConfig,
+    NatsUrls, Problem, Secret, ServerConfig, TlsConfig,
 };
 use crate::logging::is_sensitive_key;
 
@@ -25,7 +25,9 @@ pub const ENV_PREFIX: &str = "SHARDLINE_";
 pub const TOKEN_ENV_VARIABLE: &str = "SHARDLINE_ADMIN_TOKEN";
 /// The override of `admin.token_env` itself, applied before any other variable.
 const TOKEN_ENV_OVERRIDE: &str = "SHARDLINE_ADMIN_TOKEN_ENV";
-const SECTIONS: [&str; 6] = ["server", "limits", "tls", "admin", "logging", "nats"];
+const SECTIONS: [&str; 7] = [
+    "server", "limits", "tls", "admin", "auth", "logging", "nats",
+];
 /// Characters of a bad value quoted back.
 const VALUE_SHOWN_CHARS_MAX: usize = 32;
 
@@ -114,6 +116,7 @@ impl Config {
             "limits" => self.limits.set(&key, value),
             "tls" => self.tls.set(&key, value),
             "admin" => self.admin.set(&key, value),
+            "auth" => self.auth.set(&key, value),
             "logging" => self.logging.set(&key, value),
             _ => self.nats.set(&key, value),
         };
@@ -197,6 +200,18 @@ impl AdminConfig {
                     "put one all-tenant token in the variable named by admin.token_env",
                 ))
             }
+            "writes_per_second" => self.writes_per_second = parse(raw)?,
+            _ => return Err(SetError::UnknownKey),
+        }
+        Ok(())
+    }
+}
+
+impl AuthConfig {
+    fn set(&mut self, key: &str, raw: &str) -> SetResult {
+        match key {
+            "results" => self.results = parse(raw)?,
+            "decide" => self.decide = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())

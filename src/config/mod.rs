@@ -48,6 +48,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
+    pub auth: AuthConfig,
     pub logging: LoggingConfig,
     pub nats: NatsConfig,
 }
@@ -166,6 +167,9 @@ pub struct AdminConfig {
     /// The value of `token_env`, read by `apply_env` (never from the file).
     #[serde(skip)]
     pub env_token: Option<Secret>,
+    /// Admin writes (put, delete, reload) per second and token; the burst is one second's
+    /// worth.
+    pub writes_per_second: u32,
 }
 
 impl Default for AdminConfig {
@@ -175,11 +179,12 @@ impl Default for AdminConfig {
             tokens: Vec::new(),
             token_env: TOKEN_ENV_VARIABLE.to_owned(),
             env_token: None,
+            writes_per_second: ADMIN_WRITES_PER_SECOND_DEFAULT,
         }
     }
 }
 
-/// One admin bearer token and the tenant it is limited to.
+/// One bearer token, the tenant it is limited to and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminToken {
@@ -187,6 +192,10 @@ pub struct AdminToken {
     /// Omitted = all tenants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// `admin`, `results`, `decide`; omitted = `["admin"]` (what a token meant before
+    /// scopes existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 impl AdminConfig {
@@ -195,6 +204,75 @@ impl AdminConfig {
     pub fn all_tokens(&self) -> impl Iterator<Item = (&Secret, Option<&str>)> {
         let file = self.tokens.iter().map(|t| (&t.token, t.tenant.as_deref()));
         file.chain(self.env_token.iter().map(|t| (t, None)))
+    }
+
+    /// Every accepted token with its tenant and permissions: the file's (unknown scope
+    /// names are `validate`'s to report; here they grant nothing), then the environment
+    /// token, which holds every permission.
+    pub fn token_specs(&self) -> Vec<crate::admin::TokenSpec> {
+        use crate::admin::{Permission, Permissions, TokenSpec};
+        let file = self.tokens.iter().map(|t| {
+            let permissions = match &t.scopes {
+                None => Permissions::ADMIN,
+                Some(names) => {
+                    let list: Vec<Permission> =
+                        names.iter().filter_map(|n| Permission::parse(n)).collect();
+                    Permissions::of(&list)
+                }
+            };
+            TokenSpec {
+                token: t.token.expose().to_owned(),
+                tenant: t.tenant.clone(),
+                permissions,
+            }
+        });
+        let env = self.env_token.iter().map(|t| TokenSpec {
+            token: t.expose().to_owned(),
+            tenant: None,
+            permissions: Permissions::ALL,
+        });
+        file.chain(env).collect()
+    }
+}
+
+/// Whether a route needs a token (`[auth]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// A bearer token holding the route's scope, for the request's tenant.
+    Token,
+    /// Anyone who can reach the listener.
+    Open,
+}
+
+impl std::str::FromStr for AccessMode {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "token" => Ok(AccessMode::Token),
+            "open" => Ok(AccessMode::Open),
+            _ => Err("expected \"token\" or \"open\""),
+        }
+    }
+}
+
+/// `[auth]`: which data-plane routes need a token. Tokens themselves stay in `[admin]`
+/// (`tokens`, `token_env`), where existing configs have them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `POST /v1/results`: results open and close circuits, so a token by default.
+    pub results: AccessMode,
+    /// `POST /v1/decide`: open by default (gateways call it on every request).
+    pub decide: AccessMode,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            results: AccessMode::Token,
+            decide: AccessMode::Open,
+        }
     }
 }
 

@@ -45,10 +45,12 @@ mod tests {
             AdminToken {
                 token: Secret::new("file-token-0123456789"),
                 tenant: Some("acme".into()),
+                scopes: Some(vec!["admin".into(), "results".into()]),
             },
             AdminToken {
                 token: Secret::new("file-token-all-tenants"),
                 tenant: None,
+                scopes: None,
             },
         ];
         config.admin.env_token = Some(Secret::new("env-token-0123456789"));

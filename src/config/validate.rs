@@ -241,21 +241,12 @@ fn check_limits(limits: &LimitsConfig, report: &mut Report) {
     report.range("limits.idempotency_ttl_ms", ttl, min, max);
 }
 
-/// A bearer token: long enough to resist guessing, and sendable in a header.
+/// A bearer token: long enough to resist guessing, and sendable in a header. The length
+/// rule and its wording are `serve`'s own (`admin::token_length_problem`).
 fn check_token(key: &str, token: &Secret, report: &mut Report) {
     let token = token.expose();
-    let chars = token.chars().count();
-    if token.is_empty() {
-        report.push(key, "must not be empty");
-    } else if chars < ADMIN_TOKEN_CHARS_MIN {
-        let message = format!("must be at least {ADMIN_TOKEN_CHARS_MIN} characters (got {chars})");
-        report.push(key, message);
-    }
-    if token.len() > ADMIN_TOKEN_BYTES_MAX {
-        report.push(
-            key,
-            format!("must be at most {ADMIN_TOKEN_BYTES_MAX} bytes"),
-        );
+    if let Some(problem) = crate::admin::token_length_problem(token.len()) {
+        report.push(key, problem);
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         report.push(
@@ -275,12 +266,12 @@ fn is_env_name(name: &str) -> bool {
 }
 
 fn check_admin(admin: &AdminConfig, report: &mut Report) {
-    if admin.tokens.len() > ADMIN_TOKENS_MAX {
-        let count = admin.tokens.len();
-        report.push(
-            "admin.tokens",
-            format!("at most {ADMIN_TOKENS_MAX} (got {count})"),
-        );
+    let (min, max) = (ADMIN_WRITES_PER_SECOND_MIN, ADMIN_WRITES_PER_SECOND_MAX);
+    report.range("admin.writes_per_second", admin.writes_per_second, min, max);
+    let count = admin.tokens.len() + usize::from(admin.env_token.is_some());
+    if count > TOKENS_MAX {
+        let message = format!("at most {TOKENS_MAX} with the token_env token (got {count})");
+        report.push("admin.tokens", message);
         return;
     }
     let mut first_use: HashMap<&str, String> = HashMap::new();
@@ -290,6 +281,9 @@ fn check_admin(admin: &AdminConfig, report: &mut Report) {
         if let Some(tenant) = entry.tenant.as_deref().filter(|t| !is_tenant_id(t)) {
             let message = format!("must match {TENANT_ID_PATTERN} (got {})", shown(tenant));
             report.push(format!("admin.tokens[{i}].tenant"), message);
+        }
+        if let Some(scopes) = &entry.scopes {
+            check_scopes(&format!("admin.tokens[{i}].scopes"), scopes, report);
         }
         if let Some(first) = first_use.get(entry.token.expose()) {
             report.push(&key, format!("same token as {first}"));
@@ -309,6 +303,19 @@ fn check_admin(admin: &AdminConfig, report: &mut Report) {
         if let Some(first) = first_use.get(token.expose()) {
             report.push(&admin.token_env, format!("same token as {first}"));
         }
+    }
+}
+
+/// `scopes = [...]`: at least one, each a known name.
+fn check_scopes(key: &str, scopes: &[String], report: &mut Report) {
+    use crate::admin::Permission;
+    let known = || Permission::ALL.map(Permission::as_str).join(", ");
+    if scopes.is_empty() {
+        report.push(key, format!("must name at least one of {}", known()));
+    }
+    for name in scopes.iter().filter(|n| Permission::parse(n).is_none()) {
+        let message = format!("unknown scope {}; known: {}", shown(name), known());
+        report.push(key, message);
     }
 }
 

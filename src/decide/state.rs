@@ -90,7 +90,7 @@ pub struct ResultEffect {
     pub closed: usize,
 }
 
-/// `Clone` lets the admin dry-run decide against a copy (sticky table included).
+/// An admin dry-run decides against `dry_run_copy`, not a clone of all of this.
 #[derive(Debug, Clone)]
 pub struct ShardState {
     pub(super) policies: Vec<PolicyState>,
@@ -192,6 +192,81 @@ impl ShardState {
             if let Some(j) = old_p.provider_idx(&provider.name) {
                 into.providers[i] = old_s.providers[j.get()].clone();
             }
+        }
+    }
+
+    /// What an admin dry-run of `req` decides against: a copy of only what that one
+    /// decision reads and writes — its policy's state (bucket, breakers, averages), the
+    /// random source, and the sticky entry of its session — so a dry-run costs the same
+    /// whatever else the shard holds. Why not `clone`: that copied every policy's state and
+    /// the whole sticky table (its configured capacity, 65,536 entries by default) per
+    /// call. Other slots are empty placeholders: a decision touches only its own slot.
+    pub fn dry_run_copy(
+        &self,
+        table: &RoutingTable,
+        req: &crate::contract::DecideRequest<'_>,
+        now_ns: u64,
+    ) -> ShardState {
+        assert_eq!(
+            self.policies.len(),
+            table.len(),
+            "state does not belong to `table`"
+        );
+        let mut copy = ShardState {
+            policies: Vec::with_capacity(self.policies.len()),
+            sticky: StickyTable::new(super::sticky::STICKY_ENTRIES_MIN),
+            rng: self.rng.clone(),
+            half_opened: 0,
+            hash_hi: self.hash_hi.clone(),
+            hash_lo: self.hash_lo.clone(),
+        };
+        let slot = table.lookup(&req.tenant_id, &req.policy_id);
+        copy.policies
+            .extend(self.policies.iter().enumerate().map(|(i, p)| {
+                if slot.is_some_and(|s| s.get() == i) {
+                    p.clone()
+                } else {
+                    PolicyState {
+                        identity: 0,
+                        providers_fp: 0,
+                        bucket: None,
+                        providers: Box::new([]),
+                    }
+                }
+            }));
+        if let Some(slot) = slot {
+            self.copy_session(
+                table.policy(slot),
+                self.policy(slot),
+                req,
+                now_ns,
+                &mut copy,
+            );
+        }
+        copy
+    }
+
+    /// The live sticky entry `req`'s session would read, into `copy`'s own table.
+    fn copy_session(
+        &self,
+        policy: &Policy,
+        ps: &PolicyState,
+        req: &crate::contract::DecideRequest<'_>,
+        now_ns: u64,
+        copy: &mut ShardState,
+    ) {
+        let Some(sticky) = &policy.sticky else { return };
+        let Some(value) = req.metadata.get(&sticky.session_key) else {
+            return;
+        };
+        let mut buf = [0u8; 9];
+        let Some(bytes) = super::condition::session_bytes(value, &mut buf) else {
+            return;
+        };
+        let key = self.session_key(ps.identity, bytes);
+        if let Some(idx) = self.sticky.get(key, ps.providers_fp, now_ns) {
+            // The copy lives for one decision: the entry only has to outlive it.
+            copy.sticky.put(key, ps.providers_fp, idx, u64::MAX);
         }
     }
 

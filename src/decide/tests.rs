@@ -890,3 +890,52 @@ fn adopt_carries_state_over() {
         "the failure before the reload still counted"
     );
 }
+
+/// A dry-run's copy (`ShardState::dry_run_copy`) decides exactly as a clone of the whole
+/// state would, sticky hits and open circuits included, for the policy it was made for.
+#[test]
+fn dry_run_copy_decides_like_a_full_clone() {
+    let sticky = || Sticky {
+        session_key: "user_id".into(),
+        ttl_ms: 60_000,
+    };
+    let providers = || (0..6).map(|i| provider(&format!("p{i}"), 10)).collect();
+    let mut policies = Vec::new();
+    for tenant in ["acme", "globex", "initech"] {
+        let mut p = policy(tenant, "default", providers());
+        p.sticky = Some(sticky());
+        policies.push(p);
+    }
+    let mut w = World::new(policies);
+    for user in ["u-1", "u-2", "u-3"] {
+        w.pick(&with_user(request("acme", "default"), "user_id", user), MS);
+        w.pick(
+            &with_user(request("globex", "default"), "user_id", user),
+            MS,
+        );
+    }
+    let now = Now {
+        mono_ns: 2 * MS,
+        unix_ms: 1_000_000,
+    };
+    for (tenant, user) in [
+        ("acme", "u-1"),
+        ("acme", "u-9"),
+        ("globex", "u-3"),
+        ("initech", "u-1"),
+    ] {
+        let req = with_user(request(tenant, "default"), "user_id", user);
+        let mut full = w.state.clone();
+        let mut copy = w.state.dry_run_copy(&w.table, &req, now.mono_ns);
+        let a = decide(&w.table, &mut full, &req, now).expect("decision");
+        let b = decide(&w.table, &mut copy, &req, now).expect("decision");
+        assert_eq!(
+            (a.provider, a.reason),
+            (b.provider, b.reason),
+            "{tenant}/{user}"
+        );
+    }
+    let missing = request("acme", "nope");
+    let mut copy = w.state.dry_run_copy(&w.table, &missing, now.mono_ns);
+    assert!(decide(&w.table, &mut copy, &missing, now).is_err());
+}

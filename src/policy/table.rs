@@ -138,6 +138,30 @@ impl RoutingTable {
         Self::from_policies(scan.policies)
     }
 
+    /// `load_dir`, parsing only the files that changed since `parsed` saw them (by size,
+    /// modification and change time, inode); the rest are the policies parsed then. The
+    /// directory is still listed and every file stat'ed, so what is published is what the
+    /// directory holds now.
+    pub fn load_dir_reusing(
+        dir: &Path,
+        parsed: &mut ParsedFiles,
+    ) -> Result<Self, Vec<PolicyError>> {
+        parsed.round += 1;
+        let mut scan = Scan {
+            reuse: Some(std::mem::take(parsed)),
+            ..Scan::default()
+        };
+        scan_config_dir(dir, &mut scan);
+        let mut reused = scan.reuse.take().expect("put back by the scan");
+        // Files no longer listed are forgotten: the cache never outgrows the directory.
+        reused.files.retain(|_, f| f.seen == reused.round);
+        *parsed = reused;
+        if !scan.problems.is_empty() {
+            return Err(scan.problems);
+        }
+        Self::from_policies(scan.policies)
+    }
+
     /// The slot of a tenant's policy; does not allocate.
     pub fn lookup(&self, tenant: &str, policy_id: &str) -> Option<PolicySlot> {
         self.tenants.get(tenant)?.by_id.get(policy_id).copied()
@@ -242,18 +266,108 @@ fn tenant_of_dir(dir: &Path) -> String {
     }
 }
 
+/// Policies parsed by earlier scans, by path, with the file's stamp when it was read;
+/// see `RoutingTable::load_dir_reusing`. Why stamps and not a content hash: hashing
+/// would read every file again, which is most of what a reparse costs.
+#[derive(Debug, Default)]
+pub struct ParsedFiles {
+    files: HashMap<PathBuf, ParsedFile>,
+    /// Documents parsed (not reused) so far.
+    parsed: u64,
+    round: u64,
+}
+
+#[derive(Debug)]
+struct ParsedFile {
+    stamp: Stamp,
+    policy: Policy,
+    seen: u64,
+}
+
+/// What changes when a file's content may have: size, mtime, ctime (set by the kernel on
+/// every write or rename, not by the writer), and the inode (an atomic replace is a new
+/// inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(Stamp {
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        })
+    }
+}
+
+impl ParsedFiles {
+    /// Documents parsed so far (reused ones are not counted).
+    pub fn parsed(&self) -> u64 {
+        self.parsed
+    }
+
+    /// Forgets every parsed file: the next scan parses everything.
+    pub fn clear(&mut self) {
+        self.files.clear();
+    }
+
+    fn load(&mut self, path: &Path, tenant: &str, id: &str) -> Result<Policy, Vec<PolicyError>> {
+        // Stamped before reading: a change during the read leaves an older stamp, so the
+        // next scan parses the file again rather than keeping a stale policy.
+        let stamp = Stamp::of(path);
+        if let (Some(stamp), Some(f)) = (stamp, self.files.get_mut(path)) {
+            if f.stamp == stamp && *f.policy.tenant == *tenant && *f.policy.id == *id {
+                f.seen = self.round;
+                return Ok(f.policy.clone());
+            }
+        }
+        self.parsed += 1;
+        let policy = load_file(path, tenant, id);
+        match (&policy, stamp) {
+            (Ok(p), Some(stamp)) => {
+                let (policy, seen) = (p.clone(), self.round);
+                let file = ParsedFile {
+                    stamp,
+                    policy,
+                    seen,
+                };
+                self.files.insert(path.to_owned(), file);
+            }
+            _ => drop(self.files.remove(path)),
+        }
+        policy
+    }
+}
+
 /// Policies and problems gathered while walking directories.
 #[derive(Default)]
 struct Scan {
     policies: Vec<Policy>,
     problems: Vec<PolicyError>,
     files: usize,
+    /// Set by `load_dir_reusing`.
+    reuse: Option<ParsedFiles>,
 }
 
 impl Scan {
     fn load(&mut self, path: &Path, tenant: &str, policy_id: &str) {
         self.files += 1;
-        match load_file(path, tenant, policy_id) {
+        let loaded = match &mut self.reuse {
+            Some(reuse) => reuse.load(path, tenant, policy_id),
+            None => load_file(path, tenant, policy_id),
+        };
+        match loaded {
             Ok(policy) => self.policies.push(policy),
             Err(problems) => self.problems.extend(problems),
         }

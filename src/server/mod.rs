@@ -7,6 +7,7 @@
 //! ready. Stop: SIGTERM/SIGINT → the mesh's stop protocol: listeners close, in-flight
 //! requests (including handoffs) are answered, then every shard exits.
 
+pub mod access;
 mod admin_call;
 pub mod cache;
 pub mod handoff;
@@ -30,7 +31,8 @@ use shards::{
     ShardId, Topology, Watchdog,
 };
 
-use crate::admin::{Admin, PolicyStore, TableHandle, Tokens, Watcher};
+use crate::admin::{Admin, Permission, PolicyStore, TableHandle, TokenSpec, Tokens, Watcher};
+use crate::config::AccessMode;
 use crate::decide::Now;
 use crate::extensions::Registry;
 use crate::metrics::Transport;
@@ -65,8 +67,15 @@ pub struct ServerSettings {
     pub ring_slots: usize,
     pub owner: OwnerConfig,
     pub policies_dir: PathBuf,
-    /// `(token, tenant)`; tenant `None` = all tenants. Empty = admin API off.
-    pub admin_tokens: Vec<(String, Option<String>)>,
+    /// Every bearer token with its tenant and permissions (`[admin] tokens`, `token_env`).
+    pub tokens: Vec<TokenSpec>,
+    /// `[admin] enabled`; the admin API is on only if some token holds `admin` too.
+    pub admin_enabled: bool,
+    /// `[admin] writes_per_second`, per token.
+    pub admin_writes_per_second: u32,
+    /// `[auth] results`, `[auth] decide`.
+    pub results_access: AccessMode,
+    pub decide_access: AccessMode,
     pub watch_interval: Duration,
     pub stop_timeout: Duration,
     /// A shard whose heartbeat is older than this is stalled (`server.stall_ms`).
@@ -84,6 +93,8 @@ pub struct Shared {
     pub settings: ServerSettings,
     pub handle: TableHandle,
     pub admin: Option<Admin>,
+    /// Token checks of every route, and their counters.
+    pub access: access::Access,
     pub partition: Partitioner,
     stats: Box<[Arc<ShardStats>]>,
     http: Box<[Arc<HttpStats>]>,
@@ -148,10 +159,11 @@ impl Shared {
     }
 }
 
-/// Series beyond the shards' own metrics: NATS, extensions, stalls.
+/// Series beyond the shards' own metrics: NATS, extensions, stalls, access control.
 fn more_series(shared: &Shared) -> Vec<crate::metrics::ExtraMetric> {
     let mut series = nats::metric_series(&shared.nats, &shared.extension_calls, &shared.registry);
     series.extend(stats::stall_series(&shared.heartbeats));
+    series.extend(shared.access.metric_series());
     series
 }
 
@@ -186,7 +198,14 @@ impl Server {
         };
         let handle = TableHandle::new(table);
         let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
-        let admin = admin(&settings, &store, &handle)?;
+        let tokens = Arc::new(Tokens::with_permissions(&settings.tokens)?);
+        let admin = admin(&settings, &tokens, &store, &handle);
+        let access = access::Access::new(
+            tokens,
+            settings.results_access,
+            settings.decide_access,
+            settings.admin_writes_per_second,
+        );
         let watcher = Watcher::spawn(handle.clone(), Arc::clone(&store), settings.watch_interval)?;
         let shared = Arc::new(Shared {
             partition: Partitioner::new(shard_count),
@@ -212,6 +231,7 @@ impl Server {
             heartbeats: Heartbeats::new(shard_count),
             handle,
             admin,
+            access,
             settings,
         });
         let config = RuntimeConfig {
@@ -305,16 +325,18 @@ fn reserve(addr: &mut SocketAddr) -> anyhow::Result<PortReservation> {
     Ok(reservation)
 }
 
+/// The admin API, when enabled and some token may use it.
 fn admin(
     settings: &ServerSettings,
+    tokens: &Arc<Tokens>,
     store: &Arc<PolicyStore>,
     handle: &TableHandle,
-) -> anyhow::Result<Option<Admin>> {
-    if settings.admin_tokens.is_empty() {
-        return Ok(None);
+) -> Option<Admin> {
+    if !settings.admin_enabled || !tokens.any_with(Permission::Admin) {
+        return None;
     }
-    let tokens = Tokens::new(&settings.admin_tokens)?;
-    Ok(Some(Admin::new(tokens, Arc::clone(store), handle.clone())))
+    let (tokens, store) = (Arc::clone(tokens), Arc::clone(store));
+    Some(Admin::with_shared_tokens(tokens, store, handle.clone()))
 }
 
 /// Why a shard could not start.
@@ -521,14 +543,6 @@ impl ServerSettings {
             key: config.tls.key.clone(),
             client_ca: config.tls.client_ca.clone(),
         });
-        let admin_tokens = if config.admin.enabled {
-            let tokens = config.admin.all_tokens();
-            tokens
-                .map(|(t, tenant)| (t.expose().to_owned(), tenant.map(str::to_owned)))
-                .collect()
-        } else {
-            Vec::new()
-        };
         let drain = Duration::from_millis(s.drain_timeout_ms);
         ServerSettings {
             listen: s.listen,
@@ -558,7 +572,11 @@ impl ServerSettings {
                 results_seen_ttl_ms: RESULTS_SEEN_TTL_MS,
             },
             policies_dir: s.policies_dir.clone(),
-            admin_tokens,
+            tokens: config.admin.token_specs(),
+            admin_enabled: config.admin.enabled,
+            admin_writes_per_second: config.admin.writes_per_second,
+            results_access: config.auth.results,
+            decide_access: config.auth.decide,
             watch_interval: Duration::from_millis(crate::admin::WATCH_INTERVAL_MS),
             // The shards' own stop deadline leaves the HTTP drain its full time first.
             stop_timeout: drain + Duration::from_secs(5),

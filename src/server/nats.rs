@@ -476,6 +476,29 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     };
     let now = ctx.shared.now();
     ctx.refresh(now);
+    // No token over NATS (its permissions say who may publish here), but a result must
+    // name a tenant and a provider the table knows, or it is ignored and counted.
+    let (tenant, provider) = (result.tenant_id.as_str(), result.provider_id.as_str());
+    let checked = super::access::Ignored::check(ctx.table.borrow().table(), tenant, provider);
+    if let Err(why) = checked {
+        ctx.shared
+            .access
+            .ignored(why, tenant, provider, now.mono_ns);
+        if let Some(reply_to) = msg.reply {
+            let mut body = Vec::new();
+            let code = crate::contract::ErrorCode::PolicyNotFound;
+            let message = why.message(tenant, provider);
+            let details = crate::contract::ErrorDetails::default();
+            crate::contract::encode_error(&mut body, code, &message, &details, None, None);
+            let reply = Reply {
+                status: code.http_status(),
+                body,
+                ..Reply::default()
+            };
+            answer(ctx, client, reply_to, &ReplyIds::default(), &reply);
+        }
+        return;
+    }
     let owner_shard = ctx.shared.partition.shard_of(&result.tenant_id);
     let reply_to: Option<Box<str>> = msg.reply.map(Into::into);
     if owner_shard == ctx.id {

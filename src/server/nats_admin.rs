@@ -75,6 +75,14 @@ async fn call(ctx: &Rc<ShardCtx>, op: &str, header: Option<String>, body: &[u8])
         let message = format!("admin message over {ADMIN_MESSAGE_BYTES_MAX} bytes");
         return AdminResponse::error_status(413, ErrorCode::PayloadTooLarge, &message);
     }
+    // A token in a header is checked before the body is parsed; one in the body's
+    // `token` member can only be read by parsing it (bounded by the size check above).
+    if header.is_some() {
+        let now_ns = ctx.shared.now().mono_ns;
+        if let Err(err) = ctx.shared.access.admin_token(header.as_deref(), now_ns) {
+            return AdminResponse::auth(&err);
+        }
+    }
     let args: Value = match body.iter().all(u8::is_ascii_whitespace) {
         true => Value::Object(Default::default()),
         false => match serde_json::from_slice(body) {

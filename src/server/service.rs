@@ -1,16 +1,21 @@
 //! The router's HTTP routes (SPEC §2, §9): decide, results, health, readiness, metrics,
 //! the shard map, and the admin API. A request for a tenant this shard does not own is
 //! handed to the owner through the ring; everything else is answered here.
+//!
+//! `/v1/results` and (with `[auth] decide = "token"`) `/v1/decide` check the bearer token
+//! before the body is decoded, and the token's tenant once the body named the tenant; see
+//! `access` for the order and why.
 
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use super::access::Ignored;
 use super::handoff::{Job, Outgoing, OwnedHeaders, Reply, Route};
 use super::owner::{self, Answered};
 use super::shard::{Ids, ShardCtx};
 use super::stats::Count;
-use crate::admin::{AdminRequest, AdminResponse};
+use crate::admin::{AdminRequest, AdminResponse, AuthError, Permission};
 use crate::contract::{
     context_ids, decode_decide, encode_contract_error, encode_error, ErrorCode, ErrorDetails,
     ExecResult, Headers,
@@ -81,6 +86,24 @@ fn apply_reply(resp: &mut Response, reply: Reply) {
     resp.body = reply.body;
 }
 
+/// A refused token check (401 or 403) in the contract's error format.
+fn refused(resp: &mut Response, err: &AuthError) {
+    let code = err.code();
+    resp.status = code.http_status();
+    let message = err.to_string();
+    encode_error(
+        &mut resp.body,
+        code,
+        &message,
+        &ErrorDetails::default(),
+        None,
+        None,
+    );
+    if resp.status == 401 {
+        let _ = resp.extra_headers.push("WWW-Authenticate", "Bearer");
+    }
+}
+
 fn not_found(resp: &mut Response, req: &Request<'_>) {
     let message = format!("no route {} {}", req.method.as_str(), req.path);
     resp.status = 404;
@@ -140,6 +163,11 @@ impl RouterService {
 
     async fn decide(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
         let ctx = &self.ctx;
+        let access = &ctx.shared.access;
+        let grant = match access.decide_token(req.header("authorization"), now.mono_ns) {
+            Ok(grant) => grant,
+            Err(err) => return self.refuse(resp, &err),
+        };
         let headers = contract_headers(req);
         let decoded = match decode_decide(req.body, &headers) {
             Ok(decoded) => decoded,
@@ -154,6 +182,10 @@ impl RouterService {
         };
         #[cfg(feature = "fault-injection")]
         crate::fault::on_decide(ctx.id, &decoded.tenant_id);
+        let tenant = &decoded.tenant_id;
+        if let Err(err) = access.tenant(grant.as_ref(), Permission::Decide, tenant, now.mono_ns) {
+            return self.refuse(resp, &err);
+        }
         let owner = ctx.shared.partition.shard_of(&decoded.tenant_id);
         if owner == ctx.id && ctx.needs_pipeline(&decoded) {
             let (answered, assignment) = ctx.decide_pipeline(&decoded, &mut resp.body).await;
@@ -199,8 +231,18 @@ impl RouterService {
         }
     }
 
+    fn refuse(&self, resp: &mut Response, err: &AuthError) {
+        refused(resp, err);
+        self.ctx.shared.metrics(self.ctx.id).count_code(err.code());
+    }
+
     async fn results(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
         let ctx = &self.ctx;
+        let access = &ctx.shared.access;
+        let grant = match access.results_token(req.header("authorization"), now.mono_ns) {
+            Ok(grant) => grant,
+            Err(err) => return self.refuse(resp, &err),
+        };
         let headers = contract_headers(req);
         let result = match ExecResult::decode(req.body, &headers) {
             Ok(result) => result,
@@ -210,6 +252,26 @@ impl RouterService {
                 return apply(resp, answered);
             }
         };
+        let (tenant, provider) = (result.tenant_id.as_str(), result.provider_id.as_str());
+        if let Err(err) = access.tenant(grant.as_ref(), Permission::Results, tenant, now.mono_ns) {
+            return self.refuse(resp, &err);
+        }
+        let checked = Ignored::check(ctx.table.borrow().table(), tenant, provider);
+        if let Err(why) = checked {
+            access.ignored(why, tenant, provider, now.mono_ns);
+            let code = ErrorCode::PolicyNotFound;
+            resp.status = code.http_status();
+            let message = why.message(tenant, provider);
+            encode_error(
+                &mut resp.body,
+                code,
+                &message,
+                &ErrorDetails::default(),
+                None,
+                None,
+            );
+            return;
+        }
         let owner = ctx.shared.partition.shard_of(&result.tenant_id);
         if owner == ctx.id {
             let answered = ctx.take_result(&result, now, &mut resp.body);
@@ -295,4 +357,5 @@ fn write_admin(resp: &mut Response, answer: AdminResponse) {
     if answer.status == 401 {
         let _ = resp.extra_headers.push("WWW-Authenticate", "Bearer");
     }
+    resp.retry_after_s = answer.retry_after_s;
 }

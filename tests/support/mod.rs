@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use shardline::admin::{Permissions, TokenSpec};
 use shardline::config::Config;
 use shardline::server::{Server, ServerSettings};
 
@@ -76,14 +77,16 @@ pub fn config_dir(name: &str, extra_toml: &str) -> TempDir {
     dir
 }
 
-/// Loads `DIR/shardline.toml` and adds the two test admin tokens.
+/// Loads `DIR/shardline.toml` and adds the two test tokens, each holding every scope.
 pub fn settings(dir: &TempDir) -> ServerSettings {
     let config = Config::load(&dir.0.join("shardline.toml")).expect("test config");
     let mut settings = ServerSettings::from_config(&config);
-    settings.admin_tokens = vec![
-        (ADMIN_TOKEN.to_owned(), None),
-        (ACME_TOKEN.to_owned(), Some("acme".to_owned())),
-    ];
+    let token = |token: &str, tenant: Option<&str>| TokenSpec {
+        token: token.to_owned(),
+        tenant: tenant.map(str::to_owned),
+        permissions: Permissions::ALL,
+    };
+    settings.tokens = vec![token(ADMIN_TOKEN, None), token(ACME_TOKEN, Some("acme"))];
     settings.watch_interval = Duration::from_millis(50);
     settings
 }

@@ -14,6 +14,7 @@ fn token(value: &str, tenant: Option<&str>) -> AdminToken {
     AdminToken {
         token: Secret::new(value),
         tenant: tenant.map(str::to_owned),
+        scopes: None,
     }
 }
 
@@ -183,8 +184,8 @@ fn admin_tokens() {
     assert_eq!(
         p,
         [
-            "admin.tokens[1].token: must be at least 16 characters (got 5)",
-            "admin.tokens[2].token: must not be empty",
+            "admin.tokens[1].token: must be 16–256 bytes (got 5)",
+            "admin.tokens[2].token: must be 16–256 bytes (got 0)",
             "admin.tokens[3].tenant: must match ^[A-Za-z0-9_.-]{1,64}$ (got \"ac me\")",
             "admin.tokens[3].token: same token as admin.tokens[0].token",
             "admin.tokens[4].token: must be visible ASCII (no spaces or control characters)",
@@ -202,11 +203,14 @@ fn admin_tokens() {
 #[test]
 fn admin_token_counts_and_env() {
     let p = problems_after(|c| {
-        c.admin.tokens = (0..=ADMIN_TOKENS_MAX)
+        c.admin.tokens = (0..=TOKENS_MAX)
             .map(|i| token(&format!("token-{i:016}"), None))
             .collect();
     });
-    assert_eq!(p, ["admin.tokens: at most 1000 (got 1001)"]);
+    assert_eq!(
+        p,
+        ["admin.tokens: at most 1024 with the token_env token (got 1025)"]
+    );
     let p = problems_after(|c| {
         c.admin.tokens = vec![token("0123456789abcdef", None)];
         c.admin.env_token = Some(Secret::new("0123456789abcdef"));
@@ -216,10 +220,7 @@ fn admin_token_counts_and_env() {
         ["SHARDLINE_ADMIN_TOKEN: same token as admin.tokens[0].token"]
     );
     let p = problems_after(|c| c.admin.env_token = Some(Secret::new("tiny")));
-    assert_eq!(
-        p,
-        ["SHARDLINE_ADMIN_TOKEN: must be at least 16 characters (got 4)"]
-    );
+    assert_eq!(p, ["SHARDLINE_ADMIN_TOKEN: must be 16–256 bytes (got 4)"]);
     let p = problems_after(|c| c.admin.token_env = "1BAD-NAME".into());
     assert_eq!(
         p,
@@ -373,4 +374,56 @@ fn stall_and_handoff_timeout_ranges() {
     ];
     assert!(c.apply_env_collect(vars.into_iter()).is_empty());
     assert_eq!((c.server.stall_ms, c.server.handoff_timeout_ms), (250, 400));
+}
+
+/// `config check` and `serve` agree on token lengths: at each edge of the bound, a token
+/// the config accepts builds into `serve`'s token list and one it refuses does not, with
+/// the same words.
+#[test]
+fn token_length_bounds_agree_with_serve() {
+    use crate::admin::{Permissions, TokenSpec, Tokens};
+    for len in [
+        TOKEN_BYTES_MIN - 1,
+        TOKEN_BYTES_MIN,
+        TOKEN_BYTES_MAX,
+        TOKEN_BYTES_MAX + 1,
+    ] {
+        let value = "t".repeat(len);
+        let checked = problems_after(|c| c.admin.tokens = vec![token(&value, None)]);
+        let spec = TokenSpec {
+            token: value.clone(),
+            tenant: None,
+            permissions: Permissions::ADMIN,
+        };
+        let served = Tokens::with_permissions(&[spec]);
+        assert_eq!(
+            checked.is_empty(),
+            served.is_ok(),
+            "{len} bytes: {checked:?}"
+        );
+        if let Err(err) = served {
+            let message = format!("must be 16–256 bytes (got {len})");
+            assert_eq!(checked, [format!("admin.tokens[0].token: {message}")]);
+            assert_eq!(err.to_string(), format!("admin token #0 {message}"));
+        }
+    }
+}
+
+/// Scopes are known names, at least one.
+#[test]
+fn token_scopes() {
+    let p = problems_after(|c| {
+        let mut none = token("0123456789abcdef", None);
+        none.scopes = Some(vec![]);
+        let mut odd = token("0123456789abcdeg", Some("acme"));
+        odd.scopes = Some(vec!["results".into(), "root".into()]);
+        c.admin.tokens = vec![none, odd];
+    });
+    assert_eq!(
+        p,
+        [
+            "admin.tokens[0].scopes: must name at least one of admin, results, decide",
+            "admin.tokens[1].scopes: unknown scope \"root\"; known: admin, results, decide",
+        ]
+    );
 }
