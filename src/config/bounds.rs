@@ -68,6 +68,19 @@ pub const IDEMPOTENCY_TTL_MS_DEFAULT: u64 = 600_000;
 pub const IDEMPOTENCY_TTL_MS_MIN: u64 = 1_000;
 pub const IDEMPOTENCY_TTL_MS_MAX: u64 = 86_400_000;
 
+/// `limits.idempotency_bytes_per_shard_max`: bytes charged to remembered answers (key,
+/// answer, per-entry overhead) per shard. 16 MiB holds ~16 k answers of 1 KiB.
+pub const IDEMPOTENCY_BYTES_PER_SHARD_DEFAULT: usize = 16 << 20;
+/// Room for a few of the largest answers (64 metadata values of 1 KiB echoed).
+pub const IDEMPOTENCY_BYTES_PER_SHARD_MIN: usize = 1 << 20;
+pub const IDEMPOTENCY_BYTES_PER_SHARD_MAX: usize = 1 << 30;
+
+/// `limits.results_dedup_bytes_per_shard_max`: bytes charged to remembered ExecResult ids
+/// per shard (~150 bytes each, so 16 MiB remembers ~100 k results).
+pub const RESULTS_DEDUP_BYTES_PER_SHARD_DEFAULT: usize = 16 << 20;
+pub const RESULTS_DEDUP_BYTES_PER_SHARD_MIN: usize = 64 << 10;
+pub const RESULTS_DEDUP_BYTES_PER_SHARD_MAX: usize = 1 << 30;
+
 /// `admin.tokens`: entries, and each token's length. Tokens travel in an `Authorization`
 /// header, so they are visible ASCII; 16 characters is the least that resists guessing.
 pub const ADMIN_TOKENS_MAX: usize = 1_000;
@@ -96,6 +109,10 @@ pub const NATS_OUTBOUND_BYTES_MIN: usize = 64 << 10;
 pub const NATS_OUTBOUND_BYTES_MAX: usize = 1 << 30;
 /// `nats.assignment_tenants_allowlist` entries.
 pub const ASSIGNMENT_TENANTS_MAX: usize = crate::policy::TENANTS_MAX;
+/// `nats.assignment_subjects_allowed`: the default, and how many patterns a list holds.
+pub const ASSIGNMENT_SUBJECTS_ALLOWED_DEFAULT: [&str; 2] =
+    ["caf.exec.assign.v1", "caf.exec.assign.v1.>"];
+pub const ASSIGNMENT_SUBJECTS_ALLOWED_MAX: usize = 256;
 /// `nats.assignment_retries_max`: publish attempts after the first for one assignment.
 pub const ASSIGNMENT_RETRIES_DEFAULT: u32 = 3;
 pub const ASSIGNMENT_RETRIES_MAX: u32 = 10;
@@ -117,6 +134,16 @@ const _: () = assert!(
     IDEMPOTENCY_TTL_MS_MIN <= IDEMPOTENCY_TTL_MS_DEFAULT
         && IDEMPOTENCY_TTL_MS_DEFAULT <= IDEMPOTENCY_TTL_MS_MAX
 );
+const _: () = assert!(
+    IDEMPOTENCY_BYTES_PER_SHARD_MIN <= IDEMPOTENCY_BYTES_PER_SHARD_DEFAULT
+        && IDEMPOTENCY_BYTES_PER_SHARD_DEFAULT <= IDEMPOTENCY_BYTES_PER_SHARD_MAX
+);
+const _: () = assert!(
+    RESULTS_DEDUP_BYTES_PER_SHARD_MIN <= RESULTS_DEDUP_BYTES_PER_SHARD_DEFAULT
+        && RESULTS_DEDUP_BYTES_PER_SHARD_DEFAULT <= RESULTS_DEDUP_BYTES_PER_SHARD_MAX
+);
+// Every charge fits the cache's `u32` per entry.
+const _: () = assert!(IDEMPOTENCY_BYTES_PER_SHARD_MAX <= u32::MAX as usize);
 const _: () = assert!(ADMIN_TOKEN_CHARS_MIN <= ADMIN_TOKEN_BYTES_MAX);
 const _: () = assert!(NATS_REQUEST_TIMEOUT_MS_DEFAULT <= NATS_REQUEST_TIMEOUT_MS_MAX);
 const _: () = assert!(NATS_RECONNECT_BACKOFF_MS_DEFAULT <= NATS_RECONNECT_BACKOFF_MS_MAX);
