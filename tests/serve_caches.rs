@@ -91,7 +91,10 @@ fn idempotency_flood_keeps_other_tenants_keys_and_a_byte_bound() {
     let _serial = serial();
     let (a, b, shard) = tenants_on_one_shard();
     // The entry bound alone would let the flood evict b's key.
-    let dir = config_dir("caches-idem", "[limits]\nidempotency_entries_per_shard = 2000\n");
+    let dir = config_dir(
+        "caches-idem",
+        "[limits]\nidempotency_entries_per_shard = 2000\n",
+    );
     write_policy(&dir, &a, "default", SIMPLE_POLICY);
     write_policy(&dir, &b, "default", SIMPLE_POLICY);
     let server = start(settings(&dir));
@@ -100,12 +103,19 @@ fn idempotency_flood_keeps_other_tenants_keys_and_a_byte_bound() {
 
     let mut client = Client::connect(addr);
     let first = client.request("POST", "/v1/decide", &[], &big_decide(&b, "b-key", &filler));
-    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
 
     // Warm up (allocator arenas, buffers), then measure the rest of the flood.
     let warm = FLOOD_KEYS / 10;
     let key = |i: usize| format!("a-key-{i}");
-    flood(&mut client, "/v1/decide", warm, |i| big_decide(&a, &key(i), &filler));
+    flood(&mut client, "/v1/decide", warm, |i| {
+        big_decide(&a, &key(i), &filler)
+    });
     let rss_before = rss_bytes();
     flood(&mut client, "/v1/decide", FLOOD_KEYS - warm, |i| {
         big_decide(&a, &key(warm + i), &filler)
@@ -121,7 +131,10 @@ fn idempotency_flood_keeps_other_tenants_keys_and_a_byte_bound() {
     );
     let bytes = gauge(addr, "shardline_idempotency_bytes", shard);
     let bound = shardline::config::IDEMPOTENCY_BYTES_PER_SHARD_DEFAULT as u64;
-    assert!(bytes > 0 && bytes <= bound, "{bytes} bytes held, bound {bound}");
+    assert!(
+        bytes > 0 && bytes <= bound,
+        "{bytes} bytes held, bound {bound}"
+    );
     let growth = rss_after.saturating_sub(rss_before);
     eprintln!(
         "idempotency: {bytes} bytes held (bound {bound}); RSS {} → {} KiB",
@@ -155,7 +168,12 @@ fn result_id_flood_keeps_other_tenants_ids() {
 
     let real = result_body(&b, "real-assignment-1");
     let first = client.request("POST", "/v1/results", &[], &real);
-    assert_eq!(first.status, 202, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(
+        first.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
     assert_eq!(first.json()["duplicate"], false);
 
     flood(&mut client, "/v1/results", FLOOD_RESULTS, |i| {
@@ -170,7 +188,10 @@ fn result_id_flood_keeps_other_tenants_ids() {
     );
     let bytes = gauge(addr, "shardline_results_dedup_bytes", shard);
     let bound = shardline::config::RESULTS_DEDUP_BYTES_PER_SHARD_DEFAULT as u64;
-    assert!(bytes > 0 && bytes <= bound, "{bytes} bytes held, bound {bound}");
+    assert!(
+        bytes > 0 && bytes <= bound,
+        "{bytes} bytes held, bound {bound}"
+    );
     server.stop().unwrap();
 }
 

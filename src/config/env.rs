@@ -166,9 +166,7 @@ impl LimitsConfig {
             "sticky_entries_per_shard" => self.sticky_entries_per_shard = parse(raw)?,
             "idempotency_entries_per_shard" => self.idempotency_entries_per_shard = parse(raw)?,
             "idempotency_ttl_ms" => self.idempotency_ttl_ms = parse(raw)?,
-            "idempotency_bytes_per_shard_max" => {
-                self.idempotency_bytes_per_shard_max = parse(raw)?
-            }
+            "idempotency_bytes_per_shard_max" => self.idempotency_bytes_per_shard_max = parse(raw)?,
             "results_dedup_bytes_per_shard_max" => {
                 self.results_dedup_bytes_per_shard_max = parse(raw)?
             }

@@ -232,10 +232,16 @@ fn check_limits(limits: &LimitsConfig, report: &mut Report) {
     let (min, max) = (IDEMPOTENCY_TTL_MS_MIN, IDEMPOTENCY_TTL_MS_MAX);
     report.range("limits.idempotency_ttl_ms", ttl, min, max);
     let bytes = l.idempotency_bytes_per_shard_max;
-    let (min, max) = (IDEMPOTENCY_BYTES_PER_SHARD_MIN, IDEMPOTENCY_BYTES_PER_SHARD_MAX);
+    let (min, max) = (
+        IDEMPOTENCY_BYTES_PER_SHARD_MIN,
+        IDEMPOTENCY_BYTES_PER_SHARD_MAX,
+    );
     report.range("limits.idempotency_bytes_per_shard_max", bytes, min, max);
     let bytes = l.results_dedup_bytes_per_shard_max;
-    let (min, max) = (RESULTS_DEDUP_BYTES_PER_SHARD_MIN, RESULTS_DEDUP_BYTES_PER_SHARD_MAX);
+    let (min, max) = (
+        RESULTS_DEDUP_BYTES_PER_SHARD_MIN,
+        RESULTS_DEDUP_BYTES_PER_SHARD_MAX,
+    );
     report.range("limits.results_dedup_bytes_per_shard_max", bytes, min, max);
 }
 

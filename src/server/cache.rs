@@ -262,7 +262,10 @@ impl<V> TtlCache<V> {
     /// Frees an empty slot.
     fn release(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        assert!(slot.order.is_empty() && slot.bytes == 0, "released a tenant with entries");
+        assert!(
+            slot.order.is_empty() && slot.bytes == 0,
+            "released a tenant with entries"
+        );
         if let Some(key) = slot.key.take() {
             self.index.remove(&key);
             // A tenant that flooded and left gives its queue's memory back.
@@ -351,7 +354,10 @@ impl<V> TtlCache<V> {
     fn evict_front(&mut self, i: usize) {
         let slot = &mut self.slots[i];
         let (key, expires_ns) = slot.order.pop_front().expect("evict from an empty tenant");
-        let entry = self.map.remove(&key).expect("every queued key is in the map");
+        let entry = self
+            .map
+            .remove(&key)
+            .expect("every queued key is in the map");
         assert_eq!(entry.expires_ns, expires_ns, "queue and map disagree");
         assert_eq!(entry.slot as usize, i, "entry queued under another tenant");
         let cost = entry.bytes as usize;

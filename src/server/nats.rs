@@ -314,8 +314,8 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let now = ctx.shared.now();
     ctx.refresh(now);
     let subjects = &ctx.shared.settings.assignment_subjects;
-    let req = decode_decide(msg.payload, &headers)
-        .and_then(|req| subjects.check(&req).map(|()| req));
+    let req =
+        decode_decide(msg.payload, &headers).and_then(|req| subjects.check(&req).map(|()| req));
     let req = match req {
         Ok(req) => req,
         Err(err) => return answer_invalid(ctx, client, reply_to, &msg, &headers, &err),

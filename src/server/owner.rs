@@ -247,7 +247,9 @@ impl Owner {
         } else {
             self.results_seen.tenant_key(result.tenant_id.as_bytes())
         };
-        let inserted = self.results_seen.insert_new(tenant, key, (), 0, now.mono_ns);
+        let inserted = self
+            .results_seen
+            .insert_new(tenant, key, (), 0, now.mono_ns);
         if inserted == Inserted::Present {
             out.extend_from_slice(br#"{"ok":true,"duplicate":true}"#);
             return Answered {

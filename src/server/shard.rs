@@ -89,7 +89,12 @@ impl ShardCtx {
             let idempotency_bytes = owner.idempotency_bytes() as u64;
             let state = &mut owner.state;
             let sticky = state.sticky_len() as u64;
-            (sticky, state.take_half_opened(), idempotency_bytes, unstored)
+            (
+                sticky,
+                state.take_half_opened(),
+                idempotency_bytes,
+                unstored,
+            )
         };
         let metrics = self.shared.metrics(self.id);
         metrics.sticky_entries.set(sticky);

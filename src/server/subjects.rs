@@ -12,9 +12,7 @@
 //! connected, so a caller learns of a refused subject at once rather than when NATS
 //! comes back. Matching walks both subjects token by token without allocating.
 
-use crate::contract::{
-    ContractError, DecideRequest, Found, Rule, ASSIGNMENT_SUBJECT_DEFAULT,
-};
+use crate::contract::{ContractError, DecideRequest, Found, Rule, ASSIGNMENT_SUBJECT_DEFAULT};
 
 /// The setting named in a refusal.
 const SETTING: &str = "the router's nats.assignment_subjects_allowed";
@@ -117,7 +115,10 @@ mod tests {
     /// outside `caf.exec.assign.v1[.…]`.
     #[test]
     fn defaults() {
-        let allowed = ["caf.exec.assign.v1".to_owned(), "caf.exec.assign.v1.>".to_owned()];
+        let allowed = [
+            "caf.exec.assign.v1".to_owned(),
+            "caf.exec.assign.v1.>".to_owned(),
+        ];
         let subjects = AssignmentSubjects::new("team.assign", &allowed);
         assert!(subjects.allows("caf.exec.assign.v1"));
         assert!(subjects.allows("caf.exec.assign.v1.gpu"));

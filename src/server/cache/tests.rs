@@ -125,7 +125,10 @@ fn tenant_within_share_evicts_the_one_over_it() {
     }
     assert_eq!(c.tenant_bytes(a), 19 * TtlCache::<u32>::charge(VALUE));
     // b, at its share, now pays for its next entry itself.
-    assert_eq!(c.insert_new(b, key(&c, "b", 10), 10, VALUE, 0), Inserted::New);
+    assert_eq!(
+        c.insert_new(b, key(&c, "b", 10), 10, VALUE, 0),
+        Inserted::New
+    );
     assert_eq!(c.get(key(&c, "b", 0), 1), None);
     assert_eq!(c.tenant_bytes(a), 19 * TtlCache::<u32>::charge(VALUE));
     check_accounting(&c);
@@ -140,7 +143,10 @@ fn value_over_the_share_is_refused_without_evicting_others() {
         assert_eq!(c.insert_new(b, key(&c, "b", i), i, VALUE, 0), Inserted::New);
     }
     let huge = 11 * VALUE * 2;
-    assert_eq!(c.insert_new(a, key(&c, "a", 0), 0, huge, 0), Inserted::TooLarge);
+    assert_eq!(
+        c.insert_new(a, key(&c, "a", 0), 0, huge, 0),
+        Inserted::TooLarge
+    );
     for i in 0..10 {
         assert_eq!(c.get(key(&c, "b", i), 1), Some(&i));
     }
@@ -158,7 +164,10 @@ fn expired_entries_of_a_quiet_tenant_are_swept() {
         assert_eq!(c.insert_new(a, key(&c, "a", i), i, VALUE, 0), Inserted::New);
     }
     for i in 0..4 {
-        assert_eq!(c.insert_new(b, key(&c, "b", i), i, VALUE, 200), Inserted::New);
+        assert_eq!(
+            c.insert_new(b, key(&c, "b", i), i, VALUE, 200),
+            Inserted::New
+        );
     }
     assert_eq!(c.tenant_bytes(a), 0);
     assert_eq!(c.len(), 4);
