@@ -40,7 +40,7 @@ use foldhash::fast::FixedState;
 /// Upper bound on entries in one cache.
 pub const CACHE_ENTRIES_MAX: usize = 1 << 22;
 /// Entries a cache's map is sized for at start; beyond, it grows as entries arrive.
-const CACHE_ENTRIES_PREALLOCATED_MAX: usize = 1 << 16;
+pub const CACHE_ENTRIES_PREALLOCATED_MAX: usize = 1 << 16;
 /// Bytes charged per entry for the allocator's bookkeeping of the value's heap block.
 const ALLOCATION_HEADER_BYTES: usize = 16;
 /// A heap block is rounded up to its allocator size class: mimalloc's classes are at most
