@@ -90,6 +90,19 @@ pub use crate::admin::{TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN};
 pub const ADMIN_WRITES_PER_SECOND_DEFAULT: u32 = 50;
 pub const ADMIN_WRITES_PER_SECOND_MIN: u32 = 1;
 pub const ADMIN_WRITES_PER_SECOND_MAX: u32 = 10_000;
+/// `limits.idempotency_bytes_per_shard_max`: bytes charged to remembered answers (key,
+/// answer, per-entry overhead) per shard. 16 MiB holds ~16 k answers of 1 KiB.
+pub const IDEMPOTENCY_BYTES_PER_SHARD_DEFAULT: usize = 16 << 20;
+/// Room for a few of the largest answers (64 metadata values of 1 KiB echoed).
+pub const IDEMPOTENCY_BYTES_PER_SHARD_MIN: usize = 1 << 20;
+pub const IDEMPOTENCY_BYTES_PER_SHARD_MAX: usize = 1 << 30;
+
+/// `limits.results_dedup_bytes_per_shard_max`: bytes charged to remembered ExecResult ids
+/// per shard (~150 bytes each, so 16 MiB remembers ~100 k results).
+pub const RESULTS_DEDUP_BYTES_PER_SHARD_DEFAULT: usize = 16 << 20;
+pub const RESULTS_DEDUP_BYTES_PER_SHARD_MIN: usize = 64 << 10;
+pub const RESULTS_DEDUP_BYTES_PER_SHARD_MAX: usize = 1 << 30;
+
 /// `admin.token_env`: the name of an environment variable.
 pub const ENV_NAME_BYTES_MAX: usize = 128;
 
@@ -113,6 +126,10 @@ pub const NATS_OUTBOUND_BYTES_MIN: usize = 64 << 10;
 pub const NATS_OUTBOUND_BYTES_MAX: usize = 1 << 30;
 /// `nats.assignment_tenants_allowlist` entries.
 pub const ASSIGNMENT_TENANTS_MAX: usize = crate::policy::TENANTS_MAX;
+/// `nats.assignment_subjects_allowed`: the default, and how many patterns a list holds.
+pub const ASSIGNMENT_SUBJECTS_ALLOWED_DEFAULT: [&str; 2] =
+    ["caf.exec.assign.v1", "caf.exec.assign.v1.>"];
+pub const ASSIGNMENT_SUBJECTS_ALLOWED_MAX: usize = 256;
 /// `nats.assignment_retries_max`: publish attempts after the first for one assignment.
 pub const ASSIGNMENT_RETRIES_DEFAULT: u32 = 3;
 pub const ASSIGNMENT_RETRIES_MAX: u32 = 10;
@@ -141,6 +158,16 @@ const _: () = assert!(
     ADMIN_WRITES_PER_SECOND_MIN <= ADMIN_WRITES_PER_SECOND_DEFAULT
         && ADMIN_WRITES_PER_SECOND_DEFAULT <= ADMIN_WRITES_PER_SECOND_MAX
 );
+const _: () = assert!(
+    IDEMPOTENCY_BYTES_PER_SHARD_MIN <= IDEMPOTENCY_BYTES_PER_SHARD_DEFAULT
+        && IDEMPOTENCY_BYTES_PER_SHARD_DEFAULT <= IDEMPOTENCY_BYTES_PER_SHARD_MAX
+);
+const _: () = assert!(
+    RESULTS_DEDUP_BYTES_PER_SHARD_MIN <= RESULTS_DEDUP_BYTES_PER_SHARD_DEFAULT
+        && RESULTS_DEDUP_BYTES_PER_SHARD_DEFAULT <= RESULTS_DEDUP_BYTES_PER_SHARD_MAX
+);
+// Every charge fits the cache's `u32` per entry.
+const _: () = assert!(IDEMPOTENCY_BYTES_PER_SHARD_MAX <= u32::MAX as usize);
 const _: () = assert!(NATS_REQUEST_TIMEOUT_MS_DEFAULT <= NATS_REQUEST_TIMEOUT_MS_MAX);
 const _: () = assert!(NATS_RECONNECT_BACKOFF_MS_DEFAULT <= NATS_RECONNECT_BACKOFF_MS_MAX);
 const _: () = assert!(

@@ -171,6 +171,10 @@ impl LimitsConfig {
             "sticky_entries_per_shard" => self.sticky_entries_per_shard = parse(raw)?,
             "idempotency_entries_per_shard" => self.idempotency_entries_per_shard = parse(raw)?,
             "idempotency_ttl_ms" => self.idempotency_ttl_ms = parse(raw)?,
+            "idempotency_bytes_per_shard_max" => self.idempotency_bytes_per_shard_max = parse(raw)?,
+            "results_dedup_bytes_per_shard_max" => {
+                self.results_dedup_bytes_per_shard_max = parse(raw)?
+            }
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())
@@ -256,6 +260,7 @@ impl NatsConfig {
             "decide_subject" => self.decide_subject = raw,
             "decide_queue_group" => self.decide_queue_group = raw,
             "assignment_subject" => self.assignment_subject = raw,
+            "assignment_subjects_allowed" => self.assignment_subjects_allowed = list(&raw),
             "result_subject" => self.result_subject = raw,
             "usage_subject" => self.usage_subject = raw,
             "ack_subject" => self.ack_subject = raw,

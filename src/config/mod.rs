@@ -104,7 +104,11 @@ pub struct LimitsConfig {
     pub ring_slots: usize,
     pub sticky_entries_per_shard: usize,
     pub idempotency_entries_per_shard: usize,
+    /// Bytes of remembered answers (keys, answers, overhead), shared fairly by tenants.
+    pub idempotency_bytes_per_shard_max: usize,
     pub idempotency_ttl_ms: u64,
+    /// Bytes of remembered ExecResult ids, shared fairly by tenants.
+    pub results_dedup_bytes_per_shard_max: usize,
 }
 
 impl Default for LimitsConfig {
@@ -120,7 +124,9 @@ impl Default for LimitsConfig {
             ring_slots: RING_SLOTS_DEFAULT,
             sticky_entries_per_shard: STICKY_ENTRIES_PER_SHARD_DEFAULT,
             idempotency_entries_per_shard: IDEMPOTENCY_ENTRIES_PER_SHARD_DEFAULT,
+            idempotency_bytes_per_shard_max: IDEMPOTENCY_BYTES_PER_SHARD_DEFAULT,
             idempotency_ttl_ms: IDEMPOTENCY_TTL_MS_DEFAULT,
+            results_dedup_bytes_per_shard_max: RESULTS_DEDUP_BYTES_PER_SHARD_DEFAULT,
         }
     }
 }
@@ -334,6 +340,8 @@ pub struct NatsConfig {
     pub decide_queue_group: String,
     /// Default subject of ExecAssignments (a request's `assignment_subject` wins).
     pub assignment_subject: String,
+    /// Patterns (NATS wildcards) a request's own `assignment_subject` must match.
+    pub assignment_subjects_allowed: Vec<String>,
     pub result_subject: String,
     pub usage_subject: String,
     pub ack_subject: String,
@@ -362,6 +370,10 @@ impl Default for NatsConfig {
             decide_subject: "beamline.router.v1.decide".to_owned(),
             decide_queue_group: "router-decide-group".to_owned(),
             assignment_subject: ASSIGNMENT_SUBJECT_DEFAULT.to_owned(),
+            assignment_subjects_allowed: ASSIGNMENT_SUBJECTS_ALLOWED_DEFAULT
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             result_subject: RESULT_SUBJECT.to_owned(),
             usage_subject: USAGE_SUBJECT.to_owned(),
             ack_subject: ACK_SUBJECT.to_owned(),

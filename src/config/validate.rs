@@ -239,6 +239,18 @@ fn check_limits(limits: &LimitsConfig, report: &mut Report) {
     let ttl = l.idempotency_ttl_ms;
     let (min, max) = (IDEMPOTENCY_TTL_MS_MIN, IDEMPOTENCY_TTL_MS_MAX);
     report.range("limits.idempotency_ttl_ms", ttl, min, max);
+    let bytes = l.idempotency_bytes_per_shard_max;
+    let (min, max) = (
+        IDEMPOTENCY_BYTES_PER_SHARD_MIN,
+        IDEMPOTENCY_BYTES_PER_SHARD_MAX,
+    );
+    report.range("limits.idempotency_bytes_per_shard_max", bytes, min, max);
+    let bytes = l.results_dedup_bytes_per_shard_max;
+    let (min, max) = (
+        RESULTS_DEDUP_BYTES_PER_SHARD_MIN,
+        RESULTS_DEDUP_BYTES_PER_SHARD_MAX,
+    );
+    report.range("limits.results_dedup_bytes_per_shard_max", bytes, min, max);
 }
 
 /// A bearer token: long enough to resist guessing, and sendable in a header. The length
@@ -361,6 +373,7 @@ fn check_nats(nats: &NatsConfig, report: &mut Report) {
         report,
     );
     check_subject("nats.usage_subject", &nats.usage_subject, false, report);
+    check_subjects_allowed(&nats.assignment_subjects_allowed, report);
     check_allowlist(&nats.assignment_tenants_allowlist, report);
     let retries = nats.assignment_retries_max;
     report.range(
@@ -467,6 +480,22 @@ fn check_subject(key: &str, subject: &str, wildcards: bool, report: &mut Report)
             "dot-separated tokens of visible ASCII, no wildcards"
         };
         report.push(key, format!("must be {rule} (got {})", shown(subject)));
+    }
+}
+
+/// Patterns a request's `assignment_subject` must match: subjects with NATS wildcards.
+fn check_subjects_allowed(patterns: &[String], report: &mut Report) {
+    let key = "nats.assignment_subjects_allowed";
+    if patterns.len() > ASSIGNMENT_SUBJECTS_ALLOWED_MAX {
+        let message = format!(
+            "at most {ASSIGNMENT_SUBJECTS_ALLOWED_MAX} patterns (got {})",
+            patterns.len()
+        );
+        report.push(key, message);
+        return;
+    }
+    for (i, pattern) in patterns.iter().enumerate() {
+        check_subject(&format!("{key}[{i}]"), pattern, true, report);
     }
 }
 

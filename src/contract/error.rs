@@ -104,6 +104,9 @@ pub enum Rule {
     Version,
     /// Not one of the listed words.
     OneOf(&'static str),
+    /// A well-formed value the router's configuration does not allow (the message names
+    /// the setting).
+    NotAllowed(&'static str),
 }
 
 impl Rule {
@@ -123,6 +126,7 @@ impl Rule {
             Rule::AllOrNone => "all_or_none",
             Rule::Version => "version",
             Rule::OneOf(_) => "enum",
+            Rule::NotAllowed(_) => "not_allowed",
         }
     }
 }
@@ -159,6 +163,7 @@ impl fmt::Display for Rule {
             }
             Rule::Version => f.write_str("unsupported version; only \"1\" is accepted"),
             Rule::OneOf(words) => write!(f, "must be one of {words}"),
+            Rule::NotAllowed(setting) => write!(f, "is not allowed by {setting}"),
         }
     }
 }

@@ -204,6 +204,34 @@ pub(super) const FAMILIES: &[Family] = &[
         label_value: no_label,
         read: |m, _| m.sticky_entries.get(),
     },
+    Family {
+        name: "shardline_idempotency_bytes",
+        help: "Bytes charged to the idempotency cache (keys, answers, overhead).",
+        kind: Kind::SummedGauge,
+        label: "",
+        series: 1,
+        label_value: no_label,
+        read: |m, _| m.idempotency_bytes.get(),
+    },
+    Family {
+        name: "shardline_idempotency_unstored_total",
+        help: "Decisions whose answer exceeded the tenant's share of the idempotency cache \
+               and was not remembered (a retry gets a new decision).",
+        kind: Kind::Counter,
+        label: "",
+        series: 1,
+        label_value: no_label,
+        read: |m, _| m.idempotency_unstored.get(),
+    },
+    Family {
+        name: "shardline_results_dedup_bytes",
+        help: "Bytes charged to the ExecResult de-duplication set.",
+        kind: Kind::SummedGauge,
+        label: "",
+        series: 1,
+        label_value: no_label,
+        read: |m, _| m.results_dedup_bytes.get(),
+    },
 ];
 
 /// Every family name this module renders, for callers choosing names of extra metrics.

@@ -312,6 +312,14 @@ pub struct ShardMetrics {
     pub table_generation: Gauge,
     /// Live entries in this shard's sticky-session table.
     pub sticky_entries: Gauge,
+    /// Bytes charged to the shard's idempotency cache (bounded by
+    /// `limits.idempotency_bytes_per_shard_max`).
+    pub idempotency_bytes: Gauge,
+    /// Decided answers not remembered: larger than their tenant's share of the cache.
+    pub idempotency_unstored: Counter,
+    /// Bytes charged to the shard's ExecResult de-duplication set (bounded by
+    /// `limits.results_dedup_bytes_per_shard_max`).
+    pub results_dedup_bytes: Gauge,
 }
 
 const _: () = assert!(Transport::ALL.len() == TRANSPORTS);
@@ -340,6 +348,9 @@ impl ShardMetrics {
             extension_calls: [const { Counter::new() }; EXTENSION_OUTCOMES],
             table_generation: Gauge::new(),
             sticky_entries: Gauge::new(),
+            idempotency_bytes: Gauge::new(),
+            idempotency_unstored: Counter::new(),
+            results_dedup_bytes: Gauge::new(),
         }
     }
 

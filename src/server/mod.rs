@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod service;
 pub mod shard;
 pub mod stats;
+pub mod subjects;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +87,8 @@ pub struct ServerSettings {
     pub extensions_dir: PathBuf,
     /// `[nats]` when a URL is configured; `None` = NATS off.
     pub nats: Option<crate::config::NatsConfig>,
+    /// What a request may name in `assignment_subject` (checked with NATS on or off).
+    pub assignment_subjects: subjects::AssignmentSubjects,
 }
 
 /// Process-wide, read-mostly state every shard can see.
@@ -567,8 +570,9 @@ impl ServerSettings {
                     seed: random_seed(),
                 },
                 idempotency_entries: l.idempotency_entries_per_shard,
+                idempotency_bytes: l.idempotency_bytes_per_shard_max,
                 idempotency_ttl_ms: l.idempotency_ttl_ms,
-                results_seen_entries: RESULTS_SEEN_ENTRIES,
+                results_dedup_bytes: l.results_dedup_bytes_per_shard_max,
                 results_seen_ttl_ms: RESULTS_SEEN_TTL_MS,
             },
             policies_dir: s.policies_dir.clone(),
@@ -584,13 +588,17 @@ impl ServerSettings {
             handoff_timeout: Duration::from_millis(s.handoff_timeout_ms),
             extensions_dir: s.extensions_dir.clone(),
             nats: config.nats.enabled().then(|| config.nats.clone()),
+            assignment_subjects: subjects::AssignmentSubjects::new(
+                &config.nats.assignment_subject,
+                &config.nats.assignment_subjects_allowed,
+            ),
         }
     }
 }
 
-/// ExecResults remembered per shard for de-duplication, and for how long: a worker that
-/// re-sends a result within ten minutes is not counted twice.
-pub const RESULTS_SEEN_ENTRIES: usize = 1 << 16;
+/// How long ExecResult ids are remembered for de-duplication: a worker that re-sends a
+/// result within ten minutes is not counted twice (while its tenant's share of
+/// `limits.results_dedup_bytes_per_shard_max` holds it).
 pub const RESULTS_SEEN_TTL_MS: u64 = 600_000;
 
 /// A seed for the weighted draw and hashers, from the OS-keyed std hasher (not crypto).

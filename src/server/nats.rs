@@ -313,7 +313,10 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let headers = contract_headers(msg.headers);
     let now = ctx.shared.now();
     ctx.refresh(now);
-    let req = match decode_decide(msg.payload, &headers) {
+    let subjects = &ctx.shared.settings.assignment_subjects;
+    let req =
+        decode_decide(msg.payload, &headers).and_then(|req| subjects.check(&req).map(|()| req));
+    let req = match req {
         Ok(req) => req,
         Err(err) => return answer_invalid(ctx, client, reply_to, &msg, &headers, &err),
     };
@@ -588,14 +591,15 @@ impl ShardCtx {
         now: crate::decide::Now,
         out: &mut Vec<u8>,
     ) -> Answered {
-        let answered = {
+        let (answered, dedup_bytes) = {
             let table = self.table.borrow();
             let mut owner = self.owner.borrow_mut();
-            owner.result(table.table(), result, now, out)
+            let answered = owner.result(table.table(), result, now, out);
+            (answered, owner.results_dedup_bytes() as u64)
         };
-        self.shared
-            .metrics(self.id)
-            .answered(&answered, std::time::Duration::ZERO);
+        let metrics = self.shared.metrics(self.id);
+        metrics.answered(&answered, std::time::Duration::ZERO);
+        metrics.results_dedup_bytes.set(dedup_bytes);
         if let (Some(client), owner::Counted::ResultAccepted { .. }) =
             (self.nats.get(), answered.counted)
         {

@@ -13,21 +13,27 @@ use crate::contract::{
 use crate::decide::{decide, DecideError, Now, Observed, Outcome, ShardState, StateConfig};
 use crate::policy::RoutingTable;
 
-use super::cache::{Fingerprint, TtlCache};
+use super::cache::{CacheLimits, Fingerprint, Inserted, TtlCache, CACHE_ENTRIES_MAX};
 use super::handoff::Outgoing;
 use crate::contract::{AssignmentId, ExecAssignment, ASSIGNMENT_SUBJECT_DEFAULT};
 use crate::decide::rng::Rng;
 
 const NS_PER_MS: u64 = 1_000_000;
+/// The de-duplication charge of results that match no policy: not a valid tenant id.
+const UNMATCHED_RESULTS: &[u8] = b"";
 
 /// Sizes of a shard's owner-side state.
 #[derive(Debug, Clone, Copy)]
 pub struct OwnerConfig {
     pub state: StateConfig,
     pub idempotency_entries: usize,
+    /// Bytes the idempotency cache may hold (keys, answers, overhead), shared fairly by
+    /// the tenants (`cache` module doc).
+    pub idempotency_bytes: usize,
     pub idempotency_ttl_ms: u64,
-    /// ExecResults remembered for de-duplication, and for how long.
-    pub results_seen_entries: usize,
+    /// Bytes of ExecResult ids remembered for de-duplication (shared fairly by the
+    /// tenants), and for how long.
+    pub results_dedup_bytes: usize,
     pub results_seen_ttl_ms: u64,
 }
 
@@ -66,6 +72,9 @@ pub struct Owner {
     pub state: ShardState,
     idempotency: TtlCache<Replay>,
     results_seen: TtlCache<()>,
+    /// Decided answers too large for their tenant's share of the idempotency cache, not
+    /// remembered since the last `take_unstored`.
+    unstored: u64,
     /// Set when NATS is on: how assignments are made.
     pub assign: Option<Assigner>,
     ids: Rng,
@@ -77,18 +86,42 @@ impl Owner {
         Owner {
             state: ShardState::new(table, config.state, now_ns),
             idempotency: TtlCache::new(
-                config.idempotency_entries,
-                config.idempotency_ttl_ms * NS_PER_MS,
+                CacheLimits {
+                    entries_max: config.idempotency_entries,
+                    bytes_max: config.idempotency_bytes,
+                    ttl_ns: config.idempotency_ttl_ms * NS_PER_MS,
+                },
                 seed ^ 1,
             ),
+            // Bounded by bytes alone: an entry is a fixed small charge, so the bytes bound
+            // is an entry bound too.
             results_seen: TtlCache::new(
-                config.results_seen_entries,
-                config.results_seen_ttl_ms * NS_PER_MS,
+                CacheLimits {
+                    entries_max: CACHE_ENTRIES_MAX,
+                    bytes_max: config.results_dedup_bytes,
+                    ttl_ns: config.results_seen_ttl_ms * NS_PER_MS,
+                },
                 seed ^ 2,
             ),
+            unstored: 0,
             assign: None,
             ids: Rng::new(seed ^ 3),
         }
+    }
+
+    /// Bytes the idempotency cache holds (as charged).
+    pub fn idempotency_bytes(&self) -> usize {
+        self.idempotency.bytes()
+    }
+
+    /// Bytes the ExecResult de-duplication set holds (as charged).
+    pub fn results_dedup_bytes(&self) -> usize {
+        self.results_seen.bytes()
+    }
+
+    /// Answers not remembered since the last call (too large for the tenant's share).
+    pub fn take_unstored(&mut self) -> u64 {
+        std::mem::take(&mut self.unstored)
     }
 
     /// Decides a validated request; a repeated idempotency key gets the first answer. An
@@ -153,11 +186,19 @@ impl Owner {
         let answered = answered(outcome);
         // Only decisions are remembered: a retry after `rate_limited` deserves a new try.
         if let (Some(k), Ok(_)) = (self.idempotency_key(req), outcome) {
+            let body: Box<[u8]> = out[start..].into();
+            let bytes = body.len();
             let replay = Replay {
                 status: answered.status,
-                body: out[start..].into(),
+                body,
             };
-            self.idempotency.insert_new(k, replay, now.mono_ns);
+            let tenant = self.idempotency.tenant_key(req.tenant_id.as_bytes());
+            let inserted = self
+                .idempotency
+                .insert_new(tenant, k, replay, bytes, now.mono_ns);
+            if inserted == Inserted::TooLarge {
+                self.unstored += 1;
+            }
         }
         if let (Ok(decision), Some(assign)) = (outcome, &self.assign) {
             if req.push_assignment && assign.allows(&req.tenant_id) {
@@ -195,7 +236,21 @@ impl Owner {
         let key = self
             .results_seen
             .fingerprint(&[result.tenant_id.as_bytes(), result.dedup_key().as_bytes()]);
-        if !self.results_seen.insert_new(key, (), now.mono_ns) {
+        // Charged to its tenant when it names a provider of the tenant's policies; results
+        // that match nothing share one charge, so made-up tenants cannot multiply the
+        // shares and shrink a real tenant's.
+        let tenant = if table
+            .provider_refs(&result.tenant_id, &result.provider_id)
+            .is_empty()
+        {
+            self.results_seen.tenant_key(UNMATCHED_RESULTS)
+        } else {
+            self.results_seen.tenant_key(result.tenant_id.as_bytes())
+        };
+        let inserted = self
+            .results_seen
+            .insert_new(tenant, key, (), 0, now.mono_ns);
+        if inserted == Inserted::Present {
             out.extend_from_slice(br#"{"ok":true,"duplicate":true}"#);
             return Answered {
                 status: 200,

@@ -169,7 +169,10 @@ impl RouterService {
             Err(err) => return self.refuse(resp, &err),
         };
         let headers = contract_headers(req);
-        let decoded = match decode_decide(req.body, &headers) {
+        let subjects = &ctx.shared.settings.assignment_subjects;
+        let decoded = decode_decide(req.body, &headers)
+            .and_then(|decoded| subjects.check(&decoded).map(|()| decoded));
+        let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(err) => {
                 let ids = context_ids(req.body, &headers);

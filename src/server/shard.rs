@@ -84,13 +84,23 @@ impl ShardCtx {
 
     /// Publishes the state gauges, and the circuits it half-opened, after a decision.
     pub fn note_state(&self) {
-        let (sticky, half_opened) = {
+        let (sticky, half_opened, idempotency_bytes, unstored) = {
             let mut owner = self.owner.borrow_mut();
+            let unstored = owner.take_unstored();
+            let idempotency_bytes = owner.idempotency_bytes() as u64;
             let state = &mut owner.state;
-            (state.sticky_len() as u64, state.take_half_opened())
+            let sticky = state.sticky_len() as u64;
+            (
+                sticky,
+                state.take_half_opened(),
+                idempotency_bytes,
+                unstored,
+            )
         };
         let metrics = self.shared.metrics(self.id);
         metrics.sticky_entries.set(sticky);
+        metrics.idempotency_bytes.set(idempotency_bytes);
+        metrics.idempotency_unstored.add(unstored);
         metrics
             .breaker_transition(crate::metrics::BreakerTransition::HalfOpened)
             .add(half_opened);

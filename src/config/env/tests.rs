@@ -159,7 +159,11 @@ fn every_key_has_an_override() {
             }
             let text = match value {
                 toml::Value::String(s) => s.clone(),
-                toml::Value::Array(a) if a.is_empty() => String::new(),
+                toml::Value::Array(a) if a.iter().all(toml::Value::is_str) => a
+                    .iter()
+                    .filter_map(toml::Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => other.to_string(),
             };
             let name = format!("SHARDLINE_{section}_{key}").to_ascii_uppercase();
@@ -170,4 +174,36 @@ fn every_key_has_an_override() {
     let mut config = Config::default();
     config.apply_env(pairs.into_iter()).unwrap();
     assert_eq!(config, Config::default());
+}
+
+/// The new byte bounds and the allowed assignment subjects are set like their neighbours.
+#[test]
+fn cache_bytes_and_subjects_allowed_overrides() {
+    let c = applied(&[
+        (
+            "SHARDLINE_LIMITS_IDEMPOTENCY_BYTES_PER_SHARD_MAX",
+            "2097152",
+        ),
+        (
+            "SHARDLINE_LIMITS_RESULTS_DEDUP_BYTES_PER_SHARD_MAX",
+            "1048576",
+        ),
+        (
+            "SHARDLINE_NATS_ASSIGNMENT_SUBJECTS_ALLOWED",
+            "team.*.assign, caf.exec.assign.v1.>",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(c.limits.idempotency_bytes_per_shard_max, 2 << 20);
+    assert_eq!(c.limits.results_dedup_bytes_per_shard_max, 1 << 20);
+    assert_eq!(
+        c.nats.assignment_subjects_allowed,
+        ["team.*.assign", "caf.exec.assign.v1.>"]
+    );
+    let err = applied(&[("SHARDLINE_LIMITS_IDEMPOTENCY_BYTES_PER_SHARD_MAX", "16MiB")]);
+    let err = err.unwrap_err();
+    assert_eq!(
+        err.problems()[0].key,
+        "SHARDLINE_LIMITS_IDEMPOTENCY_BYTES_PER_SHARD_MAX"
+    );
 }

@@ -427,3 +427,53 @@ fn token_scopes() {
         ]
     );
 }
+
+/// Allowed assignment subjects are NATS patterns (`*` a token, `>` only last); a bad one
+/// is reported with its index.
+#[test]
+fn assignment_subjects_allowed() {
+    let p = problems_after(|c| {
+        c.nats.assignment_subjects_allowed = vec![
+            "caf.exec.assign.v1.>".into(),
+            "a.>.b".into(),
+            "team.*.assign".into(),
+            "".into(),
+            "a b".into(),
+        ];
+    });
+    let keys: Vec<&str> = p.iter().map(|l| l.split(':').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "nats.assignment_subjects_allowed[1]",
+            "nats.assignment_subjects_allowed[3]",
+            "nats.assignment_subjects_allowed[4]",
+        ]
+    );
+    let p = problems_after(|c| {
+        c.nats.assignment_subjects_allowed = vec!["a".into(); ASSIGNMENT_SUBJECTS_ALLOWED_MAX + 1];
+    });
+    assert_eq!(
+        p,
+        ["nats.assignment_subjects_allowed: at most 256 patterns (got 257)"]
+    );
+    assert!(problems_after(|c| c.nats.assignment_subjects_allowed.clear()).is_empty());
+}
+
+/// The caches' byte bounds have ranges like every other limit.
+#[test]
+fn cache_byte_bounds() {
+    let p = problems_after(|c| {
+        c.limits.idempotency_bytes_per_shard_max = 1;
+        c.limits.results_dedup_bytes_per_shard_max = IDEMPOTENCY_BYTES_PER_SHARD_MAX * 2;
+    });
+    assert_eq!(
+        p,
+        [
+            "limits.idempotency_bytes_per_shard_max: must be between 1048576 and 1073741824 \
+             (got 1)",
+            "limits.results_dedup_bytes_per_shard_max: must be between 65536 and 1073741824 \
+             (got 2147483648)",
+        ]
+    );
+}
