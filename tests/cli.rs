@@ -156,7 +156,10 @@ fn unknown_env_section_is_refused() {
         .spawn()
         .expect("spawn serve");
     let out = wait_bounded(serve, std::time::Duration::from_secs(30));
-    assert!(!out.status.success(), "serve started with an unknown section");
+    assert!(
+        !out.status.success(),
+        "serve started with an unknown section"
+    );
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("SHARDLINE_CLUSTR_ENABLED"), "{text}");
 
@@ -167,7 +170,11 @@ fn unknown_env_section_is_refused() {
         .env("SHARDLINE_BIN", "/nonexistent")
         .output()
         .expect("run config check");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
 }
 
 /// Waits for `child` at most `limit`, killing it (by its own handle) when it overruns.

@@ -98,13 +98,19 @@ fn unknown_keys_and_foreign_variables() {
             .iter()
             .map(|p| p.key.as_str())
             .collect::<Vec<_>>(),
-        ["SHARDLINE_SERVER_LISTN", "SHARDLINE_ADMIN_TOKENS", "SHARDLINE_SERVER"]
+        [
+            "SHARDLINE_SERVER_LISTN",
+            "SHARDLINE_ADMIN_TOKENS",
+            "SHARDLINE_SERVER"
+        ]
     );
     assert!(err.problems()[0]
         .message
         .starts_with("no setting server.listn"));
     assert!(err.problems()[1].message.contains("admin.token_env"));
-    assert!(err.problems()[2].message.contains("names no config section"));
+    assert!(err.problems()[2]
+        .message
+        .contains("names no config section"));
 }
 
 /// A misspelt section is as much a typo as a misspelt key: refused, naming the variable,
