@@ -61,7 +61,9 @@ pub struct Msg<'a> {
 /// otherwise the operation and the bytes it used. `payload_max` bounds message sizes.
 pub fn parse(buf: &[u8], payload_max: usize) -> Result<Option<(ServerOp<'_>, usize)>, ProtoError> {
     let Some(eol) = find_crlf(buf) else {
-        if buf.len() > CONTROL_LINE_BYTES_MAX {
+        // A line of the longest length may have arrived up to its CR (the LF in the next
+        // read): only more bytes than that without a CRLF are too long.
+        if buf.len() > CONTROL_LINE_BYTES_MAX + 1 {
             return Err(ProtoError::LineTooLong);
         }
         return Ok(None);
