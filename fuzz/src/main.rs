@@ -15,7 +15,7 @@
 //! broken invariant or an overrun writes the input to a file and prints how to replay it.
 
 #![cfg_attr(feature = "libfuzzer", no_main)]
-#![cfg_attr(feature = "libfuzzer", allow(dead_code))]
+#![cfg_attr(feature = "libfuzzer", allow(dead_code, unused_imports))]
 
 mod corpus;
 mod json;
@@ -360,8 +360,8 @@ fn write_corpus(
     ExitCode::SUCCESS
 }
 
-/// libFuzzer's entry: the target named by `FUZZ_TARGET`, its violations as panics (which
-/// libFuzzer reports and saves as crashes).
+// libFuzzer's entry: the target named by `FUZZ_TARGET`, its violations as panics (which
+// libFuzzer reports and saves as crashes).
 #[cfg(feature = "libfuzzer")]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     static TARGET: std::sync::OnceLock<&'static Target> = std::sync::OnceLock::new();
