@@ -41,6 +41,9 @@ cargo test --workspace -- --skip every_beamline_fixture_loads_and_decides
 cargo test --features fault-injection --test serve_faults --test store_faults
 # Run apart so that its report (how many Beamline fixtures loaded) reaches the output.
 cargo test --test compat_beamline every_beamline_fixture_loads_and_decides -- --nocapture
+# A short fuzz run of every parser that reads untrusted bytes (8 s each, 48 s in all; see
+# docs/FUZZING.md for the long run). A failing input is saved and its replay printed.
+cargo run -q -p shardline-fuzz -- --target all --seconds 8 --seed "${FUZZ_SEED:-1}"
 # Instruction counts of the hot path against the committed baseline (installs valgrind if
 # missing): the perf gate that a shared machine's noise cannot flake.
 ./scripts/icount_gate.sh

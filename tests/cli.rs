@@ -128,3 +128,64 @@ fn policy_check_reports_every_problem() {
     assert!(text.contains("$.sticky.ttl"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A `SHARDLINE_` variable naming no config section (a misspelt `CLUSTER`) is refused by
+/// `config check` and by `serve`, which exit non-zero naming the variable rather than run
+/// without the setting the operator meant.
+#[test]
+fn unknown_env_section_is_refused() {
+    let check = bin()
+        .args(["config", "check", "config/shardline.toml"])
+        .env("SHARDLINE_CLUSTR_ENABLED", "1")
+        .output()
+        .expect("run config check");
+    assert_eq!(check.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("SHARDLINE_CLUSTR_ENABLED"), "{text}");
+    assert!(text.contains("names no config section"), "{text}");
+
+    // `serve` fails while loading the config, before it binds or starts a shard; the
+    // listen override keeps it off any port in use should it get further.
+    let serve = bin()
+        .args(["serve", "--config", "config/shardline.toml"])
+        .env("SHARDLINE_CLUSTR_ENABLED", "1")
+        .env("SHARDLINE_SERVER_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let out = wait_bounded(serve, std::time::Duration::from_secs(30));
+    assert!(
+        !out.status.success(),
+        "serve started with an unknown section"
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("SHARDLINE_CLUSTR_ENABLED"), "{text}");
+
+    // The tools' own variables stay allowed.
+    let ok = bin()
+        .args(["config", "check", "config/shardline.toml"])
+        .env("SHARDLINE_COMPAT_DIR", "/nonexistent")
+        .env("SHARDLINE_BIN", "/nonexistent")
+        .output()
+        .expect("run config check");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+}
+
+/// Waits for `child` at most `limit`, killing it (by its own handle) when it overruns.
+fn wait_bounded(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("wait")
+}

@@ -533,6 +533,32 @@ fn oversized_head_gets_431() {
     );
 }
 
+/// A head over `header_bytes_max` is 431 whatever follows the limit: a malformed header
+/// past it, sent in the same write, used to turn the answer into 400 (and the answer
+/// depended on how the bytes were split across reads). Found by `shardline-fuzz`.
+#[test]
+fn head_over_the_limit_gets_431_whatever_follows() {
+    let limits = HttpLimits {
+        header_bytes_max: 4096,
+        ..HttpLimits::default()
+    };
+    let server = TestServer::start(limits);
+    let mut client = server.connect();
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nBad\x01Header: v\r\n\r\n",
+        "v".repeat(5000)
+    );
+    client.send(head.as_bytes());
+    let reply = client.reply();
+    assert_eq!(reply.status, 431, "{}", reply.body_text());
+    assert!(
+        reply.body_text().contains("header_bytes_max"),
+        "{}",
+        reply.body_text()
+    );
+    client.assert_closed();
+}
+
 #[test]
 fn garbage_gets_400_and_close() {
     let server = TestServer::start(HttpLimits::default());

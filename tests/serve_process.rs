@@ -124,3 +124,44 @@ fn sigterm_when_idle_exits_promptly() {
     let status = wait_exit(&mut child);
     assert!(status.success(), "exit status {status}");
 }
+
+/// A policy in the original's unversioned store form (`policy_id`, `tenant_id`, fraction
+/// `weights`, `sticky.ttl_sec`), dropped unchanged into the policies directory: `policy
+/// check` accepts it, and a router started on it decides with it (the only provider with
+/// weight, reported with the store form's version).
+#[test]
+fn legacy_store_policy_loads_and_decides() {
+    let _serial = serial();
+    let dir = config_dir("process-store", "drain_timeout_ms = 1000");
+    let doc = r#"{"policy_id":"default","tenant_id":"oldco",
+        "weights":{"mistral":1.0,"openai":0.0},
+        "sticky":{"enabled":true,"session_key":"user_id","ttl_sec":300}}"#;
+    write_policy(&dir, "oldco", "default", doc);
+
+    let check = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["policy", "check"])
+        .arg(dir.0.join("policies"))
+        .output()
+        .expect("run policy check");
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "policy check refused it:\n{text}");
+
+    let (mut child, addr) = spawn(&dir);
+    let mut client = Client::connect(addr);
+    for n in 0..3 {
+        let resp = client.request(
+            "POST",
+            "/v1/decide",
+            &[],
+            &decide_body("oldco", &format!("store-{n}")),
+        );
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        let decision = &resp.json()["decision"];
+        assert_eq!(decision["provider_id"], "mistral", "{decision}");
+        assert_eq!(decision["policy_id"], "default", "{decision}");
+        assert_eq!(decision["policy_version"], "0.0", "{decision}");
+    }
+    sigterm(&child);
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "exit status {status}");
+}

@@ -3,9 +3,11 @@
 //! `SHARDLINE_SERVER_CORES=0-3`, `SHARDLINE_LOGGING_LEVEL=debug`, `SHARDLINE_NATS_URL`.
 //!
 //! The variables are passed in (`apply_env(std::env::vars())` in production), so tests
-//! never touch the process environment. Variables under `SHARDLINE_` that name no section
-//! (`SHARDLINE_COMPAT_DIR`) are left to their owners; one that names a section but no key
-//! of it is an error, since it is almost surely a typo that would otherwise be ignored.
+//! never touch the process environment. A variable under `SHARDLINE_` that names no
+//! section (`SHARDLINE_CLUSTR_ENABLED`) or a section but no key of it is an error, since it
+//! is almost surely a typo that would otherwise be ignored: the operator believes a setting
+//! is in force that is not. The few `SHARDLINE_` variables that are not configuration
+//! (`NON_CONFIG_VARIABLES`) are left to their owners.
 //! The variable named by `admin.token_env` (default `SHARDLINE_ADMIN_TOKEN`) is the
 //! exception: it is read as the all-tenant admin token.
 
@@ -28,6 +30,10 @@ const TOKEN_ENV_OVERRIDE: &str = "SHARDLINE_ADMIN_TOKEN_ENV";
 const SECTIONS: [&str; 7] = [
     "server", "limits", "tls", "admin", "auth", "logging", "nats",
 ];
+/// `SHARDLINE_` variables that belong to the tools around the router, not to its config:
+/// the Beamline fixtures' directory (tests, CI) and the binary `scripts/apply_tuning.sh`
+/// runs. A new one must be listed here, or every `serve` with it set fails.
+pub const NON_CONFIG_VARIABLES: [&str; 2] = ["SHARDLINE_COMPAT_DIR", "SHARDLINE_BIN"];
 /// Characters of a bad value quoted back.
 const VALUE_SHOWN_CHARS_MAX: usize = 32;
 
@@ -99,17 +105,27 @@ impl Config {
         problems
     }
 
-    /// Applies one variable if it is an override; others are ignored.
+    /// Applies one variable if it is an override; variables without the prefix and the
+    /// `NON_CONFIG_VARIABLES` are ignored.
     fn apply_variable(&mut self, name: &str, value: &str) -> Result<(), Problem> {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             return Ok(());
         };
+        if NON_CONFIG_VARIABLES.contains(&name) {
+            return Ok(());
+        }
         let found = SECTIONS.iter().find_map(|section| {
             let key = rest.strip_prefix(&section.to_ascii_uppercase())?;
             Some((*section, key.strip_prefix('_')?.to_ascii_lowercase()))
         });
         let Some((section, key)) = found else {
-            return Ok(());
+            let message = format!(
+                "names no config section (overrides are {ENV_PREFIX}<SECTION>_<KEY>, \
+                 SECTION one of {}; other {ENV_PREFIX} variables allowed: {})",
+                SECTIONS.join(", ").to_ascii_uppercase(),
+                NON_CONFIG_VARIABLES.join(", ")
+            );
+            return Err(Problem::new(name, message));
         };
         let result = match section {
             "server" => self.server.set(&key, value),

@@ -1,6 +1,13 @@
 //! Parses one policy document (JSON-DSL 1.0, legacy, or a mix of both; SPEC §5) into the
 //! compiled `Policy`, collecting every problem with its JSON path.
 //!
+//! The original's policy store kept documents of an older, unversioned form
+//! (`compat/beamline/schemas/policy.store.schema.json`): `policy_id`, `tenant_id`, a
+//! `weights` map of 0.0–1.0 fractions and `sticky{…, ttl_sec}`. A root without `version`
+//! that names `policy_id` or `tenant_id` is read as that form, so such documents migrate
+//! unchanged: the weights are the legacy fractions, and both ids must agree with where the
+//! document is stored (a document of another tenant must not route this one's traffic).
+//!
 //! Strictness is deliberate: unknown keys, duplicate keys and out-of-range values are
 //! errors, because a typo in a routing policy (`"wieght": 0`) must not load as a silently
 //! different policy. Deprecated Beamline keys (`metadata`, `defaults`, `escalate_on`,
@@ -60,6 +67,8 @@ pub const BACKOFF_DELAY_MS_MAX: u32 = 60_000;
 pub const RATE_LIMIT_RPS_MAX: u32 = 1_000_000;
 /// A rate limit's `burst`.
 pub const RATE_LIMIT_BURST_MAX: u32 = 1_000_000;
+/// `version` of a policy-store document (it has none): below every versioned format.
+pub const STORE_FORM_VERSION: &str = "0.0";
 /// One JSON-DSL weight point in weight units.
 const WEIGHT_UNITS_PER_POINT: u32 = WEIGHT_UNITS_FULL / WEIGHT_POINTS_MAX;
 
@@ -90,6 +99,28 @@ impl std::error::Error for PolicyError {}
 
 const ROOT_KEYS: &[&str] = &[
     "version",
+    "providers",
+    "weights",
+    "fallbacks",
+    "fallback",
+    "sticky",
+    "pre",
+    "validators",
+    "post",
+    "circuit_breaker",
+    "rate_limit",
+    "timeout_ms",
+    "metadata",
+    "defaults",
+    "escalate_on",
+    "health_check",
+];
+
+/// The root keys of the unversioned policy-store form: the JSON-DSL's without `version`,
+/// plus the ids the store kept inside the document.
+const STORE_ROOT_KEYS: &[&str] = &[
+    "policy_id",
+    "tenant_id",
     "providers",
     "weights",
     "fallbacks",
@@ -180,12 +211,23 @@ fn read_document(problems: &mut Problems, bytes: &[u8]) -> Option<Json> {
 }
 
 fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Option<Policy> {
-    let obj = Obj::read(problems, "$", root, ROOT_KEYS)?;
-    let version = read_version(problems, obj);
+    let store_form = is_store_form(root);
+    let keys = if store_form {
+        STORE_ROOT_KEYS
+    } else {
+        ROOT_KEYS
+    };
+    let obj = Obj::read(problems, "$", root, keys)?;
+    let version = if store_form {
+        read_store_form(problems, obj, tenant, id);
+        Some(STORE_FORM_VERSION)
+    } else {
+        read_version(problems, obj)
+    };
     let routing = read_routing(problems, obj);
     let sticky = obj
         .get("sticky")
-        .and_then(|v| read_sticky(problems, &obj.path_of("sticky"), v));
+        .and_then(|v| read_sticky(problems, &obj.path_of("sticky"), v, store_form));
     let circuit_breaker = obj
         .get("circuit_breaker")
         .and_then(|v| read_breaker(problems, &obj.path_of("circuit_breaker"), v));
@@ -221,6 +263,55 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
         post: post.into(),
         timeout_ms,
     })
+}
+
+/// An object without `version` that names `policy_id` or `tenant_id`: see the module doc.
+fn is_store_form(root: &Json) -> bool {
+    let Json::Obj(members) = root else {
+        return false;
+    };
+    let has = |key: &str| members.iter().any(|(k, _)| k == key);
+    !has("version") && (has("policy_id") || has("tenant_id"))
+}
+
+/// The store form's own rules: both ids, agreeing with where the document is stored, and
+/// a non-empty `weights` map of fractions (the 0–100 scale did not exist there).
+fn read_store_form(problems: &mut Problems, obj: Obj, tenant: &str, id: &str) {
+    for (key, stored_under, what) in [
+        ("tenant_id", tenant, "tenant"),
+        ("policy_id", id, "policy id"),
+    ] {
+        let Some(v) = obj.required(problems, key) else {
+            continue;
+        };
+        let path = obj.path_of(key);
+        if let Some(s) = string(problems, &path, v) {
+            if s != stored_under {
+                let message = format!(
+                    "{:?} differs from the {what} the document is stored under ({:?})",
+                    shown(s),
+                    shown(stored_under)
+                );
+                problems.add(&path, message);
+            }
+        }
+    }
+    let Some(Json::Obj(members)) = obj.required(problems, "weights") else {
+        return;
+    };
+    let path = obj.path_of("weights");
+    if members.is_empty() {
+        problems.add(&path, "must name at least one provider");
+    }
+    for (name, value) in members {
+        if let Json::Num(n) = value {
+            if n.as_f64().is_some_and(|f| f > 1.0) {
+                let message =
+                    format!("must be from 0.0 to 1.0 in a document without version, got {n}");
+                problems.add(&key_path(&path, name), message);
+            }
+        }
+    }
 }
 
 fn read_version<'j>(problems: &mut Problems, obj: Obj<'j, '_>) -> Option<&'j str> {
@@ -625,13 +716,14 @@ fn read_legacy_fallback(
     })
 }
 
-fn read_sticky(problems: &mut Problems, path: &str, v: &Json) -> Option<Sticky> {
-    let o = Obj::read(
-        problems,
-        path,
-        v,
-        &["enabled", "session_key", "ttl", "ttl_seconds"],
-    )?;
+/// `store_form`: the policy store's `ttl_sec` is accepted as `ttl_seconds`.
+fn read_sticky(problems: &mut Problems, path: &str, v: &Json, store_form: bool) -> Option<Sticky> {
+    let keys: &[&str] = if store_form {
+        &["enabled", "session_key", "ttl", "ttl_seconds", "ttl_sec"]
+    } else {
+        &["enabled", "session_key", "ttl", "ttl_seconds"]
+    };
+    let o = Obj::read(problems, path, v, keys)?;
     let enabled = o.required(problems, "enabled");
     let enabled = enabled.and_then(|v| boolean(problems, &o.path_of("enabled"), v));
     let session_key = o.string(problems, "session_key").unwrap_or("session_id");
@@ -649,6 +741,7 @@ fn read_sticky(problems: &mut Problems, path: &str, v: &Json) -> Option<Sticky> 
     let max_s = (STICKY_TTL_MS_MAX / 1000) as i64;
     let ttl_seconds = o
         .int(problems, "ttl_seconds", 1, max_s)
+        .or_else(|| o.int(problems, "ttl_sec", 1, max_s))
         .map(|s| s as u64 * 1000);
     if let (Some(a), Some(b)) = (ttl, ttl_seconds) {
         if a != b {

@@ -98,12 +98,38 @@ fn unknown_keys_and_foreign_variables() {
             .iter()
             .map(|p| p.key.as_str())
             .collect::<Vec<_>>(),
-        ["SHARDLINE_SERVER_LISTN", "SHARDLINE_ADMIN_TOKENS"]
+        [
+            "SHARDLINE_SERVER_LISTN",
+            "SHARDLINE_ADMIN_TOKENS",
+            "SHARDLINE_SERVER"
+        ]
     );
     assert!(err.problems()[0]
         .message
         .starts_with("no setting server.listn"));
     assert!(err.problems()[1].message.contains("admin.token_env"));
+    assert!(err.problems()[2]
+        .message
+        .contains("names no config section"));
+}
+
+/// A misspelt section is as much a typo as a misspelt key: refused, naming the variable,
+/// while the tools' own `SHARDLINE_` variables stay allowed.
+#[test]
+fn unknown_sections_are_errors() {
+    let err = applied(&[
+        ("SHARDLINE_CLUSTR_ENABLED", "1"),
+        ("SHARDLINE_LOG", "debug"),
+        ("SHARDLINE_COMPAT_DIR", "/x"),
+        ("SHARDLINE_BIN", "/usr/bin/shardline"),
+    ])
+    .unwrap_err();
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["SHARDLINE_CLUSTR_ENABLED", "SHARDLINE_LOG"]);
+    let message = &err.problems()[0].message;
+    assert!(message.contains("names no config section"), "{message}");
+    assert!(message.contains("SERVER, LIMITS"), "{message}");
+    assert!(applied(&[("SHARDLINE_COMPAT_DIR", "/x"), ("SHARDLINE_BIN", "b")]).is_ok());
 }
 
 #[test]

@@ -1246,3 +1246,80 @@ proptest! {
         let _ = parse_policy("acme", "default", "prop", &bytes);
     }
 }
+
+/// The original's policy-store form (no `version`; `policy_id`, `tenant_id`, fractions).
+const STORE_FORM: &str = r#"{"policy_id":"default","tenant_id":"acme",
+    "weights":{"openai":0.7,"anthropic":0.3},
+    "sticky":{"enabled":true,"session_key":"user_id","ttl_sec":120}}"#;
+
+#[test]
+fn store_form_loads_with_fractional_weights() {
+    let policy = ok(STORE_FORM);
+    assert_eq!(&*policy.version, STORE_FORM_VERSION);
+    let weights: Vec<(&str, u32)> = policy
+        .providers
+        .iter()
+        .map(|p| (&*p.name, p.weight))
+        .collect();
+    assert_eq!(weights, [("openai", 700_000), ("anthropic", 300_000)]);
+    let sticky = policy.sticky.expect("sticky");
+    assert_eq!((&*sticky.session_key, sticky.ttl_ms), ("user_id", 120_000));
+    // The same document with `version` is JSON-DSL, where the ids are unknown keys.
+    let versioned = STORE_FORM.replacen('{', r#"{"version":"1.0","#, 1);
+    rejects(&versioned, "$.policy_id", "unknown key");
+}
+
+#[test]
+fn store_form_with_only_weights_and_ids() {
+    let policy = ok(r#"{"policy_id":"default","tenant_id":"acme","weights":{"openai":1.0}}"#);
+    assert_eq!(policy.providers[0].weight, 1_000_000);
+    assert!(policy.sticky.is_none());
+}
+
+#[test]
+fn store_form_ids_must_agree_with_where_it_is_stored() {
+    let other_tenant = STORE_FORM.replace(r#""tenant_id":"acme""#, r#""tenant_id":"globex""#);
+    rejects(&other_tenant, "$.tenant_id", "differs from the tenant");
+    let other_id = STORE_FORM.replace(r#""policy_id":"default""#, r#""policy_id":"premium""#);
+    rejects(&other_id, "$.policy_id", "differs from the policy id");
+    let no_tenant = STORE_FORM.replace(r#""tenant_id":"acme","#, "");
+    rejects(&no_tenant, "$.tenant_id", "missing (required)");
+    rejects(
+        r#"{"policy_id":"default","tenant_id":7,"weights":{"openai":1}}"#,
+        "$.tenant_id",
+        "expected a string",
+    );
+}
+
+#[test]
+fn store_form_weights_are_fractions_and_required() {
+    rejects(
+        r#"{"policy_id":"default","tenant_id":"acme","weights":{"openai":70,"b":30}}"#,
+        "$.weights.openai",
+        "from 0.0 to 1.0",
+    );
+    rejects(
+        r#"{"policy_id":"default","tenant_id":"acme","weights":{}}"#,
+        "$.weights",
+        "at least one provider",
+    );
+    rejects(
+        r#"{"policy_id":"default","tenant_id":"acme"}"#,
+        "$.weights",
+        "missing (required)",
+    );
+    rejects(
+        r#"{"policy_id":"default","tenant_id":"acme","weights":{"openai":1},"wieghts":{}}"#,
+        "$.wieghts",
+        "unknown key",
+    );
+}
+
+#[test]
+fn ttl_sec_is_only_a_store_form_key() {
+    rejects(
+        &doc(r#""sticky":{"enabled":true,"ttl_sec":60}"#),
+        "$.sticky.ttl_sec",
+        "unknown key",
+    );
+}

@@ -44,6 +44,9 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use chunked::{ChunkError, ChunkedDecoder};
+// Public so that the chunked decoder can be fuzzed on its own (the `fuzz/` harness).
+#[doc(hidden)]
+pub use chunked::{ChunkLimits, Progress};
 pub use error::RequestError;
 pub use limits::*;
 // Public so that the request framing can be measured and fuzzed without a socket.

@@ -59,7 +59,12 @@ pub fn parse_request<'b>(
     body: &'b mut Vec<u8>,
 ) -> Result<Parsed<'b>, RequestError> {
     let mut head = httparse::Request::new(&mut []);
-    let head_len = match head.parse_with_uninit_headers(buf, headers) {
+    // The head must fit in the first `header_bytes_max` bytes, so nothing past them is
+    // parsed: a head over the limit is refused as too large whatever follows, and the
+    // answer does not depend on how the bytes were split across reads (parsing further
+    // could find a malformed byte, or a header too many, only when more had arrived).
+    let window = &buf[..buf.len().min(limits.header_bytes_max)];
+    let head_len = match head.parse_with_uninit_headers(window, headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > limits.header_bytes_max => {
             return Err(head_too_large(limits));
@@ -76,9 +81,6 @@ pub fn parse_request<'b>(
         }
         Err(err) => return Err(RequestError::Malformed(err)),
     };
-    if head_len > limits.header_bytes_max {
-        return Err(head_too_large(limits));
-    }
     let minor_version = head.version.unwrap_or(1);
     let headers: &'b [Header<'b>] = head.headers;
     let facts = head_facts(headers)?;

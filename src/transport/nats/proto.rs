@@ -67,7 +67,9 @@ pub struct Msg<'a> {
 pub fn parse(buf: &[u8], payload_max: usize) -> Result<Option<(ServerOp<'_>, usize)>, ProtoError> {
     let line_max = line_max(buf);
     let Some(eol) = find_crlf(buf, line_max) else {
-        if buf.len() > line_max {
+        // A line of the longest length may have arrived up to its CR (the LF in the next
+        // read): only more bytes than that without a CRLF are too long.
+        if buf.len() > line_max + 1 {
             return Err(ProtoError::LineTooLong(line_max));
         }
         return Ok(None);

@@ -244,3 +244,27 @@ fn expect_continue_is_reported_while_the_body_is_missing() {
         b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
     ));
 }
+
+/// A head over the limit is refused as too large whatever bytes follow the limit and
+/// however they arrive: found by the fuzzer, which saw a 400 (malformed, or a header too
+/// many, past the limit) in one read and a 431 when the same bytes came in two.
+#[test]
+fn head_over_the_limit_is_too_large_whatever_follows() {
+    let limits = HttpLimits {
+        header_bytes_max: 32,
+        ..limits()
+    };
+    let mut buf = b"GET /healthz HTTP/1.1\r\nHost: router.local\r\n".to_vec();
+    let malformed = [&buf[..], b"Bad Header\x01: v\r\n\r\n"].concat();
+    let many: Vec<u8> = (0..20)
+        .flat_map(|i| format!("X-{i}: v\r\n").into_bytes())
+        .chain(*b"\r\n")
+        .collect();
+    buf.extend_from_slice(&many);
+    for input in [&malformed[..], &buf[..]] {
+        let at_once = parse(input, &limits);
+        assert_eq!(at_once, Err(RequestError::HeadTooLarge { max: 32 }));
+        // The first 33 bytes alone, as a first read: the same answer.
+        assert_eq!(parse(&input[..33], &limits), at_once);
+    }
+}

@@ -61,6 +61,27 @@ fn incomplete_input_asks_for_more() {
     }
 }
 
+/// A control line of exactly the longest length, read up to its CR (the LF still on the
+/// way), asks for more instead of failing as too long; one byte more does fail. Found by
+/// `shardline-fuzz` (a prefix of a valid operation must parse as "need more").
+#[test]
+fn longest_line_split_before_its_lf_asks_for_more() {
+    let fill = CONTROL_LINE_BYTES_MAX - b"-ERR ''".len();
+    let line = format!("-ERR '{}'\r\n", "x".repeat(fill)).into_bytes();
+    assert_eq!(line.len(), CONTROL_LINE_BYTES_MAX + 2);
+    assert_eq!(parse(&line[..line.len() - 1], MAX), Ok(None));
+    let (op, used) = parse(&line, MAX).unwrap().expect("a whole line");
+    assert!(matches!(op, ServerOp::Err(_)));
+    assert_eq!(used, line.len());
+    let mut over = vec![b'A'; CONTROL_LINE_BYTES_MAX + 1];
+    assert_eq!(parse(&over, MAX), Ok(None), "could still end with its CR");
+    over.push(b'A');
+    assert_eq!(
+        parse(&over, MAX),
+        Err(ProtoError::LineTooLong(CONTROL_LINE_BYTES_MAX))
+    );
+}
+
 #[test]
 fn rejects_bad_input_with_an_error() {
     assert!(matches!(
