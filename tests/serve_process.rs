@@ -124,3 +124,106 @@ fn sigterm_when_idle_exits_promptly() {
     let status = wait_exit(&mut child);
     assert!(status.success(), "exit status {status}");
 }
+
+/// Runs `shardline serve` on `dir` expecting it to refuse to start: its exit status and
+/// everything it wrote to stderr, within `EXIT_WITHIN` (killed and failed past that).
+fn run_expecting_exit(dir: &TempDir) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["serve", "--config"])
+        .arg(dir.0.join("shardline.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shardline serve");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + EXIT_WITHIN;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the second router is still running {EXIT_WITHIN:?} after its start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().expect("stderr reader"))
+}
+
+/// A config dir whose `shardline.toml` listens on `listen` with `extra` server keys.
+fn config_on(name: &str, listen: SocketAddr, extra: &str) -> TempDir {
+    let dir = config_dir(name, "");
+    let toml = format!("[server]\nlisten = \"{listen}\"\ndrain_timeout_ms = 1000\n{extra}\n");
+    std::fs::write(dir.0.join("shardline.toml"), toml).unwrap();
+    dir
+}
+
+/// `n` fresh connections to `addr`, one request each: every one must be answered 200.
+fn all_fresh_connections_answered(addr: SocketAddr, n: usize) {
+    for i in 0..n {
+        let mut client = Client::connect(addr);
+        let resp = client.request("GET", "/healthz", &[], b"");
+        assert_eq!(resp.status, 200, "fresh connection {i} of {n} to {addr}");
+    }
+}
+
+/// A second router on a port the first one serves (the shared `listen`, or a shard port)
+/// does not join it: it exits non-zero naming the address, and the first keeps answering
+/// every new connection (none lands on a socket of the second).
+#[test]
+fn a_second_router_on_the_same_port_refuses_to_start() {
+    let _serial = serial();
+    let shards = usable_cores();
+    let base = free_port_base(shards + 1);
+    let listen = loopback(base);
+    let first_dir = config_on(
+        "port-first",
+        listen,
+        &format!("shard_port_base = {}", base + 1),
+    );
+    let (first, addr) = spawn(&first_dir);
+    let mut first = KillOnDrop(first);
+    assert_eq!(addr, listen);
+
+    let same_listen = config_on("port-same", listen, "");
+    let (status, stderr) = run_expecting_exit(&same_listen);
+    assert!(!status.success(), "second router exited {status}: {stderr}");
+    let expected = format!("{listen} is already in use by another process");
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+
+    let shard_port = loopback(base + 1);
+    let same_shard_ports = config_on(
+        "port-shards",
+        loopback(0),
+        &format!("shard_port_base = {}", base + 1),
+    );
+    let (status, stderr) = run_expecting_exit(&same_shard_ports);
+    assert!(!status.success(), "second router exited {status}: {stderr}");
+    let expected = format!("{shard_port} is already in use by another process");
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+
+    all_fresh_connections_answered(listen, 64);
+    all_fresh_connections_answered(shard_port, 8);
+    sigterm(&first.0);
+    let status = wait_exit(&mut first.0);
+    assert!(status.success(), "first router exit status {status}");
+}
+
+/// A child router that a failing test must not leave running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
