@@ -403,7 +403,24 @@ fn run_serve(file: &Path) -> Result<ExitCode> {
         log::info!("serving on https://{addr}");
     }
     let signal = signals.forever().next();
-    log::info!("signal {signal:?}: stopping, answering requests in flight");
+    let grace = std::time::Duration::from_millis(config.server.drain_grace_ms);
+    log::info!(
+        "signal {signal:?}: /readyz answers 503; serving {} ms more before stopping",
+        grace.as_millis()
+    );
+    // A second signal means the operator will not wait for the drain: end now.
+    std::thread::Builder::new()
+        .name("second-signal".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                log::warn!("second signal {signal}: exiting at once, without draining");
+                log::logger().flush();
+                std::process::exit(1);
+            }
+        })?;
+    server.begin_stop();
+    std::thread::sleep(grace);
+    log::info!("stopping: listeners close, answering requests in flight");
     server.stop()?;
     log::info!("stopped");
     Ok(ExitCode::SUCCESS)

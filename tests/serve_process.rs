@@ -227,3 +227,70 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// `GET /readyz` on a fresh connection: its status, or `None` when nothing answered.
+fn readyz(addr: SocketAddr) -> Option<u16> {
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut client = Client {
+        reader: BufReader::new(stream.try_clone().ok()?),
+        stream,
+    };
+    std::io::Write::write_all(
+        &mut client.stream,
+        &request_bytes("GET", "/readyz", &[], b""),
+    )
+    .ok()?;
+    client.read_response().map(|r| r.status)
+}
+
+/// Polls `/readyz` until it answers 503 (within `EXIT_WITHIN`); panics on any other end.
+fn wait_not_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + EXIT_WITHIN;
+    loop {
+        match readyz(addr) {
+            Some(503) => return,
+            Some(200) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => panic!("/readyz after SIGTERM: {other:?} instead of 503"),
+        }
+    }
+}
+
+/// After SIGTERM the router says "not ready" while it still accepts and answers for
+/// `server.drain_grace_ms`, so a load balancer can take it out of rotation before its
+/// listeners close; then it exits 0.
+#[test]
+fn sigterm_turns_readyz_503_while_still_serving_for_the_grace() {
+    let _serial = serial();
+    let dir = config_dir("grace", "drain_timeout_ms = 1000\ndrain_grace_ms = 3000");
+    let (child, addr) = spawn(&dir);
+    let mut child = KillOnDrop(child);
+    assert_eq!(readyz(addr), Some(200));
+    sigterm(&child.0);
+    wait_not_ready(addr);
+    for i in 0..5 {
+        let mut client = Client::connect(addr);
+        let resp = client.request("POST", "/v1/decide", &[], &decide_body("acme", "grace"));
+        assert_eq!(resp.status, 200, "decide {i} during the grace: {resp:?}");
+    }
+    assert_eq!(readyz(addr), Some(503), "still not ready");
+    let status = wait_exit(&mut child.0);
+    assert!(status.success(), "exit status {status}");
+}
+
+/// A second SIGTERM during a long grace ends the process at once, with a non-zero status.
+#[test]
+fn a_second_sigterm_during_the_grace_exits_at_once() {
+    let _serial = serial();
+    let dir = config_dir("grace-twice", "drain_grace_ms = 60000");
+    let (child, addr) = spawn(&dir);
+    let mut child = KillOnDrop(child);
+    sigterm(&child.0);
+    wait_not_ready(addr);
+    sigterm(&child.0);
+    // `wait_exit` fails past EXIT_WITHIN, far below the 60 s grace.
+    let status = wait_exit(&mut child.0);
+    assert!(!status.success(), "exit status {status}");
+}

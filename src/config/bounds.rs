@@ -18,6 +18,11 @@ pub const CORE_ID_MAX: usize = 1023;
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const DRAIN_TIMEOUT_MS_MAX: u64 = 300_000;
 
+/// `server.drain_grace_ms`: after SIGTERM, how long `/readyz` answers 503 while the
+/// listeners still serve, so a load balancer stops sending before they close. 0 = none.
+pub const DRAIN_GRACE_MS_DEFAULT: u64 = 2_000;
+pub const DRAIN_GRACE_MS_MAX: u64 = 60_000;
+
 /// `limits.body_bytes_max` (SPEC §3: 1 MiB, configurable).
 pub const BODY_BYTES_DEFAULT: usize = 1 << 20;
 pub const BODY_BYTES_MIN: usize = 1 << 10;
@@ -102,6 +107,7 @@ pub const ASSIGNMENT_RETRIES_MAX: u32 = 10;
 
 const _: () = assert!(SHARDS_MAX <= CORE_ID_MAX + 1);
 const _: () = assert!(DRAIN_TIMEOUT_MS_DEFAULT <= DRAIN_TIMEOUT_MS_MAX);
+const _: () = assert!(DRAIN_GRACE_MS_DEFAULT <= DRAIN_GRACE_MS_MAX);
 const _: () = assert!(BODY_BYTES_MIN <= BODY_BYTES_DEFAULT && BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
 const _: () = assert!(HEADERS_MIN <= HEADERS_DEFAULT && HEADERS_DEFAULT <= HEADERS_MAX);
 const _: () =

@@ -146,6 +146,7 @@ impl ServerConfig {
             "policies_dir" => self.policies_dir = raw.into(),
             "extensions_dir" => self.extensions_dir = raw.into(),
             "drain_timeout_ms" => self.drain_timeout_ms = parse(raw)?,
+            "drain_grace_ms" => self.drain_grace_ms = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())

@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub extensions_dir: PathBuf,
     /// How long a stopping shard waits for in-flight requests.
     pub drain_timeout_ms: u64,
+    /// After SIGTERM/SIGINT, how long `/readyz` is 503 before the listeners close.
+    pub drain_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +80,7 @@ impl Default for ServerConfig {
             policies_dir: PathBuf::from("policies"),
             extensions_dir: PathBuf::from("extensions"),
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+            drain_grace_ms: DRAIN_GRACE_MS_DEFAULT,
         }
     }
 }

@@ -88,6 +88,8 @@ impl Config {
         }
         let drain = server.drain_timeout_ms;
         report.range("server.drain_timeout_ms", drain, 0, DRAIN_TIMEOUT_MS_MAX);
+        let grace = server.drain_grace_ms;
+        report.range("server.drain_grace_ms", grace, 0, DRAIN_GRACE_MS_MAX);
         if server.shard_port_base != 0 {
             self.check_shard_ports(report);
         }

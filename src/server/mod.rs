@@ -4,7 +4,8 @@
 //!
 //! Start-up order: preflight (io_uring, memlock) → load the routing table → start one
 //! pinned executor per core, each binding its listeners before the readiness barrier →
-//! ready. Stop: SIGTERM/SIGINT → the mesh's stop protocol: listeners close, in-flight
+//! ready. Stop: SIGTERM/SIGINT → `/readyz` 503 for `server.drain_grace_ms` while still
+//! serving (`begin_stop`) → the mesh's stop protocol: listeners close, in-flight
 //! requests (including handoffs) are answered, then every shard exits.
 
 mod admin_call;
@@ -243,6 +244,13 @@ impl Server {
 
     pub fn shard_count(&self) -> usize {
         self.shared.partition.shard_count()
+    }
+
+    /// The first step of a stop: `/readyz` answers 503 from now on, while the listeners
+    /// keep accepting and answering, so a load balancer takes this node out of rotation
+    /// before its connections are refused (`serve` waits `server.drain_grace_ms` here).
+    pub fn begin_stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
     }
 
     /// Graceful stop: listeners close, in-flight requests are answered, shards exit.
