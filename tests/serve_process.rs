@@ -128,14 +128,19 @@ fn sigterm_when_idle_exits_promptly() {
 /// Runs `shardline serve` on `dir` expecting it to refuse to start: its exit status and
 /// everything it wrote to stderr, within `EXIT_WITHIN` (killed and failed past that).
 fn run_expecting_exit(dir: &TempDir) -> (std::process::ExitStatus, String) {
-    use std::io::Read;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shardline"));
+    command
         .args(["serve", "--config"])
         .arg(dir.0.join("shardline.toml"))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shardline serve");
+        .stderr(Stdio::piped());
+    run_expecting_exit_from(command)
+}
+
+/// `run_expecting_exit` for a prepared command (stderr piped).
+fn run_expecting_exit_from(mut command: Command) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = command.spawn().expect("spawn shardline serve");
     let mut stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
@@ -150,7 +155,7 @@ fn run_expecting_exit(dir: &TempDir) -> (std::process::ExitStatus, String) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the second router is still running {EXIT_WITHIN:?} after its start");
+            panic!("the router is still running {EXIT_WITHIN:?} after its start");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -250,9 +255,7 @@ fn wait_not_ready(addr: SocketAddr) {
     loop {
         match readyz(addr) {
             Some(503) => return,
-            Some(200) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
+            Some(200) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             other => panic!("/readyz after SIGTERM: {other:?} instead of 503"),
         }
     }
@@ -293,4 +296,150 @@ fn a_second_sigterm_during_the_grace_exits_at_once() {
     // `wait_exit` fails past EXIT_WITHIN, far below the 60 s grace.
     let status = wait_exit(&mut child.0);
     assert!(!status.success(), "exit status {status}");
+}
+
+/// A `shardline serve` command whose process has `RLIMIT_NOFILE` = `nofile` (soft and
+/// hard) and inherits `hog` extra open descriptors (as if something else used them).
+fn limited_command(dir: &TempDir, nofile: u64, hog: usize) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shardline"));
+    command
+        .args(["serve", "--config"])
+        .arg(dir.0.join("shardline.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let pre_exec = move || {
+        let limit = libc::rlimit {
+            rlim_cur: nofile,
+            rlim_max: nofile,
+        };
+        // SAFETY: setrlimit(2) and open(2) are async-signal-safe; the path is a C string.
+        unsafe {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for _ in 0..hog {
+                // Without O_CLOEXEC: the router inherits them.
+                if libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe calls (see above).
+    unsafe { command.pre_exec(pre_exec) };
+    command
+}
+
+/// Out of file descriptors, every client is either served or answered `503 overloaded`
+/// within a bounded time; none waits unanswered in the backlog. At start, a hard limit
+/// below what the configured connection cap needs lowers the cap with a warning that
+/// names the fix, and one too low for any connection refuses to start.
+#[test]
+fn out_of_file_descriptors_every_client_is_served_or_refused() {
+    let _serial = serial();
+    let dir = config_dir(
+        "fds",
+        "cores = 1\ndrain_timeout_ms = 1000\ndrain_grace_ms = 0",
+    );
+
+    // Too low for one connection per shard: exits non-zero, naming `ulimit -n`.
+    let (status, stderr) = run_expecting_exit_from(limited_command(&dir, 80, 0));
+    assert!(!status.success(), "started with 80 descriptors: {stderr}");
+    assert!(stderr.contains("ulimit -n"), "stderr: {stderr}");
+
+    // 160 descriptors: the cap is lowered to 160 − 64 − 32 = 64, and 90 of them are
+    // already taken, so the served (idle, kept-alive) connections use up every descriptor
+    // before the cap: the clients beyond wait in the backlog until the spare descriptor
+    // answers them (without it, until a served connection's idle timeout, 60 s).
+    const CLIENTS: usize = 90;
+    let mut command = limited_command(&dir, 160, 90);
+    let mut child = KillOnDrop(command.spawn().expect("spawn"));
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let mut early = Vec::new();
+    let addr: SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("a log line before exit")
+            .expect("stderr");
+        if let Some(rest) = line.split("serving on http://").nth(1) {
+            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            break addr.parse().expect("logged address");
+        }
+        early.push(line);
+    };
+    let started = Instant::now();
+    let log = std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .filter(|l| l.contains("http accept failed"))
+            .count()
+    });
+    let early = early.join("\n");
+    assert!(
+        early.contains("holds 64 connections per shard") && early.contains("LimitNOFILE="),
+        "start-up log: {early}"
+    );
+
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|_| {
+            let mut client = Client::connect(addr);
+            client
+                .stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let request = request_bytes("GET", "/healthz", &[], b"");
+            std::io::Write::write_all(&mut client.stream, &request).expect("send");
+            client
+        })
+        .collect();
+    let (mut served, mut over_cap, mut out_of_fds) = (0, 0, 0);
+    for (i, client) in clients.iter_mut().enumerate() {
+        let Some(resp) = client.read_response() else {
+            panic!("client {i} of {CLIENTS}: no answer within 10 s (served {served}, refused {over_cap} + {out_of_fds})");
+        };
+        match resp.status {
+            200 => served += 1,
+            503 => {
+                let json = resp.json();
+                assert_eq!(json["error"]["code"], "overloaded", "{json}");
+                match json["error"]["message"].as_str() {
+                    Some(shardline::transport::http::FD_LIMIT_MESSAGE) => out_of_fds += 1,
+                    _ => over_cap += 1,
+                }
+            }
+            other => panic!("client {i}: status {other}"),
+        }
+    }
+    assert!(served >= 1 && served <= 64, "served {served}");
+    assert!(
+        out_of_fds >= 1,
+        "none answered at EMFILE (served {served}, over the cap {over_cap})"
+    );
+    eprintln!("served {served}, over the cap {over_cap}, out of descriptors {out_of_fds}");
+    drop(clients);
+    // Serving again once the clients are gone and their descriptors are free.
+    let deadline = Instant::now() + EXIT_WITHIN;
+    while Client::connect(addr)
+        .request("GET", "/healthz", &[], b"")
+        .status
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "still refusing after the clients left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigterm(&child.0);
+    let status = wait_exit(&mut child.0);
+    assert!(status.success(), "exit status {status}");
+    // At most one accept-error line a second (the shard retries every 10 ms).
+    let lines = log.join().expect("log reader");
+    let seconds = started.elapsed().as_secs() as usize;
+    assert!(
+        lines <= seconds + 2,
+        "{lines} accept-error lines in {seconds} s"
+    );
 }

@@ -10,6 +10,7 @@
 
 mod admin_call;
 pub mod cache;
+pub mod fds;
 pub mod handoff;
 pub mod nats;
 mod nats_admin;
@@ -150,11 +151,15 @@ impl Server {
     pub fn start(mut settings: ServerSettings) -> anyhow::Result<Server> {
         settings.http.validate()?;
         let shard_count = Topology::detect()?.select(&settings.cores)?.len();
+        let fds = fds::fit(shard_count, settings.http.connections_max)?;
+        settings.http.connections_max = fds.connections_per_shard;
         let mut ports = vec![reserve(&mut settings.listen)?];
         if settings.shard_port_base != 0 {
             for i in 0..shard_count {
-                let port = u16::try_from(usize::from(settings.shard_port_base) + i)
-                    .map_err(|_| anyhow::anyhow!("server.shard_port_base + shards is over 65535"))?;
+                let port =
+                    u16::try_from(usize::from(settings.shard_port_base) + i).map_err(|_| {
+                        anyhow::anyhow!("server.shard_port_base + shards is over 65535")
+                    })?;
                 ports.push(reserve(&mut SocketAddr::new(settings.listen.ip(), port))?);
             }
         }

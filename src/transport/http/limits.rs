@@ -66,6 +66,13 @@ pub const EXTRA_HEADER_VALUE_BYTES_MAX: usize = 4 * 1024;
 pub const CHUNK_LINE_BYTES_MAX: usize = 1024;
 /// Pause after an accept error such as EMFILE, so the accept loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
+/// At most one accept-error log line per shard per this interval; the line counts the
+/// ones left out since the previous (at EMFILE the loop would otherwise log ~100/s).
+pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 1_000;
+/// A connection answered `503` with the spare descriptor at EMFILE lingers this long at
+/// most (not `LINGER_TIMEOUT_MS`): the spare is the shard's only way to answer while the
+/// process is out of descriptors, so it is given back quickly for the next client.
+pub const FD_EXHAUSTED_LINGER_MS: u64 = 100;
 
 /// `header_bytes_max` and `body_bytes_max` each; their sum stays below `u32::MAX`.
 pub const LIMIT_BYTES_CEILING_MAX: usize = (u32::MAX / 2) as usize;
