@@ -412,7 +412,7 @@ fn out_of_file_descriptors_every_client_is_served_or_refused() {
             other => panic!("client {i}: status {other}"),
         }
     }
-    assert!(served >= 1 && served <= 64, "served {served}");
+    assert!((1..=64).contains(&served), "served {served}");
     assert!(
         out_of_fds >= 1,
         "none answered at EMFILE (served {served}, over the cap {over_cap})"
@@ -442,4 +442,46 @@ fn out_of_file_descriptors_every_client_is_served_or_refused() {
         lines <= seconds + 2,
         "{lines} accept-error lines in {seconds} s"
     );
+}
+
+/// The same holds for the HTTPS listener: a second router whose `tls.listen` is the
+/// first one's exits non-zero naming it, and the first keeps serving HTTP.
+#[test]
+fn a_second_router_on_the_same_https_port_refuses_to_start() {
+    let _serial = serial();
+    let tls_port = free_port_base(1);
+    let tls_listen = loopback(tls_port);
+    let with_tls = |name: &str| {
+        let dir = config_on(name, loopback(0), "");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.0.join("server.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.0.join("server.key"), key.serialize_pem()).unwrap();
+        let path = dir.0.join("shardline.toml");
+        let mut toml = std::fs::read_to_string(&path).unwrap();
+        toml.push_str(&format!(
+            "[tls]\nenabled = true\nlisten = \"{tls_listen}\"\ncert = \"server.crt\"\nkey = \"server.key\"\n"
+        ));
+        std::fs::write(path, toml).unwrap();
+        dir
+    };
+    let first_dir = with_tls("tls-first");
+    let (first, addr) = spawn(&first_dir);
+    let mut first = KillOnDrop(first);
+
+    let (status, stderr) = run_expecting_exit(&with_tls("tls-second"));
+    assert!(!status.success(), "second router exited {status}: {stderr}");
+    let expected = format!("{tls_listen} is already in use by another process");
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+
+    all_fresh_connections_answered(addr, 16);
+    let accepts = std::net::TcpStream::connect_timeout(&tls_listen, Duration::from_secs(2));
+    assert!(
+        accepts.is_ok(),
+        "the first router's HTTPS listener: {accepts:?}"
+    );
+    sigterm(&first.0);
+    let status = wait_exit(&mut first.0);
+    assert!(status.success(), "first router exit status {status}");
 }
