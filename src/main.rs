@@ -409,7 +409,30 @@ fn run_serve(file: &Path) -> Result<ExitCode> {
         Ok(signal) => signal,
         Err(exit) => return Ok(shard_died(&exit)),
     };
-    log::info!("signal {signal:?}: stopping, answering requests in flight");
+    let grace = Duration::from_millis(config.server.drain_grace_ms);
+    log::info!(
+        "signal {signal:?}: /readyz answers 503; serving {} ms more before stopping",
+        grace.as_millis()
+    );
+    // A second signal means the operator will not wait for the drain: end now.
+    std::thread::Builder::new()
+        .name("second-signal".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                log::warn!("second signal {signal}: exiting at once, without draining");
+                log::logger().flush();
+                std::process::exit(1);
+            }
+        })?;
+    server.begin_stop();
+    // The grace still watches the shards: a dead one ends the process as it would before.
+    let grace_ends = Instant::now() + grace;
+    while let Some(left) = grace_ends.checked_duration_since(Instant::now()) {
+        if let Some(exit) = server.wait_shard_exit(left.min(Duration::from_millis(100))) {
+            return Ok(shard_died(&exit));
+        }
+    }
+    log::info!("stopping: listeners close, answering requests in flight");
     server.stop()?;
     log::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -339,6 +339,34 @@ fn oversized_body_is_413() {
     server.stop().unwrap();
 }
 
+/// A client that writes its whole request before reading (Python's `http.client` does)
+/// still reads the 413 when the body is far over the limit: the server keeps discarding
+/// what the client sends after the answer instead of closing on unread input, which
+/// would reset the connection and destroy the answer (the client would see EPIPE/RST).
+#[test]
+fn oversized_body_written_in_full_first_still_reads_the_413() {
+    let _serial = serial();
+    let dir = config_dir("too-large-whole", "");
+    let server = start(settings(&dir));
+    for body_len in [2 << 20, 8 << 20] {
+        let mut client = Client::connect(server.local_addr());
+        client
+            .stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let body = vec![b'x'; body_len];
+        let request = request_bytes("POST", "/v1/decide", &[], &body);
+        if let Err(e) = std::io::Write::write_all(&mut client.stream, &request) {
+            panic!("writing a {body_len}-byte request: {e} (the 413 was reset away)");
+        }
+        let resp = client
+            .read_response()
+            .unwrap_or_else(|| panic!("no answer to a {body_len}-byte body"));
+        expect_error(&resp, 413, "payload_too_large");
+    }
+    server.stop().unwrap();
+}
+
 /// A connection over `connections_per_shard_max` is answered 503 `overloaded` with
 /// `Retry-After` and closed, while the admitted ones are served.
 #[test]

@@ -31,6 +31,10 @@ pub const STALL_MS_MAX: u64 = 60_000;
 pub const HANDOFF_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 pub const HANDOFF_TIMEOUT_MS_MIN: u64 = 10;
 pub const HANDOFF_TIMEOUT_MS_MAX: u64 = 120_000;
+/// `server.drain_grace_ms`: after SIGTERM, how long `/readyz` answers 503 while the
+/// listeners still serve, so a load balancer stops sending before they close. 0 = none.
+pub const DRAIN_GRACE_MS_DEFAULT: u64 = 2_000;
+pub const DRAIN_GRACE_MS_MAX: u64 = 60_000;
 
 /// `limits.body_bytes_max` (SPEC §3: 1 MiB, configurable).
 pub const BODY_BYTES_DEFAULT: usize = 1 << 20;
@@ -139,6 +143,7 @@ const _: () = assert!(DRAIN_TIMEOUT_MS_DEFAULT <= DRAIN_TIMEOUT_MS_MAX);
 const _: () = assert!(STALL_MS_MIN <= STALL_MS_DEFAULT && STALL_MS_DEFAULT <= STALL_MS_MAX);
 const _: () = assert!(HANDOFF_TIMEOUT_MS_MIN <= HANDOFF_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(HANDOFF_TIMEOUT_MS_DEFAULT <= HANDOFF_TIMEOUT_MS_MAX);
+const _: () = assert!(DRAIN_GRACE_MS_DEFAULT <= DRAIN_GRACE_MS_MAX);
 const _: () = assert!(BODY_BYTES_MIN <= BODY_BYTES_DEFAULT && BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
 const _: () = assert!(HEADERS_MIN <= HEADERS_DEFAULT && HEADERS_DEFAULT <= HEADERS_MAX);
 const _: () =

@@ -167,6 +167,7 @@ impl ServerConfig {
             "drain_timeout_ms" => self.drain_timeout_ms = parse(raw)?,
             "stall_ms" => self.stall_ms = parse(raw)?,
             "handoff_timeout_ms" => self.handoff_timeout_ms = parse(raw)?,
+            "drain_grace_ms" => self.drain_grace_ms = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub stall_ms: u64,
     /// How long a request handed to another shard waits before `overloaded`.
     pub handoff_timeout_ms: u64,
+    /// After SIGTERM/SIGINT, how long `/readyz` is 503 before the listeners close.
+    pub drain_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +87,7 @@ impl Default for ServerConfig {
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
             stall_ms: STALL_MS_DEFAULT,
             handoff_timeout_ms: HANDOFF_TIMEOUT_MS_DEFAULT,
+            drain_grace_ms: DRAIN_GRACE_MS_DEFAULT,
         }
     }
 }

@@ -96,6 +96,8 @@ impl Config {
         let handoff = server.handoff_timeout_ms;
         let (min, max) = (HANDOFF_TIMEOUT_MS_MIN, HANDOFF_TIMEOUT_MS_MAX);
         report.range("server.handoff_timeout_ms", handoff, min, max);
+        let grace = server.drain_grace_ms;
+        report.range("server.drain_grace_ms", grace, 0, DRAIN_GRACE_MS_MAX);
         if server.shard_port_base != 0 {
             self.check_shard_ports(report);
         }

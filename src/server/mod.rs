@@ -4,12 +4,14 @@
 //!
 //! Start-up order: preflight (io_uring, memlock) → load the routing table → start one
 //! pinned executor per core, each binding its listeners before the readiness barrier →
-//! ready. Stop: SIGTERM/SIGINT → the mesh's stop protocol: listeners close, in-flight
+//! ready. Stop: SIGTERM/SIGINT → `/readyz` 503 for `server.drain_grace_ms` while still
+//! serving (`begin_stop`) → the mesh's stop protocol: listeners close, in-flight
 //! requests (including handoffs) are answered, then every shard exits.
 
 pub mod access;
 mod admin_call;
 pub mod cache;
+pub mod fds;
 pub mod handoff;
 pub mod nats;
 mod nats_admin;
@@ -184,7 +186,19 @@ impl Server {
     /// Loads the policies, starts the shards and returns once every shard listens.
     pub fn start(mut settings: ServerSettings) -> anyhow::Result<Server> {
         settings.http.validate()?;
+        let shard_count = Topology::detect()?.select(&settings.cores)?.len();
+        let fds = fds::fit(shard_count, settings.http.connections_max)?;
+        settings.http.connections_max = fds.connections_per_shard;
         let mut ports = vec![reserve(&mut settings.listen)?];
+        if settings.shard_port_base != 0 {
+            for i in 0..shard_count {
+                let port =
+                    u16::try_from(usize::from(settings.shard_port_base) + i).map_err(|_| {
+                        anyhow::anyhow!("server.shard_port_base + shards is over 65535")
+                    })?;
+                ports.push(reserve(&mut SocketAddr::new(settings.listen.ip(), port))?);
+            }
+        }
         if let Some(tls) = &mut settings.tls {
             ports.push(reserve(&mut tls.listen)?);
         }
@@ -192,7 +206,6 @@ impl Server {
             let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
             anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
         })?;
-        let shard_count = Topology::detect()?.select(&settings.cores)?.len();
         let registry = Registry::load_dir(&settings.extensions_dir)
             .map_err(|e| anyhow::anyhow!("invalid extension registry: {e}"))?;
         let nats = match &settings.nats {
@@ -291,6 +304,13 @@ impl Server {
         self.runtime.wait_exit(timeout)
     }
 
+    /// The first step of a stop: `/readyz` answers 503 from now on, while the listeners
+    /// keep accepting and answering, so a load balancer takes this node out of rotation
+    /// before its connections are refused (`serve` waits `server.drain_grace_ms` here).
+    pub fn begin_stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+    }
+
     /// Graceful stop: listeners close, in-flight requests are answered, shards exit.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.shared.stopping.store(true, Ordering::Release);
@@ -322,8 +342,10 @@ fn watch_stalls(shared: &Arc<Shared>) -> anyhow::Result<Watchdog> {
 }
 
 fn reserve(addr: &mut SocketAddr) -> anyhow::Result<PortReservation> {
-    let reservation =
-        PortReservation::new(*addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let reservation = PortReservation::new(*addr).map_err(|e| match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => anyhow::anyhow!("{addr} is already in use by another process"),
+        _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+    })?;
     *addr = reservation.addr;
     Ok(reservation)
 }
@@ -406,11 +428,27 @@ fn start_shard(
     Ok(shard::mesh_loop(shard, ctx.end, stop, servers))
 }
 
-/// A bound, non-listening SO_REUSEPORT socket that holds a port for the shards.
+/// A bound, non-listening socket that holds a port for this process's shards and keeps
+/// every other process off it.
 ///
 /// With `listen = "127.0.0.1:0"` every shard would otherwise get its own random port. The
 /// reserving socket never listens, so the kernel routes no connection to it; it only keeps
-/// the port in the SO_REUSEPORT group until the server stops.
+/// the port until the server stops.
+///
+/// Why a probe, then a reservation without SO_REUSEADDR: the shards bind with
+/// SO_REUSEPORT, and Linux lets any socket of the same user join a SO_REUSEPORT group, so
+/// a second `shardline serve` on the same address would bind too and silently take half
+/// the connections. Before reserving, `new` binds a probe socket with SO_REUSEADDR but
+/// without SO_REUSEPORT: that bind fails with EADDRINUSE while any other socket listens
+/// on the port (with or without SO_REUSEPORT, any program), yet succeeds over TIME_WAIT
+/// leftovers of a previous run, so a restart is not refused for a minute (a probe without
+/// SO_REUSEADDR would be). The reservation itself then sets only SO_REUSEPORT: our
+/// shards (SO_REUSEPORT, same user) may still join it, but the probe of a second router
+/// started while this one is still loading its policies (no listener yet) conflicts with
+/// it, since the reservation lacks SO_REUSEADDR. What remains is the microseconds between
+/// one process's probe and its reservation, in which a second process's probe must land
+/// exactly; `listen` with an explicit port is the one that matters, and port 0 skips the
+/// probe (the kernel picks a port nobody holds).
 #[derive(Debug)]
 pub struct PortReservation {
     _fd: std::os::fd::OwnedFd,
@@ -419,43 +457,50 @@ pub struct PortReservation {
 
 impl PortReservation {
     pub fn new(addr: SocketAddr) -> std::io::Result<PortReservation> {
-        use std::os::fd::FromRawFd;
-        let domain = if addr.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        // SAFETY: plain socket(2); the fd is owned below.
-        let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
+        if addr.port() != 0 {
+            let probe = tcp_socket(addr)?;
+            set_option(&probe, libc::SO_REUSEADDR)?;
+            bind_fd(&probe, addr)?;
         }
-        // SAFETY: `raw` is a fresh, valid fd nobody else owns.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-        set_reuse(&fd)?;
+        let fd = tcp_socket(addr)?;
+        set_option(&fd, libc::SO_REUSEPORT)?;
         bind_fd(&fd, addr)?;
         let addr = local_addr(&fd, addr)?;
         Ok(PortReservation { _fd: fd, addr })
     }
 }
 
-fn set_reuse(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the fd is owned below.
+    let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh, valid fd nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
+}
+
+fn set_option(fd: &std::os::fd::OwnedFd, opt: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
-    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        // SAFETY: valid fd; `one` outlives the call; the length matches its type.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    // SAFETY: valid fd; `one` outlives the call; the length matches its type.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

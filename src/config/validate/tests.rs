@@ -51,12 +51,14 @@ fn limit_ranges() {
         c.limits.idempotency_entries_per_shard = 0;
         c.limits.idempotency_ttl_ms = 10;
         c.server.drain_timeout_ms = DRAIN_TIMEOUT_MS_MAX + 1;
+        c.server.drain_grace_ms = DRAIN_GRACE_MS_MAX + 1;
     });
     let keys: Vec<&str> = p.iter().map(|l| l.split(':').next().unwrap()).collect();
     assert_eq!(
         keys,
         [
             "server.drain_timeout_ms",
+            "server.drain_grace_ms",
             "limits.body_bytes_max",
             "limits.headers_max",
             "limits.header_bytes_max",
@@ -71,6 +73,10 @@ fn limit_ranges() {
     );
     assert_eq!(
         p[1],
+        "server.drain_grace_ms: must be between 0 and 60000 (got 60001)"
+    );
+    assert_eq!(
+        p[2],
         "limits.body_bytes_max: must be between 1024 and 67108864 (got 10)"
     );
 }

@@ -84,7 +84,8 @@ where
             io, rbuf, timer, ..
         } = &mut conn;
         rbuf.clear();
-        linger(io, rbuf.spare_mut(), timer).await;
+        let linger_for = Duration::from_millis(LINGER_TIMEOUT_MS);
+        linger(io, rbuf.spare_mut(), timer, linger_for).await;
     }
 }
 
@@ -301,12 +302,17 @@ where
 }
 
 /// After a final answer: close the sending side, then discard what the client still sends
-/// (at most `LINGER_BYTES_MAX`, for at most `LINGER_TIMEOUT_MS`) until it closes too.
-pub(crate) async fn linger<IO>(io: &mut IO, scratch: &mut [u8], timer: &mut Timer)
-where
+/// (at most `LINGER_BYTES_MAX`, for at most `linger_for`, `LINGER_TIMEOUT_MS` for a
+/// connection) until it closes too.
+pub(crate) async fn linger<IO>(
+    io: &mut IO,
+    scratch: &mut [u8],
+    timer: &mut Timer,
+    linger_for: Duration,
+) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    timer.reset(Duration::from_millis(LINGER_TIMEOUT_MS));
+    timer.reset(linger_for);
     if !matches!(race(io.close(), timer, None).await, Raced::Done(Ok(()))) {
         return;
     }

@@ -48,9 +48,16 @@ pub const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
 pub const REFUSALS_IN_FLIGHT_MAX: usize = 64;
 /// After an error response, bytes of the client's unread input discarded before closing,
 /// so the kernel does not reset the connection and destroy the response in flight.
-pub const LINGER_BYTES_MAX: usize = 64 * 1024;
-/// …and for how long at most.
-pub const LINGER_TIMEOUT_MS: u64 = 500;
+///
+/// Sized for the client that writes a whole oversized request before it reads anything
+/// (Python's `http.client`, many SDKs): it only sees the 413 if the server takes every
+/// byte it sends, so this must cover a body several times `BODY_BYTES_MAX`; 64 KiB (the
+/// earlier value) reset the answer of any body over about 2 MiB. Discarding costs no
+/// memory (the connection's own read buffer is reused), only the reads.
+pub const LINGER_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// …and for how long at most: enough for `LINGER_BYTES_MAX` at ~100 Mbit/s; a slower
+/// client with that much unread input gets the reset.
+pub const LINGER_TIMEOUT_MS: u64 = 2_000;
 /// Extra response headers a `Service` may add to one response.
 pub const EXTRA_HEADERS_MAX: usize = 8;
 /// Bytes of all extra header values of one response together.
@@ -59,6 +66,13 @@ pub const EXTRA_HEADER_VALUE_BYTES_MAX: usize = 4 * 1024;
 pub const CHUNK_LINE_BYTES_MAX: usize = 1024;
 /// Pause after an accept error such as EMFILE, so the accept loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
+/// At most one accept-error log line per shard per this interval; the line counts the
+/// ones left out since the previous (at EMFILE the loop would otherwise log ~100/s).
+pub const ACCEPT_ERROR_LOG_INTERVAL_MS: u64 = 1_000;
+/// A connection answered `503` with the spare descriptor at EMFILE lingers this long at
+/// most (not `LINGER_TIMEOUT_MS`): the spare is the shard's only way to answer while the
+/// process is out of descriptors, so it is given back quickly for the next client.
+pub const FD_EXHAUSTED_LINGER_MS: u64 = 100;
 
 /// `header_bytes_max` and `body_bytes_max` each; their sum stays below `u32::MAX`.
 pub const LIMIT_BYTES_CEILING_MAX: usize = (u32::MAX / 2) as usize;
@@ -68,6 +82,7 @@ const _: () = assert!(READ_BUFFER_BYTES_INITIAL <= HEADER_BYTES_MAX);
 const _: () = assert!(READ_BUFFER_BYTES_INITIAL <= BUFFER_BYTES_RETAINED_MAX);
 const _: () = assert!(CHUNK_LINE_BYTES_MAX <= HEADER_BYTES_MAX);
 const _: () = assert!(LINGER_TIMEOUT_MS < READ_TIMEOUT_MS);
+const _: () = assert!(LINGER_BYTES_MAX >= 8 * BODY_BYTES_MAX);
 const _: () = assert!(READ_TIMEOUT_MS <= IDLE_TIMEOUT_MS);
 const _: () = assert!(REFUSALS_IN_FLIGHT_MAX <= CONNECTIONS_PER_SHARD_MAX);
 const _: () = assert!(HEADER_BYTES_MAX <= LIMIT_BYTES_CEILING_MAX);

@@ -54,7 +54,7 @@ pub use parse::{parse_request, Parsed};
 pub use request::{Header, Method, Request};
 pub(crate) use response::push_decimal;
 pub use response::{reason_phrase, ExtraHeaders, HeaderRejected, Response, CONTENT_TYPE_JSON};
-pub use server::{serve, ServeError, CONNECTION_LIMIT_MESSAGE};
+pub use server::{serve, ServeError, CONNECTION_LIMIT_MESSAGE, FD_LIMIT_MESSAGE};
 pub use stats::{HttpStats, HttpStatsSnapshot, RESPONSE_CLASSES};
 pub use stop::Stop;
 pub(crate) use tls::load_certs;
