@@ -146,6 +146,10 @@ impl ServerConfig {
             "policies_dir" => self.policies_dir = raw.into(),
             "extensions_dir" => self.extensions_dir = raw.into(),
             "drain_timeout_ms" => self.drain_timeout_ms = parse(raw)?,
+            "ops_listen" => {
+                self.ops_listen = super::parse::optional_addr(raw).map_err(SetError::BadValue)?
+            }
+            "strict_policies" => self.strict_policies = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())
@@ -190,6 +194,7 @@ impl AdminConfig {
     fn set(&mut self, key: &str, raw: &str) -> SetResult {
         match key {
             "enabled" => self.enabled = parse(raw)?,
+            "on_data_port" => self.on_data_port = parse(raw)?,
             "tokens" => {
                 return Err(SetError::NotSettable(
                     "put one all-tenant token in the variable named by admin.token_env",

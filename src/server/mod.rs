@@ -4,7 +4,17 @@
 //!
 //! Start-up order: preflight (io_uring, memlock) → load the routing table → start one
 //! pinned executor per core, each binding its listeners before the readiness barrier →
-//! ready. Stop: SIGTERM/SIGINT → the mesh's stop protocol: listeners close, in-flight
+//! ready.
+//!
+//! The operations listener (`server.ops_listen`) serves health, readiness, metrics and the
+//! admin API on shard 0, with its own small connection cap (`OPS_CONNECTIONS_MAX`). Why a
+//! separate listener: the data port refuses connections over `connections_per_shard_max`
+//! before reading a request, so under overload a probe or a scrape on the data port gets
+//! `503` and a supervisor would restart a healthy, busy router while metrics go blind.
+//!
+//! Policies load per document (`RoutingTable::load_dir_per_document`): a broken document
+//! is reported and left out, every other one serves. `strict_policies` keeps the old
+//! all-or-nothing start for operators who prefer a refused start to a partial table. Stop: SIGTERM/SIGINT → the mesh's stop protocol: listeners close, in-flight
 //! requests (including handoffs) are answered, then every shard exits.
 
 mod admin_call;
@@ -36,7 +46,7 @@ use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
 use crate::transport::nats::ClientStats;
 use handoff::Msg;
 use owner::OwnerConfig;
-use service::RouterService;
+use service::{Listener, RouterService};
 use shard::ShardCtx;
 pub use stats::Count;
 use stats::ShardStats;
@@ -70,7 +80,22 @@ pub struct ServerSettings {
     pub extensions_dir: PathBuf,
     /// `[nats]` when a URL is configured; `None` = NATS off.
     pub nats: Option<crate::config::NatsConfig>,
+    /// The operations listener; `None` = off.
+    pub ops_listen: Option<SocketAddr>,
+    /// The admin API is served on the data listeners too (not only on `ops_listen`).
+    pub admin_on_data_port: bool,
+    /// One invalid policy document refuses the start (else it is reported and left out).
+    pub strict_policies: bool,
 }
+
+/// Connections the operations listener serves at once; more are answered `503`. Small:
+/// it serves probes, scrapes and operators, never traffic.
+pub const OPS_CONNECTIONS_MAX: usize = 64;
+/// Invalid documents shown as their own `shardline_policy_invalid` series and in
+/// `/readyz`; the rest are counted in one overflow series (bounded cardinality).
+pub const POLICY_INVALID_SERIES_MAX: usize = 100;
+/// The label value (tenant and policy) of the overflow series.
+pub const POLICY_INVALID_OVERFLOW: &str = "_overflow";
 
 /// Process-wide, read-mostly state every shard can see.
 pub struct Shared {
@@ -80,6 +105,8 @@ pub struct Shared {
     pub partition: Partitioner,
     stats: Box<[Arc<ShardStats>]>,
     http: Box<[Arc<HttpStats>]>,
+    /// The operations listener's connection statistics (not the data plane's).
+    ops_http: Arc<HttpStats>,
     started: Instant,
     ready: AtomicBool,
     stopping: AtomicBool,
@@ -124,6 +151,8 @@ impl Shared {
 
     pub fn render_metrics(&self, out: &mut String) {
         let (generation, table) = self.handle.current();
+        let mut more = nats::metric_series(&self.nats, &self.extension_calls, &self.registry);
+        more.extend(stats::invalid_policy_series(&self.handle.invalid()));
         stats::render_all(
             out,
             &self.stats,
@@ -131,7 +160,7 @@ impl Shared {
             generation,
             table.len(),
             self.watch.as_deref(),
-            nats::metric_series(&self.nats, &self.extension_calls, &self.registry),
+            more,
         );
     }
 }
@@ -152,10 +181,10 @@ impl Server {
         if let Some(tls) = &mut settings.tls {
             ports.push(reserve(&mut tls.listen)?);
         }
-        let table = RoutingTable::load_dir(&settings.policies_dir).map_err(|problems| {
-            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
-        })?;
+        if let Some(ops) = &mut settings.ops_listen {
+            ports.push(reserve(ops)?);
+        }
+        let (table, invalid) = load_policies(&settings.policies_dir, settings.strict_policies)?;
         let shard_count = Topology::detect()?.select(&settings.cores)?.len();
         let registry = Registry::load_dir(&settings.extensions_dir)
             .map_err(|e| anyhow::anyhow!("invalid extension registry: {e}"))?;
@@ -164,6 +193,8 @@ impl Server {
             None => None,
         };
         let handle = TableHandle::new(table);
+        crate::admin::log_invalid("start", &invalid);
+        handle.set_invalid(invalid);
         let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
         let admin = admin(&settings, &store, &handle)?;
         let watcher = Watcher::spawn(handle.clone(), Arc::clone(&store), settings.watch_interval)?;
@@ -175,6 +206,7 @@ impl Server {
             http: (0..shard_count)
                 .map(|_| Arc::new(HttpStats::default()))
                 .collect(),
+            ops_http: Arc::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -225,6 +257,11 @@ impl Server {
         self.shared.settings.listen
     }
 
+    /// The operations listener's address (the real port when 0 was asked), when on.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.shared.settings.ops_listen
+    }
+
     /// The HTTPS address, when TLS is on.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.shared.settings.tls.as_ref().map(|t| t.listen)
@@ -247,6 +284,24 @@ impl Server {
         self.runtime.stop()?;
         Ok(())
     }
+}
+
+/// The routing table to start with and the documents left out of it; strict: any invalid
+/// document refuses the start, naming every problem.
+fn load_policies(
+    dir: &std::path::Path,
+    strict: bool,
+) -> anyhow::Result<(RoutingTable, Vec<crate::policy::InvalidPolicy>)> {
+    let refuse = |problems: Vec<crate::policy::PolicyError>| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
+    };
+    if strict {
+        return Ok((RoutingTable::load_dir(dir).map_err(refuse)?, Vec::new()));
+    }
+    let load =
+        RoutingTable::load_dir_per_document(dir, &RoutingTable::default()).map_err(refuse)?;
+    Ok((load.table, load.invalid))
 }
 
 fn reserve(addr: &mut SocketAddr) -> anyhow::Result<PortReservation> {
@@ -290,14 +345,17 @@ fn start_shard(
     let id = ctx.id;
     let outbox = ctx.end.outbox();
     let shard = ShardCtx::new(id, Arc::clone(&shared), outbox);
-    let service_for = |transport| {
+    let service_for = |transport, listener| {
         Rc::new(RouterService {
             ctx: Rc::clone(&shard),
             transport,
+            listener,
         })
     };
-    let (http_service, https_service) =
-        (service_for(Transport::Http), service_for(Transport::Https));
+    let (http_service, https_service) = (
+        service_for(Transport::Http, Listener::Data),
+        service_for(Transport::Https, Listener::Data),
+    );
     let stop = Stop::new();
     let settings = &shared.settings;
     let mut listeners = vec![(settings.listen, None)];
@@ -321,6 +379,22 @@ fn start_shard(
         let task = glommio::spawn_local(async move {
             if let Err(e) = serve.await {
                 log::warn!("shard {id}: HTTP server ended with {e}");
+            }
+        });
+        servers.push(task.detach());
+    }
+    if let (Some(addr), 0) = (settings.ops_listen, id.0) {
+        let listener = http::bind(addr).map_err(|source| ShardStartError::Bind { addr, source })?;
+        let limits = HttpLimits {
+            connections_max: OPS_CONNECTIONS_MAX,
+            ..settings.http
+        };
+        let service = service_for(Transport::Http, Listener::Ops);
+        let stats = Arc::clone(&shared.ops_http);
+        let serve = http::serve(listener, service, limits, stats, None, stop.clone());
+        let task = glommio::spawn_local(async move {
+            if let Err(e) = serve.await {
+                log::warn!("shard {id}: operations listener ended with {e}");
             }
         });
         servers.push(task.detach());
@@ -514,6 +588,9 @@ impl ServerSettings {
             stop_timeout: drain + Duration::from_secs(5),
             extensions_dir: s.extensions_dir.clone(),
             nats: config.nats.enabled().then(|| config.nats.clone()),
+            ops_listen: s.ops_listen,
+            admin_on_data_port: config.admin.on_data_port,
+            strict_policies: s.strict_policies,
         }
     }
 }
