@@ -171,6 +171,14 @@ fn a_broken_document_stops_the_start_only_when_strict() {
         stderr.contains("invalid policies") && stderr.contains("globex/silver.json"),
         "{stderr}"
     );
+    let check = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["policy", "check"])
+        .arg(dir.0.join("policies"))
+        .output()
+        .expect("run shardline policy check");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    assert!(report.contains("globex/silver.json"), "{report}");
     let strict = config_dir("process-strict", "strict_policies = true");
     write_policy(&strict, "globex", "silver", BROKEN);
     let (status, stderr) = serve_until_exit(&strict, &[]);

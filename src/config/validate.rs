@@ -141,6 +141,9 @@ impl Config {
         if self.tls.enabled {
             listeners.push(("tls.listen", self.tls.listen));
         }
+        if let Some(ops) = self.server.ops_listen {
+            listeners.push(("server.ops_listen", ops));
+        }
         for (name, addr) in listeners {
             let port = usize::from(addr.port());
             if port != 0 && (base..=last).contains(&port) {

@@ -171,3 +171,20 @@ fn every_key_has_an_override() {
     config.apply_env(pairs.into_iter()).unwrap();
     assert_eq!(config, Config::default());
 }
+
+/// The operations listener, strictness and the admin API's data-port switch are settable
+/// from the environment; an empty `ops_listen` turns the listener off.
+#[test]
+fn ops_overrides() {
+    let c = applied(&[
+        ("SHARDLINE_SERVER_OPS_LISTEN", ""),
+        ("SHARDLINE_SERVER_STRICT_POLICIES", "true"),
+        ("SHARDLINE_ADMIN_ON_DATA_PORT", "false"),
+    ])
+    .unwrap();
+    assert_eq!(c.server.ops_listen, None);
+    assert!(c.server.strict_policies && !c.admin.on_data_port);
+    let c = applied(&[("SHARDLINE_SERVER_OPS_LISTEN", "10.0.0.1:9191")]).unwrap();
+    assert_eq!(c.server.ops_listen, Some("10.0.0.1:9191".parse().unwrap()));
+    assert!(applied(&[("SHARDLINE_SERVER_OPS_LISTEN", "x")]).is_err());
+}
