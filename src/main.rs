@@ -414,7 +414,12 @@ fn run_serve(file: &Path, strict_policies: bool) -> Result<ExitCode> {
         log::info!("serving on https://{addr}");
     }
     if let Some(addr) = server.ops_addr() {
-        log::info!("operations listener on http://{addr} (health, readiness, metrics, admin)");
+        let admin = if server.shared().admin.is_some() {
+            ", admin API"
+        } else {
+            ""
+        };
+        log::info!("operations listener on http://{addr} (health, readiness, metrics{admin})");
     }
     let signal = signals.forever().next();
     log::info!("signal {signal:?}: stopping, answering requests in flight");
