@@ -184,7 +184,7 @@ impl Server {
         if let Some(ops) = &mut settings.ops_listen {
             ports.push(reserve(ops)?);
         }
-        let (table, invalid) = load_policies(&settings.policies_dir, settings.strict_policies)?;
+        let handle = load_policies(&settings.policies_dir, settings.strict_policies)?;
         let shard_count = Topology::detect()?.select(&settings.cores)?.len();
         let registry = Registry::load_dir(&settings.extensions_dir)
             .map_err(|e| anyhow::anyhow!("invalid extension registry: {e}"))?;
@@ -192,9 +192,6 @@ impl Server {
             Some(config) => Some(Arc::new(nats::NatsSettings::from_config(config)?)),
             None => None,
         };
-        let handle = TableHandle::new(table);
-        crate::admin::log_invalid("start", &invalid);
-        handle.set_invalid(invalid);
         let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
         let admin = admin(&settings, &store, &handle)?;
         let watcher = Watcher::spawn(handle.clone(), Arc::clone(&store), settings.watch_interval)?;
@@ -286,22 +283,24 @@ impl Server {
     }
 }
 
-/// The routing table to start with and the documents left out of it; strict: any invalid
-/// document refuses the start, naming every problem.
-fn load_policies(
-    dir: &std::path::Path,
-    strict: bool,
-) -> anyhow::Result<(RoutingTable, Vec<crate::policy::InvalidPolicy>)> {
+/// The routing table to start with, published, with the documents left out of it logged
+/// and recorded; strict: any invalid document refuses the start, naming every problem.
+fn load_policies(dir: &std::path::Path, strict: bool) -> anyhow::Result<TableHandle> {
     let refuse = |problems: Vec<crate::policy::PolicyError>| {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
     };
     if strict {
-        return Ok((RoutingTable::load_dir(dir).map_err(refuse)?, Vec::new()));
+        return Ok(TableHandle::new(
+            RoutingTable::load_dir(dir).map_err(refuse)?,
+        ));
     }
     let load =
         RoutingTable::load_dir_per_document(dir, &RoutingTable::default()).map_err(refuse)?;
-    Ok((load.table, load.invalid))
+    crate::admin::log_invalid("start", &load.invalid);
+    let handle = TableHandle::new(load.table);
+    handle.set_invalid(load.invalid);
+    Ok(handle)
 }
 
 fn reserve(addr: &mut SocketAddr) -> anyhow::Result<PortReservation> {

@@ -4,8 +4,9 @@
 //!
 //! The same service answers the operations listener (`Listener::Ops`), where only the
 //! operations routes exist: health, readiness, metrics, the shard map and the admin API.
-//! `/healthz` means "this process and its shards run" (it is answered by a shard's
-//! executor), never "not busy": readiness and load are `/readyz`'s and the metrics'.
+//! `/healthz` means "this process runs and the shard answering serves" (shard 0 on the
+//! operations listener), never "not busy": readiness and load are `/readyz`'s and the
+//! metrics'.
 
 use std::future::Future;
 use std::rc::Rc;
