@@ -99,6 +99,7 @@ fi
 # 3. The router over TLS with its client certificate, then a decision over NATS.
 http_port="$(free_port)"
 SHARDLINE_SERVER_LISTEN="127.0.0.1:$http_port" \
+  SHARDLINE_SERVER_OPS_LISTEN="" \
   SHARDLINE_NATS_URL="$url" \
   SHARDLINE_NATS_TLS_CA="$certs/ca.crt" \
   SHARDLINE_NATS_TLS_CERT="$certs/client.crt" \

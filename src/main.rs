@@ -42,6 +42,10 @@ enum Command {
         /// The router's config file.
         #[arg(long, default_value = CONFIG_PATH_DEFAULT)]
         config: PathBuf,
+        /// Refuse to start if any policy document is invalid (as `server.strict_policies`);
+        /// by default an invalid document is reported and left out.
+        #[arg(long)]
+        strict_policies: bool,
     },
     /// The router's config file.
     Config {
@@ -131,7 +135,10 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => run_serve(&config),
+        Command::Serve {
+            config,
+            strict_policies,
+        } => run_serve(&config, strict_policies),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => run_config_check(&file),
@@ -382,11 +389,12 @@ fn run_config_check(file: &Path) -> Result<ExitCode> {
     }
 }
 
-fn run_serve(file: &Path) -> Result<ExitCode> {
+fn run_serve(file: &Path, strict_policies: bool) -> Result<ExitCode> {
     let config = Config::load(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let logging = &config.logging;
     shardline::logging::init(logging.level, logging.format, logging.repeats_per_window)?;
-    let settings = ServerSettings::from_config(&config);
+    let mut settings = ServerSettings::from_config(&config);
+    settings.strict_policies |= strict_policies;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -404,6 +412,14 @@ fn run_serve(file: &Path) -> Result<ExitCode> {
     );
     if let Some(addr) = server.tls_addr() {
         log::info!("serving on https://{addr}");
+    }
+    if let Some(addr) = server.ops_addr() {
+        let admin = if server.shared().admin.is_some() {
+            ", admin API"
+        } else {
+            ""
+        };
+        log::info!("operations listener on http://{addr} (health, readiness, metrics{admin})");
     }
     let signal = match wait_signal(&mut server, &mut signals) {
         Ok(signal) => signal,

@@ -1208,3 +1208,85 @@ fn handoff_over_budget_is_503_overloaded() {
     assert_eq!(counted as usize, shed);
     server.stop().unwrap();
 }
+
+/// Connections tried to fill every shard's data-plane cap (the kernel picks the shard).
+const FILL_ATTEMPTS_MAX: usize = 200;
+
+/// Opens data-port connections, keeping each one a shard admitted (it answered `/healthz`
+/// 200), until every shard holds `cap`: the data plane is full.
+fn fill_data_plane(addr: SocketAddr, cap: usize, shards: usize) -> Vec<Client> {
+    let mut held = Vec::new();
+    for _ in 0..FILL_ATTEMPTS_MAX {
+        if held.len() == cap * shards {
+            return held;
+        }
+        let mut client = Client::connect(addr);
+        if client.request("GET", "/healthz", &[], b"").status == 200 {
+            held.push(client);
+        }
+    }
+    panic!(
+        "only {} of {} connections admitted",
+        held.len(),
+        cap * shards
+    );
+}
+
+/// With every shard's data-plane connection cap reached, the data port sheds new
+/// connections with 503 (even `/healthz`), while the operations listener still answers
+/// `/healthz`, `/readyz` and `/metrics` 200: a supervisor does not restart a busy router
+/// and Prometheus keeps seeing it. The operations listener serves no decisions.
+#[test]
+fn ops_listener_answers_while_the_data_port_sheds() {
+    let _serial = serial();
+    let cap = 2;
+    let extra = format!("[limits]\nconnections_per_shard_max = {cap}");
+    let dir = config_dir("ops-overload", &extra);
+    let server = start(settings(&dir));
+    let ops = server.ops_addr().expect("the operations listener is on");
+    let held = fill_data_plane(server.local_addr(), cap, server.shard_count());
+
+    let shed = Client::connect(server.local_addr()).request("GET", "/healthz", &[], b"");
+    expect_error(&shed, 503, "overloaded");
+    let mut client = Client::connect(ops);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let resp = client.request("GET", path, &[], b"");
+        assert_eq!(resp.status, 200, "{path} on the ops port: {}", text(&resp));
+    }
+    let metrics = scrape(ops);
+    assert!(
+        sum_samples(
+            &metrics,
+            "shardline_http_connections_refused_total{shard=\""
+        ) >= 1.0,
+        "the shed connection is counted"
+    );
+    let decide = client.request("POST", "/v1/decide", &[], b"{}");
+    let json = expect_error(&decide, 404, "invalid_request");
+    assert!(text(&decide).contains("data port"), "{json}");
+    drop(held);
+    server.stop().unwrap();
+}
+
+/// `admin.on_data_port = false`: an admin call on the data port is told where the admin
+/// API is served (not `no route`); the same call on the operations listener is served.
+#[test]
+fn admin_off_the_data_port_says_where_it_is() {
+    let _serial = serial();
+    let dir = config_dir("admin-ops-only", "[admin]\non_data_port = false");
+    let server = start(settings(&dir));
+    let ops = server.ops_addr().expect("the operations listener is on");
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("Authorization", auth.as_str())];
+    let path = "/admin/v1/policies";
+    let data = Client::connect(server.local_addr()).request("GET", path, &headers, b"");
+    let json = expect_error(&data, 421, "invalid_request");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("operations listener") && message.contains(&ops.to_string()),
+        "{json}"
+    );
+    let served = Client::connect(ops).request("GET", path, &headers, b"");
+    assert_eq!(served.status, 200, "{}", text(&served));
+    server.stop().unwrap();
+}

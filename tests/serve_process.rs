@@ -205,7 +205,7 @@ fn run_expecting_exit_from(mut command: Command) -> (std::process::ExitStatus, S
 /// A config dir whose `shardline.toml` listens on `listen` with `extra` server keys.
 fn config_on(name: &str, listen: SocketAddr, extra: &str) -> TempDir {
     let dir = config_dir(name, "");
-    let toml = format!("[server]\nlisten = \"{listen}\"\ndrain_timeout_ms = 1000\n{extra}\n");
+    let toml = format!("[server]\nlisten = \"{listen}\"\nops_listen = \"127.0.0.1:0\"\ndrain_timeout_ms = 1000\n{extra}\n");
     std::fs::write(dir.0.join("shardline.toml"), toml).unwrap();
     dir
 }
@@ -524,4 +524,64 @@ fn a_second_router_on_the_same_https_port_refuses_to_start() {
     sigterm(&first.0);
     let status = wait_exit(&mut first.0);
     assert!(status.success(), "first router exit status {status}");
+}
+
+/// A policy document with a misspelt key.
+const BROKEN: &str = r#"{"version":"1.0","providers":[{"name":"cohere","wieght":100}]}"#;
+
+/// Runs `shardline serve` on `dir` with `args` and waits for it to exit (it must, within
+/// `EXIT_WITHIN`); returns its status and stderr.
+fn serve_until_exit(dir: &TempDir, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["serve", "--config"])
+        .arg(dir.0.join("shardline.toml"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shardline serve");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).ok();
+        text
+    });
+    let status = wait_exit(&mut child);
+    (status, reader.join().unwrap())
+}
+
+/// A broken document does not stop a restart: the router starts, logs the document, and
+/// serves the other tenants. `--strict-policies` (or `server.strict_policies = true`)
+/// keeps the all-or-nothing start: exit 2, naming the file.
+#[test]
+fn a_broken_document_stops_the_start_only_when_strict() {
+    let _serial = serial();
+    let dir = config_dir("process-broken", "drain_timeout_ms = 1000");
+    write_policy(&dir, "globex", "silver", BROKEN);
+    let (mut child, addr) = spawn(&dir);
+    let body = br#"{"request_id":"r-1","tenant_id":"globex","policy_id":"default",
+        "task":{"type":"chat","payload_ref":"p"}}"#;
+    let resp = Client::connect(addr).request("POST", "/v1/decide", &[], body);
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+
+    let (status, stderr) = serve_until_exit(&dir, &["--strict-policies"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid policies") && stderr.contains("globex/silver.json"),
+        "{stderr}"
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["policy", "check"])
+        .arg(dir.0.join("policies"))
+        .output()
+        .expect("run shardline policy check");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    assert!(report.contains("globex/silver.json"), "{report}");
+    let strict = config_dir("process-strict", "strict_policies = true");
+    write_policy(&strict, "globex", "silver", BROKEN);
+    let (status, stderr) = serve_until_exit(&strict, &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
 }

@@ -13,9 +13,9 @@
 //! Order of checks: the token first (401 for anything without a valid token, so routes
 //! cannot be probed anonymously), then the route (404) and method (405), then the scope
 //! (403), then the input (400). A tenant-scoped token gets 403 for another tenant whether
-//! or not that tenant exists, so it learns nothing about other tenants; when a put is
-//! rejected because *another* tenant's file does not load, those problems are counted,
-//! not shown.
+//! or not that tenant exists, so it learns nothing about other tenants. Another tenant's
+//! broken document does not stop a put (it only affects its own policy); when a put is
+//! rejected for a table-wide reason, other tenants' problems are counted, not shown.
 //!
 //! Where a request runs (`placement`): puts, deletes, gets and reloads do blocking file
 //! I/O with fsync, so a transport runs them off the shard executors (e.g. glommio's
@@ -37,7 +37,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::auth::{shown, AuthError, Scope, Tokens};
-use super::reply::{AdminResponse, CircuitRow, Circuits, PolicyList, PolicyRow, Reloaded, Written};
+use super::reply::{
+    AdminResponse, CircuitRow, Circuits, InvalidRow, PolicyList, PolicyRow, Reloaded, Written,
+    PROBLEMS_SHOWN_MAX,
+};
 use super::store::{PolicyStore, StoreError};
 use super::table::{delete_policy, put_policy, reload_all, PublishError, TableHandle};
 use crate::answer::encode_outcome;
@@ -271,15 +274,25 @@ impl Admin {
         match reload_all(&self.handle, &self.store) {
             Ok(report) => {
                 log::info!("admin: reloaded, table generation {}", report.generation);
-                Ok(AdminResponse::json(
-                    200,
-                    &Reloaded {
-                        ok: true,
-                        generation: report.generation,
-                        policies: report.policies,
-                        changed: report.changed,
-                    },
-                ))
+                super::table::log_invalid("an admin reload", &report.invalid);
+                let invalid = report.invalid.iter().take(PROBLEMS_SHOWN_MAX);
+                let invalid = invalid
+                    .map(|bad| InvalidRow {
+                        tenant: &bad.tenant,
+                        policy_id: &bad.policy,
+                        kept: bad.kept,
+                        problems: bad.problems.iter().map(PolicyError::to_string).collect(),
+                    })
+                    .collect();
+                let reloaded = Reloaded {
+                    ok: true,
+                    generation: report.generation,
+                    policies: report.policies,
+                    changed: report.changed,
+                    invalid,
+                    invalid_omitted: report.invalid.len().saturating_sub(PROBLEMS_SHOWN_MAX),
+                };
+                Ok(AdminResponse::json(200, &reloaded))
             }
             Err(problems) => {
                 let message = "the policy directory does not load; the current table stays";
@@ -353,7 +366,7 @@ fn publish_error(scope: &Scope, tenant: &str, id: &str, err: PublishError) -> Ad
     match err {
         PublishError::Store(err) => store_error(tenant, id, err),
         PublishError::Rejected(problems) => {
-            let message = "the policy directory would not load with this change; \
+            let message = "the routing table would not load with this change; \
                            nothing was changed";
             AdminResponse::problems(message, scoped_problems(scope, &problems))
         }

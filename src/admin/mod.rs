@@ -16,10 +16,12 @@
 //! - `watch`: a background thread reloading on SIGHUP and on file changes (polling).
 //! - `api`: routing, scope checks and the JSON answers.
 //!
-//! Invariant: the published table is always one that `RoutingTable::load_dir` would build
-//! from the directory as it was under the store's mutex (`load_dir_reusing` lists and
-//! stats every file and reuses only the parses of files whose stamps did not change). A change that would make the directory
-//! fail to load is undone on disk and never published, so the old table keeps serving.
+//! Invariant: the published table is always one that
+//! `RoutingTable::load_dir_per_document` built from the directory as it was under the
+//! store's mutex (plus, for each document that did not load, its last good version); the
+//! scan lists and stats every file and reuses only the parses of files whose stamps did not
+//! change. A write whose own document would not load, or that would make the table as a
+//! whole fail, is undone on disk and never published.
 
 mod api;
 mod auth;
@@ -36,7 +38,7 @@ pub use auth::{
 pub use reply::{AdminResponse, PROBLEMS_SHOWN_MAX};
 pub use store::{Change, PolicyStore, PutOutcome, StoreError, StoreWriter, TEMP_NAMES_MAX};
 pub use table::{
-    delete_policy, put_policy, reload, reload_all, PublishError, Published, ReloadReport,
-    ShardTable, TableHandle, Versioned,
+    delete_policy, log_invalid, put_policy, reload, reload_all, PublishError, Published,
+    ReloadReport, ShardTable, TableHandle, Versioned,
 };
 pub use watch::{WatchStats, Watcher, WATCH_INTERVAL_MS};

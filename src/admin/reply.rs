@@ -161,11 +161,26 @@ pub(super) struct Written<'a> {
 }
 
 #[derive(Serialize)]
-pub(super) struct Reloaded {
+pub(super) struct Reloaded<'a> {
     pub ok: bool,
     pub generation: u64,
     pub policies: usize,
     pub changed: bool,
+    /// Documents left out, at most `PROBLEMS_SHOWN_MAX`; each keeps its last good version
+    /// if it had one.
+    pub invalid: Vec<InvalidRow<'a>>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub invalid_omitted: usize,
+}
+
+/// One document a load left out.
+#[derive(Serialize)]
+pub(super) struct InvalidRow<'a> {
+    pub tenant: &'a str,
+    pub policy_id: &'a str,
+    /// Its previous version is still served.
+    pub kept: bool,
+    pub problems: Vec<String>,
 }
 
 #[derive(Serialize)]

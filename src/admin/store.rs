@@ -274,7 +274,7 @@ impl StoreWriter<'_> {
         &self.store.dir
     }
 
-    /// The policies parsed by earlier scans of the directory (`load_dir_reusing`).
+    /// The policies parsed by earlier scans of the directory (`load_dir_per_document_reusing`).
     pub fn parsed_files(&mut self) -> &mut ParsedFiles {
         &mut self.parsed
     }

@@ -13,11 +13,17 @@
 //! sessions over, between requests; the request path itself never waits for a reload.
 //!
 //! `reload`, `put_policy` and `delete_policy` run under the store's write lock, so they
-//! never interleave. Each rescans the directory but parses only the files whose stamps
-//! changed since the last scan (`RoutingTable::load_dir_reusing`); `reload_all` (SIGHUP,
-//! `POST /admin/v1/reload`) parses everything. A put or delete changes the directory, rebuilds the table from it and
-//! publishes; if the directory no longer loads, the file change is rolled back and the old
-//! table stays (SPEC §8). A rebuild that yields the very same policies publishes nothing:
+//! never interleave. A put or delete changes the directory, rebuilds the table from it
+//! document by document (`RoutingTable::load_dir_per_document_reusing`, which parses only
+//! the files whose stamps changed since the last scan; `reload_all` — SIGHUP,
+//! `POST /admin/v1/reload` — parses everything) and publishes: a broken document of
+//! another tenant is reported, keeps its last good version, and does not stop the write.
+//! The write is rolled back, and the old table stays (SPEC §8), only if its own document
+//! did not load or the table as a whole could not be built.
+//!
+//! The handle also holds the documents the last load left out (`invalid()`), for
+//! `/readyz`, `shardline_policy_invalid` and the admin reload answer. A rebuild that
+//! yields the very same policies publishes nothing:
 //! the generation stays, and shards have nothing to adopt. That makes a reload idempotent,
 //! which is what lets the watcher reload after the admin API's own writes for free.
 
@@ -29,7 +35,7 @@ use arc_swap::ArcSwap;
 
 use super::store::{PolicyStore, StoreError, StoreWriter};
 use crate::decide::ShardState;
-use crate::policy::{PolicyError, RoutingTable};
+use crate::policy::{InvalidPolicy, PolicyError, RoutingTable};
 
 /// A published table and its generation (1 for the first, +1 per publish).
 #[derive(Debug)]
@@ -44,6 +50,8 @@ struct Shared {
     generation: AtomicU64,
     /// Orders publishers, so that generations are handed out in swap order.
     publish: Mutex<()>,
+    /// The documents the last load of the directory left out.
+    invalid: ArcSwap<Vec<InvalidPolicy>>,
 }
 
 /// The published routing table, shared by the shards and the admin side. Cheap to clone.
@@ -64,8 +72,19 @@ impl TableHandle {
                 current: ArcSwap::from_pointee(first),
                 generation: AtomicU64::new(1),
                 publish: Mutex::new(()),
+                invalid: ArcSwap::from_pointee(Vec::new()),
             }),
         }
+    }
+
+    /// Documents the last load left out (empty when every document loaded).
+    pub fn invalid(&self) -> Arc<Vec<InvalidPolicy>> {
+        self.inner.invalid.load_full()
+    }
+
+    /// Records what the last load of the directory left out.
+    pub fn set_invalid(&self, invalid: Vec<InvalidPolicy>) {
+        self.inner.invalid.store(Arc::new(invalid));
     }
 
     /// The generation last published: one atomic load.
@@ -150,7 +169,7 @@ impl ShardTable {
 }
 
 /// What a reload found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
     /// The generation published now (unchanged when `changed` is false).
     pub generation: u64,
@@ -158,11 +177,17 @@ pub struct ReloadReport {
     pub policies: usize,
     /// The directory held something other than the published table.
     pub changed: bool,
+    /// Documents left out (each keeps its previous version, if it had one), sources
+    /// relative to the directory.
+    pub invalid: Vec<InvalidPolicy>,
+    /// `invalid` differs from what the previous load left out.
+    pub invalid_changed: bool,
 }
 
-/// Rebuilds the table from the store's directory and publishes it; on any problem the
-/// published table stays and every problem is returned, sources relative to the directory.
-/// Only files whose stamp changed since the last scan are parsed again.
+/// Rebuilds the table from the store's directory, document by document, and publishes it.
+/// `Err` (the published table stays) only when no table could be built at all; sources
+/// are relative to the directory. Only files whose stamp changed since the last scan are
+/// parsed again.
 pub fn reload(handle: &TableHandle, store: &PolicyStore) -> Result<ReloadReport, Vec<PolicyError>> {
     let mut writer = store.writer();
     reload_locked(handle, &mut writer)
@@ -180,23 +205,43 @@ pub fn reload_all(
 }
 
 /// Why the directory is scanned rather than the published table patched with the one
-/// changed document: the directory is what a restart loads, so a change is published only
-/// if the directory, as it is now, loads. The scan lists and stats every file but parses
-/// only those that changed (`load_dir_reusing`): on a write, the written document.
+/// changed document: the directory is what a restart loads, so what is published is what
+/// a restart would serve (each broken document keeping its last good version). The scan
+/// lists and stats every file but parses only those that changed
+/// (`load_dir_per_document_reusing`): on a write, the written document.
 fn reload_locked(
     handle: &TableHandle,
     writer: &mut StoreWriter<'_>,
 ) -> Result<ReloadReport, Vec<PolicyError>> {
     let dir = writer.dir().to_owned();
-    let table = RoutingTable::load_dir_reusing(&dir, writer.parsed_files())
+    let (_, previous) = handle.current();
+    let load = RoutingTable::load_dir_per_document_reusing(&dir, &previous, writer.parsed_files())
         .map_err(|p| relative_sources(p, &dir))?;
-    let policies = table.len();
-    let (generation, changed) = handle.publish_if_changed(table);
+    let policies = load.table.len();
+    let (generation, changed) = handle.publish_if_changed(load.table);
+    let invalid: Vec<InvalidPolicy> = load
+        .invalid
+        .into_iter()
+        .map(|mut bad| {
+            bad.problems = relative_sources(bad.problems, &dir);
+            bad
+        })
+        .collect();
+    let invalid_changed = *handle.invalid() != invalid;
+    handle.set_invalid(invalid.clone());
     Ok(ReloadReport {
         generation,
         policies,
         changed,
+        invalid,
+        invalid_changed,
     })
+}
+
+/// The problems of `tenant/id` if that document is among those left out.
+fn own_problems(report: &ReloadReport, tenant: &str, id: &str) -> Option<Vec<PolicyError>> {
+    let own = |b: &&InvalidPolicy| b.tenant == tenant && b.policy == id;
+    report.invalid.iter().find(own).map(|b| b.problems.clone())
 }
 
 /// `source` of each problem as `tenant/file.json` rather than a server path.
@@ -211,7 +256,7 @@ fn relative_sources(mut problems: Vec<PolicyError>, dir: &Path) -> Vec<PolicyErr
 }
 
 /// A put or delete that reached the published table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     /// A put created a policy that did not exist.
     pub created: bool,
@@ -224,8 +269,8 @@ pub enum PublishError {
     /// The document or the ids were refused, or the filesystem failed (see `StoreError`).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The directory would not load with the change; it was undone on disk and the
-    /// published table did not change. Problems may concern other files.
+    /// The changed document, or the table as a whole, would not load with the change; it
+    /// was undone on disk and the published table did not change.
     #[error("the policy directory does not load with this change ({} problem(s))", .0.len())]
     Rejected(Vec<PolicyError>),
 }
@@ -241,7 +286,14 @@ pub fn put_policy(
     let mut writer = store.writer();
     let change = writer.put(tenant, id, bytes)?;
     let created = change.created();
-    match reload_locked(handle, &mut writer) {
+    let reloaded = reload_locked(handle, &mut writer).and_then(|report| {
+        // Validated by the store already; only a change under our feet gets here.
+        match own_problems(&report, tenant, id) {
+            Some(problems) => Err(problems),
+            None => Ok(report),
+        }
+    });
+    match reloaded {
         Ok(report) => {
             writer.commit(change);
             Ok(Published { created, report })
@@ -276,6 +328,34 @@ pub fn delete_policy(
             writer.rollback(change).inspect_err(diverged)?;
             Err(PublishError::Rejected(problems))
         }
+    }
+}
+
+/// Problems of one invalid document written to the log; the rest are counted.
+const PROBLEMS_LOGGED_PER_DOCUMENT_MAX: usize = 5;
+/// Invalid documents written to the log per load; the rest are counted.
+const INVALID_LOGGED_MAX: usize = 20;
+
+/// Logs each document a load (after `cause`) left out, bounded.
+pub fn log_invalid(cause: &str, invalid: &[InvalidPolicy]) {
+    for bad in invalid.iter().take(INVALID_LOGGED_MAX) {
+        let serving = if bad.kept {
+            "its last good version keeps serving"
+        } else {
+            "it is not served"
+        };
+        log::warn!(
+            "policy {}/{} invalid after {cause}; {serving}",
+            bad.tenant,
+            bad.policy
+        );
+        for problem in bad.problems.iter().take(PROBLEMS_LOGGED_PER_DOCUMENT_MAX) {
+            log::warn!("policy problem: {problem}");
+        }
+    }
+    if invalid.len() > INVALID_LOGGED_MAX {
+        let rest = invalid.len() - INVALID_LOGGED_MAX;
+        log::warn!("{rest} more invalid policy document(s) after {cause}");
     }
 }
 

@@ -12,7 +12,8 @@
 //! so even a same-size, same-second replacement is seen.
 //!
 //! A change is reloaded once the fingerprint has been stable for one interval, so a file
-//! still being written by an editor is not loaded half-done. A fingerprint whose reload
+//! still being written by an editor is not loaded half-done. A reload is per document
+//! (see `table`): a broken file is logged and keeps its last good version, the rest load. A fingerprint whose reload
 //! failed is not retried: the next change (or SIGHUP) triggers the next attempt, so a
 //! broken file costs one failed reload, not one per interval.
 //!
@@ -53,7 +54,8 @@ const PROBLEMS_LOGGED_MAX: usize = 20;
 pub struct WatchStats {
     /// Reloads that built a table (published or found unchanged).
     pub reloads_ok: AtomicU64,
-    /// Reloads refused because the directory did not load; the old table stayed.
+    /// Reloads refused because no table could be built (the directory unreadable, or a
+    /// whole-table limit); the old table stayed. A broken document alone is not one.
     pub reloads_failed: AtomicU64,
 }
 
@@ -181,6 +183,9 @@ impl Loop {
                         report.generation,
                         report.policies
                     );
+                }
+                if report.invalid_changed {
+                    super::table::log_invalid(cause, &report.invalid);
                 }
             }
             Err(problems) => {

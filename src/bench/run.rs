@@ -193,6 +193,9 @@ fn start_embedded(path: &Path) -> Result<(Server, Vec<usize>, PathBuf), BenchErr
     settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.shard_port_base = 0;
     settings.tls = None;
+    // The bench drives the data port; an operations listener on the config's address
+    // would collide with a router already running from the same config.
+    settings.ops_listen = None;
     let cores = shards::Topology::detect()?.select(&settings.cores)?;
     let policies = settings.policies_dir.clone();
     let server = Server::start(settings).map_err(|e| BenchError::Router(format!("{e:#}")))?;

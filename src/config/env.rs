@@ -168,6 +168,10 @@ impl ServerConfig {
             "stall_ms" => self.stall_ms = parse(raw)?,
             "handoff_timeout_ms" => self.handoff_timeout_ms = parse(raw)?,
             "drain_grace_ms" => self.drain_grace_ms = parse(raw)?,
+            "ops_listen" => {
+                self.ops_listen = super::parse::optional_addr(raw).map_err(SetError::BadValue)?
+            }
+            "strict_policies" => self.strict_policies = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())
@@ -216,6 +220,7 @@ impl AdminConfig {
     fn set(&mut self, key: &str, raw: &str) -> SetResult {
         match key {
             "enabled" => self.enabled = parse(raw)?,
+            "on_data_port" => self.on_data_port = parse(raw)?,
             "tokens" => {
                 return Err(SetError::NotSettable(
                     "put one all-tenant token in the variable named by admin.token_env",

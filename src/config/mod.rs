@@ -37,6 +37,9 @@ pub use env::{ENV_PREFIX, TOKEN_ENV_VARIABLE};
 pub use error::{ConfigError, Problem, Problems};
 pub use parse::{redacted_url, Cores, NatsUrls, Secret};
 
+/// Default port of `server.ops_listen` (on 127.0.0.1).
+pub const OPS_PORT_DEFAULT: u16 = 9090;
+
 /// Where `shardline config check` looks when no file is given.
 pub const CONFIG_PATH_DEFAULT: &str = "config/shardline.toml";
 
@@ -74,11 +77,23 @@ pub struct ServerConfig {
     pub handoff_timeout_ms: u64,
     /// After SIGTERM/SIGINT, how long `/readyz` is 503 before the listeners close.
     pub drain_grace_ms: u64,
+    /// The operations listener (health, readiness, metrics, admin API), outside the
+    /// data-plane connection cap; written `""` in the file when off.
+    #[serde(
+        deserialize_with = "parse::de_opt_addr",
+        serialize_with = "parse::ser_opt_addr"
+    )]
+    pub ops_listen: Option<SocketAddr>,
+    /// true = one invalid policy document stops the start (all-or-nothing); false = it is
+    /// reported and left out, every other document serves.
+    pub strict_policies: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
+            ops_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, OPS_PORT_DEFAULT))),
+            strict_policies: false,
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             shard_port_base: 0,
             cores: Cores::All,
@@ -179,11 +194,14 @@ pub struct AdminConfig {
     /// Admin writes (put, delete, reload) per second and token; the burst is one second's
     /// worth.
     pub writes_per_second: u32,
+    /// The admin API is served on the data port too, not only on `server.ops_listen`.
+    pub on_data_port: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
+            on_data_port: true,
             enabled: true,
             tokens: Vec::new(),
             token_env: TOKEN_ENV_VARIABLE.to_owned(),

@@ -304,6 +304,35 @@ pub(super) fn de_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Path
     Ok((!path.as_os_str().is_empty()).then_some(path))
 }
 
+pub(super) fn ser_opt_addr<S: Serializer>(
+    addr: &Option<std::net::SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str(""),
+    }
+}
+
+/// `""` reads as off; anything else must be an `IP:port` address.
+pub(super) fn de_opt_addr<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    optional_addr(&text).map_err(de::Error::custom)
+}
+
+/// `""` (or blanks) = `None`; else an `IP:port` address.
+pub(super) fn optional_addr(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("expected an IP:port address or \"\" (off), got {text:?}"))
+}
+
 /// A URL with user-info and credential-bearing query parameters redacted.
 pub fn redacted_url(url: &str) -> String {
     let mut out = String::with_capacity(url.len());

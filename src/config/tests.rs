@@ -371,3 +371,37 @@ fn log_repeats_per_window_is_bounded() {
     let err = parse_err("[logging]\nrepeats_per_window = 1000001\n");
     assert_eq!(keys(err.problems()), ["logging.repeats_per_window"]);
 }
+
+/// `server.ops_listen`: an address or `""` (off); it may not share a data listener's
+/// port; the admin API cannot leave the data port when there is no operations listener.
+#[test]
+fn ops_listen_and_admin_on_data_port() {
+    let config = Config::from_toml_str("", Path::new("/b")).unwrap();
+    assert_eq!(
+        config.server.ops_listen,
+        Some("127.0.0.1:9090".parse().unwrap())
+    );
+    assert!(config.admin.on_data_port && !config.server.strict_policies);
+    let off = Config::from_toml_str("[server]\nops_listen = \"\"", Path::new("/b")).unwrap();
+    assert_eq!(off.server.ops_listen, None);
+    assert!(off.redacted_summary().contains("ops_listen = \"\""));
+    let ConfigError::Invalid(problems) = parse_err("[server]\nops_listen = \"nope\"") else {
+        panic!("not a key problem");
+    };
+    assert_eq!(keys(&problems.0), ["server.ops_listen"]);
+    let clash = "[server]\nlisten = \"127.0.0.1:7000\"\nops_listen = \"0.0.0.0:7000\"";
+    let ConfigError::Invalid(problems) = parse_err(clash) else {
+        panic!("not a key problem");
+    };
+    assert_eq!(keys(&problems.0), ["server.ops_listen"]);
+    let in_shard_ports = "[server]\nshard_port_base = 9000\ncores = 200";
+    let ConfigError::Invalid(problems) = parse_err(in_shard_ports) else {
+        panic!("not a key problem");
+    };
+    assert_eq!(keys(&problems.0), ["server.shard_port_base"]);
+    let nowhere = "[server]\nops_listen = \"\"\n[admin]\non_data_port = false";
+    let ConfigError::Invalid(problems) = parse_err(nowhere) else {
+        panic!("not a key problem");
+    };
+    assert_eq!(keys(&problems.0), ["admin.on_data_port"]);
+}

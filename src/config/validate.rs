@@ -101,6 +101,32 @@ impl Config {
         if server.shard_port_base != 0 {
             self.check_shard_ports(report);
         }
+        self.check_ops_listen(report);
+    }
+
+    /// The operations listener must not share a port with a data listener, and turning
+    /// the admin API off the data port needs somewhere else to serve it.
+    fn check_ops_listen(&self, report: &mut Report) {
+        let Some(ops) = self.server.ops_listen else {
+            if self.admin.enabled && !self.admin.on_data_port {
+                let message = "false while server.ops_listen is off: the admin API would be \
+                               served on no HTTP port";
+                report.push("admin.on_data_port", message);
+            }
+            return;
+        };
+        let mut listeners = vec![("server.listen", self.server.listen)];
+        if self.tls.enabled {
+            listeners.push(("tls.listen", self.tls.listen));
+        }
+        for (name, addr) in listeners {
+            if same_port(ops, addr) {
+                report.push(
+                    "server.ops_listen",
+                    format!("{ops} is also {name}'s address"),
+                );
+            }
+        }
     }
 
     /// Shard `i` listens on `base + i`: the range must fit below 65536 and miss the main
@@ -121,6 +147,9 @@ impl Config {
         let mut listeners = vec![("server.listen", self.server.listen)];
         if self.tls.enabled {
             listeners.push(("tls.listen", self.tls.listen));
+        }
+        if let Some(ops) = self.server.ops_listen {
+            listeners.push(("server.ops_listen", ops));
         }
         for (name, addr) in listeners {
             let port = usize::from(addr.port());

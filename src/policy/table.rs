@@ -11,6 +11,14 @@
 //! On disk a config directory holds `DIR/<tenant>/<policy>.json`; dot-files and non-`.json`
 //! files are ignored, names are read in sorted order so that slots are deterministic, and
 //! sizes and counts are bounded (`POLICY_FILE_BYTES_MAX`, `DIR_ENTRIES_MAX`, …).
+//!
+//! Two ways to load a directory. `load_dir` is all-or-nothing: one bad document and there
+//! is no table (`serve --strict-policies`, and tools). `load_dir_per_document` confines a
+//! bad document to its own (tenant, policy): every other document loads, and the bad one
+//! keeps the version a previous table had (else it is absent) and is reported in
+//! `InvalidPolicy`. Why per document: one tenant's typo must not stop every other tenant's
+//! writes or the next restart. Only what no document owns is still fatal: the directory
+//! itself unreadable, or a whole-table limit (`TENANTS_MAX`, `POLICIES_MAX`) passed.
 
 use std::collections::HashMap;
 use std::fs;
@@ -138,14 +146,25 @@ impl RoutingTable {
         Self::from_policies(scan.policies)
     }
 
-    /// `load_dir`, parsing only the files that changed since `parsed` saw them (by size,
-    /// modification and change time, inode); the rest are the policies parsed then. The
-    /// directory is still listed and every file stat'ed, so what is published is what the
-    /// directory holds now.
-    pub fn load_dir_reusing(
+    /// Loads `DIR/<tenant>/<policy>.json` document by document; see the module doc. A
+    /// document that does not load keeps its version in `previous`, if it had one. `Err`
+    /// only when the directory cannot be listed or the table passes a whole-table limit.
+    pub fn load_dir_per_document(
         dir: &Path,
+        previous: &RoutingTable,
+    ) -> Result<DirLoad, Vec<PolicyError>> {
+        Self::load_dir_per_document_reusing(dir, previous, &mut ParsedFiles::default())
+    }
+
+    /// `load_dir_per_document`, parsing only the files that changed since `parsed` saw
+    /// them (by size, modification and change time, inode); the rest are the policies
+    /// parsed then. The directory is still listed and every file stat'ed, so what is
+    /// published is what the directory holds now.
+    pub fn load_dir_per_document_reusing(
+        dir: &Path,
+        previous: &RoutingTable,
         parsed: &mut ParsedFiles,
-    ) -> Result<Self, Vec<PolicyError>> {
+    ) -> Result<DirLoad, Vec<PolicyError>> {
         parsed.round += 1;
         let mut scan = Scan {
             reuse: Some(std::mem::take(parsed)),
@@ -156,10 +175,12 @@ impl RoutingTable {
         // Files no longer listed are forgotten: the cache never outgrows the directory.
         reused.files.retain(|_, f| f.seen == reused.round);
         *parsed = reused;
-        if !scan.problems.is_empty() {
+        if scan.unreadable {
             return Err(scan.problems);
         }
-        Self::from_policies(scan.policies)
+        let (policies, invalid) = keep_previous(scan.policies, scan.invalid, previous);
+        let table = Self::from_policies(policies)?;
+        Ok(DirLoad { table, invalid })
     }
 
     /// The slot of a tenant's policy; does not allocate.
@@ -203,6 +224,40 @@ impl RoutingTable {
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
     }
+}
+
+/// Inserts, where each invalid document would have been, the version `previous` served:
+/// the policy itself, or for `ANY_POLICY` every policy of a tenant none of whose
+/// documents loaded now.
+fn keep_previous(
+    loaded: Vec<Policy>,
+    invalid: Vec<(usize, InvalidPolicy)>,
+    previous: &RoutingTable,
+) -> (Vec<Policy>, Vec<InvalidPolicy>) {
+    let mut out = Vec::with_capacity(loaded.len() + invalid.len());
+    let mut reported = Vec::with_capacity(invalid.len());
+    let mut loaded_iter = loaded.iter();
+    let mut taken = 0;
+    for (at, mut bad) in invalid {
+        out.extend(loaded_iter.by_ref().take(at - taken).cloned());
+        taken = at;
+        if bad.policy == ANY_POLICY {
+            let tenant_loaded = loaded.iter().any(|p| *p.tenant == *bad.tenant);
+            let old = previous
+                .policies()
+                .iter()
+                .filter(|p| *p.tenant == *bad.tenant && !tenant_loaded);
+            let before = out.len();
+            out.extend(old.cloned());
+            bad.kept = out.len() > before;
+        } else if let Some(slot) = previous.lookup(&bad.tenant, &bad.policy) {
+            out.push(previous.policy(slot).clone());
+            bad.kept = true;
+        }
+        reported.push(bad);
+    }
+    out.extend(loaded_iter.cloned());
+    (out, reported)
 }
 
 fn table_error(source: &str, message: impl Into<String>) -> PolicyError {
@@ -267,7 +322,7 @@ fn tenant_of_dir(dir: &Path) -> String {
 }
 
 /// Policies parsed by earlier scans, by path, with the file's stamp when it was read;
-/// see `RoutingTable::load_dir_reusing`. Why stamps and not a content hash: hashing
+/// see `RoutingTable::load_dir_per_document_reusing`. Why stamps and not a content hash: hashing
 /// would read every file again, which is most of what a reparse costs.
 #[derive(Debug, Default)]
 pub struct ParsedFiles {
@@ -355,8 +410,13 @@ impl ParsedFiles {
 struct Scan {
     policies: Vec<Policy>,
     problems: Vec<PolicyError>,
+    /// Documents that did not load, each with the index in `policies` where it would
+    /// have been, so a kept version takes the same slot order as a loaded one.
+    invalid: Vec<(usize, InvalidPolicy)>,
+    /// The config directory itself could not be listed: nothing per document to keep.
+    unreadable: bool,
     files: usize,
-    /// Set by `load_dir_reusing`.
+    /// Set by `load_dir_per_document_reusing`.
     reuse: Option<ParsedFiles>,
 }
 
@@ -369,9 +429,46 @@ impl Scan {
         };
         match loaded {
             Ok(policy) => self.policies.push(policy),
-            Err(problems) => self.problems.extend(problems),
+            Err(problems) => self.fail(tenant, policy_id, problems),
         }
     }
+
+    /// Records problems that belong to one (tenant, policy), or `ANY_POLICY` of a tenant.
+    fn fail(&mut self, tenant: &str, policy: &str, problems: Vec<PolicyError>) {
+        let invalid = InvalidPolicy {
+            tenant: tenant.to_owned(),
+            policy: policy.to_owned(),
+            problems: problems.clone(),
+            kept: false,
+        };
+        self.invalid.push((self.policies.len(), invalid));
+        self.problems.extend(problems);
+    }
+}
+
+/// The policy id of an `InvalidPolicy` that concerns a whole tenant directory (it could
+/// not be listed, or holds too many files) or a stray entry that is no tenant's.
+pub const ANY_POLICY: &str = "*";
+
+/// A document that did not load (SPEC §8: it affects only its own tenant and policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidPolicy {
+    /// The tenant directory's name (`_` for an entry outside any tenant directory).
+    pub tenant: String,
+    /// The policy id (the file's stem), or `ANY_POLICY`.
+    pub policy: String,
+    /// Why, at least one.
+    pub problems: Vec<PolicyError>,
+    /// The table still serves the version an earlier table had.
+    pub kept: bool,
+}
+
+/// What `load_dir_per_document` built: the table, and the documents left out of it.
+#[derive(Debug, Default)]
+pub struct DirLoad {
+    pub table: RoutingTable,
+    /// In directory order.
+    pub invalid: Vec<InvalidPolicy>,
 }
 
 fn scan_config_dir(dir: &Path, scan: &mut Scan) {
@@ -379,23 +476,23 @@ fn scan_config_dir(dir: &Path, scan: &mut Scan) {
         Ok(entries) => entries,
         Err(e) => {
             scan.problems.push(e);
+            scan.unreadable = true;
             return;
         }
     };
     for entry in entries {
+        let source = entry.path.display().to_string();
         match entry.kind {
             Kind::Dir if is_tenant_id(&entry.name) => {
                 scan_tenant_dir(&entry.path, &entry.name, scan)
             }
             Kind::Dir => {
                 let message = "a tenant directory name must match ^[A-Za-z0-9_.-]{1,64}$";
-                scan.problems
-                    .push(table_error(&entry.path.display().to_string(), message));
+                scan.fail("_", ANY_POLICY, vec![table_error(&source, message)]);
             }
             Kind::PolicyFile => {
                 let message = "a policy file belongs in a tenant directory: DIR/<tenant>/<id>.json";
-                scan.problems
-                    .push(table_error(&entry.path.display().to_string(), message));
+                scan.fail("_", ANY_POLICY, vec![table_error(&source, message)]);
             }
             Kind::Other => {}
         }
@@ -406,7 +503,7 @@ fn scan_tenant_dir(dir: &Path, tenant: &str, scan: &mut Scan) {
     let entries = match list_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            scan.problems.push(e);
+            scan.fail(tenant, ANY_POLICY, vec![e]);
             return;
         }
     };
@@ -414,8 +511,8 @@ fn scan_tenant_dir(dir: &Path, tenant: &str, scan: &mut Scan) {
     for (i, entry) in files.enumerate() {
         if i == POLICIES_PER_TENANT_MAX {
             let message = format!("more than {POLICIES_PER_TENANT_MAX} policy files");
-            scan.problems
-                .push(table_error(&dir.display().to_string(), message));
+            let problem = table_error(&dir.display().to_string(), message);
+            scan.fail(tenant, ANY_POLICY, vec![problem]);
             return;
         }
         let id = entry

@@ -7,6 +7,16 @@
 //! ready. Stop: SIGTERM/SIGINT → `/readyz` 503 for `server.drain_grace_ms` while still
 //! serving (`begin_stop`) → the mesh's stop protocol: listeners close, in-flight
 //! requests (including handoffs) are answered, then every shard exits.
+//!
+//! The operations listener (`server.ops_listen`) serves health, readiness, metrics and the
+//! admin API on shard 0, with its own small connection cap (`OPS_CONNECTIONS_MAX`). Why a
+//! separate listener: the data port refuses connections over `connections_per_shard_max`
+//! before reading a request, so under overload a probe or a scrape on the data port gets
+//! `503` and a supervisor would restart a healthy, busy router while metrics go blind.
+//!
+//! Policies load per document (`RoutingTable::load_dir_per_document`): a broken document
+//! is reported and left out, every other one serves. `strict_policies` keeps the old
+//! all-or-nothing start for operators who prefer a refused start to a partial table.
 
 pub mod access;
 mod admin_call;
@@ -44,7 +54,7 @@ use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
 use crate::transport::nats::ClientStats;
 use handoff::Msg;
 use owner::OwnerConfig;
-use service::RouterService;
+use service::{Listener, RouterService};
 use shard::ShardCtx;
 pub use stats::Count;
 use stats::ShardStats;
@@ -91,7 +101,22 @@ pub struct ServerSettings {
     pub nats: Option<crate::config::NatsConfig>,
     /// What a request may name in `assignment_subject` (checked with NATS on or off).
     pub assignment_subjects: subjects::AssignmentSubjects,
+    /// The operations listener; `None` = off.
+    pub ops_listen: Option<SocketAddr>,
+    /// The admin API is served on the data listeners too (not only on `ops_listen`).
+    pub admin_on_data_port: bool,
+    /// One invalid policy document refuses the start (else it is reported and left out).
+    pub strict_policies: bool,
 }
+
+/// Connections the operations listener serves at once; more are answered `503`. Small:
+/// it serves probes, scrapes and operators, never traffic.
+pub const OPS_CONNECTIONS_MAX: usize = 64;
+/// Invalid documents shown as their own `shardline_policy_invalid` series and in
+/// `/readyz`; the rest are counted in one overflow series (bounded cardinality).
+pub const POLICY_INVALID_SERIES_MAX: usize = 100;
+/// The label value (tenant and policy) of the overflow series.
+pub const POLICY_INVALID_OVERFLOW: &str = "_overflow";
 
 /// Process-wide, read-mostly state every shard can see.
 pub struct Shared {
@@ -103,6 +128,8 @@ pub struct Shared {
     pub partition: Partitioner,
     stats: Box<[Arc<ShardStats>]>,
     http: Box<[Arc<HttpStats>]>,
+    /// The operations listener's connection statistics (not the data plane's).
+    ops_http: Arc<HttpStats>,
     started: Instant,
     ready: AtomicBool,
     stopping: AtomicBool,
@@ -168,6 +195,7 @@ impl Shared {
 fn more_series(shared: &Shared) -> Vec<crate::metrics::ExtraMetric> {
     let mut series = nats::metric_series(&shared.nats, &shared.extension_calls, &shared.registry);
     series.extend(stats::stall_series(&shared.heartbeats));
+    series.extend(stats::invalid_policy_series(&shared.handle.invalid()));
     series.extend(shared.access.metric_series());
     series
 }
@@ -202,17 +230,16 @@ impl Server {
         if let Some(tls) = &mut settings.tls {
             ports.push(reserve(&mut tls.listen)?);
         }
-        let table = RoutingTable::load_dir(&settings.policies_dir).map_err(|problems| {
-            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
-        })?;
+        if let Some(ops) = &mut settings.ops_listen {
+            ports.push(reserve(ops)?);
+        }
+        let handle = load_policies(&settings.policies_dir, settings.strict_policies)?;
         let registry = Registry::load_dir(&settings.extensions_dir)
             .map_err(|e| anyhow::anyhow!("invalid extension registry: {e}"))?;
         let nats = match &settings.nats {
             Some(config) => Some(Arc::new(nats::NatsSettings::from_config(config)?)),
             None => None,
         };
-        let handle = TableHandle::new(table);
         let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
         let tokens = Arc::new(Tokens::with_permissions(&settings.tokens)?);
         let admin = admin(&settings, &tokens, &store, &handle);
@@ -231,6 +258,7 @@ impl Server {
             http: (0..shard_count)
                 .map(|_| Arc::new(HttpStats::default()))
                 .collect(),
+            ops_http: Arc::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -283,6 +311,11 @@ impl Server {
     /// The HTTP address every shard accepts on (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.settings.listen
+    }
+
+    /// The operations listener's address (the real port when 0 was asked), when on.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.shared.settings.ops_listen
     }
 
     /// The HTTPS address, when TLS is on.
@@ -341,6 +374,26 @@ fn watch_stalls(shared: &Arc<Shared>) -> anyhow::Result<Watchdog> {
     Ok(watchdog)
 }
 
+/// The routing table to start with, published, with the documents left out of it logged
+/// and recorded; strict: any invalid document refuses the start, naming every problem.
+fn load_policies(dir: &std::path::Path, strict: bool) -> anyhow::Result<TableHandle> {
+    let refuse = |problems: Vec<crate::policy::PolicyError>| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
+    };
+    if strict {
+        return Ok(TableHandle::new(
+            RoutingTable::load_dir(dir).map_err(refuse)?,
+        ));
+    }
+    let load =
+        RoutingTable::load_dir_per_document(dir, &RoutingTable::default()).map_err(refuse)?;
+    crate::admin::log_invalid("start", &load.invalid);
+    let handle = TableHandle::new(load.table);
+    handle.set_invalid(load.invalid);
+    Ok(handle)
+}
+
 fn reserve(addr: &mut SocketAddr) -> anyhow::Result<PortReservation> {
     let reservation = PortReservation::new(*addr).map_err(|e| match e.raw_os_error() {
         Some(libc::EADDRINUSE) => anyhow::anyhow!("{addr} is already in use by another process"),
@@ -386,14 +439,17 @@ fn start_shard(
     let id = ctx.id;
     let outbox = ctx.end.outbox();
     let shard = ShardCtx::new(id, Arc::clone(&shared), outbox);
-    let service_for = |transport| {
+    let service_for = |transport, listener| {
         Rc::new(RouterService {
             ctx: Rc::clone(&shard),
             transport,
+            listener,
         })
     };
-    let (http_service, https_service) =
-        (service_for(Transport::Http), service_for(Transport::Https));
+    let (http_service, https_service) = (
+        service_for(Transport::Http, Listener::Data),
+        service_for(Transport::Https, Listener::Data),
+    );
     let stop = Stop::new();
     let settings = &shared.settings;
     let mut listeners = vec![(settings.listen, None)];
@@ -417,6 +473,22 @@ fn start_shard(
         let task = glommio::spawn_local(async move {
             if let Err(e) = serve.await {
                 log::warn!("shard {id}: HTTP server ended with {e}");
+            }
+        });
+        servers.push(task.detach());
+    }
+    if let (Some(addr), 0) = (settings.ops_listen, id.0) {
+        let listener = http::bind(addr).map_err(|source| ShardStartError::Bind { addr, source })?;
+        let limits = HttpLimits {
+            connections_max: OPS_CONNECTIONS_MAX,
+            ..settings.http
+        };
+        let service = service_for(Transport::Http, Listener::Ops);
+        let stats = Arc::clone(&shared.ops_http);
+        let serve = http::serve(listener, service, limits, stats, None, stop.clone());
+        let task = glommio::spawn_local(async move {
+            if let Err(e) = serve.await {
+                log::warn!("shard {id}: operations listener ended with {e}");
             }
         });
         servers.push(task.detach());
@@ -637,6 +709,9 @@ impl ServerSettings {
                 &config.nats.assignment_subject,
                 &config.nats.assignment_subjects_allowed,
             ),
+            ops_listen: s.ops_listen,
+            admin_on_data_port: config.admin.on_data_port,
+            strict_policies: s.strict_policies,
         }
     }
 }

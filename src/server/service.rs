@@ -5,6 +5,12 @@
 //! `/v1/results` and (with `[auth] decide = "token"`) `/v1/decide` check the bearer token
 //! before the body is decoded, and the token's tenant once the body named the tenant; see
 //! `access` for the order and why.
+//!
+//! The same service answers the operations listener (`Listener::Ops`), where only the
+//! operations routes exist: health, readiness, metrics, the shard map and the admin API.
+//! `/healthz` means "this process runs and the shard answering serves" (shard 0 on the
+//! operations listener), never "not busy": readiness and load are `/readyz`'s and the
+//! metrics'.
 
 use std::future::Future;
 use std::rc::Rc;
@@ -30,7 +36,20 @@ pub struct RouterService {
     pub ctx: Rc<ShardCtx>,
     /// Which listener this instance serves, for `shardline_requests_total{transport}`.
     pub transport: Transport,
+    pub listener: Listener,
 }
+
+/// The kind of listener a `RouterService` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Decisions and results (and, with `admin.on_data_port`, the admin API).
+    Data,
+    /// `server.ops_listen`: health, readiness, metrics, the shard map, the admin API.
+    Ops,
+}
+
+/// Invalid documents listed by name in `/readyz` (the rest are counted).
+const READY_INVALID_SHOWN_MAX: usize = super::POLICY_INVALID_SERIES_MAX;
 
 impl Service for RouterService {
     fn call<'a>(
@@ -117,6 +136,42 @@ fn not_found(resp: &mut Response, req: &Request<'_>) {
     );
 }
 
+fn not_on_ops_listener(resp: &mut Response, req: &Request<'_>) {
+    let message = format!(
+        "no route {} {} on the operations listener: it serves /healthz, /readyz, /metrics, \
+         /v1/shards and /admin/v1/...; decisions and results are on the data port",
+        req.method.as_str(),
+        req.path
+    );
+    resp.status = 404;
+    encode_error(
+        &mut resp.body,
+        ErrorCode::InvalidRequest,
+        &message,
+        &ErrorDetails::default(),
+        None,
+        None,
+    );
+}
+
+/// The admin API is off the data port (`admin.on_data_port = false`): say where it is.
+fn admin_on_ops_listener(resp: &mut Response, ops: Option<std::net::SocketAddr>) {
+    let at = ops.map_or_else(|| "server.ops_listen".to_owned(), |a| a.to_string());
+    let message = format!(
+        "the admin API is not served on the data port (admin.on_data_port = false); \
+         it is served on the operations listener {at}"
+    );
+    resp.status = 421;
+    encode_error(
+        &mut resp.body,
+        ErrorCode::InvalidRequest,
+        &message,
+        &ErrorDetails::default(),
+        None,
+        None,
+    );
+}
+
 fn method_not_allowed(resp: &mut Response, req: &Request<'_>, allow: &'static str) {
     let message = format!(
         "{} does not accept {}; use {allow}",
@@ -145,6 +200,11 @@ impl RouterService {
             .request(self.transport)
             .inc();
         let get = matches!(req.method, Method::Get | Method::Head);
+        let ops_route = matches!(req.path, "/healthz" | "/readyz" | "/metrics" | "/v1/shards")
+            || req.path.starts_with("/admin/");
+        if self.listener == Listener::Ops && !ops_route {
+            return not_on_ops_listener(resp, req);
+        }
         match req.path {
             "/v1/decide" if req.method == Method::Post => self.decide(req, resp, now).await,
             "/v1/results" if req.method == Method::Post => self.results(req, resp, now).await,
@@ -299,12 +359,27 @@ impl RouterService {
         };
         let stalled: Vec<String> = shared.heartbeats.stalled().map(|s| s.to_string()).collect();
         let body = format!(
-            r#"{{"ok":{ready},"shards":{},"stopping":{},"nats":{nats},"stalled_shards":[{}]}}"#,
+            r#"{{"ok":{ready},"shards":{},"stopping":{},"nats":{nats},"stalled_shards":[{}],"policies":"#,
             shared.partition.shard_count(),
             shared.is_stopping(),
             stalled.join(",")
         );
         resp.body.extend_from_slice(body.as_bytes());
+        let invalid = shared.handle.invalid();
+        let shown: Vec<_> = invalid
+            .iter()
+            .take(READY_INVALID_SHOWN_MAX)
+            .map(|bad| {
+                serde_json::json!({"tenant": bad.tenant, "policy_id": bad.policy,
+                "kept": bad.kept, "problems": bad.problems.len()})
+            })
+            .collect();
+        let policies = serde_json::json!({
+            "invalid_count": invalid.len(),
+            "invalid": shown,
+        });
+        serde_json::to_writer(&mut resp.body, &policies).expect("JSON into a Vec");
+        resp.body.push(b'}');
     }
 
     fn metrics(&self, resp: &mut Response) {
@@ -339,6 +414,10 @@ impl RouterService {
     async fn admin(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
         if self.ctx.shared.admin.is_none() {
             return not_found(resp, req);
+        }
+        let settings = &self.ctx.shared.settings;
+        if self.listener == Listener::Data && !settings.admin_on_data_port {
+            return admin_on_ops_listener(resp, settings.ops_listen);
         }
         let areq = AdminRequest {
             method: req.method.as_str(),

@@ -117,6 +117,33 @@ pub fn render_all(
     render(out, &snapshots, &extra);
 }
 
+/// `shardline_policy_invalid{tenant,policy} 1` per document the last load left out, at
+/// most `POLICY_INVALID_SERIES_MAX`; one `_overflow` series counts the rest. Nothing when
+/// every document loaded.
+pub fn invalid_policy_series(invalid: &[crate::policy::InvalidPolicy]) -> Vec<ExtraMetric> {
+    use super::{POLICY_INVALID_OVERFLOW, POLICY_INVALID_SERIES_MAX};
+    let name = "shardline_policy_invalid";
+    let help = "Policy documents that did not load (1 each; the overflow series counts the \
+                rest); each keeps its last good version if it had one.";
+    let mut out: Vec<ExtraMetric> = invalid
+        .iter()
+        .take(POLICY_INVALID_SERIES_MAX)
+        .map(|bad| {
+            ExtraMetric::gauge(name, help, 1.0)
+                .label("tenant", &bad.tenant)
+                .label("policy", &bad.policy)
+        })
+        .collect();
+    if invalid.len() > POLICY_INVALID_SERIES_MAX {
+        let rest = (invalid.len() - POLICY_INVALID_SERIES_MAX) as f64;
+        let overflow = ExtraMetric::gauge(name, help, rest)
+            .label("tenant", POLICY_INVALID_OVERFLOW)
+            .label("policy", POLICY_INVALID_OVERFLOW);
+        out.push(overflow);
+    }
+    out
+}
+
 fn http_series(http: &[std::sync::Arc<HttpStats>]) -> Vec<ExtraMetric> {
     type Read = fn(&crate::transport::http::HttpStatsSnapshot) -> u64;
     let families: [(&'static str, &'static str, bool, Read); 7] = [
@@ -200,4 +227,30 @@ pub fn stall_series(beats: &shards::Heartbeats) -> Vec<ExtraMetric> {
         ExtraMetric::counter("shardline_shard_stalls_total", help, value).label("shard", shard)
     });
     stalled.chain(stalls).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::InvalidPolicy;
+    use crate::server::POLICY_INVALID_SERIES_MAX;
+
+    /// One series per invalid document up to the cap, then one overflow series counting
+    /// the rest: cardinality stays bounded however many documents break.
+    #[test]
+    fn invalid_documents_are_capped() {
+        let bad = |i: usize| InvalidPolicy {
+            tenant: format!("t{i}"),
+            policy: "p".into(),
+            problems: Vec::new(),
+            kept: false,
+        };
+        let many: Vec<_> = (0..POLICY_INVALID_SERIES_MAX + 7).map(bad).collect();
+        let series = invalid_policy_series(&many);
+        assert_eq!(series.len(), POLICY_INVALID_SERIES_MAX + 1);
+        let last = series.last().unwrap();
+        assert_eq!(last.value, 7.0);
+        assert_eq!(last.labels[0].1, "_overflow");
+        assert!(invalid_policy_series(&[]).is_empty());
+    }
 }

@@ -67,12 +67,15 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A config directory holding a copy of `config/policies` and a `shardline.toml` made
-/// of `extra_toml` (on top of test defaults: port 0, two tokens).
+/// of `extra_toml` (on top of test defaults: port 0, two tokens, the operations listener
+/// on port 0 so that routers started in parallel never collide on its default port).
 pub fn config_dir(name: &str, extra_toml: &str) -> TempDir {
     let dir = TempDir::new(name);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     copy_dir(&repo.join("config/policies"), &dir.0.join("policies"));
-    let toml = format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra_toml}\n",);
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n{extra_toml}\n",
+    );
     std::fs::write(dir.0.join("shardline.toml"), toml).unwrap();
     dir
 }

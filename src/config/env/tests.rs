@@ -233,3 +233,20 @@ fn cache_bytes_and_subjects_allowed_overrides() {
         "SHARDLINE_LIMITS_IDEMPOTENCY_BYTES_PER_SHARD_MAX"
     );
 }
+
+/// The operations listener, strictness and the admin API's data-port switch are settable
+/// from the environment; an empty `ops_listen` turns the listener off.
+#[test]
+fn ops_overrides() {
+    let c = applied(&[
+        ("SHARDLINE_SERVER_OPS_LISTEN", ""),
+        ("SHARDLINE_SERVER_STRICT_POLICIES", "true"),
+        ("SHARDLINE_ADMIN_ON_DATA_PORT", "false"),
+    ])
+    .unwrap();
+    assert_eq!(c.server.ops_listen, None);
+    assert!(c.server.strict_policies && !c.admin.on_data_port);
+    let c = applied(&[("SHARDLINE_SERVER_OPS_LISTEN", "10.0.0.1:9191")]).unwrap();
+    assert_eq!(c.server.ops_listen, Some("10.0.0.1:9191".parse().unwrap()));
+    assert!(applied(&[("SHARDLINE_SERVER_OPS_LISTEN", "x")]).is_err());
+}

@@ -252,3 +252,44 @@ fn check_paths_validates_the_file_stem() {
         .message
         .contains("policy id \"bad name\""));
 }
+
+/// Per document: a broken file is left out and reported, the others load; with a previous
+/// table the broken one keeps its old version in the slot order a loaded one would have.
+#[test]
+fn per_document_load_keeps_the_last_good_version() {
+    let dir = TempDir::new("per-document");
+    dir.write("acme/a.json", &policy_json(&["x"]));
+    dir.write("acme/b.json", &policy_json(&["y"]));
+    dir.write("globex/c.json", &policy_json(&["z"]));
+    let first =
+        RoutingTable::load_dir_per_document(dir.path(), &RoutingTable::default()).expect("loads");
+    assert!(first.invalid.is_empty());
+
+    dir.write("acme/a.json", r#"{"version":"1.0","providers":"none"}"#);
+    dir.write("acme/new.json", r#"{"version":"#);
+    assert!(
+        RoutingTable::load_dir(dir.path()).is_err(),
+        "strict refuses"
+    );
+    let next = RoutingTable::load_dir_per_document(dir.path(), &first.table).expect("loads");
+    assert_eq!(ids(&next.table), ["acme/a", "acme/b", "globex/c"]);
+    let a = next.table.lookup("acme", "a").unwrap();
+    assert_eq!(
+        &*next.table.policy(a).providers[0].name,
+        "x",
+        "the old version"
+    );
+    let reported: Vec<_> = next
+        .invalid
+        .iter()
+        .map(|b| (b.tenant.as_str(), b.policy.as_str(), b.kept))
+        .collect();
+    assert_eq!(reported, [("acme", "a", true), ("acme", "new", false)]);
+    assert!(next.invalid.iter().all(|b| !b.problems.is_empty()));
+
+    fs::remove_dir_all(dir.path()).unwrap();
+    assert!(
+        RoutingTable::load_dir_per_document(dir.path(), &next.table).is_err(),
+        "an unreadable directory is no table at all"
+    );
+}
