@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shards::{
     CoreSelection, Heartbeats, Partitioner, Runtime, RuntimeConfig, ShardContext, ShardExit,
-    ShardId, Topology, Watchdog,
+    ShardId, Watchdog,
 };
 
 use crate::admin::{Admin, Permission, PolicyStore, TableHandle, TokenSpec, Tokens, Watcher};
@@ -37,7 +37,6 @@ use crate::config::AccessMode;
 use crate::decide::Now;
 use crate::extensions::Registry;
 use crate::metrics::Transport;
-use crate::policy::RoutingTable;
 use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
 use crate::transport::nats::ClientStats;
 use handoff::Msg;
@@ -183,22 +182,15 @@ pub struct Server {
 impl Server {
     /// Loads the policies, starts the shards and returns once every shard listens.
     pub fn start(mut settings: ServerSettings) -> anyhow::Result<Server> {
-        settings.http.validate()?;
+        // The same checks as `config check`, before any port is taken.
+        let checked = crate::preflight::check(&settings)?;
+        let (table, registry) = (checked.table, checked.registry);
+        let shard_count = checked.cores.len();
+        let nats = checked.nats.map(Arc::new);
         let mut ports = vec![reserve(&mut settings.listen)?];
         if let Some(tls) = &mut settings.tls {
             ports.push(reserve(&mut tls.listen)?);
         }
-        let table = RoutingTable::load_dir(&settings.policies_dir).map_err(|problems| {
-            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
-        })?;
-        let shard_count = Topology::detect()?.select(&settings.cores)?.len();
-        let registry = Registry::load_dir(&settings.extensions_dir)
-            .map_err(|e| anyhow::anyhow!("invalid extension registry: {e}"))?;
-        let nats = match &settings.nats {
-            Some(config) => Some(Arc::new(nats::NatsSettings::from_config(config)?)),
-            None => None,
-        };
         let handle = TableHandle::new(table);
         let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
         let tokens = Arc::new(Tokens::with_permissions(&settings.tokens)?);
