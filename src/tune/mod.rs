@@ -28,8 +28,10 @@ use shards::{CoreId, CoreSelection, Topology};
 pub use check::{check, Report, Row, Status};
 pub use cores::{CorePlan, CoreRules, Rule, CORE_OVERRIDES_MAX};
 pub use machine::{Machine, IDLE_STATES_MAX, IRQS_MAX, KNOB_BYTES_MAX, PROCESSES_MAX};
-pub use plan::{render, sysctl_conf};
-pub use profile::{load, Profile, BOOT_PARAMS_MAX, PROFILES_DIR_DEFAULT, PROFILE_BYTES_MAX};
+pub use plan::{render, sysctl_conf, sysctl_steps, SysctlStep};
+pub use profile::{
+    load, Profile, BOOT_PARAMS_MAX, BUILT_IN, PROFILES_DIR_DEFAULT, PROFILE_BYTES_MAX,
+};
 pub use profile::{Expect, Scalar, Setting, SYSCTLS_MAX, VALUE_BYTES_MAX};
 
 /// Why a tune command could not run (exit 2); differences are not errors.
@@ -72,12 +74,13 @@ pub enum TuneCommand {
 /// What both commands take.
 #[derive(Debug, Clone, Args)]
 pub struct ProfileArgs {
-    /// A profile name (looked up in --profiles-dir) or a path to a profile file.
+    /// A profile name (a built-in profile: dev, low-latency, throughput; or one in
+    /// --profiles-dir) or a path to a profile file.
     #[arg(long)]
     pub profile: String,
-    /// Where profile names are looked up.
-    #[arg(long, default_value = PROFILES_DIR_DEFAULT)]
-    pub profiles_dir: PathBuf,
+    /// Look profile names up in this directory instead of the built-in profiles.
+    #[arg(long)]
+    pub profiles_dir: Option<PathBuf>,
     /// The machine's cores, instead of the online ones: a count (8 = cores 0-7) or a cpu
     /// list (0-3,8-11).
     #[arg(long)]
@@ -131,7 +134,7 @@ pub fn run(command: &TuneCommand) -> Result<ExitCode, TuneError> {
             if args.sysctl_conf {
                 print!("{}", sysctl_conf(&profile, &machine));
             } else {
-                print!("{}", render(&profile, &plan));
+                print!("{}", render(&profile, &plan, &machine));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -140,7 +143,7 @@ pub fn run(command: &TuneCommand) -> Result<ExitCode, TuneError> {
 
 /// Loads the profile, finds the machine's cores and makes the core plan.
 fn prepare(args: &ProfileArgs) -> Result<(Profile, CorePlan, Machine), TuneError> {
-    let profile = load(&args.profile, Some(&args.profiles_dir))?;
+    let profile = load(&args.profile, args.profiles_dir.as_deref())?;
     let machine = Machine::new(&args.root);
     let cores = match &args.cores {
         Some(text) => parse_cores(text)?,
