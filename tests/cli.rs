@@ -155,7 +155,7 @@ fn repo_path(path: &str) -> String {
 
 /// `config check` refuses what `serve` refuses, with `serve`'s own message: a policies
 /// directory that is not there, more cores than the machine has, an HTTPS certificate
-/// that does not parse. Neither listens.
+/// or a NATS CA that does not parse. Neither listens.
 #[test]
 fn config_check_refuses_what_serve_refuses() {
     let dir = temp_dir("config-check");
@@ -173,6 +173,13 @@ fn config_check_refuses_what_serve_refuses() {
             format!(
                 "policies_dir = \"{policies}\"\n[tls]\nenabled = true\n\
                  listen = \"127.0.0.1:0\"\ncert = \"garbage.pem\"\nkey = \"garbage.pem\"\n"
+            ),
+        ),
+        (
+            "nats-ca",
+            format!(
+                "policies_dir = \"{policies}\"\n[nats]\nurl = \"tls://127.0.0.1:4222\"\n\
+                 tls_ca = \"garbage.pem\"\n"
             ),
         ),
     ];
