@@ -96,9 +96,10 @@ pub struct ProfileArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
-    /// The router's config, whose `server.cores` is checked against the core plan.
-    #[arg(long, default_value = crate::config::CONFIG_PATH_DEFAULT)]
-    pub config: PathBuf,
+    /// The router's config, whose `server.cores` is checked against the core plan
+    /// [default: config/shardline.toml; without one, the row is N/A].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Exit 1 when any setting differs.
     #[arg(long)]
     pub strict: bool,
@@ -119,7 +120,14 @@ pub fn run(command: &TuneCommand) -> Result<ExitCode, TuneError> {
     match command {
         TuneCommand::Check(args) => {
             let (profile, plan, machine) = prepare(&args.profile)?;
-            let router = router_cores(&args.config, &plan);
+            // The default config is looked for, not required: on a node without the
+            // repository there is nothing to compare, which is not a difference.
+            let default = Path::new(crate::config::CONFIG_PATH_DEFAULT);
+            let router = match &args.config {
+                Some(path) => Some(router_cores(path, &plan)),
+                None if default.exists() => Some(router_cores(default, &plan)),
+                None => None,
+            };
             let report = check(&profile, &plan, &machine, router);
             print!("{report}");
             let failed = args.strict && report.count(Status::Diff) > 0;
