@@ -2,7 +2,8 @@
 //! and their state, serving HTTP on a shared port (SO_REUSEPORT) and handing requests for
 //! other shards' tenants over the SPSC ring mesh.
 //!
-//! Start-up order: preflight (io_uring, memlock) → load the routing table → start one
+//! Start-up order: preflight (`crate::preflight`, which `config check` also runs: the
+//! routing table, cores, registry, certificates, io_uring, memlock) → start one
 //! pinned executor per core, each binding its listeners before the readiness barrier →
 //! ready. Stop: SIGTERM/SIGINT → the mesh's stop protocol: listeners close, in-flight
 //! requests (including handoffs) are answered, then every shard exits.
