@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod answer;
 pub mod bench;
+pub mod bundled;
 pub mod config;
 pub mod contract;
 pub mod decide;
@@ -21,6 +22,7 @@ pub mod gate;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod preflight;
 pub mod server;
 pub mod transport;
 pub mod tune;

@@ -54,9 +54,10 @@ enum Command {
     },
     /// Decide offline: one request (a JSON document), or one per line of JSON Lines input.
     Decide {
-        /// Config directory holding `policies/<tenant>/<policy>.json` (or the policies
-        /// directory itself).
-        #[arg(long, default_value = "config")]
+        /// The router's config file (as `serve` takes it: its `server.policies_dir` is
+        /// used), or a config directory holding `policies/<tenant>/<policy>.json`, or the
+        /// policies directory itself.
+        #[arg(long, default_value = CONFIG_PATH_DEFAULT)]
         config: PathBuf,
         /// Request file, or `-` for standard input.
         #[arg(long, default_value = "-")]
@@ -116,7 +117,9 @@ enum Command {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Load and validate a config (environment overrides applied), print it with secrets
-    /// redacted; exit 1 on any problem.
+    /// redacted, then run every check `serve` makes before it listens (policies, cores,
+    /// extensions, certificates, io_uring, memlock) without listening; exit 1 on any
+    /// problem, printing the message `serve` would.
     Check {
         #[arg(default_value = CONFIG_PATH_DEFAULT)]
         file: PathBuf,
@@ -125,7 +128,9 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Validate policy files or directories; print every problem; exit 1 if any.
+    /// Validate policy files or directories; print every problem; exit 1 if any. A config
+    /// directory (one holding `policies/`) or a config file (`.toml`) checks its policies
+    /// and its extension registry.
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -179,24 +184,48 @@ fn main() -> ExitCode {
     }
 }
 
-fn policies_dir(config: &Path) -> PathBuf {
-    let nested = config.join("policies");
-    if nested.is_dir() {
-        nested
-    } else {
-        config.to_path_buf()
+/// Where a `--config` or `policy check` argument keeps its policies and extensions: a
+/// config file names them (`server.policies_dir`, `server.extensions_dir`); a config
+/// directory holds `policies/` and `extensions/`; any other directory is the policies
+/// directory itself (no registry).
+struct ConfigDirs {
+    policies: PathBuf,
+    extensions: Option<PathBuf>,
+}
+
+fn is_config_file(path: &Path) -> bool {
+    path.is_file() || path.extension().is_some_and(|e| e == "toml")
+}
+
+fn config_dirs(config: &Path) -> Result<ConfigDirs> {
+    if is_config_file(config) {
+        let loaded =
+            Config::load(config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+        return Ok(ConfigDirs {
+            policies: loaded.server.policies_dir,
+            extensions: Some(loaded.server.extensions_dir),
+        });
     }
+    let nested = config.join("policies");
+    Ok(if nested.is_dir() {
+        ConfigDirs {
+            policies: nested,
+            extensions: Some(config.join("extensions")),
+        }
+    } else {
+        ConfigDirs {
+            policies: config.to_path_buf(),
+            extensions: None,
+        }
+    })
 }
 
 fn load_table(config: &Path) -> Result<RoutingTable> {
-    let dir = policies_dir(config);
-    if !dir.is_dir() {
-        bail!("{}: no such config directory", dir.display());
+    let dirs = config_dirs(config)?;
+    if !dirs.policies.is_dir() {
+        bail!("{}: no such config directory", dirs.policies.display());
     }
-    RoutingTable::load_dir(&dir).map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
-    })
+    shardline::preflight::load_policies(&dirs.policies)
 }
 
 fn read_input(request: &str) -> Result<Vec<u8>> {
@@ -294,15 +323,37 @@ fn seed() -> u64 {
 }
 
 fn run_check(paths: &[PathBuf]) -> Result<ExitCode> {
-    let report = check_paths(paths);
-    for problem in &report.problems {
+    let mut policy_paths = Vec::with_capacity(paths.len());
+    let mut registries = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    for path in paths {
+        let is_config_dir = path.join("policies").is_dir();
+        if !(is_config_dir || path.extension().is_some_and(|e| e == "toml")) {
+            policy_paths.push(path.clone());
+            continue;
+        }
+        match config_dirs(path) {
+            Ok(dirs) => {
+                policy_paths.push(dirs.policies);
+                registries.extend(dirs.extensions);
+            }
+            Err(err) => problems.push(format!("{err:#}")),
+        }
+    }
+    let report = check_paths(&policy_paths);
+    problems.extend(report.problems.iter().map(ToString::to_string));
+    let mut files_checked = report.files_checked;
+    for dir in &registries {
+        match Registry::load_dir(dir) {
+            Ok(registry) => files_checked += registry.len(),
+            Err(err) => problems.push(format!("invalid extension registry: {err}")),
+        }
+    }
+    for problem in &problems {
         println!("{problem}");
     }
-    let invalid = report.problems.len();
-    println!(
-        "{} file(s) checked, {invalid} problem(s)",
-        report.files_checked
-    );
+    let invalid = problems.len();
+    println!("{files_checked} file(s) checked, {invalid} problem(s)");
     Ok(if invalid == 0 {
         ExitCode::SUCCESS
     } else {
@@ -367,26 +418,61 @@ fn run_gate(
     })
 }
 
+/// The config as `serve` reads it, then `serve`'s own preflight (the same function), so
+/// that `ok` here means `serve` gets as far as listening. A preflight failure is printed
+/// as `serve` prints it, on standard error.
 fn run_config_check(file: &Path) -> Result<ExitCode> {
-    match Config::load(file) {
-        Ok(config) => {
-            print!("{}", config.redacted_summary());
-            let dir = &config.server.extensions_dir;
-            match Registry::load_dir(dir) {
-                Ok(registry) => println!("# {}: {} extension(s)", dir.display(), registry.len()),
-                Err(err) => {
-                    println!("{err}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-            println!("# {}: ok", file.display());
-            Ok(ExitCode::SUCCESS)
-        }
+    let config = match Config::load(file) {
+        Ok(config) => config,
         Err(err) => {
             println!("{}: {err}", file.display());
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
+    };
+    print!("{}", config.redacted_summary());
+    let checked = match shardline::preflight::check(&ServerSettings::from_config(&config)) {
+        Ok(checked) => checked,
+        Err(err) => {
+            eprintln!("shardline: {err:#}");
+            println!("# {}: not ok (serve would refuse to start)", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let server = &config.server;
+    let invalid = &checked.policies.invalid;
+    if invalid.is_empty() {
+        println!("# {}: policies load", server.policies_dir.display());
+    } else {
+        // Not a failure: serve starts and serves every other document (without
+        // --strict-policies); `policy check` shows each problem.
+        println!(
+            "# {}: policies load except {} invalid document(s), left out: {}",
+            server.policies_dir.display(),
+            invalid.len(),
+            invalid
+                .iter()
+                .map(|bad| format!("{}/{}", bad.tenant, bad.policy))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
+    let extensions = checked.registry.len();
+    println!(
+        "# {}: {extensions} extension(s)",
+        server.extensions_dir.display()
+    );
+    let memlock = checked
+        .kernel
+        .memlock_limit_bytes
+        .map_or_else(|| "unlimited".to_owned(), |b| format!("{b} bytes"));
+    println!(
+        "# cores {}: {} shard(s); io_uring available; memlock {memlock} (needs {} bytes)",
+        shards::topology::format_cpu_list(&checked.cores),
+        checked.cores.len(),
+        checked.kernel.memlock_need_bytes,
+    );
+    println!("# {}: ok", file.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_serve(file: &Path, strict_policies: bool) -> Result<ExitCode> {

@@ -189,3 +189,219 @@ fn wait_bounded(mut child: std::process::Child, limit: std::time::Duration) -> O
     }
     child.wait_with_output().expect("wait")
 }
+
+/// Runs `cmd` to its end, or kills it after `limit` (a command that should have failed
+/// at once but serves instead must not hang the test).
+fn output_within(mut cmd: Command, limit: std::time::Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shardline");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("wait")
+}
+
+fn repo_path(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `config check` refuses what `serve` refuses, with `serve`'s own message: a policies
+/// directory that is not there, more cores than the machine has, an HTTPS certificate
+/// or a NATS CA that does not parse. Neither listens.
+#[test]
+fn config_check_refuses_what_serve_refuses() {
+    let dir = temp_dir("config-check");
+    let policies = repo_path("config/policies");
+    std::fs::write(dir.join("garbage.pem"), "not a certificate\n").unwrap();
+    let too_many = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    let cases = [
+        ("policies", "policies_dir = \"nope\"\n".to_owned()),
+        (
+            "cores",
+            format!("cores = {too_many}\npolicies_dir = \"{policies}\"\n"),
+        ),
+        (
+            "cert",
+            format!(
+                "policies_dir = \"{policies}\"\n[tls]\nenabled = true\n\
+                 listen = \"127.0.0.1:0\"\ncert = \"garbage.pem\"\nkey = \"garbage.pem\"\n"
+            ),
+        ),
+        (
+            "nats-ca",
+            format!(
+                "policies_dir = \"{policies}\"\n[nats]\nurl = \"tls://127.0.0.1:4222\"\n\
+                 tls_ca = \"garbage.pem\"\n"
+            ),
+        ),
+    ];
+    for (name, body) in cases {
+        let file = dir.join(format!("{name}.toml"));
+        let toml = format!("[server]\nlisten = \"127.0.0.1:0\"\n{body}");
+        std::fs::write(&file, toml).unwrap();
+        let limit = std::time::Duration::from_secs(30);
+        let mut serve = bin();
+        serve.args(["serve", "--config"]).arg(&file);
+        let served = output_within(serve, limit);
+        let said = String::from_utf8_lossy(&served.stderr);
+        assert!(!served.status.success(), "{name}: serve started: {said}");
+        let message = said
+            .lines()
+            .find(|l| l.starts_with("shardline: "))
+            .unwrap_or_else(|| panic!("{name}: serve said {said}"));
+        let mut check = bin();
+        check.args(["config", "check"]).arg(&file);
+        let checked = output_within(check, limit);
+        let err = String::from_utf8_lossy(&checked.stderr);
+        let out = String::from_utf8_lossy(&checked.stdout);
+        assert_eq!(checked.status.code(), Some(1), "{name}: {out}{err}");
+        assert!(
+            err.contains(message),
+            "{name}: serve said {message:?}, check {err}"
+        );
+        assert!(!out.contains(": ok\n"), "{name}: {out}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The bundled config passes every check `serve` makes, and says what it found.
+#[test]
+fn config_check_accepts_the_bundled_config() {
+    let out = run(&["config", "check", "config/shardline.toml"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("io_uring available"), "{text}");
+    assert!(text.contains("config/shardline.toml: ok\n"), "{text}");
+}
+
+/// `decide --config` takes the config file `serve` takes (its `server.policies_dir`),
+/// and a config directory as before.
+#[test]
+fn decide_takes_the_serve_config_file() {
+    for config in ["config/shardline.toml", "config"] {
+        let out = run(
+            &[
+                "decide",
+                "--config",
+                config,
+                "--request",
+                "config/requests/chat.json",
+            ],
+            b"",
+        );
+        assert!(
+            out.status.success(),
+            "{config}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(lines(&out)[0]["ok"], true, "{config}");
+    }
+    // A file elsewhere: its policies_dir resolves against the file's directory.
+    let dir = temp_dir("decide-file");
+    let file = dir.join("router.toml");
+    let policies = repo_path("config/policies");
+    std::fs::write(&file, format!("[server]\npolicies_dir = \"{policies}\"\n")).unwrap();
+    let request = repo_path("config/requests/chat.json");
+    let out = run(
+        &[
+            "decide",
+            "--config",
+            file.to_str().unwrap(),
+            "--request",
+            &request,
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `policy check config` (a config directory, as docs/API.md says) checks its policies
+/// and its extension registry; `extensions/` and `requests/` are not tenants.
+#[test]
+fn policy_check_takes_a_config_directory() {
+    let out = run(&["policy", "check", "config"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(", 0 problem(s)"), "{text}");
+
+    let dir = temp_dir("policy-check-config");
+    let copy = |from: &str, to: &str| {
+        std::fs::create_dir_all(dir.join(to)).unwrap();
+        for entry in std::fs::read_dir(repo_path(from)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), dir.join(to).join(entry.file_name())).unwrap();
+            }
+        }
+    };
+    copy("config/policies/acme", "policies/acme");
+    copy("config/extensions", "extensions");
+    std::fs::write(dir.join("extensions/broken.json"), "{\"id\": 7}").unwrap();
+    let out = run(&["policy", "check", dir.to_str().unwrap()], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("invalid extension registry"), "{text}");
+    assert!(text.contains("broken.json"), "{text}");
+    assert!(!text.contains("tenant directory"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The binary works from any directory: the tuning profiles and the embedded bench's
+/// config and policies are built in.
+#[test]
+fn works_from_any_directory() {
+    let dir = temp_dir("anywhere");
+    let in_dir = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardline"));
+        cmd.args(args)
+            .current_dir(&dir)
+            .env_remove("SHARDLINE_SERVER_CORES");
+        output_within(cmd, std::time::Duration::from_secs(60))
+    };
+    for args in [
+        &["tune", "check", "--profile", "dev"][..],
+        &["tune", "plan", "--profile", "low-latency", "--cores", "4"][..],
+        &[
+            "bench",
+            "--embedded",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0.2s",
+        ][..],
+    ] {
+        let out = in_dir(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // No config here is nothing to compare, not a difference.
+        if args[1] == "check" {
+            let router = text.lines().find(|l| l.starts_with("router server.cores"));
+            assert!(router.is_some_and(|l| l.contains(" N/A ")), "{text}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

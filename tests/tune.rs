@@ -197,8 +197,17 @@ fn absent_knobs_are_not_applicable_and_a_broken_config_differs() {
     );
 }
 
+/// The plan for a machine of `cores` whose sysctls all differ from the profile's.
 fn plan(cores: &str) -> String {
-    let out = shardline(&["tune", "plan", "--profile", "low-latency", "--cores", cores]);
+    let root = std::env::temp_dir().join(format!("shardline-tune-plan-{}", std::process::id()));
+    let profile = shardline::tune::load("low-latency", None).unwrap();
+    for key in profile.sysctl.keys() {
+        let path = format!("proc/sys/{}", key.replace('.', "/"));
+        write(&root, &path, "2");
+    }
+    let root = root.to_str().unwrap();
+    let args = ["tune", "plan", "--profile", "low-latency", "--cores", cores];
+    let out = shardline(&[&args[..], &["--root", root]].concat());
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -326,4 +335,70 @@ fn apply_script_dry_run_lists_every_sysctl() {
         assert!(listed, "{key} missing from\n{text}");
     }
     assert!(!text.contains("saved the old values"), "{text}");
+}
+
+/// `tune plan` never lowers a minimum the machine already exceeds (`tune check` calls it
+/// OK), and it lists the same changes as `scripts/apply_tuning.sh --dry-run` on the same
+/// machine (both reading the fake tree through `--root`).
+#[test]
+fn plan_keeps_higher_limits_and_agrees_with_the_apply_script() {
+    let (root, config) = tuned_machine("agree", "1-3");
+    write(&root, "proc/sys/net/core/somaxconn", "65535");
+    write(&root, "proc/sys/net/core/rmem_max", "1024");
+    write(&root, "proc/sys/net/core/busy_poll", "0");
+    fs::remove_file(root.join("proc/sys/vm/stat_interval")).unwrap();
+    let root_arg = root.to_str().unwrap();
+
+    let out = shardline(&[
+        "tune",
+        "plan",
+        "--profile",
+        "low-latency",
+        "--root",
+        root_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let plan = stdout(&out);
+    assert!(!plan.contains("sysctl -w net.core.somaxconn"), "{plan}");
+    assert!(plan.contains("# ok: net.core.somaxconn = 65535"), "{plan}");
+    assert!(
+        plan.contains("sysctl -w net.core.rmem_max=16777216  # was 1024"),
+        "{plan}"
+    );
+    let mut planned: Vec<&str> = plan
+        .lines()
+        .filter_map(|l| l.strip_prefix("sysctl -w "))
+        .filter_map(|l| l.split('=').next())
+        .collect();
+    planned.sort_unstable();
+    assert_eq!(planned, ["net.core.busy_poll", "net.core.rmem_max"]);
+
+    let table = stdout(&check(&root, &config, &[]));
+    assert!(
+        row(&table, "sysctl net.core.somaxconn").contains(" OK "),
+        "{table}"
+    );
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/apply_tuning.sh");
+    let out = Command::new(script)
+        .args(["--dry-run", "--profile", "low-latency", "--root", root_arg])
+        .env("SHARDLINE_BIN", env!("CARGO_BIN_EXE_shardline"))
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut applied: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("set   "))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    applied.sort_unstable();
+    assert_eq!(applied, planned, "{text}");
+    assert!(text.contains("skip  vm.stat_interval"), "{text}");
+    assert!(plan.contains("# skip: vm.stat_interval"), "{plan}");
 }

@@ -85,7 +85,7 @@ pub struct BenchArgs {
     /// Start a router in this process on 127.0.0.1:0 and drive it.
     #[arg(long)]
     pub embedded: bool,
-    /// The embedded router's config [default: perf/bench/shardline.toml].
+    /// The embedded router's config [default: perf/bench/shardline.toml, built in].
     #[arg(long, value_name = "FILE", requires = "embedded")]
     pub config: Option<PathBuf>,
     /// Open loop: requests per second over all connections, on a fixed schedule; latency
@@ -290,10 +290,12 @@ impl BenchArgs {
             (Some(url), false) if is_nats_url(url) => Target::Nats(self.nats_target(url)?),
             (Some(url), false) => parse_target(url)?,
             (None, true) => Target::Embedded {
-                config: self
-                    .config
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(EMBEDDED_CONFIG_DEFAULT)),
+                config: match &self.config {
+                    Some(path) => path.clone(),
+                    None => crate::bundled::bench_config().map_err(|e| {
+                        BenchError::Router(format!("{EMBEDDED_CONFIG_DEFAULT} (built in): {e}"))
+                    })?,
+                },
             },
             _ => {
                 return Err(invalid(
@@ -552,7 +554,7 @@ mod tests {
         assert_eq!(
             s.target,
             Target::Embedded {
-                config: PathBuf::from(EMBEDDED_CONFIG_DEFAULT)
+                config: crate::bundled::bench_config().unwrap()
             }
         );
         assert_eq!(s.load.rate_rps, Some(RATE_RPS_DEFAULT));

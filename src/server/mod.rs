@@ -2,7 +2,8 @@
 //! and their state, serving HTTP on a shared port (SO_REUSEPORT) and handing requests for
 //! other shards' tenants over the SPSC ring mesh.
 //!
-//! Start-up order: preflight (io_uring, memlock) → load the routing table → start one
+//! Start-up order: preflight (`crate::preflight`, which `config check` also runs: the
+//! routing table, cores, registry, certificates, io_uring, memlock) → start one
 //! pinned executor per core, each binding its listeners before the readiness barrier →
 //! ready. Stop: SIGTERM/SIGINT → `/readyz` 503 for `server.drain_grace_ms` while still
 //! serving (`begin_stop`) → the mesh's stop protocol: listeners close, in-flight
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shards::{
     CoreSelection, Heartbeats, Partitioner, Runtime, RuntimeConfig, ShardContext, ShardExit,
-    ShardId, Topology, Watchdog,
+    ShardId, Watchdog,
 };
 
 use crate::admin::{Admin, Permission, PolicyStore, TableHandle, TokenSpec, Tokens, Watcher};
@@ -49,7 +50,6 @@ use crate::config::AccessMode;
 use crate::decide::Now;
 use crate::extensions::Registry;
 use crate::metrics::Transport;
-use crate::policy::RoutingTable;
 use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
 use crate::transport::nats::ClientStats;
 use handoff::Msg;
@@ -213,8 +213,11 @@ pub struct Server {
 impl Server {
     /// Loads the policies, starts the shards and returns once every shard listens.
     pub fn start(mut settings: ServerSettings) -> anyhow::Result<Server> {
-        settings.http.validate()?;
-        let shard_count = Topology::detect()?.select(&settings.cores)?.len();
+        // The same checks as `config check`, before any port is taken.
+        let checked = crate::preflight::check(&settings)?;
+        let registry = checked.registry;
+        let shard_count = checked.cores.len();
+        let nats = checked.nats.map(Arc::new);
         let fds = fds::fit(shard_count, settings.http.connections_max)?;
         settings.http.connections_max = fds.connections_per_shard;
         let mut ports = vec![reserve(&mut settings.listen)?];
@@ -233,13 +236,9 @@ impl Server {
         if let Some(ops) = &mut settings.ops_listen {
             ports.push(reserve(ops)?);
         }
-        let handle = load_policies(&settings.policies_dir, settings.strict_policies)?;
-        let registry = Registry::load_dir(&settings.extensions_dir)
-            .map_err(|e| anyhow::anyhow!("invalid extension registry: {e}"))?;
-        let nats = match &settings.nats {
-            Some(config) => Some(Arc::new(nats::NatsSettings::from_config(config)?)),
-            None => None,
-        };
+        crate::admin::log_invalid("start", &checked.policies.invalid);
+        let handle = TableHandle::new(checked.policies.table);
+        handle.set_invalid(checked.policies.invalid);
         let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
         let tokens = Arc::new(Tokens::with_permissions(&settings.tokens)?);
         let admin = admin(&settings, &tokens, &store, &handle);
@@ -372,26 +371,6 @@ fn watch_stalls(shared: &Arc<Shared>) -> anyhow::Result<Watchdog> {
     })
     .map_err(|e| anyhow::anyhow!("cannot start the shard watchdog thread: {e}"))?;
     Ok(watchdog)
-}
-
-/// The routing table to start with, published, with the documents left out of it logged
-/// and recorded; strict: any invalid document refuses the start, naming every problem.
-fn load_policies(dir: &std::path::Path, strict: bool) -> anyhow::Result<TableHandle> {
-    let refuse = |problems: Vec<crate::policy::PolicyError>| {
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("invalid policies:\n  {}", lines.join("\n  "))
-    };
-    if strict {
-        return Ok(TableHandle::new(
-            RoutingTable::load_dir(dir).map_err(refuse)?,
-        ));
-    }
-    let load =
-        RoutingTable::load_dir_per_document(dir, &RoutingTable::default()).map_err(refuse)?;
-    crate::admin::log_invalid("start", &load.invalid);
-    let handle = TableHandle::new(load.table);
-    handle.set_invalid(load.invalid);
-    Ok(handle)
 }
 
 fn reserve(addr: &mut SocketAddr) -> anyhow::Result<PortReservation> {

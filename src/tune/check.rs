@@ -81,12 +81,13 @@ impl fmt::Display for Report {
 }
 
 /// Checks every setting of `profile` on `machine`. `router_cores` is the router config's
-/// `server.cores` resolved on the plan's machine, or why it could not be.
+/// `server.cores` resolved on the plan's machine, or why it could not be; `None` when
+/// there is no config to check.
 pub fn check(
     profile: &Profile,
     plan: &CorePlan,
     machine: &Machine,
-    router_cores: Result<Vec<CoreId>, String>,
+    router_cores: Option<Result<Vec<CoreId>, String>>,
 ) -> Report {
     let mut rows = Vec::new();
     for (key, setting) in &profile.sysctl {
@@ -297,24 +298,23 @@ pub fn cores_value(cores: &[CoreId]) -> String {
     }
 }
 
-fn router_row(plan: &CorePlan, router_cores: Result<Vec<CoreId>, String>) -> Row {
+fn router_row(plan: &CorePlan, router_cores: Option<Result<Vec<CoreId>, String>>) -> Row {
     let expected = format!("within {}", format_cpu_list(&plan.shards));
     let shards = cores_value(&plan.shards);
     let fix = format!("server.cores = \"{shards}\" (or SHARDLINE_SERVER_CORES={shards})");
     let (actual, ok) = match router_cores {
-        Ok(cores) => {
+        None => (None, false),
+        Some(Ok(cores)) => {
             let within = cores.iter().all(|c| plan.shards.contains(c));
-            (format_cpu_list(&cores), within)
+            (Some(format_cpu_list(&cores)), within)
         }
-        Err(reason) => (reason, false),
+        Some(Err(reason)) => (Some(reason), false),
     };
-    row(
-        "router server.cores".into(),
-        expected,
-        Some(actual),
-        ok,
-        fix,
-    )
+    let mut router = row("router server.cores".into(), expected, actual, ok, fix);
+    if router.status == Status::NotApplicable {
+        router.actual = "no config (give --config)".into();
+    }
+    router
 }
 
 #[cfg(test)]

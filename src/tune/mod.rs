@@ -28,8 +28,10 @@ use shards::{CoreId, CoreSelection, Topology};
 pub use check::{check, Report, Row, Status};
 pub use cores::{CorePlan, CoreRules, Rule, CORE_OVERRIDES_MAX};
 pub use machine::{Machine, IDLE_STATES_MAX, IRQS_MAX, KNOB_BYTES_MAX, PROCESSES_MAX};
-pub use plan::{render, sysctl_conf};
-pub use profile::{load, Profile, BOOT_PARAMS_MAX, PROFILES_DIR_DEFAULT, PROFILE_BYTES_MAX};
+pub use plan::{render, sysctl_conf, sysctl_steps, SysctlStep};
+pub use profile::{
+    load, Profile, BOOT_PARAMS_MAX, BUILT_IN, PROFILES_DIR_DEFAULT, PROFILE_BYTES_MAX,
+};
 pub use profile::{Expect, Scalar, Setting, SYSCTLS_MAX, VALUE_BYTES_MAX};
 
 /// Why a tune command could not run (exit 2); differences are not errors.
@@ -72,12 +74,13 @@ pub enum TuneCommand {
 /// What both commands take.
 #[derive(Debug, Clone, Args)]
 pub struct ProfileArgs {
-    /// A profile name (looked up in --profiles-dir) or a path to a profile file.
+    /// A profile name (a built-in profile: dev, low-latency, throughput; or one in
+    /// --profiles-dir) or a path to a profile file.
     #[arg(long)]
     pub profile: String,
-    /// Where profile names are looked up.
-    #[arg(long, default_value = PROFILES_DIR_DEFAULT)]
-    pub profiles_dir: PathBuf,
+    /// Look profile names up in this directory instead of the built-in profiles.
+    #[arg(long)]
+    pub profiles_dir: Option<PathBuf>,
     /// The machine's cores, instead of the online ones: a count (8 = cores 0-7) or a cpu
     /// list (0-3,8-11).
     #[arg(long)]
@@ -93,9 +96,10 @@ pub struct ProfileArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
-    /// The router's config, whose `server.cores` is checked against the core plan.
-    #[arg(long, default_value = crate::config::CONFIG_PATH_DEFAULT)]
-    pub config: PathBuf,
+    /// The router's config, whose `server.cores` is checked against the core plan
+    /// [default: config/shardline.toml; without one, the row is N/A].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Exit 1 when any setting differs.
     #[arg(long)]
     pub strict: bool,
@@ -116,7 +120,14 @@ pub fn run(command: &TuneCommand) -> Result<ExitCode, TuneError> {
     match command {
         TuneCommand::Check(args) => {
             let (profile, plan, machine) = prepare(&args.profile)?;
-            let router = router_cores(&args.config, &plan);
+            // The default config is looked for, not required: on a node without the
+            // repository there is nothing to compare, which is not a difference.
+            let default = Path::new(crate::config::CONFIG_PATH_DEFAULT);
+            let router = match &args.config {
+                Some(path) => Some(router_cores(path, &plan)),
+                None if default.exists() => Some(router_cores(default, &plan)),
+                None => None,
+            };
             let report = check(&profile, &plan, &machine, router);
             print!("{report}");
             let failed = args.strict && report.count(Status::Diff) > 0;
@@ -131,7 +142,7 @@ pub fn run(command: &TuneCommand) -> Result<ExitCode, TuneError> {
             if args.sysctl_conf {
                 print!("{}", sysctl_conf(&profile, &machine));
             } else {
-                print!("{}", render(&profile, &plan));
+                print!("{}", render(&profile, &plan, &machine));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -140,7 +151,7 @@ pub fn run(command: &TuneCommand) -> Result<ExitCode, TuneError> {
 
 /// Loads the profile, finds the machine's cores and makes the core plan.
 fn prepare(args: &ProfileArgs) -> Result<(Profile, CorePlan, Machine), TuneError> {
-    let profile = load(&args.profile, Some(&args.profiles_dir))?;
+    let profile = load(&args.profile, args.profiles_dir.as_deref())?;
     let machine = Machine::new(&args.root);
     let cores = match &args.cores {
         Some(text) => parse_cores(text)?,

@@ -12,10 +12,52 @@ use shards::topology::format_cpu_list;
 use super::check::{cores_value, sysctl_command};
 use super::cores::CorePlan;
 use super::machine::Machine;
-use super::profile::{Expect, Profile};
+use super::profile::{fold_whitespace, Expect, Profile};
+
+/// What applying one sysctl of a profile does on a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SysctlStep {
+    /// Change `from` (the machine's value) to `to`.
+    Set { from: String, to: String },
+    /// The machine already meets the profile (equal, or above a minimum): left alone.
+    Keep { current: String },
+    /// The kernel has no such sysctl.
+    Absent,
+}
+
+/// Every sysctl of `profile` with what applying it would do on `machine`: the one list
+/// `tune plan` prints and `--sysctl-conf` hands to `scripts/apply_tuning.sh`, so the two
+/// always agree. A minimum the machine already exceeds is kept: applying a profile never
+/// lowers a limit someone raised.
+pub fn sysctl_steps<'p>(profile: &'p Profile, machine: &Machine) -> Vec<(&'p str, SysctlStep)> {
+    let mut steps = Vec::with_capacity(profile.sysctl.len());
+    for (key, setting) in &profile.sysctl {
+        let expect = setting.expect();
+        let step = match machine.sysctl(key) {
+            None => SysctlStep::Absent,
+            Some(current) if expect.met_by(&current) => SysctlStep::Keep {
+                current: fold_whitespace(&current),
+            },
+            Some(current) => SysctlStep::Set {
+                from: fold_whitespace(&current),
+                to: target(&expect),
+            },
+        };
+        steps.push((key.as_str(), step));
+    }
+    steps
+}
+
+fn target(expect: &Expect) -> String {
+    match expect {
+        Expect::Equal(v) => v.clone(),
+        Expect::AtLeast(min) => min.to_string(),
+    }
+}
 
 /// The full plan as shell text: comments, then commands an operator can paste as root.
-pub fn render(profile: &Profile, plan: &CorePlan) -> String {
+/// Only what differs on `machine` gets a command; the rest is listed as a comment.
+pub fn render(profile: &Profile, plan: &CorePlan, machine: &Machine) -> String {
     let mut out = String::new();
     let all = format_cpu_list(&plan.cores);
     let n = plan.cores.len();
@@ -30,9 +72,22 @@ pub fn render(profile: &Profile, plan: &CorePlan) -> String {
         out,
         "\n# sysctl (scripts/apply_tuning.sh --apply does these, --restore undoes)"
     );
-    for (key, setting) in &profile.sysctl {
-        let command = sysctl_command(key, &setting.expect());
-        let _ = writeln!(out, "{command}  # {}", setting.why);
+    for (key, step) in sysctl_steps(profile, machine) {
+        let setting = &profile.sysctl[key];
+        let expect = setting.expect();
+        let _ = match step {
+            SysctlStep::Set { from, .. } => {
+                let command = sysctl_command(key, &expect);
+                writeln!(out, "{command}  # was {from}: {}", setting.why)
+            }
+            SysctlStep::Keep { current } => {
+                writeln!(
+                    out,
+                    "# ok: {key} = {current} (profile: {expect}), left alone"
+                )
+            }
+            SysctlStep::Absent => writeln!(out, "# skip: {key} is not on this kernel"),
+        };
     }
     cpu_section(&mut out, profile, plan);
     out
@@ -146,15 +201,11 @@ fn cpu_section(out: &mut String, profile: &Profile, plan: &CorePlan) {
 /// current value: applying a profile never lowers a limit someone raised.
 pub fn sysctl_conf(profile: &Profile, machine: &Machine) -> String {
     let mut out = String::new();
-    for (key, setting) in &profile.sysctl {
-        let value = match setting.expect() {
-            Expect::Equal(v) => v,
-            Expect::AtLeast(min) => {
-                let current = machine
-                    .sysctl(key)
-                    .and_then(|v| v.trim().parse::<i64>().ok());
-                current.filter(|c| *c >= min).unwrap_or(min).to_string()
-            }
+    for (key, step) in sysctl_steps(profile, machine) {
+        let value = match step {
+            SysctlStep::Set { to, .. } => to,
+            SysctlStep::Keep { current } => current,
+            SysctlStep::Absent => target(&profile.sysctl[key].expect()),
         };
         let _ = writeln!(out, "{key} = {value}");
     }

@@ -26,9 +26,23 @@ pub const BOOT_PARAMS_MAX: usize = 32;
 /// Bytes of one value or reason: a line a person reads, not a document.
 pub const VALUE_BYTES_MAX: usize = 512;
 
-/// Where `--profile NAME` is looked up when no `--profiles-dir` is given (relative to the
-/// working directory, like the config's default path).
+/// Where the bundled profiles live in the repository (compiled into the binary as
+/// `BUILT_IN`; `--profiles-dir` looks names up in another directory instead).
 pub const PROFILES_DIR_DEFAULT: &str = "tuning/profiles";
+
+/// The bundled profiles, compiled in: `--profile NAME` without `--profiles-dir` works
+/// from any directory, as an installed binary has no repository beside it.
+pub const BUILT_IN: [(&str, &str); 3] = [
+    ("dev", include_str!("../../tuning/profiles/dev.toml")),
+    (
+        "low-latency",
+        include_str!("../../tuning/profiles/low-latency.toml"),
+    ),
+    (
+        "throughput",
+        include_str!("../../tuning/profiles/throughput.toml"),
+    ),
+];
 
 /// One profile, validated.
 #[derive(Debug, Clone, Deserialize)]
@@ -125,20 +139,34 @@ pub fn fold_whitespace(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Resolves `--profile`: a path when it names a file or contains `/` or ends in `.toml`,
-/// else `<profiles_dir>/<name>.toml`.
-pub fn resolve(profile: &str, profiles_dir: Option<&Path>) -> PathBuf {
-    let as_path = Path::new(profile);
-    if profile.contains('/') || profile.ends_with(".toml") || as_path.is_file() {
-        return as_path.to_path_buf();
-    }
-    let dir = profiles_dir.unwrap_or(Path::new(PROFILES_DIR_DEFAULT));
-    dir.join(format!("{profile}.toml"))
+fn is_path(profile: &str) -> bool {
+    profile.contains('/') || profile.ends_with(".toml") || Path::new(profile).is_file()
 }
 
-/// Reads and validates the profile `--profile` names.
+/// Resolves `--profile` to a file: a path when it names a file or contains `/` or ends
+/// in `.toml`, else `<profiles_dir>/<name>.toml`; `None` for a built-in profile's name
+/// (no path and no `--profiles-dir`).
+pub fn resolve(profile: &str, profiles_dir: Option<&Path>) -> Option<PathBuf> {
+    if is_path(profile) {
+        return Some(PathBuf::from(profile));
+    }
+    profiles_dir.map(|dir| dir.join(format!("{profile}.toml")))
+}
+
+/// Reads and validates the profile `--profile` names: a file, or a name looked up in
+/// `profiles_dir`, or else among the built-in profiles.
 pub fn load(profile: &str, profiles_dir: Option<&Path>) -> Result<Profile, TuneError> {
-    let path = resolve(profile, profiles_dir);
+    let Some(path) = resolve(profile, profiles_dir) else {
+        let shown = PathBuf::from(format!("{PROFILES_DIR_DEFAULT}/{profile}.toml (built in)"));
+        let Some((_, text)) = BUILT_IN.iter().find(|(name, _)| *name == profile) else {
+            let names: Vec<&str> = BUILT_IN.iter().map(|(name, _)| *name).collect();
+            return Err(TuneError::ProfileNotFound {
+                path: shown,
+                available: names.join(", "),
+            });
+        };
+        return parse(text, profile, &shown);
+    };
     let file = std::fs::File::open(&path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => TuneError::ProfileNotFound {
             path: path.clone(),
@@ -162,12 +190,18 @@ pub fn load(profile: &str, profiles_dir: Option<&Path>) -> Result<Profile, TuneE
             format!("larger than {PROFILE_BYTES_MAX} bytes"),
         ));
     }
-    let mut parsed: Profile =
-        toml::from_str(&text).map_err(|e| invalid(&path, e.message().to_owned()))?;
-    parsed.name = path
+    let name = path
         .file_stem()
         .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-    validate(&parsed).map_err(|reason| invalid(&path, reason))?;
+    parse(&text, &name, &path)
+}
+
+/// Parses and validates a profile's text; `path` names it in messages.
+fn parse(text: &str, name: &str, path: &Path) -> Result<Profile, TuneError> {
+    let mut parsed: Profile =
+        toml::from_str(text).map_err(|e| invalid(path, e.message().to_owned()))?;
+    parsed.name = name.to_owned();
+    validate(&parsed).map_err(|reason| invalid(path, reason))?;
     Ok(parsed)
 }
 
@@ -283,8 +317,10 @@ mod tests {
     fn names_resolve_under_the_profiles_dir_and_paths_stay_paths() {
         let dir = Path::new("elsewhere");
         let by_name = resolve("dev", Some(dir));
-        assert_eq!(by_name, Path::new("elsewhere/dev.toml"));
-        assert_eq!(resolve("x/y.toml", Some(dir)), Path::new("x/y.toml"));
-        assert_eq!(resolve("dev", None), Path::new("tuning/profiles/dev.toml"));
+        assert_eq!(by_name.as_deref(), Some(Path::new("elsewhere/dev.toml")));
+        let by_path = resolve("x/y.toml", Some(dir));
+        assert_eq!(by_path.as_deref(), Some(Path::new("x/y.toml")));
+        assert_eq!(resolve("dev", None), None);
+        assert_eq!(load("dev", None).unwrap().name, "dev");
     }
 }
