@@ -117,6 +117,26 @@ fn not_found(resp: &mut Response, req: &Request<'_>) {
     );
 }
 
+/// An admin path while the admin API is off: 404 as before, but saying why, so an
+/// operator does not hunt for a wrong path or a typo in the route.
+fn admin_off(resp: &mut Response, enabled: bool) {
+    let message = if enabled {
+        "the admin API is off: no token with the admin scope is configured \
+         (admin.tokens or the admin.token_env variable)"
+    } else {
+        "the admin API is off (admin.enabled = false)"
+    };
+    resp.status = 404;
+    encode_error(
+        &mut resp.body,
+        ErrorCode::InvalidRequest,
+        message,
+        &ErrorDetails::default(),
+        None,
+        None,
+    );
+}
+
 fn method_not_allowed(resp: &mut Response, req: &Request<'_>, allow: &'static str) {
     let message = format!(
         "{} does not accept {}; use {allow}",
@@ -338,7 +358,7 @@ impl RouterService {
 
     async fn admin(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
         if self.ctx.shared.admin.is_none() {
-            return not_found(resp, req);
+            return admin_off(resp, self.ctx.shared.settings.admin_enabled);
         }
         let areq = AdminRequest {
             method: req.method.as_str(),
