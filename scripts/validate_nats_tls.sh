@@ -70,6 +70,8 @@ key="${key:-$certs/client.key}"
 for f in "$ca" "$cert" "$key"; do
   if [ ! -r "$f" ]; then echo "cannot read $f" >&2; exit 2; fi
 done
+# Absolute: the router resolves relative paths against its config file's directory.
+ca="$(realpath "$ca")" cert="$(realpath "$cert")" key="$(realpath "$key")"
 
 export NATS_STATE_DIR=_artifacts/nats/validate
 . scripts/nats_common.sh
