@@ -393,8 +393,7 @@ fn documented_paths_exist() {
         let name = file.strip_prefix(ROOT).unwrap().display().to_string();
         for path in documented_paths(&doc) {
             checked += 1;
-            if !Path::new(ROOT).join(&path).exists() && !NAMED_AS_MISSING.contains(&path.as_str())
-            {
+            if !Path::new(ROOT).join(&path).exists() && !NAMED_AS_MISSING.contains(&path.as_str()) {
                 problems.push(format!("{name}: {path} does not exist"));
             }
         }
@@ -406,7 +405,11 @@ fn documented_paths_exist() {
     let caught = documented_paths("see `config/certs/server.{crt,key}` and tuning/nope/*.toml");
     assert_eq!(
         caught,
-        ["config/certs/server.crt", "config/certs/server.key", "tuning/nope/"]
+        [
+            "config/certs/server.crt",
+            "config/certs/server.key",
+            "tuning/nope/"
+        ]
     );
 }
 
@@ -438,7 +441,10 @@ fn validate_nats_tls_help_lists_the_documented_flags() {
             );
         }
     }
-    let missing: Vec<_> = flags.iter().filter(|f| !help.contains(f.as_str())).collect();
+    let missing: Vec<_> = flags
+        .iter()
+        .filter(|f| !help.contains(f.as_str()))
+        .collect();
     assert!(missing.is_empty(), "not in --help: {missing:?}\n{help}");
 }
 
@@ -467,8 +473,14 @@ fn token_length_bounds_agree_with_the_code() {
     }
     let troubleshooting =
         fs::read_to_string(Path::new(ROOT).join("docs/TROUBLESHOOTING.md")).unwrap();
-    let message = format!("admin.tokens[0].token: {}", token_length_problem(5).unwrap());
-    assert!(troubleshooting.contains(&message), "TROUBLESHOOTING quotes {message}");
+    let message = format!(
+        "admin.tokens[0].token: {}",
+        token_length_problem(5).unwrap()
+    );
+    assert!(
+        troubleshooting.contains(&message),
+        "TROUBLESHOOTING quotes {message}"
+    );
 }
 
 /// `curl -d @FILE` strips newlines from the file; every documented upload of a file uses
@@ -485,5 +497,9 @@ fn documented_curl_uploads_keep_the_file_bytes() {
             }
         }
     }
-    assert!(problems.is_empty(), "use --data-binary @FILE:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "use --data-binary @FILE:\n  {}",
+        problems.join("\n  ")
+    );
 }

@@ -16,7 +16,10 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The value of `"key":"…"` or `"key":N` in a one-line JSON sample of the README.
 fn field<'a>(sample: &'a str, key: &str) -> &'a str {
     let pattern = format!("\"{key}\":");
-    let start = sample.find(&pattern).unwrap_or_else(|| panic!("{key} in {sample}")) + pattern.len();
+    let start = sample
+        .find(&pattern)
+        .unwrap_or_else(|| panic!("{key} in {sample}"))
+        + pattern.len();
     let rest = &sample[start..];
     let end = rest.find([',', '}']).unwrap();
     rest[..end].trim_matches('"')
@@ -51,7 +54,12 @@ fn readme_sample_answer_is_what_the_bundled_config_answers() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_owned(), p["weight"].as_u64().unwrap()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["weight"].as_u64().unwrap(),
+            )
+        })
         .collect();
     for (name, weight) in &providers {
         let named = format!("`{name}` {weight}");
@@ -68,7 +76,12 @@ fn readme_sample_answer_is_what_the_bundled_config_answers() {
     let server = start(settings);
     let mut client = Client::connect(server.local_addr());
     let first = client.request("POST", "/v1/decide", &[], &body);
-    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
     let first = first.json();
     let decision = &first["decision"];
     assert_eq!(first["ok"], true);
@@ -76,7 +89,10 @@ fn readme_sample_answer_is_what_the_bundled_config_answers() {
     assert_eq!(decision["priority"].to_string(), priority, "{first}");
     let chosen = decision["provider_id"].as_str().unwrap();
     assert!(providers.iter().any(|(name, _)| name == chosen), "{first}");
-    assert!(decision["explanation"].is_array(), "explain: true gives the steps");
+    assert!(
+        decision["explanation"].is_array(),
+        "explain: true gives the steps"
+    );
 
     let again = client.request("POST", "/v1/decide", &[], &body).json();
     assert_eq!(again["decision"]["provider_id"], chosen, "{again}");

@@ -1526,8 +1526,9 @@ fn an_open_circuit_shows_as_the_runbook_says() {
 #[test]
 fn every_metric_documented_as_summed_has_a_shard_all_series() {
     let _serial = serial();
-    let ops = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/OPERATIONS.md"))
-        .expect("docs/OPERATIONS.md");
+    let ops =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/OPERATIONS.md"))
+            .expect("docs/OPERATIONS.md");
     let marker = "summed over the shards (`shard=\"all\"`):";
     let at = ops.find(marker).expect("the summed-metrics paragraph") + marker.len();
     let paragraph = ops[at..].split("\n\n").next().unwrap();
@@ -1562,7 +1563,10 @@ fn every_metric_documented_as_summed_has_a_shard_all_series() {
             !with_all(name) && !with_all(&format!("{name}_count"))
         })
         .collect();
-    assert!(missing.is_empty(), "documented as summed, no shard=\"all\": {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "documented as summed, no shard=\"all\": {missing:?}"
+    );
     drop(client);
     server.stop().unwrap();
 }
@@ -1578,7 +1582,13 @@ fn idle_shards_adopt_a_published_table() {
     assert!(server.shard_count() >= 2, "needs an idle peer shard");
     let mut client = Client::connect(server.local_addr());
     let path = "/admin/v1/policies/acme/idle";
-    let put = admin(&mut client, Some(ADMIN_TOKEN), "PUT", path, ONLY_MISTRAL.as_bytes());
+    let put = admin(
+        &mut client,
+        Some(ADMIN_TOKEN),
+        "PUT",
+        path,
+        ONLY_MISTRAL.as_bytes(),
+    );
     assert_eq!(put.status, 201, "{}", text(&put));
     drop(client);
     let lagging = || {
@@ -1592,7 +1602,9 @@ fn idle_shards_adopt_a_published_table() {
         let published = value("shardline_routing_table_published_generation");
         (0..server.shard_count())
             .filter(|i| {
-                value(&format!("shardline_routing_table_generation{{shard=\"{i}\"}}")) != published
+                value(&format!(
+                    "shardline_routing_table_generation{{shard=\"{i}\"}}"
+                )) != published
             })
             .collect::<Vec<_>>()
     };
@@ -1616,7 +1628,13 @@ fn admin_api_off_says_so() {
     let dir = config_dir("admin-off", "[admin]\nenabled = false\n");
     let server = start(settings(&dir));
     let mut client = Client::connect(server.local_addr());
-    let resp = admin(&mut client, Some(ADMIN_TOKEN), "GET", "/admin/v1/circuits/acme", b"");
+    let resp = admin(
+        &mut client,
+        Some(ADMIN_TOKEN),
+        "GET",
+        "/admin/v1/circuits/acme",
+        b"",
+    );
     assert_eq!(resp.status, 404, "{}", text(&resp));
     let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(
@@ -1635,7 +1653,8 @@ fn admin_api_off_says_so() {
     assert_eq!(resp.status, 404, "{}", text(&resp));
     let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(
-        message.contains("the admin API is off") && message.contains("no token with the admin scope"),
+        message.contains("the admin API is off")
+            && message.contains("no token with the admin scope"),
         "{message}"
     );
     drop(client);
