@@ -342,3 +342,164 @@ fn the_command_checker_catches_mistakes() {
     assert_eq!(via_cargo, ["serve", "--config", "x.toml"]);
     assert!(invocations("pidof shardline || journalctl -u shardline --no-pager").is_empty());
 }
+
+/// Paths the docs name on purpose as missing: the file whose absence an error message
+/// reports.
+const NAMED_AS_MISSING: [&str; 2] = [
+    "config/policies/acme/gold.json", // TROUBLESHOOTING: policy_not_found
+    "tuning/profiles/fast.toml",      // TROUBLESHOOTING: no such profile
+];
+
+/// Repository paths under `config/`, `scripts/`, `perf/` and `tuning/` a doc names:
+/// `{a,b}` expanded; a `<placeholder>` or `*` part cut to the directory before it.
+fn documented_paths(doc: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for root in ["config/", "scripts/", "perf/", "tuning/"] {
+        for (i, _) in doc.match_indices(root) {
+            let before = doc[..i].chars().next_back();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || "/_.-$".contains(c)) {
+                continue; // part of a longer path (src/config/…) or a variable
+            }
+            let tail = &doc[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "/_.-<>{},*".contains(c)))
+                .unwrap_or(tail.len());
+            let path = tail[..end].trim_end_matches([',', '.']);
+            let path = match (path.find('{'), path.find('}')) {
+                (Some(open), Some(close)) if open < close => {
+                    let (stem, rest) = (&path[..open], &path[close + 1..]);
+                    for member in path[open + 1..close].split(',') {
+                        out.push(format!("{stem}{member}{rest}"));
+                    }
+                    continue;
+                }
+                _ => path,
+            };
+            let cut = path.find(['<', '*']).map_or(path, |at| &path[..at]);
+            out.push(cut.trim_end_matches(['{', ',']).to_owned());
+        }
+    }
+    out
+}
+
+/// Every repository path a doc names under `config/`, `scripts/`, `perf/` or `tuning/`
+/// exists (a new operator following the docs finds each file).
+#[test]
+fn documented_paths_exist() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for file in doc_files() {
+        let doc = fs::read_to_string(&file).unwrap();
+        let name = file.strip_prefix(ROOT).unwrap().display().to_string();
+        for path in documented_paths(&doc) {
+            checked += 1;
+            if !Path::new(ROOT).join(&path).exists() && !NAMED_AS_MISSING.contains(&path.as_str()) {
+                problems.push(format!("{name}: {path} does not exist"));
+            }
+        }
+    }
+    assert!(checked > 30, "only {checked} paths found in the docs");
+    problems.sort();
+    problems.dedup();
+    assert!(problems.is_empty(), "docs:\n  {}", problems.join("\n  "));
+    let caught = documented_paths("see `config/certs/server.{crt,key}` and tuning/nope/*.toml");
+    assert_eq!(
+        caught,
+        [
+            "config/certs/server.crt",
+            "config/certs/server.key",
+            "tuning/nope/"
+        ]
+    );
+}
+
+/// Every flag the docs show for `scripts/validate_nats_tls.sh` is in its `--help`, which
+/// lists the certificate and server flags (checking production certificates).
+#[test]
+fn validate_nats_tls_help_lists_the_documented_flags() {
+    let out = Command::new(Path::new(ROOT).join("scripts/validate_nats_tls.sh"))
+        .arg("--help")
+        .output()
+        .expect("run scripts/validate_nats_tls.sh --help");
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8(out.stdout).unwrap();
+    let mut flags: BTreeSet<String> = ["--ca", "--cert", "--key", "--server", "--nats-only"]
+        .map(str::to_owned)
+        .into();
+    for file in doc_files() {
+        let doc = fs::read_to_string(&file).unwrap().replace("\\\n", " ");
+        for line in doc.lines() {
+            let Some(at) = line.find("scripts/validate_nats_tls.sh") else {
+                continue;
+            };
+            let rest = line[at..].split('`').next().unwrap();
+            let rest = rest.split(" #").next().unwrap();
+            flags.extend(
+                rest.split(|c: char| c.is_whitespace() || "[]|".contains(c))
+                    .filter(|w| w.starts_with("--"))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    let missing: Vec<_> = flags
+        .iter()
+        .filter(|f| !help.contains(f.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not in --help: {missing:?}\n{help}");
+}
+
+/// The token length bound the docs state is the code's (`TOKEN_BYTES_MIN`..`MAX`), and the
+/// message TROUBLESHOOTING quotes is the one `config check` and `serve` print.
+#[test]
+fn token_length_bounds_agree_with_the_code() {
+    use shardline::admin::{token_length_problem, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN};
+    let bound = format!("{TOKEN_BYTES_MIN}–{TOKEN_BYTES_MAX} visible ASCII characters");
+    for doc in ["docs/OPERATIONS.md", "docs/TROUBLESHOOTING.md"] {
+        let text = fs::read_to_string(Path::new(ROOT).join(doc)).unwrap();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(text.contains(&bound), "{doc} states {bound}");
+        for (i, _) in text.match_indices(" visible ASCII characters") {
+            let before = &text[..i];
+            let start = before.rfind(' ').map_or(0, |s| s + 1);
+            if before[start..].contains('–') {
+                let stated = &text[start..i];
+                assert_eq!(
+                    stated,
+                    format!("{TOKEN_BYTES_MIN}–{TOKEN_BYTES_MAX}"),
+                    "{doc}"
+                );
+            }
+        }
+    }
+    let troubleshooting =
+        fs::read_to_string(Path::new(ROOT).join("docs/TROUBLESHOOTING.md")).unwrap();
+    let message = format!(
+        "admin.tokens[0].token: {}",
+        token_length_problem(5).unwrap()
+    );
+    assert!(
+        troubleshooting.contains(&message),
+        "TROUBLESHOOTING quotes {message}"
+    );
+}
+
+/// `curl -d @FILE` strips newlines from the file; every documented upload of a file uses
+/// `--data-binary`, so a stored policy is byte for byte the file.
+#[test]
+fn documented_curl_uploads_keep_the_file_bytes() {
+    let mut problems = Vec::new();
+    for file in doc_files() {
+        let doc = fs::read_to_string(&file).unwrap();
+        let name = file.strip_prefix(ROOT).unwrap().display().to_string();
+        for command in documented_commands(&doc) {
+            if command.contains("curl ") && command.contains(" -d @") {
+                problems.push(format!("{name}: `{}`", command.trim()));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "use --data-binary @FILE:\n  {}",
+        problems.join("\n  ")
+    );
+}

@@ -1538,3 +1538,209 @@ fn metrics_add_up_after_traffic() {
     drop(clients);
     server.stop().unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// What the docs promise an operator sees
+
+/// What the runbook's "circuit stuck open" says an operator sees, checked: a failing
+/// result for `openai` updates its breaker in every acme policy routing to it
+/// (`policies_updated: 2`, default and premium); once open, decisions keep answering
+/// `reason: weighted` from the providers left (not a fallback reason), `explain` names
+/// the open circuit, the admin circuits call shows it open from every shard, and the
+/// breaker metrics count the openings.
+#[test]
+fn an_open_circuit_shows_as_the_runbook_says() {
+    let _serial = serial();
+    let dir = config_dir("runbook-circuit", "");
+    let server = start(settings(&dir));
+    let mut clients = clients_on_every_shard(server.local_addr(), server.shard_count());
+    let n = clients.len();
+    for i in 1..=5 {
+        let resp = clients[i % n].request(
+            "POST",
+            "/v1/results",
+            &[("Authorization", &bearer(ACME_TOKEN))],
+            &failed_result(&format!("rb-{i}")),
+        );
+        assert_eq!(resp.status, 202, "{}", text(&resp));
+        assert_eq!(
+            resp.json()["policies_updated"],
+            2,
+            "every acme policy routing to openai: {}",
+            text(&resp)
+        );
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let states = circuits(client, "acme");
+        for policy in ["default", "premium"] {
+            let state = &states[&(policy.to_owned(), "openai".to_owned())];
+            assert_eq!(state, "open", "shard {i}: acme/{policy}");
+        }
+        for r in 0..10 {
+            let body = format!(
+                r#"{{"request_id":"rb-d-{i}-{r}","tenant_id":"acme","policy_id":"default",
+                    "task":{{"type":"chat","payload_ref":"p"}},"explain":true,
+                    "metadata":{{"user_id":"rb-u-{i}-{r}"}}}}"#
+            );
+            let resp = client.request("POST", "/v1/decide", &[], body.as_bytes());
+            let chosen = provider(&resp);
+            let json = resp.json();
+            assert_ne!(chosen, "openai", "an open circuit is not chosen");
+            assert_eq!(json["decision"]["reason"], "weighted", "{json}");
+            let steps = json["decision"]["explanation"].to_string();
+            assert!(
+                steps.contains("candidate openai: not usable (CircuitOpen)"),
+                "explain names the open circuit: {steps}"
+            );
+        }
+    }
+    let scrape = clients[0].request("GET", "/metrics", &[], b"");
+    let opened = sum_where(
+        &scrape,
+        "shardline_breaker_transitions_total",
+        &[("shard", "all"), ("to", "open")],
+    );
+    assert_eq!(opened, 2.0, "one opening per policy");
+    drop(clients);
+    server.stop().unwrap();
+}
+
+/// Every metric docs/OPERATIONS.md lists as "summed over the shards" has a
+/// `shard="all"` series in a scrape (a histogram: its `_count`).
+#[test]
+fn every_metric_documented_as_summed_has_a_shard_all_series() {
+    let _serial = serial();
+    let ops =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/OPERATIONS.md"))
+            .expect("docs/OPERATIONS.md");
+    let marker = "summed over the shards (`shard=\"all\"`):";
+    let at = ops.find(marker).expect("the summed-metrics paragraph") + marker.len();
+    let paragraph = ops[at..].split("\n\n").next().unwrap();
+    let mut names = Vec::new();
+    for quoted in paragraph.split('`').skip(1).step_by(2) {
+        if !quoted.starts_with("shardline_") {
+            continue;
+        }
+        match quoted.split_once("_{") {
+            // `shardline_http_connections_{accepted_total,open}`: one name per member.
+            Some((stem, rest)) if rest.contains(',') && !rest.contains('=') => {
+                let members = rest.trim_end_matches('}');
+                names.extend(members.split(',').map(|m| format!("{stem}_{m}")));
+            }
+            _ => names.push(quoted.split('{').next().unwrap().to_owned()),
+        }
+    }
+    assert!(names.len() >= 20, "parsed the documented list: {names:?}");
+    let dir = config_dir("summed-metrics", "");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    assert_eq!(decide(&mut client, "acme", "default", "m-1").status, 200);
+    let scrape = client.request("GET", "/metrics", &[], b"");
+    let missing: Vec<_> = names
+        .iter()
+        .filter(|name| {
+            let with_all = |n: &str| {
+                samples(&scrape, n)
+                    .iter()
+                    .any(|(labels, _)| labels.get("shard").map(String::as_str) == Some("all"))
+            };
+            !with_all(name) && !with_all(&format!("{name}_count"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented as summed, no shard=\"all\": {missing:?}"
+    );
+    drop(client);
+    server.stop().unwrap();
+}
+
+/// After an admin PUT, with no further traffic, every shard serves the published table:
+/// each shard's `shardline_routing_table_generation` reaches the published generation
+/// within a bounded wait (read in-process, so no request wakes a shard).
+#[test]
+fn idle_shards_adopt_a_published_table() {
+    let _serial = serial();
+    let dir = config_dir("idle-adopt", "");
+    let server = start(settings(&dir));
+    assert!(server.shard_count() >= 2, "needs an idle peer shard");
+    let mut client = Client::connect(server.local_addr());
+    let path = "/admin/v1/policies/acme/idle";
+    let put = admin(
+        &mut client,
+        Some(ADMIN_TOKEN),
+        "PUT",
+        path,
+        ONLY_MISTRAL.as_bytes(),
+    );
+    assert_eq!(put.status, 201, "{}", text(&put));
+    drop(client);
+    let lagging = || {
+        let mut text = String::new();
+        server.shared().render_metrics(&mut text);
+        let value = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .map(|v| v.parse::<f64>().unwrap())
+        };
+        let published = value("shardline_routing_table_published_generation");
+        (0..server.shard_count())
+            .filter(|i| {
+                value(&format!(
+                    "shardline_routing_table_generation{{shard=\"{i}\"}}"
+                )) != published
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + RELOAD_WITHIN;
+    while !lagging().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "shards {:?} still serve an older table",
+            lagging()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.stop().unwrap();
+}
+
+/// A request to the admin API while it is off says so, and why, instead of a bare
+/// `no route`.
+#[test]
+fn admin_api_off_says_so() {
+    let _serial = serial();
+    let dir = config_dir("admin-off", "[admin]\nenabled = false\n");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    let resp = admin(
+        &mut client,
+        Some(ADMIN_TOKEN),
+        "GET",
+        "/admin/v1/circuits/acme",
+        b"",
+    );
+    assert_eq!(resp.status, 404, "{}", text(&resp));
+    let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("the admin API is off") && message.contains("admin.enabled = false"),
+        "{message}"
+    );
+    drop(client);
+    server.stop().unwrap();
+
+    let dir = config_dir("admin-no-token", "");
+    let mut s = settings(&dir);
+    s.tokens.clear();
+    let server = start(s);
+    let mut client = Client::connect(server.local_addr());
+    let resp = admin(&mut client, None, "GET", "/admin/v1/policies", b"");
+    assert_eq!(resp.status, 404, "{}", text(&resp));
+    let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("the admin API is off")
+            && message.contains("no token with the admin scope"),
+        "{message}"
+    );
+    drop(client);
+    server.stop().unwrap();
+}

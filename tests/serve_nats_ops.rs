@@ -873,3 +873,28 @@ fn results_for_unknown_tenants_or_providers_are_ignored_over_nats() {
     assert_eq!(metric(&text, &series("unknown_tenant")), Some(1.0));
     assert_eq!(openai_state(&nc), "closed");
 }
+
+/// While nats-server is down, `shardline_nats_reconnects_total` rises with each attempt
+/// (the router trying is visible during the outage, not only once it succeeds), and
+/// `shardline_nats_connected` stays 0.
+#[test]
+fn reconnect_attempts_are_counted_while_nats_is_down() {
+    let _serial = serial();
+    let mut nats = NatsServer::start();
+    let toml = nats_toml(&nats.url(), "reconnect_backoff_max_ms = 100\n");
+    let mut router = Router::start(&toml, &[], true);
+    router.wait_ready();
+    let series = "shardline_nats_reconnects_total{shard=\"0\"}";
+    let before = metric(&router.metrics(), series).expect("the reconnects series");
+    nats.stop();
+    wait_until("attempts counted while NATS is down", WAIT, || {
+        metric(&router.metrics(), series).is_some_and(|n| n >= before + 3.0)
+    });
+    let text = router.metrics();
+    assert_eq!(
+        metric(&text, "shardline_nats_connected{shard=\"0\"}"),
+        Some(0.0),
+        "still down"
+    );
+    router.stop();
+}

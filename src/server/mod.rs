@@ -476,6 +476,7 @@ fn start_shard(
         servers.push(nats::start(&shard, nats, stop.clone()));
     }
     shard::beat(&shared, id);
+    shard::adopt_tables(&shard);
     Ok(shard::mesh_loop(shard, ctx.end, stop, servers))
 }
 

@@ -649,7 +649,7 @@ fn nats_series(out: &mut Vec<ExtraMetric>, shard: usize, s: &ClientStats) {
         ),
         counter(
             "shardline_nats_reconnects_total",
-            "NATS connections re-established.",
+            "NATS connection attempts after the first, successful or not.",
             &s.reconnects,
         ),
         counter(

@@ -154,6 +154,26 @@ fn not_on_ops_listener(resp: &mut Response, req: &Request<'_>) {
     );
 }
 
+/// An admin path while the admin API is off: 404 as before, but saying why, so an
+/// operator does not hunt for a wrong path or a typo in the route.
+fn admin_off(resp: &mut Response, enabled: bool) {
+    let message = if enabled {
+        "the admin API is off: no token with the admin scope is configured \
+         (admin.tokens or the admin.token_env variable)"
+    } else {
+        "the admin API is off (admin.enabled = false)"
+    };
+    resp.status = 404;
+    encode_error(
+        &mut resp.body,
+        ErrorCode::InvalidRequest,
+        message,
+        &ErrorDetails::default(),
+        None,
+        None,
+    );
+}
+
 /// The admin API is off the data port (`admin.on_data_port = false`): say where it is.
 fn admin_on_ops_listener(resp: &mut Response, ops: Option<std::net::SocketAddr>) {
     let at = ops.map_or_else(|| "server.ops_listen".to_owned(), |a| a.to_string());
@@ -413,7 +433,7 @@ impl RouterService {
 
     async fn admin(&self, req: &Request<'_>, resp: &mut Response, now: Now) {
         if self.ctx.shared.admin.is_none() {
-            return not_found(resp, req);
+            return admin_off(resp, self.ctx.shared.settings.admin_enabled);
         }
         let settings = &self.ctx.shared.settings;
         if self.listener == Listener::Data && !settings.admin_on_data_port {

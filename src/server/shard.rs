@@ -8,6 +8,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_lite::future;
 use shards::{Batch, Inbound, Outbox, ShardEnd, ShardId, TrySendError};
@@ -340,6 +341,25 @@ pub fn beat(shared: &Arc<Shared>, id: ShardId) {
         loop {
             beats.beat(id);
             glommio::timer::sleep(period).await;
+        }
+    })
+    .detach();
+}
+
+/// How often an idle shard looks for a newly published routing table.
+const TABLE_CHECK_PERIOD: Duration = Duration::from_millis(50);
+
+/// Adopts published routing tables on an idle shard too: a busy shard swaps on its next
+/// request anyway, but one without traffic would otherwise keep the old table (and show
+/// the old generation in `/metrics`) until a request came, so an operator checking that a
+/// change is everywhere would see it missing. One atomic load per period when nothing
+/// changed.
+pub fn adopt_tables(ctx: &Rc<ShardCtx>) {
+    let ctx = Rc::clone(ctx);
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(TABLE_CHECK_PERIOD).await;
+            ctx.refresh(ctx.shared.now());
         }
     })
     .detach();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::owner::{Answered, Counted};
 use crate::admin::WatchStats;
 use crate::contract::ErrorCode;
-use crate::metrics::{render, ExtraMetric, ShardMetrics, ShedCause};
+use crate::metrics::{render, ExtraMetric, ShardMetrics, ShedCause, ALL_SHARDS};
 use crate::transport::http::{HttpStats, RESPONSE_CLASSES};
 
 pub type ShardStats = ShardMetrics;
@@ -192,9 +192,16 @@ fn http_series(http: &[std::sync::Arc<HttpStats>]) -> Vec<ExtraMetric> {
     ];
     let snaps: Vec<_> = http.iter().map(|h| h.snapshot()).collect();
     let mut out = Vec::new();
+    // Each family also gets the `shard="all"` sum, like the shards' own families: the
+    // open connections add up as well as the counters do.
+    let shard_labels = (0..snaps.len())
+        .map(|i| i.to_string())
+        .chain([ALL_SHARDS.to_owned()]);
     for (name, help, counter, read) in families {
-        for (shard, s) in snaps.iter().enumerate() {
-            let v = read(s) as f64;
+        let values = snaps.iter().map(read);
+        let all = values.clone().fold(0u64, u64::saturating_add);
+        for (shard, v) in shard_labels.clone().zip(values.chain([all])) {
+            let v = v as f64;
             let m = if counter {
                 ExtraMetric::counter(name, help, v)
             } else {
@@ -204,10 +211,17 @@ fn http_series(http: &[std::sync::Arc<HttpStats>]) -> Vec<ExtraMetric> {
         }
     }
     let name = "shardline_http_responses_total";
-    for (shard, s) in snaps.iter().enumerate() {
-        for (class, n) in RESPONSE_CLASSES.iter().zip(s.responses_by_class) {
+    let mut all = [0u64; RESPONSE_CLASSES.len()];
+    for s in &snaps {
+        for (sum, n) in all.iter_mut().zip(s.responses_by_class) {
+            *sum = sum.saturating_add(n);
+        }
+    }
+    let per_shard = snaps.iter().map(|s| s.responses_by_class);
+    for (shard, by_class) in shard_labels.zip(per_shard.chain([all])) {
+        for (class, n) in RESPONSE_CLASSES.iter().zip(by_class) {
             let m = ExtraMetric::counter(name, "HTTP responses by status class.", n as f64);
-            out.push(m.label("shard", shard).label("class", class));
+            out.push(m.label("shard", &shard).label("class", class));
         }
     }
     out

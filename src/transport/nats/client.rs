@@ -107,6 +107,7 @@ enum ConnError {
 pub struct ClientStats {
     /// 1 while connected and authenticated (the server answered our first PING).
     pub connected: AtomicU64,
+    /// Connection attempts after the first, successful or not.
     pub reconnects: AtomicU64,
     pub connect_failures: AtomicU64,
     pub msgs_in: AtomicU64,
@@ -400,17 +401,20 @@ async fn supervise(client: Client) {
     let inner = &client.0;
     let servers = inner.opts.servers.clone();
     let mut attempt: u32 = 0;
-    let mut ever_connected = false;
+    let mut first = true;
     for server in servers.iter().cycle() {
         if inner.st.borrow().closed {
             break;
         }
+        // Every try after the first counts, failed or not: during an outage the counter
+        // rises with each backoff step, so a dashboard sees the router trying (and how
+        // hard) rather than a flat line until the server is back.
+        if !first {
+            inner.stats.reconnects.fetch_add(1, Relaxed);
+        }
+        first = false;
         match connect(&client, server).await {
             Ok((mut stream, rbuf)) => {
-                if ever_connected {
-                    inner.stats.reconnects.fetch_add(1, Relaxed);
-                }
-                ever_connected = true;
                 let ended = Connection::new(&client, rbuf).run(&mut stream).await;
                 // Refusals after the TLS handshake (TLS 1.3 client certificates, auth)
                 // end a connection the server never confirmed with a PONG.
