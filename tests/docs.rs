@@ -503,3 +503,42 @@ fn documented_curl_uploads_keep_the_file_bytes() {
         problems.join("\n  ")
     );
 }
+
+/// Every test docs/RELIABILITY.md names (`file::name`, a test file's or a module path's
+/// last segment and a function) exists: a fault's row must point at a test that runs.
+#[test]
+fn reliability_table_names_real_tests() {
+    let doc = fs::read_to_string(Path::new(ROOT).join("docs/RELIABILITY.md")).unwrap();
+    let mut sources = Vec::new();
+    for dir in ["src", "tests", "shards/src", "fuzz/src"] {
+        rust_files(&Path::new(ROOT).join(dir), &mut sources);
+    }
+    let texts: Vec<(PathBuf, String)> = sources
+        .into_iter()
+        .map(|p| {
+            let text = fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect();
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for cell in doc.split('`').skip(1).step_by(2) {
+        let Some((path, name)) = cell.rsplit_once("::") else {
+            continue;
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            continue;
+        }
+        named += 1;
+        let file = path.rsplit("::").next().unwrap();
+        let found = texts.iter().any(|(p, text)| {
+            let in_file = p.to_string_lossy().contains(file);
+            in_file && text.contains(&format!("fn {name}("))
+        });
+        if !found {
+            missing.push(cell.to_owned());
+        }
+    }
+    assert!(named >= 30, "only {named} tests named: is the table still there?");
+    assert!(missing.is_empty(), "named in RELIABILITY.md, not found: {missing:?}");
+}
