@@ -103,6 +103,7 @@ mod report;
 mod run;
 mod schedule;
 mod sys;
+mod tenants;
 mod wire;
 mod worker;
 
@@ -119,10 +120,13 @@ pub use args::{
 pub use mix::{Generated, Mix, MixCursor, MixError};
 pub use nats_bare::{BareNats, BARE_QUEUE_GROUP};
 pub use record::{Counts, Recorder, LATENCY_SIGFIGS, LATENCY_US_MAX};
-pub use report::{Latency, PerPercentile, Report, ScheduleReport, Side};
+pub use report::{
+    Conditions, Latency, PerPercentile, Report, ScheduleReport, Side, MAX_ERROR_RATIO_DEFAULT,
+};
 pub use run::run;
 pub use schedule::{wait_step, Schedule, WaitStep};
 pub use sys::Env;
+pub use tenants::TENANTS_ANSWER_BYTES_MAX;
 
 /// Why a benchmark could not run.
 #[derive(Debug, Error)]
@@ -133,6 +137,9 @@ pub enum BenchError {
     /// `--target` is not a usable `http://HOST:PORT`.
     #[error("--target {url}: {reason}")]
     Target { url: String, reason: &'static str },
+    /// `--tenants` was not given and the target's could not be listed.
+    #[error("--target {url}: cannot learn the router's tenants with GET /v1/tenants: {reason}; give --tenants")]
+    Tenants { url: String, reason: String },
     /// `--target nats://…` or its TLS files are unusable.
     #[error("--target {url}: {error}")]
     Nats {
