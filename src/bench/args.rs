@@ -617,6 +617,13 @@ mod tests {
             settings(&["--target", "https://x:1"]),
             Err(BenchError::Target { .. })
         ));
+        assert_eq!(
+            flag(&["--embedded", "--max-error-ratio", "1.5"]),
+            "--max-error-ratio"
+        );
+        assert_eq!(flag(&["--target", "nats://127.0.0.1:1"]), "--tenants");
+        assert!(settings(&["--target", "nats://127.0.0.1:1", "--bare-only"]).is_ok());
+        assert!(settings(&["--target", "nats://127.0.0.1:1", "--tenants", "a"]).is_ok());
         assert!(matches!(
             settings(&["--target", "http://127.0.0.1:1/v1/decide"]),
             Err(BenchError::Target { .. })

@@ -729,6 +729,57 @@ mod tests {
         assert_eq!(v["mode"], "closed-loop");
     }
 
+    /// Nothing answered 200: latencies are `null` (not 0), nothing is compared with bare,
+    /// and the run fails naming the ratio and the code; within the budget it does not.
+    #[test]
+    fn a_run_without_answers_is_not_a_measurement() {
+        let mut failed = Recorder::new();
+        for _ in 0..10 {
+            failed.sent += 1;
+            failed.resolve(Outcome::Error(Code::Named("policy_not_found")), 0);
+        }
+        let router = Side::new(&info(), &failed);
+        let bare = Side::new(&info(), &recorder(50));
+        let report = Report::new(router, true, None, Env::detect("x"), Some(bare));
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        for key in ["p50", "p90", "p99", "p999", "max", "mean"] {
+            assert!(v["latency_us"][key].is_null(), "latency_us.{key}: {v}");
+        }
+        assert_eq!(v["latency_samples"], 0);
+        assert_eq!(v["error_ratio"], 1.0);
+        assert!(
+            v.get("added_us").is_none() && v.get("ratio").is_none(),
+            "{v}"
+        );
+        assert_eq!(v["conditions"]["target"], "embedded");
+        assert_eq!(v["conditions"]["compare_bare"], true);
+        assert_eq!(v["conditions"]["rate_rps"], 100.0);
+        assert!(v["conditions"]["concurrency"].is_null());
+        let why = report.failures();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(
+            why[0].contains("error ratio 1 over --max-error-ratio 0.01"),
+            "{why:?}"
+        );
+        assert!(why[0].contains("policy_not_found 10"), "{why:?}");
+        assert!(why[1].contains("no successful answer"), "{why:?}");
+        assert!(report.summary().contains("p99 µs                   -"));
+        let ok = Report::new(
+            Side::new(&info(), &recorder(10)),
+            true,
+            None,
+            Env::detect("x"),
+            None,
+        );
+        // 1 shed of 1001 is 0.1 %: within the default 1 %, not within 0.05 %.
+        assert!(ok.failures().is_empty());
+        let strict = Report {
+            max_error_ratio: 0.0005,
+            ..ok
+        };
+        assert_eq!(strict.failures().len(), 1);
+    }
+
     /// Added latency may be negative; a zero baseline has no ratio.
     #[test]
     fn compares_per_percentile() {
