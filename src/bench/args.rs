@@ -158,8 +158,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub nats_shards: usize,
     /// The run fails (exit 3) when more than this fraction of the requests sent ended as
-    /// errors, sheds or timeouts, or when none succeeded: its latencies would describe
-    /// failures, not the router. 0..=1.
+    /// errors, sheds or timeouts (or, open loop, of those due were never sent), or when
+    /// none succeeded: its latencies would describe failures, not the router. 0..=1.
     #[arg(long, value_name = "RATIO", default_value_t = MAX_ERROR_RATIO_DEFAULT)]
     pub max_error_ratio: f64,
     /// Write the JSON report here (the summary table is printed either way).

@@ -104,8 +104,9 @@
 //! # Exit codes
 //! 0: a measurement. 1: the counts do not add up (a load-generator bug). 2: it could not
 //! run (bad flags, unreachable target, tenants it could not learn). 3: it ran but measured
-//! failures (`Report::failures`: over `--max-error-ratio` of the requests failed, nothing
-//! was sent, or nothing succeeded); the report is still written, and stderr says why.
+//! failures (`Report::failures`: over `--max-error-ratio` of the requests failed, or, open
+//! loop, were due but never sent; nothing was sent; nothing succeeded); the report is
+//! still written, and stderr says why.
 //!
 //! # Tenants
 //! A generated mix names tenants; guessed ones that the target lacks would make every

@@ -389,16 +389,20 @@ impl Report {
     }
 
     /// Why the run is not a measurement, one line per reason; empty when it is. A side
-    /// fails when nothing was sent, when nothing was answered 200 (no latency), or when
-    /// its errors, sheds and timeouts together exceed `max_error_ratio` of what it sent.
+    /// fails when nothing was sent, when nothing was answered 200 (no latency), when its
+    /// errors, sheds and timeouts together exceed `max_error_ratio` of what it sent, or
+    /// (open loop) when more than that share of the requests due were never sent.
     pub fn failures(&self) -> Vec<String> {
         let mut why = Vec::new();
         let sides = std::iter::once((self.label(), &self.router))
             .chain(self.bare.as_ref().map(|b| ("bare", b)));
         for (name, s) in sides {
             let failed = s.errors_total + s.sheds_total + s.timeouts_total;
+            let unsent = s.schedule.as_ref().map_or(0, |sched| sched.unsent);
             if s.sent == 0 {
-                why.push(format!("{name}: no request was sent in the window"));
+                why.push(format!(
+                    "{name}: no request was sent in the window ({unsent} due, never sent)"
+                ));
                 continue;
             }
             let ratio = s.error_ratio.unwrap_or(1.0);
@@ -416,6 +420,18 @@ impl Report {
                     self.max_error_ratio,
                     s.sent,
                     codes.join(", ")
+                ));
+            }
+            // Open loop: requests due in the window but never sent mean the load asked for
+            // was not applied; the latencies describe a lighter load than the report says.
+            let due = s.sent + unsent;
+            if unsent > 0 && unsent as f64 / due as f64 > self.max_error_ratio {
+                why.push(format!(
+                    "{name}: the schedule was not kept: {unsent} of {due} request(s) due in \
+                     the window were never sent (over --max-error-ratio {}); the client or \
+                     the target cannot carry --rate {}",
+                    self.max_error_ratio,
+                    s.target_rps.unwrap_or_default()
                 ));
             }
             if s.latency_samples == 0 {
@@ -778,6 +794,22 @@ mod tests {
             ..ok
         };
         assert_eq!(strict.failures().len(), 1);
+        // Open loop: 500 of 1501 due never sent is a load that was not applied.
+        let mut behind = recorder(10);
+        behind.unsent = 500;
+        let report = Report::new(
+            Side::new(&info(), &behind),
+            true,
+            None,
+            Env::detect("x"),
+            None,
+        );
+        let why = report.failures();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].contains("500 of 1501 request(s) due in the window were never sent"),
+            "{why:?}"
+        );
     }
 
     /// Added latency may be negative; a zero baseline has no ratio.
