@@ -120,8 +120,9 @@ fn closed_loop_against_a_running_router() {
         "1s",
         "--warmup",
         "0.2s",
+        // Not acme: its 500 req/s rate limit would shed part of a closed loop (exit 3).
         "--tenants",
-        "acme,globex,initech",
+        "globex,initech",
     ];
     let (_, report) = bench(&args, &out);
     server.stop().unwrap();
@@ -355,6 +356,9 @@ fn compare_bare_reports_added_latency() {
         "1s",
         "--warmup",
         "0.2s",
+        // What is checked here is the report's shape, not the pace a loaded machine keeps.
+        "--max-error-ratio",
+        "1",
     ];
     let (output, report) = bench(&args, &out);
     assert_counts_add_up(&report);
@@ -395,6 +399,9 @@ fn writes_markdown_and_svg_and_plots_reports() {
         "1s",
         "--warmup",
         "0.2s",
+        // What is checked here is the report's shape, not the pace a loaded machine keeps.
+        "--max-error-ratio",
+        "1",
     ];
     let (_, report) = bench(&args, &out);
     let md = std::fs::read_to_string(dir.0.join("x.md")).expect("x.md written");
