@@ -18,7 +18,8 @@
 //! policy keys must be refused with their JSON path, and duplicate keys must not silently
 //! drop a rule; reading `serde_json::Value` step by step does all three (see `json`).
 //!
-//! Layout: `report` (reports and the median), `policy` (rules and flags), `check` (the pure
+//! Layout: `report` (reports and the median), `conditions` (whether two reports are
+//! comparable), `policy` (rules and flags), `check` (the pure
 //! verdict), and `run` here, the only function that touches the file system.
 
 mod check;
