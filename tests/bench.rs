@@ -411,6 +411,11 @@ fn writes_markdown_and_svg_and_plots_reports() {
         "{md}"
     );
     assert!(md.contains(&format!("| p99 | {p99} |")), "{md}");
+    assert!(
+        md.contains("- tenants (config): tenant-0, tenant-1, tenant-2, tenant-3"),
+        "{md}"
+    );
+    assert!(md.contains("- latency over "), "{md}");
     let svg = std::fs::read_to_string(dir.0.join("x.svg")).expect("x.svg written");
     assert!(svg.starts_with("<svg"), "{svg}");
     assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
