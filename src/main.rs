@@ -69,7 +69,9 @@ enum Command {
         command: PolicyCommand,
     },
     /// The perf gate: judge a candidate perf report against a baseline under a policy;
-    /// one PASS/FAIL/SKIP line per rule. Exit 0 pass, 1 fail, 2 unusable input.
+    /// one PASS/FAIL/SKIP line per rule. Exit 0 pass, 1 fail, 2 unusable input (also: a
+    /// candidate measured under other conditions, a latency rule on a run with no
+    /// successful answer).
     Gate {
         /// Baseline report (Beamline or Shardline bench format).
         #[arg(long)]
@@ -86,6 +88,12 @@ enum Command {
         /// Exit code of the candidate's benchmark run, for the policy's exit-code flag.
         #[arg(long, allow_negative_numbers = true)]
         candidate_exit_code: Option<i32>,
+        /// Judge a candidate even when its recorded conditions (mode, rate or concurrency,
+        /// connections, duration, shards, transport, target) differ from the baseline's or
+        /// are not recorded; the differences are printed above the verdict. Without it
+        /// such a candidate is refused (exit 2).
+        #[arg(long)]
+        allow_different_conditions: bool,
         /// Run `shardline bench BENCH_ARGS` this many times first and gate on the median
         /// of the runs (reports kept in `_artifacts/gate-runs/`).
         #[arg(long, value_name = "N", requires = "bench_args")]
@@ -157,6 +165,7 @@ fn main() -> ExitCode {
             candidate,
             runs_dir,
             candidate_exit_code,
+            allow_different_conditions,
             runs,
             bench_args,
         } => bench_runs(runs, &bench_args).and_then(|(mut ran, code)| {
@@ -166,7 +175,7 @@ fn main() -> ExitCode {
                 &policy,
                 ran,
                 runs_dir.as_deref(),
-                candidate_exit_code.or(code),
+                (candidate_exit_code.or(code), allow_different_conditions),
             )
         }),
         Command::Bench(args) => run_bench(&args),
@@ -396,7 +405,7 @@ fn run_gate(
     policy: &Path,
     mut candidates: Vec<PathBuf>,
     runs_dir: Option<&Path>,
-    exit_code: Option<i32>,
+    (exit_code, allow_different_conditions): (Option<i32>, bool),
 ) -> Result<ExitCode> {
     // The gate's messages already name the file and the cause: no error chain appended.
     let unusable = |e: shardline::gate::GateError| anyhow::anyhow!("gate: {e}");
@@ -408,6 +417,7 @@ fn run_gate(
         policy,
         candidates: &candidates,
         exit_code,
+        allow_different_conditions,
     })
     .map_err(unusable)?;
     print!("{outcome}");
@@ -578,8 +588,13 @@ fn shard_died(exit: &shards::ShardExit) -> ExitCode {
     std::process::exit(i32::from(EXIT_SHARD_DIED));
 }
 
-/// Runs the benchmark; prints the summary, writes the JSON report if asked. Exit 1 when
-/// the request counts do not add up (a load-generator bug: the numbers are not to be used).
+/// Exit code of a run that completed but measured failures, not the router: over
+/// `--max-error-ratio`, nothing sent, or no successful answer.
+const EXIT_BENCH_FAILED: u8 = 3;
+
+/// Runs the benchmark; prints the summary, writes the JSON report if asked (also for a
+/// failed run, to see why). Exit 1 when the request counts do not add up (a load-generator
+/// bug), 3 when the run is not a measurement (`Report::failures`), 2 when it could not run.
 fn run_bench(args: &shardline::bench::BenchArgs) -> Result<ExitCode> {
     let command_line: Vec<String> = std::env::args().collect();
     let settings = args.settings(command_line.join(" "))?;
@@ -592,12 +607,19 @@ fn run_bench(args: &shardline::bench::BenchArgs) -> Result<ExitCode> {
         let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         eprintln!("report written to {}", names.join(", "));
     }
-    Ok(if report.counts_ok() {
-        ExitCode::SUCCESS
-    } else {
+    if !report.counts_ok() {
         eprintln!("shardline bench: request counts do not add up; see the summary");
-        ExitCode::FAILURE
-    })
+        return Ok(ExitCode::FAILURE);
+    }
+    let failures = report.failures();
+    if !failures.is_empty() {
+        eprintln!("shardline bench: FAILED, the figures describe failures, not the router:");
+        for why in &failures {
+            eprintln!("  {why}");
+        }
+        return Ok(ExitCode::from(EXIT_BENCH_FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes one SVG overlaying the router line of each report, labelled by file stem.

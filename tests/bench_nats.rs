@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::bench::{assert_counts_add_up, bench, count};
+use support::bench::{assert_counts_add_up, bench, bench_exit, count};
 use support::nats::NatsServer;
 use support::{serial, TempDir};
 
@@ -74,6 +74,8 @@ fn no_responder_is_counted_not_waited_for() {
         &url,
         "--subject",
         "nobody.home",
+        "--tenants",
+        "acme",
         "--rate",
         "500",
         "--duration",
@@ -83,7 +85,7 @@ fn no_responder_is_counted_not_waited_for() {
         "--spin-us",
         "0",
     ];
-    let (_, report) = bench(&args, &out);
+    let (output, report) = bench_exit(&args, &out, 3);
     assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
     assert_counts_add_up(&report);
     assert_eq!(report["subject"], "nobody.home");
@@ -94,6 +96,28 @@ fn no_responder_is_counted_not_waited_for() {
         "{report}"
     );
     assert_eq!(count(&report, "timeouts_total"), 0);
+    assert!(report["latency_us"]["p99"].is_null(), "{report}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error ratio 1 over --max-error-ratio") && stderr.contains("no_responders"),
+        "{stderr}"
+    );
+}
+
+/// A NATS router cannot be asked for its tenants: without `--tenants` the run is refused
+/// before it starts (exit 2, the flag named) instead of sending guessed tenants.
+#[test]
+fn nats_router_needs_tenants() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["bench", "--target", "nats://127.0.0.1:1", "--rate", "10"])
+        .output()
+        .expect("run shardline bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--tenants: required with a NATS target"),
+        "{stderr}"
+    );
 }
 
 /// Closed loop with --compare-bare against a subject served by nobody and the echo: the
@@ -110,6 +134,8 @@ fn closed_loop_compare_bare() {
         &url,
         "--subject",
         "bench.test.router",
+        "--tenants",
+        "acme",
         "--compare-bare",
         "--concurrency",
         "8",
@@ -122,15 +148,22 @@ fn closed_loop_compare_bare() {
         "--warmup",
         "0.2s",
     ];
-    let (_, report) = bench(&args, &out);
+    // Nobody serves the router's subject: the run fails (exit 3), and the router side has
+    // no latency, so nothing is "added" (before: p99 0 and a negative added latency).
+    let (_, report) = bench_exit(&args, &out, 3);
     assert_counts_add_up(&report);
     assert_counts_add_up(&report["bare"]);
+    assert!(report["latency_us"]["p99"].is_null(), "{report}");
+    assert!(report.get("added_us").is_none(), "{report}");
+    assert!(report.get("ratio").is_none(), "{report}");
+    assert!(report["bare"]["latency_us"]["p99"].as_u64().unwrap() > 0);
+    assert_eq!(report["conditions"]["target"], "nats");
+    assert_eq!(report["conditions"]["compare_bare"], true);
     assert_eq!(report["mode"], "closed-loop");
     assert_eq!(report["in_flight_max"], 8);
     assert_eq!(report["connections"], 2);
     assert_eq!(report["bare"]["transport"], "nats");
     assert!(count(&report["bare"], "answered") > 0);
     assert_eq!(count(&report["bare"], "errors_total"), 0, "{report}");
-    assert!(report["added_us"]["p50"].is_i64(), "{report}");
     assert!(report.get("bare_only").is_none());
 }

@@ -539,6 +539,12 @@ fn reliability_table_names_real_tests() {
             missing.push(cell.to_owned());
         }
     }
-    assert!(named >= 30, "only {named} tests named: is the table still there?");
-    assert!(missing.is_empty(), "named in RELIABILITY.md, not found: {missing:?}");
+    assert!(
+        named >= 30,
+        "only {named} tests named: is the table still there?"
+    );
+    assert!(
+        missing.is_empty(),
+        "named in RELIABILITY.md, not found: {missing:?}"
+    );
 }

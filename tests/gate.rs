@@ -83,6 +83,7 @@ fn beamline_policy_passes_and_fails() {
     let policy = perf.join("policy_cp1.json");
     let (base, policy) = (base.to_str().unwrap(), policy.to_str().unwrap());
     let good = write(&dir, "good.json", &beamline_candidate(240, 56));
+    // Beamline's format records no conditions: judged only when told to.
     let args = [
         "--baseline",
         base,
@@ -90,12 +91,14 @@ fn beamline_policy_passes_and_fails() {
         policy,
         "--candidate-exit-code",
         "0",
+        "--allow-different-conditions",
     ];
     let out = gate(&[&args[..], &["--candidate", &good]].concat());
     expect_exit(&out, 0);
     assert!(stdout(&out).contains(
         "PASS latency_p99_ms relative max_pct_increase 20: base 200 candidate 240 limit 240\n"
     ));
+    assert!(stdout(&out).starts_with("conditions: "), "{}", stdout(&out));
     assert!(stdout(&out)
         .ends_with("PASS candidate_exit_code equals 0: candidate 0\ngate: PASS (7 rules)\n"));
 
@@ -132,6 +135,7 @@ fn beamline_policy_requires_exit_code_zero() {
         policy.to_str().unwrap(),
         "--candidate",
         &good,
+        "--allow-different-conditions",
     ];
     let out = gate(&[&args[..], &["--candidate-exit-code", "1"]].concat());
     expect_exit(&out, 1);
@@ -141,13 +145,171 @@ fn beamline_policy_requires_exit_code_zero() {
     assert!(stdout(&out).contains("FAIL candidate_exit_code equals 0: required by the policy"));
 }
 
-/// A Shardline bench report with the given p50, p99 and achieved rps.
+/// The conditions of an open-loop embedded run at `rate` req/s, as the bench writes them.
+fn conditions(rate: u32) -> String {
+    format!(
+        r#"{{"target": "embedded", "transport": "http", "mode": "open-loop",
+            "rate_rps": {rate}.0, "concurrency": null, "connections": 32, "pipeline": 1,
+            "duration_s": 10.0, "shards": 2, "compare_bare": true}}"#
+    )
+}
+
+/// A Shardline bench report with the given p50, p99 and achieved rps, measured at 10,000
+/// req/s.
 fn bench_report(p50: u32, p99: u32, rps: u32) -> String {
+    bench_report_at(p50, p99, rps, &conditions(10_000))
+}
+
+fn bench_report_at(p50: u32, p99: u32, rps: u32, conditions: &str) -> String {
     format!(
         r#"{{"env": {{"cores": 2}}, "achieved_rps": {rps}, "errors_total": 0,
             "sheds_total": 0, "timeouts_total": 0, "rss_mb": 40.5,
-            "latency_us": {{"p50": {p50}, "p90": 90, "p99": {p99}, "p999": 300, "max": 900}}}}"#
+            "latency_us": {{"p50": {p50}, "p90": 90, "p99": {p99}, "p999": 300, "max": 900}},
+            "conditions": {conditions}}}"#
     )
+}
+
+/// A candidate measured under other conditions (5,000 req/s, closed loop) than the
+/// baseline (10,000 req/s) is refused with exit 2 naming each differing field, nothing
+/// judged; with `--allow-different-conditions` it is judged and the differences are
+/// printed above the verdict. A report without conditions is refused the same way.
+#[test]
+fn different_conditions_are_refused_unless_allowed() {
+    let dir = temp_dir("conditions");
+    let policy = write(&dir, "policy.json", BUDGET_POLICY);
+    let base = write(&dir, "base.json", &bench_report(50, 130, 10_000));
+    let slower = write(
+        &dir,
+        "slower.json",
+        &bench_report_at(50, 130, 5_000, &conditions(5_000)),
+    );
+    let args = [
+        "--baseline",
+        &base,
+        "--policy",
+        &policy,
+        "--candidate",
+        &slower,
+    ];
+    let out = gate(&args);
+    expect_exit(&out, 2);
+    assert!(out.stdout.is_empty(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("slower.json: measured under other conditions than the baseline")
+            && stderr(&out).contains("rate_rps (baseline 10000.0, candidate 5000.0)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = gate(&[&args[..], &["--allow-different-conditions"]].concat());
+    expect_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("conditions: ") && text.contains("rate_rps (baseline 10000.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL rps relative max_pct_decrease 10"),
+        "{text}"
+    );
+
+    let closed = conditions(10_000)
+        .replace("\"open-loop\"", "\"closed-loop\"")
+        .replace("\"connections\": 32", "\"connections\": 16");
+    let closed = write(
+        &dir,
+        "closed.json",
+        &bench_report_at(50, 130, 10_000, &closed),
+    );
+    let out = gate(&[
+        "--baseline",
+        &base,
+        "--policy",
+        &policy,
+        "--candidate",
+        &closed,
+    ]);
+    expect_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("connections (baseline 32, candidate 16)")
+            && err.contains("mode (baseline \"open-loop\", candidate \"closed-loop\")"),
+        "{err}"
+    );
+
+    let old = write(
+        &dir,
+        "old.json",
+        r#"{"achieved_rps": 10000, "errors_total": 0,
+            "latency_us": {"p50": 50, "p99": 130}}"#,
+    );
+    let out = gate(&[
+        "--baseline",
+        &base,
+        "--policy",
+        &policy,
+        "--candidate",
+        &old,
+    ]);
+    expect_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("old.json: $.conditions: absent"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A report whose run had no successful answer has `null` latencies: a latency rule on it
+/// (the policy's, or the default p99 rule) is unusable input, exit 2, not a pass.
+#[test]
+fn null_latency_is_unusable_for_latency_rules() {
+    let dir = temp_dir("null-latency");
+    let policy = write(&dir, "policy.json", BUDGET_POLICY);
+    let base = write(&dir, "base.json", &bench_report(50, 130, 10_000));
+    let failed = format!(
+        r#"{{"achieved_rps": 10000, "errors_total": 100000, "sheds_total": 0,
+            "timeouts_total": 0, "latency_samples": 0, "rss_mb": 40.5,
+            "latency_us": {{"p50": null, "p90": null, "p99": null, "p999": null,
+                           "max": null, "mean": null}},
+            "conditions": {}}}"#,
+        conditions(10_000)
+    );
+    let failed = write(&dir, "failed.json", &failed);
+    let out = gate(&[
+        "--baseline",
+        &base,
+        "--policy",
+        &policy,
+        "--candidate",
+        &failed,
+    ]);
+    expect_exit(&out, 2);
+    assert!(out.stdout.is_empty(), "{}", stdout(&out));
+    assert!(
+        stderr(&out)
+            .contains("failed.json: $.latency_us.p50: null: the run had no successful answer"),
+        "{}",
+        stderr(&out)
+    );
+    // The default p99 rule counts too.
+    let rps_only = write(
+        &dir,
+        "rps.json",
+        r#"{"rules": {"rps": {"relative": {"max_pct_decrease": 10}}}}"#,
+    );
+    let out = gate(&[
+        "--baseline",
+        &base,
+        "--policy",
+        &rps_only,
+        "--candidate",
+        &failed,
+    ]);
+    expect_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("$.latency_us.p99: null"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A policy of our shape with a 150 µs p99 budget (the product target), so that these
@@ -387,7 +549,7 @@ fn unusable_input_exits_2_naming_file_and_path() {
 
 /// `--runs N -- BENCH_ARGS` runs the bench N times and gates on the median: the verdict
 /// names the median, and a rule the runs cannot meet (rps at 1,000/s against a 20,000/s
-/// baseline) fails the gate with exit 1.
+/// baseline, judged although the conditions differ) fails the gate with exit 1.
 #[test]
 fn runs_benches_and_gates_on_their_median() {
     let out = gate(&[
@@ -397,6 +559,7 @@ fn runs_benches_and_gates_on_their_median() {
         "perf/policy.json",
         "--runs",
         "2",
+        "--allow-different-conditions",
         "--",
         "--embedded",
         "--rate",

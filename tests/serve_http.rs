@@ -1026,7 +1026,8 @@ fn graceful_stop_answers_every_request_in_flight() {
 }
 
 /// The operational routes: `/healthz`, `/readyz` with the shard count, `/v1/shards`
-/// describing the partition, `/metrics` in the Prometheus text format.
+/// describing the partition, `/v1/tenants` listing tenant ids, `/metrics` in the
+/// Prometheus text format.
 #[test]
 fn health_readiness_shard_map_and_metrics() {
     let _serial = serial();
@@ -1061,6 +1062,17 @@ fn health_readiness_shard_map_and_metrics() {
         "0xcbf29ce484222325"
     );
     assert_eq!(map["shard_ports"], Value::Null, "{map}");
+
+    // The tenant list: ids only, sorted, no token; other methods 405.
+    let resp = client.request("GET", "/v1/tenants", &[], b"");
+    assert_eq!(resp.status, 200, "{}", text(&resp));
+    assert_eq!(
+        resp.json(),
+        json!({"ok": true, "tenants": ["acme", "globex", "initech"]})
+    );
+    let resp = client.request("POST", "/v1/tenants", &[], b"{}");
+    assert_eq!(resp.status, 405, "{}", text(&resp));
+    assert_eq!(resp.header("allow"), Some("GET"));
 
     let resp = client.request("GET", "/metrics", &[], b"");
     assert_eq!(resp.status, 200);

@@ -20,6 +20,7 @@ use clap::Args;
 use thiserror::Error;
 
 use super::mix::Generated;
+use super::report::MAX_ERROR_RATIO_DEFAULT;
 use super::schedule::{RATE_RPS_MAX, RATE_RPS_MIN};
 use super::BenchError;
 use crate::config::{NatsConfig, NatsUrls};
@@ -118,8 +119,9 @@ pub struct BenchArgs {
     /// chooses].
     #[arg(long, value_name = "LIST")]
     pub client_cores: Option<String>,
-    /// Tenants of generated requests, cycled [default: the tenants of the embedded
-    /// config's policies, else tenant-0..3].
+    /// Tenants of generated requests, cycled [default: the embedded config's tenants that
+    /// have --policy; for --target http://… the router's own, from GET /v1/tenants;
+    /// required for a NATS router].
     #[arg(long, value_name = "A,B,…", value_delimiter = ',')]
     pub tenants: Vec<String>,
     /// `policy_id` of generated requests.
@@ -155,6 +157,11 @@ pub struct BenchArgs {
     /// skipping the handoff between shards. 0 = the shared subject.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub nats_shards: usize,
+    /// The run fails (exit 3) when more than this fraction of the requests sent ended as
+    /// errors, sheds or timeouts (or, open loop, of those due were never sent), or when
+    /// none succeeded: its latencies would describe failures, not the router. 0..=1.
+    #[arg(long, value_name = "RATIO", default_value_t = MAX_ERROR_RATIO_DEFAULT)]
+    pub max_error_ratio: f64,
     /// Write the JSON report here (the summary table is printed either way).
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
@@ -272,6 +279,8 @@ pub struct Settings {
     pub load: Load,
     pub mix: MixSource,
     pub compare_bare: bool,
+    /// `--max-error-ratio`.
+    pub max_error_ratio: f64,
     /// Recorded in the report's `env`.
     pub command_line: String,
 }
@@ -326,11 +335,25 @@ impl BenchArgs {
                 }
             }
         }
+        // A NATS router has no request that lists its tenants (the listing is HTTP's
+        // `GET /v1/tenants`), and guessed tenants would all be `policy_not_found`.
+        let guessing = matches!(&mix, MixSource::Generated(g) if g.tenants.is_empty());
+        if nats && guessing && !self.bare_only {
+            return Err(invalid(
+                "--tenants",
+                "required with a NATS target: the router's tenant ids cannot be asked \
+                 for over NATS (list them with GET /v1/tenants on its HTTP port)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.max_error_ratio) {
+            return Err(invalid("--max-error-ratio", "must be 0..=1"));
+        }
         Ok(Settings {
             target,
             load: self.load(nats)?,
             mix,
             compare_bare: self.compare_bare,
+            max_error_ratio: self.max_error_ratio,
             command_line,
         })
     }
@@ -596,6 +619,13 @@ mod tests {
             settings(&["--target", "https://x:1"]),
             Err(BenchError::Target { .. })
         ));
+        assert_eq!(
+            flag(&["--embedded", "--max-error-ratio", "1.5"]),
+            "--max-error-ratio"
+        );
+        assert_eq!(flag(&["--target", "nats://127.0.0.1:1"]), "--tenants");
+        assert!(settings(&["--target", "nats://127.0.0.1:1", "--bare-only"]).is_ok());
+        assert!(settings(&["--target", "nats://127.0.0.1:1", "--tenants", "a"]).is_ok());
         assert!(matches!(
             settings(&["--target", "http://127.0.0.1:1/v1/decide"]),
             Err(BenchError::Target { .. })

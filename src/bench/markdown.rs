@@ -54,6 +54,22 @@ pub fn summary(report: &Value) -> String {
         show(&report["threads"]),
         show(&report["pipeline"])
     );
+    if let Some(tenants) = report["tenants"].as_array() {
+        let ids: Vec<String> = tenants.iter().map(show).collect();
+        let _ = writeln!(
+            out,
+            "- tenants ({}): {}",
+            show(&report["tenants_from"]),
+            ids.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- latency over {} successful answer(s); error ratio {} (budget {})",
+        show(&report["latency_samples"]),
+        show(&report["error_ratio"]),
+        show(&report["max_error_ratio"])
+    );
     out.push('\n');
     latency_table(&mut out, report);
     out.push('\n');

@@ -60,7 +60,9 @@
 //!   `connections × pipeline`, closed loop `--concurrency`);
 //! - `shards`: shards of the embedded router or bare responder (absent when remote);
 //! - `latency_us`: `{p50, p90, p99, p999, max, mean}` in µs, of answered-200 requests
-//!   only; open loop counts from the intended send time, closed loop from the send;
+//!   only; open loop counts from the intended send time, closed loop from the send; every
+//!   value `null` when nothing was answered 200 (a 0 would read as "fast");
+//! - `latency_samples`: how many answers the percentiles are computed over;
 //! - `sent`: measured requests sent; `answered`: of those, answered 200;
 //! - `errors_total`, `errors_by_code`: other answers by the body's `error.code`
 //!   (`http_<status>` when there is none), plus the client-side `connection_closed`
@@ -71,6 +73,8 @@
 //! - `sheds_total`, `sheds_by_code`: `rate_limited` (429) and `overloaded` (503) answers
 //!   (over NATS: ErrorResponses with those codes);
 //! - `timeouts_total`: no answer within `--timeout-ms` of the send;
+//! - `error_ratio`: `(errors_total + sheds_total + timeouts_total) / sent`, `null` when
+//!   nothing was sent;
 //! - `counts_ok`: `sent == answered + errors_total + sheds_total + timeouts_total`;
 //! - `connect_errors`: failed connection attempts (not requests);
 //! - `schedule` (open loop only): `{behind_no_connection, unsent, send_lag_us {p50, p90,
@@ -80,13 +84,36 @@
 //!   includes the client's few MiB);
 //! - `cpu_s` (embedded only): CPU seconds of the router's threads during the window
 //!   (client threads excluded; see `sys.rs` on what sharing the process means);
+//! - `conditions`: what the figures depend on besides the code, compared by the gate
+//!   (it refuses a candidate whose conditions differ from the baseline's):
+//!   `{target (embedded, http, nats, nats-bare), transport, mode, rate_rps, concurrency,
+//!   connections, pipeline, duration_s, shards, compare_bare}`;
+//! - `tenants`, `tenants_from`: the generated mix's tenants and where they came from
+//!   (`--tenants`, `GET /v1/tenants` of the target, `config` of the embedded router,
+//!   `default`); `tenants_from` is `--requests` (and `tenants` absent) for a file mix;
+//! - `max_error_ratio`: the error budget the run was held to;
 //! - `embedded`, `config`: whether the router ran in-process, and its config file;
 //! - `bare_only` (only when true): the top-level figures are the bare responder's;
 //! - `env`: `{cpu_model, cores, kernel, git_commit (null outside git), command_line}`;
 //! - `bare` (with `--compare-bare`): the bare responder's figures, the fields above from
 //!   `target` to `schedule`;
-//! - `added_us` (with `--compare-bare`): router − bare in µs, `{p50, p90, p99, p999, max}`;
-//! - `ratio` (with `--compare-bare`): router ÷ bare, same keys (`null` where bare is 0).
+//! - `added_us` (with `--compare-bare`, when both sides have a latency): router − bare in
+//!   µs, `{p50, p90, p99, p999, max}`;
+//! - `ratio` (likewise): router ÷ bare, same keys (`null` where bare is 0).
+//!
+//! # Exit codes
+//! 0: a measurement. 1: the counts do not add up (a load-generator bug). 2: it could not
+//! run (bad flags, unreachable target, tenants it could not learn). 3: it ran but measured
+//! failures (`Report::failures`: over `--max-error-ratio` of the requests failed, or, open
+//! loop, were due but never sent; nothing was sent; nothing succeeded); the report is
+//! still written, and stderr says why.
+//!
+//! # Tenants
+//! A generated mix names tenants; guessed ones that the target lacks would make every
+//! request `policy_not_found` and the run a measurement of the error path. So without
+//! `--tenants`: the embedded router's config gives them, a running HTTP router is asked
+//! (`GET /v1/tenants`, `tenants.rs`), and a NATS router, which has no such request, is
+//! refused until `--tenants` is given.
 //!
 //! Beside `FILE.json` go `FILE.md`, the summary in Markdown (`markdown.rs`), and
 //! `FILE.svg`, latency by percentile with bare as a second line when compared (`plot.rs`).
@@ -103,6 +130,7 @@ mod report;
 mod run;
 mod schedule;
 mod sys;
+mod tenants;
 mod wire;
 mod worker;
 
@@ -119,10 +147,13 @@ pub use args::{
 pub use mix::{Generated, Mix, MixCursor, MixError};
 pub use nats_bare::{BareNats, BARE_QUEUE_GROUP};
 pub use record::{Counts, Recorder, LATENCY_SIGFIGS, LATENCY_US_MAX};
-pub use report::{Latency, PerPercentile, Report, ScheduleReport, Side};
+pub use report::{
+    Conditions, Latency, PerPercentile, Report, ScheduleReport, Side, MAX_ERROR_RATIO_DEFAULT,
+};
 pub use run::run;
 pub use schedule::{wait_step, Schedule, WaitStep};
 pub use sys::Env;
+pub use tenants::TENANTS_ANSWER_BYTES_MAX;
 
 /// Why a benchmark could not run.
 #[derive(Debug, Error)]
@@ -133,6 +164,9 @@ pub enum BenchError {
     /// `--target` is not a usable `http://HOST:PORT`.
     #[error("--target {url}: {reason}")]
     Target { url: String, reason: &'static str },
+    /// `--tenants` was not given and the target's could not be listed.
+    #[error("--target {url}: cannot learn the router's tenants with GET /v1/tenants: {reason}; give --tenants")]
+    Tenants { url: String, reason: String },
     /// `--target nats://…` or its TLS files are unusable.
     #[error("--target {url}: {error}")]
     Nats {

@@ -13,6 +13,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::record::Recorder;
+
+/// `--max-error-ratio` when not given: 1 % of the requests may fail (errors, sheds and
+/// timeouts together) before a run stops counting as a measurement.
+pub const MAX_ERROR_RATIO_DEFAULT: f64 = 0.01;
 use super::sys::Env;
 
 /// Latency percentiles of the answered-200 requests, µs.
@@ -47,6 +51,13 @@ impl Latency {
             max: h.max(),
             mean: round(h.mean(), 1.0),
         }
+    }
+
+    /// The percentiles of the successful answers in `h`; `None` when there was none, so
+    /// that a run in which nothing succeeded reports no latency rather than a 0 that
+    /// reads as "fast".
+    pub fn of_answers(h: &Histogram<u64>) -> Option<Latency> {
+        (!h.is_empty()).then(|| Latency::of(h))
     }
 
     /// `(name, value)` of the percentiles compared between router and bare.
@@ -136,7 +147,11 @@ pub struct Side {
     pub in_flight_max: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
-    pub latency_us: Latency,
+    /// `None` (every percentile `null` in the JSON) when nothing was answered 200.
+    #[serde(serialize_with = "latency_or_nulls")]
+    pub latency_us: Option<Latency>,
+    /// How many answers the percentiles are computed over (the answered-200 requests).
+    pub latency_samples: u64,
     pub sent: u64,
     pub answered: u64,
     pub errors_total: u64,
@@ -144,6 +159,8 @@ pub struct Side {
     pub sheds_total: u64,
     pub sheds_by_code: BTreeMap<String, u64>,
     pub timeouts_total: u64,
+    /// `(errors + sheds + timeouts) / sent`; `None` when nothing was sent.
+    pub error_ratio: Option<f64>,
     pub counts_ok: bool,
     pub connect_errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,6 +173,35 @@ pub struct Side {
 
 fn round(value: f64, per_unit: f64) -> f64 {
     (value * per_unit).round() / per_unit
+}
+
+/// Every percentile `null`, keys as in `Latency`.
+#[derive(Serialize)]
+struct NullLatency {
+    p50: (),
+    p90: (),
+    p99: (),
+    p999: (),
+    max: (),
+    mean: (),
+}
+
+fn latency_or_nulls<S: serde::Serializer>(
+    latency: &Option<Latency>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match latency {
+        Some(l) => l.serialize(s),
+        None => NullLatency {
+            p50: (),
+            p90: (),
+            p99: (),
+            p999: (),
+            max: (),
+            mean: (),
+        }
+        .serialize(s),
+    }
 }
 
 impl Side {
@@ -184,7 +230,8 @@ impl Side {
             pipeline: info.pipeline,
             in_flight_max: info.in_flight_max,
             shards: info.shards,
-            latency_us: Latency::of(&rec.latency),
+            latency_us: Latency::of_answers(&rec.latency),
+            latency_samples: rec.latency.len(),
             sent: counts.sent,
             answered: counts.answered,
             errors_total: counts.errors,
@@ -192,6 +239,10 @@ impl Side {
             sheds_total: counts.sheds,
             sheds_by_code: rec.sheds.by_code().clone(),
             timeouts_total: counts.timeouts,
+            error_ratio: (counts.sent > 0).then(|| {
+                let failed = counts.errors + counts.sheds + counts.timeouts;
+                round(failed as f64 / counts.sent as f64, 1e6)
+            }),
             counts_ok: counts.add_up(),
             connect_errors: rec.connect_errors,
             schedule: info.rate_rps.map(|_| ScheduleReport {
@@ -205,11 +256,59 @@ impl Side {
     }
 }
 
+/// What a run's figures depend on besides the code measured: two reports are comparable
+/// (by `shardline gate`) only when these are equal. `target` is the kind of target
+/// (`embedded`, `http`, `nats`, `nats-bare`), not its address, which changes every run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Conditions {
+    pub target: &'static str,
+    pub transport: &'static str,
+    pub mode: &'static str,
+    /// Open loop: `--rate`.
+    pub rate_rps: Option<f64>,
+    /// Closed loop: requests in flight (`--concurrency`).
+    pub concurrency: Option<usize>,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub duration_s: f64,
+    /// Shards of the embedded router (`--nats-shards` for a shard-aware NATS run); `null`
+    /// when the target's are not known.
+    pub shards: Option<usize>,
+    pub compare_bare: bool,
+}
+
+impl Conditions {
+    fn of(side: &Side, target: &'static str, compare_bare: bool) -> Conditions {
+        Conditions {
+            target,
+            transport: side.transport,
+            mode: side.mode,
+            rate_rps: side.target_rps,
+            concurrency: side.target_rps.is_none().then_some(side.in_flight_max),
+            connections: side.connections,
+            pipeline: side.pipeline,
+            duration_s: side.duration_s,
+            shards: side.shards,
+            compare_bare,
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     #[serde(flatten)]
     pub router: Side,
+    pub conditions: Conditions,
+    /// The tenants of a generated mix (`None` for `--requests`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
+    /// Where they came from: `--tenants`, `GET /v1/tenants`, `config` (the embedded
+    /// router's policies), `default` or `--requests`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenants_from: Option<&'static str>,
+    /// The error budget the run was held to (`--max-error-ratio`).
+    pub max_error_ratio: f64,
     pub embedded: bool,
     /// The top-level figures are the bare responder's (`--bare-only`), not a router's.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -246,14 +345,25 @@ impl Report {
         env: Env,
         bare: Option<Side>,
     ) -> Report {
-        let added = bare
+        // Compared only where both sides measured a latency: 0 for "nothing answered"
+        // would read as the router adding less than nothing.
+        let both = bare
             .as_ref()
-            .map(|b| added_us(&router.latency_us, &b.latency_us));
-        let ratio = bare
-            .as_ref()
-            .map(|b| ratio(&router.latency_us, &b.latency_us));
+            .and_then(|b| router.latency_us.zip(b.latency_us));
+        let added = both.map(|(r, b)| added_us(&r, &b));
+        let ratio = both.map(|(r, b)| ratio(&r, &b));
+        let kind = match (embedded, router.transport) {
+            (true, _) => "embedded",
+            (false, "nats") => "nats",
+            (false, _) => "http",
+        };
+        let conditions = Conditions::of(&router, kind, bare.is_some());
         Report {
             router,
+            conditions,
+            tenants: None,
+            tenants_from: None,
+            max_error_ratio: MAX_ERROR_RATIO_DEFAULT,
             embedded,
             bare_only: false,
             config,
@@ -262,6 +372,75 @@ impl Report {
             added_us: added,
             ratio,
         }
+    }
+
+    /// Records the tenants of the mix and where they came from.
+    pub fn with_tenants(mut self, (tenants, from): (Option<Vec<String>>, &'static str)) -> Report {
+        self.tenants = tenants;
+        self.tenants_from = Some(from);
+        self
+    }
+
+    /// The top-level figures are the bare NATS echo's (`--bare-only`).
+    pub fn into_bare_only(mut self) -> Report {
+        self.bare_only = true;
+        self.conditions.target = "nats-bare";
+        self
+    }
+
+    /// Why the run is not a measurement, one line per reason; empty when it is. A side
+    /// fails when nothing was sent, when nothing was answered 200 (no latency), when its
+    /// errors, sheds and timeouts together exceed `max_error_ratio` of what it sent, or
+    /// (open loop) when more than that share of the requests due were never sent.
+    pub fn failures(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        let sides = std::iter::once((self.label(), &self.router))
+            .chain(self.bare.as_ref().map(|b| ("bare", b)));
+        for (name, s) in sides {
+            let failed = s.errors_total + s.sheds_total + s.timeouts_total;
+            let unsent = s.schedule.as_ref().map_or(0, |sched| sched.unsent);
+            if s.sent == 0 {
+                why.push(format!(
+                    "{name}: no request was sent in the window ({unsent} due, never sent)"
+                ));
+                continue;
+            }
+            let ratio = s.error_ratio.unwrap_or(1.0);
+            if ratio > self.max_error_ratio {
+                let mut codes: Vec<String> = (s.errors_by_code.iter())
+                    .chain(&s.sheds_by_code)
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect();
+                if s.timeouts_total > 0 {
+                    codes.push(format!("timeouts {}", s.timeouts_total));
+                }
+                why.push(format!(
+                    "{name}: error ratio {ratio} over --max-error-ratio {}: {failed} of {} \
+                     request(s) failed ({})",
+                    self.max_error_ratio,
+                    s.sent,
+                    codes.join(", ")
+                ));
+            }
+            // Open loop: requests due in the window but never sent mean the load asked for
+            // was not applied; the latencies describe a lighter load than the report says.
+            let due = s.sent + unsent;
+            if unsent > 0 && unsent as f64 / due as f64 > self.max_error_ratio {
+                why.push(format!(
+                    "{name}: the schedule was not kept: {unsent} of {due} request(s) due in \
+                     the window were never sent (over --max-error-ratio {}); the client or \
+                     the target cannot carry --rate {}",
+                    self.max_error_ratio,
+                    s.target_rps.unwrap_or_default()
+                ));
+            }
+            if s.latency_samples == 0 {
+                why.push(format!(
+                    "{name}: no successful answer, so no latency was measured"
+                ));
+            }
+        }
+        why
     }
 
     /// Every side's counts add up.
@@ -313,6 +492,9 @@ impl Report {
             "target: {} ({}, {how}{shards}{subject})",
             r.target, r.transport
         );
+        if let (Some(tenants), Some(from)) = (&self.tenants, self.tenants_from) {
+            let _ = writeln!(out, "tenants ({from}): {}", tenants.join(", "));
+        }
         self.latency_table(&mut out);
         side_counts(&mut out, self.label(), r);
         if let Some(b) = &self.bare {
@@ -348,32 +530,52 @@ impl Report {
             let _ = write!(out, "{:>12.1}", b.achieved_rps);
         }
         out.push('\n');
+        let point = |l: &Option<Latency>, i: usize| {
+            l.map_or_else(|| "-".to_owned(), |l| l.points()[i].1.to_string())
+        };
         let names = ["p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"];
-        for (i, (_, value)) in r.latency_us.points().iter().enumerate() {
-            let _ = write!(out, "{:<14}{value:>12}", names[i]);
-            if let (Some(b), Some(added), Some(ratio)) = (&self.bare, &self.added_us, &self.ratio) {
-                let pick = |p: &PerPercentile<i64>| [p.p50, p.p90, p.p99, p.p999, p.max][i];
-                let ratios = [ratio.p50, ratio.p90, ratio.p99, ratio.p999, ratio.max];
-                let ratio = ratios[i].map_or_else(|| "-".into(), |x| format!("{x:.2}"));
-                let bare = b.latency_us.points()[i].1;
-                let _ = write!(out, "{bare:>12}{:>+12}{ratio:>9}", pick(added));
+        for (i, name) in names.iter().enumerate() {
+            let _ = write!(out, "{name:<14}{:>12}", point(&r.latency_us, i));
+            if let Some(b) = &self.bare {
+                let _ = write!(out, "{:>12}", point(&b.latency_us, i));
+                match (&self.added_us, &self.ratio) {
+                    (Some(added), Some(ratio)) => {
+                        let pick = |p: &PerPercentile<i64>| [p.p50, p.p90, p.p99, p.p999, p.max][i];
+                        let ratios = [ratio.p50, ratio.p90, ratio.p99, ratio.p999, ratio.max];
+                        let ratio = ratios[i].map_or_else(|| "-".into(), |x| format!("{x:.2}"));
+                        let _ = write!(out, "{:>+12}{ratio:>9}", pick(added));
+                    }
+                    _ => {
+                        let _ = write!(out, "{:>12}{:>9}", "-", "-");
+                    }
+                }
             }
             out.push('\n');
         }
-        let _ = write!(out, "{:<14}{:>12.1}", "mean µs", r.latency_us.mean);
+        let mean =
+            |l: &Option<Latency>| l.map_or_else(|| "-".to_owned(), |l| format!("{:.1}", l.mean));
+        let _ = write!(out, "{:<14}{:>12}", "mean µs", mean(&r.latency_us));
         if let Some(b) = &self.bare {
-            let _ = write!(out, "{:>12.1}", b.latency_us.mean);
+            let _ = write!(out, "{:>12}", mean(&b.latency_us));
         }
         out.push('\n');
     }
 }
 
 fn side_counts(out: &mut String, name: &str, s: &Side) {
-    let check = if s.counts_ok { "ok" } else { "MISMATCH" };
+    let check = if s.counts_ok {
+        "counts add up"
+    } else {
+        "counts MISMATCH"
+    };
+    let ratio = s
+        .error_ratio
+        .map_or_else(|| "-".to_owned(), |r| format!("{r}"));
     let _ = writeln!(
         out,
-        "{name}: sent {} = answered {} + errors {} + sheds {} + timeouts {} ({check})",
-        s.sent, s.answered, s.errors_total, s.sheds_total, s.timeouts_total
+        "{name}: sent {} = answered {} + errors {} + sheds {} + timeouts {} ({check}); \
+         error ratio {ratio}; latency over {} successful answer(s)",
+        s.sent, s.answered, s.errors_total, s.sheds_total, s.timeouts_total, s.latency_samples
     );
     for (label, codes) in [("errors", &s.errors_by_code), ("sheds", &s.sheds_by_code)] {
         if !codes.is_empty() {
@@ -541,6 +743,73 @@ mod tests {
         }
         assert_eq!(v["target_rps"], serde_json::Value::Null);
         assert_eq!(v["mode"], "closed-loop");
+    }
+
+    /// Nothing answered 200: latencies are `null` (not 0), nothing is compared with bare,
+    /// and the run fails naming the ratio and the code; within the budget it does not.
+    #[test]
+    fn a_run_without_answers_is_not_a_measurement() {
+        let mut failed = Recorder::new();
+        for _ in 0..10 {
+            failed.sent += 1;
+            failed.resolve(Outcome::Error(Code::Named("policy_not_found")), 0);
+        }
+        let router = Side::new(&info(), &failed);
+        let bare = Side::new(&info(), &recorder(50));
+        let report = Report::new(router, true, None, Env::detect("x"), Some(bare));
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        for key in ["p50", "p90", "p99", "p999", "max", "mean"] {
+            assert!(v["latency_us"][key].is_null(), "latency_us.{key}: {v}");
+        }
+        assert_eq!(v["latency_samples"], 0);
+        assert_eq!(v["error_ratio"], 1.0);
+        assert!(
+            v.get("added_us").is_none() && v.get("ratio").is_none(),
+            "{v}"
+        );
+        assert_eq!(v["conditions"]["target"], "embedded");
+        assert_eq!(v["conditions"]["compare_bare"], true);
+        assert_eq!(v["conditions"]["rate_rps"], 100.0);
+        assert!(v["conditions"]["concurrency"].is_null());
+        let why = report.failures();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(
+            why[0].contains("error ratio 1 over --max-error-ratio 0.01"),
+            "{why:?}"
+        );
+        assert!(why[0].contains("policy_not_found 10"), "{why:?}");
+        assert!(why[1].contains("no successful answer"), "{why:?}");
+        assert!(report.summary().contains("p99 µs                   -"));
+        let ok = Report::new(
+            Side::new(&info(), &recorder(10)),
+            true,
+            None,
+            Env::detect("x"),
+            None,
+        );
+        // 1 shed of 1001 is 0.1 %: within the default 1 %, not within 0.05 %.
+        assert!(ok.failures().is_empty());
+        let strict = Report {
+            max_error_ratio: 0.0005,
+            ..ok
+        };
+        assert_eq!(strict.failures().len(), 1);
+        // Open loop: 500 of 1501 due never sent is a load that was not applied.
+        let mut behind = recorder(10);
+        behind.unsent = 500;
+        let report = Report::new(
+            Side::new(&info(), &behind),
+            true,
+            None,
+            Env::detect("x"),
+            None,
+        );
+        let why = report.failures();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].contains("500 of 1501 request(s) due in the window were never sent"),
+            "{why:?}"
+        );
     }
 
     /// Added latency may be negative; a zero baseline has no ratio.

@@ -69,9 +69,15 @@ impl Wire {
 /// Runs the benchmark `settings` describe; progress goes to stderr.
 pub fn run(settings: &Settings) -> Result<Report, BenchError> {
     let env = Env::detect(&settings.command_line);
-    match &settings.target {
+    let mut report = match &settings.target {
         Target::Url { url, addr, host } => {
-            let mix = build_mix(&settings.mix, None)?;
+            let learned = match &settings.mix {
+                MixSource::Generated(g) if g.tenants.is_empty() => {
+                    Some(super::tenants::learn(url, *addr, host)?)
+                }
+                _ => None,
+            };
+            let (mix, used) = build_mix(&settings.mix, Tenants::Listed(learned))?;
             let endpoint = Endpoint {
                 label: "router",
                 target: url.clone(),
@@ -85,12 +91,27 @@ pub fn run(settings: &Settings) -> Result<Report, BenchError> {
             } else {
                 None
             };
-            Ok(Report::new(router, false, None, env, bare))
+            Report::new(router, false, None, env, bare).with_tenants(used)
         }
-        Target::Embedded { config } => run_embedded(settings, config, env),
-        Target::Nats(nats) => run_nats(settings, nats, env),
-    }
+        Target::Embedded { config } => run_embedded(settings, config, env)?,
+        Target::Nats(nats) => run_nats(settings, nats, env)?,
+    };
+    report.max_error_ratio = settings.max_error_ratio;
+    Ok(report)
 }
+
+/// Where a generated mix without `--tenants` takes its tenants from.
+enum Tenants<'a> {
+    /// The embedded router's policies directory.
+    Config(&'a Path),
+    /// The target's `GET /v1/tenants` (`None`: not asked, the mix names its own).
+    Listed(Option<Vec<String>>),
+    /// `TENANTS_DEFAULT` (the bare NATS echo, which answers any tenant).
+    Default,
+}
+
+/// The tenants a mix uses, and where they came from (for the report).
+type Used = (Option<Vec<String>>, &'static str);
 
 fn usable_cores() -> Result<Vec<usize>, BenchError> {
     let usable = shards::Topology::detect()?.usable().to_vec();
@@ -99,12 +120,12 @@ fn usable_cores() -> Result<Vec<usize>, BenchError> {
 
 fn run_nats(settings: &Settings, nats: &NatsTarget, env: Env) -> Result<Report, BenchError> {
     let opts = nats.client_options()?;
-    let mix = build_mix(&settings.mix, None)?;
+    // Without --tenants only the echo can be driven (`args` refuses the rest).
+    let (mix, used) = build_mix(&settings.mix, Tenants::Default)?;
     if nats.bare_only {
         let bare = run_nats_bare(&settings.load, &mix, &opts, &nats.url)?;
-        let mut report = Report::new(bare, false, None, env, None);
-        report.bare_only = true;
-        return Ok(report);
+        let report = Report::new(bare, false, None, env, None).into_bare_only();
+        return Ok(report.with_tenants(used));
     }
     let endpoint = Endpoint {
         label: "router",
@@ -123,7 +144,11 @@ fn run_nats(settings: &Settings, nats: &NatsTarget, env: Env) -> Result<Report, 
     } else {
         None
     };
-    Ok(Report::new(router, false, None, env, bare))
+    let mut report = Report::new(router, false, None, env, bare).with_tenants(used);
+    if nats.owner_shards > 0 {
+        report.conditions.shards = Some(nats.owner_shards);
+    }
+    Ok(report)
 }
 
 fn run_nats_bare(
@@ -154,7 +179,7 @@ fn run_nats_bare(
 
 fn run_embedded(settings: &Settings, config: &Path, env: Env) -> Result<Report, BenchError> {
     let (server, cores, policies) = start_embedded(config)?;
-    let mix = build_mix(&settings.mix, Some(&policies));
+    let mix = build_mix(&settings.mix, Tenants::Config(&policies));
     let addr = server.local_addr();
     let endpoint = Endpoint {
         label: "router",
@@ -163,12 +188,13 @@ fn run_embedded(settings: &Settings, config: &Path, env: Env) -> Result<Report, 
         shards: Some(server.shard_count()),
         local: true,
     };
-    let router = mix.and_then(|mix| Ok((run_phase(&settings.load, &mix, &endpoint)?, mix)));
+    let router =
+        mix.and_then(|(mix, used)| Ok((run_phase(&settings.load, &mix, &endpoint)?, mix, used)));
     // Stopped before the bare phase (and on failure) so that nothing competes with it.
     let stopped = server
         .stop()
         .map_err(|e| BenchError::Router(format!("{e:#}")));
-    let (router, mix) = router?;
+    let (router, mix, used) = router?;
     stopped?;
     let bare = if settings.compare_bare {
         Some(run_bare(&settings.load, &mix, &cores)?)
@@ -176,7 +202,7 @@ fn run_embedded(settings: &Settings, config: &Path, env: Env) -> Result<Report, 
         None
     };
     let config = Some(config.display().to_string());
-    Ok(Report::new(router, true, config, env, bare))
+    Ok(Report::new(router, true, config, env, bare).with_tenants(used))
 }
 
 /// Starts the router of `path` on 127.0.0.1:0 (HTTP only); returns it, the cores its
@@ -219,21 +245,33 @@ fn run_bare(load: &Load, mix: &Mix, cores: &[usize]) -> Result<Side, BenchError>
     Ok(side)
 }
 
-/// The mix to send; generated tenants default to those of `policies` having the policy.
-fn build_mix(source: &MixSource, policies: Option<&Path>) -> Result<Mix, BenchError> {
+/// The mix to send, and the tenants it uses: `--tenants`, else those `from` gives (for a
+/// config, its tenants having the policy; `TENANTS_DEFAULT` if none).
+fn build_mix(source: &MixSource, from: Tenants<'_>) -> Result<(Mix, Used), BenchError> {
     match source {
-        MixSource::File(path) => Ok(Mix::from_file(path)?),
+        MixSource::File(path) => Ok((Mix::from_file(path)?, (None, "--requests"))),
         MixSource::Generated(spec) if spec.tenants.is_empty() => {
-            let mut tenants = policies.map_or_else(Vec::new, |p| tenants_with(p, &spec.policy));
-            if tenants.is_empty() {
-                tenants = TENANTS_DEFAULT.iter().map(|t| (*t).to_owned()).collect();
-            }
-            Ok(Mix::generated(&Generated {
-                tenants,
+            let (tenants, origin) = match from {
+                Tenants::Config(dir) => (tenants_with(dir, &spec.policy), "config"),
+                Tenants::Listed(Some(ids)) => (ids, "GET /v1/tenants"),
+                Tenants::Listed(None) | Tenants::Default => (Vec::new(), "default"),
+            };
+            let (tenants, origin) = if tenants.is_empty() {
+                let ids = TENANTS_DEFAULT.iter().map(|t| (*t).to_owned()).collect();
+                (ids, "default")
+            } else {
+                (tenants, origin)
+            };
+            let mix = Mix::generated(&Generated {
+                tenants: tenants.clone(),
                 ..spec.clone()
-            })?)
+            })?;
+            Ok((mix, (Some(tenants), origin)))
         }
-        MixSource::Generated(spec) => Ok(Mix::generated(spec)?),
+        MixSource::Generated(spec) => {
+            let used = (Some(spec.tenants.clone()), "--tenants");
+            Ok((Mix::generated(spec)?, used))
+        }
     }
 }
 

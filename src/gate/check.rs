@@ -66,6 +66,8 @@ impl fmt::Display for Check {
 pub struct Outcome {
     /// How many candidate runs the candidate's values are the median of.
     pub runs: usize,
+    /// Printed above the verdict (conditions judged anyway).
+    pub notes: Vec<String>,
     pub checks: Vec<Check>,
 }
 
@@ -98,6 +100,9 @@ impl Outcome {
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for note in &self.notes {
+            writeln!(f, "{note}")?;
+        }
         if self.runs > 1 {
             writeln!(f, "candidate: median of {} runs", self.runs)?;
         }
@@ -131,6 +136,7 @@ pub fn evaluate(
     checks.push(check_exit_code(policy.require_exit_code_zero, exit_code));
     Outcome {
         runs: candidate.runs(),
+        notes: Vec::new(),
         checks,
     }
 }
@@ -617,6 +623,7 @@ mod tests {
             detail: "d".into(),
         };
         let outcome = |statuses: &[Status]| Outcome {
+            notes: Vec::new(),
             runs: 1,
             checks: statuses.iter().map(|&s| check(s)).collect(),
         };

@@ -88,6 +88,37 @@ pub enum GateError {
         what: &'static str,
         max: usize,
     },
+    /// A candidate measured under other conditions than the baseline (see `conditions`).
+    #[error(
+        "{}: measured under other conditions than the baseline {}: {fields}; the gate would \
+         judge the load, not the code: rerun the candidate under the baseline's conditions, \
+         or take a baseline under these, or pass --allow-different-conditions",
+        candidate.display(), baseline.display()
+    )]
+    DifferentConditions {
+        baseline: PathBuf,
+        candidate: PathBuf,
+        fields: String,
+    },
+    /// A report that does not record its conditions (older build, another format).
+    #[error(
+        "{}: $.conditions: absent (a report of an older build, or another format), so the \
+         gate cannot tell whether it is comparable with the other reports; rerun it with \
+         this build, or pass --allow-different-conditions",
+        file.display()
+    )]
+    UnknownConditions { file: PathBuf },
+    /// A rule on a latency the report has as `null`: its run had no successful answer.
+    #[error(
+        "{}: {path}: null: the run had no successful answer (latency_samples 0), so the \
+         rule on {metric} cannot be judged; look at the run's errors and rerun it",
+        file.display()
+    )]
+    NoLatency {
+        file: PathBuf,
+        path: String,
+        metric: String,
+    },
     /// More candidate runs than `CANDIDATE_RUNS_MAX`.
     #[error("{count} candidate reports: at most {max} runs are compared")]
     TooManyRuns { count: usize, max: usize },

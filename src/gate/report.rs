@@ -9,7 +9,12 @@
 //!   other quantile the load generator adds).
 //!
 //! A metric whose value is `null` is "not measured" (RSS of a remote server, say) and is
-//! treated as absent; any other non-number is unusable input.
+//! treated as absent; any other non-number is unusable input. A bench latency that is
+//! `null` is different: the run had no successful answer, so there is no latency to judge,
+//! and a rule on it makes the input unusable (`mod.rs`), never a pass or a skip.
+//!
+//! `conditions` (an object) says what the run was measured under; `conditions` compares
+//! two of them.
 //!
 //! Why the median of runs and not the mean or the best: on a shared machine one run in a
 //! few is hit by a neighbour; the median ignores that run instead of averaging it in, and
@@ -46,8 +51,28 @@ pub fn latency_metric(quantile: &str) -> String {
     format!("latency_{quantile}_us")
 }
 
+/// The object of a report that records what it was measured under (`shardline bench`
+/// writes it; a plain `metrics` report may carry one too).
+pub const CONDITIONS_KEY: &str = "conditions";
+
+/// One report as the gate reads it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReportDoc {
+    pub metrics: Metrics,
+    /// Latency metrics the report has as `null` (the run had no successful answer), each
+    /// with its JSON path: unusable for a rule, unlike a metric that is simply absent.
+    pub null_latency: BTreeMap<String, String>,
+    /// `conditions`; `None` when the report does not record them.
+    pub conditions: Option<Map<String, Value>>,
+}
+
 /// Reads one report (either format) into its metrics.
 pub fn parse_report(file: &Path, bytes: &[u8]) -> Result<Metrics, GateError> {
+    parse_document(file, bytes).map(|doc| doc.metrics)
+}
+
+/// Reads one report: its metrics, the latencies it has as `null`, its conditions.
+pub fn parse_document(file: &Path, bytes: &[u8]) -> Result<ReportDoc, GateError> {
     let doc = parse(file, bytes)?;
     let top = object(file, ROOT, &doc)?;
     let is_bench = top.contains_key(BENCH_LATENCY_KEY)
@@ -59,34 +84,43 @@ pub fn parse_report(file: &Path, bytes: &[u8]) -> Result<Metrics, GateError> {
             file: file.to_path_buf(),
         });
     }
-    let mut metrics = Metrics::new();
+    let mut out = ReportDoc::default();
     if is_bench {
-        bench_metrics(file, top, &mut metrics)?;
+        bench_metrics(file, top, &mut out)?;
     }
     if let Some(value) = top.get(METRICS_KEY) {
         let path = child(ROOT, METRICS_KEY);
         for (name, value) in object(file, &path, value)? {
-            insert(file, &child(&path, name), name, value, &mut metrics)?;
+            insert(file, &child(&path, name), name, value, &mut out.metrics)?;
         }
     }
-    Ok(metrics)
+    if let Some(value) = top.get(CONDITIONS_KEY) {
+        let path = child(ROOT, CONDITIONS_KEY);
+        out.conditions = Some(object(file, &path, value)?.clone());
+    }
+    Ok(out)
 }
 
 fn bench_metrics(
     file: &Path,
     top: &Map<String, Value>,
-    out: &mut Metrics,
+    out: &mut ReportDoc,
 ) -> Result<(), GateError> {
     for (field, metric) in BENCH_FIELDS {
         if let Some(value) = top.get(field) {
-            insert(file, &child(ROOT, field), metric, value, out)?;
+            insert(file, &child(ROOT, field), metric, value, &mut out.metrics)?;
         }
     }
     if let Some(value) = top.get(BENCH_LATENCY_KEY) {
         let path = child(ROOT, BENCH_LATENCY_KEY);
         for (quantile, value) in object(file, &path, value)? {
             let metric = latency_metric(quantile);
-            insert(file, &child(&path, quantile), &metric, value, out)?;
+            let at = child(&path, quantile);
+            if value.is_null() {
+                out.null_latency.insert(metric, at);
+            } else {
+                insert(file, &at, &metric, value, &mut out.metrics)?;
+            }
         }
     }
     Ok(())

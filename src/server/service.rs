@@ -1,5 +1,5 @@
 //! The router's HTTP routes (SPEC §2, §9): decide, results, health, readiness, metrics,
-//! the shard map, and the admin API. A request for a tenant this shard does not own is
+//! the shard map, the tenant list, and the admin API. A request for a tenant this shard does not own is
 //! handed to the owner through the ring; everything else is answered here.
 //!
 //! `/v1/results` and (with `[auth] decide = "token"`) `/v1/decide` check the bearer token
@@ -233,7 +233,8 @@ impl RouterService {
             "/readyz" if get => self.ready(resp),
             "/metrics" if get => self.metrics(resp),
             "/v1/shards" if get => self.shard_map(resp),
-            "/healthz" | "/readyz" | "/metrics" | "/v1/shards" => {
+            "/v1/tenants" if get => self.tenants(resp),
+            "/healthz" | "/readyz" | "/metrics" | "/v1/shards" | "/v1/tenants" => {
                 method_not_allowed(resp, req, "GET")
             }
             p if p.starts_with("/admin/") => self.admin(req, resp, now).await,
@@ -428,6 +429,18 @@ impl RouterService {
                 "subject_of_shard": format!("{}.shard.<shard>", n.config.decide_subject),
             })),
         });
+        serde_json::to_writer(&mut resp.body, &body).expect("JSON into a Vec");
+    }
+
+    /// The ids of the tenants with at least one policy loaded, sorted; nothing of the
+    /// policies themselves. Public like `/v1/shards`: a tenant id is an identifier every
+    /// gateway request carries, not a secret (docs/API.md), and a client (the load
+    /// generator) needs them to send requests that can be answered.
+    fn tenants(&self, resp: &mut Response) {
+        let table = self.ctx.table.borrow();
+        let mut ids: Vec<&str> = table.table().tenants().collect();
+        ids.sort_unstable();
+        let body = serde_json::json!({"ok": true, "tenants": ids});
         serde_json::to_writer(&mut resp.body, &body).expect("JSON into a Vec");
     }
 

@@ -8,6 +8,12 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 pub fn bench(args: &[&str], out: &Path) -> (Output, Value) {
+    bench_exit(args, out, 0)
+}
+
+/// Runs the bench expecting exit `code` (3: the run measured failures); the report is
+/// written either way.
+pub fn bench_exit(args: &[&str], out: &Path, code: i32) -> (Output, Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_shardline"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("bench")
@@ -17,8 +23,9 @@ pub fn bench(args: &[&str], out: &Path) -> (Output, Value) {
         .output()
         .expect("run shardline bench");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
+    assert_eq!(
+        output.status.code(),
+        Some(code),
         "exit {:?}: {stderr}",
         output.status
     );

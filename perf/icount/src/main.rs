@@ -95,7 +95,7 @@ fn try_measure_and_gate(update: bool) -> Result<ExitCode, String> {
         let count = count_instructions(&exe, bench.name)?;
         metrics.insert(format!("{METRIC_PREFIX}{}", bench.name), json!(count));
     }
-    let report = json!({ "metrics": metrics, "env": environment() });
+    let report = json!({ "metrics": metrics, "conditions": conditions(), "env": environment() });
     let text = serde_json::to_string_pretty(&report).expect("JSON of numbers and strings") + "\n";
     let written = if update { BASELINE } else { CANDIDATE };
     std::fs::write(written, &text).map_err(|e| format!("{written}: {e}"))?;
@@ -154,6 +154,16 @@ fn callgrind_total(text: &str) -> Option<u64> {
     value.split_whitespace().next()?.parse().ok()
 }
 
+/// What the gate requires equal between baseline and candidate (`shardline gate` refuses
+/// reports measured otherwise): what is counted, and over how many operations. The
+/// toolchain and machine are in `env`, and a compiler change is a note, not a refusal.
+fn conditions() -> Value {
+    json!({
+        "measurement": "callgrind instructions per operation",
+        "iterations": ITERATIONS,
+    })
+}
+
 /// What a count depends on besides the code: compiler, valgrind, CPU (it selects the libc
 /// and SIMD paths), kernel, and the commit measured.
 fn environment() -> Value {
@@ -200,6 +210,7 @@ fn judge(metrics: &Map<String, Value>, env: &Value) -> Result<ExitCode, String> 
         policy: Path::new(POLICY),
         candidates: &candidates,
         exit_code: None,
+        allow_different_conditions: false,
     };
     let outcome = gate::run(&inputs).map_err(|e| e.to_string())?;
     print!("{outcome}");
