@@ -403,8 +403,8 @@ fn bearer(header: &str) -> Option<&str> {
     (!token.contains([' ', '\t'])).then_some(token)
 }
 
-/// A client-chosen string cut for a message.
-pub(super) fn shown(s: &str) -> &str {
+/// A client-chosen string (a tenant, a provider, an id) cut for a message.
+pub(crate) fn shown(s: &str) -> &str {
     const SHOWN_CHARS_MAX: usize = 64;
     match s.char_indices().nth(SHOWN_CHARS_MAX) {
         Some((end, _)) => &s[..end],

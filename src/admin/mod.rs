@@ -31,6 +31,7 @@ mod table;
 mod watch;
 
 pub use api::{placement, Admin, AdminRequest, Placement, ShardView};
+pub(crate) use auth::shown;
 pub use auth::{
     token_length_problem, AuthError, Grant, Permission, Permissions, Scope, TokenConfigError,
     TokenSpec, Tokens, AUTH_FAILURE_REASONS, TOKENS_MAX, TOKEN_BYTES_MAX, TOKEN_BYTES_MIN,

@@ -97,46 +97,36 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
-const ROOT_KEYS: &[&str] = &[
-    "version",
-    "providers",
-    "weights",
-    "fallbacks",
-    "fallback",
-    "sticky",
-    "pre",
-    "validators",
-    "post",
-    "circuit_breaker",
-    "rate_limit",
-    "timeout_ms",
-    "metadata",
-    "defaults",
-    "escalate_on",
-    "health_check",
-];
+/// A policy document's root keys: `$head` (what tells the two forms apart) and the body
+/// keys both forms share, written once.
+macro_rules! root_keys {
+    ($($head:literal),*) => {
+        &[
+            $($head,)*
+            "providers",
+            "weights",
+            "fallbacks",
+            "fallback",
+            "sticky",
+            "pre",
+            "validators",
+            "post",
+            "circuit_breaker",
+            "rate_limit",
+            "timeout_ms",
+            "metadata",
+            "defaults",
+            "escalate_on",
+            "health_check",
+        ]
+    };
+}
+
+const ROOT_KEYS: &[&str] = root_keys!("version");
 
 /// The root keys of the unversioned policy-store form: the JSON-DSL's without `version`,
 /// plus the ids the store kept inside the document.
-const STORE_ROOT_KEYS: &[&str] = &[
-    "policy_id",
-    "tenant_id",
-    "providers",
-    "weights",
-    "fallbacks",
-    "fallback",
-    "sticky",
-    "pre",
-    "validators",
-    "post",
-    "circuit_breaker",
-    "rate_limit",
-    "timeout_ms",
-    "metadata",
-    "defaults",
-    "escalate_on",
-    "health_check",
-];
+const STORE_ROOT_KEYS: &[&str] = root_keys!("policy_id", "tenant_id");
 
 /// Parses and normalises one policy of `tenant`; `source` names the document in messages.
 /// Returns every problem found (up to `ERRORS_PER_DOCUMENT_MAX`), never panics on input.

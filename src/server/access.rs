@@ -19,7 +19,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use crate::admin::{AuthError, Grant, Permission, Tokens, AUTH_FAILURE_REASONS};
+use crate::admin::{shown, AuthError, Grant, Permission, Tokens, AUTH_FAILURE_REASONS};
 use crate::config::AccessMode;
 use crate::metrics::ExtraMetric;
 use crate::policy::RoutingTable;
@@ -298,15 +298,6 @@ impl Access {
 
 fn load(n: &AtomicU64) -> f64 {
     n.load(Relaxed) as f64
-}
-
-/// A client-chosen id cut for a message.
-fn shown(s: &str) -> &str {
-    const SHOWN_CHARS_MAX: usize = 64;
-    match s.char_indices().nth(SHOWN_CHARS_MAX) {
-        Some((end, _)) => &s[..end],
-        None => s,
-    }
 }
 
 #[cfg(test)]

@@ -123,17 +123,23 @@ fn refused(resp: &mut Response, err: &AuthError) {
     }
 }
 
-fn not_found(resp: &mut Response, req: &Request<'_>) {
-    let message = format!("no route {} {}", req.method.as_str(), req.path);
-    resp.status = 404;
+/// A routing refusal (no such route, wrong listener, admin off) in the contract's error
+/// format: `invalid_request` with the HTTP status that says why.
+fn route_error(resp: &mut Response, status: u16, message: &str) {
+    resp.status = status;
     encode_error(
         &mut resp.body,
         ErrorCode::InvalidRequest,
-        &message,
+        message,
         &ErrorDetails::default(),
         None,
         None,
     );
+}
+
+fn not_found(resp: &mut Response, req: &Request<'_>) {
+    let message = format!("no route {} {}", req.method.as_str(), req.path);
+    route_error(resp, 404, &message);
 }
 
 fn not_on_ops_listener(resp: &mut Response, req: &Request<'_>) {
@@ -143,15 +149,7 @@ fn not_on_ops_listener(resp: &mut Response, req: &Request<'_>) {
         req.method.as_str(),
         req.path
     );
-    resp.status = 404;
-    encode_error(
-        &mut resp.body,
-        ErrorCode::InvalidRequest,
-        &message,
-        &ErrorDetails::default(),
-        None,
-        None,
-    );
+    route_error(resp, 404, &message);
 }
 
 /// An admin path while the admin API is off: 404 as before, but saying why, so an
@@ -163,15 +161,7 @@ fn admin_off(resp: &mut Response, enabled: bool) {
     } else {
         "the admin API is off (admin.enabled = false)"
     };
-    resp.status = 404;
-    encode_error(
-        &mut resp.body,
-        ErrorCode::InvalidRequest,
-        message,
-        &ErrorDetails::default(),
-        None,
-        None,
-    );
+    route_error(resp, 404, message);
 }
 
 /// The admin API is off the data port (`admin.on_data_port = false`): say where it is.
@@ -181,15 +171,7 @@ fn admin_on_ops_listener(resp: &mut Response, ops: Option<std::net::SocketAddr>)
         "the admin API is not served on the data port (admin.on_data_port = false); \
          it is served on the operations listener {at}"
     );
-    resp.status = 421;
-    encode_error(
-        &mut resp.body,
-        ErrorCode::InvalidRequest,
-        &message,
-        &ErrorDetails::default(),
-        None,
-        None,
-    );
+    route_error(resp, 421, &message);
 }
 
 fn method_not_allowed(resp: &mut Response, req: &Request<'_>, allow: &'static str) {
@@ -198,16 +180,8 @@ fn method_not_allowed(resp: &mut Response, req: &Request<'_>, allow: &'static st
         req.path,
         req.method.as_str()
     );
-    resp.status = 405;
     let _ = resp.extra_headers.push("Allow", allow);
-    encode_error(
-        &mut resp.body,
-        ErrorCode::InvalidRequest,
-        &message,
-        &ErrorDetails::default(),
-        None,
-        None,
-    );
+    route_error(resp, 405, &message);
 }
 
 impl RouterService {
