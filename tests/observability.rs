@@ -304,3 +304,92 @@ fn dashboard_is_well_formed_and_its_queries_parse() {
     let (ok, out) = run_promtool(&promtool, &["check", "rules", file.to_str().unwrap()], b"");
     assert!(ok, "dashboard queries:\n{out}\n{rules}");
 }
+
+/// The value of the unlabelled series `name` in a scrape.
+fn sample(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in the scrape"))
+        .parse()
+        .expect("a number")
+}
+
+fn scrape(server: &shardline::server::Server) -> String {
+    let ops = server.ops_addr().expect("operations listener");
+    let scraped = Client::connect(ops).request("GET", "/metrics", &[], b"");
+    assert_eq!(scraped.status, 200);
+    String::from_utf8(scraped.body).expect("UTF-8 exposition")
+}
+
+/// `shardline_ready` follows `/readyz`: 1 while NATS is connected, 0 once nats-server is
+/// gone (the router stays up and keeps answering scrapes), 1 again after it returns.
+#[test]
+fn ready_gauge_follows_readiness() {
+    let _serial = serial();
+    let mut nats = NatsServer::start();
+    let dir = config_dir(
+        "observability-ready",
+        &format!("[nats]\nurl = \"{}\"\n", nats.url()),
+    );
+    let server = start(settings(&dir));
+    let ops = server.ops_addr().expect("operations listener");
+    let wait_for = |ready: bool| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = Client::connect(ops)
+                .request("GET", "/readyz", &[], b"")
+                .status;
+            if status == if ready { 200 } else { 503 } {
+                break;
+            }
+            assert!(Instant::now() < deadline, "/readyz stayed {status}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(true);
+    assert_eq!(sample(&scrape(&server), "shardline_ready"), 1.0);
+    nats.stop();
+    wait_for(false);
+    assert_eq!(sample(&scrape(&server), "shardline_ready"), 0.0);
+    nats.restart();
+    wait_for(true);
+    assert_eq!(sample(&scrape(&server), "shardline_ready"), 1.0);
+    server.stop().unwrap();
+}
+
+/// `process_open_fds` counts the process's descriptors: it rises by at least the
+/// connections a client holds open, and stays under `process_max_fds`.
+#[test]
+fn open_fds_counts_connections() {
+    let _serial = serial();
+    const HELD: usize = 40;
+    let dir = config_dir("observability-fds", "");
+    let server = start(settings(&dir));
+    let before = scrape(&server);
+    let (open_before, max) = (
+        sample(&before, "process_open_fds"),
+        sample(&before, "process_max_fds"),
+    );
+    assert!(
+        open_before > 0.0 && open_before < max,
+        "{open_before} of {max}"
+    );
+    // Each held connection answered once, so the router has accepted it.
+    let held: Vec<Client> = (0..HELD)
+        .map(|_| {
+            let mut c = Client::connect(server.local_addr());
+            assert_eq!(c.request("GET", "/healthz", &[], b"").status, 200);
+            c
+        })
+        .collect();
+    let during = sample(&scrape(&server), "process_open_fds");
+    // The router runs in this process: each held connection is the router's socket plus
+    // the client's two (`Client` clones its stream for reading), three descriptors.
+    assert!(
+        during >= open_before + 3.0 * HELD as f64,
+        "{HELD} connections held: {open_before} -> {during}"
+    );
+    drop(held);
+    server.stop().unwrap();
+}
