@@ -328,10 +328,12 @@ fn scrape(server: &shardline::server::Server) -> String {
 fn ready_gauge_follows_readiness() {
     let _serial = serial();
     let mut nats = NatsServer::start();
-    let dir = config_dir(
-        "observability-ready",
-        &format!("[nats]\nurl = \"{}\"\n", nats.url()),
+    // A short reconnect backoff, so the router is back well within the test's wait.
+    let toml = format!(
+        "[nats]\nurl = \"{}\"\nreconnect_backoff_max_ms = 100\n",
+        nats.url()
     );
+    let dir = config_dir("observability-ready", &toml);
     let server = start(settings(&dir));
     let ops = server.ops_addr().expect("operations listener");
     let wait_for = |ready: bool| {
