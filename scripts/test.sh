@@ -32,8 +32,43 @@ ensure_nats_server() {
 }
 ensure_nats_server
 
+# The Prometheus rules' checks and the metrics lint run the real promtool (Debian's
+# `prometheus` package; its service is not needed, only the tool).
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    return 0
+  fi
+  local as_root=()
+  if [ "$(id -u)" != 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "promtool is missing; installing it needs root: apt-get install -y prometheus" >&2
+      exit 1
+    fi
+    as_root=(sudo)
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "promtool is missing and there is no apt-get: put promtool 2.x on PATH" >&2
+    exit 1
+  fi
+  echo "promtool is missing: installing Debian's prometheus package"
+  local apt=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+  if ! "${apt[@]}" install -y --no-install-recommends prometheus; then
+    "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends prometheus || {
+      echo "could not install promtool: apt-get install -y prometheus" >&2
+      exit 1
+    }
+  fi
+}
+ensure_promtool
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The alerting and recording rules, and their unit tests (config/prometheus). The live
+# checks, `promtool check metrics` on a running router's /metrics and every metric the
+# rules and the dashboard use being exported, are tests/observability.rs, below (run
+# alone, they skip without promtool unless CI=true).
+promtool check rules config/prometheus/alerts.yml
+promtool test rules config/prometheus/alerts_test.yml
 cargo test --workspace -- --skip every_beamline_fixture_loads_and_decides
 # The failure tests need the test-only fault hooks (a hanging DNS lookup, a stalled or
 # panicking shard, a failing directory fsync in the policy store), compiled in only with

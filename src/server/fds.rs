@@ -133,6 +133,28 @@ fn nofile() -> std::io::Result<(u64, u64)> {
     Ok((limit.rlim_cur, limit.rlim_max))
 }
 
+/// `process_open_fds` and `process_max_fds`, the standard names Prometheus's own clients
+/// use, so the usual "descriptors near the limit" alert works unchanged: the entries of
+/// `/proc/self/fd` and the soft `RLIMIT_NOFILE` (the one `accept` runs into). Read at
+/// scrape time only; a series is left out when it cannot be read (not Linux, no /proc).
+/// Counting the directory costs one entry per open descriptor, which the connection cap
+/// bounds.
+pub fn process_series() -> Vec<crate::metrics::ExtraMetric> {
+    use crate::metrics::ExtraMetric;
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        // The directory handle itself is one of the entries; it is gone once counted.
+        let open = entries.count().saturating_sub(1);
+        let help = "Open file descriptors.";
+        out.push(ExtraMetric::gauge("process_open_fds", help, open as f64));
+    }
+    if let Ok((soft, _)) = nofile() {
+        let help = "Maximum number of open file descriptors (the soft RLIMIT_NOFILE).";
+        out.push(ExtraMetric::gauge("process_max_fds", help, soft as f64));
+    }
+    out
+}
+
 fn set_nofile(soft: u64, hard: u64) -> std::io::Result<()> {
     let limit = libc::rlimit {
         rlim_cur: soft,

@@ -191,12 +191,20 @@ impl Shared {
     }
 }
 
-/// Series beyond the shards' own metrics: NATS, extensions, stalls, access control.
+/// Series beyond the shards' own metrics: NATS, extensions, stalls, access control,
+/// readiness and the process's descriptors.
 fn more_series(shared: &Shared) -> Vec<crate::metrics::ExtraMetric> {
     let mut series = nats::metric_series(&shared.nats, &shared.extension_calls, &shared.registry);
     series.extend(stats::stall_series(&shared.heartbeats));
     series.extend(stats::invalid_policy_series(&shared.handle.invalid()));
     series.extend(shared.access.metric_series());
+    series.push(crate::metrics::ExtraMetric::gauge(
+        "shardline_ready",
+        "1 while /readyz answers 200 (every shard serving, NATS up, none stalled, not \
+         draining), else 0.",
+        f64::from(u8::from(shared.is_ready())),
+    ));
+    series.extend(fds::process_series());
     series
 }
 
