@@ -757,4 +757,10 @@ fn pipeline_over_http() {
         (pre.count(), check.count(), post.count()),
         (2 * n, 2 * n, n)
     );
+    // Per extension and outcome, beside the shards' own `shardline_extension_calls_total`.
+    let metrics = Client::connect(addr).request("GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body);
+    let series = r#"shardline_extension_outcomes_total{extension="rewrite",outcome="ok"} "#;
+    let line = text.lines().find(|l| l.starts_with(series));
+    assert_eq!(line, Some(format!("{series}{}", 2 * n).as_str()), "{text}");
 }

@@ -619,6 +619,8 @@ pub fn metric_series(
     for (shard, s) in nats.iter().enumerate() {
         nats_series(&mut out, shard, s);
     }
+    // Not `shardline_extension_calls_total`: that is the shards' own family (by `status`),
+    // and a second family of the same name would be dropped by the renderer.
     let help = "Extension calls by extension and outcome (all shards).";
     let names = registry.iter().map(|e| &*e.id).chain(["unregistered"]);
     for (i, name) in names.enumerate() {
@@ -627,7 +629,7 @@ pub fn metric_series(
                 .iter()
                 .map(|c| c.counts.get(i).unwrap_or(&c.unregistered)[j].get())
                 .sum();
-            let m = ExtraMetric::counter("shardline_extension_calls_total", help, total as f64);
+            let m = ExtraMetric::counter("shardline_extension_outcomes_total", help, total as f64);
             out.push(m.label("extension", name).label("outcome", outcome));
         }
     }
