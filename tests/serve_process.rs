@@ -585,3 +585,28 @@ fn a_broken_document_stops_the_start_only_when_strict() {
     let (status, stderr) = serve_until_exit(&strict, &[]);
     assert_eq!(status.code(), Some(2), "{stderr}");
 }
+
+/// A router restarted at once on its own port starts, even after it closed connections
+/// itself (`Connection: close`): their TIME_WAIT leftovers are not "another process". The
+/// port probe once took them for one and refused every restart for a minute.
+#[test]
+fn a_restart_right_after_server_closed_connections_starts() {
+    let _serial = serial();
+    let listen = loopback(free_port_base(1));
+    let dir = config_on("restart-tw", listen, "");
+    for round in 0..2 {
+        let (child, addr) = spawn(&dir);
+        let mut child = KillOnDrop(child);
+        assert_eq!(addr, listen, "round {round}");
+        for i in 0..8 {
+            let mut client = Client::connect(addr);
+            let resp = client.request("GET", "/healthz", &[("Connection", "close")], b"");
+            assert_eq!(resp.status, 200, "round {round}, request {i}");
+            // The server closes first: its side of the connection goes to TIME_WAIT.
+            assert!(client.read_response().is_none(), "closed after the answer");
+        }
+        sigterm(&child.0);
+        let status = wait_exit(&mut child.0);
+        assert!(status.success(), "round {round}: exit status {status}");
+    }
+}

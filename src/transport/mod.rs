@@ -2,3 +2,4 @@
 
 pub mod http;
 pub mod nats;
+pub(crate) mod sock;

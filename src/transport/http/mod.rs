@@ -73,11 +73,31 @@ pub trait Service {
     ) -> impl Future<Output = ()> + 'a;
 }
 
+/// Backlog of each listener: connections the kernel completes before a shard accepts them.
+const LISTEN_BACKLOG: libc::c_int = 1024;
+
 /// A listener on `addr` with SO_REUSEPORT set, so that every shard can bind the same
 /// port. Call it on the shard's executor thread (glommio registers the socket there).
 ///
-/// glommio's `TcpListener::bind` already sets SO_REUSEPORT (through socket2) before
-/// binding, with a backlog of 1024; this wrapper only converts the error type.
+/// Why not glommio's `TcpListener::bind`: it sets SO_REUSEPORT but not SO_REUSEADDR.
+/// Connections this listener accepts inherit its flags, and so do their TIME_WAIT
+/// leftovers once the server closed them; without SO_REUSEADDR those leftovers make the
+/// next router's "is the port free" probe (`server::PortReservation`) fail for a minute,
+/// and a restart would be refused as "already in use". SO_REUSEADDR never lets a socket
+/// bind over a listening one, so the probe still refuses a port another process serves.
 pub fn bind(addr: SocketAddr) -> io::Result<glommio::net::TcpListener> {
-    glommio::net::TcpListener::bind(addr).map_err(io::Error::from)
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+
+    use crate::transport::sock;
+    let fd = sock::tcp_socket(addr)?;
+    sock::set_option(&fd, libc::SO_REUSEADDR)?;
+    sock::set_option(&fd, libc::SO_REUSEPORT)?;
+    sock::bind_fd(&fd, addr)?;
+    // SAFETY: listen(2) on a valid, bound socket we own.
+    if unsafe { libc::listen(fd.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd is bound and listening, as `from_raw_fd` requires, and its ownership
+    // passes to the listener.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) })
 }
