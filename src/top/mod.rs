@@ -17,7 +17,7 @@ use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Borders, Paragraph, Row as TableRow, Table};
+use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row as TableRow, Table};
 use ratatui::Frame;
 
 use fetch::Target;
@@ -170,10 +170,28 @@ fn draw(frame: &mut Frame, heading: &str, rows: &[Row], status: &str) {
             _ if row.shard == "all" => bold,
             _ => Style::default(),
         };
+        // Numbers right-aligned, so that magnitudes line up; the shard and states left.
+        let cells = cells.into_iter().enumerate().map(|(i, c)| {
+            let line = Line::from(c);
+            Cell::from(if (1..8).contains(&i) {
+                line.right_aligned()
+            } else {
+                line
+            })
+        });
         TableRow::new(cells).style(style)
     });
     let table_widget = Table::new(lines, widths.map(Constraint::Length))
-        .header(TableRow::new(model::COLUMNS).style(bold.fg(Color::Cyan)))
+        .header(
+            TableRow::new(model::COLUMNS.into_iter().enumerate().map(|(i, c)| {
+                Cell::from(if (1..8).contains(&i) {
+                    Line::from(c).right_aligned()
+                } else {
+                    Line::from(c)
+                })
+            }))
+            .style(bold.fg(Color::Cyan)),
+        )
         .column_spacing(2)
         .block(Block::default().borders(Borders::TOP | Borders::BOTTOM));
     frame.render_widget(table_widget, table);
