@@ -164,9 +164,8 @@ fn draw(frame: &mut Frame, heading: &str, rows: &[Row], status: &str) {
         }
     }
     let lines = rows.iter().zip(cells).map(|(row, cells)| {
-        let alarm = row.stalled || row.nats_connected == Some(false);
         let style = match () {
-            _ if alarm => Style::default().fg(Color::Red),
+            _ if row.alarm() => Style::default().fg(Color::Red),
             _ if row.shard == "all" => bold,
             _ => Style::default(),
         };

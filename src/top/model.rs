@@ -19,6 +19,10 @@ pub const SCRAPE_LINES_MAX: usize = 200_000;
 
 /// The latency histogram the percentiles are read from.
 const LATENCY_BUCKET: &str = "shardline_decision_latency_seconds_bucket";
+/// Its count: one per decide answer (decision or error), on the shard that answered.
+/// Why not `shardline_requests_total`: it also counts every other route the router
+/// serves (probes, scrapes, this view's own), so an idle router would show traffic.
+const LATENCY_COUNT: &str = "shardline_decision_latency_seconds_count";
 
 /// One sample: `name{labels} value`.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,8 +129,8 @@ fn parse_labels<'a>(
 /// One shard's counters in one scrape (or the sums, `shard="all"`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ShardCounters {
-    /// Decide requests received, all transports.
-    pub requests: f64,
+    /// Decide requests answered (decisions and errors), all transports.
+    pub answers: f64,
     /// `shardline_errors_total` by code.
     pub errors: BTreeMap<String, f64>,
     /// `shardline_shed_total` by cause.
@@ -157,7 +161,7 @@ impl Snapshot {
         let mut shards: BTreeMap<String, ShardCounters> = BTreeMap::new();
         let mut seen = false;
         for s in samples {
-            if s.name == "shardline_requests_total" {
+            if s.name == LATENCY_COUNT {
                 seen = true;
             }
             let Some(shard) = s.label("shard") else {
@@ -166,7 +170,7 @@ impl Snapshot {
             let entry = || shard.to_owned();
             let v = s.value;
             match s.name.as_str() {
-                "shardline_requests_total" => shards.entry(entry()).or_default().requests += v,
+                LATENCY_COUNT => shards.entry(entry()).or_default().answers += v,
                 "shardline_errors_total" => {
                     let code = s.label("code").unwrap_or("unknown").to_owned();
                     *shards
@@ -209,7 +213,7 @@ impl Snapshot {
             }
         }
         if !seen {
-            return Err("no shardline_requests_total series: not a Shardline router".into());
+            return Err(format!("no {LATENCY_COUNT} series: not a Shardline router"));
         }
         for c in shards.values_mut() {
             c.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -222,6 +226,7 @@ impl Snapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub shard: String,
+    /// Decide answers per second.
     pub requests_per_s: f64,
     /// Seconds; `None` when no decision finished in the interval.
     pub p50: Option<f64>,
@@ -234,8 +239,18 @@ pub struct Row {
     pub crossings_per_s: f64,
     /// Breakers opened in the interval.
     pub circuits_opened: f64,
-    pub nats_connected: Option<bool>,
-    pub stalled: bool,
+    /// NATS connections up, of those configured (`None`: no `[nats]`); for a shard
+    /// `(1, 1)` or `(0, 1)`, for `all` the router's count, which it does not export.
+    pub nats: Option<(u32, u32)>,
+    /// Shards stalled: 0 or 1 for a shard, the count for `all`.
+    pub stalled: u32,
+}
+
+impl Row {
+    /// Something an operator must look at now: a stalled shard or NATS down.
+    pub fn alarm(&self) -> bool {
+        self.stalled > 0 || self.nats.is_some_and(|(up, of)| up < of)
+    }
 }
 
 /// A counter's increase between two scrapes; a decrease (restart) counts from zero.
@@ -285,7 +300,8 @@ pub fn rows(before: &Snapshot, now: &Snapshot, seconds: f64) -> Vec<Row> {
     let empty = ShardCounters::default();
     let mut keys: Vec<&String> = now.shards.keys().collect();
     keys.sort_by_key(|k| (k.as_str() == "all", k.parse::<u64>().unwrap_or(u64::MAX)));
-    keys.into_iter()
+    let mut out = keys
+        .into_iter()
         .map(|shard| {
             let n = &now.shards[shard];
             let b = before.shards.get(shard).unwrap_or(&empty);
@@ -299,7 +315,7 @@ pub fn rows(before: &Snapshot, now: &Snapshot, seconds: f64) -> Vec<Row> {
             let sheds = by_key(&n.sheds, &b.sheds);
             Row {
                 shard: shard.clone(),
-                requests_per_s: increase(b.requests, n.requests) / seconds,
+                requests_per_s: increase(b.answers, n.answers) / seconds,
                 p50: quantile(0.5, &b.buckets, &n.buckets),
                 p99: quantile(0.99, &b.buckets, &n.buckets),
                 errors_per_s: errors.values().fold(0.0, |a, b| a + b) / seconds,
@@ -308,11 +324,23 @@ pub fn rows(before: &Snapshot, now: &Snapshot, seconds: f64) -> Vec<Row> {
                 sheds,
                 crossings_per_s: increase(b.crossings, n.crossings) / seconds,
                 circuits_opened: increase(b.circuits_opened, n.circuits_opened),
-                nats_connected: n.nats_connected,
-                stalled: n.stalled,
+                nats: n.nats_connected.map(|up| (u32::from(up), 1)),
+                stalled: u32::from(n.stalled),
             }
         })
-        .collect()
+        .collect::<Vec<Row>>();
+    let (shards, all): (Vec<&mut Row>, Vec<&mut Row>) =
+        out.iter_mut().partition(|r| r.shard != "all");
+    let stalled = shards.iter().map(|r| r.stalled).sum();
+    let nats = shards
+        .iter()
+        .filter_map(|r| r.nats)
+        .reduce(|a, b| (a.0 + b.0, a.1 + b.1));
+    for row in all {
+        row.stalled = stalled;
+        row.nats = nats;
+    }
+    out
 }
 
 /// The table's column titles, for the plain frame and the terminal view alike.
@@ -350,12 +378,17 @@ pub fn cells(row: &Row) -> [String; 10] {
         format_rate(row.sheds_per_s),
         format_rate(row.crossings_per_s),
         format!("{:.0}", row.circuits_opened),
-        match row.nats_connected {
+        match row.nats {
             None => "-".into(),
-            Some(true) => "up".into(),
-            Some(false) => "DOWN".into(),
+            Some((up, of)) if row.shard == "all" => format!("{up}/{of}"),
+            Some((1, _)) => "up".into(),
+            Some(_) => "DOWN".into(),
         },
-        if row.stalled { "STALLED" } else { "no" }.into(),
+        match row.stalled {
+            _ if row.shard == "all" => row.stalled.to_string(),
+            0 => "no".into(),
+            _ => "STALLED".into(),
+        },
     ]
 }
 
@@ -386,7 +419,7 @@ pub fn details(rows: &[Row]) -> Vec<String> {
     };
     let stalled: Vec<&str> = rows
         .iter()
-        .filter(|r| r.stalled && r.shard != "all")
+        .filter(|r| r.stalled > 0 && r.shard != "all")
         .map(|r| r.shard.as_str())
         .collect();
     vec![
@@ -443,10 +476,10 @@ mod tests {
 
     const BEFORE: &str = r#"# HELP shardline_requests_total Decide requests received, by transport.
 # TYPE shardline_requests_total counter
-shardline_requests_total{shard="0",transport="http"} 10
-shardline_requests_total{shard="0",transport="nats"} 0
-shardline_requests_total{shard="1",transport="http"} 5
-shardline_requests_total{shard="all",transport="http"} 15
+shardline_requests_total{shard="0",transport="http"} 99
+shardline_decision_latency_seconds_count{shard="0"} 10
+shardline_decision_latency_seconds_count{shard="1"} 5
+shardline_decision_latency_seconds_count{shard="all"} 15
 shardline_errors_total{shard="0",code="rate_limited"} 1
 shardline_errors_total{shard="all",code="rate_limited"} 1
 shardline_shed_total{shard="1",cause="ring_full"} 0
@@ -506,7 +539,7 @@ shardline_policies_loaded 4
     #[test]
     fn groups_by_shard() {
         let s = snapshot(BEFORE);
-        assert_eq!(s.shards["0"].requests, 10.0);
+        assert_eq!(s.shards["0"].answers, 10.0);
         assert_eq!(s.shards["1"].crossings, 2.0);
         assert_eq!(s.shards["0"].crossings, 0.0);
         assert_eq!(s.shards["0"].errors["rate_limited"], 1.0);
@@ -547,7 +580,7 @@ shardline_policies_loaded 4
         let before = snapshot(BEFORE);
         let now = snapshot(
             &BEFORE
-                .replace("transport=\"http\"} 10", "transport=\"http\"} 30")
+                .replace("_count{shard=\"0\"} 10", "_count{shard=\"0\"} 30")
                 .replace("code=\"rate_limited\"} 1", "code=\"rate_limited\"} 5")
                 .replace("direction=\"out\"} 2", "direction=\"out\"} 6")
                 .replace("to=\"open\"} 0", "to=\"open\"} 1")
@@ -573,6 +606,13 @@ shardline_policies_loaded 4
             "{frame}"
         );
         assert!(frame.contains("stalled shards: 1"), "{frame}");
+        assert_eq!(rows[0].nats, Some((1, 1)));
+        assert_eq!(rows[1].nats, None);
+        assert_eq!((rows[2].nats, rows[2].stalled), (Some((1, 1)), 1));
+        assert!(rows[1].alarm() && rows[2].alarm() && !rows[0].alarm());
+        let all: Vec<&str> = frame.lines().nth(4).unwrap().split_whitespace().collect();
+        assert_eq!(all[0], "all");
+        assert_eq!(all[8..], ["1/1", "1"]);
         assert!(!frame.contains('\x1b'));
         let header = frame.lines().nth(1).unwrap();
         assert_eq!(header.split_whitespace().collect::<Vec<_>>(), COLUMNS);
@@ -586,9 +626,9 @@ shardline_policies_loaded 4
     #[test]
     fn shards_sort_numerically_with_all_last() {
         let text = (0..12)
-            .map(|i| format!("shardline_requests_total{{shard=\"{i}\"}} 0\n"))
+            .map(|i| format!("{LATENCY_COUNT}{{shard=\"{i}\"}} 0\n"))
             .collect::<String>()
-            + "shardline_requests_total{shard=\"all\"} 0\n";
+            + "shardline_decision_latency_seconds_count{shard=\"all\"} 0\n";
         let s = snapshot(&text);
         let order: Vec<String> = rows(&s, &s, 1.0).into_iter().map(|r| r.shard).collect();
         assert_eq!(order[..3], ["0", "1", "2"]);
