@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod server;
+pub mod top;
 pub mod transport;
 pub mod tune;

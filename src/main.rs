@@ -115,6 +115,9 @@ enum Command {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+    /// A live view of a running router from its /metrics: per shard req/s, p50/p99,
+    /// errors, sheds, crossings, circuits opened, NATS and stalls; `q` quits.
+    Top(shardline::top::TopArgs),
     /// The node's kernel and CPU-affinity settings against a profile in tuning/profiles/.
     Tune {
         #[command(subcommand)]
@@ -180,6 +183,9 @@ fn main() -> ExitCode {
         }),
         Command::Bench(args) => run_bench(&args),
         Command::Plot { out, reports } => run_plot(&out, &reports),
+        Command::Top(args) => shardline::top::run(&args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::msg),
         Command::Tune { command } => shardline::tune::run(&command).map_err(Into::into),
     };
     // Buffered log lines reach stderr before the process ends.
