@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Builds the Debian package (scripts/package.sh) and checks it as dpkg sees it: its control
+# fields and conffiles (`dpkg-deb -I`), its file list (`dpkg-deb -c`), and, unpacked into a
+# temporary root (`dpkg-deb -x`), that the unit's ExecStart, the config and what the
+# config points at are where the unit expects them; the packaged binary checks the
+# packaged config with the packaged policies and registry (`config check`), and the
+# packaged unit passes `systemd-analyze verify` (scripts/test_systemd.sh).
+#
+#   scripts/test_package.sh [--binary PATH]   PATH: package this binary instead of the
+#                                             release build package.sh makes (reuses)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+
+deb=$(scripts/package.sh --out "$tmp/out" "$@" | tail -1)
+version=$(sed -n '/^\[package\]/,/^\[/s/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+arch=$(dpkg --print-architecture)
+[ "$(basename "$deb")" = "shardline_${version}_${arch}.deb" ] || fail "package named $deb"
+ok "built $(basename "$deb")"
+
+# Control fields.
+field() { dpkg-deb -f "$deb" "$1"; }
+[ "$(field Package)" = shardline ] || fail "Package: $(field Package)"
+[ "$(field Version)" = "$version" ] || fail "Version: $(field Version)"
+[ "$(field Architecture)" = "$arch" ] || fail "Architecture: $(field Architecture)"
+field Depends | grep -q 'libc6 (>= 2\.[0-9]*)' || fail "Depends: $(field Depends)"
+field Depends | grep -q adduser || fail "Depends lacks adduser (postinst uses it)"
+dpkg-deb -I "$deb" | grep -q ' postinst ' || fail "no postinst"
+ok "control: $(field Package) $(field Version) $(field Architecture); Depends: $(field Depends)"
+
+# Conffiles: everything under /etc, nothing else.
+dpkg-deb -e "$deb" "$tmp/control"
+expected_conffiles=$(printf '%s\n' /etc/shardline/extensions/mask_pii.json \
+    /etc/shardline/extensions/normalize_text.json /etc/shardline/extensions/pii_guard.json \
+    /etc/shardline/extensions/test_provider.json /etc/shardline/shardline.toml)
+[ "$(sort "$tmp/control/conffiles")" = "$expected_conffiles" ] \
+    || fail "conffiles: $(cat "$tmp/control/conffiles")"
+ok "conffiles: $(wc -l <"$tmp/control/conffiles") files under /etc/shardline"
+
+# File list.
+list=$(dpkg-deb -c "$deb" | awk '{print $NF}')
+for path in ./usr/bin/shardline ./lib/systemd/system/shardline.service \
+    ./etc/shardline/shardline.toml ./usr/share/shardline/policies/acme/default.json \
+    ./usr/share/doc/shardline/README.md ./usr/share/doc/shardline/OPERATIONS.md \
+    ./usr/share/doc/shardline/copyright; do
+    grep -qxF "$path" <<<"$list" || fail "$path is not in the package"
+done
+dpkg-deb -c "$deb" | awk '$2 != "root/root" {print; bad=1} END {exit bad}' \
+    || fail "files not owned by root"
+ok "contents: binary, unit, config, registry, example policies, docs; all root-owned"
+
+# Maintainer scripts: valid sh; systemctl only where systemd runs; seeding never overwrites.
+for script in postinst prerm postrm; do
+    sh -n "$tmp/control/$script" || fail "$script is not valid sh"
+done
+grep -q 'getent passwd shardline' "$tmp/control/postinst" || fail "postinst does not check the user"
+grep -q '\[ ! -e /var/lib/shardline/policies \]' "$tmp/control/postinst" \
+    || fail "postinst seeds policies unconditionally"
+for script in postinst prerm postrm; do
+    if grep -q systemctl "$tmp/control/$script"; then
+        grep -q '/run/systemd/system' "$tmp/control/$script" \
+            || fail "$script calls systemctl without checking that systemd runs"
+    fi
+done
+ok "maintainer scripts: sh -n, user and seeding checked first, systemctl only under systemd"
+
+# Unpacked: the unit's paths exist in the package.
+root=$tmp/root
+dpkg-deb -x "$deb" "$root"
+unit=$root/lib/systemd/system/shardline.service
+cmp -s "$unit" config/systemd/shardline.service || fail "the packaged unit differs from the repository's"
+exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
+read -r bin _ config_flag config <<<"$exec_start"
+[ "$config_flag" = --config ] || fail "ExecStart: $exec_start"
+[ -x "$root$bin" ] || fail "ExecStart's $bin is not in the package"
+[ -f "$root$config" ] || fail "ExecStart's $config is not in the package"
+state=$(sed -n 's/^StateDirectory=//p' "$unit")
+policies=$(sed -n 's/^policies_dir = "\(.*\)"$/\1/p' "$root$config")
+[ "$policies" = "/var/lib/$state/policies" ] \
+    || fail "policies_dir $policies is not under the unit's StateDirectory /var/lib/$state"
+grep -q "^extensions_dir = \"extensions\"$" "$root$config" || fail "extensions_dir moved"
+ls "$root/etc/shardline/extensions/"*.json >/dev/null || fail "no registry beside the config"
+ok "unpacked: $bin and $config where ExecStart names them; policies in /var/lib/$state"
+
+# The packaged binary accepts the packaged config, registry and example policies (the
+# policies from where postinst seeds them; the state directory does not exist here).
+if ! check=$(SHARDLINE_SERVER_POLICIES_DIR="$root/usr/share/shardline/policies" \
+    "$root$bin" config check "$root$config" 2>&1); then
+    fail "config check of the packaged config: $check"
+fi
+grep -q ': policies load$' <<<"$check" || fail "config check loaded no policies: $check"
+grep -q '/etc/shardline/extensions: [1-9][0-9]* extension(s)$' <<<"$check" \
+    || fail "config check found no registry: $check"
+ok "the packaged binary checks the packaged config, registry and example policies"
+
+scripts/test_systemd.sh "$root$bin"
