@@ -27,9 +27,13 @@ field() { dpkg-deb -f "$deb" "$1"; }
 [ "$(field Package)" = shardline ] || fail "Package: $(field Package)"
 [ "$(field Version)" = "$version" ] || fail "Version: $(field Version)"
 [ "$(field Architecture)" = "$arch" ] || fail "Architecture: $(field Architecture)"
-field Depends | grep -q 'libc6 (>= 2\.[0-9]*)' || fail "Depends: $(field Depends)"
-field Depends | grep -q adduser || fail "Depends lacks adduser (postinst uses it)"
-dpkg-deb -I "$deb" | grep -q ' postinst ' || fail "no postinst"
+depends=$(field Depends)
+grep -q 'libc6 (>= 2\.[0-9]*)' <<<"$depends" || fail "Depends: $depends"
+grep -q adduser <<<"$depends" || fail "Depends lacks adduser (postinst uses it)"
+info=$(dpkg-deb -I "$deb")
+for script in postinst prerm postrm; do
+    grep -q " $script " <<<"$info" || fail "no $script in the control archive"
+done
 ok "control: $(field Package) $(field Version) $(field Architecture); Depends: $(field Depends)"
 
 # Conffiles: everything under /etc, nothing else.
@@ -96,5 +100,20 @@ grep -q ': policies load$' <<<"$check" || fail "config check loaded no policies:
 grep -q '/etc/shardline/extensions: [1-9][0-9]* extension(s)$' <<<"$check" \
     || fail "config check found no registry: $check"
 ok "the packaged binary checks the packaged config, registry and example policies"
+
+# dpkg itself accepts it: unpacked into an empty dpkg database under a temporary root
+# (`--unpack` runs no maintainer script, so nothing on this machine changes), with every
+# file under /etc registered as a conffile.
+db=$tmp/dpkg-root
+mkdir -p "$db/var/lib/dpkg/info" "$db/var/lib/dpkg/updates"
+: >"$db/var/lib/dpkg/status"
+dpkg --root="$db" --force-depends --force-not-root --unpack "$deb" >/dev/null \
+    || fail "dpkg --root --unpack refused the package"
+status=$(dpkg --root="$db" -s shardline)
+grep -q '^Status: install ok unpacked$' <<<"$status" || fail "dpkg status: $status"
+registered=$(sed -n 's#^ \(/etc/[^ ]*\) newconffile$#\1#p' <<<"$status" | sort)
+[ "$registered" = "$expected_conffiles" ] || fail "dpkg registered conffiles: $registered"
+[ -x "$db/usr/bin/shardline" ] || fail "dpkg unpacked no binary"
+ok "dpkg --root --unpack: installed unpacked, $(wc -l <<<"$registered") conffiles registered"
 
 scripts/test_systemd.sh "$root$bin"
