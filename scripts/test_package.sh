@@ -3,7 +3,8 @@
 # fields and conffiles (`dpkg-deb -I`), its file list (`dpkg-deb -c`), and, unpacked into a
 # temporary root (`dpkg-deb -x`), that the unit's ExecStart, the config and what the
 # config points at are where the unit expects them; the packaged binary checks the
-# packaged config with the packaged policies and registry (`config check`), and the
+# packaged config with the packaged policies and registry (`config check`); dpkg installs,
+# reinstalls, removes and purges it in a sandbox, running the maintainer scripts; and the
 # packaged unit passes `systemd-analyze verify` (scripts/test_systemd.sh).
 #
 #   scripts/test_package.sh [--binary PATH]   PATH: package this binary instead of the
@@ -115,5 +116,62 @@ registered=$(sed -n 's#^ \(/etc/[^ ]*\) newconffile$#\1#p' <<<"$status" | sort)
 [ "$registered" = "$expected_conffiles" ] || fail "dpkg registered conffiles: $registered"
 [ -x "$db/usr/bin/shardline" ] || fail "dpkg unpacked no binary"
 ok "dpkg --root --unpack: installed unpacked, $(wc -l <<<"$registered") conffiles registered"
+
+# The maintainer scripts, run for real by dpkg: install, reinstall, remove and purge into a
+# temporary root, inside a private mount namespace whose /usr is an overlay of this
+# machine's (so the scripts find sh, adduser and getent, and write nothing outside the
+# temporary root), with this machine's /dev and a copy of /etc's user databases. /run/systemd/system does not
+# exist there, as in a chroot: the scripts must not call systemctl.
+maintainer_scripts() {
+    set -euo pipefail
+    local db=$1 deb=$2 expected_conffiles=$3
+    fail() { echo "FAIL: $*" >&2; exit 1; }
+    mkdir -p "$db"/{usr,dev,etc,run,tmp,var/lib/dpkg/info,var/lib/dpkg/updates} "$db.up" "$db.work"
+    : >"$db/var/lib/dpkg/status"
+    mount -t overlay overlay -o "lowerdir=/usr,upperdir=$db.up,workdir=$db.work" "$db/usr"
+    mount --bind /dev "$db/dev"
+    for link in bin sbin lib lib64; do
+        if [ -L "/$link" ]; then ln -sfn "$(readlink "/$link")" "$db/$link"; fi
+    done
+    for f in passwd group shadow gshadow nsswitch.conf adduser.conf login.defs; do
+        if [ -e "/etc/$f" ]; then cp -p "/etc/$f" "$db/etc/"; fi
+    done
+    local dpkg=(dpkg --root="$db" --force-depends)
+    users() { grep -c '^shardline:' "$db/etc/passwd" || true; }
+
+    "${dpkg[@]}" -i "$deb" >/dev/null 2>&1 || fail "dpkg -i: $("${dpkg[@]}" -i "$deb" 2>&1)"
+    [ "$(users)" = 1 ] || fail "postinst created no shardline user"
+    grep -q '^shardline:' "$db/etc/group" || fail "postinst created no shardline group"
+    local seeded=$db/var/lib/shardline/policies/acme/default.json
+    [ -f "$seeded" ] || fail "postinst seeded no policies"
+    local uid
+    uid=$(sed -n 's/^shardline:[^:]*:\([0-9]*\):.*/\1/p' "$db/etc/passwd")
+    [ "$(stat -c %u "$seeded")" = "$uid" ] || fail "seeded policies not owned by shardline"
+    echo "ok: dpkg -i: user and group created, policies seeded into /var/lib/shardline"
+
+    echo '{"operator": "mine"}' >"$db/var/lib/shardline/policies/acme/default.json"
+    "${dpkg[@]}" -i "$deb" >/dev/null 2>&1 || fail "reinstall failed"
+    [ "$(users)" = 1 ] || fail "reinstall: $(users) shardline users"
+    grep -q mine "$seeded" || fail "reinstall overwrote an operator's policy"
+    echo "ok: reinstall: idempotent, the operator's policies kept"
+
+    "${dpkg[@]}" -r shardline >/dev/null 2>&1 || fail "dpkg -r failed"
+    [ ! -e "$db/usr/bin/shardline" ] || fail "dpkg -r left the binary"
+    [ -f "$seeded" ] && [ "$(users)" = 1 ] || fail "dpkg -r removed the state or the user"
+    [ -f "$db/etc/shardline/shardline.toml" ] || fail "dpkg -r removed a conffile"
+    echo "ok: dpkg -r: binary gone; config, policies and user kept"
+
+    "${dpkg[@]}" -P shardline >/dev/null 2>&1 || fail "dpkg -P failed"
+    [ "$(users)" = 0 ] || fail "purge left the shardline user"
+    [ ! -e "$db/var/lib/shardline" ] || fail "purge left /var/lib/shardline"
+    [ ! -e "$db/etc/shardline" ] || fail "purge left /etc/shardline"
+    echo "ok: dpkg -P: user, state and config gone"
+}
+if [ "$(id -u)" = 0 ] && unshare -m --propagation private true 2>/dev/null; then
+    unshare -m --propagation private bash -c "$(declare -f maintainer_scripts); \
+        maintainer_scripts \"\$@\"" _ "$tmp/sandbox" "$deb" "$expected_conffiles"
+else
+    echo "SKIPPED: the maintainer scripts under dpkg (needs root for a private mount namespace)"
+fi
 
 scripts/test_systemd.sh "$root$bin"
