@@ -70,6 +70,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 promtool check rules config/prometheus/alerts.yml
 promtool test rules config/prometheus/alerts_test.yml
 cargo test --workspace -- --skip every_beamline_fixture_loads_and_decides
+# The systemd unit and the drop-in `tune plan` prints, through systemd-analyze verify
+# (installs Debian's systemd package when missing).
+./scripts/test_systemd.sh
 # The failure tests need the test-only fault hooks (a hanging DNS lookup, a stalled or
 # panicking shard, a failing directory fsync in the policy store), compiled in only with
 # this feature.
@@ -82,3 +85,6 @@ cargo run -q -p shardline-fuzz -- --target all --seconds 8 --seed "${FUZZ_SEED:-
 # Instruction counts of the hot path against the committed baseline (installs valgrind if
 # missing): the perf gate that a shared machine's noise cannot flake.
 ./scripts/icount_gate.sh
+# The Debian package, built from the release binary (after the gate's release build) and
+# checked with dpkg-deb: control fields, conffiles, contents, where the unit finds things.
+./scripts/test_package.sh

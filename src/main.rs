@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -501,6 +502,10 @@ fn run_serve(file: &Path, strict_policies: bool) -> Result<ExitCode> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])?;
+    // Under systemd (`Type=notify`): READY=1 once every shard serves, STOPPING=1 when the
+    // drain begins, WATCHDOG=1 from the shard watchdog (config/systemd/shardline.service).
+    let notify = shardline::server::notify::Notifier::from_env().map(Arc::new);
+    settings.notify = notify.clone();
     let mut server = Server::start(settings)?;
     log::info!(
         "serving on http://{} with {} shard(s); admin API {}",
@@ -523,6 +528,13 @@ fn run_serve(file: &Path, strict_policies: bool) -> Result<ExitCode> {
         };
         log::info!("operations listener on http://{addr} (health, readiness, metrics{admin})");
     }
+    if let Some(notify) = &notify {
+        notify.send(&format!(
+            "READY=1\nSTATUS=serving on {} with {} shard(s)",
+            server.local_addr(),
+            server.shard_count()
+        ));
+    }
     let signal = match wait_signal(&mut server, &mut signals) {
         Ok(signal) => signal,
         Err(exit) => return Ok(shard_died(&exit)),
@@ -543,6 +555,9 @@ fn run_serve(file: &Path, strict_policies: bool) -> Result<ExitCode> {
             }
         })?;
     server.begin_stop();
+    if let Some(notify) = &notify {
+        notify.send("STOPPING=1\nSTATUS=draining");
+    }
     // The grace still watches the shards: a dead one ends the process as it would before.
     let grace_ends = Instant::now() + grace;
     while let Some(left) = grace_ends.checked_duration_since(Instant::now()) {

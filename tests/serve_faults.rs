@@ -237,6 +237,49 @@ fn a_stalled_shard_is_reported_and_handoffs_to_it_time_out() {
     );
 }
 
+/// Under systemd's watchdog (`WatchdogSec=`), a stalled shard silences the `WATCHDOG=1`
+/// keep-alive for as long as it is marked stalled, so systemd restarts a router whose
+/// shard hangs; once the shard runs again the keep-alive resumes.
+#[test]
+fn a_stalled_shard_silences_the_systemd_watchdog() {
+    let _serial = serial();
+    let notify = support::systemd::NotifySocket::bind("fault-watchdog");
+    let dir = config_dir("fault-watchdog", "stall_ms = 500\n");
+    let env = notify.env(200_000);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let router = Router::spawn(dir, &env);
+    notify.until("READY=1", WAIT);
+    notify.until("WATCHDOG=1", WAIT);
+    let addr = router.addr;
+    let staller = std::thread::spawn(move || {
+        let body = decide_body("fault-stall-6000", "stall");
+        let mut client = Client::connect(addr);
+        client.send("POST", "/v1/decide", &[], &body);
+        client.read_response()
+    });
+    assert!(router.log_shows("is stalled").is_some());
+    // A keep-alive sent before the mark may still be queued; none may follow it.
+    notify.drain();
+    let quiet_until = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        if let Some(message) = notify.recv(left) {
+            let ran_again = router
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("runs again"));
+            assert!(
+                !message.contains("WATCHDOG=1"),
+                "keep-alive while a shard is stalled (shard ran again already: {ran_again})"
+            );
+        }
+    }
+    assert!(router.log_shows("runs again").is_some());
+    notify.until("WATCHDOG=1", WAIT);
+    assert!(staller.join().expect("staller thread").is_some());
+}
+
 /// A shard that panics ends the process at once with a non-zero status and a log line
 /// naming the shard, for the supervisor to restart it; it used to be swallowed while
 /// the other shards kept answering (and handing off to a dead shard).

@@ -249,6 +249,27 @@ fn plan_for_two_and_eight_cores() {
     assert!(eight.contains("AllowedCPUs=0\n"), "{eight}");
 }
 
+/// The plan carries a drop-in for the packaged systemd unit: the shard cores as
+/// `CPUAffinity` (and the router's core list), in its own slice once `system.slice` is
+/// confined to the housekeeping cores.
+#[test]
+fn plan_prints_the_systemd_drop_in() {
+    let eight = plan("0-7");
+    let drop_in = "cat > /etc/systemd/system/shardline.service.d/cpu-affinity.conf <<'EOF'\n\
+                   [Service]\n\
+                   # Out of system.slice, which keeps to the housekeeping cores\n\
+                   Slice=shardline.slice\n\
+                   CPUAffinity=2-7\n\
+                   Environment=SHARDLINE_SERVER_CORES=2-7\n\
+                   EOF\n\
+                   systemctl daemon-reload && systemctl restart shardline\n";
+    assert!(eight.contains(drop_in), "{eight}");
+    let dev = shardline(&["tune", "plan", "--profile", "dev", "--cores", "1"]);
+    let dev = stdout(&dev);
+    assert!(dev.contains("[Service]\nCPUAffinity=0\n"), "{dev}");
+    assert!(!dev.contains("Slice="), "{dev}");
+}
+
 /// A profile that cannot place its roles on the machine says so (exit 2); the dev profile
 /// plans a 1-core box with no isolation at all.
 #[test]

@@ -129,8 +129,24 @@ impl Watchdog {
         threshold: Duration,
         on_change: impl Fn(StallChange) + Send + 'static,
     ) -> std::io::Result<Watchdog> {
+        Watchdog::spawn_observed(beats, threshold, None, on_change, |_| {})
+    }
+
+    /// As `spawn`, and after every look calls `on_look(healthy)` — `healthy` when no shard
+    /// is marked stalled — looking at least every `look_every` too. This is how a
+    /// supervisor's keep-alive follows the shards: it is sent from this thread only while
+    /// every shard beats, so a stalled shard (or a stuck watchdog) silences it.
+    pub fn spawn_observed(
+        beats: Arc<Heartbeats>,
+        threshold: Duration,
+        look_every: Option<Duration>,
+        on_change: impl Fn(StallChange) + Send + 'static,
+        on_look: impl Fn(bool) + Send + 'static,
+    ) -> std::io::Result<Watchdog> {
         let (stop, stopped) = sync_channel::<()>(1);
-        let period = threshold / BEATS_PER_STALL;
+        let stall_period = threshold / BEATS_PER_STALL;
+        let period = look_every.map_or(stall_period, |every| every.min(stall_period));
+        let period = period.max(Duration::from_millis(1));
         let thread = std::thread::Builder::new()
             .name("shard-watchdog".into())
             // A stop message or a dropped sender ends the loop; a timeout is a look.
@@ -138,6 +154,7 @@ impl Watchdog {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
                     let changes = beats.check(Instant::now(), threshold);
                     changes.into_iter().for_each(&on_change);
+                    on_look(beats.stalled().next().is_none());
                 }
             })?;
         Ok(Watchdog {

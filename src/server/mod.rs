@@ -26,6 +26,7 @@ pub mod fds;
 pub mod handoff;
 pub mod nats;
 mod nats_admin;
+pub mod notify;
 pub mod owner;
 pub mod pipeline;
 pub mod service;
@@ -107,6 +108,9 @@ pub struct ServerSettings {
     pub admin_on_data_port: bool,
     /// One invalid policy document refuses the start (else it is reported and left out).
     pub strict_policies: bool,
+    /// The service manager to send `WATCHDOG=1` to while no shard is stalled (`serve` sets
+    /// it from `$NOTIFY_SOCKET`); `None` = no keep-alive.
+    pub notify: Option<Arc<notify::Notifier>>,
 }
 
 /// Connections the operations listener serves at once; more are answered `503`. Small:
@@ -367,16 +371,41 @@ impl Server {
 }
 
 /// Starts the watchdog thread that marks shards whose heartbeat stopped (`shard::beat`).
+/// With a systemd watchdog, the same thread sends `WATCHDOG=1` while no shard is stalled.
 fn watch_stalls(shared: &Arc<Shared>) -> anyhow::Result<Watchdog> {
     let stall = shared.settings.stall;
-    let watchdog = Watchdog::spawn(Arc::clone(&shared.heartbeats), stall, |change| {
+    let on_change = |change: shards::StallChange| {
         let (shard, silent) = (change.shard, change.silent.as_millis());
         if change.stalled {
             log::error!("shard {shard} is stalled: no heartbeat for {silent} ms; not ready");
         } else {
             log::warn!("shard {shard} runs again after {silent} ms without a heartbeat");
         }
-    })
+    };
+    let notify = shared.settings.notify.clone();
+    let keepalive = notify.as_ref().and_then(|n| n.keepalive_every());
+    let watchdog = match (notify, keepalive) {
+        (Some(notify), Some(every)) => {
+            // Looks twice per keep-alive period; a ping goes out when the next look would
+            // come too late, so pings are at most `every` apart while the shards beat.
+            let look = every / 2;
+            let last = std::cell::Cell::new(None::<Instant>);
+            Watchdog::spawn_observed(
+                Arc::clone(&shared.heartbeats),
+                stall,
+                Some(look),
+                on_change,
+                move |healthy| {
+                    let due = last.get().is_none_or(|at| at.elapsed() + look >= every);
+                    if healthy && due {
+                        notify.send("WATCHDOG=1");
+                        last.set(Some(Instant::now()));
+                    }
+                },
+            )
+        }
+        _ => Watchdog::spawn(Arc::clone(&shared.heartbeats), stall, on_change),
+    }
     .map_err(|e| anyhow::anyhow!("cannot start the shard watchdog thread: {e}"))?;
     Ok(watchdog)
 }
@@ -598,6 +627,7 @@ impl ServerSettings {
             ops_listen: s.ops_listen,
             admin_on_data_port: config.admin.on_data_port,
             strict_policies: s.strict_policies,
+            notify: None,
         }
     }
 }

@@ -67,6 +67,7 @@ pub fn render(profile: &Profile, plan: &CorePlan, machine: &Machine) -> String {
         "# Machine: {n} core(s) ({all}). Run as root; nothing here has run."
     );
     core_section(&mut out, profile, plan);
+    systemd_section(&mut out, plan);
     boot_section(&mut out, profile, plan);
     let _ = writeln!(
         out,
@@ -137,6 +138,48 @@ fn core_section(out: &mut String, profile: &Profile, plan: &CorePlan) {
             );
         }
     }
+}
+
+/// Where the packaged unit's drop-in goes (`config/systemd/shardline.service`).
+pub const SYSTEMD_DROP_IN: &str = "/etc/systemd/system/shardline.service.d/cpu-affinity.conf";
+
+/// The same core plan for the router run by systemd: a drop-in on the packaged unit. Its
+/// own slice, because the housekeeping step above confines `system.slice` (where a
+/// service runs by default) to the housekeeping cores, and a service cannot leave its
+/// slice's cpuset.
+fn systemd_section(out: &mut String, plan: &CorePlan) {
+    let shards = format_cpu_list(&plan.shards);
+    let _ = writeln!(
+        out,
+        "\n# Router under systemd (the packaged unit): the shard cores in a drop-in, then restart"
+    );
+    let _ = writeln!(out, "mkdir -p {}", drop_in_dir());
+    let _ = writeln!(out, "cat > {SYSTEMD_DROP_IN} <<'EOF'");
+    let _ = writeln!(out, "[Service]");
+    if plan.housekeeping != plan.cores {
+        let _ = writeln!(
+            out,
+            "# Out of system.slice, which keeps to the housekeeping cores"
+        );
+        let _ = writeln!(out, "Slice=shardline.slice");
+    }
+    let _ = writeln!(out, "CPUAffinity={shards}");
+    let _ = writeln!(
+        out,
+        "Environment=SHARDLINE_SERVER_CORES={}",
+        cores_value(&plan.shards)
+    );
+    let _ = writeln!(out, "EOF");
+    let _ = writeln!(
+        out,
+        "systemctl daemon-reload && systemctl restart shardline"
+    );
+}
+
+fn drop_in_dir() -> &'static str {
+    SYSTEMD_DROP_IN
+        .rsplit_once('/')
+        .map_or(SYSTEMD_DROP_IN, |(dir, _)| dir)
 }
 
 fn boot_section(out: &mut String, profile: &Profile, plan: &CorePlan) {

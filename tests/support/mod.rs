@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod nats;
+pub mod systemd;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
