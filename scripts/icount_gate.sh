@@ -11,18 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v valgrind >/dev/null 2>&1; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        if ! command -v sudo >/dev/null 2>&1; then
-            echo "valgrind is missing; install it (apt-get install -y valgrind)" >&2
-            exit 2
-        fi
-        sudo="sudo"
-    fi
-    echo "installing valgrind" >&2
-    $sudo apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
-fi
+. scripts/ensure_tool.sh
+ensure_tool valgrind valgrind
 
 cargo run --release -q -p shardline-icount -- "$@"

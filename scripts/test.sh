@@ -3,63 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The black-box NATS tests run a real nats-server; install Debian's package when missing.
-ensure_nats_server() {
-  if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then
-    return 0
-  fi
-  local as_root=()
-  if [ "$(id -u)" != 0 ]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-      echo "nats-server is missing; installing it needs root: apt-get install -y nats-server" >&2
-      exit 1
-    fi
-    as_root=(sudo)
-  fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "nats-server is missing and there is no apt-get: put nats-server 2.9+ on PATH" >&2
-    exit 1
-  fi
-  echo "nats-server is missing: installing Debian's nats-server package"
-  local apt=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
-  # Try without refreshing the package lists first; refresh them when that fails.
-  if ! "${apt[@]}" install -y nats-server; then
-    "${apt[@]}" update && "${apt[@]}" install -y nats-server || {
-      echo "could not install nats-server: apt-get install -y nats-server" >&2
-      exit 1
-    }
-  fi
-}
-ensure_nats_server
-
-# The Prometheus rules' checks and the metrics lint run the real promtool (Debian's
-# `prometheus` package; its service is not needed, only the tool).
-ensure_promtool() {
-  if command -v promtool >/dev/null 2>&1; then
-    return 0
-  fi
-  local as_root=()
-  if [ "$(id -u)" != 0 ]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-      echo "promtool is missing; installing it needs root: apt-get install -y prometheus" >&2
-      exit 1
-    fi
-    as_root=(sudo)
-  fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "promtool is missing and there is no apt-get: put promtool 2.x on PATH" >&2
-    exit 1
-  fi
-  echo "promtool is missing: installing Debian's prometheus package"
-  local apt=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
-  if ! "${apt[@]}" install -y --no-install-recommends prometheus; then
-    "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends prometheus || {
-      echo "could not install promtool: apt-get install -y prometheus" >&2
-      exit 1
-    }
-  fi
-}
-ensure_promtool
+. scripts/ensure_tool.sh
+# The black-box NATS tests run a real nats-server; the Prometheus rules' checks and the
+# metrics lint run the real promtool (Debian's `prometheus` package; only the tool).
+ensure_tool nats-server nats-server
+ensure_tool promtool prometheus --no-install-recommends
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

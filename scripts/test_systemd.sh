@@ -15,21 +15,8 @@ cd "$(dirname "$0")/.."
 unit=config/systemd/shardline.service
 bin=${1:-target/debug/shardline}
 
-if ! command -v systemd-analyze >/dev/null 2>&1; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        if ! command -v sudo >/dev/null 2>&1; then
-            echo "systemd-analyze is missing; install it (apt-get install -y systemd)" >&2
-            exit 2
-        fi
-        sudo="sudo"
-    fi
-    echo "systemd-analyze is missing: installing Debian's systemd package" >&2
-    if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; then
-        $sudo apt-get update -qq
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
-    fi
-fi
+. scripts/ensure_tool.sh
+ensure_tool systemd-analyze systemd
 if [ ! -x "$bin" ]; then
     cargo build -q -p shardline --bin shardline
     bin=target/debug/shardline

@@ -432,56 +432,6 @@ fn admin_writes_are_rate_limited_per_token() {
     server.stop().unwrap();
 }
 
-/// `shardline serve` as a process, with its stderr collected line by line.
-struct Process {
-    child: std::process::Child,
-    addr: SocketAddr,
-    log: std::thread::JoinHandle<Vec<String>>,
-}
-
-fn spawn(dir: &TempDir) -> Process {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
-        .args(["serve", "--config"])
-        .arg(dir.0.join("shardline.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shardline serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("a log line before exit")
-            .expect("stderr");
-        if let Some(rest) = line.split("serving on http://").nth(1) {
-            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-            break addr.parse().expect("logged address");
-        }
-    };
-    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());
-    Process { child, addr, log }
-}
-
-impl Process {
-    /// SIGTERM, a bounded wait for the exit, and the log written until then.
-    fn stop(mut self) -> Vec<String> {
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().expect("try_wait").is_none() {
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("shardline serve still running 15 s after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.log.join().expect("log reader")
-    }
-}
-
 /// Refused requests are logged, but not one line each: sixty refusals in a burst give at
 /// most one line per elapsed second (plus the first), the lines say how many were held
 /// back, never show the presented token, and the counter has all sixty.
@@ -489,7 +439,7 @@ impl Process {
 fn auth_failures_are_logged_at_most_once_a_second() {
     let _serial = serial();
     let dir = config_dir("auth-log", "[logging]\nformat = \"text\"\n");
-    let process = spawn(&dir);
+    let process = support::process::RouterProcess::spawn(&dir.0.join("shardline.toml"));
     let started = std::time::Instant::now();
     let mut c = Client::connect(process.addr);
     let presented = "presented-but-wrong-0123456789";
@@ -502,7 +452,7 @@ fn auth_failures_are_logged_at_most_once_a_second() {
     let metrics = scrape(process.addr);
     let failures = r#"shardline_auth_failures_total{reason="invalid_token"}"#;
     assert_eq!(sample(&metrics, failures), 60.0);
-    let log = process.stop();
+    let (_, log) = process.stop();
     let refused: Vec<&String> = log.iter().filter(|l| l.contains("auth: refused")).collect();
     assert!(!refused.is_empty(), "no refusal logged: {log:?}");
     let allowed = elapsed.as_secs() as usize + 2;

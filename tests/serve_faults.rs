@@ -5,98 +5,40 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::process::RouterProcess;
 use support::*;
 
 /// Bound of every wait here: generous for a loaded machine, never a speed assertion.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A router in its own process, its log lines collected.
+/// A router in its own process (its log collected), and the config directory it runs on.
 struct Router {
-    child: Child,
+    process: RouterProcess,
     addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
 
 impl Router {
     fn spawn(dir: TempDir, env: &[(&str, &str)]) -> Router {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
-            .args(["serve", "--config"])
-            .arg(dir.0.join("shardline.toml"))
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn shardline serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("a log line before exit")
-                .expect("stderr");
-            log.lock().unwrap().push(line.clone());
-            if let Some(rest) = line.split("serving on http://").nth(1) {
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                break addr.parse().expect("logged address");
-            }
-        };
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let config = dir.0.join("shardline.toml");
+        let process = RouterProcess::spawn_env(&config, env.iter().copied());
         Router {
-            child,
-            addr,
-            log,
+            addr: process.addr,
+            process,
             _dir: dir,
         }
     }
 
     /// Waits (bounded) for a log line containing `needle`.
     fn log_shows(&self, needle: &str) -> Option<String> {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            let found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-                .cloned();
-            if found.is_some() {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        self.process.log_shows(needle, WAIT)
     }
 
     fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        // Kill by PID; the child is ours and may be stalled.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.wait_exit(WAIT)
     }
 }
 
@@ -264,9 +206,8 @@ fn a_stalled_shard_silences_the_systemd_watchdog() {
     while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
         if let Some(message) = notify.recv(left) {
             let ran_again = router
-                .log
-                .lock()
-                .unwrap()
+                .process
+                .log_lines()
                 .iter()
                 .any(|l| l.contains("runs again"));
             assert!(

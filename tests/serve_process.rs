@@ -9,42 +9,19 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::process::{RouterProcess, EXIT_WITHIN};
 use support::*;
 
-/// How long a stopped router may take to exit: the drain timeout of the test config
-/// (1 s) plus the shards' stop margin, with room for a loaded machine.
-const EXIT_WITHIN: Duration = Duration::from_secs(15);
-
-/// Starts the binary on `dir/shardline.toml` and reads the address it logs.
+/// Starts the binary on `dir/shardline.toml` and reads the address it logs (its log is
+/// drained meanwhile, so it never blocks on a full pipe).
 fn spawn(dir: &TempDir) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
-        .args(["serve", "--config"])
-        .arg(dir.0.join("shardline.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shardline serve");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("a log line before exit")
-            .expect("stderr");
-        if let Some(rest) = line.split("serving on http://").nth(1) {
-            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-            break addr.parse().expect("logged address");
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    let router = RouterProcess::spawn(&dir.0.join("shardline.toml"));
+    let addr = router.addr;
+    (router.into_child(), addr)
 }
 
 fn sigterm(child: &Child) {
-    // SAFETY: kill(2) on a child we spawned and have not reaped.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    support::process::signal(child.id(), libc::SIGTERM);
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -167,11 +144,12 @@ fn legacy_store_policy_loads_and_decides() {
 }
 /// Runs `shardline serve` on `dir` expecting it to refuse to start: its exit status and
 /// everything it wrote to stderr, within `EXIT_WITHIN` (killed and failed past that).
-fn run_expecting_exit(dir: &TempDir) -> (std::process::ExitStatus, String) {
+fn run_expecting_exit(dir: &TempDir, args: &[&str]) -> (std::process::ExitStatus, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_shardline"));
     command
         .args(["serve", "--config"])
         .arg(dir.0.join("shardline.toml"))
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     run_expecting_exit_from(command)
@@ -238,7 +216,7 @@ fn a_second_router_on_the_same_port_refuses_to_start() {
     assert_eq!(addr, listen);
 
     let same_listen = config_on("port-same", listen, "");
-    let (status, stderr) = run_expecting_exit(&same_listen);
+    let (status, stderr) = run_expecting_exit(&same_listen, &[]);
     assert!(!status.success(), "second router exited {status}: {stderr}");
     let expected = format!("{listen} is already in use by another process");
     assert!(stderr.contains(&expected), "stderr: {stderr}");
@@ -249,7 +227,7 @@ fn a_second_router_on_the_same_port_refuses_to_start() {
         loopback(0),
         &format!("shard_port_base = {}", base + 1),
     );
-    let (status, stderr) = run_expecting_exit(&same_shard_ports);
+    let (status, stderr) = run_expecting_exit(&same_shard_ports, &[]);
     assert!(!status.success(), "second router exited {status}: {stderr}");
     let expected = format!("{shard_port} is already in use by another process");
     assert!(stderr.contains(&expected), "stderr: {stderr}");
@@ -510,7 +488,7 @@ fn a_second_router_on_the_same_https_port_refuses_to_start() {
     let (first, addr) = spawn(&first_dir);
     let mut first = KillOnDrop(first);
 
-    let (status, stderr) = run_expecting_exit(&with_tls("tls-second"));
+    let (status, stderr) = run_expecting_exit(&with_tls("tls-second"), &[]);
     assert!(!status.success(), "second router exited {status}: {stderr}");
     let expected = format!("{tls_listen} is already in use by another process");
     assert!(stderr.contains(&expected), "stderr: {stderr}");
@@ -529,27 +507,6 @@ fn a_second_router_on_the_same_https_port_refuses_to_start() {
 /// A policy document with a misspelt key.
 const BROKEN: &str = r#"{"version":"1.0","providers":[{"name":"cohere","wieght":100}]}"#;
 
-/// Runs `shardline serve` on `dir` with `args` and waits for it to exit (it must, within
-/// `EXIT_WITHIN`); returns its status and stderr.
-fn serve_until_exit(dir: &TempDir, args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
-        .args(["serve", "--config"])
-        .arg(dir.0.join("shardline.toml"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shardline serve");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut text).ok();
-        text
-    });
-    let status = wait_exit(&mut child);
-    (status, reader.join().unwrap())
-}
-
 /// A broken document does not stop a restart: the router starts, logs the document, and
 /// serves the other tenants. `--strict-policies` (or `server.strict_policies = true`)
 /// keeps the all-or-nothing start: exit 2, naming the file.
@@ -566,7 +523,7 @@ fn a_broken_document_stops_the_start_only_when_strict() {
     sigterm(&child);
     assert!(wait_exit(&mut child).success());
 
-    let (status, stderr) = serve_until_exit(&dir, &["--strict-policies"]);
+    let (status, stderr) = run_expecting_exit(&dir, &["--strict-policies"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("invalid policies") && stderr.contains("globex/silver.json"),
@@ -582,7 +539,7 @@ fn a_broken_document_stops_the_start_only_when_strict() {
     assert!(report.contains("globex/silver.json"), "{report}");
     let strict = config_dir("process-strict", "strict_policies = true");
     write_policy(&strict, "globex", "silver", BROKEN);
-    let (status, stderr) = serve_until_exit(&strict, &[]);
+    let (status, stderr) = run_expecting_exit(&strict, &[]);
     assert_eq!(status.code(), Some(2), "{stderr}");
 }
 

@@ -4,52 +4,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use support::process::RouterProcess;
 use support::systemd::NotifySocket;
 use support::*;
 
 /// Bound of every wait: generous for a loaded machine, never a speed assertion.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn spawn(dir: &TempDir, env: Vec<(String, String)>) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
-        .args(["serve", "--config"])
-        .arg(dir.0.join("shardline.toml"))
-        .envs(env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shardline serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("a log line before exit")
-            .expect("stderr");
-        if let Some(rest) = line.split("serving on http://").nth(1) {
-            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-            break addr.parse().expect("logged address");
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
-}
-
-/// Kills the child by PID if the test fails before it exits.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 /// READY=1 comes once the router answers decisions, WATCHDOG=1 keeps coming while it
 /// serves (at WATCHDOG_USEC/2 = 100 ms here), and SIGTERM brings STOPPING=1 before the
@@ -59,8 +21,8 @@ fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     let _serial = serial();
     let notify = NotifySocket::bind("systemd-notify");
     let dir = config_dir("systemd", "drain_grace_ms = 200\ndrain_timeout_ms = 1000");
-    let (child, addr) = spawn(&dir, notify.env(200_000));
-    let mut child = Reap(child);
+    let mut router = RouterProcess::spawn_env(&dir.0.join("shardline.toml"), notify.env(200_000));
+    let addr = router.addr;
 
     let before_ready = notify.until("READY=1", WAIT);
     let ready = before_ready.last().unwrap();
@@ -72,26 +34,14 @@ fn ready_watchdog_and_stopping_reach_the_notify_socket() {
         notify.until("WATCHDOG=1", WAIT);
     }
 
-    // SAFETY: kill(2) on a child we spawned and have not reaped.
-    let rc = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    router.sigterm();
     let stopping = notify.until("STOPPING=1", WAIT);
     assert!(
         stopping.iter().all(|m| !m.contains("READY=1")),
         "{stopping:?}"
     );
 
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running {WAIT:?} after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = router.wait_exit(WAIT).expect("an exit after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 
@@ -112,22 +62,11 @@ fn a_dead_notify_socket_does_not_stop_the_router() {
         ),
         ("WATCHDOG_USEC".to_owned(), "200000".to_owned()),
     ];
-    let (child, addr) = spawn(&dir, env);
-    let mut child = Reap(child);
+    let mut router = RouterProcess::spawn_env(&dir.0.join("shardline.toml"), env);
+    let addr = router.addr;
     let resp = Client::connect(addr).request("POST", "/v1/decide", &[], &decide_body("acme", "r2"));
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
-    // SAFETY: as above.
-    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running {WAIT:?} after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    router.sigterm();
+    let status = router.wait_exit(WAIT).expect("an exit after SIGTERM");
     assert!(status.success(), "{status:?}");
 }

@@ -6,12 +6,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use support::process::RouterProcess;
 use support::*;
 
 const TOKEN: &str = "store-faults-token-0123456789";
@@ -23,49 +23,14 @@ const KILL_ROUNDS: usize = 4;
 const OPENAI: &str = r#"{"version":"1.0","providers":[{"name":"openai","weight":100}]}"#;
 const ANTHROPIC: &str = r#"{"version":"2.0","providers":[{"name":"anthropic","weight":100}]}"#;
 
-/// The child router, killed (by pid) and reaped when dropped.
-struct Router {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `shardline serve` on `dir` with the admin token and `env`, and waits until it
-/// answers `/readyz`. Its log is drained by a thread.
-fn spawn(dir: &TempDir, env: &[(&str, &str)]) -> Router {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_shardline"));
-    command
-        .args(["serve", "--config"])
-        .arg(dir.0.join("shardline.toml"))
-        .env("SHARDLINE_ADMIN_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("spawn shardline serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let Some(Ok(line)) = lines.next() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("shardline serve exited before logging its address");
-        };
-        if let Some(rest) = line.split("serving on http://").nth(1) {
-            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-            break addr.parse().expect("logged address");
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    let router = Router { child, addr };
+/// answers `/readyz`.
+fn spawn(dir: &TempDir, env: &[(&str, &str)]) -> RouterProcess {
+    let token = [("SHARDLINE_ADMIN_TOKEN", TOKEN)];
+    let env = token.iter().chain(env).copied();
+    let router = RouterProcess::spawn_env(&dir.0.join("shardline.toml"), env);
     let deadline = Instant::now() + WAIT;
-    while call(addr, "GET", "/readyz", b"").map(|r| r.status) != Some(200) {
+    while call(router.addr, "GET", "/readyz", b"").map(|r| r.status) != Some(200) {
         assert!(Instant::now() < deadline, "the router never became ready");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -261,9 +226,7 @@ fn sigkill_during_admin_puts_never_tears_a_document() {
             puts
         });
         std::thread::sleep(Duration::from_millis(50 + jitter(round)));
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(router.child.id() as libc::pid_t, libc::SIGKILL) };
-        assert_eq!(rc, 0);
+        support::process::signal(router.id(), libc::SIGKILL);
         drop(router);
         let puts = writer.join().expect("the writer thread");
         let on_disk = std::fs::read_to_string(acme_dir(&dir).join("flip.json")).unwrap();

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod nats;
+pub mod process;
 pub mod systemd;
 
 use std::io::{BufRead, BufReader, Read, Write};
