@@ -370,7 +370,7 @@ impl Server {
     }
 }
 
-/// Starts the watchdog thread that marks shards whose heartbeat stopped (`shard::beat`).
+/// Starts the watchdog thread that marks shards whose heartbeat stopped (`shard::keep_alive`).
 /// With a systemd watchdog, the same thread sends `WATCHDOG=1` while no shard is stalled.
 fn watch_stalls(shared: &Arc<Shared>) -> anyhow::Result<Watchdog> {
     let stall = shared.settings.stall;
@@ -512,8 +512,7 @@ fn start_shard(
     if let Some(nats) = &shared.nats_settings {
         servers.push(nats::start(&shard, nats, stop.clone()));
     }
-    shard::beat(&shared, id);
-    shard::adopt_tables(&shard);
+    shard::keep_alive(&shard);
     Ok(shard::mesh_loop(shard, ctx.end, stop, servers))
 }
 

@@ -8,7 +8,6 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_lite::future;
 use shards::{Batch, Inbound, Outbox, ShardEnd, ShardId, TrySendError};
@@ -331,35 +330,23 @@ pub fn borrowed(h: &OwnedHeaders) -> Headers<'_> {
     }
 }
 
-/// Beats the shard's heartbeat from a task of its own executor, `BEATS_PER_STALL` times
-/// per stall threshold, for as long as the shard runs: the beat runs only when the
-/// executor gets round to its tasks, as a request would (`shards::watchdog`).
-pub fn beat(shared: &Arc<Shared>, id: ShardId) {
-    let beats = Arc::clone(&shared.heartbeats);
-    let period = shared.settings.stall / shards::watchdog::BEATS_PER_STALL;
-    glommio::spawn_local(async move {
-        loop {
-            beats.beat(id);
-            glommio::timer::sleep(period).await;
-        }
-    })
-    .detach();
-}
-
-/// How often an idle shard looks for a newly published routing table.
-const TABLE_CHECK_PERIOD: Duration = Duration::from_millis(50);
-
-/// Adopts published routing tables on an idle shard too: a busy shard swaps on its next
-/// request anyway, but one without traffic would otherwise keep the old table (and show
-/// the old generation in `/metrics`) until a request came, so an operator checking that a
-/// change is everywhere would see it missing. One atomic load per period when nothing
-/// changed.
-pub fn adopt_tables(ctx: &Rc<ShardCtx>) {
+/// One task of the shard's own executor, woken `BEATS_PER_STALL` times per stall threshold
+/// (every 250 ms by default), for as long as the shard runs. It beats the shard's heartbeat
+/// — the beat runs only when the executor gets round to its tasks, as a request would
+/// (`shards::watchdog`) — and adopts a published routing table on an idle shard: a busy
+/// shard swaps on its next request anyway, but one without traffic would otherwise keep
+/// the old table (and show the old generation in `/metrics`) until a request came. One
+/// task and one timer for both, because every wake of an idle shard costs CPU (an
+/// io_uring timeout armed, a park, an unpark) that an idle router should not spend.
+pub fn keep_alive(ctx: &Rc<ShardCtx>) {
     let ctx = Rc::clone(ctx);
+    let beats = Arc::clone(&ctx.shared.heartbeats);
+    let period = ctx.shared.settings.stall / shards::watchdog::BEATS_PER_STALL;
     glommio::spawn_local(async move {
         loop {
-            glommio::timer::sleep(TABLE_CHECK_PERIOD).await;
+            beats.beat(ctx.id);
             ctx.refresh(ctx.shared.now());
+            glommio::timer::sleep(period).await;
         }
     })
     .detach();
