@@ -53,7 +53,7 @@ pub(super) const LATENCY_HELP: &str =
 pub(super) const FAMILIES: &[Family] = &[
     Family {
         name: "shardline_requests_total",
-        help: "Decide requests received, by transport.",
+        help: "Requests received, by transport (over HTTP every route: decide, results, probes, scrapes, admin).",
         kind: Kind::Counter,
         label: "transport",
         series: Transport::ALL.len(),
