@@ -9,19 +9,17 @@
 //! never does I/O or reads a clock, so it can be tested, fuzzed and benchmarked alone.
 
 pub mod admin;
-pub mod answer;
+// The sans-IO core lives in its own crate (Cargo enforces its layering); re-exported so
+// `shardline::decide` and friends keep their paths.
+pub use shardline_core::{answer, contract, decide, extensions, policy};
 pub mod bench;
 pub mod bundled;
 pub mod config;
-pub mod contract;
-pub mod decide;
-pub mod extensions;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod gate;
 pub mod logging;
 pub mod metrics;
-pub mod policy;
 pub mod preflight;
 pub mod server;
 pub mod top;

@@ -85,7 +85,7 @@ const JSON_TOKENS: &[&[u8]] = &[
 
 pub const DECIDE: Target = Target {
     name: "decide",
-    what: "DecideRequest decoder (src/contract/request.rs)",
+    what: "DecideRequest decoder (core/src/contract/request.rs)",
     generate: generate_decide,
     check: check_decide,
     dictionary: JSON_TOKENS,
@@ -93,7 +93,7 @@ pub const DECIDE: Target = Target {
 
 pub const RESULT: Target = Target {
     name: "result",
-    what: "ExecResult decoder (src/contract/worker.rs)",
+    what: "ExecResult decoder (core/src/contract/worker.rs)",
     generate: generate_result,
     check: check_result,
     dictionary: JSON_TOKENS,

@@ -68,7 +68,7 @@ const KEYS: &[&str] = &[
 
 pub const TARGET: Target = Target {
     name: "policy",
-    what: "policy document parser (src/policy/parse.rs)",
+    what: "policy document parser (core/src/policy/parse.rs)",
     generate,
     check,
     dictionary: &[

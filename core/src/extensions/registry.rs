@@ -2,7 +2,7 @@
 //! Beamline's format, loaded once at start (and on reload) into an immutable, id-sorted
 //! table; and the resolution of a policy's stage against it.
 //!
-//! Strict like policies (`src/policy/parse.rs`): unknown keys, duplicate keys, duplicate
+//! Strict like policies (`core/src/policy/parse.rs`): unknown keys, duplicate keys, duplicate
 //! ids and out-of-range values are errors, each reported with its file and JSON path, all
 //! at once. A misspelt `"timeout_m": 50` must not load as the default timeout. Problems use
 //! the policy documents' `PolicyError` shape (`file: $.path: message`) so that `config

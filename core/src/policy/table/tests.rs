@@ -191,7 +191,7 @@ fn from_policies_rejects_duplicate_ids() {
 /// has optional extensions, so it decides without an extension transport.
 #[test]
 fn example_config_loads() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policies");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policies");
     let table = match RoutingTable::load_dir(&dir) {
         Ok(table) => table,
         Err(errors) => panic!("example config does not load:\n{}", messages(&errors)),

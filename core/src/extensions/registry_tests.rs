@@ -45,7 +45,7 @@ fn beamline_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("SHARDLINE_COMPAT_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/compat/beamline")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/beamline")
         });
     let dir = dir.join("extensions");
     dir.is_dir().then_some(dir)
@@ -78,7 +78,7 @@ fn beamline_fixtures_load() {
 /// The bundled registry is Beamline's four entries and loads as is.
 #[test]
 fn bundled_registry_loads() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/extensions");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/extensions");
     let reg = Registry::load_dir(&dir).unwrap();
     assert_eq!(reg.len(), 4);
     assert_eq!(reg.get("normalize_text").unwrap().kind, ExtensionKind::Pre);

@@ -131,7 +131,8 @@ fn beamline_policies_against_beamline_registry() {
     let dir = std::env::var_os("SHARDLINE_COMPAT_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/compat/beamline")
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/compat/beamline")
         });
     if !dir.join("extensions").is_dir() {
         println!("Beamline fixtures not found (set SHARDLINE_COMPAT_DIR); nothing to check");
