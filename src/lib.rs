@@ -11,7 +11,7 @@
 pub mod admin;
 // The sans-IO core lives in its own crate (Cargo enforces its layering); re-exported so
 // `shardline::decide` and friends keep their paths.
-pub use shardline_core::{answer, contract, decide, extensions, policy};
+pub use shardline_core::{answer, contract, decide, extensions, policy, shard};
 pub mod bench;
 pub mod bundled;
 pub mod config;

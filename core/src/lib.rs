@@ -1,6 +1,7 @@
 //! Shardline's sans-IO core: the v1 wire contract (`contract`), policy parsing
 //! (`policy`), the decision engine (`decide`), everything about an extension call but
-//! sending it (`extensions`), and the encoding of answers (`answer`).
+//! sending it (`extensions`), the encoding of answers (`answer`), and one shard's request
+//! lifecycle with its state and caches (`shard`).
 //!
 //! Nothing in this crate reads a clock, touches a socket, spawns a thread or knows the
 //! runtime: callers pass `Now` in and carry the bytes out. Cargo enforces it — the crate
@@ -13,3 +14,4 @@ pub mod contract;
 pub mod decide;
 pub mod extensions;
 pub mod policy;
+pub mod shard;

@@ -17,6 +17,8 @@ use std::task::{Poll, Waker};
 
 use shards::ShardId;
 
+pub use crate::shard::Outgoing;
+
 /// Upper bound on requests one shard awaits from all peers together.
 pub const PENDING_HANDOFFS_MAX: usize = 1 << 16;
 
@@ -61,13 +63,6 @@ pub struct Reply {
     pub assignment: Option<Box<Outgoing>>,
 }
 
-/// A NATS message to publish: subject, headers, body.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Outgoing {
-    pub subject: Box<str>,
-    pub headers: Vec<(&'static str, Box<str>)>,
-    pub body: Vec<u8>,
-}
 
 #[derive(Debug)]
 pub enum Msg {

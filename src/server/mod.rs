@@ -21,13 +21,11 @@
 
 pub mod access;
 mod admin_call;
-pub mod cache;
 pub mod fds;
 pub mod handoff;
 pub mod nats;
 mod nats_admin;
 pub mod notify;
-pub mod owner;
 pub mod pipeline;
 pub mod service;
 pub mod shard;
@@ -54,7 +52,7 @@ use crate::metrics::Transport;
 use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
 use crate::transport::nats::ClientStats;
 use handoff::Msg;
-use owner::OwnerConfig;
+use crate::shard::ShardConfig;
 use service::{Listener, RouterService};
 use shard::ShardCtx;
 pub use stats::Count;
@@ -79,7 +77,8 @@ pub struct ServerSettings {
     pub cores: CoreSelection,
     pub http: HttpLimits,
     pub ring_slots: usize,
-    pub owner: OwnerConfig,
+    /// Sizes of each shard's state and caches.
+    pub shard: ShardConfig,
     pub policies_dir: PathBuf,
     /// Every bearer token with its tenant and permissions (`[admin] tokens`, `token_env`).
     pub tokens: Vec<TokenSpec>,
@@ -595,7 +594,7 @@ impl ServerSettings {
                 ..HttpLimits::default()
             },
             ring_slots: l.ring_slots,
-            owner: OwnerConfig {
+            shard: ShardConfig {
                 state: crate::decide::StateConfig {
                     sticky_entries: l.sticky_entries_per_shard,
                     seed: random_seed(),

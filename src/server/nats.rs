@@ -3,11 +3,12 @@
 //! spreads messages over shards as SO_REUSEPORT spreads HTTP connections.
 //!
 //! A message is handled inside the client's connection task, synchronously, when it can
-//! be: a decision for a tenant this shard owns is made and published before the next
-//! message is read (no allocation beyond the answer). A message that must wait — a
-//! handoff to the owner shard, a policy with extension stages, an admin write — is copied
-//! and finished by a task of its own; at most `ASYNC_TASKS_PER_SHARD_MAX` of those run
-//! per shard, beyond which requests are answered `overloaded` at once.
+//! be: a decision — for any tenant, on whichever shard's subject it arrived — is made and
+//! published before the next message is read (no allocation beyond the answer). A
+//! message that must wait — one only the tenant's owner can answer (`crate::shard`), a
+//! policy with extension stages, an admin write — is copied and finished by a task of
+//! its own; at most `ASYNC_TASKS_PER_SHARD_MAX` of those run per shard, beyond which
+//! requests are answered `overloaded` at once.
 //!
 //! Replies carry the contract headers (`tenant_id`, `trace_id`, `traceparent`,
 //! `version`) and `status`, the HTTP status the same answer has over HTTP, so a NATS
@@ -18,10 +19,11 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use shards::ShardId;
+
 use super::handoff::{Job, Outgoing, Reply, Route};
-use super::owner::{self, Answered, Assigner};
 use super::service::owned;
-use super::shard::{Ids, ShardCtx};
+use super::shard::{reply, reply_of, Ids, ShardCtx};
 use super::stats::Count;
 use crate::config::NatsConfig;
 use crate::contract::{
@@ -31,6 +33,7 @@ use crate::contract::{
 use crate::extensions::{CallOutcome, Registry};
 use crate::metrics::{Counter, ExtraMetric, ShedCause, Transport};
 use crate::transport::http::Stop;
+use crate::shard::{self as core, Assigner, Step};
 use crate::transport::nats::{Client, ClientOptions, ClientStats, HeaderBlock, Msg};
 
 /// Queue groups of the subscriptions other than decide (whose group is configured): one
@@ -105,18 +108,23 @@ pub fn start(
     stop: Stop,
 ) -> glommio::task::JoinHandle<()> {
     let stats = Arc::clone(&ctx.shared.nats[ctx.id.index()]);
-    let seed = ctx.shared.settings.owner.state.seed ^ u64::from(ctx.id.0);
+    let seed = ctx.shared.settings.shard.state.seed ^ u64::from(ctx.id.0);
     let client = Client::start(settings.client.clone(), stats, seed);
     let _ = ctx.nats.set(client.clone());
     let config = &settings.config;
-    ctx.owner.borrow_mut().assign = Some(Assigner {
-        subject: config.assignment_subject.as_str().into(),
-        allowlist: config
-            .assignment_tenants_allowlist
-            .iter()
-            .map(|t| t.as_str().into())
-            .collect(),
-    });
+    {
+        let mut core = ctx.core.borrow_mut();
+        core.set_assigner(Some(Assigner {
+            subject: config.assignment_subject.as_str().into(),
+            allowlist: config
+                .assignment_tenants_allowlist
+                .iter()
+                .map(|t| t.as_str().into())
+                .collect(),
+        }));
+        // Stages are NATS requests: this shard can call them now.
+        core.set_extensions(true);
+    }
     let sids = subscribe_all(ctx, &client, config);
     let ctx = Rc::clone(ctx);
     glommio::spawn_local(async move {
@@ -172,8 +180,9 @@ fn subscribe_all(ctx: &Rc<ShardCtx>, client: &Client, config: &NatsConfig) -> Ve
 
 /// The decide subject of one shard, for shard-aware clients (as HTTP's shard ports):
 /// `<decide_subject>.shard.<i>` in queue group `<decide_queue_group>.shard.<i>`. A client
-/// that computes the tenant's owner (`/v1/shards`) sends there and skips the handoff;
-/// router instances with the same shard count share the group, so one of them answers.
+/// that computes the tenant's owner (`/v1/shards`) sends there, so that even requests
+/// only the owner answers (idempotency keys) skip the handoff; router instances with the
+/// same shard count share the group, so one of them answers.
 pub fn shard_decide_subject(config: &NatsConfig, shard: shards::ShardId) -> (String, String) {
     (
         format!("{}.shard.{}", config.decide_subject, shard.0),
@@ -325,12 +334,14 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         trace_id: req.trace_id.as_deref(),
         traceparent: req.traceparent.as_deref(),
     };
-    let owner_shard = ctx.shared.partition.shard_of(&req.tenant_id);
-    if owner_shard == ctx.id && !ctx.needs_pipeline(&req) {
-        let reply = decide_here(ctx, &req, now);
+    let mut body = ctx.take_answer_buf();
+    let step = ctx.decide_step(&req, now, &mut body);
+    if let Step::Answered(decided) = step {
+        let reply = reply(decided, body);
         answer(ctx, client, reply_to, &ids, &reply);
         return ctx.return_answer_buf(reply.body);
     }
+    ctx.return_answer_buf(body);
     if !ctx.begin_task() {
         metrics.shed(ShedCause::NatsFull).inc();
         let ids_shed = Ids {
@@ -347,7 +358,7 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         body: msg.payload.to_vec(),
         headers: owned(&headers, None),
     };
-    decide_later(ctx, client, job, OwnedReplyIds::of(&req), reply_to.into());
+    decide_later(ctx, client, step, job, OwnedReplyIds::of(&req), reply_to.into());
 }
 
 /// An invalid request: the contract error, with the ids that could be read.
@@ -377,51 +388,26 @@ fn answer_invalid(
     answer(ctx, client, reply_to, &ids, &reply);
 }
 
-/// A decision for a tenant this shard owns, with no extension stage: made at once.
-fn decide_here(
-    ctx: &ShardCtx,
-    req: &crate::contract::DecideRequest<'_>,
-    now: crate::decide::Now,
-) -> Reply {
-    let started = std::time::Instant::now();
-    let mut body = ctx.take_answer_buf();
-    let mut assignment = None;
-    let answered = {
-        let table = ctx.table.borrow();
-        let mut owner = ctx.owner.borrow_mut();
-        owner.decide(table.table(), req, now, &mut body, &mut assignment)
-    };
-    ctx.shared
-        .metrics(ctx.id)
-        .answered(&answered, started.elapsed());
-    ctx.note_state();
-    reply_of(answered, body, assignment)
-}
-
-/// A decision that must wait (the owner is another shard, or stages run over NATS): a
-/// task of its own, counted by `begin_task`, answers when it is made.
-fn decide_later(ctx: &Rc<ShardCtx>, client: &Client, job: Job, ids: OwnedReplyIds, to: Box<str>) {
-    let owner_shard = ctx.shared.partition.shard_of(&job.tenant);
+/// A decision that must wait (`Step::CallStages` or `Step::NeedsOwner`): a task of its
+/// own, counted by `begin_task`, finishes the step and answers.
+fn decide_later(
+    ctx: &Rc<ShardCtx>,
+    client: &Client,
+    step: Step,
+    job: Job,
+    ids: OwnedReplyIds,
+    to: Box<str>,
+) {
     let (ctx, client) = (Rc::clone(ctx), client.clone());
     glommio::spawn_local(async move {
-        let reply = if owner_shard == ctx.id {
-            ctx.decide_job_pipeline(&job).await
-        } else {
-            ctx.hand_off(owner_shard, job, ids.ids()).await
+        let reply = match step {
+            Step::NeedsOwner { owner } => ctx.hand_off(ShardId(owner), job, ids.ids()).await,
+            Step::CallStages | Step::Answered(_) => ctx.decide_job_stages(&job).await,
         };
         answer(&ctx, &client, &to, &ids.reply_ids(), &reply);
         ctx.tasks.set(ctx.tasks.get() - 1);
     })
     .detach();
-}
-
-fn reply_of(answered: Answered, body: Vec<u8>, assignment: Option<Outgoing>) -> Reply {
-    Reply {
-        status: answered.status,
-        retry_after_s: answered.retry_after_s,
-        body,
-        assignment: assignment.map(Box::new),
-    }
 }
 
 /// A request's ids, kept for a reply sent after the message's buffer is gone.
@@ -470,9 +456,9 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
             log::warn!("nats: invalid ExecResult on {}: {err}", msg.subject);
             if let Some(reply_to) = msg.reply {
                 let mut body = Vec::new();
-                let answered = owner::invalid(&err, &mut body);
+                let answered = core::invalid(&err, &mut body);
                 let ids = ReplyIds::default();
-                answer(ctx, client, reply_to, &ids, &reply_of(answered, body, None));
+                answer(ctx, client, reply_to, &ids, &reply_of(answered, body));
             }
             return;
         }
@@ -502,23 +488,19 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         }
         return;
     }
-    let owner_shard = ctx.shared.partition.shard_of(&result.tenant_id);
-    let reply_to: Option<Box<str>> = msg.reply.map(Into::into);
-    if owner_shard == ctx.id {
-        let mut body = Vec::new();
-        let answered = ctx.take_result(&result, now, &mut body);
-        if let Some(reply_to) = reply_to {
-            let ids = ReplyIds::default();
-            answer(
-                ctx,
-                client,
-                &reply_to,
-                &ids,
-                &reply_of(answered, body, None),
-            );
+    let mut body = Vec::new();
+    let owner_shard = match ctx.result_step(&result, now, &mut body) {
+        Step::Answered(decided) => {
+            if let Some(reply_to) = msg.reply {
+                let reply = reply(decided, body);
+                answer(ctx, client, reply_to, &ReplyIds::default(), &reply);
+            }
+            return;
         }
-        return;
-    }
+        Step::NeedsOwner { owner } => ShardId(owner),
+        Step::CallStages => unreachable!("results have no stages"),
+    };
+    let reply_to: Option<Box<str>> = msg.reply.map(Into::into);
     let job = Job {
         route: Route::Results,
         tenant: result.tenant_id.as_str().into(),
@@ -546,7 +528,7 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
 }
 
 /// Publishes the UsageEvent of a newly accepted result.
-fn publish_usage(ctx: &ShardCtx, client: &Client, result: &ExecResult, now_unix_ms: u64) {
+pub(super) fn publish_usage(ctx: &ShardCtx, client: &Client, result: &ExecResult, now_unix_ms: u64) {
     let Some(settings) = &ctx.shared.nats_settings else {
         return;
     };
@@ -579,33 +561,6 @@ fn on_ack(ctx: &Rc<ShardCtx>, _client: &Client, msg: Msg<'_>) {
             );
         }
         Err(err) => log::warn!("nats: invalid ExecAssignmentAck on {}: {err}", msg.subject),
-    }
-}
-
-impl ShardCtx {
-    /// An ExecResult for a tenant this shard owns, from any transport: breakers and
-    /// averages, the metrics, and (NATS on) the usage event of a result not seen before.
-    pub fn take_result(
-        &self,
-        result: &ExecResult,
-        now: crate::decide::Now,
-        out: &mut Vec<u8>,
-    ) -> Answered {
-        let (answered, dedup_bytes) = {
-            let table = self.table.borrow();
-            let mut owner = self.owner.borrow_mut();
-            let answered = owner.result(table.table(), result, now, out);
-            (answered, owner.results_dedup_bytes() as u64)
-        };
-        let metrics = self.shared.metrics(self.id);
-        metrics.answered(&answered, std::time::Duration::ZERO);
-        metrics.results_dedup_bytes.set(dedup_bytes);
-        if let (Some(client), owner::Counted::ResultAccepted { .. }) =
-            (self.nats.get(), answered.counted)
-        {
-            publish_usage(self, client, result, now.unix_ms);
-        }
-        answered
     }
 }
 

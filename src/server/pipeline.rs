@@ -1,5 +1,5 @@
-//! Decisions whose policy has extension stages (SPEC §7), on the tenant's owner shard:
-//! the engine's phases with the stages' NATS requests in between.
+//! Decisions whose policy has extension stages (SPEC §7), on the shard the request landed
+//! on (`Step::CallStages`): the engine's phases with the stages' NATS requests in between.
 //!
 //! The engine stops between phases (`decide::pipeline`); this drives it. A stage is
 //! resolved in the registry, checked against its breaker, sent through the shard's own
@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use super::handoff::{Job, Outgoing, Reply};
-use super::owner::{self, Answered};
-use super::shard::{borrowed, ShardCtx};
+use super::handoff::{Job, Reply};
+use super::shard::{borrowed, reply, ShardCtx};
 use super::stats::Count;
 use crate::contract::{decode_decide, DecideRequest};
 use crate::decide::{admit, DecideError, Decision, Now, StageOutcome};
+use crate::shard::{self as core, Decided, Step};
 use crate::extensions::{decode_reply, encode_call, Call, CallOutcome, RetryPlan};
 use crate::policy::{RoutingTable, Stage, StageKind};
 use crate::transport::nats::RequestError;
@@ -46,90 +46,64 @@ impl ShardCtx {
         true
     }
 
-    /// Whether `tenant`'s requests may run extension calls: NATS on and some policy of the
-    /// tenant with stages. Cheap: no decoding.
-    pub fn may_need_pipeline(&self, tenant: &str) -> bool {
-        self.nats.get().is_some() && self.table.borrow().table().tenant_has_stages(tenant)
-    }
-
-    /// Whether this decoded request's policy has stages to run over NATS.
-    pub fn needs_pipeline(&self, req: &DecideRequest<'_>) -> bool {
-        if !self.may_need_pipeline(&req.tenant_id) {
-            return false;
-        }
-        let table = self.table.borrow();
-        let table = table.table();
-        table
-            .lookup(&req.tenant_id, &req.policy_id)
-            .is_some_and(|slot| table.policy(slot).has_stages())
-    }
-
-    pub fn job_needs_pipeline(&self, job: &Job) -> bool {
-        self.may_need_pipeline(&job.tenant)
-    }
-
-    /// A handed-over decide job, through the pipeline.
-    pub async fn decide_job_pipeline(self: &Rc<Self>, job: &Job) -> Reply {
+    /// A decide job with stages (handed over by a peer, or a NATS message that waits),
+    /// decoded again from its owned bytes.
+    pub async fn decide_job_stages(self: &Rc<Self>, job: &Job) -> Reply {
         let headers = borrowed(&job.headers);
         let mut body = Vec::with_capacity(512);
-        let (answered, assignment) = match decode_decide(&job.body, &headers) {
-            Ok(req) => self.decide_pipeline(&req, &mut body).await,
-            Err(err) => (owner::invalid(&err, &mut body), None),
+        let decided = match decode_decide(&job.body, &headers) {
+            Ok(req) => {
+                let now = self.shared.now();
+                match self.decide_step(&req, now, &mut body) {
+                    Step::Answered(decided) => decided,
+                    Step::CallStages => self.decide_stages(&req, &mut body).await,
+                    Step::NeedsOwner { owner } => panic!(
+                        "a job with stages for tenant {} of shard {owner} on shard {}",
+                        job.tenant, self.id
+                    ),
+                }
+            }
+            Err(err) => Decided {
+                answered: core::invalid(&err, &mut body),
+                assignment: None,
+            },
         };
-        Reply {
-            status: answered.status,
-            retry_after_s: answered.retry_after_s,
-            body,
-            assignment: assignment.map(Box::new),
-        }
+        reply(decided, body)
     }
 
-    /// Decides `req` (owned here) running its extension stages; writes the answer to `out`.
-    pub async fn decide_pipeline(
-        self: &Rc<Self>,
-        req: &DecideRequest<'_>,
-        out: &mut Vec<u8>,
-    ) -> (Answered, Option<Outgoing>) {
+    /// Ends a `Step::CallStages`: runs `req`'s extension stages and writes the answer to
+    /// `out`.
+    pub async fn decide_stages(self: &Rc<Self>, req: &DecideRequest<'_>, out: &mut Vec<u8>) -> Decided {
         let started = std::time::Instant::now();
         let now = self.shared.now();
         let metrics = self.shared.metrics(self.id);
-        if let Some(replayed) = self.owner.borrow_mut().replay(req, now, out) {
-            metrics.answered(&replayed, started.elapsed());
-            return (replayed, None);
-        }
         let (generation, table) = {
             let table = self.table.borrow();
             (table.generation(), Arc::clone(table.table()))
         };
         let mut payload = None;
-        let mut assignment = None;
-        let answered = match self.run(&table, generation, req, now, &mut payload).await {
+        let decided = match self.run(&table, generation, req, now, &mut payload).await {
             Ok(outcome) => {
                 let start = out.len();
                 let now = self.shared.now();
-                let mut owner = self.owner.borrow_mut();
                 let payload = payload.as_deref();
-                owner.conclude(
-                    &table,
-                    req,
-                    &outcome,
-                    payload,
-                    now,
-                    start,
-                    out,
-                    &mut assignment,
-                )
+                self.core
+                    .borrow_mut()
+                    .conclude(&table, req, &outcome, payload, now, start, out)
             }
-            Err(Reloaded) => owner::overloaded(
-                "the routing table changed while extensions ran; retry",
-                Some(&req.request_id),
-                req.trace_id.as_deref(),
-                out,
-            ),
+            Err(Reloaded) => Decided {
+                answered: core::overloaded(
+                    "the routing table changed while extensions ran; retry",
+                    Some(&req.request_id),
+                    req.trace_id.as_deref(),
+                    out,
+                ),
+                assignment: None,
+            },
         };
-        metrics.answered(&answered, started.elapsed());
+        metrics.answered(&decided.answered, started.elapsed());
         self.note_state();
-        (answered, assignment)
+        decided
     }
 
     async fn run(
@@ -140,7 +114,7 @@ impl ShardCtx {
         now: Now,
         payload: &mut Option<Box<RawValue>>,
     ) -> Result<Result<Decision, DecideError>, Reloaded> {
-        let admitted = admit(table, &mut self.owner.borrow_mut().state, req, now);
+        let admitted = admit(table, self.core.borrow_mut().state_mut(), req, now);
         let mut pending = match admitted {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
@@ -159,7 +133,7 @@ impl ShardCtx {
         if self.table.borrow().generation() != generation {
             return Err(Reloaded);
         }
-        if let Err(e) = pending.select(&mut self.owner.borrow_mut().state, req, now) {
+        if let Err(e) = pending.select(self.core.borrow_mut().state_mut(), req, now) {
             return Ok(Err(e));
         }
         // Post-processors see the request as the pre-processors left it, like later

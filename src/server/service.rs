@@ -1,6 +1,7 @@
 //! The router's HTTP routes (SPEC §2, §9): decide, results, health, readiness, metrics,
-//! the shard map, the tenant list, and the admin API. A request for a tenant this shard does not own is
-//! handed to the owner through the ring; everything else is answered here.
+//! the shard map, the tenant list, and the admin API. A decision is made on the shard the
+//! connection landed on; only what the shard's core says needs the owner (an idempotency
+//! key, an ExecResult; `crate::shard`) is handed to it through the ring.
 //!
 //! `/v1/results` and (with `[auth] decide = "token"`) `/v1/decide` check the bearer token
 //! before the body is decoded, and the token's tenant once the body named the tenant; see
@@ -16,9 +17,10 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use shards::ShardId;
+
 use super::access::Ignored;
 use super::handoff::{Job, Outgoing, OwnedHeaders, Reply, Route};
-use super::owner::{self, Answered};
 use super::shard::{Ids, ShardCtx};
 use super::stats::Count;
 use crate::admin::{AdminRequest, AdminResponse, AuthError, Permission};
@@ -28,6 +30,7 @@ use crate::contract::{
 };
 use crate::decide::Now;
 use crate::metrics::Transport;
+use crate::shard::{self as core, Answered, Decided, Step};
 use crate::transport::http::{Method, Request, Response, Service};
 
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -244,41 +247,22 @@ impl RouterService {
         if let Err(err) = access.tenant(grant.as_ref(), Permission::Decide, tenant, now.mono_ns) {
             return self.refuse(resp, &err);
         }
-        let owner = ctx.shared.partition.shard_of(&decoded.tenant_id);
-        if owner == ctx.id && ctx.needs_pipeline(&decoded) {
-            let (answered, assignment) = ctx.decide_pipeline(&decoded, &mut resp.body).await;
-            self.push_assignment(assignment.as_ref());
-            return apply(resp, answered);
-        }
-        if owner == ctx.id {
-            let started = std::time::Instant::now();
-            let mut assignment = None;
-            let answered = {
-                let table = ctx.table.borrow();
-                let mut owner = ctx.owner.borrow_mut();
-                owner.decide(
-                    table.table(),
-                    &decoded,
-                    now,
-                    &mut resp.body,
-                    &mut assignment,
-                )
-            };
-            ctx.shared
-                .metrics(ctx.id)
-                .answered(&answered, started.elapsed());
-            ctx.note_state();
-            self.push_assignment(assignment.as_ref());
-            return apply(resp, answered);
-        }
-        let job = forward(Route::Decide, decoded.tenant_id.as_ref(), req, &headers);
-        let ids = Ids {
-            request_id: Some(&decoded.request_id),
-            trace_id: decoded.trace_id.as_deref(),
+        let decided = match ctx.decide_step(&decoded, now, &mut resp.body) {
+            Step::Answered(decided) => decided,
+            Step::CallStages => ctx.decide_stages(&decoded, &mut resp.body).await,
+            Step::NeedsOwner { owner } => {
+                let job = forward(Route::Decide, decoded.tenant_id.as_ref(), req, &headers);
+                let ids = Ids {
+                    request_id: Some(&decoded.request_id),
+                    trace_id: decoded.trace_id.as_deref(),
+                };
+                let mut reply = ctx.hand_off(ShardId(owner), job, ids).await;
+                self.push_assignment(reply.assignment.take().as_deref());
+                return apply_reply(resp, reply);
+            }
         };
-        let mut reply = ctx.hand_off(owner, job, ids).await;
-        self.push_assignment(reply.assignment.take().as_deref());
-        apply_reply(resp, reply);
+        self.push_assignment(decided.assignment.as_deref());
+        apply(resp, decided.answered);
     }
 
     /// A decision over HTTP that asked for an assignment: published on this shard's NATS
@@ -305,7 +289,7 @@ impl RouterService {
         let result = match ExecResult::decode(req.body, &headers) {
             Ok(result) => result,
             Err(err) => {
-                let answered = owner::invalid(&err, &mut resp.body);
+                let answered = core::invalid(&err, &mut resp.body);
                 ctx.shared.metrics(ctx.id).results_rejected.inc();
                 return apply(resp, answered);
             }
@@ -330,13 +314,14 @@ impl RouterService {
             );
             return;
         }
-        let owner = ctx.shared.partition.shard_of(&result.tenant_id);
-        if owner == ctx.id {
-            let answered = ctx.take_result(&result, now, &mut resp.body);
-            return apply(resp, answered);
+        match ctx.result_step(&result, now, &mut resp.body) {
+            Step::Answered(Decided { answered, .. }) => apply(resp, answered),
+            Step::CallStages => unreachable!("results have no stages"),
+            Step::NeedsOwner { owner } => {
+                let job = forward(Route::Results, result.tenant_id.as_str(), req, &headers);
+                apply_reply(resp, ctx.hand_off(ShardId(owner), job, Ids::default()).await);
+            }
         }
-        let job = forward(Route::Results, result.tenant_id.as_str(), req, &headers);
-        apply_reply(resp, ctx.hand_off(owner, job, Ids::default()).await);
     }
 
     fn ready(&self, resp: &mut Response) {

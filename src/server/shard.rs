@@ -1,4 +1,9 @@
-//! One shard: its owned state, its end of the ring mesh, and its main loop.
+//! One shard: its state (`ShardCore`), its end of the ring mesh, and its main loop.
+//!
+//! Every transport runs a request through the same two calls: `decide_step` asks the
+//! shard's core what to do (answer made here, extension stages, or the tenant's owner)
+//! and, for the steps that wait, `decide_stages` or `hand_off` finish it. The ring is one
+//! more transport: a request handed over by a peer runs through `decide_step` too.
 //!
 //! Tasks of a shard (one per connection, the mesh loop) share the shard's context through
 //! `Rc` + `RefCell`: they run on one thread and never hold a borrow across an `.await`,
@@ -13,12 +18,12 @@ use futures_lite::future;
 use shards::{Batch, Inbound, Outbox, ShardEnd, ShardId, TrySendError};
 
 use super::handoff::{self, Job, Msg, OwnedHeaders, Pending, PendingTable, Reply, Route};
-use super::owner::{self, Owner};
 use super::stats::Count;
 use super::Shared;
 use crate::admin::{AdminRequest, ShardTable, ShardView};
-use crate::contract::{ExecResult, Headers};
+use crate::contract::{decode_decide, DecideRequest, ExecResult, Headers};
 use crate::decide::Now;
+use crate::shard::{self as core, Answered, Decided, ShardCore, Step};
 use crate::extensions::ExtensionBreakers;
 use crate::metrics::ShedCause;
 use crate::transport::nats::Client;
@@ -32,7 +37,8 @@ pub struct ShardCtx {
     pub id: ShardId,
     pub shared: Arc<Shared>,
     pub table: RefCell<ShardTable>,
-    pub owner: RefCell<Owner>,
+    /// The shard's decide-side state and the lifecycle's choices.
+    pub core: RefCell<ShardCore>,
     pub outbox: RefCell<Outbox<Msg>>,
     pub pending: Pending,
     /// The shard's NATS client, once started (NATS on).
@@ -50,9 +56,11 @@ impl ShardCtx {
     pub fn new(id: ShardId, shared: Arc<Shared>, outbox: Outbox<Msg>) -> Rc<Self> {
         let table = ShardTable::new(shared.handle.clone());
         let now = shared.now();
-        let mut config = shared.settings.owner;
+        let mut config = shared.settings.shard;
         config.state.seed ^= u64::from(id.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let owner = Owner::new(table.table(), config, now.mono_ns);
+        let partition = shared.partition.clone();
+        let owner_of = Box::new(move |tenant: &str| partition.shard_of(tenant).0);
+        let core = ShardCore::new(id.0, owner_of, table.table(), config, now.mono_ns);
         shared.metrics(id).table_generation.set(table.generation());
         let pending = PendingTable::new(shared.partition.shard_count(), shared.settings.ring_slots);
         let breakers = RefCell::new(ExtensionBreakers::new(&shared.registry));
@@ -63,7 +71,7 @@ impl ShardCtx {
             tasks: Cell::new(0),
             answer_buf: RefCell::new(Vec::with_capacity(ANSWER_BUF_BYTES)),
             table: RefCell::new(table),
-            owner: RefCell::new(owner),
+            core: RefCell::new(core),
             outbox: RefCell::new(outbox),
             pending,
             shared,
@@ -74,7 +82,7 @@ impl ShardCtx {
     pub fn refresh(&self, now: Now) {
         let mut table = self.table.borrow_mut();
         if table.generation() != self.shared.handle.generation() {
-            table.refresh(&mut self.owner.borrow_mut().state, now.mono_ns);
+            table.refresh(self.core.borrow_mut().state_mut(), now.mono_ns);
             self.shared
                 .metrics(self.id)
                 .table_generation
@@ -85,10 +93,10 @@ impl ShardCtx {
     /// Publishes the state gauges, and the circuits it half-opened, after a decision.
     pub fn note_state(&self) {
         let (sticky, half_opened, idempotency_bytes, unstored) = {
-            let mut owner = self.owner.borrow_mut();
-            let unstored = owner.take_unstored();
-            let idempotency_bytes = owner.idempotency_bytes() as u64;
-            let state = &mut owner.state;
+            let mut core = self.core.borrow_mut();
+            let unstored = core.take_unstored();
+            let idempotency_bytes = core.idempotency_bytes() as u64;
+            let state = core.state_mut();
             let sticky = state.sticky_len() as u64;
             (
                 sticky,
@@ -119,7 +127,50 @@ impl ShardCtx {
     }
 
     pub fn owns(&self, tenant: &str) -> bool {
-        self.shared.partition.shard_of(tenant) == self.id
+        self.core.borrow().owns(tenant)
+    }
+
+    /// The first step of every decide request, whichever transport brought it: the
+    /// core's choice, made against this shard's table and state. An answer made here is
+    /// in `out` and counted; `CallStages` continues with `decide_stages`, `NeedsOwner`
+    /// with `hand_off`.
+    pub fn decide_step(&self, req: &DecideRequest<'_>, now: Now, out: &mut Vec<u8>) -> Step {
+        let started = std::time::Instant::now();
+        let step = {
+            let table = self.table.borrow();
+            let mut core = self.core.borrow_mut();
+            core.decide(table.table(), req, now, out)
+        };
+        if let Step::Answered(decided) = &step {
+            self.shared
+                .metrics(self.id)
+                .answered(&decided.answered, started.elapsed());
+            self.note_state();
+        }
+        step
+    }
+
+    /// The first step of every ExecResult (validated, and known to the table): taken here
+    /// by the tenant's owner — breakers and averages, the metrics, and (NATS on) the
+    /// usage event of a result not seen before — or `NeedsOwner`.
+    pub fn result_step(&self, result: &ExecResult, now: Now, out: &mut Vec<u8>) -> Step {
+        let (step, dedup_bytes) = {
+            let table = self.table.borrow();
+            let mut core = self.core.borrow_mut();
+            let step = core.result(table.table(), result, now, out);
+            (step, core.results_dedup_bytes() as u64)
+        };
+        if let Step::Answered(decided) = &step {
+            let metrics = self.shared.metrics(self.id);
+            metrics.answered(&decided.answered, std::time::Duration::ZERO);
+            metrics.results_dedup_bytes.set(dedup_bytes);
+            if let (Some(client), core::Counted::ResultAccepted { .. }) =
+                (self.nats.get(), decided.answered.counted)
+            {
+                super::nats::publish_usage(self, client, result, now.unix_ms);
+            }
+        }
+        step
     }
 
     /// Sends `job` to `to` and waits for its reply; sheds with `overloaded` when the
@@ -174,68 +225,55 @@ impl ShardCtx {
         }
     }
 
-    /// Runs a job handed over by another shard, as its tenant's owner. `None` when the
-    /// job went to a task of its own (a decision with extension stages): that task sends
-    /// the reply.
+    /// Runs a job handed over by another shard, as its tenant's owner, through the same
+    /// steps as a request that arrived here. `None` when the job went to a task of its
+    /// own (a decision with extension stages): that task sends the reply.
     fn run_job(self: &Rc<Self>, job: Box<Job>, from: ShardId, slot: u32) -> Option<Reply> {
-        assert!(
-            self.owns(&job.tenant),
-            "shard {} got tenant {} it does not own",
-            self.id,
-            job.tenant
-        );
         let now = self.shared.now();
         self.refresh(now);
         if matches!(job.route, Route::AdminDryRun | Route::AdminCircuits) {
             return Some(self.admin_here(&job, now));
         }
-        if job.route == Route::Decide && self.job_needs_pipeline(&job) {
-            let ctx = Rc::clone(self);
-            self.tasks.set(self.tasks.get() + 1);
-            glommio::spawn_local(async move {
-                let reply = ctx.decide_job_pipeline(&job).await;
-                ctx.send_reply(from, slot, reply);
-                ctx.tasks.set(ctx.tasks.get() - 1);
-            })
-            .detach();
-            return None;
-        }
-        Some(self.run_here(&job, now))
-    }
-
-    fn run_here(&self, job: &Job, now: Now) -> Reply {
         let headers = borrowed(&job.headers);
         let mut body = Vec::with_capacity(512);
-        let mut assignment = None;
-        let answered = match job.route {
-            Route::Decide => {
-                let started = std::time::Instant::now();
-                let answered = {
-                    let (table, mut owner) = (self.table.borrow(), self.owner.borrow_mut());
-                    let table = table.table();
-                    owner.decide_bytes(table, &job.body, &headers, now, &mut body, &mut assignment)
-                };
-                self.shared
-                    .metrics(self.id)
-                    .answered(&answered, started.elapsed());
-                self.note_state();
-                answered
-            }
+        let step = match job.route {
+            Route::Decide => match decode_decide(&job.body, &headers) {
+                Ok(req) => self.decide_step(&req, now, &mut body),
+                Err(err) => Step::Answered(self.invalid(&err, &mut body)),
+            },
             _ => match ExecResult::decode(&job.body, &headers) {
-                Ok(result) => self.take_result(&result, now, &mut body),
-                Err(err) => {
-                    let answered = owner::invalid(&err, &mut body);
-                    let metrics = self.shared.metrics(self.id);
-                    metrics.answered(&answered, std::time::Duration::ZERO);
-                    answered
-                }
+                Ok(result) => self.result_step(&result, now, &mut body),
+                Err(err) => Step::Answered(self.invalid(&err, &mut body)),
             },
         };
-        Reply {
-            status: answered.status,
-            retry_after_s: answered.retry_after_s,
-            body,
-            assignment: assignment.map(Box::new),
+        match step {
+            Step::Answered(decided) => Some(reply(decided, body)),
+            Step::CallStages => {
+                let ctx = Rc::clone(self);
+                self.tasks.set(self.tasks.get() + 1);
+                glommio::spawn_local(async move {
+                    let reply = ctx.decide_job_stages(&job).await;
+                    ctx.send_reply(from, slot, reply);
+                    ctx.tasks.set(ctx.tasks.get() - 1);
+                })
+                .detach();
+                None
+            }
+            Step::NeedsOwner { owner } => panic!(
+                "shard {} got tenant {} owned by shard {owner}",
+                self.id, job.tenant
+            ),
+        }
+    }
+
+    /// Writes and counts a validation failure.
+    fn invalid(&self, err: &crate::contract::ContractError, out: &mut Vec<u8>) -> Decided {
+        let answered = core::invalid(err, out);
+        let metrics = self.shared.metrics(self.id);
+        metrics.answered(&answered, std::time::Duration::ZERO);
+        Decided {
+            answered,
+            assignment: None,
         }
     }
 
@@ -262,7 +300,7 @@ impl ShardCtx {
             "GET"
         };
         let table = self.table.borrow();
-        let owner = self.owner.borrow();
+        let core = self.core.borrow();
         let req = AdminRequest {
             method,
             path: &job.path,
@@ -272,7 +310,7 @@ impl ShardCtx {
         };
         let view = ShardView {
             table: table.table(),
-            state: Some(&owner.state),
+            state: Some(core.state()),
             now,
         };
         let resp = admin.handle(req, view);
@@ -310,9 +348,30 @@ pub struct Ids<'a> {
     pub trace_id: Option<&'a str>,
 }
 
+/// An answer made on this shard, as a reply any transport can write.
+pub fn reply(decided: Decided, body: Vec<u8>) -> Reply {
+    Reply {
+        status: decided.answered.status,
+        retry_after_s: decided.answered.retry_after_s,
+        body,
+        assignment: decided.assignment,
+    }
+}
+
+/// A written answer with no assignment, as a reply.
+pub fn reply_of(answered: Answered, body: Vec<u8>) -> Reply {
+    reply(
+        Decided {
+            answered,
+            assignment: None,
+        },
+        body,
+    )
+}
+
 pub(crate) fn shed(message: &str, ids: Ids<'_>) -> Reply {
     let mut body = Vec::with_capacity(160);
-    let answered = owner::overloaded(message, ids.request_id, ids.trace_id, &mut body);
+    let answered = core::overloaded(message, ids.request_id, ids.trace_id, &mut body);
     Reply {
         status: answered.status,
         retry_after_s: answered.retry_after_s,

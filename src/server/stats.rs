@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::owner::{Answered, Counted};
+use crate::shard::{Answered, Counted};
 use crate::admin::WatchStats;
 use crate::contract::ErrorCode;
 use crate::metrics::{render, ExtraMetric, ShardMetrics, ShedCause, ALL_SHARDS};

@@ -1,30 +1,55 @@
-//! What a tenant's owner shard does with a request: decide (with the idempotency cache)
-//! and take results (with de-duplication). Only the owner runs these, so the state they
-//! touch is never shared; the accepting shard only parses and forwards.
+//! One shard's request lifecycle, sans-IO: what happens to a decide request or an
+//! ExecResult once a transport has decoded it, whichever transport (HTTP, NATS, the ring
+//! from a peer shard) brought it.
 //!
-//! Answers are written into the caller's buffer with their HTTP status, so the local path
-//! writes straight into the connection's response and only a handoff copies bytes.
+//! The transports used to make the same choice three times — "owner here? pipeline? hand
+//! off?" — each with its own copy of the decide path. `ShardCore` makes it once and says
+//! what the driver must do next (`Step`): the answer is written; the request goes to the
+//! tenant's owner shard; or extension stages must be called first. The drivers keep only
+//! what needs I/O: reading the clock, sockets, the ring, NATS calls, metrics.
+//!
+//! **Decisions are local-first.** Every shard holds a `ShardState` with slots for every
+//! policy of the table, so the shard a request lands on decides it, with no wait on
+//! another shard. What still crosses to the tenant's owner, and why:
+//! - a request with an `idempotency_key`: the key's remembered answer lives on the owner,
+//!   and a retry must get it wherever it lands;
+//! - a request for a sticky policy naming its session (`STICKY_SESSIONS_CROSS`): the
+//!   session table is per shard, so a session must be decided where its entry is until
+//!   sessions are consistent wherever they land;
+//! - ExecResults: the owner de-duplicates them and feeds the breakers and averages.
+//!
+//! Rate limits are per shard meanwhile: each shard spends its own bucket.
+
+pub mod cache;
+
+use serde_json::value::RawValue;
 
 use crate::answer::encode_outcome;
 use crate::contract::{
-    decode_decide, encode_contract_error, encode_error, ContractError, DecideRequest, ErrorCode,
-    ErrorDetails, ExecResult, ExecStatus, Headers, Reason,
+    encode_contract_error, encode_error, AssignmentId, ContractError, DecideRequest, ErrorCode,
+    ErrorDetails, ExecAssignment, ExecResult, ExecStatus, Reason, Scalar,
+    ASSIGNMENT_SUBJECT_DEFAULT,
 };
-use crate::decide::{decide, DecideError, Now, Observed, Outcome, ShardState, StateConfig};
+use crate::decide::rng::Rng;
+use crate::decide::{
+    decide, DecideError, Decision, Now, Observed, Outcome, ShardState, StateConfig,
+};
 use crate::policy::RoutingTable;
 
-use super::cache::{CacheLimits, Fingerprint, Inserted, TtlCache, CACHE_ENTRIES_MAX};
-use super::handoff::Outgoing;
-use crate::contract::{AssignmentId, ExecAssignment, ASSIGNMENT_SUBJECT_DEFAULT};
-use crate::decide::rng::Rng;
+use cache::{CacheLimits, Fingerprint, Inserted, TtlCache, CACHE_ENTRIES_MAX};
 
 const NS_PER_MS: u64 = 1_000_000;
 /// The de-duplication charge of results that match no policy: not a valid tenant id.
 const UNMATCHED_RESULTS: &[u8] = b"";
+/// Requests of a sticky policy that name their session are decided by the tenant's owner,
+/// whose session table holds the entry: the per-shard tables would otherwise give one
+/// session a different provider on each shard. Off once sessions are consistent
+/// wherever they land.
+pub const STICKY_SESSIONS_CROSS: bool = true;
 
-/// Sizes of a shard's owner-side state.
+/// Sizes of a shard's state.
 #[derive(Debug, Clone, Copy)]
-pub struct OwnerConfig {
+pub struct ShardConfig {
     pub state: StateConfig,
     pub idempotency_entries: usize,
     /// Bytes the idempotency cache may hold (keys, answers, overhead), shared fairly by
@@ -37,7 +62,7 @@ pub struct OwnerConfig {
     pub results_seen_ttl_ms: u64,
 }
 
-/// The outcome of one owner-side call, for metrics.
+/// The outcome of one call, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
     Decided(Reason),
@@ -60,6 +85,36 @@ pub struct Answered {
     pub counted: Counted,
 }
 
+/// A NATS message to publish: subject, headers, body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outgoing {
+    pub subject: Box<str>,
+    pub headers: Vec<(&'static str, Box<str>)>,
+    pub body: Vec<u8>,
+}
+
+/// An answer written to the caller's buffer, and the ExecAssignment to publish after it
+/// (the request asked for one and assignments are on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub answered: Answered,
+    pub assignment: Option<Box<Outgoing>>,
+}
+
+/// What the driver does next with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The answer is in the caller's buffer.
+    Answered(Decided),
+    /// Only the tenant's owner, shard `owner`, can answer (see the module doc): send the
+    /// request there and relay its answer. Nothing was written.
+    NeedsOwner { owner: u16 },
+    /// The policy has extension stages and this shard can call them: run
+    /// `decide::admit`, the stages and `select` against `state_mut()`, then `conclude`.
+    /// Nothing was written.
+    CallStages,
+}
+
 /// A remembered first answer to an idempotency key.
 #[derive(Debug, Clone)]
 struct Replay {
@@ -67,23 +122,50 @@ struct Replay {
     body: Box<[u8]>,
 }
 
-#[derive(Debug)]
-pub struct Owner {
-    pub state: ShardState,
+/// Which shard owns a tenant: the partition function, given by the runtime.
+pub type OwnerOf = Box<dyn Fn(&str) -> u16>;
+
+/// One shard's decide-side state and the choices made with it.
+pub struct ShardCore {
+    shard: u16,
+    owner_of: OwnerOf,
+    state: ShardState,
     idempotency: TtlCache<Replay>,
     results_seen: TtlCache<()>,
     /// Decided answers too large for their tenant's share of the idempotency cache, not
     /// remembered since the last `take_unstored`.
     unstored: u64,
-    /// Set when NATS is on: how assignments are made.
-    pub assign: Option<Assigner>,
+    /// Set when assignments are on (NATS): how they are made.
+    assign: Option<Assigner>,
+    /// Whether this shard can call extension stages (NATS on). Without, stages are
+    /// `Unavailable` and the decision is made at once.
+    extensions: bool,
     ids: Rng,
 }
 
-impl Owner {
-    pub fn new(table: &RoutingTable, config: OwnerConfig, now_ns: u64) -> Self {
+impl std::fmt::Debug for ShardCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCore")
+            .field("shard", &self.shard)
+            .field("state", &self.state)
+            .field("extensions", &self.extensions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardCore {
+    /// The core of shard `shard`; `owner_of` names every tenant's owner shard.
+    pub fn new(
+        shard: u16,
+        owner_of: OwnerOf,
+        table: &RoutingTable,
+        config: ShardConfig,
+        now_ns: u64,
+    ) -> Self {
         let seed = config.state.seed;
-        Owner {
+        ShardCore {
+            shard,
+            owner_of,
             state: ShardState::new(table, config.state, now_ns),
             idempotency: TtlCache::new(
                 CacheLimits {
@@ -105,8 +187,42 @@ impl Owner {
             ),
             unstored: 0,
             assign: None,
+            extensions: false,
             ids: Rng::new(seed ^ 3),
         }
+    }
+
+    /// This shard's index.
+    pub fn shard(&self) -> u16 {
+        self.shard
+    }
+
+    /// The owner shard of `tenant`.
+    pub fn owner_of(&self, tenant: &str) -> u16 {
+        (self.owner_of)(tenant)
+    }
+
+    pub fn owns(&self, tenant: &str) -> bool {
+        self.owner_of(tenant) == self.shard
+    }
+
+    /// Turns assignments on (`Some`) or off.
+    pub fn set_assigner(&mut self, assign: Option<Assigner>) {
+        self.assign = assign;
+    }
+
+    /// Says whether this shard can call extension stages.
+    pub fn set_extensions(&mut self, on: bool) {
+        self.extensions = on;
+    }
+
+    /// The engine's state: buckets, breakers, averages, sessions.
+    pub fn state(&self) -> &ShardState {
+        &self.state
+    }
+
+    pub fn state_mut(&mut self) -> &mut ShardState {
+        &mut self.state
     }
 
     /// Bytes the idempotency cache holds (as charged).
@@ -124,32 +240,36 @@ impl Owner {
         std::mem::take(&mut self.unstored)
     }
 
-    /// Decides a validated request; a repeated idempotency key gets the first answer. An
-    /// ExecAssignment to publish after the answer, if the request asked for one, goes to
-    /// `assignment`.
+    /// A validated decide request, wherever it came from: answered here into `out`
+    /// (a repeated idempotency key gets the first answer), sent to the owner, or sent
+    /// through the extension stages. The one place that choice is made.
     pub fn decide(
         &mut self,
         table: &RoutingTable,
         req: &DecideRequest<'_>,
         now: Now,
         out: &mut Vec<u8>,
-        assignment: &mut Option<Outgoing>,
-    ) -> Answered {
-        if let Some(replayed) = self.replay(req, now, out) {
-            return replayed;
+    ) -> Step {
+        let owner = self.owner_of(&req.tenant_id);
+        if owner != self.shard && must_cross(table, req) {
+            return Step::NeedsOwner { owner };
+        }
+        if let Some(answered) = self.replay(req, now, out) {
+            return Step::Answered(Decided {
+                answered,
+                assignment: None,
+            });
+        }
+        if self.extensions && has_stages(table, req) {
+            return Step::CallStages;
         }
         let start = out.len();
         let outcome = decide(table, &mut self.state, req, now);
-        self.conclude(table, req, &outcome, None, now, start, out, assignment)
+        Step::Answered(self.conclude(table, req, &outcome, None, now, start, out))
     }
 
     /// The remembered answer to a repeated idempotency key, written to `out`.
-    pub fn replay(
-        &mut self,
-        req: &DecideRequest<'_>,
-        now: Now,
-        out: &mut Vec<u8>,
-    ) -> Option<Answered> {
+    fn replay(&mut self, req: &DecideRequest<'_>, now: Now, out: &mut Vec<u8>) -> Option<Answered> {
         let key = self.idempotency_key(req)?;
         let replay = self.idempotency.get(key, now.mono_ns)?;
         out.extend_from_slice(&replay.body);
@@ -168,20 +288,20 @@ impl Owner {
         )
     }
 
-    /// Encodes an outcome, remembers it under the idempotency key and prepares the
-    /// assignment. `payload` is the task payload as pre-processors left it, if they did.
+    /// Encodes an outcome (appended to `out` from `start`), remembers it under the
+    /// idempotency key and makes the assignment. `payload` is the task payload as
+    /// pre-processors left it, if they did. Ends a `Step::CallStages`.
     #[allow(clippy::too_many_arguments)]
     pub fn conclude(
         &mut self,
         table: &RoutingTable,
         req: &DecideRequest<'_>,
-        outcome: &Result<crate::decide::Decision, DecideError>,
-        payload: Option<&serde_json::value::RawValue>,
+        outcome: &Result<Decision, DecideError>,
+        payload: Option<&RawValue>,
         now: Now,
         start: usize,
         out: &mut Vec<u8>,
-        assignment: &mut Option<Outgoing>,
-    ) -> Answered {
+    ) -> Decided {
         encode_outcome(out, table, req, outcome);
         let answered = answered(outcome);
         // Only decisions are remembered: a retry after `rate_limited` deserves a new try.
@@ -200,33 +320,39 @@ impl Owner {
                 self.unstored += 1;
             }
         }
+        let mut assignment = None;
         if let (Ok(decision), Some(assign)) = (outcome, &self.assign) {
             if req.push_assignment && assign.allows(&req.tenant_id) {
                 let id = AssignmentId::from_random_bytes(self.ids.next_bytes());
-                *assignment = Some(assign.outgoing(table, req, decision, payload, id));
+                assignment = Some(Box::new(assign.outgoing(table, req, decision, payload, id)));
             }
         }
-        answered
-    }
-
-    /// Decodes and decides; for requests handed over by another shard.
-    pub fn decide_bytes(
-        &mut self,
-        table: &RoutingTable,
-        body: &[u8],
-        headers: &Headers<'_>,
-        now: Now,
-        out: &mut Vec<u8>,
-        assignment: &mut Option<Outgoing>,
-    ) -> Answered {
-        match decode_decide(body, headers) {
-            Ok(req) => self.decide(table, &req, now, out, assignment),
-            Err(err) => invalid(&err, out),
+        Decided {
+            answered,
+            assignment,
         }
     }
 
-    /// Feeds an ExecResult (SPEC §6) to the breakers and averages, once per id.
+    /// An ExecResult (SPEC §6), validated and known to the table: fed to the breakers and
+    /// averages once per id on the tenant's owner, or `NeedsOwner`.
     pub fn result(
+        &mut self,
+        table: &RoutingTable,
+        result: &ExecResult,
+        now: Now,
+        out: &mut Vec<u8>,
+    ) -> Step {
+        let owner = self.owner_of(&result.tenant_id);
+        if owner != self.shard {
+            return Step::NeedsOwner { owner };
+        }
+        Step::Answered(Decided {
+            answered: self.take_result(table, result, now, out),
+            assignment: None,
+        })
+    }
+
+    fn take_result(
         &mut self,
         table: &RoutingTable,
         result: &ExecResult,
@@ -258,16 +384,7 @@ impl Owner {
                 counted: Counted::ResultDuplicate,
             };
         }
-        let outcome = match result.status {
-            ExecStatus::Success => Some(Outcome::Success),
-            ExecStatus::Error | ExecStatus::Timeout => Some(Outcome::Failure),
-            ExecStatus::Cancelled => None,
-        };
-        let observed = Observed {
-            outcome,
-            latency_ms: result.latency_ms,
-            cost: result.cost,
-        };
+        let observed = observed(result);
         let effect = self.state.record_result(
             table,
             &result.tenant_id,
@@ -275,26 +392,64 @@ impl Owner {
             observed,
             now.mono_ns,
         );
-        let body = format!(
-            r#"{{"ok":true,"duplicate":false,"policies_updated":{}}}"#,
-            effect.policies
-        );
-        out.extend_from_slice(body.as_bytes());
-        let counted = Counted::ResultAccepted {
-            status: result.status,
-            opened: effect.opened,
-            half_opened: effect.half_opened,
-            closed: effect.closed,
-        };
+        out.extend_from_slice(br#"{"ok":true,"duplicate":false,"policies_updated":"#);
+        out.extend_from_slice(effect.policies.to_string().as_bytes());
+        out.push(b'}');
         Answered {
             status: 202,
             retry_after_s: None,
-            counted,
+            counted: Counted::ResultAccepted {
+                status: result.status,
+                opened: effect.opened,
+                half_opened: effect.half_opened,
+                closed: effect.closed,
+            },
         }
     }
 }
 
-fn answered(outcome: &Result<crate::decide::Decision, DecideError>) -> Answered {
+/// What a result tells the breakers and averages.
+fn observed(result: &ExecResult) -> Observed {
+    let outcome = match result.status {
+        ExecStatus::Success => Some(Outcome::Success),
+        ExecStatus::Error | ExecStatus::Timeout => Some(Outcome::Failure),
+        ExecStatus::Cancelled => None,
+    };
+    Observed {
+        outcome,
+        latency_ms: result.latency_ms,
+        cost: result.cost,
+    }
+}
+
+/// Whether only the tenant's owner may decide `req` (module doc).
+fn must_cross(table: &RoutingTable, req: &DecideRequest<'_>) -> bool {
+    req.idempotency_key.is_some() || (STICKY_SESSIONS_CROSS && names_session(table, req))
+}
+
+/// Whether `req` names a session of its sticky policy.
+fn names_session(table: &RoutingTable, req: &DecideRequest<'_>) -> bool {
+    let Some(slot) = table.lookup(&req.tenant_id, &req.policy_id) else {
+        return false;
+    };
+    let Some(sticky) = &table.policy(slot).sticky else {
+        return false;
+    };
+    matches!(
+        req.metadata.get(&sticky.session_key),
+        Some(Scalar::Str(_) | Scalar::Num(_))
+    )
+}
+
+/// Whether `req`'s policy has extension stages.
+fn has_stages(table: &RoutingTable, req: &DecideRequest<'_>) -> bool {
+    table.tenant_has_stages(&req.tenant_id)
+        && table
+            .lookup(&req.tenant_id, &req.policy_id)
+            .is_some_and(|slot| table.policy(slot).has_stages())
+}
+
+fn answered(outcome: &Result<Decision, DecideError>) -> Answered {
     match outcome {
         Ok(d) => Answered {
             status: 200,
@@ -324,7 +479,7 @@ pub fn invalid(err: &ContractError, out: &mut Vec<u8>) -> Answered {
     }
 }
 
-/// Writes a shed (`overloaded`): the caller could not get the request to its owner. The
+/// Writes a shed (`overloaded`): the request could not be answered within bounds. The
 /// request's ids, when known, go to `context` as in every other ErrorResponse.
 pub fn overloaded(
     message: &str,
@@ -364,8 +519,8 @@ impl Assigner {
         &self,
         table: &RoutingTable,
         req: &DecideRequest<'_>,
-        decision: &crate::decide::Decision,
-        payload: Option<&serde_json::value::RawValue>,
+        decision: &Decision,
+        payload: Option<&RawValue>,
         id: AssignmentId,
     ) -> Outgoing {
         let mut assignment = crate::answer::with_body(table, req, decision, |body| {
@@ -392,3 +547,6 @@ impl Assigner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
