@@ -527,7 +527,8 @@ fn chunked_requests_on_one_connection_each_start_from_an_empty_body() {
 }
 
 /// Twenty decide requests in one write, for tenants on every shard, get twenty answers
-/// in request order even though some are answered by another shard.
+/// in request order even though some are answered by another shard (their idempotency
+/// keys take them to the tenant's owner).
 #[test]
 fn pipelined_requests_are_answered_in_order_across_shards() {
     let _serial = serial();
@@ -539,11 +540,12 @@ fn pipelined_requests_are_answered_in_order_across_shards() {
     for i in 0..20 {
         let tenant = &tenants[i % tenants.len()];
         let id = format!("pipe-{i}");
+        let keyed = json!({ "idempotency_key": format!("key-{i}") });
         batch.extend(request_bytes(
             "POST",
             "/v1/decide",
             &[],
-            &decide(tenant, &id, json!({})),
+            &decide(tenant, &id, keyed),
         ));
         expected.push((tenant.clone(), id));
     }
@@ -563,7 +565,8 @@ fn pipelined_requests_are_answered_in_order_across_shards() {
 }
 
 /// Under load from eight connections, ten thousand requests with distinct ids are each
-/// answered exactly once with a decision, and the metrics count them all.
+/// answered exactly once with a decision, and the metrics count them all. Every fourth
+/// carries an idempotency key, which takes it to its tenant's owner: only those cross.
 #[test]
 fn every_request_is_answered_exactly_once_under_load() {
     const CONNECTIONS: usize = 8;
@@ -586,7 +589,12 @@ fn every_request_is_answered_exactly_once_under_load() {
                     for i in start..start + BATCH {
                         let tenant = &tenants[(c + i) % tenants.len()];
                         let id = format!("load-{c}-{i}");
-                        let body = decide(tenant, &id, json!({}));
+                        let extra = if i % 4 == 0 {
+                            json!({ "idempotency_key": id })
+                        } else {
+                            json!({})
+                        };
+                        let body = decide(tenant, &id, extra);
                         bytes.extend(request_bytes("POST", "/v1/decide", &[], &body));
                         ids.push(id);
                     }
@@ -627,6 +635,10 @@ fn every_request_is_answered_exactly_once_under_load() {
             sample(&metrics, HANDOFFS_IN),
         );
         assert!(out > 0.0, "no handoffs");
+        assert!(
+            out as usize <= CONNECTIONS * PER_CONNECTION / 4,
+            "only keyed requests cross: {out}"
+        );
         assert_eq!(out, inn, "every handoff out arrived");
     }
     server.stop().unwrap();
@@ -791,8 +803,8 @@ fn idempotency_key_replays_the_first_answer() {
     server.stop().unwrap();
 }
 
-/// With `shard_port_base`, port `base + i` reaches shard `i`: `/v1/shards` says so, a
-/// tenant owned by that shard is decided with no handoff, and any other tenant still is.
+/// With `shard_port_base`, port `base + i` reaches shard `i`: `/v1/shards` says so, and
+/// every shard decides every tenant itself, with no handoff.
 #[test]
 fn shard_ports_reach_their_shard() {
     let _serial = serial();
@@ -833,9 +845,67 @@ fn shard_ports_reach_their_shard() {
             expect_decision(&resp, t, "r-any");
         }
     }
-    if shards >= 2 {
-        assert!(sample(&scrape(loopback(base)), HANDOFFS_OUT) > 0.0);
+    assert_eq!(
+        sample(&scrape(loopback(base)), HANDOFFS_OUT),
+        0.0,
+        "every shard decided every tenant"
+    );
+    server.stop().unwrap();
+}
+
+/// Decisions are made where they land: two hundred decisions for a tenant sent to the
+/// port of a shard that does not own it are answered with no handoff. Requests with an
+/// idempotency key still cross to the owner, so the key's first answer is replayed byte
+/// for byte on the owner's port and on the other one, and only they are handed off.
+#[test]
+fn decisions_are_made_on_the_shard_they_land_on() {
+    const DECISIONS: usize = 200;
+    let _serial = serial();
+    let tenants = tenants_covering(usable_cores());
+    if tenants.len() < 2 {
+        eprintln!("SKIPPED: one shard, nothing could cross");
+        return;
     }
+    let prepare = |dir: &TempDir| {
+        for t in &tenants {
+            write_policy(dir, t, "default", SIMPLE_POLICY);
+        }
+    };
+    let (_dir, server, base) = start_with_shard_ports("landing", "", prepare);
+    let tenant = &tenants[1];
+    assert_eq!(owner_of(tenant, server.shard_count()), 1);
+    let (owner_port, other_port) = (loopback(base + 1), loopback(base));
+    let mut other = Client::connect(other_port);
+    for i in 0..DECISIONS {
+        let id = format!("landing-{i}");
+        let resp = post(&mut other, "/v1/decide", &decide(tenant, &id, json!({})));
+        expect_decision(&resp, tenant, &id);
+    }
+    let metrics = scrape(other_port);
+    assert_eq!(sample(&metrics, HANDOFFS_OUT), 0.0, "a decision crossed");
+    assert_eq!(sample(&metrics, HANDOFFS_IN), 0.0, "a decision crossed");
+    let decided_here = r#"shardline_decisions_total{shard="0",reason="weighted"}"#;
+    assert_eq!(sample(&metrics, decided_here) as usize, DECISIONS);
+
+    let keyed = |id: &str| decide(tenant, id, json!({ "idempotency_key": "landing-key" }));
+    let first = post(&mut other, "/v1/decide", &keyed("keyed-1"));
+    expect_decision(&first, tenant, "keyed-1");
+    let mut owner = Client::connect(owner_port);
+    for round in 0..4 {
+        let client = if round % 2 == 0 { &mut owner } else { &mut other };
+        let again = post(client, "/v1/decide", &keyed(&format!("keyed-retry-{round}")));
+        assert_eq!(again.status, 200, "{}", text(&again));
+        assert_eq!(text(&again), text(&first), "round {round}");
+    }
+    let metrics = scrape(other_port);
+    assert_eq!(
+        sample(&metrics, HANDOFFS_OUT),
+        3.0,
+        "the keyed requests sent to the other port, and only they, crossed"
+    );
+    assert_eq!(sample(&metrics, HANDOFFS_IN), 3.0);
+    let hits = sample(&metrics, r#"shardline_idempotency_hits_total{shard="1"}"#);
+    assert_eq!(hits, 4.0, "every retry was replayed by the owner");
     server.stop().unwrap();
 }
 
@@ -1162,7 +1232,7 @@ fn idempotency_keys_do_not_cross_tenants() {
 }
 
 /// When more requests wait on one peer shard than the handoff budget allows (a 2-slot
-/// ring admits one in flight), the surplus is answered 503 `overloaded` with
+/// ring admits one in flight; idempotency keys send them to the owner), the surplus is answered 503 `overloaded` with
 /// `Retry-After` and its request id, in order with the decided ones, and counted.
 #[test]
 fn handoff_over_budget_is_503_overloaded() {
@@ -1187,8 +1257,13 @@ fn handoff_over_budget_is_503_overloaded() {
     for (c, client) in clients.iter_mut().enumerate() {
         let mut bytes = Vec::new();
         for i in 0..PER_CONNECTION {
-            let trace = json!({ "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736" });
-            let body = decide(&tenants[1], &format!("shed-{c}-{i}"), trace);
+            // Keyed, so each must be answered by the tenant's owner.
+            let id = format!("shed-{c}-{i}");
+            let extra = json!({
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "idempotency_key": id,
+            });
+            let body = decide(&tenants[1], &id, extra);
             bytes.extend(request_bytes("POST", "/v1/decide", &[], &body));
         }
         client.send_raw(&bytes);

@@ -283,8 +283,8 @@ fn assignments_results_usage_and_acks() {
     }
 }
 
-/// Shard-aware clients send to `<decide>.shard.<owner>` and skip the handoff; a message on
-/// another shard's subject is still answered (handed to the owner), never lost.
+/// Shard-aware clients send to `<decide>.shard.<owner>`; a message on another shard's
+/// subject is answered too, by that shard, with no handoff.
 #[test]
 fn shard_subjects_reach_the_owner_and_misrouted_messages_still_answer() {
     let _serial = serial();
@@ -316,7 +316,71 @@ fn shard_subjects_reach_the_owner_and_misrouted_messages_still_answer() {
         .lines()
         .find(|l| l.starts_with("shardline_handoffs_total{shard=\"all\",direction=\"out\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
-    // Only the deliberately misrouted requests cross shards (none on one core).
-    let expected = if shards > 1 { tenants.len() as u64 } else { 0 };
-    assert_eq!(handoffs, Some(expected), "handoffs out");
+    // Decisions are made where they land: even the misrouted ones do not cross.
+    assert_eq!(handoffs, Some(0), "handoffs out");
+}
+
+/// The value of the exact series `series` in the router's metrics.
+fn series(rig: &Rig, series: &str) -> u64 {
+    let mut text = String::new();
+    rig.server.as_ref().unwrap().shared().render_metrics(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series}"))
+        .parse()
+        .unwrap()
+}
+
+/// Over NATS as over HTTP: two hundred decisions for a tenant sent to the subject of a
+/// shard that does not own it are answered by that shard with no handoff, while a
+/// request with an idempotency key crosses to the owner, whose first answer is replayed
+/// on the owner's subject and on the other one alike.
+#[test]
+fn decisions_on_any_shard_subject_are_made_there() {
+    const DECISIONS: usize = 200;
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let shards = usable_cores();
+    let tenants = tenants_covering(shards);
+    if shards < 2 {
+        eprintln!("SKIPPED: one shard, nothing could cross");
+        return;
+    }
+    let rig = rig(&nats, &tenants, "");
+    let tenant = &tenants[1];
+    let on = |shard: usize, body: Vec<u8>| {
+        let subject = format!("beamline.router.v1.decide.shard.{shard}");
+        rig.nc
+            .request_timeout(&subject, body, WAIT)
+            .expect("a reply")
+    };
+    for i in 0..DECISIONS {
+        let m = on(0, decide_body(tenant, &format!("landing-{i}")));
+        assert_eq!(header(&m, "status").as_deref(), Some("200"), "{:?}", json(&m));
+        assert_eq!(json(&m)["context"]["request_id"], format!("landing-{i}"));
+    }
+    let out = r#"shardline_handoffs_total{shard="all",direction="out"}"#;
+    assert_eq!(series(&rig, out), 0, "a decision crossed");
+    let decided = r#"shardline_decisions_total{shard="0",reason="weighted"}"#;
+    assert_eq!(series(&rig, decided) as usize, DECISIONS);
+
+    let keyed = |id: &str| {
+        format!(
+            r#"{{"request_id":"{id}","tenant_id":"{tenant}","idempotency_key":"nats-key","task":{{"type":"chat","payload_ref":"p"}}}}"#
+        )
+        .into_bytes()
+    };
+    let first = on(0, keyed("keyed-1"));
+    assert_eq!(header(&first, "status").as_deref(), Some("200"));
+    for (round, shard) in [1, 0, 1, 0].into_iter().enumerate() {
+        let again = on(shard, keyed(&format!("keyed-retry-{round}")));
+        assert_eq!(again.data, first.data, "round {round} on shard {shard}");
+    }
+    assert_eq!(
+        series(&rig, out),
+        3,
+        "the keyed requests on the other shard's subject, and only they, crossed"
+    );
+    let hits = r#"shardline_idempotency_hits_total{shard="1"}"#;
+    assert_eq!(series(&rig, hits), 4, "every retry was replayed by the owner");
 }

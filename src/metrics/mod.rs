@@ -242,6 +242,9 @@ label_enum!(
         Draining => "draining",
         /// The owning shard did not answer a handoff within `server.handoff_timeout_ms`.
         HandoffTimeout => "handoff_timeout",
+        /// An accepted result's copy to a peer shard's breakers was dropped: the ring to
+        /// the peer had no room beyond what requests and replies may need.
+        ObservationDropped => "observation_dropped",
     }
 );
 label_enum!(
@@ -267,7 +270,7 @@ fn extension_index(status: ExtensionStatus) -> usize {
 }
 
 const TRANSPORTS: usize = 3;
-const SHED_CAUSES: usize = 5;
+const SHED_CAUSES: usize = 6;
 const BREAKER_TRANSITIONS: usize = 3;
 const REASONS: usize = Reason::ALL.len();
 const ERROR_CODES: usize = ErrorCode::ALL.len();

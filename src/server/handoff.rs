@@ -2,10 +2,12 @@
 //! SPSC ring to the owner, which runs it and sends the reply back through the ring.
 //!
 //! Replies can never be refused by a full ring. A shard keeps at most
-//! `ring_slots / 2` requests in flight to each peer (`PendingTable`), so the ring from a
-//! peer back to us holds at most `ring_slots / 2` of the peer's own requests plus
-//! `ring_slots / 2` replies to ours: it cannot fill. A request over the in-flight limit, or
-//! one that finds the ring full, is shed at once with `overloaded`.
+//! `ring_slots / 4` requests in flight to each peer (`PendingTable`), so the ring from a
+//! peer back to us holds at most `ring_slots / 4` of the peer's own requests plus
+//! `ring_slots / 4` replies to ours, and the other half is left to observations (accepted
+//! results copied to every shard), which are sent only while that half has room
+//! (`observation_fits`) and dropped otherwise: the ring cannot fill. A request over the
+//! in-flight limit, or one that finds the ring full, is shed at once with `overloaded`.
 //!
 //! A waiter that goes away (its connection closed) leaves its slot marked abandoned; the
 //! slot is reused only after its reply arrives, so a late reply never reaches a stranger.
@@ -64,10 +66,31 @@ pub struct Reply {
 }
 
 
+/// An ExecResult the tenant's owner accepted, for a peer's breakers and averages.
+#[derive(Debug)]
+pub struct Observation {
+    pub tenant: Box<str>,
+    pub provider: Box<str>,
+    pub observed: crate::decide::Observed,
+}
+
 #[derive(Debug)]
 pub enum Msg {
     Request { slot: u32, job: Box<Job> },
     Reply { slot: u32, reply: Reply },
+    Observe(Box<Observation>),
+}
+
+/// Requests a shard keeps in flight to one peer: a quarter of the ring (module doc).
+pub fn per_peer_max(ring_slots: usize) -> usize {
+    (ring_slots / 4).max(1)
+}
+
+/// Whether one more observation fits in a ring holding `depth` messages without
+/// taking room requests and replies may need: observations in the ring never exceed
+/// `ring_slots - 2 * per_peer_max` (module doc).
+pub fn observation_fits(depth: usize, ring_slots: usize) -> bool {
+    depth + 2 * per_peer_max(ring_slots) < ring_slots
 }
 
 #[derive(Debug, Default)]
@@ -90,7 +113,7 @@ pub type Pending = Rc<RefCell<PendingTable>>;
 
 impl PendingTable {
     pub fn new(shard_count: usize, ring_slots: usize) -> Pending {
-        let per_peer_max = (ring_slots / 2).max(1);
+        let per_peer_max = per_peer_max(ring_slots);
         let total = (per_peer_max * shard_count.saturating_sub(1)).clamp(1, PENDING_HANDOFFS_MAX);
         Rc::new(RefCell::new(PendingTable {
             slots: (0..total).map(|_| Slot::default()).collect(),
@@ -193,6 +216,19 @@ impl Drop for Abandon<'_> {
 
 #[cfg(test)]
 mod tests {
+    /// Requests, replies and observations together never exceed the ring.
+    #[test]
+    fn observations_leave_room_for_requests_and_replies() {
+        for ring in [2, 4, 8, 1024] {
+            let mut observations = 0;
+            while observation_fits(observations, ring) {
+                observations += 1;
+            }
+            assert!(observations + 2 * per_peer_max(ring) <= ring, "ring {ring}");
+        }
+        assert!(!observation_fits(0, 2), "a 2-slot ring has no room to spare");
+    }
+
     use super::*;
     use futures_lite::future;
 
@@ -205,10 +241,10 @@ mod tests {
         }
     }
 
-    /// The in-flight limit per peer is half the ring, so replies always fit.
+    /// The in-flight limit per peer is a quarter of the ring, so replies always fit.
     #[test]
-    fn per_peer_limit_is_half_the_ring() {
-        let p = PendingTable::new(3, 8);
+    fn per_peer_limit_is_a_quarter_of_the_ring() {
+        let p = PendingTable::new(3, 16);
         let mut t = p.borrow_mut();
         let peer = ShardId(1);
         let got: Vec<_> = (0..5).map(|_| t.reserve(peer)).collect();

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use futures_lite::future;
 use shards::{Batch, Inbound, Outbox, ShardEnd, ShardId, TrySendError};
 
-use super::handoff::{self, Job, Msg, OwnedHeaders, Pending, PendingTable, Reply, Route};
+use super::handoff::{
+    self, Job, Msg, Observation, OwnedHeaders, Pending, PendingTable, Reply, Route,
+};
 use super::stats::Count;
 use super::Shared;
 use crate::admin::{AdminRequest, ShardTable, ShardView};
@@ -164,13 +166,56 @@ impl ShardCtx {
             let metrics = self.shared.metrics(self.id);
             metrics.answered(&decided.answered, std::time::Duration::ZERO);
             metrics.results_dedup_bytes.set(dedup_bytes);
-            if let (Some(client), core::Counted::ResultAccepted { .. }) =
-                (self.nats.get(), decided.answered.counted)
-            {
-                super::nats::publish_usage(self, client, result, now.unix_ms);
+            if let core::Counted::ResultAccepted { .. } = decided.answered.counted {
+                self.copy_to_peers(result);
+                if let Some(client) = self.nats.get() {
+                    super::nats::publish_usage(self, client, result, now.unix_ms);
+                }
             }
         }
         step
+    }
+
+    /// Sends an accepted result to every other shard's breakers and averages, where the
+    /// ring has room for it (`handoff::observation_fits`); a copy that does not fit is
+    /// dropped and counted, never waited for.
+    fn copy_to_peers(&self, result: &ExecResult) {
+        let ring_slots = self.shared.settings.ring_slots;
+        let metrics = self.shared.metrics(self.id);
+        let mut outbox = self.outbox.borrow_mut();
+        for i in 0..self.shared.partition.shard_count() {
+            let to = ShardId::from_index(i);
+            if to == self.id {
+                continue;
+            }
+            if !handoff::observation_fits(outbox.depth_to(to), ring_slots) {
+                metrics.shed(ShedCause::ObservationDropped).inc();
+                continue;
+            }
+            let observation = Observation {
+                tenant: result.tenant_id.as_str().into(),
+                provider: result.provider_id.as_str().into(),
+                observed: core::observed(result),
+            };
+            match outbox.try_send(to, Msg::Observe(Box::new(observation))) {
+                Ok(()) | Err(TrySendError::Closed(_)) => {}
+                Err(TrySendError::Full(_)) => metrics.shed(ShedCause::ObservationDropped).inc(),
+            }
+        }
+    }
+
+    /// A result accepted by its tenant's owner, copied here.
+    fn observe(&self, observation: &Observation) {
+        let now = self.shared.now();
+        self.refresh(now);
+        let table = self.table.borrow();
+        self.core.borrow_mut().observe(
+            table.table(),
+            &observation.tenant,
+            &observation.provider,
+            observation.observed,
+            now,
+        );
     }
 
     /// Sends `job` to `to` and waits for its reply; sheds with `overloaded` when the
@@ -321,7 +366,8 @@ impl ShardCtx {
         }
     }
 
-    /// Serves the peers: jobs for tenants we own, replies to jobs we sent.
+    /// Serves the peers: jobs for tenants we own, replies to jobs we sent, results the
+    /// owners accepted.
     fn serve_batch(self: &Rc<Self>, batch: &mut Batch<Msg>) {
         for envelope in batch.drain() {
             match envelope.msg {
@@ -336,6 +382,7 @@ impl ShardCtx {
                         .borrow_mut()
                         .complete(envelope.from, slot, reply);
                 }
+                Msg::Observe(observation) => self.observe(&observation),
             }
         }
     }

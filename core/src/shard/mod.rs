@@ -16,7 +16,9 @@
 //! - a request for a sticky policy naming its session (`STICKY_SESSIONS_CROSS`): the
 //!   session table is per shard, so a session must be decided where its entry is until
 //!   sessions are consistent wherever they land;
-//! - ExecResults: the owner de-duplicates them and feeds the breakers and averages.
+//! - ExecResults: the owner de-duplicates them and feeds the breakers and averages; an
+//!   accepted result is then copied to every other shard (`observe`), so that every
+//!   shard's breakers open and close on the same results and its averages follow them.
 //!
 //! Rate limits are per shard meanwhile: each shard spends its own bucket.
 
@@ -352,6 +354,20 @@ impl ShardCore {
         })
     }
 
+    /// A result the tenant's owner accepted, copied to this shard: its breakers and
+    /// averages take it as the owner's did (no de-duplication: the owner did that).
+    pub fn observe(
+        &mut self,
+        table: &RoutingTable,
+        tenant: &str,
+        provider: &str,
+        observed: Observed,
+        now: Now,
+    ) {
+        self.state
+            .record_result(table, tenant, provider, observed, now.mono_ns);
+    }
+
     fn take_result(
         &mut self,
         table: &RoutingTable,
@@ -409,7 +425,7 @@ impl ShardCore {
 }
 
 /// What a result tells the breakers and averages.
-fn observed(result: &ExecResult) -> Observed {
+pub fn observed(result: &ExecResult) -> Observed {
     let outcome = match result.status {
         ExecStatus::Success => Some(Outcome::Success),
         ExecStatus::Error | ExecStatus::Timeout => Some(Outcome::Failure),
