@@ -1,8 +1,8 @@
 //! The extensions pipeline (SPEC §7) end to end: a router with a registry of extensions,
 //! policies whose stages name them, and real responders (official `nats` client
-//! subscribers) on the extensions' subjects. Tenants cover every shard, so each scenario
-//! runs both on a shard that owns its tenant and through a handoff to the owner, which
-//! runs the stages in a task of its own.
+//! subscribers) on the extensions' subjects. Tenants cover every shard and requests go to
+//! the shared subject, so each scenario runs its stages on whichever shard a message
+//! lands, owner or not, in a task of its own.
 //!
 //! Every request has a timeout: a pipeline that hangs fails the test instead of stalling it.
 
@@ -86,6 +86,16 @@ impl Rig {
                 Some(WAIT),
                 body,
             )
+            .unwrap_or_else(|e| panic!("no answer for {tenant}: {e}"))
+    }
+
+    /// A decide request on the subject of `tenant`'s owner shard only.
+    fn decide_on_owner(&self, tenant: &str, body: &str) -> ::nats::Message {
+        let shards = self.server().shard_count();
+        let owner = ::shards::Partitioner::new(shards).shard_of(tenant).index();
+        let subject = format!("beamline.router.v1.decide.shard.{owner}");
+        self.nc
+            .request_timeout(&subject, body, WAIT)
             .unwrap_or_else(|e| panic!("no answer for {tenant}: {e}"))
     }
 
@@ -534,8 +544,9 @@ fn missing_responder_and_unknown_extension() {
     }
 }
 
-/// Five failed calls open an extension's breaker on the owner shard: later requests fail
-/// with `extension_unavailable` without reaching the responder, and every shard's
+/// Five failed calls open an extension's breaker on the shard that made them (each
+/// tenant's requests go to its owner's subject here): later requests fail with
+/// `extension_unavailable` without reaching the responder, and every shard's
 /// `get_extension_health` (over NATS admin) reports the breaker open with its counters.
 #[test]
 fn breaker_opens_after_failures() {
@@ -550,7 +561,7 @@ fn breaker_opens_after_failures() {
     for tenant in &rig.tenants {
         let codes: Vec<String> = (0..FAILURES + REFUSED)
             .map(|i| {
-                let m = rig.decide(tenant, &body(tenant, &format!("f{i}"), "b", ""));
+                let m = rig.decide_on_owner(tenant, &body(tenant, &format!("f{i}"), "b", ""));
                 let v = json_of(&m.data);
                 v["error"]["code"].as_str().unwrap_or("ok").to_owned()
             })

@@ -115,7 +115,8 @@ fn a_hanging_dns_lookup_does_not_freeze_the_shards() {
 
 /// A shard whose thread is blocked for 6 s is found by the watchdog: /readyz answers 503
 /// naming it, `shardline_shard_stalled{shard}` is 1 and its stall is counted; a request
-/// handed to it from another shard is answered `overloaded` at the handoff deadline
+/// handed to it from another shard (one with an idempotency key, which only the owner
+/// answers) is answered `overloaded` at the handoff deadline
 /// instead of waiting; once the shard runs again the router is ready again.
 #[test]
 fn a_stalled_shard_is_reported_and_handoffs_to_it_time_out() {
@@ -155,9 +156,13 @@ fn a_stalled_shard_is_reported_and_handoffs_to_it_time_out() {
     );
     assert!(router.log_shows("shard 1 is stalled").is_some());
 
-    // A tenant of shard 1, sent to shard 0: handed off, and answered at the deadline.
+    // A keyed request for a tenant of shard 1, sent to shard 0: only the owner can
+    // answer it, so it is handed off, and answered at the deadline.
     let tenant = &tenants_covering(shards)[1];
-    let body = decide_body(tenant, "to-the-stalled-shard");
+    let body = format!(
+        r#"{{"request_id":"to-the-stalled-shard","tenant_id":"{tenant}","idempotency_key":"k","task":{{"type":"chat","payload_ref":"p"}}}}"#
+    )
+    .into_bytes();
     let resp = Client::connect(healthy).request("POST", "/v1/decide", &[], &body);
     let json = resp.json();
     assert_eq!(resp.status, 503, "{json}");

@@ -892,8 +892,16 @@ fn decisions_are_made_on_the_shard_they_land_on() {
     expect_decision(&first, tenant, "keyed-1");
     let mut owner = Client::connect(owner_port);
     for round in 0..4 {
-        let client = if round % 2 == 0 { &mut owner } else { &mut other };
-        let again = post(client, "/v1/decide", &keyed(&format!("keyed-retry-{round}")));
+        let client = if round % 2 == 0 {
+            &mut owner
+        } else {
+            &mut other
+        };
+        let again = post(
+            client,
+            "/v1/decide",
+            &keyed(&format!("keyed-retry-{round}")),
+        );
         assert_eq!(again.status, 200, "{}", text(&again));
         assert_eq!(text(&again), text(&first), "round {round}");
     }

@@ -323,7 +323,11 @@ fn shard_subjects_reach_the_owner_and_misrouted_messages_still_answer() {
 /// The value of the exact series `series` in the router's metrics.
 fn series(rig: &Rig, series: &str) -> u64 {
     let mut text = String::new();
-    rig.server.as_ref().unwrap().shared().render_metrics(&mut text);
+    rig.server
+        .as_ref()
+        .unwrap()
+        .shared()
+        .render_metrics(&mut text);
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no series {series}"))
@@ -356,7 +360,12 @@ fn decisions_on_any_shard_subject_are_made_there() {
     };
     for i in 0..DECISIONS {
         let m = on(0, decide_body(tenant, &format!("landing-{i}")));
-        assert_eq!(header(&m, "status").as_deref(), Some("200"), "{:?}", json(&m));
+        assert_eq!(
+            header(&m, "status").as_deref(),
+            Some("200"),
+            "{:?}",
+            json(&m)
+        );
         assert_eq!(json(&m)["context"]["request_id"], format!("landing-{i}"));
     }
     let out = r#"shardline_handoffs_total{shard="all",direction="out"}"#;
@@ -382,5 +391,9 @@ fn decisions_on_any_shard_subject_are_made_there() {
         "the keyed requests on the other shard's subject, and only they, crossed"
     );
     let hits = r#"shardline_idempotency_hits_total{shard="1"}"#;
-    assert_eq!(series(&rig, hits), 4, "every retry was replayed by the owner");
+    assert_eq!(
+        series(&rig, hits),
+        4,
+        "every retry was replayed by the owner"
+    );
 }

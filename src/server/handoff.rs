@@ -1,5 +1,6 @@
-//! Cross-shard handoff: a request for a tenant owned by another shard travels through the
-//! SPSC ring to the owner, which runs it and sends the reply back through the ring.
+//! Cross-shard handoff: a request only the tenant's owner can answer (`crate::shard`)
+//! travels through the SPSC ring to the owner, which runs it and sends the reply back
+//! through the ring.
 //!
 //! Replies can never be refused by a full ring. A shard keeps at most
 //! `ring_slots / 4` requests in flight to each peer (`PendingTable`), so the ring from a
@@ -64,7 +65,6 @@ pub struct Reply {
     /// An ExecAssignment the answering shard publishes after the answer.
     pub assignment: Option<Box<Outgoing>>,
 }
-
 
 /// An ExecResult the tenant's owner accepted, for a peer's breakers and averages.
 #[derive(Debug)]
@@ -226,7 +226,10 @@ mod tests {
             }
             assert!(observations + 2 * per_peer_max(ring) <= ring, "ring {ring}");
         }
-        assert!(!observation_fits(0, 2), "a 2-slot ring has no room to spare");
+        assert!(
+            !observation_fits(0, 2),
+            "a 2-slot ring has no room to spare"
+        );
     }
 
     use super::*;

@@ -1,6 +1,7 @@
-//! The router as a server: one shard per core, each owning a partition of the tenants
-//! and their state, serving HTTP on a shared port (SO_REUSEPORT) and handing requests for
-//! other shards' tenants over the SPSC ring mesh.
+//! The router as a server: one shard per core, each deciding every request that reaches
+//! it and owning a partition of the tenants (their idempotency keys, sessions and
+//! results), serving HTTP on a shared port (SO_REUSEPORT) and handing the requests only
+//! an owner can answer over the SPSC ring mesh.
 //!
 //! Start-up order: preflight (`crate::preflight`, which `config check` also runs: the
 //! routing table, cores, registry, certificates, io_uring, memlock) → start one
@@ -49,10 +50,10 @@ use crate::config::AccessMode;
 use crate::decide::Now;
 use crate::extensions::Registry;
 use crate::metrics::Transport;
+use crate::shard::ShardConfig;
 use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
 use crate::transport::nats::ClientStats;
 use handoff::Msg;
-use crate::shard::ShardConfig;
 use service::{Listener, RouterService};
 use shard::ShardCtx;
 pub use stats::Count;

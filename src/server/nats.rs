@@ -32,8 +32,8 @@ use crate::contract::{
 };
 use crate::extensions::{CallOutcome, Registry};
 use crate::metrics::{Counter, ExtraMetric, ShedCause, Transport};
-use crate::transport::http::Stop;
 use crate::shard::{self as core, Assigner, Step};
+use crate::transport::http::Stop;
 use crate::transport::nats::{Client, ClientOptions, ClientStats, HeaderBlock, Msg};
 
 /// Queue groups of the subscriptions other than decide (whose group is configured): one
@@ -358,7 +358,14 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         body: msg.payload.to_vec(),
         headers: owned(&headers, None),
     };
-    decide_later(ctx, client, step, job, OwnedReplyIds::of(&req), reply_to.into());
+    decide_later(
+        ctx,
+        client,
+        step,
+        job,
+        OwnedReplyIds::of(&req),
+        reply_to.into(),
+    );
 }
 
 /// An invalid request: the contract error, with the ids that could be read.
@@ -528,7 +535,12 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
 }
 
 /// Publishes the UsageEvent of a newly accepted result.
-pub(super) fn publish_usage(ctx: &ShardCtx, client: &Client, result: &ExecResult, now_unix_ms: u64) {
+pub(super) fn publish_usage(
+    ctx: &ShardCtx,
+    client: &Client,
+    result: &ExecResult,
+    now_unix_ms: u64,
+) {
     let Some(settings) = &ctx.shared.nats_settings else {
         return;
     };

@@ -22,9 +22,9 @@ use super::shard::{borrowed, reply, ShardCtx};
 use super::stats::Count;
 use crate::contract::{decode_decide, DecideRequest};
 use crate::decide::{admit, DecideError, Decision, Now, StageOutcome};
-use crate::shard::{self as core, Decided, Step};
 use crate::extensions::{decode_reply, encode_call, Call, CallOutcome, RetryPlan};
 use crate::policy::{RoutingTable, Stage, StageKind};
+use crate::shard::{self as core, Decided, Step};
 use crate::transport::nats::RequestError;
 
 /// Requests a shard answers asynchronously at once (NATS handoffs, extension pipelines);
@@ -73,7 +73,11 @@ impl ShardCtx {
 
     /// Ends a `Step::CallStages`: runs `req`'s extension stages and writes the answer to
     /// `out`.
-    pub async fn decide_stages(self: &Rc<Self>, req: &DecideRequest<'_>, out: &mut Vec<u8>) -> Decided {
+    pub async fn decide_stages(
+        self: &Rc<Self>,
+        req: &DecideRequest<'_>,
+        out: &mut Vec<u8>,
+    ) -> Decided {
         let started = std::time::Instant::now();
         let now = self.shared.now();
         let metrics = self.shared.metrics(self.id);

@@ -319,7 +319,10 @@ impl RouterService {
             Step::CallStages => unreachable!("results have no stages"),
             Step::NeedsOwner { owner } => {
                 let job = forward(Route::Results, result.tenant_id.as_str(), req, &headers);
-                apply_reply(resp, ctx.hand_off(ShardId(owner), job, Ids::default()).await);
+                apply_reply(
+                    resp,
+                    ctx.hand_off(ShardId(owner), job, Ids::default()).await,
+                );
             }
         }
     }

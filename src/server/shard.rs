@@ -25,9 +25,9 @@ use super::Shared;
 use crate::admin::{AdminRequest, ShardTable, ShardView};
 use crate::contract::{decode_decide, DecideRequest, ExecResult, Headers};
 use crate::decide::Now;
-use crate::shard::{self as core, Answered, Decided, ShardCore, Step};
 use crate::extensions::ExtensionBreakers;
 use crate::metrics::ShedCause;
+use crate::shard::{self as core, Answered, Decided, ShardCore, Step};
 use crate::transport::nats::Client;
 
 /// Capacity of a shard's reused answer buffer; one grown past it (a long explanation) is

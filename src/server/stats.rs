@@ -5,10 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::shard::{Answered, Counted};
 use crate::admin::WatchStats;
 use crate::contract::ErrorCode;
 use crate::metrics::{render, ExtraMetric, ShardMetrics, ShedCause, ALL_SHARDS};
+use crate::shard::{Answered, Counted};
 use crate::transport::http::{HttpStats, RESPONSE_CLASSES};
 
 pub type ShardStats = ShardMetrics;

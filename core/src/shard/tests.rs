@@ -73,7 +73,12 @@ fn any_shard_decides_any_tenant() {
         let mut core = core(shard, &table);
         for tenant in ["t0", "t1"] {
             let mut out = Vec::new();
-            let d = decided(step(&mut core, &table, &body(tenant, "default", ""), &mut out));
+            let d = decided(step(
+                &mut core,
+                &table,
+                &body(tenant, "default", ""),
+                &mut out,
+            ));
             assert_eq!(d.answered.status, 200, "{}", String::from_utf8_lossy(&out));
             assert!(matches!(d.answered.counted, Counted::Decided(_)));
         }
@@ -138,7 +143,10 @@ fn staged_policies_call_stages_on_the_landing_shard() {
     );
     other.set_extensions(true);
     let mut out = Vec::new();
-    assert_eq!(step(&mut other, &table, &staged, &mut out), Step::CallStages);
+    assert_eq!(
+        step(&mut other, &table, &staged, &mut out),
+        Step::CallStages
+    );
     assert!(out.is_empty());
 }
 
