@@ -1,30 +1,33 @@
-//! Proves that `decide` does not touch the heap on the weighted and sticky-hit paths
-//! (STYLE: allocate at shard start, not per request), with a counting global allocator.
-//! Only the counting thread's allocations count: the test harness's own thread may
-//! allocate at any moment (it did, on a loaded machine, while the test ran).
+//! Proves that `decide` does not touch the heap on the weighted and sticky-hit paths, nor
+//! the shard core's whole local path around it (the lifecycle's choice, the engine, the
+//! encoded answer into a reused buffer) on a shard that does not own the tenant (STYLE:
+//! allocate at shard start, not per request), with a counting global allocator.
+//! Only the counting thread's allocations count, on a counter of its own: the test
+//! harness's own thread may allocate at any moment (it did, on a loaded machine, while the
+//! test ran), and so may the other tests' threads.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use shardline::contract::{Constraints, DecideRequest, Metadata, Reason, Scalar, Task};
 use shardline::decide::{decide, Now, ShardState, StateConfig};
 use shardline::policy::{Policy, Provider, RoutingTable, Sticky, WeightTable};
+use shardline::shard::{Counted, ShardConfig, ShardCore, Step};
 
 struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Whether this thread's allocations are counted (const-initialised: reading it from
     /// inside the allocator allocates nothing).
     static COUNTED: Cell<bool> = const { Cell::new(false) };
+    /// This thread's counted allocations.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
 fn note_allocation() {
     if COUNTED.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
     }
 }
 
@@ -115,11 +118,11 @@ fn request<'a>(policy: &'a str, user: &'a str) -> DecideRequest<'a> {
 }
 
 fn count<R>(f: impl FnOnce() -> R) -> (u64, R) {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOCATIONS.with(Cell::get);
     COUNTED.with(|c| c.set(true));
     let r = f();
     COUNTED.with(|c| c.set(false));
-    (ALLOCATIONS.load(Ordering::Relaxed) - before, r)
+    (ALLOCATIONS.with(Cell::get) - before, r)
 }
 
 /// Weighted (with and without writing a sticky entry) and sticky-hit decisions allocate
@@ -154,4 +157,40 @@ fn decide_does_not_allocate() {
         assert_eq!(n, 0, "weighted path: {n} allocations");
         assert_eq!(d.reason, Reason::Weighted);
     }
+}
+
+/// A decision for a tenant another shard owns goes through the shard core's whole local
+/// path — the choice, the engine, the answer written into a reused buffer — without
+/// allocating.
+#[test]
+fn the_shard_core_decides_another_shards_tenant_without_allocating() {
+    let table = RoutingTable::from_policies(vec![policy("plain", false)]).expect("table");
+    let config = ShardConfig {
+        state: StateConfig::default(),
+        idempotency_entries: 64,
+        idempotency_bytes: 1 << 20,
+        idempotency_ttl_ms: 60_000,
+        results_dedup_bytes: 1 << 20,
+        results_seen_ttl_ms: 60_000,
+    };
+    // Shard 0 of two; every tenant is shard 1's.
+    let mut core = ShardCore::new(0, Box::new(|_: &str| 1), &table, config, 0);
+    let req = request("plain", "u");
+    let mut out = Vec::with_capacity(4 << 10);
+    for t in 0..1_000u64 {
+        out.clear();
+        let now = Now {
+            mono_ns: 10_000 + t,
+            unix_ms: 1,
+        };
+        let (n, step) = count(|| core.decide(&table, &req, now, &mut out));
+        assert_eq!(n, 0, "shard core, local path, request {t}: {n} allocations");
+        match step {
+            Step::Answered(d) => {
+                assert_eq!(d.answered.counted, Counted::Decided(Reason::Weighted));
+            }
+            other => panic!("not decided here: {other:?}"),
+        }
+    }
+    assert!(out.starts_with(b"{"), "an answer was written");
 }
