@@ -60,7 +60,7 @@ impl ShardCtx {
         let now = shared.now();
         let mut config = shared.settings.shard;
         config.state.seed ^= u64::from(id.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let partition = shared.partition.clone();
+        let partition = shared.partition;
         let owner_of = Box::new(move |tenant: &str| partition.shard_of(tenant).0);
         let core = ShardCore::new(id.0, owner_of, table.table(), config, now.mono_ns);
         shared.metrics(id).table_generation.set(table.generation());
