@@ -19,6 +19,7 @@
 //! - ExecResults: the owner de-duplicates them and feeds the breakers and averages; an
 //!   accepted result is then copied to every other shard (`observe`), so that every
 //!   shard's breakers open and close on the same results and its averages follow them.
+//!   Transitions are counted by the owner only (`shardline_breaker_transitions_total`).
 //!
 //! Rate limits are per shard meanwhile: each shard spends its own bucket.
 
@@ -306,6 +307,11 @@ impl ShardCore {
     ) -> Decided {
         encode_outcome(out, table, req, outcome);
         let answered = answered(outcome);
+        if !self.owns(&req.tenant_id) {
+            // A breaker transition is counted once, by the tenant's owner, whose breakers
+            // the results feed first; a copy half-opening here is not another transition.
+            self.state.take_half_opened();
+        }
         // Only decisions are remembered: a retry after `rate_limited` deserves a new try.
         if let (Some(k), Ok(_)) = (self.idempotency_key(req), outcome) {
             let body: Box<[u8]> = out[start..].into();
