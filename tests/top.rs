@@ -84,33 +84,39 @@ fn row<'a>(frame: &'a str, shard: &str) -> Vec<&'a str> {
 #[test]
 fn once_prints_one_plain_frame_with_every_shard() {
     let _serial = serial();
-    let dir = config_dir("top", "");
     let tenants = tenants_covering(usable_cores());
-    for tenant in &tenants {
-        write_policy(&dir, tenant, "default", SIMPLE_POLICY);
-    }
-    let server = start(settings(&dir));
+    let prepare = |dir: &TempDir| {
+        for tenant in &tenants {
+            write_policy(dir, tenant, "default", SIMPLE_POLICY);
+        }
+    };
+    // Shard ports: a decision is made on the shard it reaches, so the sender reaches each.
+    let (_dir, server, base) = start_with_shard_ports("top", "", prepare);
     let shards = server.shard_count();
     let data = server.local_addr();
     let ops = server.ops_addr().expect("an operations listener");
 
     for target in [format!("http://{ops}"), format!("http://{data}/metrics")] {
-        // Decisions to every shard (and one unknown tenant) for as long as top runs, so
-        // both of its scrapes see traffic between them.
+        // Decisions on every shard (and for one unknown tenant) for as long as top runs,
+        // so both of its scrapes see traffic between them.
         let running = Arc::new(AtomicBool::new(true));
         let sender = {
             let running = running.clone();
             let mut tenants = tenants.clone();
             tenants.push("no-such-tenant".into());
             std::thread::spawn(move || {
-                let mut client = Client::connect(data);
+                let mut clients: Vec<Client> = (0..shards)
+                    .map(|i| Client::connect(loopback(base + i as u16)))
+                    .collect();
                 let mut sent = 0u64;
                 while running.load(Ordering::Relaxed) {
-                    for tenant in &tenants {
-                        let body = decide_body(tenant, &format!("r{sent}"));
-                        let resp = client.request("POST", "/v1/decide", &[], &body);
-                        assert!(resp.status == 200 || resp.status == 404, "{}", resp.status);
-                        sent += 1;
+                    for client in &mut clients {
+                        for tenant in &tenants {
+                            let body = decide_body(tenant, &format!("r{sent}"));
+                            let resp = client.request("POST", "/v1/decide", &[], &body);
+                            assert!(resp.status == 200 || resp.status == 404, "{}", resp.status);
+                            sent += 1;
+                        }
                     }
                 }
                 sent
@@ -133,7 +139,7 @@ fn once_prints_one_plain_frame_with_every_shard() {
             ],
             "{frame}"
         );
-        // Every shard answers for its own tenants: each has a rate and percentiles.
+        // Every shard answers what reaches it: each has a rate and percentiles.
         let mut answered = 0.0;
         for shard in 0..shards {
             let cells = row(frame, &shard.to_string());
