@@ -409,6 +409,7 @@ fn decide_later(
     glommio::spawn_local(async move {
         let reply = match step {
             Step::NeedsOwner { owner } => ctx.hand_off(ShardId(owner), job, ids.ids()).await,
+            // `Answered` never waits; the stages run from the message's own copy.
             Step::CallStages | Step::Answered(_) => ctx.decide_job_stages(&job).await,
         };
         answer(&ctx, &client, &to, &ids.reply_ids(), &reply);

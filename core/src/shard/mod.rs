@@ -268,7 +268,8 @@ impl ShardCore {
         }
         let start = out.len();
         let outcome = decide(table, &mut self.state, req, now);
-        Step::Answered(self.conclude(table, req, &outcome, None, now, start, out))
+        let owned = owner == self.shard;
+        Step::Answered(self.settle(owned, table, req, &outcome, None, now, start, out))
     }
 
     /// The remembered answer to a repeated idempotency key, written to `out`.
@@ -305,9 +306,26 @@ impl ShardCore {
         start: usize,
         out: &mut Vec<u8>,
     ) -> Decided {
+        let owned = self.owns(&req.tenant_id);
+        self.settle(owned, table, req, outcome, payload, now, start, out)
+    }
+
+    /// `conclude`, told whether this shard owns the request's tenant.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        owned: bool,
+        table: &RoutingTable,
+        req: &DecideRequest<'_>,
+        outcome: &Result<Decision, DecideError>,
+        payload: Option<&RawValue>,
+        now: Now,
+        start: usize,
+        out: &mut Vec<u8>,
+    ) -> Decided {
         encode_outcome(out, table, req, outcome);
         let answered = answered(outcome);
-        if !self.owns(&req.tenant_id) {
+        if !owned {
             // A breaker transition is counted once, by the tenant's owner, whose breakers
             // the results feed first; a copy half-opening here is not another transition.
             self.state.take_half_opened();
