@@ -17,8 +17,11 @@ mod error;
 pub mod pipeline;
 pub mod rng;
 pub mod select;
+#[cfg(test)]
+mod sim;
 pub mod state;
 pub mod sticky;
+pub mod sync;
 
 #[cfg(test)]
 mod tests;
@@ -27,6 +30,7 @@ pub use breaker::Outcome;
 pub use error::{DecideError, Exclusions};
 pub use pipeline::{admit, Decision, Pending, StageOutcome};
 pub use state::{Observed, ResultEffect, ShardState, StateConfig};
+pub use sync::{Peer, Placement, SyncMsg};
 
 use crate::contract::DecideRequest;
 use crate::policy::{RoutingTable, StageKind};

@@ -84,6 +84,9 @@ pub(super) struct Selector<'s, 'r, 'a> {
     pub slot: PolicySlot,
     pub ctx: RuleCtx<'r, 'a>,
     pub now_ns: u64,
+    /// This shard is the authority for the policy's state (`sync`): it reads its own
+    /// breakers; another shard reads replicas and needs the owner's probes.
+    pub owner: bool,
     pub explain: &'s mut Option<Vec<String>>,
 }
 
@@ -95,10 +98,12 @@ impl Selector<'_, '_, '_> {
             return Err(why);
         }
         match &self.policy.circuit_breaker {
-            Some(cfg) => match ps.providers[idx.get()]
-                .breaker
-                .availability(cfg, self.now_ns)
-            {
+            Some(cfg) => match super::sync::availability(
+                self.owner,
+                &ps.providers[idx.get()],
+                cfg,
+                self.now_ns,
+            ) {
                 Availability::Open => Err(Unusable::CircuitOpen),
                 Availability::Closed | Availability::Probe => Ok(()),
             },
@@ -152,6 +157,9 @@ impl Selector<'_, '_, '_> {
             None => self.no_candidates(&state.policies[self.slot.get()], &mut ex)?,
         };
         self.commit(state, sel);
+        if !self.owner {
+            state.ask_probes(self.slot, self.policy, self.now_ns);
+        }
         Ok(sel)
     }
 
@@ -303,7 +311,9 @@ impl Selector<'_, '_, '_> {
     fn commit(&mut self, state: &mut ShardState, sel: Selection) {
         let policy = self.policy;
         let slot = self.slot.get();
-        if let Some(cfg) = &policy.circuit_breaker {
+        if !self.owner {
+            state.spend_probe(self.slot, sel.provider);
+        } else if let Some(cfg) = &policy.circuit_breaker {
             let transition = state.policies[slot].providers[sel.provider.get()]
                 .breaker
                 .on_selected(cfg, self.now_ns);

@@ -9,7 +9,7 @@ use crate::policy::*;
 
 const MS: u64 = 1_000_000;
 
-fn provider(name: &str, weight: u32) -> Provider {
+pub(super) fn provider(name: &str, weight: u32) -> Provider {
     Provider {
         name: name.into(),
         weight: weight * 10_000,
@@ -19,7 +19,7 @@ fn provider(name: &str, weight: u32) -> Provider {
     }
 }
 
-fn policy(tenant: &str, id: &str, providers: Vec<Provider>) -> Policy {
+pub(super) fn policy(tenant: &str, id: &str, providers: Vec<Provider>) -> Policy {
     let providers: Box<[Provider]> = providers.into();
     Policy {
         tenant: tenant.into(),
@@ -58,7 +58,7 @@ fn status_in(values: &[&str]) -> Clause {
     }
 }
 
-fn request<'a>(tenant: &'a str, policy: &'a str) -> DecideRequest<'a> {
+pub(super) fn request<'a>(tenant: &'a str, policy: &'a str) -> DecideRequest<'a> {
     DecideRequest {
         request_id: Cow::Borrowed("r-1"),
         tenant_id: Cow::Borrowed(tenant),
