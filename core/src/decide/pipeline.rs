@@ -262,7 +262,9 @@ impl<'t> Pending<'t> {
                 no_candidates: None,
             },
             now_ns: now.mono_ns,
+            now_unix_ms: now.unix_ms,
             explain: &mut self.explain,
+            sticky_write: None,
         };
         let sel = selector.run(state)?;
         let (latency, cost) = expected(self.policy, state.policy(self.slot), sel.provider);
