@@ -263,7 +263,9 @@ impl<'t> Pending<'t> {
             },
             now_ns: now.mono_ns,
             owner: state.owns_slot(self.slot),
+            now_unix_ms: now.unix_ms,
             explain: &mut self.explain,
+            sticky_write: None,
         };
         let sel = selector.run(state)?;
         let (latency, cost) = expected(self.policy, state.policy(self.slot), sel.provider);

@@ -13,6 +13,7 @@ use foldhash::fast::FixedState;
 
 use super::breaker::{Breaker, Outcome, Transition};
 use super::bucket::TokenBucket;
+use super::rendezvous;
 use super::rng::Rng;
 use super::sticky::{SessionKey, StickyTable};
 use super::sync::{policy_key, Lease, Peer, PeerLease, Placement, Probe, Sent, SyncMsg};
@@ -63,6 +64,11 @@ pub struct PolicyState {
     pub identity: u64,
     /// Seeded hash of the provider names in order; sticky entries are tied to it.
     pub providers_fp: u64,
+    /// Fixed (unseeded) hash of (tenant, policy id): the rendezvous namespace of the
+    /// policy's sessions, the same on every shard and node.
+    pub rendezvous_key: u64,
+    /// Fixed hash of each provider's name, in provider order, for the rendezvous ranking.
+    pub provider_keys: Box<[u64]>,
     pub bucket: Option<TokenBucket>,
     pub providers: Box<[ProviderState]>,
     /// The policy's name among peers (`sync::policy_key`).
@@ -157,6 +163,12 @@ impl ShardState {
         PolicyState {
             identity: self.hash_pair(&policy.tenant, &policy.id),
             providers_fp: self.providers_fp(policy),
+            rendezvous_key: rendezvous::policy_key(&policy.tenant, &policy.id),
+            provider_keys: policy
+                .providers
+                .iter()
+                .map(|p| rendezvous::provider_key(&p.name))
+                .collect(),
             bucket: policy.rate_limit.map(|l| TokenBucket::new(l, now_ns)),
             providers: vec![ProviderState::default(); policy.providers.len()].into(),
             key: policy_key(policy),
@@ -276,6 +288,8 @@ impl ShardState {
                     PolicyState {
                         identity: 0,
                         providers_fp: 0,
+                        rendezvous_key: 0,
+                        provider_keys: Box::new([]),
                         bucket: None,
                         providers: Box::new([]),
                         key: 0,
@@ -315,9 +329,9 @@ impl ShardState {
             return;
         };
         let key = self.session_key(ps.identity, bytes);
-        if let Some(idx) = self.sticky.get(key, ps.providers_fp, now_ns) {
+        if let Some(held) = self.sticky.get(key, ps.providers_fp, now_ns) {
             // The copy lives for one decision: the entry only has to outlive it.
-            copy.sticky.put(key, ps.providers_fp, idx, u64::MAX);
+            copy.sticky.put(key, ps.providers_fp, held, u64::MAX);
         }
     }
 
