@@ -125,8 +125,8 @@ fn count<R>(f: impl FnOnce() -> R) -> (u64, R) {
     (ALLOCATIONS.with(Cell::get) - before, r)
 }
 
-/// Weighted (with and without writing a sticky entry) and sticky-hit decisions allocate
-/// nothing. The counter is real: building the request above does allocate.
+/// Weighted (with and without writing a sticky entry), sticky-hit and new-epoch session
+/// decisions allocate nothing. The counter is real: building the request above does allocate.
 #[test]
 fn decide_does_not_allocate() {
     let table = RoutingTable::from_policies(vec![policy("plain", false), policy("sticky", true)])
@@ -137,11 +137,17 @@ fn decide_does_not_allocate() {
     assert!(n > 0, "the counting allocator counts");
     let sticky: Vec<DecideRequest> = users.iter().map(|u| request("sticky", u)).collect();
 
-    for (i, reason) in [(0u64, Reason::Weighted), (1, Reason::Sticky)] {
+    // Pass 2 is one TTL (600 s) later: every session is in its next epoch, re-ranked and
+    // its entry rewritten.
+    for (i, reason) in [
+        (0u64, Reason::Weighted),
+        (1, Reason::Sticky),
+        (2, Reason::Weighted),
+    ] {
         for (j, req) in sticky.iter().enumerate() {
             let now = Now {
                 mono_ns: i * 1_000 + j as u64,
-                unix_ms: 1,
+                unix_ms: 1 + i / 2 * 600_000,
             };
             let (n, d) = count(|| decide(&table, &mut state, req, now).expect("decision"));
             assert_eq!(n, 0, "sticky policy, pass {i}: {n} allocations");

@@ -681,6 +681,64 @@ fn sticky_sessions_hold_across_connections_and_shards() {
     server.stop().unwrap();
 }
 
+/// Sessions of acme/default (sticky on `user_id`, ten-minute TTL) in one test.
+const SESSIONS: usize = 200;
+
+/// The provider `client`'s router answers for `user`'s session of acme/default, with the
+/// reason.
+fn session_provider(client: &mut Client, user: &str, id: &str) -> (Value, Value) {
+    let metadata = json!({"metadata": {"user_id": user}});
+    let resp = post(client, "/v1/decide", &decide("acme", id, metadata));
+    let decision = expect_decision(&resp, "acme", id);
+    (decision["provider_id"].clone(), decision["reason"].clone())
+}
+
+/// Local-first stickiness: many sessions of one sticky policy, sent alternately to the
+/// first two shards' own ports, get the same provider on both ports, and spread over
+/// the policy's providers (not one for all). Only the provider is compared: whether the
+/// second answer says `sticky` depends on which shard decided it (docs/API.md).
+#[test]
+fn sticky_sessions_agree_across_shard_ports() {
+    let _serial = serial();
+    let (_dir, server, base) = start_with_shard_ports("sticky-ports", "", |_| {});
+    let ports = server.shard_count().min(2);
+    let mut clients: Vec<Client> = (0..ports)
+        .map(|i| Client::connect(loopback(base + i as u16)))
+        .collect();
+    let mut spread = HashSet::new();
+    for n in 0..SESSIONS {
+        let user = format!("port-user-{n}");
+        let (first, reason) = session_provider(&mut clients[n % ports], &user, "r-a");
+        assert_eq!(reason, "weighted", "{user}: the session's first answer");
+        let (other, _) = session_provider(&mut clients[(n + 1) % ports], &user, "r-b");
+        assert_eq!(other, first, "{user}: the other shard's port agrees");
+        spread.insert(first);
+    }
+    assert!(spread.len() >= 3, "sessions spread: {spread:?}");
+    server.stop().unwrap();
+}
+
+/// Stickiness needs no shared state: two routers, each with its own random seeds and
+/// sticky tables as two nodes (or one router before and after a restart) would have, give
+/// every session the same provider.
+#[test]
+fn sticky_sessions_agree_across_routers() {
+    let _serial = serial();
+    let (dir_a, dir_b) = (config_dir("sticky-a", ""), config_dir("sticky-b", ""));
+    let (a, b) = (start(settings(&dir_a)), start(settings(&dir_b)));
+    let mut at_a = Client::connect(a.local_addr());
+    let mut at_b = Client::connect(b.local_addr());
+    for n in 0..SESSIONS {
+        let user = format!("node-user-{n}");
+        let (on_a, _) = session_provider(&mut at_a, &user, "r-a");
+        let (on_b, reason) = session_provider(&mut at_b, &user, "r-b");
+        assert_eq!(reason, "weighted", "{user}: router b had not seen it");
+        assert_eq!(on_b, on_a, "{user}: both routers chose the same provider");
+    }
+    a.stop().unwrap();
+    b.stop().unwrap();
+}
+
 /// ExecResults posted to any shard reach the tenant's owner: five failures open acme's
 /// `openai` circuit (failure_threshold 5) and later decisions avoid it; a repeated
 /// assignment id is a duplicate; a malformed result is 400.

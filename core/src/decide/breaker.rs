@@ -137,6 +137,15 @@ impl Breaker {
         self.state
     }
 
+    /// Takes the owner's state of this circuit (a replica on another shard). The
+    /// failure counts stay the owner's: replicas never record results.
+    pub fn replicate(&mut self, state: BreakerState) {
+        *self = Breaker {
+            state,
+            ..Breaker::default()
+        };
+    }
+
     /// Read-only: how the breaker stands at `now_ns`, applying the open → half-open timeout
     /// without recording it.
     pub fn availability(&self, cfg: &BreakerConfig, now_ns: u64) -> Availability {

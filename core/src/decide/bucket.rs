@@ -40,6 +40,57 @@ impl TokenBucket {
     /// Takes one token, or returns how many milliseconds until one is available (≥ 1).
     pub fn try_take(&mut self, now_ns: u64) -> Result<(), u64> {
         self.refill(now_ns);
+        self.take_or_wait()
+    }
+
+    fn refill(&mut self, now_ns: u64) {
+        self.refill_below(now_ns, 0);
+    }
+
+    /// Refills up to the capacity less `leased` tokens held elsewhere (granted to peers
+    /// and not yet spent or expired), so the bucket and the leases together never hold
+    /// more than the burst: over any window, admissions everywhere stay within
+    /// `burst + rate × window`.
+    pub fn refill_below(&mut self, now_ns: u64, leased: u64) {
+        // A clock that steps back (it should not: it is monotonic) refills nothing.
+        let elapsed_ns = now_ns.saturating_sub(self.last_ns);
+        let added = elapsed_ns.saturating_mul(self.rate_per_s);
+        let cap = self
+            .capacity_nano
+            .saturating_sub(leased.saturating_mul(NANO_TOKENS_PER_TOKEN));
+        let filled = self.tokens_nano.saturating_add(added);
+        // Tokens already in the bucket stay (they were counted when granted back); only
+        // the refill is held under the cap.
+        self.tokens_nano = filled.min(cap.max(self.tokens_nano));
+        self.last_ns = self.last_ns.max(now_ns);
+    }
+
+    /// When the bucket was last refilled: a lease expiring after it frees its tokens'
+    /// room from its expiry on, not before (`sync`).
+    pub fn refilled_ns(&self) -> u64 {
+        self.last_ns
+    }
+
+    /// Moves up to `want` whole tokens out of the bucket into a lease (`leased` tokens are
+    /// out already); returns how many, and when the next token is due if none.
+    pub fn grant(&mut self, now_ns: u64, want: u32, leased: u64) -> (u32, u64) {
+        self.refill_below(now_ns, leased);
+        let whole = self.tokens_nano / NANO_TOKENS_PER_TOKEN;
+        let granted = whole.min(u64::from(want)) as u32;
+        self.tokens_nano -= u64::from(granted) * NANO_TOKENS_PER_TOKEN;
+        let deficit_nano = NANO_TOKENS_PER_TOKEN.saturating_sub(self.tokens_nano);
+        let next_ns = now_ns.saturating_add(deficit_nano.div_ceil(self.rate_per_s));
+        (granted, next_ns)
+    }
+
+    /// The burst, in whole tokens.
+    pub fn burst(&self) -> u32 {
+        (self.capacity_nano / NANO_TOKENS_PER_TOKEN) as u32
+    }
+
+    /// Takes one token without refilling (the caller refilled), or says how many
+    /// milliseconds until one is due (≥ 1).
+    pub fn take_or_wait(&mut self) -> Result<(), u64> {
         if self.tokens_nano >= NANO_TOKENS_PER_TOKEN {
             self.tokens_nano -= NANO_TOKENS_PER_TOKEN;
             return Ok(());
@@ -47,17 +98,6 @@ impl TokenBucket {
         let deficit_nano = NANO_TOKENS_PER_TOKEN - self.tokens_nano;
         let wait_ns = deficit_nano.div_ceil(self.rate_per_s);
         Err(wait_ns.div_ceil(NS_PER_MS).max(1))
-    }
-
-    fn refill(&mut self, now_ns: u64) {
-        // A clock that steps back (it should not: it is monotonic) refills nothing.
-        let elapsed_ns = now_ns.saturating_sub(self.last_ns);
-        let added = elapsed_ns.saturating_mul(self.rate_per_s);
-        self.tokens_nano = self
-            .tokens_nano
-            .saturating_add(added)
-            .min(self.capacity_nano);
-        self.last_ns = self.last_ns.max(now_ns);
     }
 }
 

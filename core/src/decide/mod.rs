@@ -8,17 +8,22 @@
 //!
 //! Module map: `pipeline` (phases, admission, extension outcomes), `select` (steps 5–9),
 //! `condition` (fallback `when`), `state` (per-shard state and results), `breaker`,
-//! `bucket` (rate limit), `sticky` (session table), `rng` (weighted draw).
+//! `bucket` (rate limit), `rendezvous` (a session's provider, the same on every shard),
+//! `sticky` (which sessions this shard already answered), `rng` (weighted draw).
 
 pub mod breaker;
 pub mod bucket;
 pub mod condition;
 mod error;
 pub mod pipeline;
+pub mod rendezvous;
 pub mod rng;
 pub mod select;
+#[cfg(test)]
+mod sim;
 pub mod state;
 pub mod sticky;
+pub mod sync;
 
 #[cfg(test)]
 mod tests;
@@ -27,6 +32,7 @@ pub use breaker::Outcome;
 pub use error::{DecideError, Exclusions};
 pub use pipeline::{admit, Decision, Pending, StageOutcome};
 pub use state::{Observed, ResultEffect, ShardState, StateConfig};
+pub use sync::{Peer, Placement, SyncMsg};
 
 use crate::contract::DecideRequest;
 use crate::policy::{RoutingTable, StageKind};
@@ -34,9 +40,10 @@ use crate::policy::{RoutingTable, StageKind};
 /// The time a decision is made at, read by the transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
-    /// Monotonic nanoseconds (any fixed origin): buckets, breakers, sticky TTLs.
+    /// Monotonic nanoseconds (any fixed origin): buckets, breakers, sticky-table expiry.
     pub mono_ns: u64,
-    /// Wall-clock Unix milliseconds: request deadlines.
+    /// Wall-clock Unix milliseconds: request deadlines, sticky sessions' TTL epochs (the
+    /// clock every shard and node shares).
     pub unix_ms: u64,
 }
 

@@ -97,8 +97,8 @@ pub fn admit<'t>(
         policy.id,
         policy.version
     );
-    if let Some(bucket) = &mut state.policies[slot.get()].bucket {
-        if let Err(retry_after_ms) = bucket.try_take(now.mono_ns) {
+    if let Err(retry_after_ms) = state.take_token(slot, now.mono_ns) {
+        if let Some(bucket) = &state.policies[slot.get()].bucket {
             let limit = bucket.limit();
             return Err(DecideError::RateLimited {
                 policy: policy.id.clone(),
@@ -262,7 +262,10 @@ impl<'t> Pending<'t> {
                 no_candidates: None,
             },
             now_ns: now.mono_ns,
+            owner: state.owns_slot(self.slot),
+            now_unix_ms: now.unix_ms,
             explain: &mut self.explain,
+            sticky_write: None,
         };
         let sel = selector.run(state)?;
         let (latency, cost) = expected(self.policy, state.policy(self.slot), sel.provider);

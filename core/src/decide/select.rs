@@ -1,10 +1,16 @@
 //! Steps 5–9 of SPEC §5: candidates, attempt-driven retry/fallback, sticky, weighted draw,
 //! and the no-candidate fallbacks. Allocation-free unless `explain` is on.
+//!
+//! A request with a sticky session gets the session's rendezvous choice among the
+//! candidates (`rendezvous`), the same on every shard; one without gets a random weighted
+//! draw from the shard's generator.
 
 use super::breaker::{Availability, Transition};
 use super::condition::{session_bytes, status_matches, RuleCtx};
 use super::error::{DecideError, Exclusions};
+use super::rendezvous::{self, Epoch};
 use super::state::{PolicyState, ShardState};
+use super::sticky::SessionKey;
 use crate::contract::{Constraints, Reason};
 use crate::policy::{Policy, PolicySlot, Provider, ProviderIdx};
 
@@ -84,7 +90,23 @@ pub(super) struct Selector<'s, 'r, 'a> {
     pub slot: PolicySlot,
     pub ctx: RuleCtx<'r, 'a>,
     pub now_ns: u64,
+    /// This shard is the authority for the policy's state (`sync`): it reads its own
+    /// breakers; another shard reads replicas and needs the owner's probes.
+    pub owner: bool,
+    /// Wall-clock time: the sticky sessions' TTL epochs.
+    pub now_unix_ms: u64,
     pub explain: &'s mut Option<Vec<String>>,
+    /// The sticky entry a `weighted` session answer writes at `commit`.
+    pub sticky_write: Option<StickyWrite>,
+}
+
+/// A sticky entry to write: this shard answered the session with `held` (provider, epoch).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StickyWrite {
+    key: SessionKey,
+    providers_fp: u64,
+    held: (ProviderIdx, u64),
+    expires_ns: u64,
 }
 
 impl Selector<'_, '_, '_> {
@@ -95,10 +117,12 @@ impl Selector<'_, '_, '_> {
             return Err(why);
         }
         match &self.policy.circuit_breaker {
-            Some(cfg) => match ps.providers[idx.get()]
-                .breaker
-                .availability(cfg, self.now_ns)
-            {
+            Some(cfg) => match super::sync::availability(
+                self.owner,
+                &ps.providers[idx.get()],
+                cfg,
+                self.now_ns,
+            ) {
                 Availability::Open => Err(Unusable::CircuitOpen),
                 Availability::Closed | Availability::Probe => Ok(()),
             },
@@ -152,6 +176,9 @@ impl Selector<'_, '_, '_> {
             None => self.no_candidates(&state.policies[self.slot.get()], &mut ex)?,
         };
         self.commit(state, sel);
+        if !self.owner {
+            state.ask_probes(self.slot, self.policy, self.now_ns);
+        }
         Ok(sel)
     }
 
@@ -204,7 +231,8 @@ impl Selector<'_, '_, '_> {
         })
     }
 
-    /// Steps 7–8: a live sticky entry whose provider is still a candidate, else a draw.
+    /// Steps 7–8: a request with a session gets the session's provider, `sticky` if this
+    /// shard already answered it so in this epoch; any other request a weighted draw.
     fn sticky_or_weighted(
         &mut self,
         state: &mut ShardState,
@@ -214,11 +242,8 @@ impl Selector<'_, '_, '_> {
         if mask == 0 {
             return None;
         }
-        if let Some(idx) = self.sticky_hit(state, mask) {
-            return Some(Selection {
-                provider: idx,
-                reason: Reason::Sticky,
-            });
+        if let Some(sel) = self.session_choice(state, mask) {
+            return Some(sel);
         }
         let idx = draw(self.policy, mask, total, state.rng.below(total));
         explain!(
@@ -232,26 +257,51 @@ impl Selector<'_, '_, '_> {
         })
     }
 
-    fn sticky_hit(&mut self, state: &mut ShardState, mask: u64) -> Option<ProviderIdx> {
+    /// The session's top-ranked candidate for its current TTL epoch (`rendezvous`): the
+    /// same on every shard and node, whatever this shard has seen. The shard's table only
+    /// labels it: `sticky` when it holds that provider for that epoch, else `weighted`, and
+    /// `commit` writes the entry, expiring at the epoch's end. `None` without a session.
+    fn session_choice(&mut self, state: &ShardState, mask: u64) -> Option<Selection> {
         let sticky = self.policy.sticky.as_ref()?;
         let value = self.ctx.metadata(&sticky.session_key)?;
         let mut buf = [0u8; 9];
         let bytes = session_bytes(value, &mut buf)?;
         let ps = &state.policies[self.slot.get()];
+        let session = rendezvous::session_hash(ps.rendezvous_key, bytes);
+        let epoch = Epoch::of(session, sticky.ttl_ms, self.now_unix_ms);
+        let draw_key = rendezvous::draw_key(session, epoch.number);
+        let idx = rendezvous::rank(self.policy, &ps.provider_keys, mask, draw_key)?;
         let key = state.session_key(ps.identity, bytes);
-        let hit = state.sticky.get(key, ps.providers_fp, self.now_ns);
-        match hit {
-            Some(idx) if mask & idx.bit() != 0 => Some(idx),
-            Some(idx) => {
-                let name = &self.policy.provider(idx).name;
-                explain!(
-                    self.explain,
-                    "sticky entry for {name} ignored: not a candidate"
-                );
-                None
-            }
-            None => None,
+        let held = (idx, epoch.number);
+        let name = &self.policy.provider(idx).name;
+        if state.sticky.get(key, ps.providers_fp, self.now_ns) == Some(held) {
+            explain!(
+                self.explain,
+                "session: {name} (held here until its epoch ends in {} ms)",
+                epoch.remaining_ms
+            );
+            return Some(Selection {
+                provider: idx,
+                reason: Reason::Sticky,
+            });
         }
+        explain!(
+            self.explain,
+            "session: {name}, ranked first of {} candidates (epoch ends in {} ms)",
+            mask.count_ones(),
+            epoch.remaining_ms
+        );
+        let ttl_ns = epoch.remaining_ms.saturating_mul(NS_PER_MS);
+        self.sticky_write = Some(StickyWrite {
+            key,
+            providers_fp: ps.providers_fp,
+            held,
+            expires_ns: self.now_ns.saturating_add(ttl_ns).max(1),
+        });
+        Some(Selection {
+            provider: idx,
+            reason: Reason::Weighted,
+        })
     }
 
     /// Step 9: fallback rules in order (with the step-9 statuses), then the legacy fallback.
@@ -299,11 +349,13 @@ impl Selector<'_, '_, '_> {
         Err(DecideError::DecisionFailed(*ex))
     }
 
-    /// Spends a half-open probe and writes (or refreshes) the sticky entry.
+    /// Spends a half-open probe and writes the session's sticky entry, if it is new.
     fn commit(&mut self, state: &mut ShardState, sel: Selection) {
         let policy = self.policy;
         let slot = self.slot.get();
-        if let Some(cfg) = &policy.circuit_breaker {
+        if !self.owner {
+            state.spend_probe(self.slot, sel.provider);
+        } else if let Some(cfg) = &policy.circuit_breaker {
             let transition = state.policies[slot].providers[sel.provider.get()]
                 .breaker
                 .on_selected(cfg, self.now_ns);
@@ -311,22 +363,13 @@ impl Selector<'_, '_, '_> {
                 state.half_opened += 1;
             }
         }
-        let Some(sticky) = &policy.sticky else { return };
-        if !matches!(sel.reason, Reason::Sticky | Reason::Weighted) {
-            return;
+        if let Some(w) = self.sticky_write.take() {
+            if w.held.0 == sel.provider {
+                state
+                    .sticky
+                    .put(w.key, w.providers_fp, w.held, w.expires_ns);
+            }
         }
-        let Some(value) = self.ctx.metadata(&sticky.session_key) else {
-            return;
-        };
-        let mut buf = [0u8; 9];
-        let Some(bytes) = session_bytes(value, &mut buf) else {
-            return;
-        };
-        let ps = &state.policies[slot];
-        let (identity, fp) = (ps.identity, ps.providers_fp);
-        let key = state.session_key(identity, bytes);
-        let expires_ns = self.now_ns.saturating_add(sticky.ttl_ms * NS_PER_MS).max(1);
-        state.sticky.put(key, fp, sel.provider, expires_ns);
     }
 }
 

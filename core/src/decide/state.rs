@@ -13,8 +13,10 @@ use foldhash::fast::FixedState;
 
 use super::breaker::{Breaker, Outcome, Transition};
 use super::bucket::TokenBucket;
+use super::rendezvous;
 use super::rng::Rng;
 use super::sticky::{SessionKey, StickyTable};
+use super::sync::{policy_key, Lease, Peer, PeerLease, Placement, Probe, Sent, SyncMsg};
 use crate::policy::{Policy, PolicySlot, ProviderIdx, RoutingTable};
 
 /// Weight of a new observation in the latency/cost moving averages.
@@ -50,6 +52,10 @@ pub struct ProviderState {
     pub breaker: Breaker,
     pub latency_ms: Ewma,
     pub cost: Ewma,
+    /// Non-owner shards: the half-open probe the owner granted (`sync`).
+    pub(super) probe: Probe,
+    /// The owner: what it sent about this provider (`sync`).
+    pub(super) sent: Sent,
 }
 
 #[derive(Debug, Clone)]
@@ -58,8 +64,21 @@ pub struct PolicyState {
     pub identity: u64,
     /// Seeded hash of the provider names in order; sticky entries are tied to it.
     pub providers_fp: u64,
+    /// Fixed (unseeded) hash of (tenant, policy id): the rendezvous namespace of the
+    /// policy's sessions, the same on every shard and node.
+    pub rendezvous_key: u64,
+    /// Fixed hash of each provider's name, in provider order, for the rendezvous ranking.
+    pub provider_keys: Box<[u64]>,
     pub bucket: Option<TokenBucket>,
     pub providers: Box<[ProviderState]>,
+    /// The policy's name among peers (`sync::policy_key`).
+    pub key: u64,
+    /// The shard that is the authority for this policy's state.
+    pub owner: Peer,
+    /// Non-owner shards: the tokens leased from the owner.
+    pub(super) lease: Lease,
+    /// The owner: what each peer holds on lease (empty without a rate limit or peers).
+    pub(super) leases: Box<[PeerLease]>,
 }
 
 /// Settings fixed at shard start.
@@ -100,6 +119,17 @@ pub struct ShardState {
     pub(super) half_opened: u64,
     hash_hi: FixedState,
     hash_lo: FixedState,
+    /// Who this shard is among its peers (`sync`); alone by default.
+    pub(super) placement: Placement,
+    /// Policy keys to slots, for messages from peers.
+    pub(super) by_key: std::collections::HashMap<u64, u32, FixedState>,
+    /// Protocol messages to send (`sync_outbox`), bounded by `SYNC_OUTBOX_MAX`.
+    pub(super) outbox: Vec<(Peer, SyncMsg)>,
+    /// Providers whose averages changed and are not sent yet.
+    pub(super) dirty: Vec<(PolicySlot, ProviderIdx)>,
+    pub(super) refreshed_ns: u64,
+    pub(super) sync_dropped: u64,
+    pub(super) sync_stale: u64,
 }
 
 impl ShardState {
@@ -112,12 +142,20 @@ impl ShardState {
             hash_lo: FixedState::with_seed(seeds.next_u64()),
             rng: Rng::new(seeds.next_u64()),
             half_opened: 0,
+            placement: Placement::single(),
+            by_key: Default::default(),
+            outbox: Vec::new(),
+            dirty: Vec::new(),
+            refreshed_ns: 0,
+            sync_dropped: 0,
+            sync_stale: 0,
         };
         state.policies = table
             .policies()
             .iter()
             .map(|p| state.fresh(p, now_ns))
             .collect();
+        state.reown(table);
         state
     }
 
@@ -125,8 +163,18 @@ impl ShardState {
         PolicyState {
             identity: self.hash_pair(&policy.tenant, &policy.id),
             providers_fp: self.providers_fp(policy),
+            rendezvous_key: rendezvous::policy_key(&policy.tenant, &policy.id),
+            provider_keys: policy
+                .providers
+                .iter()
+                .map(|p| rendezvous::provider_key(&p.name))
+                .collect(),
             bucket: policy.rate_limit.map(|l| TokenBucket::new(l, now_ns)),
             providers: vec![ProviderState::default(); policy.providers.len()].into(),
+            key: policy_key(policy),
+            owner: self.placement.owner_of(&policy.tenant),
+            lease: Lease::default(),
+            leases: Box::new([]),
         }
     }
 
@@ -180,12 +228,16 @@ impl ShardState {
             next.push(fresh);
         }
         self.policies = next;
+        self.dirty.clear();
+        self.reown(new);
     }
 
     fn carry(&self, old_p: &Policy, old_s: &PolicyState, new_p: &Policy, into: &mut PolicyState) {
         if let (Some(b), Some(l)) = (&old_s.bucket, new_p.rate_limit) {
             if b.limit() == l {
                 into.bucket = Some(b.clone());
+                into.lease = old_s.lease.clone();
+                into.leases = old_s.leases.clone();
             }
         }
         for (i, provider) in new_p.providers.iter().enumerate() {
@@ -219,6 +271,13 @@ impl ShardState {
             half_opened: 0,
             hash_hi: self.hash_hi.clone(),
             hash_lo: self.hash_lo.clone(),
+            placement: self.placement.clone(),
+            by_key: Default::default(),
+            outbox: Vec::new(),
+            dirty: Vec::new(),
+            refreshed_ns: u64::MAX,
+            sync_dropped: 0,
+            sync_stale: 0,
         };
         let slot = table.lookup(&req.tenant_id, &req.policy_id);
         copy.policies
@@ -229,8 +288,14 @@ impl ShardState {
                     PolicyState {
                         identity: 0,
                         providers_fp: 0,
+                        rendezvous_key: 0,
+                        provider_keys: Box::new([]),
                         bucket: None,
                         providers: Box::new([]),
+                        key: 0,
+                        owner: p.owner,
+                        lease: Lease::default(),
+                        leases: Box::new([]),
                     }
                 }
             }));
@@ -264,9 +329,9 @@ impl ShardState {
             return;
         };
         let key = self.session_key(ps.identity, bytes);
-        if let Some(idx) = self.sticky.get(key, ps.providers_fp, now_ns) {
+        if let Some(held) = self.sticky.get(key, ps.providers_fp, now_ns) {
             // The copy lives for one decision: the entry only has to outlive it.
-            copy.sticky.put(key, ps.providers_fp, idx, u64::MAX);
+            copy.sticky.put(key, ps.providers_fp, held, u64::MAX);
         }
     }
 
@@ -300,7 +365,8 @@ impl ShardState {
             effect.policies += 1;
             let policy = table.policy(slot);
             let state = &mut self.policies[slot.get()].providers[idx.get()];
-            record_one(policy, idx, state, observed, now_ns, &mut effect);
+            let transition = record_one(policy, idx, state, observed, now_ns, &mut effect);
+            self.result_fed(slot, idx, transition, now_ns);
         }
         effect
     }
@@ -322,10 +388,8 @@ fn record_one(
     observed: Observed,
     now_ns: u64,
     effect: &mut ResultEffect,
-) {
-    let Some(outcome) = observed.outcome else {
-        return;
-    };
+) -> Option<Transition> {
+    let outcome = observed.outcome?;
     // Latency of a failed call says little about the provider's speed; cost still counts.
     if outcome == Outcome::Success {
         if let Some(ms) = observed.latency_ms {
@@ -336,15 +400,15 @@ fn record_one(
         state.cost.observe(cost);
     }
     debug_assert!(idx.get() < policy.providers.len());
-    let Some(cfg) = &policy.circuit_breaker else {
-        return;
-    };
-    match state.breaker.record(cfg, outcome, now_ns) {
+    let cfg = policy.circuit_breaker.as_ref()?;
+    let transition = state.breaker.record(cfg, outcome, now_ns);
+    match transition {
         Some(Transition::Opened) => effect.opened += 1,
         Some(Transition::HalfOpened) => effect.half_opened += 1,
         Some(Transition::Closed) => effect.closed += 1,
         None => {}
     }
+    transition
 }
 
 #[cfg(test)]

@@ -1,4 +1,9 @@
-//! The per-shard sticky-session table: session → provider with a TTL (SPEC §5 steps 7–8).
+//! The per-shard sticky-session table: session → (provider, TTL epoch) (SPEC §5 steps 7–8).
+//!
+//! It does not choose: the provider of a session is the rendezvous ranking of
+//! `decide::rendezvous`, the same on every shard. The table remembers that this shard has
+//! already answered the session with that provider in that epoch, so that the next answer
+//! says `sticky` rather than `weighted`; an entry expires at the end of its epoch.
 //!
 //! A fixed-capacity, 4-way set-associative table allocated once at shard start: lookups
 //! and inserts are O(1) and never allocate, and the table can never outgrow its capacity.
@@ -37,6 +42,8 @@ struct Entry {
     /// 0 = empty slot.
     expires_ns: u64,
     providers_fp: u64,
+    /// The session's TTL epoch the entry was written in.
+    epoch: u64,
     provider: u8,
 }
 
@@ -82,18 +89,29 @@ impl StickyTable {
         &mut self.entries[start..start + WAYS]
     }
 
-    /// The live entry's provider, if its provider list is still `providers_fp`.
-    pub fn get(&self, key: SessionKey, providers_fp: u64, now_ns: u64) -> Option<ProviderIdx> {
+    /// The live entry's (provider, epoch), if its provider list is still `providers_fp`.
+    pub fn get(
+        &self,
+        key: SessionKey,
+        providers_fp: u64,
+        now_ns: u64,
+    ) -> Option<(ProviderIdx, u64)> {
         let start = self.set_start(key);
         self.entries[start..start + WAYS]
             .iter()
             .find(|e| e.key_hi == key.hi && e.key_lo == key.lo && e.expires_ns > now_ns)
             .filter(|e| e.providers_fp == providers_fp)
-            .map(|e| ProviderIdx(e.provider))
+            .map(|e| (ProviderIdx(e.provider), e.epoch))
     }
 
-    /// Writes (or refreshes) an entry expiring at `expires_ns` (must be > 0).
-    pub fn put(&mut self, key: SessionKey, providers_fp: u64, idx: ProviderIdx, expires_ns: u64) {
+    /// Writes (or overwrites) an entry expiring at `expires_ns` (must be > 0).
+    pub fn put(
+        &mut self,
+        key: SessionKey,
+        providers_fp: u64,
+        held: (ProviderIdx, u64),
+        expires_ns: u64,
+    ) {
         assert!(expires_ns > 0);
         let set = self.set(key);
         let way = set
@@ -115,7 +133,8 @@ impl StickyTable {
             key_lo: key.lo,
             expires_ns,
             providers_fp,
-            provider: idx.0,
+            epoch: held.1,
+            provider: held.0 .0,
         };
         if was_empty {
             self.len += 1;
@@ -134,12 +153,17 @@ mod tests {
         }
     }
 
-    /// An entry is found until its expiry and gone from then on (injected time).
+    fn held(provider: u8) -> (ProviderIdx, u64) {
+        (ProviderIdx(provider), 40 + u64::from(provider))
+    }
+
+    /// An entry is found, with its epoch, until its expiry and gone from then on
+    /// (injected time).
     #[test]
     fn entry_expires_at_ttl() {
         let mut t = StickyTable::new(64);
-        t.put(key(1), 7, ProviderIdx(2), 1_000);
-        assert_eq!(t.get(key(1), 7, 999), Some(ProviderIdx(2)));
+        t.put(key(1), 7, held(2), 1_000);
+        assert_eq!(t.get(key(1), 7, 999), Some((ProviderIdx(2), 42)));
         assert_eq!(t.get(key(1), 7, 1_000), None);
     }
 
@@ -147,7 +171,7 @@ mod tests {
     #[test]
     fn provider_list_change_invalidates() {
         let mut t = StickyTable::new(64);
-        t.put(key(1), 7, ProviderIdx(2), 1_000);
+        t.put(key(1), 7, held(2), 1_000);
         assert_eq!(t.get(key(1), 8, 0), None);
     }
 
@@ -155,10 +179,10 @@ mod tests {
     #[test]
     fn refresh_overwrites() {
         let mut t = StickyTable::new(64);
-        t.put(key(1), 7, ProviderIdx(2), 1_000);
-        t.put(key(1), 7, ProviderIdx(3), 2_000);
+        t.put(key(1), 7, held(2), 1_000);
+        t.put(key(1), 7, held(3), 2_000);
         assert_eq!(t.len(), 1);
-        assert_eq!(t.get(key(1), 7, 1_500), Some(ProviderIdx(3)));
+        assert_eq!(t.get(key(1), 7, 1_500), Some(held(3)));
     }
 
     /// The table never grows: a full set evicts the entry that expires first.
@@ -166,15 +190,15 @@ mod tests {
     fn full_set_evicts_soonest_expiry() {
         let mut t = StickyTable::new(4); // one set of four ways
         for n in 0..4 {
-            t.put(key(n), 1, ProviderIdx(n as u8), 100 + n);
+            t.put(key(n), 1, held(n as u8), 100 + n);
         }
-        t.put(key(9), 1, ProviderIdx(9), 500);
+        t.put(key(9), 1, held(9), 500);
         assert_eq!(t.len(), 4);
         assert_eq!(t.get(key(0), 1, 0), None, "soonest expiry was evicted");
         for n in 1..4 {
-            assert_eq!(t.get(key(n), 1, 0), Some(ProviderIdx(n as u8)));
+            assert_eq!(t.get(key(n), 1, 0), Some(held(n as u8)));
         }
-        assert_eq!(t.get(key(9), 1, 0), Some(ProviderIdx(9)));
+        assert_eq!(t.get(key(9), 1, 0), Some(held(9)));
     }
 
     /// Capacity is clamped and rounded to a power of two.

@@ -9,7 +9,7 @@ use crate::policy::*;
 
 const MS: u64 = 1_000_000;
 
-fn provider(name: &str, weight: u32) -> Provider {
+pub(super) fn provider(name: &str, weight: u32) -> Provider {
     Provider {
         name: name.into(),
         weight: weight * 10_000,
@@ -19,7 +19,7 @@ fn provider(name: &str, weight: u32) -> Provider {
     }
 }
 
-fn policy(tenant: &str, id: &str, providers: Vec<Provider>) -> Policy {
+pub(super) fn policy(tenant: &str, id: &str, providers: Vec<Provider>) -> Policy {
     let providers: Box<[Provider]> = providers.into();
     Policy {
         tenant: tenant.into(),
@@ -58,7 +58,7 @@ fn status_in(values: &[&str]) -> Clause {
     }
 }
 
-fn request<'a>(tenant: &'a str, policy: &'a str) -> DecideRequest<'a> {
+pub(super) fn request<'a>(tenant: &'a str, policy: &'a str) -> DecideRequest<'a> {
     DecideRequest {
         request_id: Cow::Borrowed("r-1"),
         tenant_id: Cow::Borrowed(tenant),
@@ -109,15 +109,23 @@ struct World {
     state: ShardState,
 }
 
+/// The wall clock at `t_ns` = 0 in `World`'s decisions; it moves with `t_ns`.
+const UNIX_MS_AT_0: u64 = 1_000_000;
+
 impl World {
     fn new(policies: Vec<Policy>) -> Self {
+        World::with_seed(policies, 1)
+    }
+
+    /// A shard whose seed (weighted draws, sticky-table fingerprints) is `seed`.
+    fn with_seed(policies: Vec<Policy>, seed: u64) -> Self {
         policies.iter().for_each(Policy::check);
         let table = RoutingTable::from_policies(policies).expect("table");
         let state = ShardState::new(
             &table,
             StateConfig {
                 sticky_entries: 1024,
-                seed: 1,
+                seed,
             },
             0,
         );
@@ -125,19 +133,23 @@ impl World {
     }
 
     fn decide(&mut self, req: &DecideRequest<'_>, t_ns: u64) -> Result<Decision, DecideError> {
-        decide(
-            &self.table,
-            &mut self.state,
-            req,
-            Now {
-                mono_ns: t_ns,
-                unix_ms: 1_000_000,
-            },
-        )
+        let now = Now {
+            mono_ns: t_ns,
+            unix_ms: UNIX_MS_AT_0 + t_ns / MS,
+        };
+        decide(&self.table, &mut self.state, req, now)
     }
 
     fn pick(&mut self, req: &DecideRequest<'_>, t_ns: u64) -> (String, Reason) {
-        let d = self.decide(req, t_ns).expect("decision");
+        let now = Now {
+            mono_ns: t_ns,
+            unix_ms: UNIX_MS_AT_0 + t_ns / MS,
+        };
+        self.pick_at(req, now)
+    }
+
+    fn pick_at(&mut self, req: &DecideRequest<'_>, now: Now) -> (String, Reason) {
+        let d = decide(&self.table, &mut self.state, req, now).expect("decision");
         let name = self
             .table
             .policy(d.slot)
@@ -541,45 +553,59 @@ fn when_operators() {
     }
 }
 
-/// Step 7: a live sticky entry wins (`sticky`, priority 100) until its TTL passes.
-#[test]
-fn sticky_hit_then_expiry() {
-    let providers = (0..8).map(|i| provider(&format!("p{i}"), 10)).collect();
-    let mut p = policy("acme", "default", providers);
+fn sticky_policy(tenant: &str, providers: Vec<Provider>, ttl_ms: u64) -> Policy {
+    let mut p = policy(tenant, "default", providers);
     p.sticky = Some(Sticky {
         session_key: "user_id".into(),
-        ttl_ms: 60_000,
+        ttl_ms,
     });
-    let mut w = World::new(vec![p]);
+    p
+}
+
+/// Milliseconds from `UNIX_MS_AT_0 + at_ms` to the end of the session's TTL epoch.
+fn epoch_left_ms(tenant: &str, user: &str, ttl_ms: u64, at_ms: u64) -> u64 {
+    let session =
+        rendezvous::session_hash(rendezvous::policy_key(tenant, "default"), user.as_bytes());
+    rendezvous::Epoch::of(session, ttl_ms, UNIX_MS_AT_0 + at_ms).remaining_ms
+}
+
+/// Steps 7–8: the first answer of a session in its TTL epoch is `weighted` and writes the
+/// entry; the next ones are `sticky` (priority 100), to the epoch's last millisecond. At the
+/// session's own boundary it is re-drawn: `weighted` again, then `sticky`. A hit does not
+/// extend the entry (no sliding TTL: the epoch is what every shard agrees on).
+#[test]
+fn sticky_holds_until_the_session_epoch_ends() {
+    let providers = (0..8).map(|i| provider(&format!("p{i}"), 10)).collect();
+    let mut w = World::new(vec![sticky_policy("acme", providers, 60_000)]);
     let req = with_user(request("acme", "default"), "user_id", "u-42");
+    let left = epoch_left_ms("acme", "u-42", 60_000, 0);
     let (first, reason) = w.pick(&req, 0);
     assert_eq!(reason, Reason::Weighted);
-    for t in [1, 30_000, 59_999] {
+    for t in [1, left / 2, left - 1] {
         assert_eq!(
             w.pick(&req, t * MS),
             (first.clone(), Reason::Sticky),
-            "at {t} ms"
+            "at {t} ms of {left}"
         );
     }
-    // Sliding TTL: the last hit at 59.999 s keeps it until 119.999 s.
-    assert_eq!(w.pick(&req, 119_998 * MS).1, Reason::Sticky);
-    assert_eq!(w.pick(&req, 200_000 * MS).1, Reason::Weighted, "expired");
+    assert_eq!(w.pick(&req, left * MS).1, Reason::Weighted, "new epoch");
+    assert_eq!(w.pick(&req, (left + 1) * MS).1, Reason::Sticky);
+    assert_eq!(
+        w.pick(&req, (left + 60_000) * MS).1,
+        Reason::Weighted,
+        "hits did not extend the entry"
+    );
     assert_eq!(Reason::Sticky.priority(), 100);
 }
 
-/// Step 7: a sticky entry whose provider is no longer a candidate is not used.
+/// Step 7: when the session's provider is not a candidate (here excluded by the request),
+/// the session goes to its next-ranked provider (`weighted`); once it is a candidate again
+/// the session is back on it (`weighted`: this shard's entry held the other one), then
+/// `sticky`.
 #[test]
-fn sticky_entry_for_non_candidate_is_ignored() {
-    let mut p = policy(
-        "acme",
-        "default",
-        vec![provider("openai", 50), provider("anthropic", 50)],
-    );
-    p.sticky = Some(Sticky {
-        session_key: "user_id".into(),
-        ttl_ms: 60_000,
-    });
-    let mut w = World::new(vec![p]);
+fn session_moves_to_next_ranked_and_back() {
+    let providers = vec![provider("openai", 50), provider("anthropic", 50)];
+    let mut w = World::new(vec![sticky_policy("acme", providers, 600_000)]);
     let req = with_user(request("acme", "default"), "user_id", "u-1");
     let (first, _) = w.pick(&req, 0);
     let mut req2 = with_user(request("acme", "default"), "user_id", "u-1");
@@ -587,8 +613,9 @@ fn sticky_entry_for_non_candidate_is_ignored() {
     let (second, reason) = w.pick(&req2, MS);
     assert_ne!(second, first);
     assert_eq!(reason, Reason::Weighted);
-    // The entry now points at the new provider.
-    assert_eq!(w.pick(&req, 2 * MS), (second, Reason::Sticky));
+    assert_eq!(w.pick(&req2, 2 * MS), (second, Reason::Sticky));
+    assert_eq!(w.pick(&req, 3 * MS), (first.clone(), Reason::Weighted));
+    assert_eq!(w.pick(&req, 4 * MS), (first, Reason::Sticky));
 }
 
 /// Sessions of different policies or different users do not share entries.
@@ -615,6 +642,195 @@ fn sticky_sessions_are_separate() {
         firsts.len() > 8,
         "users spread over providers: {}",
         firsts.len()
+    );
+}
+
+/// Providers named and weighted as `acme/default`'s four in the bundled config.
+fn four_providers() -> Vec<Provider> {
+    vec![
+        provider("openai", 50),
+        provider("anthropic", 30),
+        provider("mistral", 15),
+        provider("local_llm", 5),
+    ]
+}
+
+fn user(n: usize) -> String {
+    format!("user-{n}")
+}
+
+/// Local-first: two shards built with different seeds (their weighted draws and sticky
+/// fingerprints differ) give each of 10,000 sessions the same provider, first answer
+/// included; and the sessions' shares follow the weights within 1.5 points (the
+/// binomial standard deviation at 10,000 is at most 0.5 point).
+#[test]
+fn shards_agree_on_every_session_and_shares_follow_weights() {
+    const SESSIONS: usize = 10_000;
+    let mut a = World::with_seed(vec![sticky_policy("acme", four_providers(), 600_000)], 1);
+    let mut b = World::with_seed(vec![sticky_policy("acme", four_providers(), 600_000)], 2);
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for n in 0..SESSIONS {
+        let name = user(n);
+        let req = with_user(request("acme", "default"), "user_id", &name);
+        let (on_a, reason) = a.pick(&req, MS);
+        assert_eq!(reason, Reason::Weighted);
+        assert_eq!(
+            b.pick(&req, 2 * MS),
+            (on_a.clone(), Reason::Weighted),
+            "{name}"
+        );
+        assert_eq!(
+            a.pick(&req, 3 * MS),
+            (on_a.clone(), Reason::Sticky),
+            "{name}"
+        );
+        *counts.entry(on_a).or_default() += 1;
+    }
+    for (name, weight) in [
+        ("openai", 50.0),
+        ("anthropic", 30.0),
+        ("mistral", 15.0),
+        ("local_llm", 5.0),
+    ] {
+        let share = 100.0 * counts[name] as f64 / SESSIONS as f64;
+        assert!(
+            (share - weight).abs() < 1.5,
+            "{name}: {share:.2} % for weight {weight}"
+        );
+    }
+}
+
+/// A provider whose circuit opens is skipped: exactly its sessions move, each to its
+/// next-ranked provider (what the session gets with that provider excluded), the others
+/// stay put; once the circuit closes every session is back where it was. The wall clock
+/// stands still here so that no session's epoch ends during the test.
+#[test]
+fn open_circuit_moves_only_its_sessions_and_they_return() {
+    let mut p = sticky_policy("acme", four_providers(), 600_000);
+    p.circuit_breaker = Some(breaker());
+    let mut w = World::new(vec![p]);
+    let at = |ms: u64| Now {
+        mono_ns: ms * MS,
+        unix_ms: UNIX_MS_AT_0,
+    };
+    let names: Vec<String> = (0..2_000).map(user).collect();
+    let reqs: Vec<_> = names
+        .iter()
+        .map(|u| with_user(request("acme", "default"), "user_id", u))
+        .collect();
+    let before: Vec<String> = reqs.iter().map(|r| w.pick_at(r, at(0)).0).collect();
+    let on_openai = before.iter().filter(|p| *p == "openai").count();
+    assert!(on_openai > 800, "{on_openai} sessions on openai");
+    w.result("openai", Outcome::Failure, 1.0, MS);
+    w.result("openai", Outcome::Failure, 1.0, MS);
+    for (req, was) in reqs.iter().zip(&before) {
+        let (now, _) = w.pick_at(req, at(2));
+        let mut without = req.clone();
+        without.constraints.exclude.push("openai".into());
+        let mut fresh = World::new(vec![sticky_policy("acme", four_providers(), 600_000)]);
+        let (next_ranked, _) = fresh.pick_at(&without, at(2));
+        if was == "openai" {
+            assert_eq!(now, next_ranked, "moved to its next-ranked provider");
+        } else {
+            assert_eq!(&now, was, "a session not on openai stayed");
+        }
+    }
+    // After `timeout_ms` the circuit is half-open; two successes close it.
+    w.result("openai", Outcome::Success, 1.0, 1_100 * MS);
+    w.result("openai", Outcome::Success, 1.0, 1_100 * MS);
+    for (req, was) in reqs.iter().zip(&before) {
+        assert_eq!(&w.pick_at(req, at(1_200)).0, was, "back once closed");
+    }
+}
+
+/// A reload that raises one provider's weight moves only sessions onto that provider
+/// (none between the others), about as many as the new shares require; a reload that
+/// removes a provider moves only that provider's sessions.
+#[test]
+fn reload_moves_only_the_sessions_it_must() {
+    let mut w = World::new(vec![sticky_policy("acme", four_providers(), 600_000)]);
+    let names: Vec<String> = (0..10_000).map(user).collect();
+    let reqs: Vec<_> = names
+        .iter()
+        .map(|u| with_user(request("acme", "default"), "user_id", u))
+        .collect();
+    let picks =
+        |w: &mut World, t: u64| -> Vec<String> { reqs.iter().map(|r| w.pick(r, t).0).collect() };
+    let before = picks(&mut w, 0);
+    let reload = |w: &mut World, providers: Vec<Provider>| {
+        let new =
+            RoutingTable::from_policies(vec![sticky_policy("acme", providers, 600_000)]).unwrap();
+        w.state.adopt(&w.table, &new, MS);
+        w.table = new;
+    };
+    let mut heavier = four_providers();
+    heavier[2] = provider("mistral", 30); // 15 → 30: its share 15 % → 26 %
+    reload(&mut w, heavier.clone());
+    let after = picks(&mut w, 2 * MS);
+    let mut moved = 0;
+    for (was, now) in before.iter().zip(&after) {
+        if was != now {
+            assert_eq!(now, "mistral", "a session moved from {was} to {now}");
+            moved += 1;
+        }
+    }
+    // Expected: 10,000 · (30/115 − 15/100) ≈ 1,109.
+    assert!((900..1_300).contains(&moved), "{moved} sessions moved");
+
+    let mut fewer = heavier;
+    fewer.remove(1); // anthropic
+    reload(&mut w, fewer);
+    let last = picks(&mut w, 3 * MS);
+    for (was, now) in after.iter().zip(&last) {
+        if was != "anthropic" {
+            assert_eq!(was, now, "only anthropic's sessions move");
+        }
+    }
+}
+
+/// Epochs are staggered per session: over one TTL every session is re-drawn exactly once
+/// (one `weighted` answer among `sticky` ones), at its own moment, spread over the whole
+/// TTL rather than all at once.
+#[test]
+fn epoch_rollover_is_staggered() {
+    const TTL_S: u64 = 60;
+    let mut w = World::new(vec![sticky_policy("acme", four_providers(), TTL_S * 1_000)]);
+    // Room for every session: an evicted entry would relabel a hit `weighted`.
+    let config = StateConfig {
+        sticky_entries: 1 << 14,
+        seed: 1,
+    };
+    w.state = ShardState::new(&w.table, config, 0);
+    let names: Vec<String> = (0..300).map(user).collect();
+    let reqs: Vec<_> = names
+        .iter()
+        .map(|u| with_user(request("acme", "default"), "user_id", u))
+        .collect();
+    let firsts: Vec<String> = reqs.iter().map(|r| w.pick(r, 0).0).collect();
+    let mut per_second = [0usize; TTL_S as usize + 1];
+    let mut changed = 0;
+    for (req, first) in reqs.iter().zip(&firsts) {
+        let mut redraws = Vec::new();
+        for s in 1..=TTL_S {
+            let (provider, reason) = w.pick(req, s * 1_000 * MS);
+            if reason == Reason::Weighted {
+                redraws.push(s);
+                changed += usize::from(provider != *first);
+            }
+        }
+        assert_eq!(redraws.len(), 1, "re-drawn once per TTL: {redraws:?}");
+        per_second[redraws[0] as usize] += 1;
+    }
+    let busiest = per_second.iter().max().unwrap();
+    let seconds_used = per_second.iter().filter(|&&n| n > 0).count();
+    assert!(
+        *busiest <= 20,
+        "at most 20 of 300 in one second: {per_second:?}"
+    );
+    assert!(seconds_used >= 45, "spread over the TTL: {per_second:?}");
+    assert!(
+        changed > 100,
+        "a re-draw is a new draw: {changed} of 300 changed"
     );
 }
 
