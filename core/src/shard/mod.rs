@@ -13,9 +13,6 @@
 //! another shard. What still crosses to the tenant's owner, and why:
 //! - a request with an `idempotency_key`: the key's remembered answer lives on the owner,
 //!   and a retry must get it wherever it lands;
-//! - a request for a sticky policy naming its session (`STICKY_SESSIONS_CROSS`): the
-//!   session table is per shard, so a session must be decided where its entry is until
-//!   sessions are consistent wherever they land;
 //! - ExecResults: the owner de-duplicates them and feeds the breakers and averages; an
 //!   accepted result is then copied to every other shard (`observe`), so that every
 //!   shard's breakers open and close on the same results and its averages follow them.
@@ -30,8 +27,7 @@ use serde_json::value::RawValue;
 use crate::answer::encode_outcome;
 use crate::contract::{
     encode_contract_error, encode_error, AssignmentId, ContractError, DecideRequest, ErrorCode,
-    ErrorDetails, ExecAssignment, ExecResult, ExecStatus, Reason, Scalar,
-    ASSIGNMENT_SUBJECT_DEFAULT,
+    ErrorDetails, ExecAssignment, ExecResult, ExecStatus, Reason, ASSIGNMENT_SUBJECT_DEFAULT,
 };
 use crate::decide::rng::Rng;
 use crate::decide::{
@@ -44,11 +40,6 @@ use cache::{CacheLimits, Fingerprint, Inserted, TtlCache, CACHE_ENTRIES_MAX};
 const NS_PER_MS: u64 = 1_000_000;
 /// The de-duplication charge of results that match no policy: not a valid tenant id.
 const UNMATCHED_RESULTS: &[u8] = b"";
-/// Requests of a sticky policy that name their session are decided by the tenant's owner,
-/// whose session table holds the entry: the per-shard tables would otherwise give one
-/// session a different provider on each shard. Off once sessions are consistent
-/// wherever they land.
-pub const STICKY_SESSIONS_CROSS: bool = true;
 
 /// Sizes of a shard's state.
 #[derive(Debug, Clone, Copy)]
@@ -254,7 +245,7 @@ impl ShardCore {
         out: &mut Vec<u8>,
     ) -> Step {
         let owner = self.owner_of(&req.tenant_id);
-        if owner != self.shard && must_cross(table, req) {
+        if owner != self.shard && must_cross(req) {
             return Step::NeedsOwner { owner };
         }
         if let Some(answered) = self.replay(req, now, out) {
@@ -462,23 +453,11 @@ pub fn observed(result: &ExecResult) -> Observed {
     }
 }
 
-/// Whether only the tenant's owner may decide `req` (module doc).
-fn must_cross(table: &RoutingTable, req: &DecideRequest<'_>) -> bool {
-    req.idempotency_key.is_some() || (STICKY_SESSIONS_CROSS && names_session(table, req))
-}
-
-/// Whether `req` names a session of its sticky policy.
-fn names_session(table: &RoutingTable, req: &DecideRequest<'_>) -> bool {
-    let Some(slot) = table.lookup(&req.tenant_id, &req.policy_id) else {
-        return false;
-    };
-    let Some(sticky) = &table.policy(slot).sticky else {
-        return false;
-    };
-    matches!(
-        req.metadata.get(&sticky.session_key),
-        Some(Scalar::Str(_) | Scalar::Num(_))
-    )
+/// Whether only the tenant's owner may decide `req` (module doc). Sticky sessions need
+/// not cross: a session's provider is computed the same on every shard
+/// (`decide::rendezvous`).
+fn must_cross(req: &DecideRequest<'_>) -> bool {
+    req.idempotency_key.is_some()
 }
 
 /// Whether `req`'s policy has extension stages.

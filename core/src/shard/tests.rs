@@ -105,27 +105,27 @@ fn idempotent_requests_cross_to_the_owner_and_replay_there() {
     assert_eq!(again, out, "the first answer, byte for byte");
 }
 
-/// A sticky policy's request naming its session is decided where the session lives;
-/// without a session value it is decided anywhere.
+/// A sticky policy's session is decided on any shard, and every shard gives it the same
+/// provider.
 #[test]
-fn named_sessions_cross_while_sessions_are_per_shard() {
+fn sessions_are_decided_anywhere_and_agree() {
     let table = table();
-    let mut other = core(0, &table);
-    let mut out = Vec::new();
-    let named = body("t1", "sticky", r#","metadata":{"user_id":"u-1"}"#);
-    let expected = if STICKY_SESSIONS_CROSS {
-        Step::NeedsOwner { owner: 1 }
-    } else {
-        step(&mut core(0, &table), &table, &named, &mut Vec::new())
-    };
-    assert_eq!(step(&mut other, &table, &named, &mut out), expected);
-    let anonymous = body("t1", "sticky", "");
-    assert_eq!(
-        decided(step(&mut other, &table, &anonymous, &mut out))
-            .answered
-            .status,
-        200
-    );
+    let (mut owner, mut other) = (core(1, &table), core(0, &table));
+    for user in 0..50 {
+        let named = body(
+            "t1",
+            "sticky",
+            &format!(r#","metadata":{{"user_id":"u-{user}"}}"#),
+        );
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        decided(step(&mut other, &table, &named, &mut a));
+        decided(step(&mut owner, &table, &named, &mut b));
+        let provider = |out: &[u8]| {
+            let v: serde_json::Value = serde_json::from_slice(out).expect("JSON");
+            v["decision"]["provider_id"].clone()
+        };
+        assert_eq!(provider(&a), provider(&b), "user {user}");
+    }
 }
 
 /// With an extension transport, a staged policy asks for its stages on any shard;
