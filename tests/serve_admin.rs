@@ -751,9 +751,10 @@ fn circuits_show_breakers_opened_by_results() {
     server.stop().unwrap();
 }
 
-/// A table swap carries the owner's state over: after a put that shifts every acme
+/// A table swap carries every shard's state over: after a put that shifts every acme
 /// policy's slot (`acme/aaa` sorts first), an open breaker stays open, an empty bucket
-/// stays empty and a sticky session still holds.
+/// stays empty and a sticky session still holds. The bucket is spent and the session
+/// answered on every shard first: each shard decides with its own state.
 #[test]
 fn a_new_table_keeps_breakers_buckets_and_sessions() {
     let _serial = serial();
@@ -780,9 +781,15 @@ fn a_new_table_keeps_breakers_buckets_and_sessions() {
         assert_eq!(resp.status, 202, "{}", text(&resp));
     }
     let limited = decide_for("acme", "limited", "l-1", "u-1");
-    assert_eq!(c.request("POST", "/v1/decide", &[], &limited).status, 200);
     let sticky = decide_for("acme", "default", "s-1", "u-sticky");
     let first = provider(&c.request("POST", "/v1/decide", &[], &sticky));
+    for (i, client) in clients.iter_mut().enumerate() {
+        let resp = client.request("POST", "/v1/decide", &[], &limited);
+        assert_eq!(resp.status, 200, "shard {i}: {}", text(&resp));
+        let resp = client.request("POST", "/v1/decide", &[], &sticky);
+        assert_eq!(provider(&resp), first, "shard {i}");
+    }
+    let c = &mut clients[0];
 
     let put = admin(
         c,
