@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 
 use shardline::contract::{Constraints, DecideRequest, Metadata, Reason, Scalar, Task};
-use shardline::decide::{decide, Now, ShardState, StateConfig};
+use shardline::decide::{decide, Now, Peer, Placement, ShardState, StateConfig};
 use shardline::policy::{Policy, Provider, RoutingTable, Sticky, WeightTable};
 use shardline::shard::{Counted, ShardConfig, ShardCore, Step};
 
@@ -180,7 +180,8 @@ fn the_shard_core_decides_another_shards_tenant_without_allocating() {
         results_seen_ttl_ms: 60_000,
     };
     // Shard 0 of two; every tenant is shard 1's.
-    let mut core = ShardCore::new(0, Box::new(|_: &str| 1), &table, config, 0);
+    let placement = Placement::new(Peer(0), 2, |_| Peer(1));
+    let mut core = ShardCore::new(placement, &table, config, 0);
     let req = request("plain", "u");
     let mut out = Vec::with_capacity(4 << 10);
     for t in 0..1_000u64 {

@@ -653,6 +653,18 @@ fn sticky_sessions_hold_across_connections_and_shards() {
     let (_dir, server, base) = start_with_shard_ports("sticky", "", |_| {});
     let shards = server.shard_count();
     let mut addrs: Vec<SocketAddr> = (0..shards).map(|i| loopback(base + i as u16)).collect();
+    // acme/default is rate-limited: a shard's first request goes to the owner while its
+    // lease is cold (docs/API.md); warm every shard's lease so that each decides (and
+    // labels) the sessions it sees itself.
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = format!("warm-{i}");
+        let resp = post(
+            &mut Client::connect(*addr),
+            "/v1/decide",
+            &decide("acme", &id, json!({})),
+        );
+        expect_decision(&resp, "acme", &id);
+    }
     addrs.push(server.local_addr());
     for user in 0..12 {
         let metadata = json!({"metadata": {"user_id": format!("u-{user}")}});
@@ -900,20 +912,26 @@ fn shard_ports_reach_their_shard() {
         0.0,
         "owners were asked directly"
     );
-    for i in 0..shards {
-        let mut client = Client::connect(loopback(base + i as u16));
-        for t in tenants
-            .iter()
-            .chain(&["acme".to_owned(), "globex".to_owned()])
-        {
-            let resp = post(&mut client, "/v1/decide", &decide(t, "r-any", json!({})));
-            expect_decision(&resp, t, "r-any");
+    // Twice round: the first request of a rate-limited tenant on a shard that does not
+    // own it goes to the owner (a cold lease, docs/API.md); after it, every shard decides
+    // every tenant itself.
+    let mut crossed = Vec::new();
+    for _ in 0..2 {
+        for i in 0..shards {
+            let mut client = Client::connect(loopback(base + i as u16));
+            for t in tenants
+                .iter()
+                .chain(&["acme".to_owned(), "globex".to_owned()])
+            {
+                let resp = post(&mut client, "/v1/decide", &decide(t, "r-any", json!({})));
+                expect_decision(&resp, t, "r-any");
+            }
         }
+        crossed.push(sample(&scrape(loopback(base)), HANDOFFS_OUT));
     }
     assert_eq!(
-        sample(&scrape(loopback(base)), HANDOFFS_OUT),
-        0.0,
-        "every shard decided every tenant"
+        crossed[0], crossed[1],
+        "every shard decided every tenant once warm"
     );
     server.stop().unwrap();
 }
@@ -979,6 +997,98 @@ fn decisions_are_made_on_the_shard_they_land_on() {
     assert_eq!(sample(&metrics, HANDOFFS_IN), 3.0);
     let hits = sample(&metrics, r#"shardline_idempotency_hits_total{shard="1"}"#);
     assert_eq!(hits, 4.0, "every retry was replayed by the owner");
+    server.stop().unwrap();
+}
+
+/// A policy limited to 400 decisions a second with a burst of 10.
+const LEASED_POLICY: &str = r#"{"version":"1.0","providers":[{"name":"openai","weight":100}],
+"rate_limit":{"enabled":true,"requests_per_second":400,"burst":10}}"#;
+
+/// A tenant's rate limit holds over the whole node while every shard decides its
+/// requests: both shards hammered through their own ports for two seconds admit no more
+/// than one bucket would (`burst + rate × t`), and at least 95 % of it — the owner keeps
+/// the bucket, the other shard spends leased tokens.
+#[test]
+fn rate_limit_is_exact_over_every_shard() {
+    const CLIENTS_PER_PORT: usize = 2;
+    const RUN: Duration = Duration::from_secs(2);
+    let _serial = serial();
+    let tenants = tenants_covering(usable_cores());
+    if tenants.len() < 2 {
+        eprintln!("SKIPPED: one shard, nothing to share");
+        return;
+    }
+    let tenant = tenants[1].clone();
+    let prepare = |dir: &TempDir| write_policy(dir, &tenant, "default", LEASED_POLICY);
+    let (_dir, server, base) = start_with_shard_ports("leases", "", prepare);
+    assert_eq!(owner_of(&tenant, server.shard_count()), 1);
+    // Spend the bucket's start-up burst first: the window measured starts empty.
+    let mut warm = Client::connect(loopback(base + 1));
+    while post(&mut warm, "/v1/decide", &decide(&tenant, "warm", json!({}))).status == 200 {}
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..2 * CLIENTS_PER_PORT)
+        .map(|i| {
+            let (admitted, refused, tenant) = (admitted.clone(), refused.clone(), tenant.clone());
+            let port = loopback(base + (i % 2) as u16);
+            std::thread::spawn(move || {
+                let mut client = Client::connect(port);
+                let mut per_shard = [0usize; 2];
+                let mut n = 0;
+                while started.elapsed() < RUN {
+                    n += 1;
+                    let resp = post(
+                        &mut client,
+                        "/v1/decide",
+                        &decide(&tenant, &format!("l-{i}-{n}"), json!({})),
+                    );
+                    match resp.status {
+                        200 => {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                            per_shard[i % 2] += 1;
+                        }
+                        429 => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => panic!("status {other}: {}", text(&resp)),
+                    }
+                }
+                per_shard
+            })
+        })
+        .collect();
+    let mut per_shard = [0usize; 2];
+    for w in workers {
+        let got = w.join().unwrap();
+        per_shard[0] += got[0];
+        per_shard[1] += got[1];
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed) as f64;
+    // The bucket may have refilled a little between the warm-up's last refusal and the
+    // start: counted as burst.
+    let allowed = 10.0 + 400.0 * elapsed;
+    eprintln!(
+        "admitted {admitted} of {allowed:.0} allowed in {elapsed:.2} s ({:.1} %), per shard {per_shard:?}, refused {}",
+        100.0 * admitted / allowed,
+        refused.load(Ordering::Relaxed)
+    );
+    assert!(admitted <= allowed, "admitted {admitted} > {allowed:.0}");
+    assert!(
+        admitted >= 0.95 * allowed,
+        "admitted {admitted} < 95 % of {allowed:.0}"
+    );
+    assert!(
+        per_shard[0] > 0 && per_shard[1] > 0,
+        "both shards admitted: {per_shard:?}"
+    );
+    let metrics = scrape(loopback(base));
+    let crossed = sample(&metrics, HANDOFFS_OUT);
+    assert!(
+        crossed <= 1.0,
+        "{crossed} decisions crossed: only a cold lease's first may"
+    );
     server.stop().unwrap();
 }
 

@@ -242,9 +242,11 @@ label_enum!(
         Draining => "draining",
         /// The owning shard did not answer a handoff within `server.handoff_timeout_ms`.
         HandoffTimeout => "handoff_timeout",
-        /// An accepted result's copy to a peer shard's breakers was dropped: the ring to
-        /// the peer had no room beyond what requests and replies may need.
-        ObservationDropped => "observation_dropped",
+        /// A state protocol message (lease, probe, replica) to a peer shard was dropped:
+        /// the ring to the peer had no room beyond what requests and replies may need,
+        /// or the shard's protocol outbox was full. The protocol repairs it (an ask is
+        /// asked again, a replica resent); no request is lost.
+        SyncDropped => "sync_dropped",
     }
 );
 label_enum!(

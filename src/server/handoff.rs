@@ -5,9 +5,10 @@
 //! Replies can never be refused by a full ring. A shard keeps at most
 //! `ring_slots / 4` requests in flight to each peer (`PendingTable`), so the ring from a
 //! peer back to us holds at most `ring_slots / 4` of the peer's own requests plus
-//! `ring_slots / 4` replies to ours, and the other half is left to observations (accepted
-//! results copied to every shard), which are sent only while that half has room
-//! (`observation_fits`) and dropped otherwise: the ring cannot fill. A request over the
+//! `ring_slots / 4` replies to ours, and the other half is left to the state protocol's
+//! messages (leases, probes, replicas: `decide::sync`), which are sent only while that
+//! half has room (`sync_fits`) and dropped otherwise (the protocol repairs a lost
+//! message): the ring cannot fill. A request over the
 //! in-flight limit, or one that finds the ring full, is shed at once with `overloaded`.
 //!
 //! A waiter that goes away (its connection closed) leaves its slot marked abandoned; the
@@ -66,19 +67,18 @@ pub struct Reply {
     pub assignment: Option<Box<Outgoing>>,
 }
 
-/// An ExecResult the tenant's owner accepted, for a peer's breakers and averages.
-#[derive(Debug)]
-pub struct Observation {
-    pub tenant: Box<str>,
-    pub provider: Box<str>,
-    pub observed: crate::decide::Observed,
-}
-
 #[derive(Debug)]
 pub enum Msg {
-    Request { slot: u32, job: Box<Job> },
-    Reply { slot: u32, reply: Reply },
-    Observe(Box<Observation>),
+    Request {
+        slot: u32,
+        job: Box<Job>,
+    },
+    Reply {
+        slot: u32,
+        reply: Reply,
+    },
+    /// A lease, probe or replica message of the state protocol.
+    Sync(crate::decide::SyncMsg),
 }
 
 /// Requests a shard keeps in flight to one peer: a quarter of the ring (module doc).
@@ -86,10 +86,10 @@ pub fn per_peer_max(ring_slots: usize) -> usize {
     (ring_slots / 4).max(1)
 }
 
-/// Whether one more observation fits in a ring holding `depth` messages without
-/// taking room requests and replies may need: observations in the ring never exceed
+/// Whether one more protocol message fits in a ring holding `depth` messages without
+/// taking room requests and replies may need: protocol messages in the ring never exceed
 /// `ring_slots - 2 * per_peer_max` (module doc).
-pub fn observation_fits(depth: usize, ring_slots: usize) -> bool {
+pub fn sync_fits(depth: usize, ring_slots: usize) -> bool {
     depth + 2 * per_peer_max(ring_slots) < ring_slots
 }
 
@@ -216,20 +216,17 @@ impl Drop for Abandon<'_> {
 
 #[cfg(test)]
 mod tests {
-    /// Requests, replies and observations together never exceed the ring.
+    /// Requests, replies and protocol messages together never exceed the ring.
     #[test]
-    fn observations_leave_room_for_requests_and_replies() {
+    fn protocol_messages_leave_room_for_requests_and_replies() {
         for ring in [2, 4, 8, 1024] {
-            let mut observations = 0;
-            while observation_fits(observations, ring) {
-                observations += 1;
+            let mut messages = 0;
+            while sync_fits(messages, ring) {
+                messages += 1;
             }
-            assert!(observations + 2 * per_peer_max(ring) <= ring, "ring {ring}");
+            assert!(messages + 2 * per_peer_max(ring) <= ring, "ring {ring}");
         }
-        assert!(
-            !observation_fits(0, 2),
-            "a 2-slot ring has no room to spare"
-        );
+        assert!(!sync_fits(0, 2), "a 2-slot ring has no room to spare");
     }
 
     use super::*;

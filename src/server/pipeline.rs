@@ -107,6 +107,7 @@ impl ShardCtx {
         };
         metrics.answered(&decided.answered, started.elapsed());
         self.note_state();
+        self.flush_sync(self.shared.now());
         decided
     }
 

@@ -17,14 +17,12 @@ use std::sync::Arc;
 use futures_lite::future;
 use shards::{Batch, Inbound, Outbox, ShardEnd, ShardId, TrySendError};
 
-use super::handoff::{
-    self, Job, Msg, Observation, OwnedHeaders, Pending, PendingTable, Reply, Route,
-};
+use super::handoff::{self, Job, Msg, OwnedHeaders, Pending, PendingTable, Reply, Route};
 use super::stats::Count;
 use super::Shared;
 use crate::admin::{AdminRequest, ShardTable, ShardView};
 use crate::contract::{decode_decide, DecideRequest, ExecResult, Headers};
-use crate::decide::Now;
+use crate::decide::{Now, Peer, Placement};
 use crate::extensions::ExtensionBreakers;
 use crate::metrics::ShedCause;
 use crate::shard::{self as core, Answered, Decided, ShardCore, Step};
@@ -61,8 +59,11 @@ impl ShardCtx {
         let mut config = shared.settings.shard;
         config.state.seed ^= u64::from(id.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let partition = shared.partition;
-        let owner_of = Box::new(move |tenant: &str| partition.shard_of(tenant).0);
-        let core = ShardCore::new(id.0, owner_of, table.table(), config, now.mono_ns);
+        let shards = partition.shard_count() as u32;
+        let placement = Placement::new(Peer(u32::from(id.0)), shards, move |tenant: &str| {
+            Peer(u32::from(partition.shard_of(tenant).0))
+        });
+        let core = ShardCore::new(placement, table.table(), config, now.mono_ns);
         shared.metrics(id).table_generation.set(table.generation());
         let pending = PendingTable::new(shared.partition.shard_count(), shared.settings.ring_slots);
         let breakers = RefCell::new(ExtensionBreakers::new(&shared.registry));
@@ -149,6 +150,7 @@ impl ShardCtx {
                 .answered(&decided.answered, started.elapsed());
             self.note_state();
         }
+        self.flush_sync(now);
         step
     }
 
@@ -167,7 +169,7 @@ impl ShardCtx {
             metrics.answered(&decided.answered, std::time::Duration::ZERO);
             metrics.results_dedup_bytes.set(dedup_bytes);
             if let core::Counted::ResultAccepted { .. } = decided.answered.counted {
-                self.copy_to_peers(result);
+                self.flush_sync(now);
                 if let Some(client) = self.nats.get() {
                     super::nats::publish_usage(self, client, result, now.unix_ms);
                 }
@@ -176,46 +178,35 @@ impl ShardCtx {
         step
     }
 
-    /// Sends an accepted result to every other shard's breakers and averages, where the
-    /// ring has room for it (`handoff::observation_fits`); a copy that does not fit is
-    /// dropped and counted, never waited for.
-    fn copy_to_peers(&self, result: &ExecResult) {
+    /// Sends the state protocol's messages (`decide::sync`: leases, probes, replicas)
+    /// queued by the core, after its time-driven work. A message goes only where the ring
+    /// has room beyond what requests and replies may need (`handoff::sync_fits`); one
+    /// that does not fit is dropped and counted, never waited for: the protocol repairs
+    /// it. Called after every piece of work that may queue one, and by the keep-alive
+    /// task.
+    pub fn flush_sync(&self, now: Now) {
         let ring_slots = self.shared.settings.ring_slots;
+        let table = self.table.borrow();
+        let mut core = self.core.borrow_mut();
+        let queued = core.sync_outbox(table.table(), now);
+        if queued.is_empty() {
+            return;
+        }
         let metrics = self.shared.metrics(self.id);
         let mut outbox = self.outbox.borrow_mut();
-        for i in 0..self.shared.partition.shard_count() {
-            let to = ShardId::from_index(i);
-            if to == self.id {
+        for (to, msg) in queued.drain(..) {
+            let to = ShardId::from_index(to.index());
+            if !handoff::sync_fits(outbox.depth_to(to), ring_slots) {
+                metrics.shed(ShedCause::SyncDropped).inc();
                 continue;
             }
-            if !handoff::observation_fits(outbox.depth_to(to), ring_slots) {
-                metrics.shed(ShedCause::ObservationDropped).inc();
-                continue;
-            }
-            let observation = Observation {
-                tenant: result.tenant_id.as_str().into(),
-                provider: result.provider_id.as_str().into(),
-                observed: core::observed(result),
-            };
-            match outbox.try_send(to, Msg::Observe(Box::new(observation))) {
+            match outbox.try_send(to, Msg::Sync(msg)) {
                 Ok(()) | Err(TrySendError::Closed(_)) => {}
-                Err(TrySendError::Full(_)) => metrics.shed(ShedCause::ObservationDropped).inc(),
+                Err(TrySendError::Full(_)) => metrics.shed(ShedCause::SyncDropped).inc(),
             }
         }
-    }
-
-    /// A result accepted by its tenant's owner, copied here.
-    fn observe(&self, observation: &Observation) {
-        let now = self.shared.now();
-        self.refresh(now);
-        let table = self.table.borrow();
-        self.core.borrow_mut().observe(
-            table.table(),
-            &observation.tenant,
-            &observation.provider,
-            observation.observed,
-            now,
-        );
+        let (dropped, _stale) = core.state_mut().take_sync_counts();
+        metrics.shed(ShedCause::SyncDropped).add(dropped);
     }
 
     /// Sends `job` to `to` and waits for its reply; sheds with `overloaded` when the
@@ -369,6 +360,8 @@ impl ShardCtx {
     /// Serves the peers: jobs for tenants we own, replies to jobs we sent, results the
     /// owners accepted.
     fn serve_batch(self: &Rc<Self>, batch: &mut Batch<Msg>) {
+        // One clock read for the batch's protocol messages, and one flush after them.
+        let mut synced: Option<Now> = None;
         for envelope in batch.drain() {
             match envelope.msg {
                 Msg::Request { slot, job } => {
@@ -382,8 +375,22 @@ impl ShardCtx {
                         .borrow_mut()
                         .complete(envelope.from, slot, reply);
                 }
-                Msg::Observe(observation) => self.observe(&observation),
+                Msg::Sync(msg) => {
+                    let now = *synced.get_or_insert_with(|| {
+                        let now = self.shared.now();
+                        self.refresh(now);
+                        now
+                    });
+                    let table = self.table.borrow();
+                    let from = envelope.from.0;
+                    self.core
+                        .borrow_mut()
+                        .on_sync(table.table(), from, msg, now);
+                }
             }
+        }
+        if let Some(now) = synced {
+            self.flush_sync(now);
         }
     }
 }
@@ -451,7 +458,11 @@ pub fn keep_alive(ctx: &Rc<ShardCtx>) {
     glommio::spawn_local(async move {
         loop {
             beats.beat(ctx.id);
-            ctx.refresh(ctx.shared.now());
+            let now = ctx.shared.now();
+            ctx.refresh(now);
+            // An idle shard's protocol work: averages coalesced since its last request,
+            // the periodic resend of circuits not closed.
+            ctx.flush_sync(now);
             glommio::timer::sleep(period).await;
         }
     })

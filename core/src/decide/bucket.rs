@@ -91,11 +91,17 @@ impl TokenBucket {
     /// Takes one token without refilling (the caller refilled), or says how many
     /// milliseconds until one is due (≥ 1).
     pub fn take_or_wait(&mut self) -> Result<(), u64> {
-        if self.tokens_nano >= NANO_TOKENS_PER_TOKEN {
+        self.take_leaving(0)
+    }
+
+    /// `take_or_wait` that leaves `kept` whole tokens in the bucket (promised to peers).
+    pub fn take_leaving(&mut self, kept: u32) -> Result<(), u64> {
+        let need = (u64::from(kept) + 1) * NANO_TOKENS_PER_TOKEN;
+        if self.tokens_nano >= need {
             self.tokens_nano -= NANO_TOKENS_PER_TOKEN;
             return Ok(());
         }
-        let deficit_nano = NANO_TOKENS_PER_TOKEN - self.tokens_nano;
+        let deficit_nano = need - self.tokens_nano;
         let wait_ns = deficit_nano.div_ceil(self.rate_per_s);
         Err(wait_ns.div_ceil(NS_PER_MS).max(1))
     }

@@ -79,6 +79,8 @@ pub struct PolicyState {
     pub(super) lease: Lease,
     /// The owner: what each peer holds on lease (empty without a rate limit or peers).
     pub(super) leases: Box<[PeerLease]>,
+    /// The owner: a peer had the last token, so the next is the owner's own.
+    pub(super) owner_turn: bool,
 }
 
 /// Settings fixed at shard start.
@@ -175,6 +177,7 @@ impl ShardState {
             owner: self.placement.owner_of(&policy.tenant),
             lease: Lease::default(),
             leases: Box::new([]),
+            owner_turn: false,
         }
     }
 
@@ -296,6 +299,7 @@ impl ShardState {
                         owner: p.owner,
                         lease: Lease::default(),
                         leases: Box::new([]),
+                        owner_turn: false,
                     }
                 }
             }));

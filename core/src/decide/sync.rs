@@ -162,6 +162,8 @@ pub struct Lease {
     taken: u32,
     window_start_ns: u64,
     last_grant: u32,
+    /// When the owner last answered an ask: a lease not answered for `LEASE_NS` is cold.
+    answered_ns: Option<u64>,
 }
 
 impl Lease {
@@ -188,7 +190,7 @@ impl Lease {
 
     /// An ask to send now, if one is due: half the last grant spent (or none held), no
     /// ask out (or it timed out), and the owner not known to be empty.
-    fn ask(&mut self, now_ns: u64, burst: u32) -> Option<(u32, u32, u32)> {
+    fn ask(&mut self, now_ns: u64, burst: u32, rps: u32) -> Option<(u32, u32, u32)> {
         if self
             .asked_ns
             .is_some_and(|t| now_ns < t.saturating_add(ASK_TIMEOUT_NS))
@@ -199,11 +201,20 @@ impl Lease {
             return None;
         }
         let held = self.valid(now_ns);
-        if held > 0 && held.saturating_mul(2) > self.last_grant {
+        // Enough held, and not past half its life: nothing to ask. Past half its life a
+        // lease is renewed even when full, so a slow but steady stream keeps it warm.
+        let renew = now_ns >= self.expires_ns.saturating_sub(LEASE_NS / 2);
+        if held > 0 && held.saturating_mul(2) > self.last_grant && !renew {
             return None;
         }
         let elapsed = now_ns.saturating_sub(self.window_start_ns).max(NS_PER_MS);
-        let want = (u64::from(self.taken) * LEASE_HORIZON_NS).div_ceil(elapsed);
+        // With no recent admissions (a cold lease) the shard asks for the horizon at the
+        // full rate: it cannot know its share yet.
+        let want = if self.taken == 0 || self.window_start_ns == 0 {
+            (u64::from(rps) * LEASE_HORIZON_NS).div_ceil(1_000_000_000)
+        } else {
+            (u64::from(self.taken) * LEASE_HORIZON_NS).div_ceil(elapsed)
+        };
         let want = want.clamp(1, u64::from(burst.max(1))) as u32;
         self.seq = self.seq.wrapping_add(1);
         self.asked_ns = Some(now_ns);
@@ -219,13 +230,18 @@ impl Lease {
             return;
         }
         self.asked_ns = None;
+        self.answered_ns = Some(now_ns);
         let held = self.valid(now_ns);
-        self.last_grant = tokens;
-        if tokens > 0 {
-            self.tokens = held + tokens;
+        self.tokens = held + tokens;
+        if self.tokens > 0 {
+            // The owner counts what it granted plus what we held, until `expires_ns`.
             self.expires_ns = expires_ns;
+        }
+        if tokens > 0 {
+            self.last_grant = tokens;
             self.none_until_ns = 0;
-        } else {
+        } else if held == 0 {
+            self.last_grant = 0;
             self.none_until_ns = next_ns;
         }
     }
@@ -243,6 +259,9 @@ pub struct PeerLease {
     expires_ns: u64,
     last_seq: u32,
     seen: bool,
+    /// The peer was told "none before `next_ns`": the next token is promised to it
+    /// until this instant, unless the owner's own turn comes first.
+    promised_until_ns: u64,
 }
 
 impl PeerLease {
@@ -336,11 +355,27 @@ impl ShardState {
         };
         if ps.owner == me {
             settle(bucket, &ps.leases, now_ns);
-            return bucket.take_or_wait();
+            // Turns alternate between the owner's own decisions and peers told to come
+            // back for the next token, so a hammered owner does not starve the others.
+            let promised = if ps.owner_turn {
+                0
+            } else {
+                ps.leases
+                    .iter()
+                    .filter(|l| now_ns < l.promised_until_ns)
+                    .count() as u32
+            };
+            // Never promise the whole burst away: the owner's own turn must stay possible.
+            let promised = promised.min(bucket.burst().saturating_sub(1));
+            let taken = bucket.take_leaving(promised);
+            if taken.is_ok() {
+                ps.owner_turn = false;
+            }
+            return taken;
         }
-        let burst = bucket.burst();
+        let (burst, rps) = (bucket.burst(), bucket.limit().requests_per_second);
         let taken = ps.lease.take(now_ns);
-        if let Some((seq, held, want)) = ps.lease.ask(now_ns, burst) {
+        if let Some((seq, held, want)) = ps.lease.ask(now_ns, burst, rps) {
             let (key, owner) = (ps.key, ps.owner);
             self.send(
                 owner,
@@ -353,6 +388,55 @@ impl ShardState {
             );
         }
         taken
+    }
+
+    /// Whether a request for `tenant`'s `policy` should go to the owner instead: this
+    /// shard is not the owner, the policy is rate-limited, and the lease is cold — no
+    /// token, no ask out, and no word from the owner that it has none (a shard's first
+    /// request, or one after an idle spell longer than a lease). Answering
+    /// `rate_limited` then would refuse a request the bucket may well admit; the owner
+    /// decides it from its bucket instead, and the ask for a lease leaves with it, so
+    /// the next requests are decided here. While that ask is out, an empty lease answers
+    /// `rate_limited` (retry in 1 ms).
+    pub fn lease_cold(
+        &mut self,
+        table: &RoutingTable,
+        tenant: &str,
+        policy: &str,
+        now_ns: u64,
+    ) -> bool {
+        let Some(slot) = table.lookup(tenant, policy) else {
+            return false;
+        };
+        let me = self.placement.me;
+        let ps = &mut self.policies[slot.get()];
+        let Some(bucket) = &ps.bucket else {
+            return false;
+        };
+        let lease = &ps.lease;
+        let waiting = lease
+            .asked_ns
+            .is_some_and(|t| now_ns < t.saturating_add(ASK_TIMEOUT_NS));
+        let answered = lease
+            .answered_ns
+            .is_some_and(|t| now_ns < t.saturating_add(LEASE_NS));
+        if ps.owner == me || lease.valid(now_ns) > 0 || answered || waiting {
+            return false;
+        }
+        let (burst, rps) = (bucket.burst(), bucket.limit().requests_per_second);
+        if let Some((seq, held, want)) = ps.lease.ask(now_ns, burst, rps) {
+            let (key, owner) = (ps.key, ps.owner);
+            self.send(
+                owner,
+                SyncMsg::LeaseAsk {
+                    key,
+                    seq,
+                    held,
+                    want,
+                },
+            );
+        }
+        true
     }
 
     /// After a selection on a non-owner shard: asks the owner for a probe of every
@@ -600,9 +684,17 @@ impl ShardState {
         let bucket = ps.bucket.as_mut().expect("checked above");
         let (tokens, next_ns) = bucket.grant(now_ns, want, leased);
         let pl = &mut ps.leases[from.index()];
-        if tokens > 0 {
-            pl.amount += tokens;
+        pl.amount += tokens;
+        if pl.amount > 0 {
+            // A grant, or the renewal of what the asker holds: both sides count it until
+            // the same instant.
             pl.expires_ns = now_ns + LEASE_NS;
+        }
+        if tokens > 0 {
+            pl.promised_until_ns = 0;
+            ps.owner_turn = true;
+        } else if held == 0 {
+            pl.promised_until_ns = next_ns.saturating_add(ASK_TIMEOUT_NS);
         }
         let expires_ns = if pl.amount > 0 { pl.expires_ns } else { 0 };
         let msg = SyncMsg::LeaseGrant {

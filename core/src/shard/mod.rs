@@ -31,7 +31,8 @@ use crate::contract::{
 };
 use crate::decide::rng::Rng;
 use crate::decide::{
-    decide, DecideError, Decision, Now, Observed, Outcome, ShardState, StateConfig,
+    decide, DecideError, Decision, Now, Observed, Outcome, Peer, Placement, ShardState,
+    StateConfig, SyncMsg,
 };
 use crate::policy::RoutingTable;
 
@@ -116,13 +117,9 @@ struct Replay {
     body: Box<[u8]>,
 }
 
-/// Which shard owns a tenant: the partition function, given by the runtime.
-pub type OwnerOf = Box<dyn Fn(&str) -> u16>;
-
 /// One shard's decide-side state and the choices made with it.
 pub struct ShardCore {
     shard: u16,
-    owner_of: OwnerOf,
     state: ShardState,
     idempotency: TtlCache<Replay>,
     results_seen: TtlCache<()>,
@@ -148,19 +145,22 @@ impl std::fmt::Debug for ShardCore {
 }
 
 impl ShardCore {
-    /// The core of shard `shard`; `owner_of` names every tenant's owner shard.
+    /// The core of one shard: `placement` says which it is, how many there are, and
+    /// every tenant's owner (the partition function, given by the runtime). The state is
+    /// placed at once: leases, replicas and probes follow it (`decide::sync`).
     pub fn new(
-        shard: u16,
-        owner_of: OwnerOf,
+        placement: Placement,
         table: &RoutingTable,
         config: ShardConfig,
         now_ns: u64,
     ) -> Self {
         let seed = config.state.seed;
+        let shard = placement.me.0 as u16;
+        let mut state = ShardState::new(table, config.state, now_ns);
+        state.place(table, placement);
         ShardCore {
             shard,
-            owner_of,
-            state: ShardState::new(table, config.state, now_ns),
+            state,
             idempotency: TtlCache::new(
                 CacheLimits {
                     entries_max: config.idempotency_entries,
@@ -193,7 +193,7 @@ impl ShardCore {
 
     /// The owner shard of `tenant`.
     pub fn owner_of(&self, tenant: &str) -> u16 {
-        (self.owner_of)(tenant)
+        self.state.placement().owner_of(tenant).0 as u16
     }
 
     pub fn owns(&self, tenant: &str) -> bool {
@@ -246,6 +246,13 @@ impl ShardCore {
     ) -> Step {
         let owner = self.owner_of(&req.tenant_id);
         if owner != self.shard && must_cross(req) {
+            return Step::NeedsOwner { owner };
+        }
+        if owner != self.shard
+            && self
+                .state
+                .lease_cold(table, &req.tenant_id, &req.policy_id, now.mono_ns)
+        {
             return Step::NeedsOwner { owner };
         }
         if let Some(answered) = self.replay(req, now, out) {
@@ -369,18 +376,19 @@ impl ShardCore {
         })
     }
 
-    /// A result the tenant's owner accepted, copied to this shard: its breakers and
-    /// averages take it as the owner's did (no de-duplication: the owner did that).
-    pub fn observe(
-        &mut self,
-        table: &RoutingTable,
-        tenant: &str,
-        provider: &str,
-        observed: Observed,
-        now: Now,
-    ) {
+    /// A state protocol message from shard `from` (`decide::sync`): answers and
+    /// replicas it causes go to `sync_outbox`.
+    pub fn on_sync(&mut self, table: &RoutingTable, from: u16, msg: SyncMsg, now: Now) {
         self.state
-            .record_result(table, tenant, provider, observed, now.mono_ns);
+            .on_sync(table, Peer(u32::from(from)), msg, now.mono_ns);
+    }
+
+    /// Time-driven protocol work (coalesced replicas, the periodic resend), then the
+    /// messages to send, oldest first. Call after each batch of work and from an idle
+    /// timer; empty the outbox.
+    pub fn sync_outbox(&mut self, table: &RoutingTable, now: Now) -> &mut Vec<(Peer, SyncMsg)> {
+        self.state.poll_sync(table, now.mono_ns);
+        self.state.sync_outbox()
     }
 
     fn take_result(

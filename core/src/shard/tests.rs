@@ -43,7 +43,8 @@ fn config() -> ShardConfig {
 }
 
 fn core(shard: u16, table: &RoutingTable) -> ShardCore {
-    ShardCore::new(shard, Box::new(owner_of), table, config(), NOW.mono_ns)
+    let placement = Placement::new(Peer(u32::from(shard)), 2, |t| Peer(u32::from(owner_of(t))));
+    ShardCore::new(placement, table, config(), NOW.mono_ns)
 }
 
 fn body(tenant: &str, policy: &str, extra: &str) -> Vec<u8> {
