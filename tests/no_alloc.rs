@@ -11,7 +11,8 @@ use std::borrow::Cow;
 use std::cell::Cell;
 
 use shardline::contract::{Constraints, DecideRequest, Metadata, Reason, Scalar, Task};
-use shardline::decide::{decide, Now, Peer, Placement, ShardState, StateConfig};
+use shardline::decide::sync::policy_key;
+use shardline::decide::{decide, Now, Peer, Placement, ShardState, StateConfig, SyncMsg};
 use shardline::policy::{Policy, Provider, RoutingTable, Sticky, WeightTable};
 use shardline::shard::{Counted, ShardConfig, ShardCore, Step};
 
@@ -184,6 +185,24 @@ fn the_shard_core_decides_another_shards_tenant_without_allocating() {
     let mut core = ShardCore::new(placement, &table, config, 0);
     let req = request("plain", "u");
     let mut out = Vec::with_capacity(4 << 10);
+    // The policy is rate-limited: the shard's first request goes to the owner with an ask
+    // for a lease (a cold lease), and the owner's grant warms it.
+    let cold = Now {
+        mono_ns: 1_000,
+        unix_ms: 1,
+    };
+    let step = core.decide(&table, &req, cold, &mut out);
+    assert!(matches!(step, Step::NeedsOwner { owner: 1 }), "{step:?}");
+    assert_eq!(core.sync_outbox(&table, cold).len(), 1, "one lease ask");
+    core.sync_outbox(&table, cold).clear();
+    let grant = SyncMsg::LeaseGrant {
+        key: policy_key(&table.policies()[0]),
+        seq: 1,
+        tokens: 2_000,
+        expires_ns: u64::MAX / 2,
+        next_ns: 0,
+    };
+    core.on_sync(&table, 1, grant, cold);
     for t in 0..1_000u64 {
         out.clear();
         let now = Now {

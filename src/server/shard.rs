@@ -150,7 +150,12 @@ impl ShardCtx {
                 .answered(&decided.answered, started.elapsed());
             self.note_state();
         }
-        self.flush_sync(now);
+        // A request for the owner goes first and the lease ask it queued after it (in
+        // `hand_off`): the ring keeps their order, so the owner decides the request from
+        // its bucket before it leases tokens out.
+        if !matches!(step, Step::NeedsOwner { .. }) {
+            self.flush_sync(now);
+        }
         step
     }
 
@@ -230,6 +235,7 @@ impl ShardCtx {
         match sent {
             Ok(()) => {
                 metrics.handoff_out();
+                self.flush_sync(self.shared.now());
                 let deadline = self.shared.settings.handoff_timeout;
                 let answered = async { Some(handoff::wait(&self.pending, slot).await) };
                 let expired = async {

@@ -146,7 +146,9 @@ impl ShardState {
             half_opened: 0,
             placement: Placement::single(),
             by_key: Default::default(),
-            outbox: Vec::new(),
+            // Room for the usual traffic of a busy shard between two flushes: the request
+            // path's pushes do not allocate.
+            outbox: Vec::with_capacity(64),
             dirty: Vec::new(),
             refreshed_ns: 0,
             sync_dropped: 0,
