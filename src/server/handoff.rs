@@ -216,6 +216,15 @@ impl Drop for Abandon<'_> {
 
 #[cfg(test)]
 mod tests {
+    /// The state protocol's messages do not make the ring's slots larger: every message
+    /// is moved at the size of the largest, so a larger one would cost every handoff.
+    #[test]
+    fn protocol_messages_are_no_larger_than_replies() {
+        let sync = std::mem::size_of::<crate::decide::SyncMsg>();
+        let reply = std::mem::size_of::<Reply>();
+        assert!(sync <= reply, "SyncMsg {sync} bytes, Reply {reply}");
+    }
+
     /// Requests, replies and protocol messages together never exceed the ring.
     #[test]
     fn protocol_messages_leave_room_for_requests_and_replies() {

@@ -138,14 +138,22 @@ pub enum SyncMsg {
         provider: u8,
         expires_ns: u64,
     },
-    /// The owner's view of a provider: its circuit and averages.
+    /// The owner's view of a provider: its circuit and averages. Boxed: replicas are
+    /// rare (transitions, coalesced averages) and the rings carry every message at the
+    /// size of the largest, so the lease messages of the request path stay small.
     Replica {
         key: u64,
         provider: u8,
-        breaker: BreakerState,
-        latency_ms: Ewma,
-        cost: Ewma,
+        view: Box<ReplicaView>,
     },
+}
+
+/// What a replica takes from the owner about one provider.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicaView {
+    pub breaker: BreakerState,
+    pub latency_ms: Ewma,
+    pub cost: Ewma,
 }
 
 /// The tokens a non-owner shard may spend for one policy.
@@ -514,9 +522,11 @@ impl ShardState {
         let msg = SyncMsg::Replica {
             key,
             provider: idx.0,
-            breaker: s.breaker.state(),
-            latency_ms: s.latency_ms,
-            cost: s.cost,
+            view: Box::new(ReplicaView {
+                breaker: s.breaker.state(),
+                latency_ms: s.latency_ms,
+                cost: s.cost,
+            }),
         };
         let me = self.placement.me;
         for p in (0..self.placement.peers).map(Peer).filter(|&p| p != me) {
@@ -625,13 +635,12 @@ impl ShardState {
                     };
                 }
             }
-            SyncMsg::Replica {
-                provider,
-                breaker,
-                latency_ms,
-                cost,
-                ..
-            } => {
+            SyncMsg::Replica { provider, view, .. } => {
+                let ReplicaView {
+                    breaker,
+                    latency_ms,
+                    cost,
+                } = *view;
                 let ps = &mut self.policies[i as usize];
                 if ps.owner != from || from == me {
                     return;

@@ -17,9 +17,11 @@ use std::mem::MaybeUninit;
 
 use shardline::answer::encode_outcome;
 use shardline::contract::{decode_decide, Headers};
-use shardline::decide::{decide, Now, ShardState, StateConfig};
+use shardline::decide::sync::policy_key;
+use shardline::decide::{decide, Now, Peer, Placement, ShardState, StateConfig, SyncMsg};
 use shardline::policy::{parse_policy, RoutingTable};
 use shardline::server::handoff::{Msg, Reply};
+use shardline::shard::{ShardConfig, ShardCore, Step};
 use shardline::transport::http::{
     parse_request, ChunkedDecoder, HttpLimits, Parsed, HEADERS_CEILING_MAX,
 };
@@ -40,10 +42,14 @@ pub struct Bench {
 }
 
 /// Every benchmark, in report order.
-pub const BENCHES: [Bench; 5] = [
+pub const BENCHES: [Bench; 6] = [
     Bench {
         name: "decide_weighted",
         run: decide_weighted,
+    },
+    Bench {
+        name: "shard_core_decide_leased",
+        run: shard_core_decide_leased,
     },
     Bench {
         name: "decide_sticky_hit",
@@ -149,6 +155,65 @@ fn decide_sticky_hit() {
     let mut rt = RoundTrip::new(STICKY_REQUEST);
     warm_then_measure(|| {
         rt.step();
+    });
+}
+
+/// The request path of a shard deciding another shard's tenant under a rate limit, as
+/// every transport runs it: decode → `ShardCore::decide` (the lifecycle's choice, a token
+/// from the lease the owner granted, the engine, the answer) — the whole core path with
+/// no crossing.
+fn shard_core_decide_leased() {
+    let doc = WEIGHTED.replace(
+        r#""circuit_breaker":{"enabled":true}}"#,
+        r#""circuit_breaker":{"enabled":true},"rate_limit":{"enabled":true,"requests_per_second":1000000,"burst":1000000}}"#,
+    );
+    assert_ne!(
+        doc, WEIGHTED,
+        "the fixture changed: the rate limit was not added"
+    );
+    let policy = parse_policy("acme", "weighted", "weighted", doc.as_bytes()).expect("policy");
+    let table = RoutingTable::from_policies_fixed_hash(vec![policy]).expect("table");
+    let config = ShardConfig {
+        state: StateConfig::default(),
+        idempotency_entries: 1024,
+        idempotency_bytes: 1 << 20,
+        idempotency_ttl_ms: 600_000,
+        results_dedup_bytes: 1 << 20,
+        results_seen_ttl_ms: 600_000,
+    };
+    let mut core = ShardCore::new(Placement::new(Peer(0), 2, |_| Peer(1)), &table, config, 0);
+    let body = WEIGHTED_REQUEST.to_vec();
+    let mut out = Vec::with_capacity(4096);
+    let mut mono_ns = 1_000_000_000u64;
+    let mut now = || {
+        mono_ns += 1_000_000;
+        Now {
+            mono_ns,
+            unix_ms: 1_800_000_000_000,
+        }
+    };
+    // Warm the lease as the owner would: the first request finds it cold and asks.
+    let req = decode_decide(&body, &Headers::default()).expect("request");
+    let first = now();
+    assert!(matches!(
+        core.decide(&table, &req, first, &mut out),
+        Step::NeedsOwner { .. }
+    ));
+    core.sync_outbox(&table, first).clear();
+    let grant = SyncMsg::LeaseGrant {
+        key: policy_key(&table.policies()[0]),
+        seq: 1,
+        tokens: 1_000_000_000,
+        expires_ns: u64::MAX / 2,
+        next_ns: 0,
+    };
+    core.on_sync(&table, 1, grant, first);
+    warm_then_measure(|| {
+        let req = decode_decide(black_box(&body), &Headers::default()).expect("request");
+        out.clear();
+        let step = core.decide(&table, &req, now(), &mut out);
+        assert!(matches!(step, Step::Answered(_)), "decided where it landed");
+        black_box(out.len());
     });
 }
 
