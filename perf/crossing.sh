@@ -7,6 +7,8 @@
 #
 #   perf/crossing.sh [BIN]        # BIN defaults to target/release/shardline
 #   DURATION=3 RATE=10000 TENANT=tenant-2 WRK_CORE=1 perf/crossing.sh
+#   NATS=1 NATS_RATE=5000 perf/crossing.sh   # also over NATS: the shared subject and each
+#                                            # shard's own (starts nats-server on :14222)
 #
 # Prints one line per (port, load). On a 2-core machine the client shares a core with a
 # shard: WRK_CORE pins wrk (and the open-loop generator) to one core.
@@ -21,9 +23,18 @@ WRK_CORE=${WRK_CORE:-1}
 . scripts/ensure_tool.sh
 ensure_tool wrk wrk
 
+NATS_PID=
+if [ "${NATS:-0}" = 1 ]; then
+    ensure_tool nats-server nats-server
+    NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
+    "$NATS_BIN" -a 127.0.0.1 -p 14222 >/dev/null 2>&1 &
+    NATS_PID=$!
+    export SHARDLINE_NATS_URL=nats://127.0.0.1:14222
+    sleep 0.5
+fi
 "$BIN" serve --config perf/bench/shard-ports.toml >/dev/null 2>&1 &
 PID=$!
-trap 'kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true' EXIT
+trap 'kill "$PID" $NATS_PID 2>/dev/null; wait "$PID" $NATS_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
     curl -fs -o /dev/null http://127.0.0.1:18100/readyz && break
     sleep 0.1
@@ -56,4 +67,19 @@ for port in 18100 18101 8080; do
     printf '%-7s open loop %s/s: router CPU %s µs/request ; %s\n' \
         "$name" "$RATE" "$cpu_us" "$report"
 done
+if [ -n "$NATS_PID" ]; then
+    NATS_RATE=${NATS_RATE:-5000}
+    for subject in beamline.router.v1.decide beamline.router.v1.decide.shard.0 \
+        beamline.router.v1.decide.shard.1; do
+        before=$(ticks)
+        report=$("$BIN" bench --target nats://127.0.0.1:14222 --subject "$subject" \
+            --tenants "$TENANT" --rate "$NATS_RATE" --spin-us 0 --duration "${DURATION}s" \
+            --client-cores "$WRK_CORE" 2>/dev/null | grep -E 'sent|p50|p99' | tr -s ' \n' ' ')
+        after=$(ticks)
+        cpu_us=$(awk -v t=$((after - before)) -v n=$(( NATS_RATE * (DURATION + 1) )) \
+            'BEGIN {printf "%.1f", t * 10000 / n}')
+        printf 'nats %-36s %s/s: router CPU %s µs/request; %s\n' "$subject" "$NATS_RATE" \
+            "$cpu_us" "$report"
+    done
+fi
 echo "handoffs out over the whole run: $(handoffs)"
