@@ -46,7 +46,7 @@ pub struct OwnedHeaders {
     pub authorization: Option<Box<str>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Job {
     pub route: Route,
     /// The tenant the accepting shard routed by; the owner asserts it owns it.

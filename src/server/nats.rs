@@ -408,7 +408,7 @@ fn decide_later(
     let (ctx, client) = (Rc::clone(ctx), client.clone());
     glommio::spawn_local(async move {
         let reply = match step {
-            Step::NeedsOwner { owner } => ctx.hand_off(ShardId(owner), job, ids.ids()).await,
+            Step::NeedsOwner { owner } => ctx.decide_at_owner(ShardId(owner), job, ids.ids()).await,
             // `Answered` never waits; the stages run from the message's own copy.
             Step::CallStages | Step::Answered(_) => ctx.decide_job_stages(&job).await,
         };

@@ -214,6 +214,38 @@ impl ShardCtx {
         metrics.shed(ShedCause::SyncDropped).add(dropped);
     }
 
+    /// A decide request only the owner can answer now (an idempotency key, a cold lease):
+    /// handed to it, and its answer's session noted here, so this shard labels the
+    /// session's next answer `sticky` as if it had decided this one itself.
+    pub async fn decide_at_owner(&self, to: ShardId, job: Job, ids: Ids<'_>) -> Reply {
+        let reply = self.hand_off(to, job.clone(), ids).await;
+        if reply.status == 200 {
+            #[derive(serde::Deserialize)]
+            struct Decided<'a> {
+                #[serde(borrow)]
+                decision: Chosen<'a>,
+            }
+            #[derive(serde::Deserialize)]
+            struct Chosen<'a> {
+                provider_id: &'a str,
+            }
+            let headers = borrowed(&job.headers);
+            let decoded = crate::contract::decode_decide(&job.body, &headers);
+            let chosen = serde_json::from_slice::<Decided<'_>>(&reply.body);
+            if let (Ok(req), Ok(chosen)) = (decoded, chosen) {
+                let now = self.shared.now();
+                let table = self.table.borrow();
+                self.core.borrow_mut().state_mut().note_session(
+                    table.table(),
+                    &req,
+                    chosen.decision.provider_id,
+                    now,
+                );
+            }
+        }
+        reply
+    }
+
     /// Sends `job` to `to` and waits for its reply; sheds with `overloaded` when the
     /// in-flight budget to that shard is spent, its ring is full, or it has not answered
     /// within `server.handoff_timeout_ms` (a stalled owner must not hold the request

@@ -341,6 +341,44 @@ impl ShardState {
         }
     }
 
+    /// Records that `req`'s session was answered with `provider` by another shard (the
+    /// owner, while this shard's lease was cold): the sticky entry this shard would have
+    /// written, so its next answer for the session is labelled `sticky` as if it had
+    /// decided the first itself. Nothing when the policy is not sticky, the request has
+    /// no session, or the provider is not the policy's.
+    pub fn note_session(
+        &mut self,
+        table: &RoutingTable,
+        req: &crate::contract::DecideRequest<'_>,
+        provider: &str,
+        now: super::Now,
+    ) {
+        let Some(slot) = table.lookup(&req.tenant_id, &req.policy_id) else {
+            return;
+        };
+        let policy = table.policy(slot);
+        let (Some(sticky), Some(idx)) = (&policy.sticky, policy.provider_idx(provider)) else {
+            return;
+        };
+        let Some(value) = req.metadata.get(&sticky.session_key) else {
+            return;
+        };
+        let mut buf = [0u8; 9];
+        let Some(bytes) = super::condition::session_bytes(value, &mut buf) else {
+            return;
+        };
+        let ps = &self.policies[slot.get()];
+        let session = super::rendezvous::session_hash(ps.rendezvous_key, bytes);
+        let epoch = super::rendezvous::Epoch::of(session, sticky.ttl_ms, now.unix_ms);
+        let key = self.session_key(ps.identity, bytes);
+        let expires_ns = now
+            .mono_ns
+            .saturating_add(epoch.remaining_ms.saturating_mul(1_000_000))
+            .max(1);
+        let fp = ps.providers_fp;
+        self.sticky.put(key, fp, (idx, epoch.number), expires_ns);
+    }
+
     pub fn policy(&self, slot: PolicySlot) -> &PolicyState {
         &self.policies[slot.get()]
     }
