@@ -3,9 +3,10 @@
 //! The library holds everything but the CLI: the wire contract (`contract`), policy
 //! parsing (`policy`), the sans-IO decision engine (`decide`), the transports
 //! (`transport`), the server that runs them on the shards (`server`), and its operations
-//! side (`admin`, `config`, `logging`, `metrics`); `bench` is the load generator that
-//! measures it from a client's side, and `tune` checks the node's kernel and CPU settings
-//! against a profile. Transports drive the engine; the engine
+//! side (`admin`, `config`, `logging`, `metrics`); `bench` is the part of the load
+//! generator that needs the router (its in-process router and NATS client). The tools that
+//! need nothing of the router (gate, top, tune, the rest of the load generator) are the
+//! `shardline-tools` crate. Transports drive the engine; the engine
 //! never does I/O or reads a clock, so it can be tested, fuzzed and benchmarked alone.
 
 pub mod admin;
@@ -17,11 +18,8 @@ pub mod bundled;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
-pub mod gate;
 pub mod logging;
 pub mod metrics;
 pub mod preflight;
 pub mod server;
-pub mod top;
 pub mod transport;
-pub mod tune;

@@ -118,11 +118,11 @@ enum Command {
     },
     /// A live view of a running router from its /metrics: per shard req/s, p50/p99,
     /// errors, sheds, crossings, circuits opened, NATS and stalls; `q` quits.
-    Top(shardline::top::TopArgs),
+    Top(shardline_tools::top::TopArgs),
     /// The node's kernel and CPU-affinity settings against a profile in tuning/profiles/.
     Tune {
         #[command(subcommand)]
-        command: shardline::tune::TuneCommand,
+        command: shardline_tools::tune::TuneCommand,
     },
 }
 
@@ -184,10 +184,16 @@ fn main() -> ExitCode {
         }),
         Command::Bench(args) => run_bench(&args),
         Command::Plot { out, reports } => run_plot(&out, &reports),
-        Command::Top(args) => shardline::top::run(&args)
+        Command::Top(args) => shardline_tools::top::run(&args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::msg),
-        Command::Tune { command } => shardline::tune::run(&command).map_err(Into::into),
+        Command::Tune { command } => {
+            let config = shardline_tools::tune::RouterConfig {
+                default_path: Path::new(CONFIG_PATH_DEFAULT),
+                cores: &config_cores,
+            };
+            shardline_tools::tune::run(&command, &config).map_err(Into::into)
+        }
     };
     // Buffered log lines reach stderr before the process ends.
     shardline::logging::flush();
@@ -198,6 +204,18 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A config file's `server.cores`, for `tune check` (the tools cannot read the router's
+/// config themselves); the first line of the load error when it does not load.
+fn config_cores(path: &Path) -> std::result::Result<shards::CoreSelection, String> {
+    let config = Config::load(path).map_err(|e| {
+        let first = e.to_string();
+        let first = first.lines().next().unwrap_or("").to_owned();
+        format!("{}: {first}", path.display())
+    })?;
+    // As `serve` resolves it: one meaning of `server.cores`.
+    Ok(ServerSettings::from_config(&config).cores)
 }
 
 /// Where a `--config` or `policy check` argument keeps its policies and extensions: a
@@ -415,11 +433,11 @@ fn run_gate(
     (exit_code, allow_different_conditions): (Option<i32>, bool),
 ) -> Result<ExitCode> {
     // The gate's messages already name the file and the cause: no error chain appended.
-    let unusable = |e: shardline::gate::GateError| anyhow::anyhow!("gate: {e}");
+    let unusable = |e: shardline_tools::gate::GateError| anyhow::anyhow!("gate: {e}");
     if let Some(dir) = runs_dir {
-        candidates.extend(shardline::gate::runs_in_dir(dir).map_err(unusable)?);
+        candidates.extend(shardline_tools::gate::runs_in_dir(dir).map_err(unusable)?);
     }
-    let outcome = shardline::gate::run(&shardline::gate::GateInputs {
+    let outcome = shardline_tools::gate::run(&shardline_tools::gate::GateInputs {
         baseline,
         policy,
         candidates: &candidates,
@@ -645,7 +663,7 @@ fn run_bench(args: &shardline::bench::BenchArgs) -> Result<ExitCode> {
 
 /// Writes one SVG overlaying the router line of each report, labelled by file stem.
 fn run_plot(out: &Path, reports: &[PathBuf]) -> Result<ExitCode> {
-    use shardline::bench::plot;
+    use shardline_tools::bench::plot;
     if reports.len() > plot::SERIES_MAX {
         bail!("at most {} reports per plot", plot::SERIES_MAX);
     }

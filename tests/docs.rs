@@ -30,12 +30,14 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every `pub const NAME_MAX: T = EXPR;` in src/, core/src/ and shards/src/: (name, file, expr).
+/// Every `pub const NAME_MAX: T = EXPR;` in src/, core/src/, shards/src/ and tools/src/:
+/// (name, file, expr).
 fn limit_constants() -> Vec<(String, String, String)> {
     let mut files = Vec::new();
     rust_files(&Path::new(ROOT).join("src"), &mut files);
     rust_files(&Path::new(ROOT).join("core/src"), &mut files);
     rust_files(&Path::new(ROOT).join("shards/src"), &mut files);
+    rust_files(&Path::new(ROOT).join("tools/src"), &mut files);
     let mut found = Vec::new();
     for file in files {
         let text = fs::read_to_string(&file).unwrap();
@@ -511,7 +513,14 @@ fn documented_curl_uploads_keep_the_file_bytes() {
 fn reliability_table_names_real_tests() {
     let doc = fs::read_to_string(Path::new(ROOT).join("docs/RELIABILITY.md")).unwrap();
     let mut sources = Vec::new();
-    for dir in ["src", "core/src", "tests", "shards/src", "fuzz/src"] {
+    for dir in [
+        "src",
+        "core/src",
+        "tests",
+        "shards/src",
+        "tools/src",
+        "fuzz/src",
+    ] {
         rust_files(&Path::new(ROOT).join(dir), &mut sources);
     }
     let texts: Vec<(PathBuf, String)> = sources

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use shardline::tune::Expect;
+use shardline_tools::tune::Expect;
 
 const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/profiles");
 
@@ -33,7 +33,7 @@ fn write(root: &Path, path: &str, text: &str) {
 fn tuned_machine(name: &str, cores: &str) -> (PathBuf, PathBuf) {
     let root = std::env::temp_dir().join(format!("shardline-tune-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
-    let profile = shardline::tune::load("low-latency", Some(Path::new(PROFILES))).unwrap();
+    let profile = shardline_tools::tune::load("low-latency", Some(Path::new(PROFILES))).unwrap();
     for (key, setting) in &profile.sysctl {
         let value = match setting.expect() {
             Expect::Equal(v) => v.replace(' ', "\t"),
@@ -200,7 +200,7 @@ fn absent_knobs_are_not_applicable_and_a_broken_config_differs() {
 /// The plan for a machine of `cores` whose sysctls all differ from the profile's.
 fn plan(cores: &str) -> String {
     let root = std::env::temp_dir().join(format!("shardline-tune-plan-{}", std::process::id()));
-    let profile = shardline::tune::load("low-latency", None).unwrap();
+    let profile = shardline_tools::tune::load("low-latency", None).unwrap();
     for key in profile.sysctl.keys() {
         let path = format!("proc/sys/{}", key.replace('.', "/"));
         write(&root, &path, "2");

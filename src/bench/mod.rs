@@ -119,20 +119,16 @@
 //! `FILE.svg`, latency by percentile with bare as a second line when compared (`plot.rs`).
 
 mod args;
-pub mod markdown;
-mod mix;
 mod nats_bare;
 mod nats_worker;
-pub mod plot;
-mod poll;
-mod record;
-mod report;
 mod run;
-mod schedule;
-mod sys;
 mod tenants;
-mod wire;
 mod worker;
+
+// The parts that need no router live in `shardline-tools` (below this library, so Cargo
+// keeps them router-free); named here so `super::record` and friends read as before.
+pub use shardline_tools::bench::{markdown, plot};
+use shardline_tools::bench::{mix, poll, record, report, schedule, sys, wire};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -129,7 +129,7 @@ fn fresh_subject() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut rng = crate::decide::rng::Rng::new(nanos ^ u64::from(std::process::id()));
+    let mut rng = shardline_core::decide::rng::Rng::new(nanos ^ u64::from(std::process::id()));
     format!("bench.bare.{:016x}", rng.next_u64())
 }
 

@@ -44,13 +44,16 @@ pub const BODY_BYTES_MAX: usize = 64 << 20;
 /// `limits.headers_max`: header lines per request.
 pub const HEADERS_DEFAULT: usize = 64;
 pub const HEADERS_MIN: usize = 8;
-/// The HTTP parser's header array: the server refuses more (`HEADERS_CEILING_MAX`).
-pub const HEADERS_MAX: usize = crate::transport::http::HEADERS_CEILING_MAX;
+/// The HTTP parser's header array: the server refuses more. Equal to the transport's
+/// `HEADERS_CEILING_MAX`, which asserts it: the transport depends on the config, never
+/// the reverse.
+pub const HEADERS_MAX: usize = 128;
 
 /// `limits.header_bytes_max`: the request line and headers together.
 pub const HEADER_BYTES_DEFAULT: usize = 16 << 10;
-/// A request head must fit the connection's first read buffer (the server refuses less).
-pub const HEADER_BYTES_MIN: usize = crate::transport::http::READ_BUFFER_BYTES_INITIAL;
+/// A request head must fit the connection's first read buffer (the server refuses less):
+/// the transport's `READ_BUFFER_BYTES_INITIAL`, which asserts it is equal.
+pub const HEADER_BYTES_MIN: usize = 4 << 10;
 pub const HEADER_BYTES_MAX: usize = 1 << 20;
 
 /// `limits.connections_per_shard_max`.

@@ -12,7 +12,7 @@
 //! CI machine), brings its own baseline store and regression checks where we already have
 //! a gate, and selects the measured region by its own macros. Here a benchmark is a plain
 //! function selected with callgrind's `--toggle-collect`, its count is the `summary:` line
-//! of callgrind's output, and the comparison is `shardline::gate`: one comparator for
+//! of callgrind's output, and the comparison is `shardline_tools::gate`: one comparator for
 //! every perf figure, with the same PASS/FAIL lines and exit codes.
 //!
 //! Usage (through `scripts/icount_gate.sh`): no argument measures and gates (exit 0 pass,
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use serde_json::{json, Map, Value};
-use shardline::gate::{self, Bound, GateInputs, GatePolicy, Metrics};
+use shardline_tools::gate::{self, Bound, GateInputs, GatePolicy, Metrics};
 
 use benches::{BENCHES, ITERATIONS, MEASURED_PATTERN};
 

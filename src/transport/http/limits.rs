@@ -78,6 +78,10 @@ pub const FD_EXHAUSTED_LINGER_MS: u64 = 100;
 pub const LIMIT_BYTES_CEILING_MAX: usize = (u32::MAX / 2) as usize;
 
 const _: () = assert!(HEADERS_MAX <= HEADERS_CEILING_MAX);
+// The config's ranges are this layer's ceilings, stated there as numbers (the config does
+// not depend on the transports): a config that validates is one `HttpLimits` accepts.
+const _: () = assert!(crate::config::HEADERS_MAX == HEADERS_CEILING_MAX);
+const _: () = assert!(crate::config::HEADER_BYTES_MIN == READ_BUFFER_BYTES_INITIAL);
 const _: () = assert!(READ_BUFFER_BYTES_INITIAL <= HEADER_BYTES_MAX);
 const _: () = assert!(READ_BUFFER_BYTES_INITIAL <= BUFFER_BYTES_RETAINED_MAX);
 const _: () = assert!(CHUNK_LINE_BYTES_MAX <= HEADER_BYTES_MAX);

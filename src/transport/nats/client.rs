@@ -43,7 +43,9 @@ use super::options::{
 use super::proto::{self, EncodeError, Msg, ProtoError, ServerInfo, ServerOp};
 use super::resolve::{ResolveError, Resolver};
 use super::stream::Stream;
-use crate::decide::rng::Rng;
+// The engine's generator, for reconnect jitter and inbox names: a downward edge into the
+// sans-IO core, which knows nothing of transports.
+use shardline_core::decide::rng::Rng;
 
 /// Read buffer a connection starts with; it grows for a large message up to
 /// `max_payload` plus a control line, and shrinks back after it.

@@ -10,8 +10,10 @@
 //!
 //! Layout: `profile` (the TOML files), `cores` (rules → a core plan for any core count),
 //! `machine` (reads `/proc` and `/sys` under an injectable root, for tests), `check` and
-//! `plan` (pure renderings). This module resolves the arguments and is the only part that
-//! knows the router's config.
+//! `plan` (pure renderings). This module resolves the arguments. The router's config is
+//! read by the caller (`RouterConfig`): this crate sits below the router's library, so it
+//! cannot parse the router's config itself, and one parser means one meaning of
+//! `server.cores`.
 
 mod check;
 mod cores;
@@ -115,17 +117,25 @@ pub struct PlanArgs {
     pub sysctl_conf: bool,
 }
 
+/// What `tune check` needs of the router's config, given by the binary that knows it.
+pub struct RouterConfig<'a> {
+    /// The config looked for when `--config` is not given.
+    pub default_path: &'a Path,
+    /// A config file's `server.cores`, or a one-line reason it cannot be read.
+    pub cores: &'a dyn Fn(&Path) -> Result<CoreSelection, String>,
+}
+
 /// Runs a tune command, printing to standard output.
-pub fn run(command: &TuneCommand) -> Result<ExitCode, TuneError> {
+pub fn run(command: &TuneCommand, config: &RouterConfig<'_>) -> Result<ExitCode, TuneError> {
     match command {
         TuneCommand::Check(args) => {
             let (profile, plan, machine) = prepare(&args.profile)?;
             // The default config is looked for, not required: on a node without the
             // repository there is nothing to compare, which is not a difference.
-            let default = Path::new(crate::config::CONFIG_PATH_DEFAULT);
+            let default = config.default_path;
             let router = match &args.config {
-                Some(path) => Some(router_cores(path, &plan)),
-                None if default.exists() => Some(router_cores(default, &plan)),
+                Some(path) => Some(router_cores(config, path, &plan)),
+                None if default.exists() => Some(router_cores(config, default, &plan)),
                 None => None,
             };
             let report = check(&profile, &plan, &machine, router);
@@ -191,18 +201,12 @@ fn parse_cores(text: &str) -> Result<Vec<CoreId>, TuneError> {
 
 /// The router config's `server.cores` resolved on the plan's machine, as the server would
 /// resolve it there; or a one-line reason.
-fn router_cores(config: &Path, plan: &CorePlan) -> Result<Vec<CoreId>, String> {
-    use crate::config::{Config, Cores};
-    let config = Config::load(config).map_err(|e| {
-        let first = e.to_string();
-        let first = first.lines().next().unwrap_or("").to_owned();
-        format!("{}: {first}", config.display())
-    })?;
-    let selection = match &config.server.cores {
-        Cores::All => CoreSelection::All,
-        Cores::Count(n) => CoreSelection::Count(*n),
-        Cores::List(list) => CoreSelection::List(list.iter().map(|&c| CoreId(c)).collect()),
-    };
+fn router_cores(
+    config: &RouterConfig<'_>,
+    path: &Path,
+    plan: &CorePlan,
+) -> Result<Vec<CoreId>, String> {
+    let selection = (config.cores)(path)?;
     let topology = Topology::from_parts(&plan.cores, None).map_err(|e| e.to_string())?;
     topology.select(&selection).map_err(|e| e.to_string())
 }

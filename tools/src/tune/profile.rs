@@ -33,14 +33,14 @@ pub const PROFILES_DIR_DEFAULT: &str = "tuning/profiles";
 /// The bundled profiles, compiled in: `--profile NAME` without `--profiles-dir` works
 /// from any directory, as an installed binary has no repository beside it.
 pub const BUILT_IN: [(&str, &str); 3] = [
-    ("dev", include_str!("../../tuning/profiles/dev.toml")),
+    ("dev", include_str!("../../../tuning/profiles/dev.toml")),
     (
         "low-latency",
-        include_str!("../../tuning/profiles/low-latency.toml"),
+        include_str!("../../../tuning/profiles/low-latency.toml"),
     ),
     (
         "throughput",
-        include_str!("../../tuning/profiles/throughput.toml"),
+        include_str!("../../../tuning/profiles/throughput.toml"),
     ),
 ];
 

@@ -12,7 +12,7 @@
 use std::io::Write as _;
 use std::ops::Range;
 
-use crate::contract::ErrorCode;
+use shardline_core::contract::ErrorCode;
 
 /// Headers read from one response head.
 pub const RESPONSE_HEADERS_MAX: usize = 32;
@@ -297,7 +297,7 @@ mod tests {
         let overloaded = br#"{ "ok" : false, "error":{"code":"overloaded"}}"#;
         let missing = br#"{"ok":false,"error":{"code":"policy_not_found","message":"y"}}"#;
         assert_eq!(
-            classify_reply(crate::transport::http::bare::CANNED_BODY),
+            classify_reply(br#"{"ok":true,"decision":{"provider_id":"bare"}}"#),
             Outcome::Ok
         );
         assert_eq!(

@@ -1,4 +1,5 @@
-//! The report: the JSON document (schema in `bench/mod.rs`) and the summary table.
+//! The report: the JSON document (its schema is documented with `shardline bench`, in the
+//! router's `src/bench/mod.rs`) and the summary table.
 //!
 //! Figures are rounded where more digits would only be noise (rates to 0.1 req/s, times to
 //! the millisecond, memory to 0.1 MiB); latencies stay whole microseconds as the HDR

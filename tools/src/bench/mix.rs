@@ -295,7 +295,7 @@ impl MixCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{decode_decide, Headers};
+    use shardline_core::contract::{decode_decide, Headers};
 
     fn spec() -> Generated {
         Generated {
