@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::bench::{assert_counts_add_up, bench, bench_exit, count};
+use support::process::{RouterProcess, EXIT_WITHIN};
 use support::{config_dir, serial, settings, start, TempDir};
 
 /// Every field `src/bench/mod.rs` documents for an embedded open-loop run is in the report
@@ -433,4 +434,173 @@ fn writes_markdown_and_svg_and_plots_reports() {
     let svg = std::fs::read_to_string(&plot).expect("p.svg written");
     assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
     assert_eq!(svg.matches(">x</text>").count(), 2, "{svg}");
+}
+
+/// `--server-pid` of a router in its own process (`shardline serve`): the report carries
+/// that process's CPU per request and cores busy over the window, positive and finite,
+/// in the JSON, the summary and the Markdown.
+#[test]
+fn server_pid_reports_the_routers_cpu_per_request() {
+    let _serial = serial();
+    let dir = config_dir("bench-pid", "");
+    let router = RouterProcess::spawn(&dir.0.join("shardline.toml"));
+    let (target, pid) = (format!("http://{}", router.addr), router.id().to_string());
+    let out = dir.0.join("report.json");
+    let args = [
+        "--target",
+        &target,
+        "--rate",
+        "1000",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+        "--tenants",
+        "globex,initech",
+        "--server-pid",
+        &pid,
+    ];
+    let (output, report) = bench(&args, &out);
+    let (status, log) = router.stop();
+    assert!(status.success(), "{log:?}");
+    assert_counts_add_up(&report);
+    let per_request = report["server_cpu_us_per_request"].as_f64();
+    assert!(
+        per_request.is_some_and(|us| us.is_finite() && us > 0.0),
+        "{report}"
+    );
+    let cores = report["server_cpu_cores"].as_f64();
+    assert!(cores.is_some_and(|c| c.is_finite() && c > 0.0), "{report}");
+    assert!(
+        report["cpu_s"].as_f64().is_some_and(|s| s > 0.0),
+        "{report}"
+    );
+    assert_eq!(report["server_cpu_of"], format!("process {pid}"));
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("router server cpu: "), "{summary}");
+    let md = std::fs::read_to_string(dir.0.join("report.md")).expect("report.md written");
+    assert!(md.contains("- router server CPU: "), "{md}");
+}
+
+/// `--server-pid-tree` counts the descendants: a shell that only waits for its router
+/// child spends next to nothing itself, and the tree's CPU is the router's. Without the
+/// tree flag the same pid reports less than with it.
+#[test]
+fn server_pid_tree_counts_the_descendants() {
+    let _serial = serial();
+    let dir = config_dir("bench-pid-tree", "");
+    let mut command = Command::new("sh");
+    // `; exit $?` keeps the shell as the parent rather than exec'ing the router.
+    command
+        .args(["-c", "\"$0\" serve --config \"$1\"; exit $?"])
+        .arg(env!("CARGO_BIN_EXE_shardline"))
+        .arg(dir.0.join("shardline.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut shell = RouterProcess::spawn_command(command);
+    let child = ChildOf::find(shell.id());
+    let (target, pid) = (format!("http://{}", shell.addr), shell.id().to_string());
+    let out = dir.0.join("report.json");
+    let run = |tree: bool| {
+        let mut args = vec![
+            "--target",
+            &target,
+            "--rate",
+            "1000",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0.2s",
+            "--tenants",
+            "globex,initech",
+            "--server-pid",
+            &pid,
+        ];
+        if tree {
+            args.push("--server-pid-tree");
+        }
+        bench(&args, &out).1
+    };
+    let (alone, tree) = (run(false), run(true));
+    child.terminate();
+    assert!(
+        shell.wait_exit(EXIT_WITHIN).is_some(),
+        "the shell did not exit"
+    );
+    let cpu = |r: &Value| r["server_cpu_us_per_request"].as_f64().expect("measured");
+    assert!(cpu(&tree) > 0.0, "{tree}");
+    assert!(cpu(&alone) < cpu(&tree), "shell {alone}\ntree {tree}");
+    assert_eq!(
+        tree["server_cpu_of"],
+        format!("process {pid} and its descendants")
+    );
+}
+
+/// The router a test's shell started, found by its parent; killed by pid when dropped so
+/// that a failing test leaves nothing running.
+struct ChildOf(u32);
+
+impl ChildOf {
+    /// The one child of `parent`, waited for up to 10 s.
+    fn find(parent: u32) -> ChildOf {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+                let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(parent) {
+                    return ChildOf(pid);
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no child of {parent}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn terminate(&self) {
+        // SAFETY: kill(2) with a pid and a signal number.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGTERM) };
+    }
+}
+
+impl Drop for ChildOf {
+    fn drop(&mut self) {
+        if std::path::Path::new(&format!("/proc/{}", self.0)).exists() {
+            // SAFETY: as above; the router is gone or is ours to end.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// `--server-pid` naming no process is refused before anything runs: exit 2, the flag
+/// and the pid named, no report written. (4194304 is above the kernel's pid ceiling.)
+#[test]
+fn server_pid_of_no_process_is_refused_before_the_run() {
+    let dir = TempDir::new("bench-no-pid");
+    let out = dir.0.join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args([
+            "bench",
+            "--target",
+            "http://127.0.0.1:9",
+            "--tenants",
+            "acme",
+        ])
+        .args(["--duration", "1s", "--server-pid", "4194304", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run shardline bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--server-pid: no process 4194304"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a report was written");
 }

@@ -22,6 +22,7 @@ use thiserror::Error;
 use super::mix::Generated;
 use super::report::MAX_ERROR_RATIO_DEFAULT;
 use super::schedule::{RATE_RPS_MAX, RATE_RPS_MIN};
+use super::sys::{process_exists, ServerCpu};
 use super::BenchError;
 use crate::config::{NatsConfig, NatsUrls};
 use crate::transport::nats::ClientOptions;
@@ -162,6 +163,15 @@ pub struct BenchArgs {
     /// none succeeded: its latencies would describe failures, not the router. 0..=1.
     #[arg(long, value_name = "RATIO", default_value_t = MAX_ERROR_RATIO_DEFAULT)]
     pub max_error_ratio: f64,
+    /// The server's process: its CPU time over the measured window (all its threads) is
+    /// reported per request (`server_cpu_us_per_request`) and in cores busy. With
+    /// --embedded the router's threads are measured without it.
+    #[arg(long, value_name = "PID", conflicts_with = "embedded")]
+    pub server_pid: Option<u32>,
+    /// With --server-pid: also count every process descended from it (a master and its
+    /// workers, as nginx runs).
+    #[arg(long, requires = "server_pid")]
+    pub server_pid_tree: bool,
     /// Write the JSON report here (the summary table is printed either way).
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
@@ -281,6 +291,8 @@ pub struct Settings {
     pub compare_bare: bool,
     /// `--max-error-ratio`.
     pub max_error_ratio: f64,
+    /// `--server-pid` (and `--server-pid-tree`): the remote server whose CPU is measured.
+    pub server_cpu: Option<ServerCpu>,
     /// Recorded in the report's `env`.
     pub command_line: String,
 }
@@ -348,12 +360,25 @@ impl BenchArgs {
         if !(0.0..=1.0).contains(&self.max_error_ratio) {
             return Err(invalid("--max-error-ratio", "must be 0..=1"));
         }
+        // Checked now, so that a mistyped pid fails before the run rather than as a
+        // report without the figure it was asked for.
+        let server_cpu = match self.server_pid {
+            Some(pid) if !process_exists(pid) => {
+                return Err(invalid("--server-pid", format!("no process {pid}")));
+            }
+            Some(pid) => Some(ServerCpu::Pid {
+                pid,
+                tree: self.server_pid_tree,
+            }),
+            None => None,
+        };
         Ok(Settings {
             target,
             load: self.load(nats)?,
             mix,
             compare_bare: self.compare_bare,
             max_error_ratio: self.max_error_ratio,
+            server_cpu,
             command_line,
         })
     }
@@ -626,6 +651,18 @@ mod tests {
         assert_eq!(flag(&["--target", "nats://127.0.0.1:1"]), "--tenants");
         assert!(settings(&["--target", "nats://127.0.0.1:1", "--bare-only"]).is_ok());
         assert!(settings(&["--target", "nats://127.0.0.1:1", "--tenants", "a"]).is_ok());
+        let nobody = &["--target", "http://127.0.0.1:9", "--server-pid", "0"];
+        assert_eq!(flag(nobody), "--server-pid");
+        let me = std::process::id().to_string();
+        let tree = ["--target", "http://127.0.0.1:9", "--server-pid", &me];
+        let tree = [&tree[..], &["--server-pid-tree"]].concat();
+        assert_eq!(
+            settings(&tree).unwrap().server_cpu,
+            Some(ServerCpu::Pid {
+                pid: std::process::id(),
+                tree: true
+            })
+        );
         assert!(matches!(
             settings(&["--target", "http://127.0.0.1:1/v1/decide"]),
             Err(BenchError::Target { .. })

@@ -82,8 +82,16 @@
 //!   time, requests due in the window but never sent, actual − intended send time;
 //! - `rss_mb` (embedded only): `VmRSS` of the process at the window's end, MiB (it
 //!   includes the client's few MiB);
-//! - `cpu_s` (embedded only): CPU seconds of the router's threads during the window
-//!   (client threads excluded; see `sys.rs` on what sharing the process means);
+//! - `cpu_s` (embedded, or with `--server-pid`): CPU seconds of the server during the
+//!   window: the router's threads (client threads and the main thread excluded; see
+//!   `sys.rs` on what sharing the process means), or the threads of process `--server-pid`
+//!   (with `--server-pid-tree`, of it and its descendants: nginx's master and workers);
+//!   the in-process bare responder of `--compare-bare` over HTTP is measured likewise;
+//! - `server_cpu_us_per_request`: `cpu_s` ÷ `sent`, µs, the server's CPU per request;
+//!   `null` when unknown (a remote server without `--server-pid`);
+//! - `server_cpu_cores`: `cpu_s` ÷ `duration_s`, cores busy on average; `null` likewise;
+//! - `server_cpu_of` (when measured): whose CPU that is (`server threads in this process`,
+//!   `process 42`, `process 42 and its descendants`);
 //! - `conditions`: what the figures depend on besides the code, compared by the gate
 //!   (it refuses a candidate whose conditions differ from the baseline's):
 //!   `{target (embedded, http, nats, nats-bare), transport, mode, rate_rps, concurrency,
@@ -103,7 +111,8 @@
 //!
 //! # Exit codes
 //! 0: a measurement. 1: the counts do not add up (a load-generator bug). 2: it could not
-//! run (bad flags, unreachable target, tenants it could not learn). 3: it ran but measured
+//! run (bad flags, unreachable target, tenants it could not learn, a `--server-pid` that
+//! is no process). 3: it ran but measured
 //! failures (`Report::failures`: over `--max-error-ratio` of the requests failed, or, open
 //! loop, were due but never sent; nothing was sent; nothing succeeded); the report is
 //! still written, and stderr says why.
@@ -148,7 +157,7 @@ pub use report::{
 };
 pub use run::run;
 pub use schedule::{wait_step, Schedule, WaitStep};
-pub use sys::Env;
+pub use sys::{Env, ServerCpu};
 pub use tenants::TENANTS_ANSWER_BYTES_MAX;
 
 /// Why a benchmark could not run.

@@ -21,7 +21,7 @@ use super::nats_bare::BareNats;
 use super::nats_worker::{self, NatsPlan};
 use super::record::{histogram, Recorder};
 use super::report::{PhaseInfo, Report, Side};
-use super::sys::{self, Env, CLIENT_THREAD_PREFIX};
+use super::sys::{self, Env, ServerCpu, CLIENT_THREAD_PREFIX};
 use super::worker::{client_thread, Plan, Progress, StartGate};
 use super::BenchError;
 use crate::config::Config;
@@ -42,8 +42,10 @@ struct Endpoint {
     target: String,
     wire: Wire,
     shards: Option<usize>,
-    /// In this process: its memory and CPU time are read.
+    /// In this process: its memory is read.
     local: bool,
+    /// Whose CPU time over the window is the server's, when known.
+    server_cpu: Option<ServerCpu>,
 }
 
 /// How an endpoint is spoken to.
@@ -84,6 +86,7 @@ pub fn run(settings: &Settings) -> Result<Report, BenchError> {
                 wire: Wire::http(*addr, host.clone()),
                 shards: None,
                 local: false,
+                server_cpu: settings.server_cpu,
             };
             let router = run_phase(&settings.load, &mix, &endpoint)?;
             let bare = if settings.compare_bare {
@@ -137,6 +140,7 @@ fn run_nats(settings: &Settings, nats: &NatsTarget, env: Env) -> Result<Report, 
         },
         shards: None,
         local: false,
+        server_cpu: settings.server_cpu,
     };
     let router = run_phase(&settings.load, &mix, &endpoint)?;
     let bare = if settings.compare_bare {
@@ -169,6 +173,7 @@ fn run_nats_bare(
         },
         shards: Some(cores.len()),
         local: false,
+        server_cpu: None,
     };
     let side = run_phase(load, mix, &endpoint);
     let stopped = bare.stop();
@@ -187,6 +192,7 @@ fn run_embedded(settings: &Settings, config: &Path, env: Env) -> Result<Report, 
         wire: Wire::http(addr, addr.to_string()),
         shards: Some(server.shard_count()),
         local: true,
+        server_cpu: Some(ServerCpu::InProcess),
     };
     let router =
         mix.and_then(|(mix, used)| Ok((run_phase(&settings.load, &mix, &endpoint)?, mix, used)));
@@ -237,6 +243,8 @@ fn run_bare(load: &Load, mix: &Mix, cores: &[usize]) -> Result<Side, BenchError>
         wire: Wire::http(addr, addr.to_string()),
         shards: Some(cores.len()),
         local: false,
+        // The only server threads in this process now: the router (if any) has stopped.
+        server_cpu: Some(ServerCpu::InProcess),
     };
     let side = run_phase(load, mix, &endpoint);
     let stopped = bare.stop();
@@ -413,10 +421,13 @@ fn run_phase(load: &Load, mix: &Mix, endpoint: &Endpoint) -> Result<Side, BenchE
         in_flight_max: load.in_flight,
         shards: endpoint.shards,
         rss_mb: watched.rss_mb,
+        server_cpu: endpoint.server_cpu,
         cpu_s: watched
             .cpu_at_start
             .zip(watched.cpu_at_end)
-            .map(|(a, b)| b - a),
+            .map(|(a, b)| b - a)
+            // Less at the end than at the start: the process (or a thread) ended.
+            .filter(|cpu| *cpu >= 0.0),
     };
     Ok(Side::new(&info, &rec))
 }
@@ -442,8 +453,9 @@ fn join_all(handles: Vec<ScopedJoinHandle<'_, ThreadResult>>) -> Result<Recorder
 type ThreadResult = Result<Recorder, BenchError>;
 type Handles<'s> = [ScopedJoinHandle<'s, ThreadResult>];
 
-/// Until every client thread has finished: a progress line each second, and (for a
-/// router in this process) its CPU time at the window's edges and its memory at the end.
+/// Until every client thread has finished: a progress line each second, the server's CPU
+/// time at the window's edges (when it is known), and (for a router in this process) its
+/// memory at the end.
 fn watch(
     endpoint: &Endpoint,
     (warmup_ns, end_ns): (u64, u64),
@@ -457,14 +469,18 @@ fn watch(
     let mut watched = Watched::default();
     let mut next_line = start + period;
     let mut last_sent = 0;
+    let (mut started, mut ended) = (false, false);
+    let cpu_s = || endpoint.server_cpu.and_then(|s| s.cpu_s());
     while !handles.iter().all(|h| h.is_finished()) {
         let now = Instant::now();
-        if endpoint.local && watched.cpu_at_start.is_none() && now >= window_start {
-            watched.cpu_at_start = sys::router_cpu_s();
+        if !started && now >= window_start {
+            started = true;
+            watched.cpu_at_start = cpu_s();
         }
-        if endpoint.local && watched.cpu_at_end.is_none() && now >= window_end {
-            watched.cpu_at_end = sys::router_cpu_s();
-            watched.rss_mb = sys::rss_mb();
+        if !ended && now >= window_end {
+            ended = true;
+            watched.cpu_at_end = cpu_s();
+            watched.rss_mb = endpoint.local.then(sys::rss_mb).flatten();
         }
         if now >= next_line {
             let elapsed = now.saturating_duration_since(start).as_secs_f64();
@@ -472,17 +488,17 @@ fn watch(
             next_line += period;
         }
         let mut wake = next_line.min(now + Duration::from_millis(WATCH_POLL_MS));
-        if watched.cpu_at_start.is_none() && window_start > now {
+        if !started && window_start > now {
             wake = wake.min(window_start);
         }
-        if watched.cpu_at_end.is_none() && window_end > now {
+        if !ended && window_end > now {
             wake = wake.min(window_end);
         }
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
     }
-    if endpoint.local && watched.cpu_at_end.is_none() {
-        watched.cpu_at_end = sys::router_cpu_s();
-        watched.rss_mb = sys::rss_mb();
+    if !ended {
+        watched.cpu_at_end = cpu_s();
+        watched.rss_mb = endpoint.local.then(sys::rss_mb).flatten();
     }
     watched
 }

@@ -1,6 +1,6 @@
 //! The report as Markdown, for a pull request or a perf note: what was driven and how, the
 //! percentile table (with bare, added and ratio columns when compared), the counts, errors
-//! by code, process figures and the machine.
+//! by code, process figures, the server's CPU per request and the machine.
 //!
 //! It reads the JSON report (`serde_json::Value`) rather than the `Report` struct so that
 //! a report written by an earlier build, or read back from disk, renders the same way;
@@ -85,6 +85,7 @@ pub fn summary(report: &Value) -> String {
             show(&report["cpu_s"])
         );
     }
+    server_cpu(&mut out, report);
     env(&mut out, &report["env"]);
     out
 }
@@ -140,6 +141,32 @@ fn counts(out: &mut String, name: &str, side: &Value) {
     }
 }
 
+/// CPU per request and cores busy of each side that carries the figures (`-` unknown).
+fn server_cpu(out: &mut String, report: &Value) {
+    let bare = report.get("bare").filter(|b| b.is_object());
+    let sides = std::iter::once(("router", report)).chain(bare.map(|b| ("bare", b)));
+    let mut first = true;
+    for (name, side) in sides {
+        if side.get("server_cpu_us_per_request").is_none() {
+            continue;
+        }
+        if first {
+            out.push('\n');
+            first = false;
+        }
+        let of = side
+            .get("server_cpu_of")
+            .map(|of| format!(" ({})", show(of)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "- {name} server CPU: {} µs per request, {} cores busy{of}",
+            show(&side["server_cpu_us_per_request"]),
+            show(&side["server_cpu_cores"])
+        );
+    }
+}
+
 fn env(out: &mut String, env: &Value) {
     if !env.is_object() {
         return;
@@ -170,6 +197,8 @@ mod tests {
             "sent": 10, "answered": 7, "errors_total": 1, "errors_by_code": {"a|b": 1},
             "sheds_total": 1, "sheds_by_code": {"rate_limited": 1}, "timeouts_total": 1,
             "counts_ok": true, "rss_mb": 12.5, "cpu_s": 0.4,
+            "server_cpu_us_per_request": 40.0, "server_cpu_cores": 0.4,
+            "server_cpu_of": "server threads in this process",
             "env": {"cpu_model": "X", "cores": 2, "kernel": "6.1", "git_commit": null,
                     "command_line": "shardline bench"}
         })
@@ -185,6 +214,10 @@ mod tests {
         assert!(md.contains("sent 10 = answered 7 + errors 1 + sheds 1 + timeouts 1 (ok)"));
         assert!(md.contains("`a\\|b` 1"), "{md}");
         assert!(md.contains("RSS 12.5 MiB, CPU 0.4 s"));
+        assert!(
+            md.contains("- router server CPU: 40.0 µs per request, 0.4 cores busy (server threads in this process)"),
+            "{md}"
+        );
         assert!(md.contains("commit -."), "{md}");
         assert!(!md.contains("bare"));
     }
@@ -196,7 +229,8 @@ mod tests {
         v["bare"] = json!({"latency_us": {"p50": 50, "p90": 100, "p99": 0, "p999": 200,
                            "max": 250, "mean": 60.0}, "sent": 3, "answered": 3,
                            "errors_total": 0, "sheds_total": 0, "timeouts_total": 0,
-                           "counts_ok": false});
+                           "counts_ok": false, "server_cpu_us_per_request": null,
+                           "server_cpu_cores": null});
         v["added_us"] = json!({"p50": 50, "p90": 100, "p99": 300, "p999": 200, "max": 250});
         v["ratio"] = json!({"p50": 2.0, "p90": 2.0, "p99": null, "p999": 2.0, "max": 2.0});
         let md = summary(&v);
@@ -204,6 +238,10 @@ mod tests {
         assert!(md.contains("| p99 | 300 | 0 | 300 | - |\n"), "{md}");
         assert!(md.contains("- bare: sent 3 = answered 3"), "{md}");
         assert!(md.contains("(MISMATCH)"));
+        assert!(
+            md.contains("- bare server CPU: - µs per request, - cores busy\n"),
+            "{md}"
+        );
     }
 
     /// An empty document renders with placeholders instead of panicking.

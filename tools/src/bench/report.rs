@@ -18,7 +18,7 @@ use super::record::Recorder;
 /// `--max-error-ratio` when not given: 1 % of the requests may fail (errors, sheds and
 /// timeouts together) before a run stops counting as a measurement.
 pub const MAX_ERROR_RATIO_DEFAULT: f64 = 0.01;
-use super::sys::Env;
+use super::sys::{Env, ServerCpu};
 
 /// Latency percentiles of the answered-200 requests, µs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -125,6 +125,9 @@ pub struct PhaseInfo {
     pub in_flight_max: usize,
     pub shards: Option<usize>,
     pub rss_mb: Option<f64>,
+    /// Whose CPU time `cpu_s` is (`None`: not measured).
+    pub server_cpu: Option<ServerCpu>,
+    /// The server's CPU seconds over the measured window.
     pub cpu_s: Option<f64>,
 }
 
@@ -170,6 +173,14 @@ pub struct Side {
     pub rss_mb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_s: Option<f64>,
+    /// The server's CPU time over the window ÷ the requests sent in it, µs; `null` when
+    /// not measured (a remote server without `--server-pid`) or nothing was sent.
+    pub server_cpu_us_per_request: Option<f64>,
+    /// The server's CPU time over the window ÷ the window: cores busy on average.
+    pub server_cpu_cores: Option<f64>,
+    /// Whose CPU time that is (`process 42 and its descendants`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_of: Option<String>,
 }
 
 fn round(value: f64, per_unit: f64) -> f64 {
@@ -253,6 +264,15 @@ impl Side {
             }),
             rss_mb: info.rss_mb.map(|mb| round(mb, 10.0)),
             cpu_s: info.cpu_s.map(|s| round(s, 100.0)),
+            server_cpu_us_per_request: info
+                .cpu_s
+                .filter(|_| counts.sent > 0)
+                .map(|s| round(s * 1e6 / counts.sent as f64, 100.0)),
+            server_cpu_cores: info
+                .cpu_s
+                .filter(|_| info.duration_s > 0.0)
+                .map(|s| round(s / info.duration_s, 1000.0)),
+            server_cpu_of: info.server_cpu.map(|c| c.describe()),
         }
     }
 }
@@ -507,6 +527,21 @@ impl Report {
                 "router in this process: rss {rss:.1} MiB, cpu {cpu:.2} s in the window"
             );
         }
+        let sides = std::iter::once((self.label(), r)).chain(self.bare.iter().map(|b| ("bare", b)));
+        for (name, s) in sides {
+            let _ = match (s.server_cpu_us_per_request, s.server_cpu_cores) {
+                (Some(us), Some(cores)) => writeln!(
+                    out,
+                    "{name} server cpu: {us:.1} µs per request, {cores:.3} cores busy ({})",
+                    s.server_cpu_of.as_deref().unwrap_or("?")
+                ),
+                _ if name == "router" && !self.embedded => writeln!(
+                    out,
+                    "{name} server cpu: unknown (--server-pid PID measures it)"
+                ),
+                _ => writeln!(out, "{name} server cpu: unknown"),
+            };
+        }
         out
     }
 
@@ -625,6 +660,7 @@ mod tests {
             in_flight_max: 4,
             shards: Some(2),
             rss_mb: Some(12.34),
+            server_cpu: Some(ServerCpu::InProcess),
             cpu_s: Some(0.5),
         }
     }
@@ -715,6 +751,18 @@ mod tests {
         assert_eq!(v["sheds_by_code"]["rate_limited"], 1);
         assert_eq!(v["counts_ok"], true);
         assert!(v["bare"].get("rss_mb").is_none());
+        // 0.5 s over 1001 requests sent in 2 s.
+        assert_eq!(v["server_cpu_us_per_request"], 499.5);
+        assert_eq!(v["server_cpu_cores"], 0.25);
+        assert_eq!(v["server_cpu_of"], "server threads in this process");
+        assert!(v["bare"]["server_cpu_us_per_request"].is_null());
+        assert!(v["bare"]["server_cpu_cores"].is_null());
+        let summary = report.summary();
+        assert!(
+            summary.contains("router server cpu: 499.5 µs per request, 0.250 cores busy"),
+            "{summary}"
+        );
+        assert!(summary.contains("bare server cpu: unknown\n"), "{summary}");
         assert_eq!(v["added_us"]["p50"], 50);
         assert!(v["ratio"]["p50"].as_f64().unwrap() > 1.0);
         assert!(report
@@ -728,6 +776,7 @@ mod tests {
         let remote = PhaseInfo {
             rss_mb: None,
             cpu_s: None,
+            server_cpu: None,
             rate_rps: None,
             ..info()
         };
@@ -742,6 +791,10 @@ mod tests {
         for key in ["rss_mb", "cpu_s", "bare", "added_us", "ratio", "schedule"] {
             assert!(v.get(key).is_none(), "{key} present");
         }
+        // Unknown, and said so: present as null rather than absent.
+        assert!(v["server_cpu_us_per_request"].is_null(), "{v}");
+        assert!(v["server_cpu_cores"].is_null(), "{v}");
+        assert!(report.summary().contains("--server-pid PID measures it"));
         assert_eq!(v["target_rps"], serde_json::Value::Null);
         assert_eq!(v["mode"], "closed-loop");
     }
