@@ -11,7 +11,9 @@
 #                                            # shard's own (starts nats-server on :14222)
 #
 # Prints one line per (port, load). On a 2-core machine the client shares a core with a
-# shard: WRK_CORE pins wrk (and the open-loop generator) to one core.
+# shard: the client is pinned to the core of the shard it does NOT talk to (shard i runs on
+# CPU i), so the owner's and the other shard's ports are measured alike; the shared port's
+# client goes to WRK_CORE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/shardline}
@@ -47,9 +49,13 @@ handoffs() {
 }
 
 for port in 18100 18101 8080; do
-    case $port in 18100) name=owner ;; 18101) name=other ;; 8080) name=shared ;; esac
+    case $port in
+        18100) name=owner core=1 ;;
+        18101) name=other core=0 ;;
+        *) name=shared core=$WRK_CORE ;;
+    esac
     for c in 1 16 64; do
-        out=$(TENANT=$TENANT taskset -c "$WRK_CORE" wrk -t1 -c"$c" -d"${DURATION}s" --latency \
+        out=$(TENANT=$TENANT taskset -c "$core" wrk -t1 -c"$c" -d"${DURATION}s" --latency \
             -s perf/wrk/decide-one-tenant.lua "http://127.0.0.1:$port/")
         rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
         p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
@@ -58,7 +64,7 @@ for port in 18100 18101 8080; do
     done
     before=$(ticks)
     report=$("$BIN" bench --target "http://127.0.0.1:$port" --tenants "$TENANT" --rate "$RATE" \
-        --connections 16 --spin-us 0 --duration "${DURATION}s" --client-cores "$WRK_CORE" 2>/dev/null |
+        --connections 16 --spin-us 0 --duration "${DURATION}s" --client-cores "$core" 2>/dev/null |
         grep -E 'sent|p50|p99' | tr -s ' \n' ' ')
     after=$(ticks)
     # The generator's one-second warm-up is inside the CPU window too.
