@@ -381,21 +381,28 @@ impl ShardState {
             }
             return taken;
         }
-        let (burst, rps) = (bucket.burst(), bucket.limit().requests_per_second);
         let taken = ps.lease.take(now_ns);
+        self.ask_lease(slot, now_ns);
+        taken
+    }
+
+    /// Sends the policy's lease ask to its owner when one is due (`Lease::ask`).
+    fn ask_lease(&mut self, slot: PolicySlot, now_ns: u64) {
+        let ps = &mut self.policies[slot.get()];
+        let Some(bucket) = &ps.bucket else {
+            return;
+        };
+        let (burst, rps) = (bucket.burst(), bucket.limit().requests_per_second);
         if let Some((seq, held, want)) = ps.lease.ask(now_ns, burst, rps) {
             let (key, owner) = (ps.key, ps.owner);
-            self.send(
-                owner,
-                SyncMsg::LeaseAsk {
-                    key,
-                    seq,
-                    held,
-                    want,
-                },
-            );
+            let ask = SyncMsg::LeaseAsk {
+                key,
+                seq,
+                held,
+                want,
+            };
+            self.send(owner, ask);
         }
-        taken
     }
 
     /// Whether a request for `tenant`'s `policy` should go to the owner instead: this
@@ -417,10 +424,10 @@ impl ShardState {
             return false;
         };
         let me = self.placement.me;
-        let ps = &mut self.policies[slot.get()];
-        let Some(bucket) = &ps.bucket else {
+        let ps = &self.policies[slot.get()];
+        if ps.bucket.is_none() {
             return false;
-        };
+        }
         let lease = &ps.lease;
         let waiting = lease
             .asked_ns
@@ -431,19 +438,7 @@ impl ShardState {
         if ps.owner == me || lease.valid(now_ns) > 0 || answered || waiting {
             return false;
         }
-        let (burst, rps) = (bucket.burst(), bucket.limit().requests_per_second);
-        if let Some((seq, held, want)) = ps.lease.ask(now_ns, burst, rps) {
-            let (key, owner) = (ps.key, ps.owner);
-            self.send(
-                owner,
-                SyncMsg::LeaseAsk {
-                    key,
-                    seq,
-                    held,
-                    want,
-                },
-            );
-        }
+        self.ask_lease(slot, now_ns);
         true
     }
 
