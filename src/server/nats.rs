@@ -30,6 +30,7 @@ use crate::contract::{
     context_ids, decode_decide, encode_contract_error, ExecAssignmentAck, ExecResult, Headers,
     UsageEvent,
 };
+use crate::decide::SessionNote;
 use crate::extensions::{CallOutcome, Registry};
 use crate::metrics::{Counter, ExtraMetric, ShedCause, Transport};
 use crate::shard::{self as core, Assigner, Step};
@@ -358,10 +359,16 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         body: msg.payload.to_vec(),
         headers: owned(&headers, None),
     };
+    // A request for the owner leaves its session's entry to note here (`decide_at_owner`).
+    let note = match step {
+        Step::NeedsOwner { .. } => ctx.session_note(&req, now),
+        _ => None,
+    };
     decide_later(
         ctx,
         client,
         step,
+        note,
         job,
         OwnedReplyIds::of(&req),
         reply_to.into(),
@@ -401,6 +408,7 @@ fn decide_later(
     ctx: &Rc<ShardCtx>,
     client: &Client,
     step: Step,
+    note: Option<SessionNote>,
     job: Job,
     ids: OwnedReplyIds,
     to: Box<str>,
@@ -408,7 +416,10 @@ fn decide_later(
     let (ctx, client) = (Rc::clone(ctx), client.clone());
     glommio::spawn_local(async move {
         let reply = match step {
-            Step::NeedsOwner { owner } => ctx.decide_at_owner(ShardId(owner), job, ids.ids()).await,
+            Step::NeedsOwner { owner } => {
+                ctx.decide_at_owner(ShardId(owner), job, ids.ids(), note)
+                    .await
+            }
             // `Answered` never waits; the stages run from the message's own copy.
             Step::CallStages | Step::Answered(_) => ctx.decide_job_stages(&job).await,
         };

@@ -256,7 +256,8 @@ impl RouterService {
                     request_id: Some(&decoded.request_id),
                     trace_id: decoded.trace_id.as_deref(),
                 };
-                let mut reply = ctx.decide_at_owner(ShardId(owner), job, ids).await;
+                let note = ctx.session_note(&decoded, now);
+                let mut reply = ctx.decide_at_owner(ShardId(owner), job, ids, note).await;
                 self.push_assignment(reply.assignment.take().as_deref());
                 return apply_reply(resp, reply);
             }

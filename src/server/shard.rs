@@ -22,7 +22,7 @@ use super::stats::Count;
 use super::Shared;
 use crate::admin::{AdminRequest, ShardTable, ShardView};
 use crate::contract::{decode_decide, DecideRequest, ExecResult, Headers};
-use crate::decide::{Now, Peer, Placement};
+use crate::decide::{Now, Peer, Placement, SessionNote};
 use crate::extensions::ExtensionBreakers;
 use crate::metrics::ShedCause;
 use crate::shard::{self as core, Answered, Decided, ShardCore, Step};
@@ -210,40 +210,51 @@ impl ShardCtx {
                 Err(TrySendError::Full(_)) => metrics.shed(ShedCause::SyncDropped).inc(),
             }
         }
-        let (dropped, _stale) = core.state_mut().take_sync_counts();
+        let dropped = core.state_mut().take_sync_dropped();
         metrics.shed(ShedCause::SyncDropped).add(dropped);
     }
 
     /// A decide request only the owner can answer now (an idempotency key, a cold lease):
-    /// handed to it, and its answer's session noted here, so this shard labels the
+    /// handed to it, and its session (`note`, from `session_note` before the request
+    /// left) noted here once the answer names the provider, so this shard labels the
     /// session's next answer `sticky` as if it had decided this one itself.
-    pub async fn decide_at_owner(&self, to: ShardId, job: Job, ids: Ids<'_>) -> Reply {
-        let reply = self.hand_off(to, job.clone(), ids).await;
-        if reply.status == 200 {
-            #[derive(serde::Deserialize)]
-            struct Decided<'a> {
-                #[serde(borrow)]
-                decision: Chosen<'a>,
-            }
-            #[derive(serde::Deserialize)]
-            struct Chosen<'a> {
-                provider_id: &'a str,
-            }
-            let headers = borrowed(&job.headers);
-            let decoded = crate::contract::decode_decide(&job.body, &headers);
-            let chosen = serde_json::from_slice::<Decided<'_>>(&reply.body);
-            if let (Ok(req), Ok(chosen)) = (decoded, chosen) {
-                let now = self.shared.now();
-                let table = self.table.borrow();
-                self.core.borrow_mut().state_mut().note_session(
-                    table.table(),
-                    &req,
-                    chosen.decision.provider_id,
-                    now,
-                );
-            }
+    pub async fn decide_at_owner(
+        &self,
+        to: ShardId,
+        job: Job,
+        ids: Ids<'_>,
+        note: Option<SessionNote>,
+    ) -> Reply {
+        let reply = self.hand_off(to, job, ids).await;
+        let Some(note) = note.filter(|_| reply.status == 200) else {
+            return reply;
+        };
+        #[derive(serde::Deserialize)]
+        struct Decided<'a> {
+            #[serde(borrow)]
+            decision: Chosen<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Chosen<'a> {
+            provider_id: &'a str,
+        }
+        if let Ok(answer) = serde_json::from_slice::<Decided<'_>>(&reply.body) {
+            let table = self.table.borrow();
+            let provider = answer.decision.provider_id;
+            let mut core = self.core.borrow_mut();
+            core.state_mut().note_session(table.table(), note, provider);
         }
         reply
+    }
+
+    /// The session entry a request handed to the owner should leave here
+    /// (`decide_at_owner`).
+    pub fn session_note(&self, req: &DecideRequest<'_>, now: Now) -> Option<SessionNote> {
+        let table = self.table.borrow();
+        self.core
+            .borrow()
+            .state()
+            .session_note(table.table(), req, now)
     }
 
     /// Sends `job` to `to` and waits for its reply; sheds with `overloaded` when the

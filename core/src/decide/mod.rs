@@ -31,7 +31,7 @@ mod tests;
 pub use breaker::Outcome;
 pub use error::{DecideError, Exclusions};
 pub use pipeline::{admit, Decision, Pending, StageOutcome};
-pub use state::{Observed, ResultEffect, ShardState, StateConfig};
+pub use state::{Observed, ResultEffect, SessionNote, ShardState, StateConfig};
 pub use sync::{Peer, Placement, SyncMsg};
 
 use crate::contract::DecideRequest;

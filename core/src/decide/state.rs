@@ -131,7 +131,6 @@ pub struct ShardState {
     pub(super) dirty: Vec<(PolicySlot, ProviderIdx)>,
     pub(super) refreshed_ns: u64,
     pub(super) sync_dropped: u64,
-    pub(super) sync_stale: u64,
 }
 
 impl ShardState {
@@ -152,7 +151,6 @@ impl ShardState {
             dirty: Vec::new(),
             refreshed_ns: 0,
             sync_dropped: 0,
-            sync_stale: 0,
         };
         state.policies = table
             .policies()
@@ -282,7 +280,6 @@ impl ShardState {
             dirty: Vec::new(),
             refreshed_ns: u64::MAX,
             sync_dropped: 0,
-            sync_stale: 0,
         };
         let slot = table.lookup(&req.tenant_id, &req.policy_id);
         copy.policies
@@ -341,42 +338,52 @@ impl ShardState {
         }
     }
 
-    /// Records that `req`'s session was answered with `provider` by another shard (the
-    /// owner, while this shard's lease was cold): the sticky entry this shard would have
-    /// written, so its next answer for the session is labelled `sticky` as if it had
-    /// decided the first itself. Nothing when the policy is not sticky, the request has
-    /// no session, or the provider is not the policy's.
-    pub fn note_session(
-        &mut self,
+    /// The sticky entry `req`'s session would get here, for a request another shard
+    /// answers (the owner: a cold lease, an idempotency key). Taken before the request
+    /// leaves and applied with `note_session` once the answer names the provider, so the
+    /// session's next answer here is labelled `sticky` as if this shard had decided it.
+    /// `None` when the policy is not sticky or the request has no session.
+    pub fn session_note(
+        &self,
         table: &RoutingTable,
         req: &crate::contract::DecideRequest<'_>,
-        provider: &str,
         now: super::Now,
-    ) {
-        let Some(slot) = table.lookup(&req.tenant_id, &req.policy_id) else {
-            return;
-        };
-        let policy = table.policy(slot);
-        let (Some(sticky), Some(idx)) = (&policy.sticky, policy.provider_idx(provider)) else {
-            return;
-        };
-        let Some(value) = req.metadata.get(&sticky.session_key) else {
-            return;
-        };
+    ) -> Option<SessionNote> {
+        let slot = table.lookup(&req.tenant_id, &req.policy_id)?;
+        let sticky = table.policy(slot).sticky.as_ref()?;
+        let value = req.metadata.get(&sticky.session_key)?;
         let mut buf = [0u8; 9];
-        let Some(bytes) = super::condition::session_bytes(value, &mut buf) else {
-            return;
-        };
+        let bytes = super::condition::session_bytes(value, &mut buf)?;
         let ps = &self.policies[slot.get()];
         let session = super::rendezvous::session_hash(ps.rendezvous_key, bytes);
         let epoch = super::rendezvous::Epoch::of(session, sticky.ttl_ms, now.unix_ms);
-        let key = self.session_key(ps.identity, bytes);
-        let expires_ns = now
-            .mono_ns
-            .saturating_add(epoch.remaining_ms.saturating_mul(1_000_000))
-            .max(1);
-        let fp = ps.providers_fp;
-        self.sticky.put(key, fp, (idx, epoch.number), expires_ns);
+        Some(SessionNote {
+            slot,
+            key: self.session_key(ps.identity, bytes),
+            providers_fp: ps.providers_fp,
+            epoch: epoch.number,
+            expires_ns: now
+                .mono_ns
+                .saturating_add(epoch.remaining_ms.saturating_mul(1_000_000))
+                .max(1),
+        })
+    }
+
+    /// Writes the entry of `note` for `provider`, unless the table changed the policy's
+    /// providers meanwhile or does not name it.
+    pub fn note_session(&mut self, table: &RoutingTable, note: SessionNote, provider: &str) {
+        let Some(ps) = self.policies.get(note.slot.get()) else {
+            return;
+        };
+        if ps.providers_fp != note.providers_fp {
+            return;
+        }
+        let Some(idx) = table.policy(note.slot).provider_idx(provider) else {
+            return;
+        };
+        let held = (idx, note.epoch);
+        self.sticky
+            .put(note.key, note.providers_fp, held, note.expires_ns);
     }
 
     pub fn policy(&self, slot: PolicySlot) -> &PolicyState {
@@ -414,6 +421,17 @@ impl ShardState {
         }
         effect
     }
+}
+
+/// A session's sticky entry, waiting for the provider another shard chose
+/// (`ShardState::session_note`).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionNote {
+    slot: PolicySlot,
+    key: SessionKey,
+    providers_fp: u64,
+    epoch: u64,
+    expires_ns: u64,
 }
 
 /// One observed call outcome.
