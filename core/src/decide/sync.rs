@@ -535,25 +535,19 @@ impl ShardState {
         if self.placement.peers <= 1 {
             return;
         }
+        // `adopt` empties the list with the table it indexes, so every entry is valid.
         let mut i = 0;
         while i < self.dirty.len() {
             let (slot, idx) = self.dirty[i];
-            let due = slot.get() < self.policies.len()
-                && idx.get() < self.policies[slot.get()].providers.len()
-                && {
-                    let s = &self.policies[slot.get()].providers[idx.get()];
-                    !s.sent.dirty || now_ns >= s.sent.pushed_ns.saturating_add(REPLICA_COALESCE_NS)
-                };
-            if due {
-                self.dirty.swap_remove(i);
-                let live = slot.get() < self.policies.len()
-                    && idx.get() < self.policies[slot.get()].providers.len()
-                    && self.policies[slot.get()].providers[idx.get()].sent.dirty;
-                if live {
-                    self.replicate(slot, idx, now_ns);
-                }
-            } else {
+            let sent = self.policies[slot.get()].providers[idx.get()].sent;
+            if sent.dirty && now_ns < sent.pushed_ns.saturating_add(REPLICA_COALESCE_NS) {
                 i += 1;
+                continue;
+            }
+            self.dirty.swap_remove(i);
+            // Not dirty any more: a transition sent it meanwhile.
+            if sent.dirty {
+                self.replicate(slot, idx, now_ns);
             }
         }
         if now_ns < self.refreshed_ns.saturating_add(REPLICA_REFRESH_NS) {
@@ -587,7 +581,6 @@ impl ShardState {
         // A policy this table does not have (a reload in between): nothing to do; the
         // asker times out and asks about its own table's policy.
         let Some(&i) = self.by_key.get(&key) else {
-            self.sync_stale += 1;
             return;
         };
         let slot = PolicySlot(i);
@@ -770,13 +763,9 @@ impl ShardState {
         &mut self.outbox
     }
 
-    /// Messages dropped because the outbox was full, and messages about a policy this
-    /// shard's table does not have, since the last call.
-    pub fn take_sync_counts(&mut self) -> (u64, u64) {
-        (
-            std::mem::take(&mut self.sync_dropped),
-            std::mem::take(&mut self.sync_stale),
-        )
+    /// Messages dropped because the outbox was full, since the last call.
+    pub fn take_sync_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.sync_dropped)
     }
 
     /// This shard's lease of a policy (non-owner shards).
@@ -844,4 +833,25 @@ fn push(outbox: &mut Vec<(Peer, SyncMsg)>, dropped: &mut u64, to: Peer, msg: Syn
         return;
     }
     outbox.push((to, msg));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outbox holds `SYNC_OUTBOX_MAX` messages; the next is dropped and counted,
+    /// never queued.
+    #[test]
+    fn a_full_outbox_drops_and_counts() {
+        let (mut outbox, mut dropped) = (Vec::new(), 0);
+        let msg = SyncMsg::ProbeAsk {
+            key: 1,
+            provider: 0,
+        };
+        for _ in 0..SYNC_OUTBOX_MAX + 3 {
+            push(&mut outbox, &mut dropped, Peer(1), msg.clone());
+        }
+        assert_eq!(outbox.len(), SYNC_OUTBOX_MAX);
+        assert_eq!(dropped, 3);
+    }
 }
