@@ -6,7 +6,8 @@
 //! the flat list of every series' value in table order.
 
 use super::{
-    BreakerTransition, HistogramSnapshot, ShardMetrics, ShedCause, Transport, EXTENSION_STATUSES,
+    BreakerTransition, HistogramSnapshot, RuntimeEvent, ShardMetrics, ShedCause, Transport,
+    EXTENSION_STATUSES,
 };
 use crate::contract::{ErrorCode, ExecStatus, Reason};
 
@@ -95,6 +96,15 @@ pub(super) const FAMILIES: &[Family] = &[
         series: ShedCause::ALL.len(),
         label_value: |i| ShedCause::ALL[i].as_str(),
         read: |m, i| m.sheds[i].get(),
+    },
+    Family {
+        name: "shardline_runtime_events_total",
+        help: "The shard executor's own work, by event: parks, wakes sent and received, io_uring enters, submissions, completions, timers armed, cancellations (copied from the executor every keep-alive beat).",
+        kind: Kind::Counter,
+        label: "event",
+        series: RuntimeEvent::ALL.len(),
+        label_value: |i| RuntimeEvent::ALL[i].as_str(),
+        read: |m, i| m.runtime[i].get(),
     },
     Family {
         name: "shardline_results_total",

@@ -61,6 +61,12 @@ impl Counter {
         self.0.store(value.wrapping_add(n), Relaxed);
     }
 
+    /// Replaces the value with a total counted elsewhere (monotonic there). Single writer.
+    #[inline]
+    pub fn set(&self, total: u64) {
+        self.0.store(total, Relaxed);
+    }
+
     /// Any thread.
     #[inline]
     pub fn get(&self) -> u64 {
@@ -250,6 +256,28 @@ label_enum!(
     }
 );
 label_enum!(
+    /// What a shard's executor paid the kernel and its peers for
+    /// (`shardline_runtime_events_total{event}`), from the runtime's per-thread counters.
+    RuntimeEvent {
+        /// The executor slept in the kernel: nothing runnable, no I/O ready.
+        Park => "park",
+        /// An eventfd write this shard made to wake a sleeping peer.
+        WakeSent => "wake_sent",
+        /// Wakes other threads queued for this shard's tasks.
+        WakeReceived => "wake_received",
+        /// `io_uring_enter` system calls.
+        UringEnter => "uring_enter",
+        /// Submission queue entries handed to the kernel.
+        Submission => "submission",
+        /// Completion queue entries consumed.
+        Completion => "completion",
+        /// io_uring timeouts armed (preemption timers, a sleep's next timer).
+        TimerArmed => "timer_armed",
+        /// io_uring cancellations (timers and I/O dropped before they completed).
+        Cancel => "cancel",
+    }
+);
+label_enum!(
     /// A circuit breaker's new state (`shardline_breaker_transitions_total{to}`).
     BreakerTransition { Opened => "open", HalfOpened => "half_open", Closed => "closed" }
 );
@@ -274,6 +302,7 @@ fn extension_index(status: ExtensionStatus) -> usize {
 const TRANSPORTS: usize = 3;
 const SHED_CAUSES: usize = 6;
 const BREAKER_TRANSITIONS: usize = 3;
+const RUNTIME_EVENTS: usize = 8;
 const REASONS: usize = Reason::ALL.len();
 const ERROR_CODES: usize = ErrorCode::ALL.len();
 const EXEC_STATUSES: usize = ExecStatus::ALL.len();
@@ -325,11 +354,14 @@ pub struct ShardMetrics {
     /// Bytes charged to the shard's ExecResult de-duplication set (bounded by
     /// `limits.results_dedup_bytes_per_shard_max`).
     pub results_dedup_bytes: Gauge,
+    /// The executor's own counters, copied from its thread on every keep-alive beat.
+    runtime: [Counter; RUNTIME_EVENTS],
 }
 
 const _: () = assert!(Transport::ALL.len() == TRANSPORTS);
 const _: () = assert!(ShedCause::ALL.len() == SHED_CAUSES);
 const _: () = assert!(BreakerTransition::ALL.len() == BREAKER_TRANSITIONS);
+const _: () = assert!(RuntimeEvent::ALL.len() == RUNTIME_EVENTS);
 
 impl ShardMetrics {
     pub const fn new() -> ShardMetrics {
@@ -356,6 +388,7 @@ impl ShardMetrics {
             idempotency_bytes: Gauge::new(),
             idempotency_unstored: Counter::new(),
             results_dedup_bytes: Gauge::new(),
+            runtime: [const { Counter::new() }; RUNTIME_EVENTS],
         }
     }
 
@@ -385,6 +418,10 @@ impl ShardMetrics {
 
     pub fn breaker_transition(&self, to: BreakerTransition) -> &Counter {
         &self.breaker_transitions[to as usize]
+    }
+
+    pub fn runtime(&self, event: RuntimeEvent) -> &Counter {
+        &self.runtime[event as usize]
     }
 
     pub fn extension_call(&self, status: ExtensionStatus) -> &Counter {

@@ -507,6 +507,7 @@ pub fn keep_alive(ctx: &Rc<ShardCtx>) {
     glommio::spawn_local(async move {
         loop {
             beats.beat(ctx.id);
+            super::stats::record_runtime(ctx.shared.metrics(ctx.id));
             let now = ctx.shared.now();
             ctx.refresh(now);
             // An idle shard's protocol work: averages coalesced since its last request,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::admin::WatchStats;
 use crate::contract::ErrorCode;
-use crate::metrics::{render, ExtraMetric, ShardMetrics, ShedCause, ALL_SHARDS};
+use crate::metrics::{render, ExtraMetric, RuntimeEvent, ShardMetrics, ShedCause, ALL_SHARDS};
 use crate::shard::{Answered, Counted};
 use crate::transport::http::{HttpStats, RESPONSE_CLASSES};
 
@@ -70,6 +70,24 @@ impl Count for ShardMetrics {
 
     fn shed_handoff_budget(&self) {
         self.shed(ShedCause::HandoffBudget).inc();
+    }
+}
+
+/// Copies the calling executor thread's runtime counters into its shard's metrics. Runs
+/// on the shard's own thread (the counters are thread-local there).
+pub fn record_runtime(metrics: &ShardMetrics) {
+    let c = glommio::counters::snapshot();
+    for (event, total) in [
+        (RuntimeEvent::Park, c.parks),
+        (RuntimeEvent::WakeSent, c.wakes_sent),
+        (RuntimeEvent::WakeReceived, c.foreign_wakes_received),
+        (RuntimeEvent::UringEnter, c.uring_enters),
+        (RuntimeEvent::Submission, c.sqes_submitted),
+        (RuntimeEvent::Completion, c.cqes_completed),
+        (RuntimeEvent::TimerArmed, c.timers_armed),
+        (RuntimeEvent::Cancel, c.cancels),
+    ] {
+        metrics.runtime(event).set(total);
     }
 }
 

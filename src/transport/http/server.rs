@@ -78,6 +78,9 @@ struct Server<S> {
     spare_in_use: Cell<bool>,
 }
 
+/// The pause after `serve` closes its listener: one executor turn (see there).
+const LISTENER_RELEASE_WAIT: Duration = Duration::from_millis(1);
+
 /// Serves HTTP/1.1 on `listener` until `stop` is triggered, then drains.
 ///
 /// One task per connection; `service` answers each request. Returns once every
@@ -108,6 +111,12 @@ pub async fn serve<S: Service + 'static>(
     });
     accept_loop(&listener, &server).await;
     drop(listener);
+    // The accept that was in flight holds the listening socket in the kernel until its
+    // cancellation is submitted, on the executor's next turn. Without that turn (a
+    // shard with no connection left ends at once) the port kept accepting until the
+    // kernel tore the shard's ring down, after the stop had returned. A timer makes
+    // the turn happen before the drain.
+    glommio::timer::sleep(LISTENER_RELEASE_WAIT).await;
     drain(&server).await
 }
 

@@ -281,6 +281,7 @@ macro_rules! wake {
     };
 }
 
+pub mod counters;
 mod free_list;
 
 #[allow(clippy::redundant_slicing)]

@@ -172,6 +172,7 @@ pub(crate) fn sendmsg_syscall(
 }
 
 mod dma_buffer;
+#[allow(dead_code)] // Shardline patch: the sleeper fences instead (see `Reactor::wait`).
 mod membarrier;
 pub(crate) mod source;
 pub(crate) mod sysfs;
@@ -306,12 +307,18 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // Shardline patch: pairs with the fence the sleeper makes after
+        // `prepare_to_sleep` (it replaced a `membarrier` there): what the caller published
+        // before this call is visible to the sleeper's re-check, or this load sees
+        // `should_notify` set.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
             || force
         {
+            crate::counters::wakes_sent(1);
             write_eventfd(self.eventfd_fd());
         }
     }
@@ -336,6 +343,7 @@ impl SleepNotifier {
             processed += 1;
             wake!(waker);
         }
+        crate::counters::foreign_wakes_received(processed as u64);
         processed
     }
 

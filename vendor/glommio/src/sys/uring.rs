@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -543,6 +543,7 @@ where
     R: FnOnce(RefMut<'_, InnerSource>, io::Result<usize>) -> io::Result<usize>,
 {
     if let Some(value) = cqe {
+        crate::counters::cqes_completed(1);
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
             return Some(false);
@@ -624,6 +625,7 @@ impl UringQueueState {
     }
 
     pub(crate) fn cancel_request(&mut self, id: SourceId) {
+        crate::counters::cancels(1);
         self.cancellations.push_back(UringDescriptor {
             args: UringOpDescriptor::Cancel(to_user_data(id)),
             fd: -1,
@@ -925,6 +927,7 @@ impl SleepableRing {
     /// that it will be the first SQE submitted the next time we enter the
     /// latency ring
     fn prepare_latency_preemption_timer(&mut self, d: Duration) -> Source {
+        crate::counters::timers_armed(1);
         let source = Source::new(
             IoRequirements::default(),
             -1,
@@ -961,6 +964,7 @@ impl SleepableRing {
     /// preemption via the latency ring.
     fn prepare_throughput_preemption_timer(&mut self, min_events: u32, event_fd: RawFd) -> Source {
         assert!(min_events >= 1, "min_events should be at least 1");
+        crate::counters::timers_armed(1);
         let timer_source = Source::new(
             IoRequirements::default(),
             -1,
@@ -1222,6 +1226,13 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// Shardline patch: the period of the preemption timer in
+    /// `latency_preemption_timeout_src`; `None` when there is none.
+    latency_preemption_armed: Cell<Option<Duration>>,
+    /// Shardline patch: the timeout a sleep armed for the next user timer, and its
+    /// deadline; kept across wakes while pending (see `wait`).
+    sleep_timeout_src: Cell<Option<Source>>,
+    sleep_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1353,6 +1364,9 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_armed: Cell::new(None),
+            sleep_timeout_src: Cell::new(None),
+            sleep_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1753,6 +1767,14 @@ impl Reactor {
         }
     }
 
+    /// Shardline patch: whether the timer in `slot` is armed and has not fired yet.
+    fn pending(slot: &Cell<Option<Source>>) -> bool {
+        let source = slot.take();
+        let pending = source.as_ref().is_some_and(|s| s.result().is_none());
+        slot.set(source);
+        pending
+    }
+
     /// This function can be passed two timers. Because they play different
     /// roles we keep them separate instead of overloading the same
     /// parameter.
@@ -1814,22 +1836,42 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // Shardline patch: timers stay armed across calls. Upstream cancelled the latency
+        // timer and re-armed both preemption timers on every call -- every turn of the
+        // executor's loop -- and on every sleep armed the next user timer's deadline and
+        // cancelled it on waking: four to six submissions, an `io_uring_enter` and
+        // hrtimer reprogrammings per turn, under load once or more per request. Now:
+        // - the preemption timer is kept while pending, as long as this call's period is
+        //   no shorter than the one it was armed with. It fires no later than a fresh one
+        //   would, so a task still runs at most one period unpreempted (it may be
+        //   preempted earlier, which costs a turn of the loop). It is kept across a
+        //   sleep too: the sleep it interrupts is woken at most once, one period after
+        //   the last busy turn, and it is not re-armed while the executor sleeps;
+        // - the sleep's deadline (the next user timer) has its own slot, kept while
+        //   pending and no later than the deadline wanted; an earlier one wakes the
+        //   executor once, early, which the loop absorbs;
+        // - the throughput timer (no deadline, fires after `ring_depth` completions) is
+        //   re-armed only after it fired: it never wakes a sleeper by time.
+        let keep_preempt_timer = match (preempt_timer(), self.latency_preemption_armed.get()) {
+            (Some(wanted), Some(armed)) => {
+                armed <= wanted && Self::pending(&self.latency_preemption_timeout_src)
+            }
+            (None, Some(_)) => Self::pending(&self.latency_preemption_timeout_src),
+            _ => false,
+        };
+        if !keep_preempt_timer {
+            drop(self.latency_preemption_timeout_src.take());
+            self.latency_preemption_armed.set(None);
+        }
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        if !Self::pending(&self.throughput_preemption_timeout_src) {
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1851,22 +1893,34 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                let deadline = Instant::now() + dur;
+                let keep = Self::pending(&self.sleep_timeout_src)
+                    && self.sleep_deadline.get().is_some_and(|armed| armed <= deadline);
+                if !keep {
+                    drop(self.sleep_timeout_src.take());
+                    self.sleep_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    self.sleep_deadline.set(Some(deadline));
+                    flush_cancellations!(into &mut 0; lat_ring);
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // Shardline patch: a full fence here and one in `SleepNotifier::notify` (after
+            // the sender published, before it reads `should_notify`) order the two sides
+            // as upstream's `membarrier::heavy()` did, without its cost: an IPI to every
+            // core running a thread of the process, on every sleep. Either this side's
+            // re-check below sees the sender's message, or the sender sees
+            // `should_notify` and writes the eventfd.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
+                    crate::counters::parks(1);
                     self.link_rings_and_sleep(&mut main_ring)
                         .expect("some error");
                     // May have new cancellations related to the link ring fd.
@@ -1880,9 +1934,12 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            if self.latency_preemption_armed.get().is_none() {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_armed.set(Some(preempt));
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
