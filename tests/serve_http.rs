@@ -518,6 +518,41 @@ fn runtime_counters_show_what_a_request_costs() {
     server.stop().unwrap();
 }
 
+/// Every `server.poll` mode serves every shard's tenants and stops cleanly; `busy` never
+/// parks (its executors poll without sleeping), `park` and `adaptive` do.
+#[test]
+fn every_poll_mode_serves_and_stops() {
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("poll-modes", "");
+    for poll in [
+        shards::PollMode::Park,
+        shards::PollMode::Adaptive(Duration::ZERO),
+        shards::PollMode::default(),
+        shards::PollMode::Busy,
+    ] {
+        let mut settings = settings(&dir);
+        settings.poll = poll;
+        let server = start(settings);
+        let mut client = Client::connect(server.local_addr());
+        for (i, tenant) in tenants.iter().cycle().take(40).enumerate() {
+            let id = format!("poll-{i}");
+            let resp = post(&mut client, "/v1/decide", &decide(tenant, &id, json!({})));
+            expect_decision(&resp, tenant, &id);
+        }
+        // Counters are copied on the keep-alive beat (stall_ms / 4).
+        std::thread::sleep(Duration::from_millis(600));
+        let parks = sample(
+            &scrape(server.local_addr()),
+            r#"shardline_runtime_events_total{shard="all",event="park"}"#,
+        );
+        match poll {
+            shards::PollMode::Busy => assert_eq!(parks, 0.0, "{poll:?}"),
+            _ => assert!(parks > 0.0, "{poll:?}"),
+        }
+        server.stop().unwrap_or_else(|e| panic!("{poll:?}: {e}"));
+    }
+}
+
 /// The same chunked decide request, three times on one connection, then mixed with
 /// Content-Length and pipelined: each is decided from its own body alone (a body left
 /// from the previous request once answered `invalid_request` "trailing characters").

@@ -63,7 +63,10 @@ pub use mesh::{Batch, Envelope, Inbound, Mesh, Outbox, ShardEnd, TrySendError, B
 pub use partition::Partitioner;
 pub use preflight::{preflight, PreflightError, PreflightReport};
 pub use ring::{Consumer, Producer, RING_SLOTS_MAX};
-pub use runtime::{Runtime, RuntimeConfig, RuntimeError, ShardContext, ShardExit};
+pub use runtime::{
+    PollMode, Runtime, RuntimeConfig, RuntimeError, ShardContext, ShardExit, POLL_SPIN_US_DEFAULT,
+    POLL_SPIN_US_MAX,
+};
 pub use topology::{CoreSelection, Topology, TopologyError};
 pub use wake::{MeshControl, SPIN_ITERATIONS_MAX};
 pub use watchdog::{Heartbeats, StallChange, Watchdog};

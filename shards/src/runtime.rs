@@ -45,10 +45,43 @@ pub const PREEMPT_TIMER_US_MAX: u64 = 100_000;
 pub const PREEMPT_TIMER_US_MIN: u64 = 100;
 /// Default: a shard saturated by handoffs still polls its sockets every millisecond.
 pub const PREEMPT_TIMER_US_DEFAULT: u64 = 1_000;
+/// Longest an `adaptive` shard spins after its last work before it parks.
+pub const POLL_SPIN_US_MAX: u64 = 1_000;
+/// Default spin of an `adaptive` shard: the gap between two requests of one busy client
+/// on loopback is 20–60 µs; a spin that covers it saves a park and a wake (a context
+/// switch each way) at the price of the spin, and an idle shard spins only after its
+/// keep-alive beat.
+pub const POLL_SPIN_US_DEFAULT: u64 = 50;
 /// Events a shard thread sends at most: `Ready` or `Failed`, then `Exited`.
 const EVENTS_PER_SHARD_MAX: usize = 2;
 
 const _: () = assert!(LIFECYCLE_TIMEOUT_MS_DEFAULT <= LIFECYCLE_TIMEOUT_MS_MAX);
+const _: () = assert!(POLL_SPIN_US_DEFAULT <= POLL_SPIN_US_MAX);
+
+/// What a shard's executor does when it finds nothing to run.
+///
+/// Parking (sleeping in `io_uring_enter`) costs a context switch out and, at the next
+/// packet or peer message, a wake and a switch back in: on loopback about as much CPU as
+/// the request itself. Spinning costs the core. Which is cheaper depends on how soon the
+/// next work comes, so the choice is the operator's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollMode {
+    /// Park as soon as nothing is runnable: the least CPU at low rates.
+    Park,
+    /// Keep polling for this long after the last work, then park: a busy shard rarely
+    /// sleeps, an idle one is asleep (CPU stays near zero).
+    Adaptive(Duration),
+    /// Never park: the core polls its rings and sockets without pause. For dedicated,
+    /// isolated cores (`low-latency` profile); a crossing between shards then costs a
+    /// ring hop instead of a wake. On shared cores it starves everything else.
+    Busy,
+}
+
+impl Default for PollMode {
+    fn default() -> Self {
+        PollMode::Adaptive(Duration::from_micros(POLL_SPIN_US_DEFAULT))
+    }
+}
 const _: () = assert!(PREEMPT_TIMER_US_MIN <= PREEMPT_TIMER_US_DEFAULT);
 const _: () = assert!(PREEMPT_TIMER_US_DEFAULT <= PREEMPT_TIMER_US_MAX);
 
@@ -61,6 +94,8 @@ pub struct RuntimeConfig {
     pub ring_slots: usize,
     /// Executor yields an idle shard spends re-checking before it parks.
     pub spin_iterations: u32,
+    /// What an executor with nothing to run does.
+    pub poll: PollMode,
     /// How long a task may run before `yield_if_needed` (and `next_batch`) yields to the
     /// shard's other tasks; glommio's `preempt_timer`.
     pub preempt_timer: Duration,
@@ -76,6 +111,7 @@ impl Default for RuntimeConfig {
             cores: CoreSelection::All,
             ring_slots: RING_SLOTS_DEFAULT,
             spin_iterations: SPIN_ITERATIONS_DEFAULT,
+            poll: PollMode::default(),
             preempt_timer: Duration::from_micros(PREEMPT_TIMER_US_DEFAULT),
             start_timeout: Duration::from_millis(LIFECYCLE_TIMEOUT_MS_DEFAULT),
             stop_timeout: Duration::from_millis(LIFECYCLE_TIMEOUT_MS_DEFAULT),
@@ -94,6 +130,11 @@ impl RuntimeConfig {
             return Err(RuntimeError::SpinIterations {
                 spins: self.spin_iterations,
             });
+        }
+        if let PollMode::Adaptive(spin) = self.poll {
+            if spin > Duration::from_micros(POLL_SPIN_US_MAX) {
+                return Err(RuntimeError::PollSpin { spin });
+            }
         }
         let preempt = self.preempt_timer;
         let preempt_range = Duration::from_micros(PREEMPT_TIMER_US_MIN)
@@ -125,6 +166,12 @@ pub enum RuntimeError {
     SpinIterations {
         /// The value given.
         spins: u32,
+    },
+    /// The adaptive spin is above `POLL_SPIN_US_MAX`.
+    #[error("poll spin {spin:?} exceeds the maximum {POLL_SPIN_US_MAX} µs")]
+    PollSpin {
+        /// The value given.
+        spin: Duration,
     },
     /// `preempt_timer` is outside its limits.
     #[error(
@@ -293,7 +340,10 @@ impl Runtime {
             preflight: report,
         };
         let factory = Arc::new(factory);
-        let preempt = config.preempt_timer;
+        let executor = ExecutorSettings {
+            preempt: config.preempt_timer,
+            poll: config.poll,
+        };
         for (mut end, core) in mesh.into_ends().into_iter().zip(cores) {
             end.set_spin_iterations(config.spin_iterations);
             let shard = end.id();
@@ -302,7 +352,7 @@ impl Runtime {
                 core,
                 end,
             };
-            match spawn_shard(context, Arc::clone(&factory), sender.clone(), preempt) {
+            match spawn_shard(context, Arc::clone(&factory), sender.clone(), executor) {
                 Ok(handle) => runtime.threads[shard.index()] = Some(handle),
                 Err(source) => return runtime.abort(RuntimeError::Spawn { shard, source }),
             }
@@ -435,11 +485,21 @@ impl Drop for Runtime {
     }
 }
 
+/// What each shard's executor is built with.
+#[derive(Clone, Copy)]
+struct ExecutorSettings {
+    preempt: Duration,
+    poll: PollMode,
+}
+
+/// `PollMode::Busy`'s spin: a century.
+const BUSY_SPIN_S: u64 = 100 * 365 * 24 * 3600;
+
 fn spawn_shard<T, F, Fut, E>(
     context: ShardContext<T>,
     factory: Arc<F>,
     events: SyncSender<Event>,
-    preempt: Duration,
+    executor: ExecutorSettings,
 ) -> std::io::Result<JoinHandle<()>>
 where
     T: Send + 'static,
@@ -451,7 +511,7 @@ where
     std::thread::Builder::new().name(name).spawn(move || {
         let shard = context.id;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            run_shard(context, &*factory, &events, preempt)
+            run_shard(context, &*factory, &events, executor)
         }));
         let panic = outcome.err().map(panic_message);
         // The receiver may be gone if the runtime gave up on us; nothing left to tell.
@@ -463,17 +523,23 @@ fn run_shard<T, F, Fut, E>(
     context: ShardContext<T>,
     factory: &F,
     events: &SyncSender<Event>,
-    preempt: Duration,
+    settings: ExecutorSettings,
 ) where
     F: Fn(ShardContext<T>) -> Result<Fut, E>,
     Fut: Future<Output = ()>,
     E: std::error::Error + Send + Sync + 'static,
 {
     let (shard, core) = (context.id, context.core);
-    let builder = LocalExecutorBuilder::new(Placement::Fixed(core.0))
+    let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core.0))
         .name(&format!("shard-{shard}"))
         .io_memory(IO_MEMORY_PER_SHARD_BYTES)
-        .preempt_timer(preempt);
+        .preempt_timer(settings.preempt);
+    builder = match settings.poll {
+        PollMode::Park => builder,
+        PollMode::Adaptive(spin) => builder.spin_before_park(spin),
+        // glommio parks once the spin has lasted longer than this: never, in practice.
+        PollMode::Busy => builder.spin_before_park(Duration::from_secs(BUSY_SPIN_S)),
+    };
     let executor = match builder.make() {
         Ok(executor) => executor,
         Err(source) => {

@@ -172,6 +172,8 @@ impl ServerConfig {
                 self.ops_listen = super::parse::optional_addr(raw).map_err(SetError::BadValue)?
             }
             "strict_policies" => self.strict_policies = parse(raw)?,
+            "poll" => self.poll = parse(raw)?,
+            "poll_spin_us" => self.poll_spin_us = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())

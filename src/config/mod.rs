@@ -87,6 +87,10 @@ pub struct ServerConfig {
     /// true = one invalid policy document stops the start (all-or-nothing); false = it is
     /// reported and left out, every other document serves.
     pub strict_policies: bool,
+    /// What a shard with nothing to run does.
+    pub poll: Poll,
+    /// How long an `adaptive` shard keeps polling after its last work.
+    pub poll_spin_us: u64,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +107,8 @@ impl Default for ServerConfig {
             stall_ms: STALL_MS_DEFAULT,
             handoff_timeout_ms: HANDOFF_TIMEOUT_MS_DEFAULT,
             drain_grace_ms: DRAIN_GRACE_MS_DEFAULT,
+            poll: Poll::default(),
+            poll_spin_us: shards::POLL_SPIN_US_DEFAULT,
         }
     }
 }
@@ -259,6 +265,31 @@ impl AdminConfig {
             permissions: Permissions::ALL,
         });
         file.chain(env).collect()
+    }
+}
+
+/// `server.poll`: what a shard with nothing to run does (`shards::PollMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Poll {
+    /// Sleep at once.
+    Park,
+    /// Keep polling `server.poll_spin_us` after the last work, then sleep.
+    #[default]
+    Adaptive,
+    /// Never sleep (dedicated, isolated cores only).
+    Busy,
+}
+
+impl std::str::FromStr for Poll {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "park" => Ok(Poll::Park),
+            "adaptive" => Ok(Poll::Adaptive),
+            "busy" => Ok(Poll::Busy),
+            _ => Err("expected \"park\", \"adaptive\" or \"busy\""),
+        }
     }
 }
 

@@ -198,6 +198,40 @@ fn cores_forms() {
     }
 }
 
+/// `server.poll` takes the three modes and nothing else; the adaptive spin is bounded.
+#[test]
+fn poll_modes_and_their_spin() {
+    let server = |text: &str| {
+        let toml = format!("[server]\n{text}");
+        Config::from_toml_str(&toml, Path::new("/")).map(|c| c.server)
+    };
+    assert_eq!(server("").unwrap().poll, Poll::Adaptive);
+    for (text, mode) in [
+        ("park", Poll::Park),
+        ("adaptive", Poll::Adaptive),
+        ("busy", Poll::Busy),
+    ] {
+        let parsed = server(&format!("poll = \"{text}\"")).unwrap();
+        assert_eq!(parsed.poll, mode);
+        assert_eq!(text.parse::<Poll>(), Ok(mode));
+    }
+    assert_eq!(server("poll_spin_us = 0").unwrap().poll_spin_us, 0);
+    for bad in [
+        "poll = \"spin\"",
+        "poll = 1",
+        "poll_spin_us = 1001",
+        "poll_spin_us = -1",
+    ] {
+        let err = server(bad).unwrap_err();
+        let keys = keys(err.problems());
+        assert!(
+            keys.len() == 1 && keys[0].starts_with("server.poll"),
+            "{bad}: {keys:?}"
+        );
+    }
+    assert!("spin".parse::<Poll>().is_err());
+}
+
 /// Unknown keys are refused with their full path, and every one of them is reported,
 /// together with mistyped values.
 #[test]

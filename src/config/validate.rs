@@ -98,6 +98,8 @@ impl Config {
         report.range("server.handoff_timeout_ms", handoff, min, max);
         let grace = server.drain_grace_ms;
         report.range("server.drain_grace_ms", grace, 0, DRAIN_GRACE_MS_MAX);
+        let spin = server.poll_spin_us;
+        report.range("server.poll_spin_us", spin, 0, shards::POLL_SPIN_US_MAX);
         if server.shard_port_base != 0 {
             self.check_shard_ports(report);
         }

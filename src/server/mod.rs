@@ -94,6 +94,8 @@ pub struct ServerSettings {
     pub stop_timeout: Duration,
     /// A shard whose heartbeat is older than this is stalled (`server.stall_ms`).
     pub stall: Duration,
+    /// What an idle shard's executor does (`server.poll`, `server.poll_spin_us`).
+    pub poll: shards::PollMode,
     /// How long a handed-off request waits for the owner (`server.handoff_timeout_ms`).
     pub handoff_timeout: Duration,
     /// Extension registry (`server.extensions_dir`), loaded once at start.
@@ -292,6 +294,7 @@ impl Server {
         let config = RuntimeConfig {
             cores: shared.settings.cores.clone(),
             ring_slots: shared.settings.ring_slots,
+            poll: shared.settings.poll,
             stop_timeout: shared.settings.stop_timeout,
             ..RuntimeConfig::default()
         };
@@ -616,6 +619,13 @@ impl ServerSettings {
             // The shards' own stop deadline leaves the HTTP drain its full time first.
             stop_timeout: drain + Duration::from_secs(5),
             stall: Duration::from_millis(s.stall_ms),
+            poll: match s.poll {
+                crate::config::Poll::Park => shards::PollMode::Park,
+                crate::config::Poll::Adaptive => {
+                    shards::PollMode::Adaptive(Duration::from_micros(s.poll_spin_us))
+                }
+                crate::config::Poll::Busy => shards::PollMode::Busy,
+            },
             handoff_timeout: Duration::from_millis(s.handoff_timeout_ms),
             extensions_dir: s.extensions_dir.clone(),
             nats: config.nats.enabled().then(|| config.nats.clone()),
