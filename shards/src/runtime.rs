@@ -68,8 +68,11 @@ const _: () = assert!(POLL_SPIN_US_DEFAULT <= POLL_SPIN_US_MAX);
 pub enum PollMode {
     /// Park as soon as nothing is runnable: the least CPU at low rates.
     Park,
-    /// Keep polling for this long after the last work, then park: a busy shard rarely
-    /// sleeps, an idle one is asleep (CPU stays near zero).
+    /// Keep polling for up to this long after the last work, then park -- but only
+    /// while the recent idle gaps average less than the spin; otherwise park at once. A
+    /// saturated shard rarely sleeps; at moderate rates (gaps longer than the spin) it
+    /// parks as `Park` does instead of burning the spin after every request; an idle
+    /// one is asleep (CPU stays near zero).
     Adaptive(Duration),
     /// Never park: the core polls its rings and sockets without pause. For dedicated,
     /// isolated cores (`low-latency` profile); a crossing between shards then costs a
@@ -541,7 +544,10 @@ fn run_shard<T, F, Fut, E>(
         PollMode::Busy => builder.spin_before_park(Duration::from_secs(BUSY_SPIN_S)),
     };
     let executor = match builder.make() {
-        Ok(executor) => executor,
+        Ok(executor) => {
+            executor.set_adaptive_spin(matches!(settings.poll, PollMode::Adaptive(_)));
+            executor
+        }
         Err(source) => {
             let errno = match &source {
                 GlommioError::IoError(err) | GlommioError::EnhancedIoError { source: err, .. } => {
