@@ -137,7 +137,7 @@ mod worker;
 // The parts that need no router live in `shardline-tools` (below this library, so Cargo
 // keeps them router-free); named here so `super::record` and friends read as before.
 pub use shardline_tools::bench::{markdown, plot};
-use shardline_tools::bench::{mix, poll, record, report, schedule, sys, wire};
+use shardline_tools::bench::{mix, poll, record, report, schedule, sys, timeline, wire};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -14,6 +14,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::record::Recorder;
+use super::spectrum::{spectrum, SpectrumPoint};
+use super::timeline::{self, TimelinePoint};
 
 /// `--max-error-ratio` when not given: 1 % of the requests may fail (errors, sheds and
 /// timeouts together) before a run stops counting as a measurement.
@@ -156,6 +158,13 @@ pub struct Side {
     pub latency_us: Option<Latency>,
     /// How many answers the percentiles are computed over (the answered-200 requests).
     pub latency_samples: u64,
+    /// The answered-200 latencies at `SPECTRUM_QUANTILES`, then the max; empty when
+    /// nothing was answered.
+    pub latency_spectrum: Vec<SpectrumPoint>,
+    /// The window second by second (`timeline.rs`); empty when not recorded.
+    pub timeline: Vec<TimelinePoint>,
+    /// Outcomes that arrived after the timeline's last second (runs over an hour).
+    pub timeline_late: u64,
     pub sent: u64,
     pub answered: u64,
     pub errors_total: u64,
@@ -244,6 +253,9 @@ impl Side {
             shards: info.shards,
             latency_us: Latency::of_answers(&rec.latency),
             latency_samples: rec.latency.len(),
+            latency_spectrum: spectrum(&rec.latency),
+            timeline: timeline::points(&rec.timeline, info.duration_s),
+            timeline_late: rec.timeline.late(),
             sent: counts.sent,
             answered: counts.answered,
             errors_total: counts.errors,
