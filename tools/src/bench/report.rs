@@ -493,7 +493,7 @@ impl Report {
         let (md, svg) = (json.with_extension("md"), json.with_extension("svg"));
         std::fs::write(json, self.to_json() + "\n")?;
         std::fs::write(&md, super::markdown::summary(&value))?;
-        std::fs::write(&svg, super::plot::svg(&super::plot::report_series(&value)))?;
+        std::fs::write(&svg, super::plot::report_svg(&value))?;
         Ok([json.to_path_buf(), md, svg])
     }
 
