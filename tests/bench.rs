@@ -31,6 +31,9 @@ fn assert_documented_fields(report: &Value) {
         "pipeline",
         "shards",
         "latency_us",
+        "latency_spectrum",
+        "timeline",
+        "timeline_late",
         "sent",
         "answered",
         "errors_total",
@@ -59,6 +62,61 @@ fn assert_documented_fields(report: &Value) {
     for field in ["cpu_model", "cores", "kernel", "git_commit", "command_line"] {
         assert!(report["env"].get(field).is_some(), "env.{field}: {report}");
     }
+}
+
+/// The spectrum runs from p0 through p99.99 to the max `latency_us` reports, monotone.
+fn assert_spectrum(report: &Value) {
+    let points = report["latency_spectrum"]
+        .as_array()
+        .expect("latency_spectrum");
+    assert!(points.len() >= 51, "{} points", points.len());
+    let at = |i: usize| {
+        (
+            points[i]["quantile"].as_f64().unwrap(),
+            count(&points[i], "us"),
+        )
+    };
+    assert_eq!(at(0).0, 0.0);
+    assert_eq!(
+        at(points.len() - 1),
+        (1.0, count(&report["latency_us"], "max"))
+    );
+    assert!(points.iter().any(|p| p["quantile"] == 0.9999), "no p99.99");
+    assert!((1..points.len()).all(|i| at(i - 1).0 < at(i).0 && at(i - 1).1 <= at(i).1));
+}
+
+/// One entry per second of a `seconds` s window (and at most one more for answers still
+/// in flight when it closed), which together hold every answer and failure of the run.
+fn assert_timeline(report: &Value, seconds: u64) {
+    let timeline = report["timeline"].as_array().expect("timeline");
+    let len = timeline.len() as u64;
+    assert!(
+        (seconds..=seconds + 1).contains(&len),
+        "{len} seconds: {report}"
+    );
+    let mut answers = 0.0;
+    let mut errors = 0;
+    for (i, s) in timeline.iter().enumerate() {
+        assert_eq!(count(s, "t_s"), i as u64);
+        answers += s["rps"].as_f64().unwrap();
+        errors += count(s, "errors");
+        if let (Some(p50), Some(p99), Some(max)) = (
+            s["p50_us"].as_u64(),
+            s["p99_us"].as_u64(),
+            s["max_us"].as_u64(),
+        ) {
+            assert!(p50 <= p99 && p99 <= max, "{s}");
+        }
+    }
+    // Whole seconds: each second's rate is its count of answers.
+    assert_eq!(answers as u64, count(report, "answered"), "{report}");
+    let failed = ["errors_total", "sheds_total", "timeouts_total"].map(|k| count(report, k));
+    assert_eq!(errors, failed.iter().sum::<u64>());
+    assert_eq!(count(report, "timeline_late"), 0);
+    assert!(
+        timeline[0]["p99_us"].as_u64().is_some(),
+        "answers in the first second"
+    );
 }
 
 /// The README's one-command demo: an embedded router at 2,000 req/s for 2 s. The report
@@ -93,6 +151,8 @@ fn embedded_open_loop() {
     for key in ["p50", "p90", "p99", "p999", "max"] {
         assert!(count(&report["latency_us"], key) > 0, "latency_us.{key}");
     }
+    assert_spectrum(&report);
+    assert_timeline(&report, 2);
     assert!(report["rss_mb"].as_f64().unwrap() > 0.0);
     assert!(report["cpu_s"].as_f64().is_some());
     assert!(report["env"]["command_line"]
@@ -134,6 +194,8 @@ fn closed_loop_against_a_running_router() {
     assert_eq!(report["target_rps"], Value::Null);
     assert!(count(&report, "answered") > 0);
     assert_eq!(count(&report, "errors_total"), 0, "{report}");
+    assert_spectrum(&report);
+    assert_timeline(&report, 1);
     for key in ["rss_mb", "cpu_s", "schedule", "bare"] {
         assert!(report.get(key).is_none(), "{key} in a remote report");
     }
@@ -237,6 +299,19 @@ fn silent_server_times_out() {
     );
     assert_eq!(count(&report, "latency_samples"), 0);
     assert!(report["latency_us"]["p99"].is_null(), "{report}");
+    // No answer, no spectrum; the timeline shows the timeouts, second by second.
+    assert_eq!(
+        report["latency_spectrum"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    let timeline = report["timeline"].as_array().expect("timeline");
+    assert!((1..=2).contains(&timeline.len()), "{report}");
+    let timeouts: u64 = timeline.iter().map(|s| count(s, "errors")).sum();
+    assert_eq!(timeouts, count(&report, "timeouts_total"));
+    assert!(timeline
+        .iter()
+        .all(|s| s["p99_us"].is_null() && s["rps"] == 0.0));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no successful answer"), "{stderr}");
 }
@@ -417,9 +492,16 @@ fn writes_markdown_and_svg_and_plots_reports() {
         "{md}"
     );
     assert!(md.contains("- latency over "), "{md}");
+    assert!(md.contains("## Latency spectrum (router, µs)"), "{md}");
+    assert!(md.contains("## Latency spectrum (bare, µs)"), "{md}");
+    assert!(md.contains("| p99.99 | "), "{md}");
+    assert!(md.contains("## Timeline (second of the window)\n"), "{md}");
+    assert!(md.contains("\n| 0 | "), "{md}");
     let svg = std::fs::read_to_string(dir.0.join("x.svg")).expect("x.svg written");
     assert!(svg.starts_with("<svg"), "{svg}");
+    // The spectrum panel: router and bare; the timeline panel under it.
     assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    assert!(svg.contains(">Second by second"), "{svg}");
 
     let plot = dir.0.join("p.svg");
     let output = Command::new(env!("CARGO_BIN_EXE_shardline"))
