@@ -15,8 +15,8 @@
 //! never out of the run's totals.
 //!
 //! Why 2 significant figures here when the run's histogram keeps 3: a per-second p99 to
-//! within 1 % is all a timeline is read for, and it makes each bucket about a tenth of
-//! the size (a few KiB with `u32` counts), which is what lets an hour of them be
+//! within 1 % is all a timeline is read for, and with `u32` counts it makes each bucket
+//! 10 KiB instead of the run histogram's 136 KiB, which is what lets an hour of them be
 //! pre-allocated per client thread.
 
 use hdrhistogram::Histogram;
@@ -28,6 +28,9 @@ use super::record::LATENCY_US_MAX;
 pub const TIMELINE_SECONDS_MAX: usize = 3600;
 /// Significant figures of the per-second histograms.
 pub const SECOND_SIGFIGS: u8 = 2;
+/// The counts of one second's histogram take at most this; with `TIMELINE_SECONDS_MAX`
+/// it bounds a client thread's timeline (36 MiB for an hour).
+pub const SECOND_BYTES_MAX: usize = 10 * 1024;
 const NS_PER_SECOND: u64 = 1_000_000_000;
 
 /// What one second of the run recorded.
@@ -214,6 +217,16 @@ mod tests {
         let mut t = Timeline::for_window(0, day, 0);
         t.record(day - 1, Some(5));
         assert_eq!(t.late(), 1);
+    }
+
+    /// One second's histogram fits `SECOND_BYTES_MAX`; the run's (3 figures, `u64`) would
+    /// not, which is why seconds keep fewer figures.
+    #[test]
+    fn a_second_is_small() {
+        let bytes = Second::new().latency.distinct_values() * std::mem::size_of::<u32>();
+        assert!(bytes <= SECOND_BYTES_MAX, "{bytes} bytes");
+        let run = crate::bench::record::histogram().distinct_values() * 8;
+        assert!(run > 10 * SECOND_BYTES_MAX, "{run} bytes");
     }
 
     /// Threads merge second by second; a shorter or empty timeline is extended.
