@@ -530,6 +530,7 @@ impl Report {
         }
         self.latency_table(&mut out);
         side_counts(&mut out, self.label(), r);
+        timeline_extremes(&mut out, r);
         if let Some(b) = &self.bare {
             side_counts(&mut out, "bare", b);
         }
@@ -608,6 +609,31 @@ impl Report {
         }
         out.push('\n');
     }
+}
+
+/// The timeline's slowest second (by p99) and emptiest one (by answers), where a stall
+/// would show; nothing without a timeline.
+fn timeline_extremes(out: &mut String, s: &Side) {
+    let slowest = s
+        .timeline
+        .iter()
+        .filter(|t| t.p99_us.is_some())
+        .max_by_key(|t| t.p99_us);
+    let emptiest = s.timeline.iter().min_by(|a, b| a.rps.total_cmp(&b.rps));
+    let (Some(slowest), Some(emptiest)) = (slowest, emptiest) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "  timeline: {} s; slowest second {} s (p99 {} µs, max {} µs); fewest answers \
+         second {} s ({} /s)",
+        s.timeline.len(),
+        slowest.t_s,
+        slowest.p99_us.unwrap_or_default(),
+        slowest.max_us.unwrap_or_default(),
+        emptiest.t_s,
+        emptiest.rps
+    );
 }
 
 fn side_counts(out: &mut String, name: &str, s: &Side) {
@@ -876,6 +902,52 @@ mod tests {
             why[0].contains("500 of 1501 request(s) due in the window were never sent"),
             "{why:?}"
         );
+    }
+
+    /// The summary names the second with the worst p99 and the one with the fewest
+    /// answers; a report without a timeline has no such line.
+    #[test]
+    fn summary_points_at_the_stall() {
+        use crate::bench::timeline::Timeline;
+        const S: u64 = 1_000_000_000;
+        let mut rec = Recorder::with_timeline(Timeline::for_window(0, 3 * S, 0));
+        // Second 1 stalls: half the answers, all at its end, 0.9 s late.
+        for i in (0..300).filter(|i| i / 100 != 1 || i % 2 == 0) {
+            let second = i / 100;
+            let (at, us) = match second {
+                1 => (S + 900_000_000, 900_000),
+                _ => (second * S + i, 100),
+            };
+            rec.sent += 1;
+            rec.resolve_at(Outcome::Ok, us, at);
+        }
+        rec.sent += 1;
+        rec.resolve_at(Outcome::Timeout, 0, 2 * S);
+        let window = PhaseInfo {
+            duration_s: 3.0,
+            ..info()
+        };
+        let report = Report::new(Side::new(&window, &rec), true, None, Env::detect("x"), None);
+        let summary = report.summary();
+        assert!(
+            summary.contains("timeline: 3 s; slowest second 1 s (p99 901119 µs"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("fewest answers second 1 s (50 /s)"),
+            "{summary}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(v["timeline"][2]["errors"], 1, "{v}");
+        assert_eq!(v["timeline"][1]["rps"], 50.0, "{v}");
+        let plain = Report::new(
+            Side::new(&info(), &recorder(5)),
+            true,
+            None,
+            Env::detect("x"),
+            None,
+        );
+        assert!(!plain.summary().contains("timeline:"));
     }
 
     /// Added latency may be negative; a zero baseline has no ratio.
