@@ -661,7 +661,8 @@ fn run_bench(args: &shardline::bench::BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes one SVG overlaying the router line of each report, labelled by file stem.
+/// Writes one SVG overlaying the router line of each report (its spectrum when it has one),
+/// labelled by file stem.
 fn run_plot(out: &Path, reports: &[PathBuf]) -> Result<ExitCode> {
     use shardline_tools::bench::plot;
     if reports.len() > plot::SERIES_MAX {
@@ -673,8 +674,12 @@ fn run_plot(out: &Path, reports: &[PathBuf]) -> Result<ExitCode> {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let report: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
-        let points = plot::points_of(&report["latency_us"])
-            .with_context(|| format!("{}: no latency_us percentiles", path.display()))?;
+        let points = plot::side_points(&report).with_context(|| {
+            format!(
+                "{}: no latency_spectrum nor latency_us percentiles",
+                path.display()
+            )
+        })?;
         let stem = path.file_stem().unwrap_or_default().to_string_lossy();
         series.push((stem.into_owned(), points));
     }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::bench::{assert_counts_add_up, bench, bench_exit, count};
+use support::bench::{
+    assert_counts_add_up, assert_spectrum, assert_timeline, bench, bench_exit, count,
+};
 use support::process::{RouterProcess, EXIT_WITHIN};
 use support::{config_dir, serial, settings, start, TempDir};
 
@@ -31,6 +33,9 @@ fn assert_documented_fields(report: &Value) {
         "pipeline",
         "shards",
         "latency_us",
+        "latency_spectrum",
+        "timeline",
+        "timeline_late",
         "sent",
         "answered",
         "errors_total",
@@ -93,6 +98,8 @@ fn embedded_open_loop() {
     for key in ["p50", "p90", "p99", "p999", "max"] {
         assert!(count(&report["latency_us"], key) > 0, "latency_us.{key}");
     }
+    assert_spectrum(&report);
+    assert_timeline(&report, 2);
     assert!(report["rss_mb"].as_f64().unwrap() > 0.0);
     assert!(report["cpu_s"].as_f64().is_some());
     assert!(report["env"]["command_line"]
@@ -134,6 +141,8 @@ fn closed_loop_against_a_running_router() {
     assert_eq!(report["target_rps"], Value::Null);
     assert!(count(&report, "answered") > 0);
     assert_eq!(count(&report, "errors_total"), 0, "{report}");
+    assert_spectrum(&report);
+    assert_timeline(&report, 1);
     for key in ["rss_mb", "cpu_s", "schedule", "bare"] {
         assert!(report.get(key).is_none(), "{key} in a remote report");
     }
@@ -237,6 +246,19 @@ fn silent_server_times_out() {
     );
     assert_eq!(count(&report, "latency_samples"), 0);
     assert!(report["latency_us"]["p99"].is_null(), "{report}");
+    // No answer, no spectrum; the timeline shows the timeouts, second by second.
+    assert_eq!(
+        report["latency_spectrum"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    let timeline = report["timeline"].as_array().expect("timeline");
+    assert!((1..=2).contains(&timeline.len()), "{report}");
+    let timeouts: u64 = timeline.iter().map(|s| count(s, "errors")).sum();
+    assert_eq!(timeouts, count(&report, "timeouts_total"));
+    assert!(timeline
+        .iter()
+        .all(|s| s["p99_us"].is_null() && s["rps"] == 0.0));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no successful answer"), "{stderr}");
 }
@@ -417,9 +439,16 @@ fn writes_markdown_and_svg_and_plots_reports() {
         "{md}"
     );
     assert!(md.contains("- latency over "), "{md}");
+    assert!(md.contains("## Latency spectrum (router, µs)"), "{md}");
+    assert!(md.contains("## Latency spectrum (bare, µs)"), "{md}");
+    assert!(md.contains("| p99.99 | "), "{md}");
+    assert!(md.contains("## Timeline (second of the window)\n"), "{md}");
+    assert!(md.contains("\n| 0 | "), "{md}");
     let svg = std::fs::read_to_string(dir.0.join("x.svg")).expect("x.svg written");
     assert!(svg.starts_with("<svg"), "{svg}");
+    // The spectrum panel: router and bare; the timeline panel under it.
     assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    assert!(svg.contains(">Second by second"), "{svg}");
 
     let plot = dir.0.join("p.svg");
     let output = Command::new(env!("CARGO_BIN_EXE_shardline"))

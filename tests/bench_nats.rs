@@ -5,7 +5,9 @@
 
 mod support;
 
-use support::bench::{assert_counts_add_up, bench, bench_exit, count};
+use support::bench::{
+    assert_counts_add_up, assert_spectrum, assert_timeline, bench, bench_exit, count,
+};
 use support::nats::NatsServer;
 use support::{serial, TempDir};
 
@@ -54,6 +56,8 @@ fn bare_only_keeps_the_rate() {
     for key in ["p50", "p99", "max"] {
         assert!(count(&report["latency_us"], key) > 0, "latency_us.{key}");
     }
+    assert_spectrum(&report);
+    assert_timeline(&report, 2);
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(summary.contains("bare: sent"), "{summary}");
     assert!(dir.0.join("report.md").is_file() && dir.0.join("report.svg").is_file());

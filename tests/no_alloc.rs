@@ -1,7 +1,8 @@
 //! Proves that `decide` does not touch the heap on the weighted and sticky-hit paths, nor
 //! the shard core's whole local path around it (the lifecycle's choice, the engine, the
 //! encoded answer into a reused buffer) on a shard that does not own the tenant (STYLE:
-//! allocate at shard start, not per request), with a counting global allocator.
+//! allocate at shard start, not per request), nor the load generator's recording of an
+//! outcome into its run and per-second histograms, with a counting global allocator.
 //! Only the counting thread's allocations count, on a counter of its own: the test
 //! harness's own thread may allocate at any moment (it did, on a loaded machine, while the
 //! test ran), and so may the other tests' threads.
@@ -15,6 +16,9 @@ use shardline::decide::sync::policy_key;
 use shardline::decide::{decide, Now, Peer, Placement, ShardState, StateConfig, SyncMsg};
 use shardline::policy::{Policy, Provider, RoutingTable, Sticky, WeightTable};
 use shardline::shard::{Counted, ShardConfig, ShardCore, Step};
+use shardline_tools::bench::record::Recorder;
+use shardline_tools::bench::timeline::Timeline;
+use shardline_tools::bench::wire::{Code, Outcome};
 
 struct Counting;
 
@@ -219,4 +223,30 @@ fn the_shard_core_decides_another_shards_tenant_without_allocating() {
         }
     }
     assert!(out.starts_with(b"{"), "an answer was written");
+}
+
+/// The bench records answers, failures by a code already seen, and outcomes past the
+/// timeline's end without touching the heap: every second's histogram exists before the
+/// run. The counter is real: the first sight of a code name allocates.
+#[test]
+fn the_bench_records_outcomes_without_allocating() {
+    const S: u64 = 1_000_000_000;
+    let start = 7 * S;
+    let mut rec = Recorder::with_timeline(Timeline::for_window(start, start + 5 * S, S));
+    let internal = Outcome::Error(Code::Named("internal"));
+    let (first, ()) = count(|| rec.resolve_at(internal, 0, start));
+    assert!(first > 0, "a new code name is stored");
+    let (n, ()) = count(|| {
+        for i in 0..10_000u64 {
+            let at = start + i * (S / 2_000);
+            rec.resolve_at(Outcome::Ok, 100 + i % 5_000, at);
+            rec.resolve_at(internal, 0, at);
+            rec.resolve_at(Outcome::Timeout, 0, at + 60 * S);
+        }
+    });
+    assert_eq!(n, 0, "allocations while recording");
+    let seconds = rec.timeline.seconds();
+    assert!(seconds[..5].iter().all(|s| s.latency.len() == 2_000));
+    assert_eq!(seconds[0].failed, 2_001);
+    assert_eq!(rec.timeline.late(), 10_000);
 }

@@ -63,6 +63,15 @@
 //!   only; open loop counts from the intended send time, closed loop from the send; every
 //!   value `null` when nothing was answered 200 (a 0 would read as "fast");
 //! - `latency_samples`: how many answers the percentiles are computed over;
+//! - `latency_spectrum`: `[{quantile, us}]`, the same answers at the 53 quantiles of
+//!   `spectrum::SPECTRUM_QUANTILES` (0 to 0.9999, evenly spaced in nines), then the max
+//!   at quantile 1; `[]` when nothing was answered 200;
+//! - `timeline`: `[{t_s, rps, errors, p50_us, p99_us, max_us}]`, one entry per second of
+//!   the window, then the seconds after it in which an outcome still arrived (requests in
+//!   flight when it closed); a request counts in the second its outcome arrived; `rps`:
+//!   that second's answers (200) per second of it inside the window; `errors`: its errors,
+//!   sheds and timeouts; latencies `null` in a second without answers (`timeline.rs`);
+//! - `timeline_late`: outcomes after the timeline's last second (it keeps an hour);
 //! - `sent`: measured requests sent; `answered`: of those, answered 200;
 //! - `errors_total`, `errors_by_code`: other answers by the body's `error.code`
 //!   (`http_<status>` when there is none), plus the client-side `connection_closed`
@@ -125,7 +134,8 @@
 //! refused until `--tenants` is given.
 //!
 //! Beside `FILE.json` go `FILE.md`, the summary in Markdown (`markdown.rs`), and
-//! `FILE.svg`, latency by percentile with bare as a second line when compared (`plot.rs`).
+//! `FILE.svg`, latency by percentile with bare as a second line when compared, and the
+//! timeline under it (`plot.rs`).
 
 mod args;
 mod nats_bare;
@@ -137,7 +147,7 @@ mod worker;
 // The parts that need no router live in `shardline-tools` (below this library, so Cargo
 // keeps them router-free); named here so `super::record` and friends read as before.
 pub use shardline_tools::bench::{markdown, plot};
-use shardline_tools::bench::{mix, poll, record, report, schedule, sys, wire};
+use shardline_tools::bench::{mix, poll, record, report, schedule, sys, timeline, wire};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

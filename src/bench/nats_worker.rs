@@ -41,6 +41,7 @@ use hdrhistogram::Histogram;
 use super::mix::{Mix, MixCursor};
 use super::record::{histogram, Recorder};
 use super::schedule::{wait_step, Schedule, WaitStep};
+use super::timeline::Timeline;
 use super::wire::{self, Code, Outcome, CONNECTION_CLOSED};
 use super::worker::{Progress, StartGate, PROGRESS_INTERVAL_NS};
 use super::BenchError;
@@ -260,7 +261,12 @@ impl Shared {
             timeout: Duration::from_nanos(plan.timeout_ns),
             open: plan.rate_rps.is_some(),
             st: RefCell::new(State {
-                rec: Recorder::new(),
+                // A measured request resolves within its timeout after the window.
+                rec: Recorder::with_timeline(Timeline::for_window(
+                    plan.warmup_ns,
+                    plan.end_ns,
+                    plan.timeout_ns,
+                )),
                 interval: histogram(),
                 sent_all: 0,
                 tickets: VecDeque::with_capacity(lanes),
@@ -356,13 +362,15 @@ impl Shared {
         measured
     }
 
-    fn resolve(&self, outcome: Outcome<'_>, latency_us: u64, measured: bool) {
+    /// Records an outcome that arrived at `now_ns`.
+    fn resolve(&self, outcome: Outcome<'_>, now_ns: u64, intended_ns: u64, measured: bool) {
+        let latency_us = now_ns.saturating_sub(intended_ns) / 1000;
         let mut st = self.st.borrow_mut();
         if outcome == Outcome::Ok {
             st.interval.saturating_record(latency_us);
         }
         if measured {
-            st.rec.resolve(outcome, latency_us);
+            st.rec.resolve_at(outcome, latency_us, now_ns);
         }
     }
 
@@ -419,8 +427,7 @@ async fn lane(shared: Rc<Shared>, client: Client) {
         let result = client
             .request(subject, headers, &body, shared.timeout)
             .await;
-        let latency_us = shared.now_ns().saturating_sub(intended) / 1000;
-        shared.resolve(outcome_of(&result), latency_us, measured);
+        shared.resolve(outcome_of(&result), shared.now_ns(), intended, measured);
         if shared.open {
             shared.lane_freed();
         } else if matches!(result, Err(RequestError::NotConnected)) {

@@ -33,6 +33,7 @@ use super::mix::{Mix, MixCursor};
 use super::poll::{Poller, Ready};
 use super::record::{histogram, Recorder};
 use super::schedule::{wait_step, Schedule, WaitStep};
+use super::timeline::Timeline;
 use super::wire::{self, Code, Outcome, Parsed, BAD_RESPONSE, CONNECTION_CLOSED};
 use super::BenchError;
 
@@ -283,7 +284,12 @@ impl<'a> Worker<'a> {
             poller,
             conns,
             slots: VecDeque::with_capacity(count * plan.pipeline),
-            rec: Recorder::new(),
+            // Every measured request resolves by the drain's deadline.
+            rec: Recorder::with_timeline(Timeline::for_window(
+                plan.warmup_ns,
+                plan.end_ns,
+                plan.timeout_ns + HOUSEKEEPING_INTERVAL_NS,
+            )),
             interval: histogram(),
             body: Vec::with_capacity(4096),
             ready: Vec::with_capacity(super::poll::EVENTS_PER_WAIT_MAX),
@@ -582,7 +588,7 @@ impl<'a> Worker<'a> {
                 self.interval.saturating_record(latency_us);
             }
             if req.measured {
-                self.rec.resolve(outcome, latency_us);
+                self.rec.resolve_at(outcome, latency_us, now);
                 self.measured_in_flight -= 1;
             }
             start += len;
@@ -613,7 +619,8 @@ impl<'a> Worker<'a> {
         }
         for (i, req) in conn.in_flight.drain(..).enumerate() {
             if req.measured {
-                self.rec.resolve(if i == 0 { front } else { rest }, 0);
+                self.rec
+                    .resolve_at(if i == 0 { front } else { rest }, 0, now);
                 self.measured_in_flight -= 1;
             }
         }

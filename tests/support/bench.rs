@@ -54,3 +54,58 @@ pub fn assert_counts_add_up(report: &Value) {
         .sum();
     assert_eq!(by_code, count(report, "errors_total"));
 }
+
+/// The spectrum runs from p0 through p99.99 to the max `latency_us` reports, monotone.
+pub fn assert_spectrum(report: &Value) {
+    let points = report["latency_spectrum"]
+        .as_array()
+        .expect("latency_spectrum");
+    assert!(points.len() >= 51, "{} points", points.len());
+    let at = |i: usize| {
+        (
+            points[i]["quantile"].as_f64().unwrap(),
+            count(&points[i], "us"),
+        )
+    };
+    assert_eq!(at(0).0, 0.0);
+    assert_eq!(
+        at(points.len() - 1),
+        (1.0, count(&report["latency_us"], "max"))
+    );
+    assert!(points.iter().any(|p| p["quantile"] == 0.9999), "no p99.99");
+    assert!((1..points.len()).all(|i| at(i - 1).0 < at(i).0 && at(i - 1).1 <= at(i).1));
+}
+
+/// One entry per second of a `seconds` s window (and at most one more for answers still
+/// in flight when it closed), which together hold every answer and failure of the run.
+pub fn assert_timeline(report: &Value, seconds: u64) {
+    let timeline = report["timeline"].as_array().expect("timeline");
+    let len = timeline.len() as u64;
+    assert!(
+        (seconds..=seconds + 1).contains(&len),
+        "{len} seconds: {report}"
+    );
+    let mut answers = 0.0;
+    let mut errors = 0;
+    for (i, s) in timeline.iter().enumerate() {
+        assert_eq!(count(s, "t_s"), i as u64);
+        answers += s["rps"].as_f64().unwrap();
+        errors += count(s, "errors");
+        if let (Some(p50), Some(p99), Some(max)) = (
+            s["p50_us"].as_u64(),
+            s["p99_us"].as_u64(),
+            s["max_us"].as_u64(),
+        ) {
+            assert!(p50 <= p99 && p99 <= max, "{s}");
+        }
+    }
+    // Whole seconds: each second's rate is its count of answers.
+    assert_eq!(answers as u64, count(report, "answered"), "{report}");
+    let failed = ["errors_total", "sheds_total", "timeouts_total"].map(|k| count(report, k));
+    assert_eq!(errors, failed.iter().sum::<u64>());
+    assert_eq!(count(report, "timeline_late"), 0);
+    assert!(
+        timeline[0]["p99_us"].as_u64().is_some(),
+        "answers in the first second"
+    );
+}

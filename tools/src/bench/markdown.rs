@@ -1,6 +1,9 @@
 //! The report as Markdown, for a pull request or a perf note: what was driven and how, the
 //! percentile table (with bare, added and ratio columns when compared), the counts, errors
-//! by code, process figures, the server's CPU per request and the machine.
+//! by code, process figures, the server's CPU per request and the machine; then the
+//! latency spectrum (how the tail bends past p99) and the timeline (in which second a
+//! stall happened), each side's spectrum packed `SPECTRUM_PAIRS_PER_ROW` to a row so that
+//! 54 points stay one screen, and the timeline one row per second.
 //!
 //! It reads the JSON report (`serde_json::Value`) rather than the `Report` struct so that
 //! a report written by an earlier build, or read back from disk, renders the same way;
@@ -18,6 +21,9 @@ const ROWS: [(&str, &str); 5] = [
     ("p99.9", "p999"),
     ("max", "max"),
 ];
+
+/// `(quantile, µs)` pairs per row of the spectrum table.
+const SPECTRUM_PAIRS_PER_ROW: usize = 4;
 
 /// `value` as text; `-` for null or missing.
 fn show(value: &Value) -> String {
@@ -87,7 +93,74 @@ pub fn summary(report: &Value) -> String {
     }
     server_cpu(&mut out, report);
     env(&mut out, &report["env"]);
+    spectrum(&mut out, "router", report);
+    if report.get("bare").is_some_and(Value::is_object) {
+        spectrum(&mut out, "bare", &report["bare"]);
+    }
+    timeline(&mut out, report);
     out
+}
+
+/// A quantile as a percentile label: `p99.95`, `max` for 1.
+fn percentile_label(quantile: &Value) -> String {
+    match quantile.as_f64() {
+        Some(q) if q >= 1.0 => "max".to_owned(),
+        // Rounded so that 0.955 reads 95.5, not 95.49999999999999.
+        Some(q) => format!("p{}", (q * 1e6).round() / 1e4),
+        None => "-".to_owned(),
+    }
+}
+
+/// The side's `latency_spectrum`, `SPECTRUM_PAIRS_PER_ROW` points to a row; nothing when
+/// it has none (an earlier report, or no answer).
+fn spectrum(out: &mut String, name: &str, side: &Value) {
+    let Some(points) = side["latency_spectrum"]
+        .as_array()
+        .filter(|p| !p.is_empty())
+    else {
+        return;
+    };
+    let _ = writeln!(out, "\n## Latency spectrum ({name}, µs)\n");
+    out.push('|');
+    out.push_str(&" percentile | µs |".repeat(SPECTRUM_PAIRS_PER_ROW));
+    out.push_str("\n|");
+    out.push_str(&"---|---:|".repeat(SPECTRUM_PAIRS_PER_ROW));
+    out.push('\n');
+    for row in points.chunks(SPECTRUM_PAIRS_PER_ROW) {
+        out.push('|');
+        for p in row {
+            let _ = write!(
+                out,
+                " {} | {} |",
+                percentile_label(&p["quantile"]),
+                show(&p["us"])
+            );
+        }
+        out.push_str(&"  |  |".repeat(SPECTRUM_PAIRS_PER_ROW - row.len()));
+        out.push('\n');
+    }
+}
+
+/// The router's `timeline`, one row per second; nothing when it has none.
+fn timeline(out: &mut String, report: &Value) {
+    let Some(seconds) = report["timeline"].as_array().filter(|t| !t.is_empty()) else {
+        return;
+    };
+    let _ = writeln!(out, "\n## Timeline (second of the window)\n");
+    out.push_str("| s | answers/s | errors | p50 µs | p99 µs | max µs |\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|\n");
+    for s in seconds {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            show(&s["t_s"]),
+            show(&s["rps"]),
+            show(&s["errors"]),
+            show(&s["p50_us"]),
+            show(&s["p99_us"]),
+            show(&s["max_us"])
+        );
+    }
 }
 
 fn latency_table(out: &mut String, report: &Value) {
@@ -242,6 +315,36 @@ mod tests {
             md.contains("- bare server CPU: - µs per request, - cores busy\n"),
             "{md}"
         );
+    }
+
+    /// The spectrum packs four points to a row with percentile labels, max last; the
+    /// timeline is one row per second, `-` where a second had no answer.
+    #[test]
+    fn spectrum_and_timeline() {
+        let mut v = report();
+        let quantiles = [0.0, 0.5, 0.955, 0.9995, 0.9999, 1.0];
+        let points: Vec<Value> = (quantiles.iter().enumerate())
+            .map(|(i, q)| json!({"quantile": q, "us": 100 + i}))
+            .collect();
+        v["latency_spectrum"] = Value::Array(points);
+        v["timeline"] = json!([
+            {"t_s": 0, "rps": 500.0, "errors": 0, "p50_us": 90, "p99_us": 300, "max_us": 900},
+            {"t_s": 1, "rps": 0.0, "errors": 2, "p50_us": null, "p99_us": null,
+             "max_us": null}
+        ]);
+        let md = summary(&v);
+        assert!(md.contains("## Latency spectrum (router, µs)"), "{md}");
+        assert!(
+            md.contains("| p0 | 100 | p50 | 101 | p95.5 | 102 | p99.95 | 103 |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| p99.99 | 104 | max | 105 |  |  |  |  |\n"),
+            "{md}"
+        );
+        assert!(md.contains("| 0 | 500.0 | 0 | 90 | 300 | 900 |\n"), "{md}");
+        assert!(md.contains("| 1 | 0.0 | 2 | - | - | - |\n"), "{md}");
+        assert!(!summary(&report()).contains("## Timeline"));
     }
 
     /// An empty document renders with placeholders instead of panicking.

@@ -10,11 +10,15 @@
 //! timed: errors, sheds and timeouts are counted, not averaged in, so a router that fails
 //! fast cannot look faster for it. Open-loop runs also record the send lag (actual send
 //! minus intended time), which is how precise the pacing was.
+//!
+//! Outcomes resolved with `resolve_at` also go into the `Timeline`, by the second they
+//! arrived in (`timeline.rs`).
 
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
+use super::timeline::Timeline;
 use super::wire::{Code, Outcome};
 
 /// The histogram's ceiling, in µs.
@@ -112,6 +116,8 @@ pub struct Recorder {
     pub unsent: u64,
     /// Connection attempts that failed (not requests).
     pub connect_errors: u64,
+    /// The outcomes second by second; empty unless made `with_timeline`.
+    pub timeline: Timeline,
 }
 
 impl Default for Recorder {
@@ -133,6 +139,15 @@ impl Recorder {
             behind_no_connection: 0,
             unsent: 0,
             connect_errors: 0,
+            timeline: Timeline::default(),
+        }
+    }
+
+    /// A recorder that also keeps `timeline` (allocated now, for the whole run).
+    pub fn with_timeline(timeline: Timeline) -> Recorder {
+        Recorder {
+            timeline,
+            ..Recorder::new()
         }
     }
 
@@ -147,6 +162,14 @@ impl Recorder {
             Outcome::Error(code) => self.errors.add(code, 1),
             Outcome::Timeout => self.timeouts += 1,
         }
+    }
+
+    /// `resolve`, and the outcome goes into the timeline at `at_ns` (since the run's
+    /// start), the time it arrived.
+    pub fn resolve_at(&mut self, outcome: Outcome<'_>, latency_us: u64, at_ns: u64) {
+        self.resolve(outcome, latency_us);
+        let latency = (outcome == Outcome::Ok).then_some(latency_us);
+        self.timeline.record(at_ns, latency);
     }
 
     pub fn counts(&self) -> Counts {
@@ -172,6 +195,7 @@ impl Recorder {
         self.behind_no_connection += other.behind_no_connection;
         self.unsent += other.unsent;
         self.connect_errors += other.connect_errors;
+        self.timeline.merge(&other.timeline);
     }
 }
 

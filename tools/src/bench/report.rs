@@ -14,6 +14,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::record::Recorder;
+use super::spectrum::{spectrum, SpectrumPoint};
+use super::timeline::{self, TimelinePoint};
 
 /// `--max-error-ratio` when not given: 1 % of the requests may fail (errors, sheds and
 /// timeouts together) before a run stops counting as a measurement.
@@ -156,6 +158,13 @@ pub struct Side {
     pub latency_us: Option<Latency>,
     /// How many answers the percentiles are computed over (the answered-200 requests).
     pub latency_samples: u64,
+    /// The answered-200 latencies at `SPECTRUM_QUANTILES`, then the max; empty when
+    /// nothing was answered.
+    pub latency_spectrum: Vec<SpectrumPoint>,
+    /// The window second by second (`timeline.rs`); empty when not recorded.
+    pub timeline: Vec<TimelinePoint>,
+    /// Outcomes that arrived after the timeline's last second (runs over an hour).
+    pub timeline_late: u64,
     pub sent: u64,
     pub answered: u64,
     pub errors_total: u64,
@@ -244,6 +253,9 @@ impl Side {
             shards: info.shards,
             latency_us: Latency::of_answers(&rec.latency),
             latency_samples: rec.latency.len(),
+            latency_spectrum: spectrum(&rec.latency),
+            timeline: timeline::points(&rec.timeline, info.duration_s),
+            timeline_late: rec.timeline.late(),
             sent: counts.sent,
             answered: counts.answered,
             errors_total: counts.errors,
@@ -481,7 +493,7 @@ impl Report {
         let (md, svg) = (json.with_extension("md"), json.with_extension("svg"));
         std::fs::write(json, self.to_json() + "\n")?;
         std::fs::write(&md, super::markdown::summary(&value))?;
-        std::fs::write(&svg, super::plot::svg(&super::plot::report_series(&value)))?;
+        std::fs::write(&svg, super::plot::report_svg(&value))?;
         Ok([json.to_path_buf(), md, svg])
     }
 
@@ -518,6 +530,7 @@ impl Report {
         }
         self.latency_table(&mut out);
         side_counts(&mut out, self.label(), r);
+        timeline_extremes(&mut out, r);
         if let Some(b) = &self.bare {
             side_counts(&mut out, "bare", b);
         }
@@ -596,6 +609,31 @@ impl Report {
         }
         out.push('\n');
     }
+}
+
+/// The timeline's slowest second (by p99) and emptiest one (by answers), where a stall
+/// would show; nothing without a timeline.
+fn timeline_extremes(out: &mut String, s: &Side) {
+    let slowest = s
+        .timeline
+        .iter()
+        .filter(|t| t.p99_us.is_some())
+        .max_by_key(|t| t.p99_us);
+    let emptiest = s.timeline.iter().min_by(|a, b| a.rps.total_cmp(&b.rps));
+    let (Some(slowest), Some(emptiest)) = (slowest, emptiest) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "  timeline: {} s; slowest second {} s (p99 {} µs, max {} µs); fewest answers \
+         second {} s ({} /s)",
+        s.timeline.len(),
+        slowest.t_s,
+        slowest.p99_us.unwrap_or_default(),
+        slowest.max_us.unwrap_or_default(),
+        emptiest.t_s,
+        emptiest.rps
+    );
 }
 
 fn side_counts(out: &mut String, name: &str, s: &Side) {
@@ -864,6 +902,52 @@ mod tests {
             why[0].contains("500 of 1501 request(s) due in the window were never sent"),
             "{why:?}"
         );
+    }
+
+    /// The summary names the second with the worst p99 and the one with the fewest
+    /// answers; a report without a timeline has no such line.
+    #[test]
+    fn summary_points_at_the_stall() {
+        use crate::bench::timeline::Timeline;
+        const S: u64 = 1_000_000_000;
+        let mut rec = Recorder::with_timeline(Timeline::for_window(0, 3 * S, 0));
+        // Second 1 stalls: half the answers, all at its end, 0.9 s late.
+        for i in (0..300).filter(|i| i / 100 != 1 || i % 2 == 0) {
+            let second = i / 100;
+            let (at, us) = match second {
+                1 => (S + 900_000_000, 900_000),
+                _ => (second * S + i, 100),
+            };
+            rec.sent += 1;
+            rec.resolve_at(Outcome::Ok, us, at);
+        }
+        rec.sent += 1;
+        rec.resolve_at(Outcome::Timeout, 0, 2 * S);
+        let window = PhaseInfo {
+            duration_s: 3.0,
+            ..info()
+        };
+        let report = Report::new(Side::new(&window, &rec), true, None, Env::detect("x"), None);
+        let summary = report.summary();
+        assert!(
+            summary.contains("timeline: 3 s; slowest second 1 s (p99 901119 µs"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("fewest answers second 1 s (50 /s)"),
+            "{summary}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(v["timeline"][2]["errors"], 1, "{v}");
+        assert_eq!(v["timeline"][1]["rps"], 50.0, "{v}");
+        let plain = Report::new(
+            Side::new(&info(), &recorder(5)),
+            true,
+            None,
+            Env::detect("x"),
+            None,
+        );
+        assert!(!plain.summary().contains("timeline:"));
     }
 
     /// Added latency may be negative; a zero baseline has no ratio.
