@@ -24,9 +24,9 @@
 //! # Why wake through the task `Waker`
 //! glommio 0.9 supports waking a task from a foreign thread: it queues the waker for the
 //! task's executor and writes that executor's `eventfd` only if it is asleep (glommio's own
-//! `should_notify` flag, with a `membarrier` on its side). So a wake of a shard that is
-//! busy with other tasks costs no syscall, and the eventfd glommio already owns is the one
-//! slept on. Why not our own `eventfd` per shard: glommio 0.9 has no eventfd type (we would
+//! `should_notify` flag, ordered by a fence on each side: vendor/PATCHES.md). So a wake of
+//! a shard that is busy with other tasks costs no syscall, and the eventfd glommio already
+//! owns is the one slept on. Why not our own `eventfd` per shard: glommio 0.9 has no eventfd type (we would
 //! wrap it in a file or socket type, e.g. `BufferedFile::from_raw_fd`, meant for something
 //! else), and every wake would then cost our `write` plus an io_uring read to re-arm it, on
 //! top of glommio's own wake of a sleeping executor.
