@@ -14,8 +14,14 @@
 #
 #   perf/compare.sh                      # 10,000 req/s for 10 s each
 #   RATE=5000 DURATION=3s perf/compare.sh
+#   CONCURRENCY=16 perf/compare.sh       # closed loop: 16 in flight, as fast as it answers
+#   ROUTER_BIN=/tmp/old/shardline BARE_BIN=/tmp/old/bare_http perf/compare.sh
+#                                        # other server builds, same generator
+#   ROUTER_ENV="SHARDLINE_SERVER_POLL=park" perf/compare.sh
 #
-# Env: RATE (10000), DURATION (10s), WARMUP (1s), CONNECTIONS (16),
+# Env: RATE (10000), CONCURRENCY (unset: open loop at RATE), DURATION (10s), WARMUP (1s),
+# CONNECTIONS (16), ROUTER_BIN and BARE_BIN (the release builds), ROUTER_ENV (extra
+# environment of the router, e.g. its config overrides),
 # OUT_DIR (_artifacts/compare-DATE),
 # NGINX_PORT (18480), BARE_PORT (18490), ROUTER_PORT (18400). Needs a release build
 # (built here if missing: `cargo build --release --bin shardline --example bare_http`),
@@ -47,6 +53,17 @@ if [ ! -x target/release/shardline ] || [ ! -x target/release/examples/bare_http
   cargo build --release --bin shardline --example bare_http
 fi
 SHARDLINE=target/release/shardline
+ROUTER_BIN=${ROUTER_BIN:-$SHARDLINE}
+BARE_BIN=${BARE_BIN:-target/release/examples/bare_http}
+ROUTER_ENV=${ROUTER_ENV:-}
+CONCURRENCY=${CONCURRENCY:-}
+if [ -n "$CONCURRENCY" ]; then
+  LOAD=(--concurrency "$CONCURRENCY")
+  LOAD_TEXT="closed loop, $CONCURRENCY in flight"
+else
+  LOAD=(--rate "$RATE" --connections "$CONNECTIONS" --spin-us 0)
+  LOAD_TEXT="rate $RATE req/s open loop, $CONNECTIONS connections"
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shardline-compare.XXXXXX")
 OUT_DIR=${OUT_DIR:-_artifacts/compare-$(date -u +%Y%m%d-%H%M%S)}
@@ -105,8 +122,8 @@ bench() {
   shift 2
   echo "== $name: $url, pid $SERVER_PID" >&2
   local rc=0
-  "$SHARDLINE" bench --target "$url" --rate "$RATE" --connections "$CONNECTIONS" \
-    --spin-us 0 --duration "$DURATION" --warmup "$WARMUP" --tenants "$TENANTS" \
+  "$SHARDLINE" bench --target "$url" "${LOAD[@]}" \
+    --duration "$DURATION" --warmup "$WARMUP" --tenants "$TENANTS" \
     --server-pid "$SERVER_PID" "$@" --out "$OUT_DIR/$name.json" >"$OUT_DIR/$name.txt" || rc=$?
   EXIT_OF[$name]=$rc
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then
@@ -122,8 +139,9 @@ done
 
 # 1. The router. Its answer to a typical request becomes nginx's body, so that both
 # write the same number of bytes.
-SHARDLINE_SERVER_LISTEN=127.0.0.1:$ROUTER_PORT \
-  "$SHARDLINE" serve --config perf/bench/shardline.toml >"$WORK/router.log" 2>&1 &
+# shellcheck disable=SC2086 # ROUTER_ENV is a list of NAME=VALUE words
+env $ROUTER_ENV SHARDLINE_SERVER_LISTEN=127.0.0.1:$ROUTER_PORT \
+  "$ROUTER_BIN" serve --config perf/bench/shardline.toml >"$WORK/router.log" 2>&1 &
 SERVER_PID=$!
 wait_answering router "http://127.0.0.1:$ROUTER_PORT/healthz"
 DECISION=$(curl -fsS --max-time 2 "http://127.0.0.1:$ROUTER_PORT/v1/decide" \
@@ -170,7 +188,7 @@ bench nginx "http://127.0.0.1:$NGINX_PORT" --server-pid-tree
 stop_server
 
 # 3. The bare stack, 2 shards.
-target/release/examples/bare_http --listen "127.0.0.1:$BARE_PORT" --shards 2 \
+"$BARE_BIN" --listen "127.0.0.1:$BARE_PORT" --shards 2 \
   >"$WORK/bare.log" 2>&1 &
 SERVER_PID=$!
 wait_answering bare "http://127.0.0.1:$BARE_PORT/v1/decide" -d '{}'
@@ -180,7 +198,7 @@ stop_server
 # The table: CPU per request, throughput, p50, p99, and CPU per request ÷ nginx's.
 NGINX_CPU=$(jq -r '.server_cpu_us_per_request // empty' "$OUT_DIR/nginx.json")
 echo
-echo "rate $RATE req/s open loop, $CONNECTIONS connections, $DURATION (+$WARMUP warmup), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
+echo "$LOAD_TEXT, $DURATION (+$WARMUP warmup), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
 echo
 echo "| server | CPU per request (µs) | cores busy | throughput (req/s) | p50 (µs) | p99 (µs) | CPU/request ÷ nginx |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
