@@ -191,6 +191,7 @@ fn main() -> ExitCode {
             let config = shardline_tools::tune::RouterConfig {
                 default_path: Path::new(CONFIG_PATH_DEFAULT),
                 cores: &config_cores,
+                poll: &config_poll,
             };
             shardline_tools::tune::run(&command, &config).map_err(Into::into)
         }
@@ -209,13 +210,23 @@ fn main() -> ExitCode {
 /// A config file's `server.cores`, for `tune check` (the tools cannot read the router's
 /// config themselves); the first line of the load error when it does not load.
 fn config_cores(path: &Path) -> std::result::Result<shards::CoreSelection, String> {
-    let config = Config::load(path).map_err(|e| {
+    // As `serve` resolves it: one meaning of `server.cores`.
+    Ok(ServerSettings::from_config(&tune_config(path)?).cores)
+}
+
+/// A config file's `server.poll`, for `tune check`, as `serve` would run its shards.
+fn config_poll(path: &Path) -> std::result::Result<shards::PollMode, String> {
+    Ok(ServerSettings::from_config(&tune_config(path)?).poll)
+}
+
+/// The config as `serve` loads it (environment overrides applied), or the first line of
+/// the load error: a table cell, not a report.
+fn tune_config(path: &Path) -> std::result::Result<Config, String> {
+    Config::load(path).map_err(|e| {
         let first = e.to_string();
         let first = first.lines().next().unwrap_or("").to_owned();
         format!("{}: {first}", path.display())
-    })?;
-    // As `serve` resolves it: one meaning of `server.cores`.
-    Ok(ServerSettings::from_config(&config).cores)
+    })
 }
 
 /// Where a `--config` or `policy check` argument keeps its policies and extensions: a

@@ -10,10 +10,16 @@ use shardline_tools::tune::Expect;
 const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/profiles");
 
 fn shardline(args: &[&str]) -> Output {
+    shardline_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
+}
+
+/// `shardline` run from `dir`, where `tune check` looks for its default config.
+fn shardline_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shardline"))
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(dir)
         .env_remove("SHARDLINE_SERVER_CORES")
+        .env_remove("SHARDLINE_SERVER_POLL")
         .output()
         .expect("run shardline")
 }
@@ -29,7 +35,7 @@ fn write(root: &Path, path: &str, text: &str) {
 }
 
 /// A 4-core machine tuned as the low-latency profile asks: shards on 1-3, everything else
-/// on 0; plus a router config whose `server.cores` is `cores`.
+/// on 0; plus a router config whose `server.cores` is `cores`, polling as the profile asks.
 fn tuned_machine(name: &str, cores: &str) -> (PathBuf, PathBuf) {
     let root = std::env::temp_dir().join(format!("shardline-tune-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
@@ -76,7 +82,8 @@ fn tuned_machine(name: &str, cores: &str) -> (PathBuf, PathBuf) {
         "Name:\tnats-server\nCpus_allowed_list:\t0",
     );
     let config = root.join("shardline.toml");
-    fs::write(&config, format!("[server]\ncores = \"{cores}\"\n")).unwrap();
+    let server = format!("[server]\ncores = \"{cores}\"\npoll = \"busy\"\n");
+    fs::write(&config, server).unwrap();
     (root, config)
 }
 
@@ -105,6 +112,10 @@ fn a_tuned_machine_is_all_ok() {
     assert!(table.ends_with(" 0 DIFF, 0 N/A\n"), "{table}");
     assert!(row(&table, "boot nohz_full").contains("OK"));
     assert!(row(&table, "nats-server cores").contains("pid 4242 on 0"));
+    assert!(
+        row(&table, "router server.poll").contains(" busy "),
+        "{table}"
+    );
 }
 
 /// Each kind of difference is a DIFF row naming the fix; `--strict` turns them into exit 1
@@ -132,6 +143,7 @@ fn differences_name_the_fix_and_strict_fails() {
     write(&root, "proc/cmdline", "ro quiet nohz_full=1-2");
     write(&root, "proc/irq/25/smp_affinity_list", "0-3");
     write(&root, "proc/4242/status", "Cpus_allowed_list:\t0-3");
+    fs::write(&config, "[server]\ncores = \"all\"\npoll = \"adaptive\"\n").unwrap();
     let out = check(&root, &config, &["--strict"]);
     let table = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{table}");
@@ -155,6 +167,7 @@ fn differences_name_the_fix_and_strict_fails() {
         ("irq affinity", "echo 0 > \"$f\""),
         ("nats-server cores", "taskset -apc 0 4242"),
         ("router server.cores", "SHARDLINE_SERVER_CORES=1-3"),
+        ("router server.poll", "SHARDLINE_SERVER_POLL=busy"),
     ];
     for (setting, fix) in expect_diff {
         let line = row(&table, setting);
@@ -166,6 +179,9 @@ fn differences_name_the_fix_and_strict_fails() {
     assert!(row(&table, "cpu governor").contains("powersave on 0, performance on 1-3"));
     assert!(row(&table, "irq affinity").contains("1 elsewhere: 25"));
     assert!(row(&table, "router server.cores").contains("0-3"));
+    let poll = row(&table, "router server.poll");
+    let fix = format!("set server.poll = \"busy\" in {}", config.display());
+    assert!(poll.contains(" adaptive ") && poll.contains(&fix), "{poll}");
     let lenient = check(&root, &config, &[]);
     assert_eq!(lenient.status.code(), Some(0));
 }
@@ -195,6 +211,42 @@ fn absent_knobs_are_not_applicable_and_a_broken_config_differs() {
         row(&table, "router server.cores").contains("server.cores"),
         "{table}"
     );
+    assert!(
+        row(&table, "router server.poll").contains(" DIFF "),
+        "{table}"
+    );
+}
+
+/// Without `--config` the router rows read `config/shardline.toml` when it is there (the
+/// repository's, which polls adaptively: a DIFF against low-latency naming that file), and
+/// are N/A where there is none, as nothing to compare is not a difference.
+#[test]
+fn router_rows_use_the_default_config_or_are_not_applicable() {
+    let (root, _) = tuned_machine("default-config", "1-3");
+    let args = ["tune", "check", "--profile", "low-latency"];
+    let args = [&args[..], &["--root", root.to_str().unwrap()]].concat();
+
+    let table = stdout(&shardline(&args));
+    let poll = row(&table, "router server.poll");
+    let fix = "set server.poll = \"busy\" in config/shardline.toml";
+    assert!(poll.contains(" adaptive ") && poll.contains(fix), "{table}");
+
+    let out = shardline_in(&root, &[&args[..], &["--strict"]].concat());
+    let table = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{table}");
+    for setting in ["router server.cores", "router server.poll"] {
+        let line = row(&table, setting);
+        assert!(line.contains("no config (give --config)"), "{line}");
+        assert!(line.contains(" N/A "), "{line}");
+    }
+}
+
+/// The profiles' poll modes are the values the router's config takes.
+#[test]
+fn profile_poll_modes_are_server_poll_values() {
+    for mode in shardline_tools::tune::POLL_MODES {
+        assert!(mode.parse::<shardline::config::Poll>().is_ok(), "{mode}");
+    }
 }
 
 /// The plan for a machine of `cores` whose sysctls all differ from the profile's.
@@ -247,6 +299,9 @@ fn plan_for_two_and_eight_cores() {
     );
     assert!(eight.contains("nohz_full=2-7 rcu_nocbs=2-7\"\n"), "{eight}");
     assert!(eight.contains("AllowedCPUs=0\n"), "{eight}");
+    let poll = "# Router: server.poll = \"busy\" in the config, or:\n\
+                export SHARDLINE_SERVER_POLL=busy  # shard cores are isolated";
+    assert!(eight.contains(poll), "{eight}");
 }
 
 /// The plan carries a drop-in for the packaged systemd unit: the shard cores as
@@ -261,12 +316,17 @@ fn plan_prints_the_systemd_drop_in() {
                    Slice=shardline.slice\n\
                    CPUAffinity=2-7\n\
                    Environment=SHARDLINE_SERVER_CORES=2-7\n\
+                   Environment=SHARDLINE_SERVER_POLL=busy\n\
                    EOF\n\
                    systemctl daemon-reload && systemctl restart shardline\n";
     assert!(eight.contains(drop_in), "{eight}");
     let dev = shardline(&["tune", "plan", "--profile", "dev", "--cores", "1"]);
     let dev = stdout(&dev);
     assert!(dev.contains("[Service]\nCPUAffinity=0\n"), "{dev}");
+    assert!(
+        dev.contains("Environment=SHARDLINE_SERVER_POLL=adaptive\nEOF\n"),
+        "{dev}"
+    );
     assert!(!dev.contains("Slice="), "{dev}");
 }
 

@@ -2,18 +2,19 @@
 //! that fixes a difference.
 //!
 //! Pure over its inputs: the profile, the core plan, a `Machine` (which reads under an
-//! injectable root) and the router's resolved shard cores. A setting the machine does not
-//! have at all (a sysctl of a newer kernel, cpufreq on a VM) is `N/A`, not `DIFF`: `--strict`
-//! must be passable on hardware where the knob does not exist.
+//! injectable root) and what the router's config says (`RouterValues`). A setting the
+//! machine does not have at all (a sysctl of a newer kernel, cpufreq on a VM) is `N/A`, not
+//! `DIFF`: `--strict` must be passable on hardware where the knob does not exist.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use shards::topology::{format_cpu_list, parse_cpu_list};
-use shards::CoreId;
+use shards::{CoreId, PollMode};
 
 use super::cores::CorePlan;
 use super::machine::{boot_param, Machine};
-use super::profile::{Expect, Profile, Setting};
+use super::profile::{poll_name, Expect, Profile, Setting};
 
 /// How a setting compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +81,25 @@ impl fmt::Display for Report {
     }
 }
 
-/// Checks every setting of `profile` on `machine`. `router_cores` is the router config's
-/// `server.cores` resolved on the plan's machine, or why it could not be; `None` when
-/// there is no config to check.
+/// The router config's settings `check` compares, each read by the router's own parser
+/// or the one-line reason it could not be.
+#[derive(Debug, Clone)]
+pub struct RouterValues {
+    /// The config file, named in the fix hints.
+    pub path: PathBuf,
+    /// `server.cores` resolved on the plan's machine, as the router would resolve it there.
+    pub cores: Result<Vec<CoreId>, String>,
+    /// `server.poll`, environment overrides applied.
+    pub poll: Result<PollMode, String>,
+}
+
+/// Checks every setting of `profile` on `machine`. `router` is what the router's config
+/// says; `None` when there is no config to check.
 pub fn check(
     profile: &Profile,
     plan: &CorePlan,
     machine: &Machine,
-    router_cores: Option<Result<Vec<CoreId>, String>>,
+    router: Option<&RouterValues>,
 ) -> Report {
     let mut rows = Vec::new();
     for (key, setting) in &profile.sysctl {
@@ -100,7 +112,10 @@ pub fn check(
     }
     rows.push(irq_row(plan, machine));
     rows.push(nats_row(plan, machine));
-    rows.push(router_row(plan, router_cores));
+    rows.push(router_row(plan, router.map(|r| &r.cores)));
+    if let Some(poll) = &profile.router.poll {
+        rows.push(poll_row(poll, router));
+    }
     Report { rows }
 }
 
@@ -298,7 +313,7 @@ pub fn cores_value(cores: &[CoreId]) -> String {
     }
 }
 
-fn router_row(plan: &CorePlan, router_cores: Option<Result<Vec<CoreId>, String>>) -> Row {
+fn router_row(plan: &CorePlan, router_cores: Option<&Result<Vec<CoreId>, String>>) -> Row {
     let expected = format!("within {}", format_cpu_list(&plan.shards));
     let shards = cores_value(&plan.shards);
     let fix = format!("server.cores = \"{shards}\" (or SHARDLINE_SERVER_CORES={shards})");
@@ -306,15 +321,32 @@ fn router_row(plan: &CorePlan, router_cores: Option<Result<Vec<CoreId>, String>>
         None => (None, false),
         Some(Ok(cores)) => {
             let within = cores.iter().all(|c| plan.shards.contains(c));
-            (Some(format_cpu_list(&cores)), within)
+            (Some(format_cpu_list(cores)), within)
         }
-        Some(Err(reason)) => (Some(reason), false),
+        Some(Err(reason)) => (Some(reason.clone()), false),
     };
-    let mut router = row("router server.cores".into(), expected, actual, ok, fix);
+    no_config(row("router server.cores".into(), expected, actual, ok, fix))
+}
+
+/// Names the missing config instead of calling it `absent`, which reads as a knob the
+/// machine lacks.
+fn no_config(mut router: Row) -> Row {
     if router.status == Status::NotApplicable {
         router.actual = "no config (give --config)".into();
     }
     router
+}
+
+fn poll_row(poll: &Setting, router: Option<&RouterValues>) -> Row {
+    let want = poll.expect().to_string();
+    let (actual, ok) = match router.map(|r| &r.poll) {
+        None => (None, false),
+        Some(Ok(mode)) => (Some(poll_name(mode).to_owned()), poll_name(mode) == want),
+        Some(Err(reason)) => (Some(reason.clone()), false),
+    };
+    let config = router.map_or_else(String::new, |r| r.path.display().to_string());
+    let fix = format!("set server.poll = \"{want}\" in {config} (or SHARDLINE_SERVER_POLL={want})");
+    no_config(row("router server.poll".into(), want, actual, ok, fix))
 }
 
 #[cfg(test)]
@@ -337,5 +369,74 @@ mod tests {
             Some("powersave on 0, performance on 1-2")
         );
         assert_eq!(by_core(&cores, |_| None), None);
+    }
+
+    /// The `router server.poll` row of low-latency's check on 4 cores against a config
+    /// that says `poll`, or against no config at all.
+    fn poll_row_for(poll: Option<Result<PollMode, String>>) -> Row {
+        let profile = super::super::profile::load("low-latency", None).unwrap();
+        let cores: Vec<CoreId> = (0..4).map(CoreId).collect();
+        let plan = profile.cores.plan(&cores).unwrap();
+        let machine = Machine::new(std::path::Path::new("/nonexistent-shardline-root"));
+        let router = poll.map(|poll| RouterValues {
+            path: PathBuf::from("node/shardline.toml"),
+            cores: Ok(plan.shards.clone()),
+            poll,
+        });
+        let report = check(&profile, &plan, &machine, router.as_ref());
+        let found = report
+            .rows
+            .iter()
+            .find(|r| r.setting == "router server.poll");
+        found.expect("a router server.poll row").clone()
+    }
+
+    #[test]
+    fn poll_row_compares_the_configs_mode_with_the_profiles() {
+        let ok = poll_row_for(Some(Ok(PollMode::Busy)));
+        assert_eq!((ok.status, ok.actual.as_str()), (Status::Ok, "busy"));
+        assert_eq!(ok.fix, "-");
+
+        let spin = std::time::Duration::from_micros(50);
+        let diff = poll_row_for(Some(Ok(PollMode::Adaptive(spin))));
+        assert_eq!(diff.status, Status::Diff);
+        assert_eq!(
+            (diff.expected.as_str(), diff.actual.as_str()),
+            ("busy", "adaptive")
+        );
+        let fix =
+            "set server.poll = \"busy\" in node/shardline.toml (or SHARDLINE_SERVER_POLL=busy)";
+        assert_eq!(diff.fix, fix);
+
+        let broken = poll_row_for(Some(Err("shardline.toml: server.poll: bad".into())));
+        assert_eq!(broken.status, Status::Diff);
+        assert!(broken.actual.contains("server.poll: bad"), "{broken:?}");
+    }
+
+    /// Without a config there is nothing to compare, which is not a difference; the row
+    /// words it as the cores row does.
+    #[test]
+    fn poll_row_without_a_config_is_not_applicable() {
+        let na = poll_row_for(None);
+        assert_eq!(na.status, Status::NotApplicable);
+        assert_eq!(na.actual, "no config (give --config)");
+        assert_eq!(na.fix, "-");
+    }
+
+    #[test]
+    fn a_profile_without_a_router_poll_has_no_poll_row() {
+        let mut profile = super::super::profile::load("dev", None).unwrap();
+        profile.router.poll = None;
+        let plan = profile.cores.plan(&[CoreId(0)]).unwrap();
+        let machine = Machine::new(std::path::Path::new("/nonexistent-shardline-root"));
+        let report = check(&profile, &plan, &machine, None);
+        assert!(report
+            .rows
+            .iter()
+            .all(|r| r.setting != "router server.poll"));
+        assert!(report
+            .rows
+            .iter()
+            .any(|r| r.setting == "router server.cores"));
     }
 }

@@ -13,7 +13,7 @@
 //! `plan` (pure renderings). This module resolves the arguments. The router's config is
 //! read by the caller (`RouterConfig`): this crate sits below the router's library, so it
 //! cannot parse the router's config itself, and one parser means one meaning of
-//! `server.cores`.
+//! `server.cores` and `server.poll`.
 
 mod check;
 mod cores;
@@ -25,15 +25,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use shards::{CoreId, CoreSelection, Topology};
+use shards::{CoreId, CoreSelection, PollMode, Topology};
 
-pub use check::{check, Report, Row, Status};
+pub use check::{check, Report, RouterValues, Row, Status};
 pub use cores::{CorePlan, CoreRules, Rule, CORE_OVERRIDES_MAX};
 pub use machine::{Machine, IDLE_STATES_MAX, IRQS_MAX, KNOB_BYTES_MAX, PROCESSES_MAX};
 pub use plan::{render, sysctl_conf, sysctl_steps, SysctlStep};
 pub use profile::{
     load, Profile, BOOT_PARAMS_MAX, BUILT_IN, PROFILES_DIR_DEFAULT, PROFILE_BYTES_MAX,
 };
+pub use profile::{poll_name, RouterSettings, POLL_MODES};
 pub use profile::{Expect, Scalar, Setting, SYSCTLS_MAX, VALUE_BYTES_MAX};
 
 /// Why a tune command could not run (exit 2); differences are not errors.
@@ -98,8 +99,9 @@ pub struct ProfileArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
-    /// The router's config, whose `server.cores` is checked against the core plan
-    /// [default: config/shardline.toml; without one, the row is N/A].
+    /// The router's config, whose `server.cores` is checked against the core plan and
+    /// `server.poll` against the profile [default: config/shardline.toml; without one,
+    /// those rows are N/A].
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Exit 1 when any setting differs.
@@ -123,6 +125,8 @@ pub struct RouterConfig<'a> {
     pub default_path: &'a Path,
     /// A config file's `server.cores`, or a one-line reason it cannot be read.
     pub cores: &'a dyn Fn(&Path) -> Result<CoreSelection, String>,
+    /// A config file's `server.poll`, or a one-line reason it cannot be read.
+    pub poll: &'a dyn Fn(&Path) -> Result<PollMode, String>,
 }
 
 /// Runs a tune command, printing to standard output.
@@ -133,12 +137,12 @@ pub fn run(command: &TuneCommand, config: &RouterConfig<'_>) -> Result<ExitCode,
             // The default config is looked for, not required: on a node without the
             // repository there is nothing to compare, which is not a difference.
             let default = config.default_path;
-            let router = match &args.config {
-                Some(path) => Some(router_cores(config, path, &plan)),
-                None if default.exists() => Some(router_cores(config, default, &plan)),
-                None => None,
+            let path = match &args.config {
+                Some(path) => Some(path.as_path()),
+                None => default.exists().then_some(default),
             };
-            let report = check(&profile, &plan, &machine, router);
+            let router = path.map(|path| router_values(config, path, &plan));
+            let report = check(&profile, &plan, &machine, router.as_ref());
             print!("{report}");
             let failed = args.strict && report.count(Status::Diff) > 0;
             Ok(if failed {
@@ -197,6 +201,16 @@ fn parse_cores(text: &str) -> Result<Vec<CoreId>, TuneError> {
         return Err(bad());
     }
     Ok(cores)
+}
+
+/// What `check` compares of the config at `path`: its `server.cores` resolved on the
+/// plan's machine, and its `server.poll`.
+fn router_values(config: &RouterConfig<'_>, path: &Path, plan: &CorePlan) -> RouterValues {
+    RouterValues {
+        path: path.to_path_buf(),
+        cores: router_cores(config, path, plan),
+        poll: (config.poll)(path),
+    }
 }
 
 /// The router config's `server.cores` resolved on the plan's machine, as the server would

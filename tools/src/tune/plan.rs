@@ -67,7 +67,7 @@ pub fn render(profile: &Profile, plan: &CorePlan, machine: &Machine) -> String {
         "# Machine: {n} core(s) ({all}). Run as root; nothing here has run."
     );
     core_section(&mut out, profile, plan);
-    systemd_section(&mut out, plan);
+    systemd_section(&mut out, profile, plan);
     boot_section(&mut out, profile, plan);
     let _ = writeln!(
         out,
@@ -107,6 +107,11 @@ fn core_section(out: &mut String, profile: &Profile, plan: &CorePlan) {
         "\n# Router: server.cores = \"{shards}\" in the config, or:"
     );
     let _ = writeln!(out, "export SHARDLINE_SERVER_CORES={shards}");
+    if let Some(poll) = &profile.router.poll {
+        let mode = poll.expect();
+        let _ = writeln!(out, "# Router: server.poll = \"{mode}\" in the config, or:");
+        let _ = writeln!(out, "export SHARDLINE_SERVER_POLL={mode}  # {}", poll.why);
+    }
     let nats = list(&plan.nats);
     let _ = writeln!(
         out,
@@ -147,7 +152,7 @@ pub const SYSTEMD_DROP_IN: &str = "/etc/systemd/system/shardline.service.d/cpu-a
 /// own slice, because the housekeeping step above confines `system.slice` (where a
 /// service runs by default) to the housekeeping cores, and a service cannot leave its
 /// slice's cpuset.
-fn systemd_section(out: &mut String, plan: &CorePlan) {
+fn systemd_section(out: &mut String, profile: &Profile, plan: &CorePlan) {
     let shards = format_cpu_list(&plan.shards);
     let _ = writeln!(
         out,
@@ -169,6 +174,9 @@ fn systemd_section(out: &mut String, plan: &CorePlan) {
         "Environment=SHARDLINE_SERVER_CORES={}",
         cores_value(&plan.shards)
     );
+    if let Some(poll) = &profile.router.poll {
+        let _ = writeln!(out, "Environment=SHARDLINE_SERVER_POLL={}", poll.expect());
+    }
     let _ = writeln!(out, "EOF");
     let _ = writeln!(
         out,

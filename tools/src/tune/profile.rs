@@ -7,12 +7,17 @@
 //!
 //! Cores are not named by number but by rules (see `cores`), so one profile serves a 2-core
 //! laptop and a 64-core node; cpu lists appear only after the rules meet a machine.
+//!
+//! `[router]` holds the router's own settings that only make sense with the node's tuning:
+//! `server.poll = "busy"` is right on the isolated cores of `low-latency` and wrong on any
+//! core shared with something else, so the profile that isolates the cores says so.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shards::PollMode;
 
 use super::cores::CoreRules;
 use super::TuneError;
@@ -63,6 +68,30 @@ pub struct Profile {
     #[serde(default)]
     pub boot: BTreeMap<String, Setting>,
     pub cores: CoreRules,
+    #[serde(default)]
+    pub router: RouterSettings,
+}
+
+/// The router config's settings a profile expects (`tune check` reads them through
+/// `RouterConfig`, the router's own parser).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    /// `server.poll`: one of `POLL_MODES`.
+    pub poll: Option<Setting>,
+}
+
+/// `server.poll`'s values, spelt as the router's config spells them.
+pub const POLL_MODES: [&str; 3] = ["park", "adaptive", "busy"];
+
+/// `mode` as `server.poll` spells it; the spin of `adaptive` is `server.poll_spin_us`,
+/// which no profile pins (the default suits every one of them).
+pub fn poll_name(mode: &PollMode) -> &'static str {
+    match mode {
+        PollMode::Park => POLL_MODES[0],
+        PollMode::Adaptive(_) => POLL_MODES[1],
+        PollMode::Busy => POLL_MODES[2],
+    }
 }
 
 /// CPU settings outside `/proc/sys`.
@@ -278,7 +307,31 @@ fn validate(profile: &Profile) -> Result<(), String> {
     {
         return Err("cpu.idle_latency_us_max: must be an integer (microseconds)".into());
     }
+    if let Some(poll) = &profile.router.poll {
+        validate_poll(poll)?;
+    }
     profile.cores.validate()
+}
+
+/// A typo (`"buzy"`) would otherwise be a row that can never be OK, with a fix hint that
+/// writes a config the router refuses.
+fn validate_poll(poll: &Setting) -> Result<(), String> {
+    let key = "router.poll";
+    if poll.min.is_some() {
+        return Err(format!("{key}: takes `value`, not `min`"));
+    }
+    check_setting(key, poll)?;
+    let known = match &poll.value {
+        Some(Scalar::Text(name)) => POLL_MODES.contains(&name.as_str()),
+        _ => false,
+    };
+    if !known {
+        let names = POLL_MODES.map(|n| format!("{n:?}")).join(", ");
+        return Err(format!(
+            "{key}: must be one of {names} (server.poll's values)"
+        ));
+    }
+    Ok(())
 }
 
 fn check_setting(key: &str, setting: &Setting) -> Result<(), String> {
@@ -322,5 +375,62 @@ mod tests {
         assert_eq!(by_path.as_deref(), Some(Path::new("x/y.toml")));
         assert_eq!(resolve("dev", None), None);
         assert_eq!(load("dev", None).unwrap().name, "dev");
+    }
+
+    /// The smallest valid profile, with `extra` appended.
+    fn parse_with(extra: &str) -> Result<Profile, TuneError> {
+        let text = format!(
+            "description = \"t\"\n\
+             [cores]\nshards = \"all\"\nirq = \"all\"\nnats = \"all\"\n\
+             housekeeping = \"all\"\nexclusive = false\nwhy = \"t\"\n{extra}"
+        );
+        parse(&text, "t", Path::new("t.toml"))
+    }
+
+    #[test]
+    fn router_section_is_optional_and_read_when_given() {
+        assert!(parse_with("").unwrap().router.poll.is_none());
+        let busy = "[router]\npoll = { value = \"busy\", why = \"isolated cores\" }\n";
+        let poll = parse_with(busy).unwrap().router.poll.unwrap();
+        assert_eq!(poll.expect(), Expect::Equal("busy".into()));
+        assert_eq!(poll.why, "isolated cores");
+    }
+
+    /// A misspelt mode is refused at load, naming the key and the values it takes, rather
+    /// than checked as a row that can never be OK.
+    #[test]
+    fn unknown_poll_values_and_forms_are_refused() {
+        let refused = |router: &str| {
+            let err = parse_with(&format!("[router]\n{router}\n")).unwrap_err();
+            err.to_string()
+        };
+        let err = refused("poll = { value = \"buzy\", why = \"w\" }");
+        assert!(err.contains("router.poll: must be one of"), "{err}");
+        assert!(err.contains("\"park\", \"adaptive\", \"busy\""), "{err}");
+        assert!(refused("poll = { value = 1, why = \"w\" }").contains("must be one of"));
+        assert!(refused("poll = { min = 1, why = \"w\" }").contains("not `min`"));
+        assert!(refused("poll = { value = \"busy\", why = \" \" }").contains("`why` is empty"));
+        assert!(refused("spin = { value = 50, why = \"w\" }").contains("unknown field"));
+    }
+
+    #[test]
+    fn bundled_profiles_never_busy_poll_shared_cores() {
+        let poll = |name: &str| {
+            let profile = load(name, None).unwrap();
+            profile.router.poll.unwrap().expect().to_string()
+        };
+        assert_eq!(poll("low-latency"), "busy");
+        assert_eq!(poll("throughput"), "adaptive");
+        assert_ne!(poll("dev"), "busy");
+    }
+
+    #[test]
+    fn poll_names_are_the_modes() {
+        let modes = [
+            PollMode::Park,
+            PollMode::Adaptive(std::time::Duration::from_micros(50)),
+            PollMode::Busy,
+        ];
+        assert_eq!(modes.map(|m| poll_name(&m)), POLL_MODES);
     }
 }
