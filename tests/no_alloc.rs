@@ -88,6 +88,7 @@ fn policy(id: &str, sticky: bool) -> Policy {
             requests_per_second: 1_000_000,
             burst: 1_000_000,
         }),
+        balance: Default::default(),
         pre: Box::new([]),
         validators: Box::new([]),
         post: Box::new([]),

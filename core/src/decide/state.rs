@@ -11,6 +11,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use foldhash::fast::FixedState;
 
+use super::balance::{InFlight, PeakEwma};
 use super::breaker::{Breaker, Outcome, Transition};
 use super::bucket::TokenBucket;
 use super::rendezvous;
@@ -52,6 +53,10 @@ pub struct ProviderState {
     pub breaker: Breaker,
     pub latency_ms: Ewma,
     pub cost: Ewma,
+    /// What `least_latency` reads (`balance`): the owner's, replicated with the averages.
+    pub peak_latency: PeakEwma,
+    /// Calls in flight as this shard counts them (`balance`); not replicated.
+    pub in_flight: InFlight,
     /// Non-owner shards: the half-open probe the owner granted (`sync`).
     pub(super) probe: Probe,
     /// The owner: what it sent about this provider (`sync`).
@@ -451,11 +456,17 @@ fn record_one(
     now_ns: u64,
     effect: &mut ResultEffect,
 ) -> Option<Transition> {
+    let half_life_ms = policy.balance.half_life_ms;
+    if policy.balance.strategy.counts_in_flight() {
+        // Any result, a cancelled call's too, ends a call.
+        state.in_flight.add(-1.0, now_ns, half_life_ms);
+    }
     let outcome = observed.outcome?;
     // Latency of a failed call says little about the provider's speed; cost still counts.
     if outcome == Outcome::Success {
         if let Some(ms) = observed.latency_ms {
             state.latency_ms.observe(ms);
+            state.peak_latency.observe(ms, now_ns, half_life_ms);
         }
     }
     if let Some(cost) = observed.cost {

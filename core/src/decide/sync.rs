@@ -36,6 +36,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::balance::PeakEwma;
 use super::breaker::{Availability, BreakerState, Transition};
 use super::state::{Ewma, PolicyState, ProviderState, ShardState};
 use crate::policy::{Policy, PolicySlot, ProviderIdx, RoutingTable};
@@ -154,6 +155,8 @@ pub struct ReplicaView {
     pub breaker: BreakerState,
     pub latency_ms: Ewma,
     pub cost: Ewma,
+    /// `least_latency`'s estimate; its instant is on the clock the node's shards share.
+    pub peak_latency: PeakEwma,
 }
 
 /// The tokens a non-owner shard may spend for one policy.
@@ -521,6 +524,7 @@ impl ShardState {
                 breaker: s.breaker.state(),
                 latency_ms: s.latency_ms,
                 cost: s.cost,
+                peak_latency: s.peak_latency,
             }),
         };
         let me = self.placement.me;
@@ -628,6 +632,7 @@ impl ShardState {
                     breaker,
                     latency_ms,
                     cost,
+                    peak_latency,
                 } = *view;
                 let ps = &mut self.policies[i as usize];
                 if ps.owner != from || from == me {
@@ -637,6 +642,7 @@ impl ShardState {
                     s.breaker.replicate(breaker);
                     s.latency_ms = latency_ms;
                     s.cost = cost;
+                    s.peak_latency = peak_latency;
                     if breaker == BreakerState::Closed {
                         s.probe = Probe::default();
                     }
