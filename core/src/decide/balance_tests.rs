@@ -63,7 +63,7 @@ impl Gateway {
     }
 
     /// `n` decisions a millisecond apart; the oldest call's result arrives once
-    /// `CONCURRENCY` are running, its latency ±10 % and its cost the same for all.
+    /// `CONCURRENCY` are running, its latency and cost ±10 % around the provider's figure.
     fn run(&mut self, n: u32) {
         let req = request("acme", "default");
         for _ in 0..n {
@@ -88,7 +88,7 @@ impl Gateway {
         let observed = Observed {
             outcome: Some(Outcome::Success),
             latency_ms: Some(base * jitter),
-            cost: Some(0.002),
+            cost: Some(0.002 * jitter),
         };
         let name = self.table.policies()[0].providers[i].name.clone();
         self.state

@@ -1,5 +1,6 @@
 //! A shard's mutable routing state: rate-limit buckets, circuit breakers, observed
-//! latency/cost, sticky sessions and the random source. Owned by one shard, never shared,
+//! latency/cost (and what `balance` strategies read), sticky sessions and the random
+//! source. Owned by one shard, never shared,
 //! so nothing here locks.
 //!
 //! State is indexed like the routing table (policy slot, provider index) so the hot path

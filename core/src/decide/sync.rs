@@ -19,7 +19,10 @@
 //!   breakers and latency/cost averages and sends the outcome to every shard: a circuit
 //!   that opens, half-opens or closes at once, averages at most every
 //!   `REPLICA_COALESCE_NS`, and every circuit not closed again every `REPLICA_REFRESH_NS`
-//!   (so a lost message is repaired). Decisions read the local replica.
+//!   (so a lost message is repaired). Decisions read the local replica. The peak-latency
+//!   estimate `least_latency` reads (`balance`) travels with the averages; in-flight
+//!   counts do not: each shard counts its own decisions (decayed), and results subtract
+//!   where they land, on the owner.
 //! - **Half-open probes: granted by the owner.** A shard that finds a circuit due for a
 //!   probe asks the owner, which spends one of the breaker's `half_open_max_calls` on it
 //!   exactly as for its own decisions, so at most that many probes are out over all
