@@ -1,5 +1,5 @@
 //! The hot path, one primitive per bench: decide on the weighted, sticky-hit and fallback
-//! paths; decode+validate a typical request; encode the response; and the whole
+//! paths, and with `least_latency` over 8 measured providers (issue target ≤ 250 ns median); decode+validate a typical request; encode the response; and the whole
 //! decode → decide → encode. Targets (2-core VM): decide ≤ 200 ns median for a
 //! 4-provider weighted policy; decode → decide → encode ≤ 2 µs. See perf/README.md.
 
@@ -8,12 +8,12 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardline::answer;
 use shardline::contract::{decode_decide, DecideRequest, Headers};
-use shardline::decide::{decide, Now, ShardState, StateConfig};
+use shardline::decide::{decide, Now, Observed, Outcome, ShardState, StateConfig};
 use shardline::policy::{parse_policy, RoutingTable};
 
 #[path = "fixtures/policies.rs"]
 mod fixtures;
-use fixtures::{STICKY, TYPICAL, WEIGHTED};
+use fixtures::{LEAST_LATENCY_8, STICKY, TYPICAL, WEIGHTED};
 
 const FALLBACK: &str = r#"{"version":"1.0","providers":[
   {"name":"openai","weight":70},{"name":"anthropic","weight":30}],
@@ -27,6 +27,7 @@ fn table() -> RoutingTable {
         p("weighted", WEIGHTED),
         p("sticky", STICKY),
         p("fallback", FALLBACK),
+        p("least_latency", LEAST_LATENCY_8),
     ])
     .expect("table")
 }
@@ -58,6 +59,7 @@ fn decide_paths(c: &mut Criterion) {
             })
         });
     }
+    least_latency(c, &table, &mut state);
     let body = with_policy(TYPICAL, "fallback");
     let mut req: DecideRequest = decode_decide(&body, &Headers::default()).expect("request");
     req.attempt = Some(shardline::contract::Attempt {
@@ -79,6 +81,33 @@ fn decide_paths(c: &mut Criterion) {
                 )
                 .is_ok(),
             )
+        })
+    });
+}
+
+/// `least_latency` with every provider measured (one result each, latencies spread), so
+/// both sampled candidates score from their estimates and in-flight counts.
+fn least_latency(c: &mut Criterion, table: &RoutingTable, state: &mut ShardState) {
+    let slot = table.lookup("acme", "least_latency").expect("policy");
+    for (i, p) in table.policy(slot).providers.iter().enumerate() {
+        let observed = Observed {
+            outcome: Some(Outcome::Success),
+            latency_ms: Some(200.0 + 50.0 * i as f64),
+            cost: None,
+        };
+        state.record_result(table, "acme", &p.name, observed, 1);
+    }
+    let body = with_policy(TYPICAL, "least_latency");
+    let req = decode_decide(&body, &Headers::default()).expect("request");
+    let mut t = 1u64;
+    c.bench_function("decide/least_latency_8", |b| {
+        b.iter(|| {
+            t += 1_000;
+            let now = Now {
+                mono_ns: t,
+                unix_ms: 1,
+            };
+            black_box(decide(table, state, black_box(&req), now).is_ok())
         })
     });
 }

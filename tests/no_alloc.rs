@@ -1,4 +1,5 @@
-//! Proves that `decide` does not touch the heap on the weighted and sticky-hit paths, nor
+//! Proves that `decide` does not touch the heap on the weighted, sticky-hit and balanced
+//! (`least_latency`, `least_outstanding`, `lowest_cost`) paths, nor
 //! the shard core's whole local path around it (the lifecycle's choice, the engine, the
 //! encoded answer into a reused buffer) on a shard that does not own the tenant (STYLE:
 //! allocate at shard start, not per request), nor the load generator's recording of an
@@ -88,6 +89,7 @@ fn policy(id: &str, sticky: bool) -> Policy {
             requests_per_second: 1_000_000,
             burst: 1_000_000,
         }),
+        balance: Default::default(),
         pre: Box::new([]),
         validators: Box::new([]),
         post: Box::new([]),
@@ -167,6 +169,49 @@ fn decide_does_not_allocate() {
         let (n, d) = count(|| decide(&table, &mut state, &plain, now).expect("decision"));
         assert_eq!(n, 0, "weighted path: {n} allocations");
         assert_eq!(d.reason, Reason::Weighted);
+    }
+}
+
+/// Every `balance` strategy decides without allocating, with results (and so measured
+/// scores, in-flight counts and replicated estimates) between the decisions.
+#[test]
+fn balanced_decisions_do_not_allocate() {
+    use shardline::decide::{Observed, Outcome};
+    use shardline::policy::{Balance, BalanceStrategy};
+    let strategies = [
+        (BalanceStrategy::LeastLatency, "latency"),
+        (BalanceStrategy::LeastOutstanding, "outstanding"),
+        (BalanceStrategy::LowestCost, "cost"),
+    ];
+    let policies = strategies
+        .iter()
+        .map(|&(strategy, id)| Policy {
+            balance: Balance {
+                strategy,
+                ..Balance::default()
+            },
+            ..policy(id, false)
+        })
+        .collect();
+    let table = RoutingTable::from_policies(policies).expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let observed = Observed {
+        outcome: Some(Outcome::Success),
+        latency_ms: Some(250.0),
+        cost: Some(0.002),
+    };
+    for (_, id) in strategies {
+        let req = request(id, "u");
+        for t in 0..1_000u64 {
+            let now = Now {
+                mono_ns: 1_000_000 * (t + 1),
+                unix_ms: 1,
+            };
+            let (n, d) = count(|| decide(&table, &mut state, &req, now).expect("decision"));
+            assert_eq!(n, 0, "{id}, decision {t}: {n} allocations");
+            let name = &table.policy(d.slot).provider(d.provider).name;
+            state.record_result(&table, "acme", name, observed, now.mono_ns);
+        }
     }
 }
 

@@ -9,8 +9,12 @@
 //! Module map: `pipeline` (phases, admission, extension outcomes), `select` (steps 5–9),
 //! `condition` (fallback `when`), `state` (per-shard state and results), `breaker`,
 //! `bucket` (rate limit), `rendezvous` (a session's provider, the same on every shard),
-//! `sticky` (which sessions this shard already answered), `rng` (weighted draw).
+//! `sticky` (which sessions this shard already answered), `rng` (weighted draw), `balance`
+//! (step 8's learning strategies).
 
+pub mod balance;
+#[cfg(test)]
+mod balance_tests;
 pub mod breaker;
 pub mod bucket;
 pub mod condition;

@@ -3,8 +3,11 @@
 //!
 //! A request with a sticky session gets the session's rendezvous choice among the
 //! candidates (`rendezvous`), the same on every shard; one without gets a random weighted
-//! draw from the shard's generator.
+//! draw from the shard's generator, or the policy's `balance` strategy's choice. The
+//! strategy sees only what steps 5–7 left: constraints, breakers, fallbacks and sessions
+//! come first, whatever it would prefer.
 
+use super::balance::{self, Why};
 use super::breaker::{Availability, Transition};
 use super::condition::{session_bytes, status_matches, RuleCtx};
 use super::error::{DecideError, Exclusions};
@@ -12,7 +15,7 @@ use super::rendezvous::{self, Epoch};
 use super::state::{PolicyState, ShardState};
 use super::sticky::SessionKey;
 use crate::contract::{Constraints, Reason};
-use crate::policy::{Policy, PolicySlot, Provider, ProviderIdx};
+use crate::policy::{BalanceStrategy, Policy, PolicySlot, Provider, ProviderIdx};
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -245,12 +248,23 @@ impl Selector<'_, '_, '_> {
         if let Some(sel) = self.session_choice(state, mask) {
             return Some(sel);
         }
-        let idx = draw(self.policy, mask, total, state.rng.below(total));
-        explain!(
-            self.explain,
-            "weighted draw: {}",
-            self.policy.provider(idx).name
-        );
+        let idx = if self.policy.balance.strategy == BalanceStrategy::Weighted {
+            let idx = draw(self.policy, mask, total, state.rng.below(total));
+            explain!(
+                self.explain,
+                "weighted draw: {}",
+                self.policy.provider(idx).name
+            );
+            idx
+        } else {
+            let ps = &state.policies[self.slot.get()];
+            let (idx, why) =
+                balance::pick(self.policy, ps, mask, total, &mut state.rng, self.now_ns);
+            if self.explain.is_some() {
+                self.explain_balance(idx, why);
+            }
+            idx
+        };
         Some(Selection {
             provider: idx,
             reason: Reason::Weighted,
@@ -302,6 +316,38 @@ impl Selector<'_, '_, '_> {
             provider: idx,
             reason: Reason::Weighted,
         })
+    }
+
+    /// Says which strategy chose `idx` and why: the two sampled candidates and their
+    /// scores, the lowest cost, or the explore share.
+    fn explain_balance(&mut self, idx: ProviderIdx, why: Why) {
+        let strategy = self.policy.balance.strategy.as_str();
+        let name = |i: ProviderIdx| &self.policy.provider(i).name;
+        let shown = |s: Option<f64>| match s {
+            Some(s) => format!("{s:.3}"),
+            None => "unmeasured".to_owned(),
+        };
+        let step = match why {
+            Why::Explore => format!("balance {strategy}: explore, weighted draw: {}", name(idx)),
+            Why::Only => format!("balance {strategy}: only candidate {}", name(idx)),
+            Why::TwoChoices { first, second } => format!(
+                "balance {strategy}: sampled {} (score {}) and {} (score {}), chose {}",
+                name(first.0),
+                shown(first.1),
+                name(second.0),
+                shown(second.1),
+                name(idx)
+            ),
+            Why::Cheapest { cost, tied } => format!(
+                "balance {strategy}: lowest cost {cost} ({tied} tied, drawn by weight): {}",
+                name(idx)
+            ),
+            Why::NoCost => format!(
+                "balance {strategy}: no candidate's cost is known, weighted draw: {}",
+                name(idx)
+            ),
+        };
+        explain!(self.explain, "{step}");
     }
 
     /// Step 9: fallback rules in order (with the step-9 statuses), then the legacy fallback.
@@ -362,6 +408,12 @@ impl Selector<'_, '_, '_> {
             if transition == Some(Transition::HalfOpened) {
                 state.half_opened += 1;
             }
+        }
+        let balance = policy.balance;
+        if balance.strategy.counts_in_flight() {
+            state.policies[slot].providers[sel.provider.get()]
+                .in_flight
+                .add(1.0, self.now_ns, balance.half_life_ms);
         }
         if let Some(w) = self.sticky_write.take() {
             if w.held.0 == sel.provider {

@@ -12,7 +12,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use super::rng::Rng;
-use super::sync::{Peer, Placement, SyncMsg, REPLICA_REFRESH_NS, SYNC_OUTBOX_MAX};
+use super::sync::{
+    Peer, Placement, SyncMsg, REPLICA_COALESCE_NS, REPLICA_REFRESH_NS, SYNC_OUTBOX_MAX,
+};
 use super::tests::{policy, provider, request};
 use super::*;
 use crate::contract::Reason;
@@ -499,4 +501,57 @@ fn replicas_follow_the_owner_within_the_bound() {
         worst[0] / US,
         worst[1] / US
     );
+}
+
+/// `least_latency` on a shard that is not the owner: the owner's peak-latency estimates
+/// reach it with the replicas, so it moves off the slow provider from results it never
+/// saw; its in-flight counts stay its own.
+#[test]
+fn least_latency_reads_the_owners_replicated_estimate() {
+    for seed in 0..seeds(20) {
+        let mut rng = Rng::new(seed);
+        let net = net_for(&mut rng, false);
+        let mut p = policy("t", "p", vec![provider("fast", 1), provider("slow", 1)]);
+        p.balance = crate::policy::Balance {
+            strategy: crate::policy::BalanceStrategy::LeastLatency,
+            ..Default::default()
+        };
+        let table = RoutingTable::from_policies(vec![p]).unwrap();
+        let mut c = Cluster::new(table, 2, Peer(0), net, seed);
+        c.step(MS);
+        for (name, ms) in [("fast", 100.0), ("slow", 400.0)] {
+            let observed = Observed {
+                outcome: Some(Outcome::Success),
+                latency_ms: Some(ms),
+                cost: None,
+            };
+            c.shards[0].record_result(&c.table, "t", name, observed, c.now);
+        }
+        c.flush();
+        // The averages go out once the coalescing period is over and arrive within the
+        // network's delay.
+        let sent = REPLICA_COALESCE_NS + MS;
+        c.step(sent);
+        c.step(sent + net.delay_max_ns);
+        for i in [ProviderIdx(0), ProviderIdx(1)] {
+            let owner = c.shards[0].provider_state(PolicySlot(0), i);
+            let replica = c.shards[1].provider_state(PolicySlot(0), i);
+            assert_eq!(replica.peak_latency, owner.peak_latency, "seed {seed}");
+        }
+        let mut slow = 0;
+        let req = request("t", "p");
+        for k in 0..1_000u64 {
+            c.step(c.now + MS);
+            let d = c.decide_on(1, &req).expect("decision");
+            slow += u32::from(d.provider == ProviderIdx(1));
+            // Every call of this shard gets its result back two decisions later.
+            if k % 2 == 1 {
+                let s = &mut c.shards[1].policies[0].providers;
+                s.iter_mut().for_each(|p| p.in_flight = Default::default());
+            }
+        }
+        assert!(slow < 200, "seed {seed}: slow provider got {slow} of 1000");
+        let owner = c.shards[0].provider_state(PolicySlot(0), ProviderIdx(0));
+        assert_eq!(owner.in_flight.get(c.now, 10_000), 0.0, "seed {seed}");
+    }
 }

@@ -1,5 +1,6 @@
 //! A shard's mutable routing state: rate-limit buckets, circuit breakers, observed
-//! latency/cost, sticky sessions and the random source. Owned by one shard, never shared,
+//! latency/cost (and what `balance` strategies read), sticky sessions and the random
+//! source. Owned by one shard, never shared,
 //! so nothing here locks.
 //!
 //! State is indexed like the routing table (policy slot, provider index) so the hot path
@@ -11,6 +12,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use foldhash::fast::FixedState;
 
+use super::balance::{InFlight, PeakEwma};
 use super::breaker::{Breaker, Outcome, Transition};
 use super::bucket::TokenBucket;
 use super::rendezvous;
@@ -52,6 +54,10 @@ pub struct ProviderState {
     pub breaker: Breaker,
     pub latency_ms: Ewma,
     pub cost: Ewma,
+    /// What `least_latency` reads (`balance`): the owner's, replicated with the averages.
+    pub peak_latency: PeakEwma,
+    /// Calls in flight as this shard counts them (`balance`); not replicated.
+    pub in_flight: InFlight,
     /// Non-owner shards: the half-open probe the owner granted (`sync`).
     pub(super) probe: Probe,
     /// The owner: what it sent about this provider (`sync`).
@@ -451,11 +457,17 @@ fn record_one(
     now_ns: u64,
     effect: &mut ResultEffect,
 ) -> Option<Transition> {
+    let half_life_ms = policy.balance.half_life_ms;
+    if policy.balance.strategy.counts_in_flight() {
+        // Any result, a cancelled call's too, ends a call.
+        state.in_flight.add(-1.0, now_ns, half_life_ms);
+    }
     let outcome = observed.outcome?;
     // Latency of a failed call says little about the provider's speed; cost still counts.
     if outcome == Outcome::Success {
         if let Some(ms) = observed.latency_ms {
             state.latency_ms.observe(ms);
+            state.peak_latency.observe(ms, now_ns, half_life_ms);
         }
     }
     if let Some(cost) = observed.cost {

@@ -19,7 +19,10 @@
 //!   breakers and latency/cost averages and sends the outcome to every shard: a circuit
 //!   that opens, half-opens or closes at once, averages at most every
 //!   `REPLICA_COALESCE_NS`, and every circuit not closed again every `REPLICA_REFRESH_NS`
-//!   (so a lost message is repaired). Decisions read the local replica.
+//!   (so a lost message is repaired). Decisions read the local replica. The peak-latency
+//!   estimate `least_latency` reads (`balance`) travels with the averages; in-flight
+//!   counts do not: each shard counts its own decisions (decayed), and results subtract
+//!   where they land, on the owner.
 //! - **Half-open probes: granted by the owner.** A shard that finds a circuit due for a
 //!   probe asks the owner, which spends one of the breaker's `half_open_max_calls` on it
 //!   exactly as for its own decisions, so at most that many probes are out over all
@@ -36,6 +39,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::balance::PeakEwma;
 use super::breaker::{Availability, BreakerState, Transition};
 use super::state::{Ewma, PolicyState, ProviderState, ShardState};
 use crate::policy::{Policy, PolicySlot, ProviderIdx, RoutingTable};
@@ -154,6 +158,8 @@ pub struct ReplicaView {
     pub breaker: BreakerState,
     pub latency_ms: Ewma,
     pub cost: Ewma,
+    /// `least_latency`'s estimate; its instant is on the clock the node's shards share.
+    pub peak_latency: PeakEwma,
 }
 
 /// The tokens a non-owner shard may spend for one policy.
@@ -521,6 +527,7 @@ impl ShardState {
                 breaker: s.breaker.state(),
                 latency_ms: s.latency_ms,
                 cost: s.cost,
+                peak_latency: s.peak_latency,
             }),
         };
         let me = self.placement.me;
@@ -628,6 +635,7 @@ impl ShardState {
                     breaker,
                     latency_ms,
                     cost,
+                    peak_latency,
                 } = *view;
                 let ps = &mut self.policies[i as usize];
                 if ps.owner != from || from == me {
@@ -637,6 +645,7 @@ impl ShardState {
                     s.breaker.replicate(breaker);
                     s.latency_ms = latency_ms;
                     s.cost = cost;
+                    s.peak_latency = peak_latency;
                     if breaker == BreakerState::Closed {
                         s.probe = Probe::default();
                     }

@@ -32,6 +32,7 @@ pub(super) fn policy(tenant: &str, id: &str, providers: Vec<Provider>) -> Policy
         sticky: None,
         circuit_breaker: None,
         rate_limit: None,
+        balance: Balance::default(),
         pre: Box::new([]),
         validators: Box::new([]),
         post: Box::new([]),

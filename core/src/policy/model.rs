@@ -221,6 +221,69 @@ impl Default for BreakerConfig {
     }
 }
 
+/// How step 8 chooses among the candidates of a request without a session (`balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BalanceStrategy {
+    /// A draw by weight: the behaviour of a policy without `balance`.
+    #[default]
+    Weighted,
+    /// Power of two choices on peak-EWMA latency × (in flight + 1).
+    LeastLatency,
+    /// Power of two choices on the decayed count of calls in flight.
+    LeastOutstanding,
+    /// The lowest observed (else declared) cost; ties by weight.
+    LowestCost,
+}
+
+impl BalanceStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalanceStrategy::Weighted => "weighted",
+            BalanceStrategy::LeastLatency => "least_latency",
+            BalanceStrategy::LeastOutstanding => "least_outstanding",
+            BalanceStrategy::LowestCost => "lowest_cost",
+        }
+    }
+
+    /// Whether decisions and results keep the in-flight counts this strategy reads.
+    pub fn counts_in_flight(self) -> bool {
+        matches!(
+            self,
+            BalanceStrategy::LeastLatency | BalanceStrategy::LeastOutstanding
+        )
+    }
+}
+
+/// The policy's `balance`: which strategy picks, how often a weighted draw still does
+/// (so every provider keeps being measured), and how fast observations are forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    pub strategy: BalanceStrategy,
+    /// Decisions (per million) that still go by weight: `explore_ratio` × 10^6.
+    pub explore_ppm: u32,
+    /// Half-life of a latency peak and of an in-flight count with no news.
+    pub half_life_ms: u64,
+}
+
+/// `explore_ratio` when a policy gives none.
+pub const EXPLORE_PPM_DEFAULT: u32 = 50_000;
+/// `half_life_ms` when a policy gives none.
+pub const HALF_LIFE_MS_DEFAULT: u64 = 10_000;
+/// The unit of `Balance::explore_ppm`.
+pub const EXPLORE_PPM_FULL: u32 = 1_000_000;
+
+const _: () = assert!(EXPLORE_PPM_DEFAULT <= EXPLORE_PPM_FULL);
+
+impl Default for Balance {
+    fn default() -> Self {
+        Balance {
+            strategy: BalanceStrategy::Weighted,
+            explore_ppm: EXPLORE_PPM_DEFAULT,
+            half_life_ms: HALF_LIFE_MS_DEFAULT,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub requests_per_second: u32,
@@ -283,6 +346,8 @@ pub struct Policy {
     pub circuit_breaker: Option<BreakerConfig>,
     /// `None` when rate limiting is disabled (the default).
     pub rate_limit: Option<RateLimit>,
+    /// Step 8's strategy; `Weighted` (today's draw) without `balance`.
+    pub balance: Balance,
     pub pre: Box<[Stage]>,
     pub validators: Box<[Stage]>,
     pub post: Box<[Stage]>,

@@ -65,6 +65,10 @@ pub const BACKOFF_BASE_MS_MAX: u32 = 10_000;
 pub const BACKOFF_DELAY_MS_MAX: u32 = 60_000;
 /// A rate limit's `requests_per_second`.
 pub const RATE_LIMIT_RPS_MAX: u32 = 1_000_000;
+/// `balance.half_life_ms` at least: shorter than a call, it forgets what was just learnt.
+pub const HALF_LIFE_MS_MIN: u64 = 100;
+/// `balance.half_life_ms` at most: longer, a provider's bad minute weighs for hours.
+pub const HALF_LIFE_MS_MAX: u64 = 3_600_000;
 /// A rate limit's `burst`.
 pub const RATE_LIMIT_BURST_MAX: u32 = 1_000_000;
 /// `version` of a policy-store document (it has none): below every versioned format.
@@ -75,6 +79,8 @@ const WEIGHT_UNITS_PER_POINT: u32 = WEIGHT_UNITS_FULL / WEIGHT_POINTS_MAX;
 const _: () = assert!(WEIGHT_UNITS_PER_POINT * WEIGHT_POINTS_MAX == WEIGHT_UNITS_FULL);
 const _: () = assert!(BACKOFF_BASE_MS_MAX <= BACKOFF_DELAY_MS_MAX);
 const _: () = assert!(STICKY_TTL_DEFAULT_MS <= STICKY_TTL_MS_MAX);
+const _: () = assert!(HALF_LIFE_MS_MIN <= HALF_LIFE_MS_DEFAULT);
+const _: () = assert!(HALF_LIFE_MS_DEFAULT <= HALF_LIFE_MS_MAX);
 
 /// One problem of a policy document, shown as `{source}: {path}: {message}`.
 ///
@@ -113,6 +119,7 @@ macro_rules! root_keys {
             "post",
             "circuit_breaker",
             "rate_limit",
+            "balance",
             "timeout_ms",
             "metadata",
             "defaults",
@@ -224,6 +231,10 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
     let rate_limit = obj
         .get("rate_limit")
         .and_then(|v| read_rate_limit(problems, &obj.path_of("rate_limit"), v));
+    let balance = obj
+        .get("balance")
+        .map(|v| read_balance(problems, &obj.path_of("balance"), v))
+        .unwrap_or_default();
     let pre = read_stages(problems, obj, StageKind::Pre);
     let validators = read_stages(problems, obj, StageKind::Validator);
     let post = read_stages(problems, obj, StageKind::Post);
@@ -248,6 +259,7 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
         sticky,
         circuit_breaker,
         rate_limit,
+        balance,
         pre: pre.into(),
         validators: validators.into(),
         post: post.into(),
@@ -847,6 +859,50 @@ fn read_rate_limit(problems: &mut Problems, path: &str, v: &Json) -> Option<Rate
         requests_per_second,
         burst,
     })
+}
+
+const BALANCE_STRATEGIES: &str = "weighted, least_latency, least_outstanding, lowest_cost";
+
+/// `balance {strategy, explore_ratio, half_life_ms}`; each member optional.
+fn read_balance(problems: &mut Problems, path: &str, v: &Json) -> Balance {
+    let d = Balance::default();
+    let Some(o) = Obj::read(
+        problems,
+        path,
+        v,
+        &["strategy", "explore_ratio", "half_life_ms"],
+    ) else {
+        return d;
+    };
+    let strategy = match o.string(problems, "strategy") {
+        None | Some("weighted") => BalanceStrategy::Weighted,
+        Some("least_latency") => BalanceStrategy::LeastLatency,
+        Some("least_outstanding") => BalanceStrategy::LeastOutstanding,
+        Some("lowest_cost") => BalanceStrategy::LowestCost,
+        Some(other) => {
+            let message = format!("unknown strategy {:?} ({BALANCE_STRATEGIES})", shown(other));
+            problems.add(&o.path_of("strategy"), message);
+            BalanceStrategy::Weighted
+        }
+    };
+    let explore_ppm = o
+        .float(problems, "explore_ratio", 0.0, 1.0)
+        .map_or(d.explore_ppm, |r| {
+            (r * f64::from(EXPLORE_PPM_FULL)).round() as u32
+        });
+    let half_life_ms = o
+        .int(
+            problems,
+            "half_life_ms",
+            HALF_LIFE_MS_MIN as i64,
+            HALF_LIFE_MS_MAX as i64,
+        )
+        .map_or(d.half_life_ms, |n| n as u64);
+    Balance {
+        strategy,
+        explore_ppm,
+        half_life_ms,
+    }
 }
 
 const PROCESSOR_KEYS: &[&str] = &["id", "mode", "config", "timeout_ms", "retry"];

@@ -674,6 +674,72 @@ fn circuit_breaker_rejections() {
     }
 }
 
+/// `balance`: absent means today's weighted draw; each member is optional with its
+/// default; every strategy name is accepted.
+#[test]
+fn balance_forms_and_defaults() {
+    let balance = |b: &str| ok(&doc(&format!(r#""balance":{b}"#))).balance;
+    assert_eq!(ok(&doc("")).balance, Balance::default());
+    assert_eq!(Balance::default().strategy, BalanceStrategy::Weighted);
+    assert_eq!(balance("{}"), Balance::default());
+    for strategy in [
+        BalanceStrategy::Weighted,
+        BalanceStrategy::LeastLatency,
+        BalanceStrategy::LeastOutstanding,
+        BalanceStrategy::LowestCost,
+    ] {
+        let b = balance(&format!(r#"{{"strategy":"{}"}}"#, strategy.as_str()));
+        assert_eq!(b.strategy, strategy);
+        assert_eq!(b.explore_ppm, 50_000);
+        assert_eq!(b.half_life_ms, 10_000);
+    }
+    let b = balance(r#"{"strategy":"least_latency","explore_ratio":0.25,"half_life_ms":2500}"#);
+    assert_eq!(
+        b,
+        Balance {
+            strategy: BalanceStrategy::LeastLatency,
+            explore_ppm: 250_000,
+            half_life_ms: 2_500,
+        }
+    );
+    assert_eq!(balance(r#"{"explore_ratio":0}"#).explore_ppm, 0);
+    assert_eq!(balance(r#"{"explore_ratio":1}"#).explore_ppm, 1_000_000);
+}
+
+/// An unknown strategy, a ratio outside 0–1, a half-life out of range or an unknown key
+/// is refused at its path, naming what is allowed.
+#[test]
+fn balance_rejections() {
+    let balance = |b: &str| doc(&format!(r#""balance":{b}"#));
+    let cases = [
+        (
+            r#"{"strategy":"fastest"}"#,
+            "strategy",
+            "unknown strategy \"fastest\" (weighted, least_latency, least_outstanding, \
+             lowest_cost)",
+        ),
+        (r#"{"strategy":1}"#, "strategy", "expected a string"),
+        (r#"{"explore_ratio":1.5}"#, "explore_ratio", "0 to 1"),
+        (r#"{"explore_ratio":-0.1}"#, "explore_ratio", "0 to 1"),
+        (r#"{"half_life_ms":99}"#, "half_life_ms", "100 to 3600000"),
+        (
+            r#"{"half_life_ms":3600001}"#,
+            "half_life_ms",
+            "100 to 3600000",
+        ),
+        (r#"{"half_life_ms":1.5}"#, "half_life_ms", "an integer"),
+        (r#"{"stratgey":"weighted"}"#, "stratgey", "unknown key"),
+    ];
+    for (body, key, needle) in cases {
+        rejects(&balance(body), &format!("$.balance.{key}"), needle);
+    }
+    rejects(
+        &balance(r#""least_latency""#),
+        "$.balance",
+        "expected an object",
+    );
+}
+
 #[test]
 fn rate_limit_forms() {
     let limit = |r: &str| ok(&doc(&format!(r#""rate_limit":{r}"#))).rate_limit;
@@ -1115,7 +1181,7 @@ fn error_display_names_source_path_and_message() {
         errors[0].to_string(),
         "test.json: $.x: unknown key (known: version, providers, \
         weights, fallbacks, fallback, sticky, pre, validators, post, circuit_breaker, rate_limit, \
-        timeout_ms, metadata, defaults, escalate_on, health_check)"
+        balance, timeout_ms, metadata, defaults, escalate_on, health_check)"
     );
 }
 

@@ -188,7 +188,8 @@ fn from_policies_rejects_duplicate_ids() {
 }
 
 /// The example configuration shipped in `config/policies` loads, and initech's policy only
-/// has optional extensions, so it decides without an extension transport.
+/// has optional extensions, so it decides without an extension transport; it also shows
+/// `balance`.
 #[test]
 fn example_config_loads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policies");
@@ -212,6 +213,10 @@ fn example_config_loads() {
     let globex = table.policy(table.lookup("globex", "default").unwrap());
     assert!(globex.legacy_fallback.is_some());
     let initech = table.policy(table.lookup("initech", "default").unwrap());
+    assert_eq!(
+        initech.balance.strategy,
+        crate::policy::BalanceStrategy::LeastLatency
+    );
     let stages = initech
         .pre
         .iter()
