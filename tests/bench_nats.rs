@@ -56,6 +56,9 @@ fn bare_only_keeps_the_rate() {
     for key in ["p50", "p99", "max"] {
         assert!(count(&report["latency_us"], key) > 0, "latency_us.{key}");
     }
+    // The echo's CPU per request is measured, as the router's would be with --server-pid.
+    let echo_cpu = report["server_cpu_us_per_request"].as_f64();
+    assert!(echo_cpu.is_some_and(|us| us > 0.0), "{report}");
     assert_spectrum(&report);
     assert_timeline(&report, 2);
     let summary = String::from_utf8_lossy(&output.stdout);

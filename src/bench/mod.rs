@@ -95,7 +95,8 @@
 //!   window: the router's threads (client threads and the main thread excluded; see
 //!   `sys.rs` on what sharing the process means), or the threads of process `--server-pid`
 //!   (with `--server-pid-tree`, of it and its descendants: nginx's master and workers);
-//!   the in-process bare responder of `--compare-bare` over HTTP is measured likewise;
+//!   the in-process bare responders (`--compare-bare` over HTTP, the NATS echo of
+//!   `--compare-bare` and `--bare-only`) are measured likewise;
 //! - `server_cpu_us_per_request`: `cpu_s` ÷ `sent`, µs, the server's CPU per request;
 //!   `null` when unknown (a remote server without `--server-pid`);
 //! - `server_cpu_cores`: `cpu_s` ÷ `duration_s`, cores busy on average; `null` likewise;

@@ -173,7 +173,10 @@ fn run_nats_bare(
         },
         shards: Some(cores.len()),
         local: false,
-        server_cpu: None,
+        // The responders are this process's only threads besides the client threads
+        // (each client's executor runs in its own `bench-` thread): the echo's CPU per
+        // request, beside the router's from `--server-pid`.
+        server_cpu: Some(ServerCpu::InProcess),
     };
     let side = run_phase(load, mix, &endpoint);
     let stopped = bare.stop();
