@@ -518,6 +518,39 @@ fn runtime_counters_show_what_a_request_costs() {
     server.stop().unwrap();
 }
 
+/// An idle router sleeps: after traffic, a shard parks for its own timers (the keep-alive
+/// beat, a few times a second, and the scrapes here), not once per preemption period
+/// (1 ms), as it did when an idle wake by the preemption timer armed the next one.
+#[test]
+fn an_idle_router_sleeps_between_its_beats() {
+    let _serial = serial();
+    let (dir, tenants) = covering_dir("idle-parks", "");
+    let server = start(settings(&dir));
+    let mut client = Client::connect(server.local_addr());
+    for (i, tenant) in tenants.iter().cycle().take(40).enumerate() {
+        let id = format!("idle-{i}");
+        let resp = post(&mut client, "/v1/decide", &decide(tenant, &id, json!({})));
+        expect_decision(&resp, tenant, &id);
+    }
+    drop(client);
+    let parks = || {
+        let series = r#"shardline_runtime_events_total{shard="all",event="park"}"#;
+        sample(&scrape(server.local_addr()), series)
+    };
+    // Counters are copied on the keep-alive beat (stall_ms / 4).
+    std::thread::sleep(Duration::from_millis(600));
+    let before = parks();
+    let idle = Duration::from_secs(3);
+    std::thread::sleep(idle);
+    let per_shard_per_s =
+        (parks() - before) / server.shard_count() as f64 / idle.as_secs_f64();
+    assert!(
+        per_shard_per_s < 50.0,
+        "an idle shard parked {per_shard_per_s:.0} times a second"
+    );
+    server.stop().unwrap();
+}
+
 /// Every `server.poll` mode serves every shard's tenants and stops cleanly; `busy` never
 /// parks (its executors poll without sleeping), `park` and `adaptive` do.
 #[test]

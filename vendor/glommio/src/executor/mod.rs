@@ -109,6 +109,28 @@ pub(crate) fn executor_id() -> Option<usize> {
     }
 }
 
+/// Shardline patch: whether this thread's executor has a task queue with runnable tasks
+/// (`true` outside an executor, or while its queues are borrowed: the caller then arms
+/// what it would have armed anyway). The reactor arms a preemption timer only when there
+/// is something to preempt: an idle executor woken by its own last timer must not arm the
+/// next one, or it wakes every period forever.
+pub(crate) fn has_runnable_tasks() -> bool {
+    let runnable = |ex: &LocalExecutor| {
+        ex.queues
+            .try_borrow()
+            .map_or(true, |queues| !queues.active_executors.is_empty())
+    };
+    #[cfg(not(feature = "native-tls"))]
+    {
+        !LOCAL_EX.is_set() || LOCAL_EX.with(runnable)
+    }
+
+    #[cfg(feature = "native-tls")]
+    unsafe {
+        LOCAL_EX.as_ref().map_or(true, runnable)
+    }
+}
+
 #[derive(Default, Debug, Copy, Clone, Eq, PartialEq, Hash)]
 /// An opaque handle indicating in which queue a group of tasks will execute.
 /// Tasks in the same group will execute in FIFO order but no guarantee is made

@@ -1941,8 +1941,13 @@ impl Reactor {
             }
         }
 
+        // Shardline patch: armed only when a task is runnable. After an idle sleep that
+        // the kept timer itself ended, nothing is, and arming again would wake the next
+        // sleep one period later, and so on: a wake per period while idle.
         if let Some(preempt) = preempt_timer() {
-            if self.latency_preemption_armed.get().is_none() {
+            if self.latency_preemption_armed.get().is_none()
+                && crate::executor::has_runnable_tasks()
+            {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
                 self.latency_preemption_armed.set(Some(preempt));
