@@ -25,11 +25,12 @@ pub const TASK_TYPE_BYTES_MAX: usize = 128;
 pub const PAYLOAD_REF_BYTES_MAX: usize = 2048;
 /// Nesting of `task.payload` and `options`, forwarded raw to workers that must parse them.
 pub const FORWARDED_DEPTH_MAX: usize = 64;
-/// A provider id: `constraints.exclude[]`, `attempt.previous_provider`, results.
+/// A provider id: `constraints.exclude[]`, `only[]`, `order[]`, `attempt.previous_provider`,
+/// results.
 pub const PROVIDER_ID_BYTES_MAX: usize = 128;
 /// A capability tag in `constraints.require[]`.
 pub const CAPABILITY_BYTES_MAX: usize = 128;
-/// Entries in `constraints.exclude` and in `constraints.require`, each.
+/// Entries in each of `constraints.exclude`, `require`, `only` and `order`.
 pub const CONSTRAINT_LIST_ENTRIES_MAX: usize = 64;
 /// Entries in `metadata`.
 pub const METADATA_ENTRIES_MAX: usize = 64;

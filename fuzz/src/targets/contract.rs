@@ -29,6 +29,8 @@ const DECIDE_KEYS: &[&str] = &[
     "max_cost",
     "exclude",
     "require",
+    "only",
+    "order",
     "metadata",
     "attempt",
     "previous_provider",
@@ -203,7 +205,11 @@ fn print_decide(r: &DecideRequest<'_>) -> String {
     let mut constraints = vec![
         format!(r#""exclude":{}"#, list(&c.exclude)),
         format!(r#""require":{}"#, list(&c.require)),
+        format!(r#""order":{}"#, list(&c.order)),
     ];
+    if !c.only.is_empty() {
+        constraints.push(format!(r#""only":{}"#, list(&c.only)));
+    }
     if let Some(ms) = c.max_latency_ms {
         constraints.push(format!(r#""max_latency_ms":{}"#, json!(ms)));
     }
