@@ -215,6 +215,42 @@ fn balanced_decisions_do_not_allocate() {
     }
 }
 
+/// Per-request constraints (`exclude`, `require`, `only`, `order`), on the weighted and
+/// the session paths, decide without allocating: the lists are read where they lie.
+#[test]
+fn constrained_decisions_do_not_allocate() {
+    let table = RoutingTable::from_policies(vec![policy("plain", false), policy("sticky", true)])
+        .expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let ids = |list: &[&'static str]| list.iter().map(|&n| Cow::Borrowed(n)).collect();
+    let constrained = |policy| {
+        let mut req = request(policy, "u-7");
+        req.constraints = Constraints {
+            exclude: ids(&["cohere"]),
+            only: ids(&["openai", "anthropic", "mistral"]),
+            order: ids(&["unknown", "mistral", "openai"]),
+            ..Constraints::default()
+        };
+        req
+    };
+    let (plain, sticky) = (constrained("plain"), constrained("sticky"));
+    for t in 0..1_000u64 {
+        let now = Now {
+            mono_ns: 1_000 + t,
+            unix_ms: 1,
+        };
+        for req in [&plain, &sticky] {
+            let (n, d) = count(|| decide(&table, &mut state, req, now).expect("decision"));
+            assert_eq!(n, 0, "{}, decision {t}: {n} allocations", req.policy_id);
+            let name = &table.policy(d.slot).provider(d.provider).name;
+            assert!(**name != *"cohere", "excluded");
+            if req.policy_id == "plain" {
+                assert_eq!(&**name, "mistral", "the order's first candidate");
+            }
+        }
+    }
+}
+
 /// A decision for a tenant another shard owns goes through the shard core's whole local
 /// path — the choice, the engine, the answer written into a reused buffer — without
 /// allocating.

@@ -19,6 +19,8 @@ pub mod breaker;
 pub mod bucket;
 pub mod condition;
 mod error;
+#[cfg(test)]
+mod override_tests;
 pub mod pipeline;
 pub mod rendezvous;
 pub mod rng;

@@ -6,6 +6,13 @@
 //! draw from the shard's generator, or the policy's `balance` strategy's choice. The
 //! strategy sees only what steps 5–7 left: constraints, breakers, fallbacks and sessions
 //! come first, whatever it would prefer.
+//!
+//! Per-request overrides: `constraints.only` is a constraint like `exclude` (a provider
+//! not listed is no candidate, so neither a session, a retry nor a fallback can return
+//! it); `constraints.order` picks, among the candidates left for a request without a
+//! session, the first one listed, before the balancing strategy. Why a session wins over
+//! `order`: its provider must be the same on every shard and for every request of the
+//! session, and a gateway that wants its order to decide leaves the session key out.
 
 use super::balance::{self, Why};
 use super::breaker::{Availability, Transition};
@@ -50,15 +57,17 @@ pub fn expected(policy: &Policy, ps: &PolicyState, idx: ProviderIdx) -> (Option<
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unusable {
     Excluded,
+    /// Not listed in the request's `constraints.only`.
+    NotInOnly,
     MissingCapability,
     TooSlow,
     TooCostly,
     CircuitOpen,
 }
 
-/// Constraints: `exclude`, `require` (all tags), and the latency/cost ceilings. A provider
-/// whose figure is unknown does not meet a ceiling on it: the gateway asked for a bound we
-/// cannot vouch for.
+/// Constraints: `exclude`, `only` (when given), `require` (all tags), and the latency/cost
+/// ceilings. A provider whose figure is unknown does not meet a ceiling on it: the gateway
+/// asked for a bound we cannot vouch for.
 fn constraint_check(
     p: &Provider,
     figures: (Option<f64>, Option<f64>),
@@ -66,6 +75,9 @@ fn constraint_check(
 ) -> Option<Unusable> {
     if c.exclude.iter().any(|e| **e == *p.name) {
         return Some(Unusable::Excluded);
+    }
+    if !c.only.is_empty() && !c.only.iter().any(|o| **o == *p.name) {
+        return Some(Unusable::NotInOnly);
     }
     if !c
         .require
@@ -235,7 +247,8 @@ impl Selector<'_, '_, '_> {
     }
 
     /// Steps 7–8: a request with a session gets the session's provider, `sticky` if this
-    /// shard already answered it so in this epoch; any other request a weighted draw.
+    /// shard already answered it so in this epoch; any other request the first candidate
+    /// of its `constraints.order`, else a weighted draw or the balancing strategy's pick.
     fn sticky_or_weighted(
         &mut self,
         state: &mut ShardState,
@@ -246,7 +259,19 @@ impl Selector<'_, '_, '_> {
             return None;
         }
         if let Some(sel) = self.session_choice(state, mask) {
+            if !self.ctx.req.constraints.order.is_empty() {
+                explain!(
+                    self.explain,
+                    "order: not applied, the session's provider decides"
+                );
+            }
             return Some(sel);
+        }
+        if let Some(idx) = self.ordered(mask) {
+            return Some(Selection {
+                provider: idx,
+                reason: Reason::Weighted,
+            });
         }
         let idx = if self.policy.balance.strategy == BalanceStrategy::Weighted {
             let idx = draw(self.policy, mask, total, state.rng.below(total));
@@ -269,6 +294,35 @@ impl Selector<'_, '_, '_> {
             provider: idx,
             reason: Reason::Weighted,
         })
+    }
+
+    /// `constraints.order`: the first provider listed that is a candidate (`mask`), or
+    /// `None` when none is (the request is then chosen for as without an order).
+    fn ordered(&mut self, mask: u64) -> Option<ProviderIdx> {
+        let order = &self.ctx.req.constraints.order;
+        for (n, name) in order.iter().enumerate() {
+            match self.policy.provider_idx(name) {
+                Some(idx) if mask & idx.bit() != 0 => {
+                    explain!(
+                        self.explain,
+                        "order: {name} chosen (listed {} of {})",
+                        n + 1,
+                        order.len()
+                    );
+                    return Some(idx);
+                }
+                Some(_) => explain!(self.explain, "order: {name} skipped (not a candidate)"),
+                None => explain!(self.explain, "order: {name} skipped (not in the policy)"),
+            }
+        }
+        if !order.is_empty() {
+            explain!(
+                self.explain,
+                "order: none of the {} listed is a candidate; chosen as without an order",
+                order.len()
+            );
+        }
+        None
     }
 
     /// The session's top-ranked candidate for its current TTL epoch (`rendezvous`): the
