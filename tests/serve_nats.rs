@@ -397,3 +397,33 @@ fn decisions_on_any_shard_subject_are_made_there() {
         "every retry was replayed by the owner"
     );
 }
+
+/// Requests over NATS are decoded by the same code as over HTTP: `only` and `order`
+/// steer the decision, and an empty `only` is refused with the same error.
+#[test]
+fn per_request_overrides_over_nats() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let tenants = vec!["acme-nats".to_owned()];
+    let rig = rig(&nats, &tenants, "");
+    let body = |n: u32, constraints: &str| {
+        format!(
+            r#"{{"request_id":"o-{n}","task":{{"type":"chat","payload_ref":"p"}},
+                "constraints":{constraints}}}"#
+        )
+    };
+    for n in 0..10 {
+        let only = body(n, r#"{"only":["anthropic"]}"#);
+        let v = json(&decide(&rig.nc, Some("acme-nats"), only.as_bytes()));
+        assert_eq!(v["decision"]["provider_id"], "anthropic", "{v}");
+        let order = body(n, r#"{"order":["anthropic","openai"]}"#);
+        let v = json(&decide(&rig.nc, Some("acme-nats"), order.as_bytes()));
+        assert_eq!(v["decision"]["provider_id"], "anthropic", "{v}");
+    }
+    let empty = body(99, r#"{"only":[]}"#);
+    let m = decide(&rig.nc, Some("acme-nats"), empty.as_bytes());
+    let v = json(&m);
+    assert_eq!(header(&m, "status").as_deref(), Some("400"));
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    assert_eq!(v["error"]["details"]["field"], "constraints.only", "{v}");
+}
