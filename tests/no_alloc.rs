@@ -70,6 +70,7 @@ fn policy(id: &str, sticky: bool) -> Policy {
             expected_latency_ms: Some(300.0),
             cost: Some(0.001),
             capabilities: Box::new([]),
+            limits: Default::default(),
         })
         .collect();
     Policy {
@@ -94,6 +95,7 @@ fn policy(id: &str, sticky: bool) -> Policy {
         validators: Box::new([]),
         post: Box::new([]),
         timeout_ms: None,
+        cooldown_ms: 10_000,
     }
 }
 
