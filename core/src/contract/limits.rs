@@ -57,6 +57,9 @@ pub const RESULT_ID_BYTES_MAX: usize = 128;
 /// `error_message` in results and `message` in acks: longer ones are cut, not refused,
 /// so that a verbose worker still feeds the circuit breaker.
 pub const WORKER_MESSAGE_BYTES_MAX: usize = 4096;
+/// `usage.input_tokens` and `usage.output_tokens` of one ExecResult, each: a billion
+/// tokens is past any call, and the sum stays exact in every counter it feeds.
+pub const USAGE_TOKENS_MAX: u64 = 1_000_000_000;
 /// Characters of an offending value quoted back in an error message.
 pub const VALUE_SHOWN_CHARS_MAX: usize = 32;
 

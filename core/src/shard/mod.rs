@@ -447,12 +447,15 @@ impl ShardCore {
     }
 }
 
-/// What a result tells the breakers and averages.
+/// What a result tells the breakers and averages. A provider that refused the call for
+/// its rate limit is not failing: its result counts for nothing here (it cools the
+/// provider down instead).
 pub fn observed(result: &ExecResult) -> Observed {
     let outcome = match result.status {
+        _ if result.rate_limited() => None,
         ExecStatus::Success => Some(Outcome::Success),
         ExecStatus::Error | ExecStatus::Timeout => Some(Outcome::Failure),
-        ExecStatus::Cancelled => None,
+        ExecStatus::Cancelled | ExecStatus::RateLimited => None,
     };
     Observed {
         outcome,
