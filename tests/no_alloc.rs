@@ -1,5 +1,6 @@
 //! Proves that `decide` does not touch the heap on the weighted, sticky-hit and balanced
-//! (`least_latency`, `least_outstanding`, `lowest_cost`) paths, nor
+//! (`least_latency`, `least_outstanding`, `lowest_cost`) paths, with per-request
+//! constraints or providers' own limits, nor
 //! the shard core's whole local path around it (the lifecycle's choice, the engine, the
 //! encoded answer into a reused buffer) on a shard that does not own the tenant (STYLE:
 //! allocate at shard start, not per request), nor the load generator's recording of an
@@ -250,6 +251,47 @@ fn constrained_decisions_do_not_allocate() {
                 assert_eq!(&**name, "mistral", "the order's first candidate");
             }
         }
+    }
+}
+
+/// Providers' own limits cost no allocation either: decisions counted against `rpm`,
+/// results' tokens against `tpm`, and a cooldown started by a `rate_limited` result.
+#[test]
+fn provider_limits_do_not_allocate() {
+    use shardline::decide::{LimitSignal, Observed, Outcome};
+    use shardline::policy::ProviderLimits;
+    let mut limited = policy("limited", false);
+    for p in limited.providers.iter_mut() {
+        p.limits = ProviderLimits {
+            rpm: Some(1_000),
+            tpm: Some(100_000),
+        };
+    }
+    let table = RoutingTable::from_policies(vec![limited]).expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let req = request("limited", "u");
+    let observed = Observed {
+        outcome: Some(Outcome::Success),
+        latency_ms: Some(250.0),
+        cost: None,
+    };
+    for t in 0..2_000u64 {
+        let now = Now {
+            mono_ns: 1_000_000 * (t + 1),
+            unix_ms: 1,
+        };
+        let signal = LimitSignal {
+            tokens: Some(40),
+            rate_limited: t == 999,
+        };
+        let (n, d) = count(|| {
+            let d = decide(&table, &mut state, &req, now).expect("decision");
+            let name = &table.policy(d.slot).provider(d.provider).name;
+            state.record_result_with(&table, "acme", name, (observed, signal), now.mono_ns);
+            d
+        });
+        assert_eq!(n, 0, "decision and result {t}: {n} allocations");
+        assert_eq!(d.reason, Reason::Weighted);
     }
 }
 

@@ -21,6 +21,7 @@ use super::error::{DecideError, Exclusions};
 use super::rendezvous::{self, Epoch};
 use super::state::{PolicyState, ShardState};
 use super::sticky::SessionKey;
+use super::usage::Held;
 use crate::contract::{Constraints, Reason};
 use crate::policy::{BalanceStrategy, Policy, PolicySlot, Provider, ProviderIdx};
 
@@ -62,7 +63,22 @@ enum Unusable {
     MissingCapability,
     TooSlow,
     TooCostly,
+    /// The provider's own limits (`usage`): cooling down after a `rate_limited` result,
+    /// or at its `rpm` or `tpm`.
+    CoolingDown,
+    AtRpmLimit,
+    AtTpmLimit,
     CircuitOpen,
+}
+
+impl From<Held> for Unusable {
+    fn from(held: Held) -> Self {
+        match held {
+            Held::CoolingDown => Unusable::CoolingDown,
+            Held::AtRpm => Unusable::AtRpmLimit,
+            Held::AtTpm => Unusable::AtTpmLimit,
+        }
+    }
 }
 
 /// Constraints: `exclude`, `only` (when given), `require` (all tags), and the latency/cost
@@ -131,6 +147,9 @@ impl Selector<'_, '_, '_> {
         if let Some(why) = constraint_check(p, figures, &self.ctx.req.constraints) {
             return Err(why);
         }
+        if let Some(held) = ps.providers[idx.get()].usage.held(p.limits, self.now_ns) {
+            return Err(held.into());
+        }
         match &self.policy.circuit_breaker {
             Some(cfg) => match super::sync::availability(
                 self.owner,
@@ -162,6 +181,9 @@ impl Selector<'_, '_, '_> {
                 Err(why) => {
                     match why {
                         Unusable::CircuitOpen => ex.by_open_circuit += 1,
+                        Unusable::CoolingDown | Unusable::AtRpmLimit | Unusable::AtTpmLimit => {
+                            ex.by_limits += 1
+                        }
                         _ => ex.by_constraints += 1,
                     }
                     explain!(self.explain, "candidate {}: not usable ({why:?})", p.name);
@@ -463,6 +485,10 @@ impl Selector<'_, '_, '_> {
                 state.half_opened += 1;
             }
         }
+        let limits = policy.provider(sel.provider).limits;
+        state.policies[slot].providers[sel.provider.get()]
+            .usage
+            .decided(limits, self.now_ns);
         let balance = policy.balance;
         if balance.strategy.counts_in_flight() {
             state.policies[slot].providers[sel.provider.get()]
