@@ -339,8 +339,9 @@ pub struct ExecResult {
 }
 
 /// An ExecResult's optional `usage {input_tokens, output_tokens}` (SPEC §12); a member
-/// left out counts 0. What a provider's `tpm` is counted from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// left out counts 0. What a provider's `tpm` is counted from, and forwarded in the
+/// UsageEvent for metering.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -676,6 +677,9 @@ pub struct UsageEvent {
     /// The job's type, when the result named it (Beamline's `event_type`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
+    /// The result's `usage`, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 impl UsageEvent {
@@ -692,6 +696,7 @@ impl UsageEvent {
             timestamp: result.timestamp_unix_ms.unwrap_or(now_unix_ms),
             trace_id: result.trace_id.clone(),
             event_type: result.job_type.clone(),
+            usage: result.usage,
         }
     }
 

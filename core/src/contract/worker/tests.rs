@@ -420,6 +420,17 @@ fn usage_event_follows_the_result() {
     event.encode(&mut out);
     let value: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(value["latency_ms"], Value::Null, "unknown, not 0");
+    assert!(value.get("usage").is_none(), "no usage, no member: {value}");
+    let used = json!({"usage": {"input_tokens": 5, "output_tokens": 7}}).merged(self::result());
+    let event = UsageEvent::from_result(&decode_result(&used).unwrap(), 42);
+    let mut out = Vec::new();
+    event.encode(&mut out);
+    let value: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        value["usage"],
+        json!({"input_tokens": 5, "output_tokens": 7})
+    );
+    assert_eq!(serde_json::from_slice::<UsageEvent>(&out).unwrap(), event);
 }
 
 /// `json!({...}).merged(base)`: `base` with the given keys replaced.
