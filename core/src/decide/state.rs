@@ -1,5 +1,6 @@
 //! A shard's mutable routing state: rate-limit buckets, circuit breakers, observed
-//! latency/cost (and what `balance` strategies read), sticky sessions and the random
+//! latency/cost (and what `balance` strategies read), providers' own usage (`usage`:
+//! requests and tokens per minute, cooldowns), sticky sessions and the random
 //! source. Owned by one shard, never shared,
 //! so nothing here locks.
 //!
