@@ -1,5 +1,6 @@
 //! Proves that `decide` does not touch the heap on the weighted, sticky-hit and balanced
-//! (`least_latency`, `least_outstanding`, `lowest_cost`) paths, nor
+//! (`least_latency`, `least_outstanding`, `lowest_cost`) paths, with per-request
+//! constraints or providers' own limits, nor
 //! the shard core's whole local path around it (the lifecycle's choice, the engine, the
 //! encoded answer into a reused buffer) on a shard that does not own the tenant (STYLE:
 //! allocate at shard start, not per request), nor the load generator's recording of an
@@ -70,6 +71,7 @@ fn policy(id: &str, sticky: bool) -> Policy {
             expected_latency_ms: Some(300.0),
             cost: Some(0.001),
             capabilities: Box::new([]),
+            limits: Default::default(),
         })
         .collect();
     Policy {
@@ -94,6 +96,7 @@ fn policy(id: &str, sticky: bool) -> Policy {
         validators: Box::new([]),
         post: Box::new([]),
         timeout_ms: None,
+        cooldown_ms: 10_000,
     }
 }
 
@@ -212,6 +215,83 @@ fn balanced_decisions_do_not_allocate() {
             let name = &table.policy(d.slot).provider(d.provider).name;
             state.record_result(&table, "acme", name, observed, now.mono_ns);
         }
+    }
+}
+
+/// Per-request constraints (`exclude`, `require`, `only`, `order`), on the weighted and
+/// the session paths, decide without allocating: the lists are read where they lie.
+#[test]
+fn constrained_decisions_do_not_allocate() {
+    let table = RoutingTable::from_policies(vec![policy("plain", false), policy("sticky", true)])
+        .expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let ids = |list: &[&'static str]| list.iter().map(|&n| Cow::Borrowed(n)).collect();
+    let constrained = |policy| {
+        let mut req = request(policy, "u-7");
+        req.constraints = Constraints {
+            exclude: ids(&["cohere"]),
+            only: ids(&["openai", "anthropic", "mistral"]),
+            order: ids(&["unknown", "mistral", "openai"]),
+            ..Constraints::default()
+        };
+        req
+    };
+    let (plain, sticky) = (constrained("plain"), constrained("sticky"));
+    for t in 0..1_000u64 {
+        let now = Now {
+            mono_ns: 1_000 + t,
+            unix_ms: 1,
+        };
+        for req in [&plain, &sticky] {
+            let (n, d) = count(|| decide(&table, &mut state, req, now).expect("decision"));
+            assert_eq!(n, 0, "{}, decision {t}: {n} allocations", req.policy_id);
+            let name = &table.policy(d.slot).provider(d.provider).name;
+            assert!(**name != *"cohere", "excluded");
+            if req.policy_id == "plain" {
+                assert_eq!(&**name, "mistral", "the order's first candidate");
+            }
+        }
+    }
+}
+
+/// Providers' own limits cost no allocation either: decisions counted against `rpm`,
+/// results' tokens against `tpm`, and a cooldown started by a `rate_limited` result.
+#[test]
+fn provider_limits_do_not_allocate() {
+    use shardline::decide::{LimitSignal, Observed, Outcome};
+    use shardline::policy::ProviderLimits;
+    let mut limited = policy("limited", false);
+    for p in limited.providers.iter_mut() {
+        p.limits = ProviderLimits {
+            rpm: Some(1_000),
+            tpm: Some(100_000),
+        };
+    }
+    let table = RoutingTable::from_policies(vec![limited]).expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let req = request("limited", "u");
+    let observed = Observed {
+        outcome: Some(Outcome::Success),
+        latency_ms: Some(250.0),
+        cost: None,
+    };
+    for t in 0..2_000u64 {
+        let now = Now {
+            mono_ns: 1_000_000 * (t + 1),
+            unix_ms: 1,
+        };
+        let signal = LimitSignal {
+            tokens: Some(40),
+            rate_limited: t == 999,
+        };
+        let (n, d) = count(|| {
+            let d = decide(&table, &mut state, &req, now).expect("decision");
+            let name = &table.policy(d.slot).provider(d.provider).name;
+            state.record_result_with(&table, "acme", name, (observed, signal), now.mono_ns);
+            d
+        });
+        assert_eq!(n, 0, "decision and result {t}: {n} allocations");
+        assert_eq!(d.reason, Reason::Weighted);
     }
 }
 

@@ -397,3 +397,78 @@ fn decisions_on_any_shard_subject_are_made_there() {
         "every retry was replayed by the owner"
     );
 }
+
+/// Requests over NATS are decoded by the same code as over HTTP: `only` and `order`
+/// steer the decision, and an empty `only` is refused with the same error.
+#[test]
+fn per_request_overrides_over_nats() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let tenants = vec!["acme-nats".to_owned()];
+    let rig = rig(&nats, &tenants, "");
+    let body = |n: u32, constraints: &str| {
+        format!(
+            r#"{{"request_id":"o-{n}","task":{{"type":"chat","payload_ref":"p"}},
+                "constraints":{constraints}}}"#
+        )
+    };
+    for n in 0..10 {
+        let only = body(n, r#"{"only":["anthropic"]}"#);
+        let v = json(&decide(&rig.nc, Some("acme-nats"), only.as_bytes()));
+        assert_eq!(v["decision"]["provider_id"], "anthropic", "{v}");
+        let order = body(n, r#"{"order":["anthropic","openai"]}"#);
+        let v = json(&decide(&rig.nc, Some("acme-nats"), order.as_bytes()));
+        assert_eq!(v["decision"]["provider_id"], "anthropic", "{v}");
+    }
+    let empty = body(99, r#"{"only":[]}"#);
+    let m = decide(&rig.nc, Some("acme-nats"), empty.as_bytes());
+    let v = json(&m);
+    assert_eq!(header(&m, "status").as_deref(), Some("400"));
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    assert_eq!(v["error"]["details"]["field"], "constraints.only", "{v}");
+}
+
+/// A `rate_limited` ExecResult on `caf.exec.result.v1` (decoded by the same code as
+/// `POST /v1/results`) cools the provider down on every shard: decisions over NATS that
+/// prefer it get the other provider for the policy's `cooldown_ms` (10 s by default).
+#[test]
+fn a_rate_limited_result_over_nats_cools_the_provider_down() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let tenant = "acme-nats";
+    let rig = rig(&nats, &[tenant.to_owned()], "");
+    let result = format!(
+        r#"{{"assignment_id":"rl-1","status":"rate_limited","provider_id":"openai",
+            "tenant_id":"{tenant}","usage":{{"input_tokens":10,"output_tokens":0}}}}"#
+    );
+    let reply = rig
+        .nc
+        .request_timeout("caf.exec.result.v1", &result, WAIT)
+        .unwrap();
+    assert_eq!(json(&reply)["duplicate"], false, "{:?}", json(&reply));
+    let prefer_openai = |n: u32| {
+        let body = format!(
+            r#"{{"request_id":"c-{n}","task":{{"type":"chat","payload_ref":"p"}},
+                "constraints":{{"order":["openai"]}},"explain":true}}"#
+        );
+        json(&decide(&rig.nc, Some(tenant), body.as_bytes()))["decision"].clone()
+    };
+    // The owner took the result; the other shards hear of it one ring hop later.
+    let deadline = Instant::now() + WAIT;
+    let mut n = 0;
+    while prefer_openai(n)["provider_id"] == "openai" {
+        assert!(Instant::now() < deadline, "openai never cooled down");
+        n += 1;
+    }
+    for n in 100..130 {
+        let d = prefer_openai(n);
+        assert_eq!(d["provider_id"], "anthropic", "{d}");
+        let steps = d["explanation"].as_array().unwrap();
+        assert!(
+            steps
+                .iter()
+                .any(|s| s == "candidate openai: not usable (CoolingDown)"),
+            "{d}"
+        );
+    }
+}

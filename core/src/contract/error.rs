@@ -94,6 +94,8 @@ pub enum Rule {
     Scalar,
     /// More entries than allowed.
     Entries { max: usize },
+    /// A list that must name at least one entry is empty.
+    NotEmpty,
     /// Nesting deeper than allowed.
     Depth { max: usize },
     /// A key given twice in one object.
@@ -120,7 +122,7 @@ impl Rule {
             Rule::Pattern(_) => "pattern",
             Rule::TraceId | Rule::RunId | Rule::Uuid4 | Rule::Subject => "format",
             Rule::NonNegative | Rule::Integer { .. } | Rule::UnixMs { .. } => "range",
-            Rule::Entries { .. } => "count",
+            Rule::Entries { .. } | Rule::NotEmpty => "count",
             Rule::Depth { .. } => "depth",
             Rule::Duplicate => "duplicate",
             Rule::AllOrNone => "all_or_none",
@@ -156,6 +158,9 @@ impl fmt::Display for Rule {
             ),
             Rule::Scalar => f.write_str("must be a string, number, boolean or null"),
             Rule::Entries { max } => write!(f, "must have at most {max} entries"),
+            Rule::NotEmpty => {
+                f.write_str("must name at least one entry (leave it out for no limit)")
+            }
             Rule::Depth { max } => write!(f, "must nest at most {max} levels deep"),
             Rule::Duplicate => f.write_str("must not be given twice"),
             Rule::AllOrNone => {

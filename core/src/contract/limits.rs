@@ -25,11 +25,12 @@ pub const TASK_TYPE_BYTES_MAX: usize = 128;
 pub const PAYLOAD_REF_BYTES_MAX: usize = 2048;
 /// Nesting of `task.payload` and `options`, forwarded raw to workers that must parse them.
 pub const FORWARDED_DEPTH_MAX: usize = 64;
-/// A provider id: `constraints.exclude[]`, `attempt.previous_provider`, results.
+/// A provider id: `constraints.exclude[]`, `only[]`, `order[]`, `attempt.previous_provider`,
+/// results.
 pub const PROVIDER_ID_BYTES_MAX: usize = 128;
 /// A capability tag in `constraints.require[]`.
 pub const CAPABILITY_BYTES_MAX: usize = 128;
-/// Entries in `constraints.exclude` and in `constraints.require`, each.
+/// Entries in each of `constraints.exclude`, `require`, `only` and `order`.
 pub const CONSTRAINT_LIST_ENTRIES_MAX: usize = 64;
 /// Entries in `metadata`.
 pub const METADATA_ENTRIES_MAX: usize = 64;
@@ -56,6 +57,9 @@ pub const RESULT_ID_BYTES_MAX: usize = 128;
 /// `error_message` in results and `message` in acks: longer ones are cut, not refused,
 /// so that a verbose worker still feeds the circuit breaker.
 pub const WORKER_MESSAGE_BYTES_MAX: usize = 4096;
+/// `usage.input_tokens` and `usage.output_tokens` of one ExecResult, each: a billion
+/// tokens is past any call, and the sum stays exact in every counter it feeds.
+pub const USAGE_TOKENS_MAX: u64 = 1_000_000_000;
 /// Characters of an offending value quoted back in an error message.
 pub const VALUE_SHOWN_CHARS_MAX: usize = 32;
 

@@ -36,6 +36,6 @@ pub use request::{
 pub use types::*;
 pub use worker::{
     AckStatus, AssignmentCorrelation, AssignmentDecision, AssignmentId, ExecAssignment,
-    ExecAssignmentAck, ExecResult, ExecStatus, Executor, Job, UsageEvent, ACK_SUBJECT,
+    ExecAssignmentAck, ExecResult, ExecStatus, Executor, Job, Usage, UsageEvent, ACK_SUBJECT,
     EXECUTOR_CHANNEL, RESULT_SUBJECT, USAGE_SUBJECT,
 };

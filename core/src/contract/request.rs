@@ -129,6 +129,8 @@ struct WireConstraints<'a> {
     max_cost: Option<Loose<'a>>,
     exclude: Option<WireList<'a>>,
     require: Option<WireList<'a>>,
+    only: Option<WireList<'a>>,
+    order: Option<WireList<'a>>,
     duplicate: Option<&'static str>,
 }
 
@@ -145,6 +147,8 @@ impl<'a> Fields<'a> for WireConstraints<'a> {
             "max_cost" => read(&mut self.max_cost, "constraints.max_cost", dup, map),
             "exclude" => read(&mut self.exclude, "constraints.exclude", dup, map),
             "require" => read(&mut self.require, "constraints.require", dup, map),
+            "only" => read(&mut self.only, "constraints.only", dup, map),
+            "order" => read(&mut self.order, "constraints.order", dup, map),
             _ => skip(map),
         }
     }
@@ -380,7 +384,35 @@ fn constraints<'a>(
         max_cost: optional_non_negative("constraints.max_cost", wire.max_cost)?,
         exclude: string_list("constraints.exclude", wire.exclude, PROVIDER_ID_BYTES_MAX)?,
         require: string_list("constraints.require", wire.require, CAPABILITY_BYTES_MAX)?,
+        only: provider_list("constraints.only", wire.only, true)?,
+        order: provider_list("constraints.order", wire.order, false)?,
     })
+}
+
+/// `only` and `order`: provider ids, each at most once. An empty `only` is refused: an
+/// allow-list that allows nothing is a gateway's bug, and reading it as "no restriction"
+/// would send the request where the gateway meant it not to go.
+fn provider_list<'a>(
+    field: &'static str,
+    value: Option<WireList<'a>>,
+    non_empty: bool,
+) -> Result<Vec<Cow<'a, str>>, ContractError> {
+    let present = matches!(value, Some(Listed::Items { .. }));
+    let ids = string_list(field, value, PROVIDER_ID_BYTES_MAX)?;
+    if non_empty && present && ids.is_empty() {
+        return Err(ContractError::invalid(
+            field,
+            Rule::NotEmpty,
+            Found::Nothing,
+        ));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if ids[..i].contains(id) {
+            let at = format!("{field}[{i}]");
+            return Err(ContractError::invalid(at, Rule::Duplicate, Found::text(id)));
+        }
+    }
+    Ok(ids)
 }
 
 /// An array of 1–`bytes_max`-byte strings, at most `CONSTRAINT_LIST_ENTRIES_MAX` long.

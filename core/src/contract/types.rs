@@ -44,6 +44,12 @@ pub struct Constraints<'a> {
     pub max_cost: Option<f64>,
     pub exclude: Vec<Cow<'a, str>>,
     pub require: Vec<Cow<'a, str>>,
+    /// Provider ids this request may go to; empty means every provider. Never empty on
+    /// the wire: `only: []` is refused, since it would allow nothing.
+    pub only: Vec<Cow<'a, str>>,
+    /// Provider ids in the order the gateway prefers them: the first that is a candidate
+    /// is chosen, before the balancing strategy (docs/API.md, Constraints).
+    pub order: Vec<Cow<'a, str>>,
 }
 
 impl Constraints<'_> {
@@ -52,6 +58,8 @@ impl Constraints<'_> {
             && self.max_cost.is_none()
             && self.exclude.is_empty()
             && self.require.is_empty()
+            && self.only.is_empty()
+            && self.order.is_empty()
     }
 }
 

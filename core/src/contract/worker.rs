@@ -278,14 +278,19 @@ pub enum ExecStatus {
     Error,
     Timeout,
     Cancelled,
+    /// The provider refused the call for its rate limit (a 429): cools the provider down
+    /// (`cooldown_ms`) without counting against its circuit.
+    #[serde(rename = "rate_limited")]
+    RateLimited,
 }
 
 impl ExecStatus {
-    pub const ALL: [ExecStatus; 4] = [
+    pub const ALL: [ExecStatus; 5] = [
         ExecStatus::Success,
         ExecStatus::Error,
         ExecStatus::Timeout,
         ExecStatus::Cancelled,
+        ExecStatus::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -294,11 +299,12 @@ impl ExecStatus {
             ExecStatus::Error => "error",
             ExecStatus::Timeout => "timeout",
             ExecStatus::Cancelled => "cancelled",
+            ExecStatus::RateLimited => "rate_limited",
         }
     }
 
     fn parse(text: &str) -> Result<Self, ContractError> {
-        let rule = Rule::OneOf("success, error, timeout, cancelled");
+        let rule = Rule::OneOf("success, error, timeout, cancelled, rate_limited");
         ExecStatus::ALL
             .into_iter()
             .find(|status| status.as_str() == text)
@@ -328,6 +334,45 @@ pub struct ExecResult {
     pub timestamp_unix_ms: Option<u64>,
     /// `job.type`, when the worker echoed the job.
     pub job_type: Option<String>,
+    /// Tokens the call used (`usage`), when the worker counted them.
+    pub usage: Option<Usage>,
+}
+
+/// An ExecResult's optional `usage {input_tokens, output_tokens}` (SPEC §12); a member
+/// left out counts 0. What a provider's `tpm` is counted from, and forwarded in the
+/// UsageEvent for metering.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+#[derive(Default)]
+struct WireUsage<'a> {
+    input_tokens: Option<Loose<'a>>,
+    output_tokens: Option<Loose<'a>>,
+    duplicate: Option<&'static str>,
+}
+
+impl<'a> Fields<'a> for WireUsage<'a> {
+    fn field<A: MapAccess<'a>>(
+        &mut self,
+        key: std::borrow::Cow<'a, str>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        let dup = &mut self.duplicate;
+        match &*key {
+            "input_tokens" => read(&mut self.input_tokens, "usage.input_tokens", dup, map),
+            "output_tokens" => read(&mut self.output_tokens, "usage.output_tokens", dup, map),
+            _ => skip(map),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -345,6 +390,7 @@ struct WireResult<'a> {
     error_message: Option<Loose<'a>>,
     timestamp: Option<Loose<'a>>,
     job: Option<Shaped<WireJob<'a>>>,
+    usage: Option<Shaped<WireUsage<'a>>>,
     duplicate: Option<&'static str>,
 }
 
@@ -369,6 +415,7 @@ impl<'a> Fields<'a> for WireResult<'a> {
             "error_message" => read(&mut self.error_message, "error_message", dup, map),
             "timestamp" => read(&mut self.timestamp, "timestamp", dup, map),
             "job" => read(&mut self.job, "job", dup, map),
+            "usage" => read(&mut self.usage, "usage", dup, map),
             _ => skip(map),
         }
     }
@@ -436,7 +483,17 @@ impl ExecResult {
             error_message: worker_message("error_message", wire.error_message)?,
             timestamp_unix_ms,
             job_type: job_type(wire.job)?,
+            usage: usage(wire.usage)?,
         })
+    }
+
+    /// The provider refused the call for its own rate limit: status `rate_limited`, or
+    /// an error whose `error_code` is `429` or `rate_limited`. Such a result cools the
+    /// provider down and does not count against its circuit.
+    pub fn rate_limited(&self) -> bool {
+        self.status == ExecStatus::RateLimited
+            || (self.status == ExecStatus::Error
+                && matches!(self.error_code.as_deref(), Some("429" | "rate_limited")))
     }
 
     /// The key duplicates are recognised by (SPEC §6): the assignment id, else the
@@ -445,6 +502,28 @@ impl ExecResult {
         let key = self.assignment_id.as_deref().or(self.request_id.as_deref());
         key.expect("decode ensures one of the ids")
     }
+}
+
+/// `usage`: an object of whole token counts, each at most `USAGE_TOKENS_MAX`.
+fn usage(value: Option<Shaped<WireUsage<'_>>>) -> Result<Option<Usage>, ContractError> {
+    let Some(wire) = object("usage", value)? else {
+        return Ok(None);
+    };
+    no_duplicate(wire.duplicate)?;
+    let count = |field: &'static str, v: Option<Loose<'_>>| match v {
+        None | Some(Loose::Null) => Ok(0),
+        Some(v) => {
+            let rule = Rule::Integer {
+                min: 0,
+                max: USAGE_TOKENS_MAX,
+            };
+            whole_number(field, &v, (0, USAGE_TOKENS_MAX), rule)
+        }
+    };
+    Ok(Some(Usage {
+        input_tokens: count("usage.input_tokens", wire.input_tokens)?,
+        output_tokens: count("usage.output_tokens", wire.output_tokens)?,
+    }))
 }
 
 /// An optional 1–`RESULT_ID_BYTES_MAX`-byte string.
@@ -598,6 +677,9 @@ pub struct UsageEvent {
     /// The job's type, when the result named it (Beamline's `event_type`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
+    /// The result's `usage`, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 impl UsageEvent {
@@ -614,6 +696,7 @@ impl UsageEvent {
             timestamp: result.timestamp_unix_ms.unwrap_or(now_unix_ms),
             trace_id: result.trace_id.clone(),
             event_type: result.job_type.clone(),
+            usage: result.usage,
         }
     }
 

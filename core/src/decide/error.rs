@@ -10,6 +10,8 @@ pub struct Exclusions {
     pub providers: usize,
     pub by_constraints: usize,
     pub by_open_circuit: usize,
+    /// Providers at their own `rpm`/`tpm` or cooling down after a `rate_limited` result.
+    pub by_limits: usize,
     pub fallbacks_tried: usize,
 }
 
@@ -33,9 +35,9 @@ pub enum DecideError {
     DeadlineExceeded { deadline_unix_ms: u64, late_ms: u64 },
     /// Step 9: nothing left to route to.
     #[error(
-        "no provider available: {} of {} excluded by constraints, {} by open circuits; \
-         {} fallback(s) tried",
-        .0.by_constraints, .0.providers, .0.by_open_circuit, .0.fallbacks_tried
+        "no provider available: {} of {} excluded by constraints, {} by open circuits, {} by \
+         provider rate limits or cooldowns; {} fallback(s) tried",
+        .0.by_constraints, .0.providers, .0.by_open_circuit, .0.by_limits, .0.fallbacks_tried
     )]
     DecisionFailed(Exclusions),
     /// A required stage could not be reached (no transport, no responder).

@@ -10,7 +10,7 @@
 //! `condition` (fallback `when`), `state` (per-shard state and results), `breaker`,
 //! `bucket` (rate limit), `rendezvous` (a session's provider, the same on every shard),
 //! `sticky` (which sessions this shard already answered), `rng` (weighted draw), `balance`
-//! (step 8's learning strategies).
+//! (step 8's learning strategies), `usage` (providers' own rate limits and cooldowns).
 
 pub mod balance;
 #[cfg(test)]
@@ -19,6 +19,10 @@ pub mod breaker;
 pub mod bucket;
 pub mod condition;
 mod error;
+#[cfg(test)]
+mod limit_tests;
+#[cfg(test)]
+mod override_tests;
 pub mod pipeline;
 pub mod rendezvous;
 pub mod rng;
@@ -28,6 +32,7 @@ mod sim;
 pub mod state;
 pub mod sticky;
 pub mod sync;
+pub mod usage;
 
 #[cfg(test)]
 mod tests;
@@ -37,6 +42,7 @@ pub use error::{DecideError, Exclusions};
 pub use pipeline::{admit, Decision, Pending, StageOutcome};
 pub use state::{Observed, ResultEffect, SessionNote, ShardState, StateConfig};
 pub use sync::{Peer, Placement, SyncMsg};
+pub use usage::LimitSignal;
 
 use crate::contract::DecideRequest;
 use crate::policy::{RoutingTable, StageKind};

@@ -6,6 +6,13 @@
 //! draw from the shard's generator, or the policy's `balance` strategy's choice. The
 //! strategy sees only what steps 5–7 left: constraints, breakers, fallbacks and sessions
 //! come first, whatever it would prefer.
+//!
+//! Per-request overrides: `constraints.only` is a constraint like `exclude` (a provider
+//! not listed is no candidate, so neither a session, a retry nor a fallback can return
+//! it); `constraints.order` picks, among the candidates left for a request without a
+//! session, the first one listed, before the balancing strategy. Why a session wins over
+//! `order`: its provider must be the same on every shard and for every request of the
+//! session, and a gateway that wants its order to decide leaves the session key out.
 
 use super::balance::{self, Why};
 use super::breaker::{Availability, Transition};
@@ -14,6 +21,7 @@ use super::error::{DecideError, Exclusions};
 use super::rendezvous::{self, Epoch};
 use super::state::{PolicyState, ShardState};
 use super::sticky::SessionKey;
+use super::usage::Held;
 use crate::contract::{Constraints, Reason};
 use crate::policy::{BalanceStrategy, Policy, PolicySlot, Provider, ProviderIdx};
 
@@ -50,15 +58,32 @@ pub fn expected(policy: &Policy, ps: &PolicyState, idx: ProviderIdx) -> (Option<
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unusable {
     Excluded,
+    /// Not listed in the request's `constraints.only`.
+    NotInOnly,
     MissingCapability,
     TooSlow,
     TooCostly,
+    /// The provider's own limits (`usage`): cooling down after a `rate_limited` result,
+    /// or at its `rpm` or `tpm`.
+    CoolingDown,
+    AtRpmLimit,
+    AtTpmLimit,
     CircuitOpen,
 }
 
-/// Constraints: `exclude`, `require` (all tags), and the latency/cost ceilings. A provider
-/// whose figure is unknown does not meet a ceiling on it: the gateway asked for a bound we
-/// cannot vouch for.
+impl From<Held> for Unusable {
+    fn from(held: Held) -> Self {
+        match held {
+            Held::CoolingDown => Unusable::CoolingDown,
+            Held::AtRpm => Unusable::AtRpmLimit,
+            Held::AtTpm => Unusable::AtTpmLimit,
+        }
+    }
+}
+
+/// Constraints: `exclude`, `only` (when given), `require` (all tags), and the latency/cost
+/// ceilings. A provider whose figure is unknown does not meet a ceiling on it: the gateway
+/// asked for a bound we cannot vouch for.
 fn constraint_check(
     p: &Provider,
     figures: (Option<f64>, Option<f64>),
@@ -66,6 +91,9 @@ fn constraint_check(
 ) -> Option<Unusable> {
     if c.exclude.iter().any(|e| **e == *p.name) {
         return Some(Unusable::Excluded);
+    }
+    if !c.only.is_empty() && !c.only.iter().any(|o| **o == *p.name) {
+        return Some(Unusable::NotInOnly);
     }
     if !c
         .require
@@ -119,6 +147,9 @@ impl Selector<'_, '_, '_> {
         if let Some(why) = constraint_check(p, figures, &self.ctx.req.constraints) {
             return Err(why);
         }
+        if let Some(held) = ps.providers[idx.get()].usage.held(p.limits, self.now_ns) {
+            return Err(held.into());
+        }
         match &self.policy.circuit_breaker {
             Some(cfg) => match super::sync::availability(
                 self.owner,
@@ -150,6 +181,9 @@ impl Selector<'_, '_, '_> {
                 Err(why) => {
                     match why {
                         Unusable::CircuitOpen => ex.by_open_circuit += 1,
+                        Unusable::CoolingDown | Unusable::AtRpmLimit | Unusable::AtTpmLimit => {
+                            ex.by_limits += 1
+                        }
                         _ => ex.by_constraints += 1,
                     }
                     explain!(self.explain, "candidate {}: not usable ({why:?})", p.name);
@@ -235,7 +269,8 @@ impl Selector<'_, '_, '_> {
     }
 
     /// Steps 7–8: a request with a session gets the session's provider, `sticky` if this
-    /// shard already answered it so in this epoch; any other request a weighted draw.
+    /// shard already answered it so in this epoch; any other request the first candidate
+    /// of its `constraints.order`, else a weighted draw or the balancing strategy's pick.
     fn sticky_or_weighted(
         &mut self,
         state: &mut ShardState,
@@ -246,7 +281,19 @@ impl Selector<'_, '_, '_> {
             return None;
         }
         if let Some(sel) = self.session_choice(state, mask) {
+            if !self.ctx.req.constraints.order.is_empty() {
+                explain!(
+                    self.explain,
+                    "order: not applied, the session's provider decides"
+                );
+            }
             return Some(sel);
+        }
+        if let Some(idx) = self.ordered(mask) {
+            return Some(Selection {
+                provider: idx,
+                reason: Reason::Weighted,
+            });
         }
         let idx = if self.policy.balance.strategy == BalanceStrategy::Weighted {
             let idx = draw(self.policy, mask, total, state.rng.below(total));
@@ -269,6 +316,35 @@ impl Selector<'_, '_, '_> {
             provider: idx,
             reason: Reason::Weighted,
         })
+    }
+
+    /// `constraints.order`: the first provider listed that is a candidate (`mask`), or
+    /// `None` when none is (the request is then chosen for as without an order).
+    fn ordered(&mut self, mask: u64) -> Option<ProviderIdx> {
+        let order = &self.ctx.req.constraints.order;
+        for (n, name) in order.iter().enumerate() {
+            match self.policy.provider_idx(name) {
+                Some(idx) if mask & idx.bit() != 0 => {
+                    explain!(
+                        self.explain,
+                        "order: {name} chosen (listed {} of {})",
+                        n + 1,
+                        order.len()
+                    );
+                    return Some(idx);
+                }
+                Some(_) => explain!(self.explain, "order: {name} skipped (not a candidate)"),
+                None => explain!(self.explain, "order: {name} skipped (not in the policy)"),
+            }
+        }
+        if !order.is_empty() {
+            explain!(
+                self.explain,
+                "order: none of the {} listed is a candidate; chosen as without an order",
+                order.len()
+            );
+        }
+        None
     }
 
     /// The session's top-ranked candidate for its current TTL epoch (`rendezvous`): the
@@ -409,6 +485,10 @@ impl Selector<'_, '_, '_> {
                 state.half_opened += 1;
             }
         }
+        let limits = policy.provider(sel.provider).limits;
+        state.policies[slot].providers[sel.provider.get()]
+            .usage
+            .decided(limits, self.now_ns);
         let balance = policy.balance;
         if balance.strategy.counts_in_flight() {
             state.policies[slot].providers[sel.provider.get()]

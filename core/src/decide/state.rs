@@ -1,5 +1,6 @@
 //! A shard's mutable routing state: rate-limit buckets, circuit breakers, observed
-//! latency/cost (and what `balance` strategies read), sticky sessions and the random
+//! latency/cost (and what `balance` strategies read), providers' own usage (`usage`:
+//! requests and tokens per minute, cooldowns), sticky sessions and the random
 //! source. Owned by one shard, never shared,
 //! so nothing here locks.
 //!
@@ -19,6 +20,7 @@ use super::rendezvous;
 use super::rng::Rng;
 use super::sticky::{SessionKey, StickyTable};
 use super::sync::{policy_key, Lease, Peer, PeerLease, Placement, Probe, Sent, SyncMsg};
+use super::usage::{LimitSignal, ProviderUsage};
 use crate::policy::{Policy, PolicySlot, ProviderIdx, RoutingTable};
 
 /// Weight of a new observation in the latency/cost moving averages.
@@ -58,6 +60,9 @@ pub struct ProviderState {
     pub peak_latency: PeakEwma,
     /// Calls in flight as this shard counts them (`balance`); not replicated.
     pub in_flight: InFlight,
+    /// The provider's own limits: this shard's requests, the owner's tokens (replicated)
+    /// and cooldown (replicated) (`usage`).
+    pub usage: ProviderUsage,
     /// Non-owner shards: the half-open probe the owner granted (`sync`).
     pub(super) probe: Probe,
     /// The owner: what it sent about this provider (`sync`).
@@ -417,13 +422,28 @@ impl ShardState {
         observed: Observed,
         now_ns: u64,
     ) -> ResultEffect {
+        let signal = LimitSignal::default();
+        self.record_result_with(table, tenant, provider, (observed, signal), now_ns)
+    }
+
+    /// `record_result`, and what the result says about the provider's own limits: its
+    /// tokens (`tpm`) and whether it refused the call for its rate limit (a cooldown).
+    pub fn record_result_with(
+        &mut self,
+        table: &RoutingTable,
+        tenant: &str,
+        provider: &str,
+        (observed, signal): (Observed, LimitSignal),
+        now_ns: u64,
+    ) -> ResultEffect {
         let mut effect = ResultEffect::default();
         for &(slot, idx) in table.provider_refs(tenant, provider) {
             effect.policies += 1;
             let policy = table.policy(slot);
             let state = &mut self.policies[slot.get()].providers[idx.get()];
+            let cooled = state.usage.result(signal, policy.cooldown_ms, now_ns);
             let transition = record_one(policy, idx, state, observed, now_ns, &mut effect);
-            self.result_fed(slot, idx, transition, now_ns);
+            self.result_fed(slot, idx, transition.is_some() || cooled, now_ns);
         }
         effect
     }

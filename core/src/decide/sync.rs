@@ -42,6 +42,7 @@ use std::sync::Arc;
 use super::balance::PeakEwma;
 use super::breaker::{Availability, BreakerState, Transition};
 use super::state::{Ewma, PolicyState, ProviderState, ShardState};
+use super::usage::MinuteWindow;
 use crate::policy::{Policy, PolicySlot, ProviderIdx, RoutingTable};
 
 const NS_PER_MS: u64 = 1_000_000;
@@ -160,6 +161,10 @@ pub struct ReplicaView {
     pub cost: Ewma,
     /// `least_latency`'s estimate; its instant is on the clock the node's shards share.
     pub peak_latency: PeakEwma,
+    /// Results' tokens over the sliding minute (`tpm`), on the same shared clock.
+    pub tokens: MinuteWindow,
+    /// The provider is out until this instant (a `rate_limited` result); 0 = not.
+    pub cooldown_until_ns: u64,
 }
 
 /// The tokens a non-owner shard may spend for one policy.
@@ -491,20 +496,21 @@ impl ShardState {
         self.is_owner(&self.policies[slot.get()])
     }
 
-    /// The owner fed a result to `(slot, idx)`: a circuit transition goes to every peer
-    /// now, a change of the averages within `REPLICA_COALESCE_NS`.
+    /// The owner fed a result to `(slot, idx)`: a circuit transition or a cooldown
+    /// (`urgent`) goes to every peer now, a change of the averages or tokens within
+    /// `REPLICA_COALESCE_NS`.
     pub(super) fn result_fed(
         &mut self,
         slot: PolicySlot,
         idx: ProviderIdx,
-        transition: Option<Transition>,
+        urgent: bool,
         now_ns: u64,
     ) {
         if self.placement.peers <= 1 || !self.owns_slot(slot) {
             return;
         }
         let s = &mut self.policies[slot.get()].providers[idx.get()];
-        if transition.is_some() {
+        if urgent {
             s.sent.changed_ns = now_ns;
             self.replicate(slot, idx, now_ns);
         } else if !s.sent.dirty {
@@ -528,6 +534,8 @@ impl ShardState {
                 latency_ms: s.latency_ms,
                 cost: s.cost,
                 peak_latency: s.peak_latency,
+                tokens: s.usage.tokens,
+                cooldown_until_ns: s.usage.cooldown_until_ns,
             }),
         };
         let me = self.placement.me;
@@ -569,7 +577,8 @@ impl ShardState {
             for j in 0..policy.providers.len() {
                 let s = &self.policies[i].providers[j];
                 let recent = now_ns < s.sent.changed_ns.saturating_add(2 * REPLICA_REFRESH_NS);
-                if s.breaker.state() != BreakerState::Closed || recent {
+                let cooling = now_ns < s.usage.cooldown_until_ns;
+                if s.breaker.state() != BreakerState::Closed || recent || cooling {
                     self.replicate(slot, ProviderIdx(j as u8), now_ns);
                 }
             }
@@ -636,6 +645,8 @@ impl ShardState {
                     latency_ms,
                     cost,
                     peak_latency,
+                    tokens,
+                    cooldown_until_ns,
                 } = *view;
                 let ps = &mut self.policies[i as usize];
                 if ps.owner != from || from == me {
@@ -646,6 +657,8 @@ impl ShardState {
                     s.latency_ms = latency_ms;
                     s.cost = cost;
                     s.peak_latency = peak_latency;
+                    s.usage.tokens = tokens;
+                    s.usage.cooldown_until_ns = cooldown_until_ns;
                     if breaker == BreakerState::Closed {
                         s.probe = Probe::default();
                     }

@@ -16,6 +16,7 @@ pub(super) fn provider(name: &str, weight: u32) -> Provider {
         expected_latency_ms: None,
         cost: None,
         capabilities: Box::new([]),
+        limits: ProviderLimits::default(),
     }
 }
 
@@ -37,6 +38,7 @@ pub(super) fn policy(tenant: &str, id: &str, providers: Vec<Provider>) -> Policy
         validators: Box::new([]),
         post: Box::new([]),
         timeout_ms: None,
+        cooldown_ms: COOLDOWN_MS_DEFAULT,
     }
 }
 

@@ -69,7 +69,28 @@ pub struct Provider {
     pub cost: Option<f64>,
     /// Shardline addition: capability tags matched against `constraints.require`.
     pub capabilities: Box<[Box<str>]>,
+    /// Shardline addition: the provider's own rate limits (`rpm`, `tpm`).
+    pub limits: ProviderLimits,
 }
+
+/// A provider's requests and tokens per minute (`providers[].rpm`, `providers[].tpm`):
+/// a provider at either is no candidate until the sliding minute has room again
+/// (`decide::usage`). `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProviderLimits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+}
+
+impl ProviderLimits {
+    pub fn any(self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some()
+    }
+}
+
+/// How long a provider that answered `rate_limited` (or `429`) is no candidate, when the
+/// policy does not say (`cooldown_ms`).
+pub const COOLDOWN_MS_DEFAULT: u64 = 10_000;
 
 /// Prefix sums over `providers[].weight`, so that a draw over all providers is a binary
 /// search (O(log n)); a draw over a filtered subset walks the mask (O(n), n ≤ 64).
@@ -352,6 +373,8 @@ pub struct Policy {
     pub validators: Box<[Stage]>,
     pub post: Box<[Stage]>,
     pub timeout_ms: Option<u32>,
+    /// How long a provider stays out after a `rate_limited` result (`cooldown_ms`).
+    pub cooldown_ms: u64,
 }
 
 impl Policy {

@@ -71,6 +71,12 @@ pub const HALF_LIFE_MS_MIN: u64 = 100;
 pub const HALF_LIFE_MS_MAX: u64 = 3_600_000;
 /// A rate limit's `burst`.
 pub const RATE_LIMIT_BURST_MAX: u32 = 1_000_000;
+/// A provider's `rpm`: requests per minute (a thousand a second fits many times over).
+pub const PROVIDER_RPM_MAX: u32 = 100_000_000;
+/// A provider's `tpm`: tokens per minute (the largest published tiers are ~10^8).
+pub const PROVIDER_TPM_MAX: u32 = 4_000_000_000;
+/// A policy's `cooldown_ms`: an hour; a provider out longer than that needs an operator.
+pub const COOLDOWN_MS_MAX: u64 = 3_600_000;
 /// `version` of a policy-store document (it has none): below every versioned format.
 pub const STORE_FORM_VERSION: &str = "0.0";
 /// One JSON-DSL weight point in weight units.
@@ -81,6 +87,7 @@ const _: () = assert!(BACKOFF_BASE_MS_MAX <= BACKOFF_DELAY_MS_MAX);
 const _: () = assert!(STICKY_TTL_DEFAULT_MS <= STICKY_TTL_MS_MAX);
 const _: () = assert!(HALF_LIFE_MS_MIN <= HALF_LIFE_MS_DEFAULT);
 const _: () = assert!(HALF_LIFE_MS_DEFAULT <= HALF_LIFE_MS_MAX);
+const _: () = assert!(COOLDOWN_MS_DEFAULT <= COOLDOWN_MS_MAX);
 
 /// One problem of a policy document, shown as `{source}: {path}: {message}`.
 ///
@@ -121,6 +128,7 @@ macro_rules! root_keys {
             "rate_limit",
             "balance",
             "timeout_ms",
+            "cooldown_ms",
             "metadata",
             "defaults",
             "escalate_on",
@@ -246,6 +254,9 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
     let timeout_ms = obj
         .int(problems, "timeout_ms", 1, TIMEOUT_MS_MAX.into())
         .map(|t| t as u32);
+    let cooldown_ms = obj
+        .int(problems, "cooldown_ms", 0, COOLDOWN_MS_MAX as i64)
+        .map_or(COOLDOWN_MS_DEFAULT, |ms| ms as u64);
     read_deprecated(problems, obj);
     let version = version?;
     Some(Policy {
@@ -264,6 +275,7 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
         validators: validators.into(),
         post: post.into(),
         timeout_ms,
+        cooldown_ms,
     })
 }
 
@@ -394,6 +406,8 @@ const PROVIDER_KEYS: &[&str] = &[
     "expected_latency_ms",
     "cost",
     "capabilities",
+    "rpm",
+    "tpm",
 ];
 
 fn read_provider_list(problems: &mut Problems, path: &str, v: &Json, out: &mut Vec<Provider>) {
@@ -440,12 +454,21 @@ fn read_provider(problems: &mut Problems, path: &str, v: &Json) -> Option<Provid
         Some(v) => read_capabilities(problems, &o.path_of("capabilities"), v),
         None => Box::default(),
     };
+    let limits = ProviderLimits {
+        rpm: o
+            .int(problems, "rpm", 1, PROVIDER_RPM_MAX.into())
+            .map(|n| n as u32),
+        tpm: o
+            .int(problems, "tpm", 1, PROVIDER_TPM_MAX.into())
+            .map(|n| n as u32),
+    };
     Some(Provider {
         name: name?.into(),
         weight: weight? as u32 * WEIGHT_UNITS_PER_POINT,
         expected_latency_ms,
         cost,
         capabilities,
+        limits,
     })
 }
 
@@ -566,6 +589,7 @@ fn bare_provider(name: &str, weight: u32) -> Provider {
         expected_latency_ms: None,
         cost: None,
         capabilities: Box::default(),
+        limits: ProviderLimits::default(),
     }
 }
 

@@ -31,8 +31,8 @@ use crate::contract::{
 };
 use crate::decide::rng::Rng;
 use crate::decide::{
-    decide, DecideError, Decision, Now, Observed, Outcome, Peer, Placement, ShardState,
-    StateConfig, SyncMsg,
+    decide, DecideError, Decision, LimitSignal, Now, Observed, Outcome, Peer, Placement,
+    ShardState, StateConfig, SyncMsg,
 };
 use crate::policy::RoutingTable;
 
@@ -423,12 +423,11 @@ impl ShardCore {
                 counted: Counted::ResultDuplicate,
             };
         }
-        let observed = observed(result);
-        let effect = self.state.record_result(
+        let effect = self.state.record_result_with(
             table,
             &result.tenant_id,
             &result.provider_id,
-            observed,
+            (observed(result), limit_signal(result)),
             now.mono_ns,
         );
         out.extend_from_slice(br#"{"ok":true,"duplicate":false,"policies_updated":"#);
@@ -447,17 +446,29 @@ impl ShardCore {
     }
 }
 
-/// What a result tells the breakers and averages.
+/// What a result tells the breakers and averages. A provider that refused the call for
+/// its rate limit is not failing: its result counts for nothing here (it cools the
+/// provider down instead, `limit_signal`).
 pub fn observed(result: &ExecResult) -> Observed {
     let outcome = match result.status {
+        _ if result.rate_limited() => None,
         ExecStatus::Success => Some(Outcome::Success),
         ExecStatus::Error | ExecStatus::Timeout => Some(Outcome::Failure),
-        ExecStatus::Cancelled => None,
+        ExecStatus::Cancelled | ExecStatus::RateLimited => None,
     };
     Observed {
         outcome,
         latency_ms: result.latency_ms,
         cost: result.cost,
+    }
+}
+
+/// What a result tells the provider's own limits: its tokens, and a refusal for its rate
+/// limit (a cooldown).
+pub fn limit_signal(result: &ExecResult) -> LimitSignal {
+    LimitSignal {
+        tokens: result.usage.map(|u| u.total()),
+        rate_limited: result.rate_limited(),
     }
 }
 

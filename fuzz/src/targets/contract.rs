@@ -29,6 +29,8 @@ const DECIDE_KEYS: &[&str] = &[
     "max_cost",
     "exclude",
     "require",
+    "only",
+    "order",
     "metadata",
     "attempt",
     "previous_provider",
@@ -61,6 +63,9 @@ const RESULT_KEYS: &[&str] = &[
     "timestamp",
     "job",
     "type",
+    "usage",
+    "input_tokens",
+    "output_tokens",
 ];
 
 const JSON_TOKENS: &[&[u8]] = &[
@@ -203,7 +208,11 @@ fn print_decide(r: &DecideRequest<'_>) -> String {
     let mut constraints = vec![
         format!(r#""exclude":{}"#, list(&c.exclude)),
         format!(r#""require":{}"#, list(&c.require)),
+        format!(r#""order":{}"#, list(&c.order)),
     ];
+    if !c.only.is_empty() {
+        constraints.push(format!(r#""only":{}"#, list(&c.only)));
+    }
     if let Some(ms) = c.max_latency_ms {
         constraints.push(format!(r#""max_latency_ms":{}"#, json!(ms)));
     }
@@ -261,7 +270,8 @@ const RESULT_SEED: &[u8] =
     br#"{"version":"1","assignment_id":"f47ac10b-58cc-4372-a567-0e02b2c3d479",
 "request_id":"r-1","status":"error","provider_id":"openai","latency_ms":812.5,"cost":0.0031,
 "tenant_id":"acme","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","error_code":"upstream_5xx",
-"error_message":"bad gateway","timestamp":1767225600000,"job":{"type":"chat"}}"#;
+"error_message":"bad gateway","timestamp":1767225600000,"job":{"type":"chat"},
+"usage":{"input_tokens":1200,"output_tokens":300}}"#;
 
 fn generate_result(rng: &mut Rng, _corpus: &Corpus) -> Vec<u8> {
     if rng.one_in(4) {
@@ -290,6 +300,10 @@ fn check_result(input: &[u8]) -> Checked {
                 "error_message": result.error_message,
                 "timestamp": result.timestamp_unix_ms,
                 "job": result.job_type.as_ref().map(|t| json!({"type": t})),
+                "usage": result.usage.map(|u| json!({
+                    "input_tokens": u.input_tokens,
+                    "output_tokens": u.output_tokens,
+                })),
             })
             .to_string();
             let again = ExecResult::decode(printed.as_bytes(), &Headers::default());

@@ -12,7 +12,7 @@ use crate::contract::ErrorCode;
 
 /// Keys the decoder knows, mixed into generated objects so that checks beyond the first
 /// one are reached.
-const KNOWN_KEYS: [&str; 24] = [
+const KNOWN_KEYS: [&str; 26] = [
     "version",
     "request_id",
     "tenant_id",
@@ -35,6 +35,8 @@ const KNOWN_KEYS: [&str; 24] = [
     "payload",
     "payload_ref",
     "exclude",
+    "only",
+    "order",
     "count",
     "deadline_ms",
 ];

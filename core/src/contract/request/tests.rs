@@ -20,7 +20,8 @@ fn full() -> Value {
         "task": {"type": "chat", "payload": {"messages": [{"role": "user", "content": "hi"}]}},
         "policy_id": "gold",
         "constraints": {"max_latency_ms": 500, "max_cost": 0.01,
-                        "exclude": ["slowco"], "require": ["vision"]},
+                        "exclude": ["slowco"], "require": ["vision"],
+                        "only": ["openai", "anthropic"], "order": ["anthropic"]},
         "metadata": {"user_id": "u-42", "tier": 3, "beta": true, "note": null},
         "attempt": {"previous_provider": "openai", "status": "timeout", "count": 2},
         "push_assignment": true, "assignment_subject": "caf.exec.assign.v1",
@@ -108,6 +109,8 @@ fn full_request_decodes_every_field() {
     assert_eq!(req.constraints.max_cost, Some(0.01));
     assert_eq!(req.constraints.exclude, vec!["slowco"]);
     assert_eq!(req.constraints.require, vec!["vision"]);
+    assert_eq!(req.constraints.only, vec!["openai", "anthropic"]);
+    assert_eq!(req.constraints.order, vec!["anthropic"]);
     assert_eq!(
         req.metadata.get("user_id"),
         Some(&Scalar::Str("u-42".into()))
@@ -180,7 +183,9 @@ fn escape_free_request_borrows_every_string() {
         req.constraints
             .exclude
             .iter()
-            .chain(&req.constraints.require),
+            .chain(&req.constraints.require)
+            .chain(&req.constraints.only)
+            .chain(&req.constraints.order),
     );
     let attempt = req.attempt.as_ref().unwrap();
     strings.extend([&attempt.previous_provider, &attempt.status]);
@@ -585,6 +590,88 @@ fn constraint_lists_are_bounded_lists_of_strings() {
         with(minimal(), "constraints", scalar),
         "constraints.exclude",
         "type",
+    );
+}
+
+/// `only` and `order` are lists of provider ids bounded like `exclude`; an id may appear
+/// once; `only: []` (an allow-list allowing nothing) is refused, `order: []` and `null`
+/// mean no order.
+#[test]
+fn only_and_order_are_bounded_lists_of_distinct_provider_ids() {
+    let full_list: Vec<String> = (0..CONSTRAINT_LIST_ENTRIES_MAX)
+        .map(|i| format!("p{i}"))
+        .collect();
+    accept(with(
+        minimal(),
+        "constraints",
+        json!({"only": full_list, "order": full_list}),
+    ));
+    accept(with(
+        minimal(),
+        "constraints",
+        json!({"only": null, "order": []}),
+    ));
+    for field in ["only", "order"] {
+        let path = format!("constraints.{field}");
+        let too_many: Vec<String> = (0..=CONSTRAINT_LIST_ENTRIES_MAX)
+            .map(|i| format!("p{i}"))
+            .collect();
+        let message = reject(
+            with(minimal(), "constraints", json!({field: too_many})),
+            &path,
+            "count",
+        );
+        assert_eq!(
+            message,
+            format!("{path}: must have at most 64 entries (got 65)")
+        );
+        let long = "x".repeat(PROVIDER_ID_BYTES_MAX + 1);
+        reject(
+            with(minimal(), "constraints", json!({field: ["openai", long]})),
+            &format!("{path}[1]"),
+            "length",
+        );
+        reject(
+            with(minimal(), "constraints", json!({field: [""]})),
+            &format!("{path}[0]"),
+            "length",
+        );
+        reject(
+            with(minimal(), "constraints", json!({field: "openai"})),
+            &path,
+            "type",
+        );
+        reject(
+            with(minimal(), "constraints", json!({field: [1]})),
+            &format!("{path}[0]"),
+            "type",
+        );
+        let twice = json!({field: ["openai", "anthropic", "openai"]});
+        let message = reject(
+            with(minimal(), "constraints", twice),
+            &format!("{path}[2]"),
+            "duplicate",
+        );
+        assert_eq!(
+            message,
+            format!("{path}[2]: must not be given twice (got \"openai\")")
+        );
+    }
+    let message = reject(
+        with(minimal(), "constraints", json!({"only": []})),
+        "constraints.only",
+        "count",
+    );
+    assert_eq!(
+        message,
+        "constraints.only: must name at least one entry (leave it out for no limit)"
+    );
+    let body = format!(r#"{{{REQUIRED},"constraints":{{"only":["a"],"only":["b"]}}}}"#);
+    reject_with(
+        body.as_bytes(),
+        &Headers::default(),
+        "constraints.only",
+        "duplicate",
     );
 }
 

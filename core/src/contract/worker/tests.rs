@@ -203,7 +203,7 @@ fn result_needs_one_id_a_status_a_provider_and_a_tenant() {
     reject_result(no_status, "status", "required");
     let message = reject_result(json!({"status": "done"}).merged(result()), "status", "enum");
     assert!(
-        message.contains("success, error, timeout, cancelled"),
+        message.contains("success, error, timeout, cancelled, rate_limited"),
         "{message}"
     );
     for status in ExecStatus::ALL {
@@ -266,6 +266,42 @@ fn result_figures_are_non_negative_and_optional() {
 }
 
 /// Headers win over the body, as for DecideRequest.
+/// `usage` is optional; its members are whole token counts (a missing one is 0), bounded
+/// by `USAGE_TOKENS_MAX`. A `rate_limited` status, or an error with code `429`, is a
+/// refusal for the provider's rate limit; another error is not.
+#[test]
+fn result_usage_and_rate_limited() {
+    assert_eq!(decode_result(&result()).unwrap().usage, None);
+    let used = json!({"usage": {"input_tokens": 1200, "output_tokens": 300}}).merged(result());
+    let usage = decode_result(&used).unwrap().usage.unwrap();
+    assert_eq!(
+        (usage.input_tokens, usage.output_tokens, usage.total()),
+        (1200, 300, 1500)
+    );
+    let half = json!({"usage": {"output_tokens": 7, "cached": true}}).merged(result());
+    assert_eq!(decode_result(&half).unwrap().usage.unwrap().total(), 7);
+    let null = json!({"usage": null}).merged(result());
+    assert_eq!(decode_result(&null).unwrap().usage, None);
+    let too_many = json!({"usage": {"input_tokens": USAGE_TOKENS_MAX + 1}}).merged(result());
+    reject_result(too_many, "usage.input_tokens", "range");
+    let fraction = json!({"usage": {"output_tokens": 1.5}}).merged(result());
+    reject_result(fraction, "usage.output_tokens", "range");
+    reject_result(json!({"usage": 12}).merged(result()), "usage", "type");
+
+    let status = |s: &str, code: Option<&str>| {
+        let mut v = json!({"status": s}).merged(result());
+        if let Some(code) = code {
+            v["error_code"] = json!(code);
+        }
+        decode_result(&v).unwrap().rate_limited()
+    };
+    assert!(status("rate_limited", None));
+    assert!(status("error", Some("429")));
+    assert!(status("error", Some("rate_limited")));
+    assert!(!status("error", Some("500")) && !status("error", None));
+    assert!(!status("success", Some("429")), "a success is a success");
+}
+
 #[test]
 fn result_headers_win() {
     let body = serde_json::to_vec(&json!({"tenant_id": "bad tenant"}).merged(result())).unwrap();
@@ -384,6 +420,17 @@ fn usage_event_follows_the_result() {
     event.encode(&mut out);
     let value: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(value["latency_ms"], Value::Null, "unknown, not 0");
+    assert!(value.get("usage").is_none(), "no usage, no member: {value}");
+    let used = json!({"usage": {"input_tokens": 5, "output_tokens": 7}}).merged(self::result());
+    let event = UsageEvent::from_result(&decode_result(&used).unwrap(), 42);
+    let mut out = Vec::new();
+    event.encode(&mut out);
+    let value: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        value["usage"],
+        json!({"input_tokens": 5, "output_tokens": 7})
+    );
+    assert_eq!(serde_json::from_slice::<UsageEvent>(&out).unwrap(), event);
 }
 
 /// `json!({...}).merged(base)`: `base` with the given keys replaced.

@@ -740,6 +740,57 @@ fn balance_rejections() {
     );
 }
 
+/// `providers[].rpm`, `providers[].tpm` and `cooldown_ms` are optional whole numbers in
+/// range; without `cooldown_ms` a policy cools a provider down for 10 s.
+#[test]
+fn provider_limits_and_cooldown() {
+    let plain = ok(&doc(""));
+    assert_eq!(plain.providers[0].limits, ProviderLimits::default());
+    assert_eq!(plain.cooldown_ms, COOLDOWN_MS_DEFAULT);
+    let limited = ok(r#"{"version":"1.0","cooldown_ms":2500,"providers":[
+        {"name":"openai","weight":50,"rpm":600,"tpm":90000},
+        {"name":"anthropic","weight":50,"tpm":4000000000}]}"#);
+    assert_eq!(limited.cooldown_ms, 2_500);
+    assert_eq!(
+        limited.providers[0].limits,
+        ProviderLimits {
+            rpm: Some(600),
+            tpm: Some(90_000)
+        }
+    );
+    assert_eq!(limited.providers[1].limits.tpm, Some(PROVIDER_TPM_MAX));
+    assert_eq!(ok(&doc(r#""cooldown_ms":0"#)).cooldown_ms, 0);
+    let provider = |extra: &str| {
+        format!(r#"{{"version":"1.0","providers":[{{"name":"openai","weight":100,{extra}}}]}}"#)
+    };
+    rejects(
+        &provider(r#""rpm":0"#),
+        "$.providers[0].rpm",
+        "1 to 100000000",
+    );
+    rejects(
+        &provider(r#""rpm":1.5"#),
+        "$.providers[0].rpm",
+        "an integer",
+    );
+    rejects(
+        &provider(r#""tpm":4000000001"#),
+        "$.providers[0].tpm",
+        "1 to 4000000000",
+    );
+    rejects(
+        &provider(r#""tpm":"lots""#),
+        "$.providers[0].tpm",
+        "integer",
+    );
+    rejects(
+        &doc(r#""cooldown_ms":3600001"#),
+        "$.cooldown_ms",
+        "0 to 3600000",
+    );
+    rejects(&doc(r#""cooldown_ms":-1"#), "$.cooldown_ms", "0 to 3600000");
+}
+
 #[test]
 fn rate_limit_forms() {
     let limit = |r: &str| ok(&doc(&format!(r#""rate_limit":{r}"#))).rate_limit;
@@ -1181,7 +1232,7 @@ fn error_display_names_source_path_and_message() {
         errors[0].to_string(),
         "test.json: $.x: unknown key (known: version, providers, \
         weights, fallbacks, fallback, sticky, pre, validators, post, circuit_breaker, rate_limit, \
-        balance, timeout_ms, metadata, defaults, escalate_on, health_check)"
+        balance, timeout_ms, cooldown_ms, metadata, defaults, escalate_on, health_check)"
     );
 }
 

@@ -225,6 +225,61 @@ fn example_config_loads() {
     assert!(stages.clone().count() > 0 && stages.clone().all(|s| !s.required));
 }
 
+/// Residency as capability tags: acme's example policy tags every provider with its
+/// region, so a request with `require: ["region:eu"]` is only ever routed to the EU
+/// providers, and `only` narrows further within them.
+#[test]
+fn example_config_routes_by_region_tags() {
+    use crate::contract::{decode_decide, Headers};
+    use crate::decide::{decide, Now, ShardState, StateConfig};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policies");
+    let table = RoutingTable::load_dir(&dir).expect("example config");
+    let acme = table.policy(table.lookup("acme", "default").unwrap());
+    let regions: Vec<(&str, &str)> = acme
+        .providers
+        .iter()
+        .map(|p| {
+            let tag = p.capabilities.iter().find(|c| c.starts_with("region:"));
+            (&*p.name, tag.map_or("none", |t| &**t))
+        })
+        .collect();
+    assert_eq!(
+        regions,
+        [
+            ("openai", "region:us"),
+            ("anthropic", "region:us"),
+            ("mistral", "region:eu"),
+            ("local_llm", "region:eu"),
+        ]
+    );
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let body = |only: &str| {
+        format!(
+            r#"{{"request_id":"r","tenant_id":"acme","task":{{"type":"chat","payload":{{}}}},
+                "constraints":{{"require":["region:eu"]{only}}}}}"#
+        )
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (only, allowed) in [
+        ("", &["mistral", "local_llm"][..]),
+        (r#","only":["local_llm","openai"]"#, &["local_llm"][..]),
+    ] {
+        let body = body(only);
+        let req = decode_decide(body.as_bytes(), &Headers::default()).expect("request");
+        for t in 0..200 {
+            let now = Now {
+                mono_ns: t,
+                unix_ms: 1_767_225_600_000,
+            };
+            let d = decide(&table, &mut state, &req, now).expect("decision");
+            let name = &*table.policy(d.slot).provider(d.provider).name;
+            assert!(allowed.contains(&name), "{name} for {only:?}");
+            seen.insert(name.to_owned());
+        }
+    }
+    assert_eq!(seen.len(), 2, "both EU providers drawn: {seen:?}");
+}
+
 #[test]
 fn check_paths_accepts_files_and_both_kinds_of_directory() {
     let dir = TempDir::new("check");
