@@ -18,7 +18,9 @@ use std::mem::MaybeUninit;
 use shardline::answer::encode_outcome;
 use shardline::contract::{decode_decide, Headers};
 use shardline::decide::sync::policy_key;
-use shardline::decide::{decide, Now, Peer, Placement, ShardState, StateConfig, SyncMsg};
+use shardline::decide::{
+    decide, Now, Observed, Outcome, Peer, Placement, ShardState, StateConfig, SyncMsg,
+};
 use shardline::policy::{parse_policy, RoutingTable};
 use shardline::server::handoff::{Msg, Reply};
 use shardline::shard::{ShardConfig, ShardCore, Step};
@@ -42,7 +44,7 @@ pub struct Bench {
 }
 
 /// Every benchmark, in report order.
-pub const BENCHES: [Bench; 6] = [
+pub const BENCHES: [Bench; 7] = [
     Bench {
         name: "decide_weighted",
         run: decide_weighted,
@@ -54,6 +56,10 @@ pub const BENCHES: [Bench; 6] = [
     Bench {
         name: "decide_sticky_hit",
         run: decide_sticky_hit,
+    },
+    Bench {
+        name: "decide_least_latency_8",
+        run: decide_least_latency_8,
     },
     Bench {
         name: "ring_push_pop",
@@ -92,7 +98,7 @@ fn measured<F: FnMut()>(op: &mut F) {
 
 #[path = "../../../benches/fixtures/policies.rs"]
 mod fixtures;
-use fixtures::{STICKY, TYPICAL as WEIGHTED_REQUEST, WEIGHTED};
+use fixtures::{LEAST_LATENCY_8, STICKY, TYPICAL as WEIGHTED_REQUEST, WEIGHTED};
 
 /// The same request for the sticky policy; every call after the first is a sticky hit.
 const STICKY_REQUEST: &[u8] = br#"{"version":"1","request_id":"req-7f3a9c2e","tenant_id":"acme",
@@ -155,6 +161,39 @@ fn decide_sticky_hit() {
     let mut rt = RoundTrip::new(STICKY_REQUEST);
     warm_then_measure(|| {
         rt.step();
+    });
+}
+
+/// `decide` alone (no decode, no encode) with `least_latency` over eight providers, each
+/// measured by one result with a different latency: two weighted draws and two scores,
+/// the engine's share of a balanced request, as the criterion bench
+/// `decide/least_latency_8` times it.
+fn decide_least_latency_8() {
+    let id = "least_latency";
+    let policy = parse_policy("acme", id, id, LEAST_LATENCY_8.as_bytes()).expect("policy");
+    let table = RoutingTable::from_policies_fixed_hash(vec![policy]).expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let slot = table.lookup("acme", id).expect("policy");
+    for (i, p) in table.policy(slot).providers.iter().enumerate() {
+        let observed = Observed {
+            outcome: Some(Outcome::Success),
+            latency_ms: Some(200.0 + 50.0 * i as f64),
+            cost: None,
+        };
+        state.record_result(&table, "acme", &p.name, observed, 1);
+    }
+    let body =
+        String::from_utf8_lossy(WEIGHTED_REQUEST).replace("\"weighted\"", "\"least_latency\"");
+    let req = decode_decide(body.as_bytes(), &Headers::default()).expect("request");
+    let mut mono_ns = 1_000_000_000u64;
+    warm_then_measure(|| {
+        mono_ns += 1_000_000;
+        let now = Now {
+            mono_ns,
+            unix_ms: 1_800_000_000_000,
+        };
+        let outcome = decide(&table, &mut state, black_box(&req), now);
+        black_box(outcome.is_ok());
     });
 }
 
