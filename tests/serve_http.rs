@@ -542,8 +542,7 @@ fn an_idle_router_sleeps_between_its_beats() {
     let before = parks();
     let idle = Duration::from_secs(3);
     std::thread::sleep(idle);
-    let per_shard_per_s =
-        (parks() - before) / server.shard_count() as f64 / idle.as_secs_f64();
+    let per_shard_per_s = (parks() - before) / server.shard_count() as f64 / idle.as_secs_f64();
     assert!(
         per_shard_per_s < 50.0,
         "an idle shard parked {per_shard_per_s:.0} times a second"

@@ -13,12 +13,14 @@
 //! another shard. What still crosses to the tenant's owner, and why:
 //! - a request with an `idempotency_key`: the key's remembered answer lives on the owner,
 //!   and a retry must get it wherever it lands;
-//! - ExecResults: the owner de-duplicates them and feeds the breakers and averages; an
-//!   accepted result is then copied to every other shard (`observe`), so that every
-//!   shard's breakers open and close on the same results and its averages follow them.
-//!   Transitions are counted by the owner only (`shardline_breaker_transitions_total`).
+//! - ExecResults: the owner de-duplicates them and feeds the breakers and averages; what
+//!   they changed then reaches every other shard as the owner's replicas (the state
+//!   protocol's `SyncMsg`, a transition or cooldown at once, averages coalesced), so that
+//!   every shard's breakers open and close on the same results and its averages follow
+//!   them. Transitions are counted by the owner only (`shardline_breaker_transitions_total`).
 //!
-//! Rate limits are per shard meanwhile: each shard spends its own bucket.
+//! Rate limits: a non-owner shard spends tokens from a lease the owner grants; while its
+//! lease is cold the request goes to the owner.
 
 pub mod cache;
 
