@@ -97,6 +97,7 @@ fn policy(id: &str, sticky: bool) -> Policy {
         post: Box::new([]),
         timeout_ms: None,
         cooldown_ms: 10_000,
+        shadow: Box::new([]),
     }
 }
 
