@@ -1,6 +1,6 @@
 //! Proves that `decide` does not touch the heap on the weighted, sticky-hit and balanced
 //! (`least_latency`, `least_outstanding`, `lowest_cost`) paths, with per-request
-//! constraints or providers' own limits, nor
+//! constraints or providers' own limits or a shadow drawn, nor
 //! the shard core's whole local path around it (the lifecycle's choice, the engine, the
 //! encoded answer into a reused buffer) on a shard that does not own the tenant (STYLE:
 //! allocate at shard start, not per request), nor the load generator's recording of an
@@ -97,6 +97,7 @@ fn policy(id: &str, sticky: bool) -> Policy {
         post: Box::new([]),
         timeout_ms: None,
         cooldown_ms: 10_000,
+        shadow: Box::new([]),
     }
 }
 
@@ -374,4 +375,44 @@ fn the_bench_records_outcomes_without_allocating() {
     assert!(seconds[..5].iter().all(|s| s.latency.len() == 2_000));
     assert_eq!(seconds[0].failed, 2_001);
     assert_eq!(rec.timeline.late(), 10_000);
+}
+
+/// Shadow traffic costs no allocation: drawing the shadow, and encoding the answer with
+/// its `decision.shadow` into a reused buffer.
+#[test]
+fn shadow_decisions_do_not_allocate() {
+    use shardline::answer::encode_outcome;
+    use shardline::policy::{ProviderIdx, Shadow};
+    let mut shadowed = policy("shadowed", false);
+    shadowed.shadow = Box::new([Shadow {
+        provider: ProviderIdx(2),
+        ppm: 500_000,
+    }]);
+    shadowed.check();
+    let table = RoutingTable::from_policies(vec![shadowed]).expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let req = request("shadowed", "u");
+    let mut out = Vec::with_capacity(4096);
+    let mut shadows = 0;
+    for t in 0..2_000u64 {
+        let now = Now {
+            mono_ns: 1_000 + t,
+            unix_ms: 1,
+        };
+        let (n, shadow) = count(|| {
+            let outcome = decide(&table, &mut state, &req, now);
+            out.clear();
+            encode_outcome(&mut out, &table, &req, &outcome);
+            outcome.expect("decision").shadow
+        });
+        assert_eq!(n, 0, "decision {t}: {n} allocations");
+        if shadow.is_some() {
+            shadows += 1;
+            assert!(out.windows(9).any(|w| w == b"\"shadow\":"));
+        }
+    }
+    assert!(
+        shadows > 500,
+        "{shadows} shadows in 2000 decisions at ratio 0.5"
+    );
 }

@@ -472,3 +472,63 @@ fn a_rate_limited_result_over_nats_cools_the_provider_down() {
         );
     }
 }
+
+/// A decision with a shadow, asked to `push_assignment`, publishes the primary's
+/// ExecAssignment and then the shadow's copy, marked `"shadow": true`, for the shadow
+/// provider under its own id; the shadow's result over NATS is answered as a shadow's.
+#[test]
+fn a_shadow_assignment_follows_the_primary_over_nats() {
+    const SHADOW_POLICY: &str = r#"{"version":"1.0",
+        "providers":[{"name":"openai","weight":100},{"name":"new_model","weight":0}],
+        "shadow":[{"provider":"new_model","ratio":1}]}"#;
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let tenant = "acme-shadow";
+    let dir = config_dir("serve-nats", &format!("[nats]\nurl = \"{}\"\n", nats.url()));
+    write_policy(&dir, tenant, "default", SHADOW_POLICY);
+    let server = start(settings(&dir));
+    let deadline = Instant::now() + WAIT;
+    while !server.shared().is_ready() {
+        assert!(Instant::now() < deadline, "router never connected to NATS");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let nc = ::nats::connect(nats.url()).unwrap();
+    let assignments = nc.subscribe("caf.exec.assign.v1").unwrap();
+    nc.flush().unwrap();
+    let body = format!(
+        r#"{{"request_id":"s-1","tenant_id":"{tenant}","task":{{"type":"chat","payload_ref":"p"}},"push_assignment":true}}"#
+    );
+    let v = json(&decide(&nc, Some(tenant), body.as_bytes()));
+    assert_eq!(v["decision"]["provider_id"], "openai", "{v}");
+    assert_eq!(v["decision"]["shadow"]["provider_id"], "new_model", "{v}");
+    let primary = json(
+        &assignments
+            .next_timeout(WAIT)
+            .expect("the primary's assignment"),
+    );
+    let shadow = json(
+        &assignments
+            .next_timeout(WAIT)
+            .expect("the shadow's assignment"),
+    );
+    assert_eq!(primary["executor"]["provider_id"], "openai", "{primary}");
+    assert!(primary.get("shadow").is_none(), "{primary}");
+    assert_eq!(shadow["executor"]["provider_id"], "new_model", "{shadow}");
+    assert_eq!(shadow["shadow"], true, "{shadow}");
+    assert_eq!(shadow["request_id"], "s-1");
+    assert_ne!(shadow["assignment_id"], primary["assignment_id"]);
+    assert_eq!(shadow["job"], primary["job"]);
+
+    let result = format!(
+        r#"{{"assignment_id":{},"status":"error","provider_id":"new_model",
+            "tenant_id":"{tenant}","shadow":true}}"#,
+        shadow["assignment_id"]
+    );
+    let reply = nc
+        .request_timeout("caf.exec.result.v1", &result, WAIT)
+        .unwrap();
+    let reply = json(&reply);
+    assert_eq!(reply["shadow"], true, "{reply}");
+    assert_eq!(reply["policies_updated"], 0, "{reply}");
+    server.stop().unwrap();
+}

@@ -42,6 +42,7 @@ pub fn with_body<R>(
     };
     let body = DecisionBody {
         provider_id: &policy.provider(d.provider).name,
+        shadow_provider_id: d.shadow.map(|idx| &*policy.provider(idx).name),
         reason: d.reason,
         expected_latency_ms: d.expected_latency_ms,
         expected_cost: d.expected_cost,

@@ -116,6 +116,15 @@ pub(super) const FAMILIES: &[Family] = &[
         read: |m, i| m.results[i].get(),
     },
     Family {
+        name: "shardline_results_shadow_total",
+        help: "Execution results of shadow calls (\"shadow\": true), by status; they touch no breaker, estimate, usage or cooldown.",
+        kind: Kind::Counter,
+        label: "status",
+        series: ExecStatus::ALL.len(),
+        label_value: |i| ExecStatus::ALL[i].as_str(),
+        read: |m, i| m.shadow_results[i].get(),
+    },
+    Family {
         name: "shardline_results_duplicate_total",
         help: "Execution results ignored because their assignment id was already seen.",
         kind: Kind::Counter,

@@ -326,6 +326,7 @@ pub struct ShardMetrics {
     pub handoffs_in: Counter,
     sheds: [Counter; SHED_CAUSES],
     results: [Counter; EXEC_STATUSES],
+    shadow_results: [Counter; EXEC_STATUSES],
     /// ExecResults ignored because their assignment id was already seen.
     pub results_duplicate: Counter,
     /// ExecResults that failed validation.
@@ -374,6 +375,7 @@ impl ShardMetrics {
             handoffs_in: Counter::new(),
             sheds: [const { Counter::new() }; SHED_CAUSES],
             results: [const { Counter::new() }; EXEC_STATUSES],
+            shadow_results: [const { Counter::new() }; EXEC_STATUSES],
             results_duplicate: Counter::new(),
             results_rejected: Counter::new(),
             assignments: Counter::new(),
@@ -414,6 +416,11 @@ impl ShardMetrics {
     /// ExecResults applied, by status.
     pub fn result(&self, status: ExecStatus) -> &Counter {
         &self.results[status as usize]
+    }
+
+    /// Shadow calls' ExecResults (applied to nothing), by status.
+    pub fn shadow_result(&self, status: ExecStatus) -> &Counter {
+        &self.shadow_results[status as usize]
     }
 
     pub fn breaker_transition(&self, to: BreakerTransition) -> &Counter {

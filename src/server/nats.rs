@@ -251,7 +251,15 @@ fn publish_or_shed(
 /// Publishes an ExecAssignment; a full outbound buffer is retried a bounded number of
 /// times, spaced, from a task of its own. Retrying tasks count against the shard's bound
 /// of asynchronous work: when it is spent the assignment is dropped and counted.
+/// A decision's shadow copy, if any, follows its primary's assignment the same way.
 pub fn push_assignment(ctx: &Rc<ShardCtx>, client: &Client, a: &Outgoing) {
+    push_one(ctx, client, a);
+    if let Some(shadow) = &a.shadow {
+        push_one(ctx, client, shadow);
+    }
+}
+
+fn push_one(ctx: &Rc<ShardCtx>, client: &Client, a: &Outgoing) {
     let metrics = ctx.shared.metrics(ctx.id);
     if publish_assignment(client, a) {
         metrics.assignments.inc();

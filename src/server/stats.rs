@@ -48,6 +48,10 @@ impl Count for ShardMetrics {
                 self.results_duplicate.inc();
                 return;
             }
+            Counted::ResultShadow(status) => {
+                self.shadow_result(status).inc();
+                return;
+            }
         }
         self.decision_latency.observe(latency.as_nanos() as u64);
     }

@@ -31,6 +31,8 @@ pub const INTEGRAL_F64_ABS_MAX: f64 = 9_007_199_254_740_992.0;
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionBody<'a> {
     pub provider_id: &'a str,
+    /// The shadow provider that also gets a copy of the call: `decision.shadow`.
+    pub shadow_provider_id: Option<&'a str>,
     pub reason: Reason,
     /// `None` when the provider declares no figure and none was observed yet: `null`.
     pub expected_latency_ms: Option<f64>,
@@ -136,9 +138,23 @@ impl Serialize for DecisionView<'_, '_> {
         map.serialize_entry("policy_id", body.policy_id)?;
         map.serialize_entry("policy_version", body.policy_version)?;
         map.serialize_entry("metadata", &MetadataView(body))?;
+        if let Some(provider_id) = body.shadow_provider_id {
+            map.serialize_entry("shadow", &ShadowView(provider_id))?;
+        }
         if let Some(explanation) = body.explanation {
             map.serialize_entry("explanation", explanation)?;
         }
+        map.end()
+    }
+}
+
+/// `decision.shadow`: `{"provider_id": …}`, an object so that it can grow.
+struct ShadowView<'a>(&'a str);
+
+impl Serialize for ShadowView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("provider_id", self.0)?;
         map.end()
     }
 }

@@ -24,8 +24,8 @@ use super::check;
 use super::encode::{write_json, DecisionBody};
 use super::error::{ContractError, Found, Rule};
 use super::field::{
-    bytes_within, no_duplicate, object, optional_non_negative, optional_str, required_str,
-    tenant_id, trace_id, version, whole_number,
+    bytes_within, no_duplicate, object, optional_bool, optional_non_negative, optional_str,
+    required_str, tenant_id, trace_id, version, whole_number,
 };
 use super::limits::*;
 use super::loose::{read, read_object, skip, Fields, Loose, Shaped};
@@ -169,6 +169,15 @@ pub struct ExecAssignment {
     /// W3C `traceparent` of the request, sent as a header, not in the body.
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// A shadow copy of the call (`"shadow": true`; absent on the primary's assignment):
+    /// the worker runs it on `executor.provider_id` and reports its result with
+    /// `"shadow": true`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ExecAssignment {
@@ -218,7 +227,23 @@ impl ExecAssignment {
                 .map(|(k, v)| (k.clone().into_owned(), scalar_value(v)))
                 .collect(),
             traceparent: request.traceparent.as_ref().map(|t| t.clone().into_owned()),
+            shadow: false,
         }
+    }
+
+    /// The shadow copy of this assignment, under its own id, for `provider_id`: the same
+    /// job, options and decision, marked `shadow`.
+    pub fn shadow_copy(&self, assignment_id: AssignmentId, provider_id: &str) -> Self {
+        assert!(!self.shadow, "a shadow of a shadow");
+        assert_ne!(
+            self.executor.provider_id, provider_id,
+            "a shadow is never the primary"
+        );
+        let mut copy = self.clone();
+        copy.assignment_id = assignment_id;
+        copy.executor.provider_id = provider_id.to_owned();
+        copy.shadow = true;
+        copy
     }
 
     /// Appends the assignment's JSON to `out`.
@@ -336,6 +361,9 @@ pub struct ExecResult {
     pub job_type: Option<String>,
     /// Tokens the call used (`usage`), when the worker counted them.
     pub usage: Option<Usage>,
+    /// The call was a shadow copy (`"shadow": true`, as its assignment said): it is
+    /// counted apart and touches no breaker, average, usage or cooldown.
+    pub shadow: bool,
 }
 
 /// An ExecResult's optional `usage {input_tokens, output_tokens}` (SPEC §12); a member
@@ -391,6 +419,7 @@ struct WireResult<'a> {
     timestamp: Option<Loose<'a>>,
     job: Option<Shaped<WireJob<'a>>>,
     usage: Option<Shaped<WireUsage<'a>>>,
+    shadow: Option<Loose<'a>>,
     duplicate: Option<&'static str>,
 }
 
@@ -416,6 +445,7 @@ impl<'a> Fields<'a> for WireResult<'a> {
             "timestamp" => read(&mut self.timestamp, "timestamp", dup, map),
             "job" => read(&mut self.job, "job", dup, map),
             "usage" => read(&mut self.usage, "usage", dup, map),
+            "shadow" => read(&mut self.shadow, "shadow", dup, map),
             _ => skip(map),
         }
     }
@@ -484,6 +514,7 @@ impl ExecResult {
             timestamp_unix_ms,
             job_type: job_type(wire.job)?,
             usage: usage(wire.usage)?,
+            shadow: optional_bool("shadow", wire.shadow)?,
         })
     }
 

@@ -10,7 +10,8 @@
 //! `condition` (fallback `when`), `state` (per-shard state and results), `breaker`,
 //! `bucket` (rate limit), `rendezvous` (a session's provider, the same on every shard),
 //! `sticky` (which sessions this shard already answered), `rng` (weighted draw), `balance`
-//! (step 8's learning strategies), `usage` (providers' own rate limits and cooldowns).
+//! (step 8's learning strategies), `usage` (providers' own rate limits and cooldowns),
+//! `shadow` (the copy of a share of calls sent to a provider under evaluation).
 
 pub mod balance;
 #[cfg(test)]
@@ -27,6 +28,9 @@ pub mod pipeline;
 pub mod rendezvous;
 pub mod rng;
 pub mod select;
+mod shadow;
+#[cfg(test)]
+mod shadow_tests;
 #[cfg(test)]
 mod sim;
 pub mod state;

@@ -10,6 +10,7 @@
 use super::condition::RuleCtx;
 use super::error::DecideError;
 use super::select::{expected, explain, Selection, Selector};
+use super::shadow;
 use super::state::ShardState;
 use super::Now;
 use crate::contract::{DecideRequest, ExecutedExtension, ExtensionStatus, Reason, Scalar};
@@ -46,6 +47,8 @@ enum Phase {
 pub struct Decision {
     pub slot: PolicySlot,
     pub provider: ProviderIdx,
+    /// The provider that also gets a copy of the call (`shadow`), never `provider`.
+    pub shadow: Option<ProviderIdx>,
     pub reason: Reason,
     pub expected_latency_ms: Option<f64>,
     pub expected_cost: Option<f64>,
@@ -64,6 +67,7 @@ pub struct Pending<'t> {
     pub policy: &'t Policy,
     phase: Phase,
     selection: Option<(Selection, Option<f64>, Option<f64>)>,
+    shadow: Option<ProviderIdx>,
     executed: Vec<ExecutedExtension>,
     overlay: Vec<(Box<str>, Scalar<'static>)>,
     decision_metadata: Vec<(Box<str>, serde_json::Value)>,
@@ -122,6 +126,7 @@ pub fn admit<'t>(
         policy,
         phase: Phase::Extensions,
         selection: None,
+        shadow: None,
         executed: Vec::new(),
         overlay: Vec::new(),
         decision_metadata: Vec::new(),
@@ -275,6 +280,7 @@ impl<'t> Pending<'t> {
             self.policy.provider(sel.provider).name,
             sel.reason.as_str()
         );
+        self.shadow = shadow::draw(self.policy, sel.provider, &mut state.rng, &mut self.explain);
         self.selection = Some((sel, latency, cost));
         self.phase = Phase::Selected;
         Ok(())
@@ -291,6 +297,7 @@ impl<'t> Pending<'t> {
         Decision {
             slot: self.slot,
             provider: sel.provider,
+            shadow: self.shadow,
             reason: sel.reason,
             expected_latency_ms,
             expected_cost,

@@ -39,6 +39,7 @@ pub(super) fn policy(tenant: &str, id: &str, providers: Vec<Provider>) -> Policy
         post: Box::new([]),
         timeout_ms: None,
         cooldown_ms: COOLDOWN_MS_DEFAULT,
+        shadow: Box::new([]),
     }
 }
 

@@ -305,6 +305,19 @@ impl Default for Balance {
     }
 }
 
+/// One `shadow` entry: a share of decisions also sends a copy of the call to `provider`,
+/// whose answer is compared offline and never steers routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shadow {
+    /// One of the policy's providers (a shadow-only one is declared with weight 0).
+    pub provider: ProviderIdx,
+    /// Decisions (per million) that get this shadow: `ratio` × 10^6, in 1..=10^6.
+    pub ppm: u32,
+}
+
+/// The unit of `Shadow::ppm`; the entries of one policy share it (they sum to ≤ it).
+pub const SHADOW_PPM_FULL: u32 = 1_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub requests_per_second: u32,
@@ -375,6 +388,8 @@ pub struct Policy {
     pub timeout_ms: Option<u32>,
     /// How long a provider stays out after a `rate_limited` result (`cooldown_ms`).
     pub cooldown_ms: u64,
+    /// `shadow`: at most one entry is drawn per decision; empty without `shadow`.
+    pub shadow: Box<[Shadow]>,
 }
 
 impl Policy {
@@ -416,5 +431,10 @@ impl Policy {
             assert!(legacy.to.get() < n);
         }
         assert!(self.pre.len() + self.validators.len() + self.post.len() <= STAGES_MAX);
+        let shadow_ppm: u32 = self.shadow.iter().map(|s| s.ppm).sum();
+        assert!(shadow_ppm <= SHADOW_PPM_FULL);
+        for s in self.shadow.iter() {
+            assert!(s.provider.get() < n && s.ppm > 0);
+        }
     }
 }

@@ -77,6 +77,8 @@ pub const PROVIDER_RPM_MAX: u32 = 100_000_000;
 pub const PROVIDER_TPM_MAX: u32 = 4_000_000_000;
 /// A policy's `cooldown_ms`: an hour; a provider out longer than that needs an operator.
 pub const COOLDOWN_MS_MAX: u64 = 3_600_000;
+/// Entries of a policy's `shadow` list: a few candidates under evaluation at once.
+pub const SHADOWS_PER_POLICY_MAX: usize = 4;
 /// `version` of a policy-store document (it has none): below every versioned format.
 pub const STORE_FORM_VERSION: &str = "0.0";
 /// One JSON-DSL weight point in weight units.
@@ -129,6 +131,7 @@ macro_rules! root_keys {
             "balance",
             "timeout_ms",
             "cooldown_ms",
+            "shadow",
             "metadata",
             "defaults",
             "escalate_on",
@@ -257,6 +260,10 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
     let cooldown_ms = obj
         .int(problems, "cooldown_ms", 0, COOLDOWN_MS_MAX as i64)
         .map_or(COOLDOWN_MS_DEFAULT, |ms| ms as u64);
+    let shadow = match obj.get("shadow") {
+        Some(v) => read_shadow(problems, &obj.path_of("shadow"), v, &routing.providers),
+        None => Box::default(),
+    };
     read_deprecated(problems, obj);
     let version = version?;
     Some(Policy {
@@ -276,6 +283,7 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
         post: post.into(),
         timeout_ms,
         cooldown_ms,
+        shadow,
     })
 }
 
@@ -888,6 +896,79 @@ fn read_rate_limit(problems: &mut Problems, path: &str, v: &Json) -> Option<Rate
 const BALANCE_STRATEGIES: &str = "weighted, least_latency, least_outstanding, lowest_cost";
 
 /// `balance {strategy, explore_ratio, half_life_ms}`; each member optional.
+/// `shadow [{provider, ratio}]`: each provider is one of the policy's (so a shadow's
+/// results can be told from its primary's and its name obeys the provider rules), named
+/// once; each ratio is in (0, 1] and, since a decision gets at most one shadow, the
+/// ratios add up to at most 1.
+fn read_shadow(
+    problems: &mut Problems,
+    path: &str,
+    v: &Json,
+    providers: &[Provider],
+) -> Box<[Shadow]> {
+    let Some(items) = array(problems, path, v) else {
+        return Box::default();
+    };
+    if items.len() > SHADOWS_PER_POLICY_MAX {
+        let message = format!("{} entries; at most {SHADOWS_PER_POLICY_MAX}", items.len());
+        problems.add(path, message);
+        return Box::default();
+    }
+    let mut out: Vec<Shadow> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = index_path(path, i);
+        out.extend(read_shadow_entry(problems, &at, item, providers, &out));
+    }
+    let total: u32 = out.iter().map(|s| s.ppm).sum();
+    if total > SHADOW_PPM_FULL {
+        let message = format!(
+            "ratios add up to {}; a decision gets at most one shadow, so at most 1",
+            f64::from(total) / f64::from(SHADOW_PPM_FULL)
+        );
+        problems.add(path, message);
+    }
+    out.into()
+}
+
+fn read_shadow_entry(
+    problems: &mut Problems,
+    path: &str,
+    v: &Json,
+    providers: &[Provider],
+    seen: &[Shadow],
+) -> Option<Shadow> {
+    let o = Obj::read(problems, path, v, &["provider", "ratio"])?;
+    let name = o.required(problems, "provider");
+    let name = name.and_then(|v| provider_name(problems, &o.path_of("provider"), v));
+    let ratio = o.required(problems, "ratio");
+    let ratio = ratio.and_then(|v| float_in(problems, &o.path_of("ratio"), v, 0.0, 1.0));
+    let ppm = match ratio {
+        Some(r) if r > 0.0 => ((r * f64::from(SHADOW_PPM_FULL)).round() as u32).max(1),
+        Some(_) => {
+            problems.add(&o.path_of("ratio"), "must be above 0 (and at most 1)");
+            return None;
+        }
+        None => return None,
+    };
+    let name = name?;
+    let at = o.path_of("provider");
+    let Some(i) = providers.iter().position(|p| &*p.name == name) else {
+        let message = format!(
+            "unknown provider {:?}; a shadow names one of the policy's providers \
+             (declare a shadow-only one with weight 0)",
+            shown(name)
+        );
+        problems.add(&at, message);
+        return None;
+    };
+    let provider = ProviderIdx(i as u8);
+    if seen.iter().any(|s| s.provider == provider) {
+        problems.add(&at, format!("duplicate shadow provider {:?}", shown(name)));
+        return None;
+    }
+    Some(Shadow { provider, ppm })
+}
+
 fn read_balance(problems: &mut Problems, path: &str, v: &Json) -> Balance {
     let d = Balance::default();
     let Some(o) = Obj::read(

@@ -72,6 +72,8 @@ pub enum Counted {
         closed: usize,
     },
     ResultDuplicate,
+    /// A shadow call's result (`ExecResult::shadow`): counted apart, applied to nothing.
+    ResultShadow(ExecStatus),
 }
 
 /// A written answer: HTTP status, `Retry-After` seconds, and what to count.
@@ -88,6 +90,9 @@ pub struct Outgoing {
     pub subject: Box<str>,
     pub headers: Vec<(&'static str, Box<str>)>,
     pub body: Vec<u8>,
+    /// The shadow copy (`"shadow": true`) for the decision's shadow provider, published
+    /// right after this one.
+    pub shadow: Option<Box<Outgoing>>,
 }
 
 /// An answer written to the caller's buffer, and the ExecAssignment to publish after it
@@ -350,7 +355,14 @@ impl ShardCore {
         if let (Ok(decision), Some(assign)) = (outcome, &self.assign) {
             if req.push_assignment && assign.allows(&req.tenant_id) {
                 let id = AssignmentId::from_random_bytes(self.ids.next_bytes());
-                assignment = Some(Box::new(assign.outgoing(table, req, decision, payload, id)));
+                // Drawn only for a shadow, so assignments without one keep their ids.
+                let shadow_id = decision
+                    .shadow
+                    .map(|_| AssignmentId::from_random_bytes(self.ids.next_bytes()));
+                let ids = (id, shadow_id);
+                assignment = Some(Box::new(
+                    assign.outgoing(table, req, decision, payload, ids),
+                ));
             }
         }
         Decided {
@@ -423,6 +435,16 @@ impl ShardCore {
                 status: 200,
                 retry_after_s: None,
                 counted: Counted::ResultDuplicate,
+            };
+        }
+        if result.shadow {
+            out.extend_from_slice(
+                br#"{"ok":true,"duplicate":false,"shadow":true,"policies_updated":0}"#,
+            );
+            return Answered {
+                status: 202,
+                retry_after_s: None,
+                counted: Counted::ResultShadow(result.status),
             };
         }
         let effect = self.state.record_result_with(
@@ -561,7 +583,7 @@ impl Assigner {
         req: &DecideRequest<'_>,
         decision: &Decision,
         payload: Option<&RawValue>,
-        id: AssignmentId,
+        (id, shadow_id): (AssignmentId, Option<AssignmentId>),
     ) -> Outgoing {
         let mut assignment = crate::answer::with_body(table, req, decision, |body| {
             ExecAssignment::new(id, req, body)
@@ -569,6 +591,20 @@ impl Assigner {
         if let Some(p) = payload {
             assignment.job.payload = Some(p.to_owned());
         }
+        let shadow = decision.shadow.zip(shadow_id).map(|(idx, shadow_id)| {
+            let name = &table.policy(decision.slot).provider(idx).name;
+            let copy = assignment.shadow_copy(shadow_id, name);
+            Box::new(self.encoded(req, &copy, None))
+        });
+        self.encoded(req, &assignment, shadow)
+    }
+
+    fn encoded(
+        &self,
+        req: &DecideRequest<'_>,
+        assignment: &ExecAssignment,
+        shadow: Option<Box<Outgoing>>,
+    ) -> Outgoing {
         let mut body = Vec::with_capacity(1024);
         assignment.encode(&mut body);
         // The contract fills in the default subject; ours (config) replaces it.
@@ -584,6 +620,7 @@ impl Assigner {
             subject,
             headers,
             body,
+            shadow,
         }
     }
 }

@@ -174,3 +174,37 @@ fn results_cross_to_the_owner_and_count_once() {
     assert_eq!(dup.answered.counted, Counted::ResultDuplicate);
     assert_eq!(again, br#"{"ok":true,"duplicate":true}"#);
 }
+
+/// A shadow call's results (`"shadow": true`) are counted apart and leave the provider's
+/// breaker, averages, usage and cooldown as they were, however bad they are; the same
+/// result without the mark does move them.
+#[test]
+fn shadow_results_leave_the_provider_state_unchanged() {
+    let table = table();
+    let mut owner = core(1, &table);
+    let slot = table.lookup("t1", "default").expect("policy");
+    let before = format!("{:?}", owner.state.policy(slot).providers);
+    for (i, status) in ["error", "timeout", "rate_limited", "success"]
+        .iter()
+        .enumerate()
+    {
+        let body = format!(
+            r#"{{"assignment_id":"00000000-0000-4000-8000-00000000000{i}","status":"{status}","provider_id":"openai","tenant_id":"t1","latency_ms":9000,"cost":5,"usage":{{"input_tokens":100000}},"error_code":"429","shadow":true}}"#
+        );
+        let result = ExecResult::decode(body.as_bytes(), &Headers::default()).expect("valid");
+        assert!(result.shadow);
+        let mut out = Vec::new();
+        let d = decided(owner.result(&table, &result, NOW, &mut out));
+        assert_eq!(d.answered.counted, Counted::ResultShadow(result.status));
+        assert_eq!(d.answered.status, 202);
+        assert!(std::str::from_utf8(&out)
+            .unwrap()
+            .contains(r#""shadow":true"#));
+    }
+    assert_eq!(format!("{:?}", owner.state.policy(slot).providers), before);
+    let body = br#"{"assignment_id":"00000000-0000-4000-8000-000000000009","status":"error","provider_id":"openai","tenant_id":"t1","latency_ms":9000}"#;
+    let result = ExecResult::decode(body, &Headers::default()).expect("valid");
+    assert!(!result.shadow);
+    decided(owner.result(&table, &result, NOW, &mut Vec::new()));
+    assert_ne!(format!("{:?}", owner.state.policy(slot).providers), before);
+}

@@ -23,6 +23,7 @@ fn metadata() -> Metadata<'static> {
 fn body<'a>(metadata: &'a Metadata<'a>) -> DecisionBody<'a> {
     DecisionBody {
         provider_id: "openai",
+        shadow_provider_id: None,
         reason: Reason::Weighted,
         expected_latency_ms: Some(420.0),
         expected_cost: Some(0.002),
@@ -138,6 +139,25 @@ fn explanation_is_written_only_when_asked_for() {
         .as_object()
         .unwrap()
         .contains_key("explanation"));
+}
+
+/// `decision.shadow` is `{"provider_id": …}` when a shadow was drawn, absent otherwise.
+#[test]
+fn shadow_is_written_only_when_drawn() {
+    let metadata = Metadata::default();
+    let mut body = body(&metadata);
+    let (_, value) = encode(&body);
+    assert!(!value["decision"]
+        .as_object()
+        .unwrap()
+        .contains_key("shadow"));
+    body.shadow_provider_id = Some("new_model");
+    let (_, value) = encode(&body);
+    assert_eq!(
+        value["decision"]["shadow"],
+        json!({"provider_id": "new_model"})
+    );
+    assert_eq!(value["decision"]["provider_id"], "openai");
 }
 
 #[test]

@@ -14,6 +14,7 @@ const ASSIGNMENT: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
 fn decision<'a>(metadata: &'a Metadata<'a>, extra: &'a [(Box<str>, Value)]) -> DecisionBody<'a> {
     DecisionBody {
         provider_id: "anthropic",
+        shadow_provider_id: None,
         reason: Reason::Fallback,
         expected_latency_ms: Some(800.0),
         expected_cost: None,
@@ -88,6 +89,37 @@ fn assignment_is_built_from_request_and_decision() {
     let back: ExecAssignment = serde_json::from_slice(&out).unwrap();
     assert_eq!(back.assignment_id.as_str(), ASSIGNMENT);
     assert_eq!(back.job.payload.unwrap().get(), r#"{"prompt":"hi"}"#);
+}
+
+/// A shadow copy is the same assignment under its own id, for the shadow provider,
+/// marked `"shadow": true`; the primary's assignment has no `shadow` member at all.
+#[test]
+fn shadow_copy_is_marked_and_keeps_the_job() {
+    let body = request_body();
+    let request = decode_decide(&body, &Headers::default()).unwrap();
+    let decision = decision(&request.metadata, &[]);
+    let primary = ExecAssignment::new(
+        AssignmentId::parse(ASSIGNMENT).unwrap(),
+        &request,
+        &decision,
+    );
+    let copy_id = AssignmentId::from_random_bytes([7; 16]);
+    let copy = primary.shadow_copy(copy_id, "new_model");
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    primary.encode(&mut a);
+    copy.encode(&mut b);
+    let (a, b): (Value, Value) = (
+        serde_json::from_slice(&a).unwrap(),
+        serde_json::from_slice(&b).unwrap(),
+    );
+    assert!(a.get("shadow").is_none());
+    assert_eq!(b["shadow"], json!(true));
+    assert_eq!(b["executor"]["provider_id"], "new_model");
+    assert_ne!(b["assignment_id"], a["assignment_id"]);
+    assert_eq!((&b["job"], &b["options"]), (&a["job"], &a["options"]));
+    assert_eq!(b["decision"], a["decision"]);
+    let back: ExecAssignment = serde_json::from_slice(&serde_json::to_vec(&b).unwrap()).unwrap();
+    assert!(back.shadow);
 }
 
 #[test]
@@ -300,6 +332,19 @@ fn result_usage_and_rate_limited() {
     assert!(status("error", Some("rate_limited")));
     assert!(!status("error", Some("500")) && !status("error", None));
     assert!(!status("success", Some("429")), "a success is a success");
+}
+
+/// `shadow` is an optional boolean; absent or null is a primary's result.
+#[test]
+fn result_shadow_flag() {
+    assert!(!decode_result(&result()).unwrap().shadow);
+    let mut v = result();
+    v["shadow"] = json!(true);
+    assert!(decode_result(&v).unwrap().shadow);
+    v["shadow"] = Value::Null;
+    assert!(!decode_result(&v).unwrap().shadow);
+    v["shadow"] = json!("yes");
+    reject_result(v, "shadow", "type");
 }
 
 #[test]

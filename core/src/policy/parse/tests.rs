@@ -706,6 +706,102 @@ fn balance_forms_and_defaults() {
     assert_eq!(balance(r#"{"explore_ratio":1}"#).explore_ppm, 1_000_000);
 }
 
+/// A document whose providers are openai (100), new_model and other_model (0), with
+/// `shadow` set to `list`.
+fn shadowed(list: &str) -> String {
+    format!(
+        r#"{{"version":"1.0","providers":[{{"name":"openai","weight":100}},{{"name":"new_model","weight":0}},{{"name":"other_model","weight":0}}],"shadow":{list}}}"#
+    )
+}
+
+/// `shadow`: absent means none; each entry names a provider of the policy and a ratio,
+/// kept in parts per million; a shadow-only provider has weight 0.
+#[test]
+fn shadow_forms() {
+    assert!(ok(&doc("")).shadow.is_empty());
+    assert!(ok(&shadowed("[]")).shadow.is_empty());
+    let p = ok(&shadowed(
+        r#"[{"provider":"new_model","ratio":0.1},{"provider":"other_model","ratio":0.9}]"#,
+    ));
+    assert_eq!(
+        &*p.shadow,
+        &[
+            Shadow {
+                provider: ProviderIdx(1),
+                ppm: 100_000,
+            },
+            Shadow {
+                provider: ProviderIdx(2),
+                ppm: 900_000,
+            },
+        ]
+    );
+    let p = ok(&shadowed(r#"[{"provider":"openai","ratio":1}]"#));
+    assert_eq!(p.shadow[0].ppm, SHADOW_PPM_FULL);
+}
+
+/// An unknown provider, a ratio outside (0, 1], ratios adding up to more than 1, a
+/// repeated provider, too many entries or an unknown key is refused at its path.
+#[test]
+fn shadow_rejections() {
+    let cases = [
+        (
+            r#"[{"provider":"gpt5","ratio":0.1}]"#,
+            "$.shadow[0].provider",
+            "unknown provider \"gpt5\"; a shadow names one of the policy's providers",
+        ),
+        (
+            r#"[{"provider":"new-model","ratio":0.1}]"#,
+            "$.shadow[0].provider",
+            "must match ^[a-z0-9_]+$",
+        ),
+        (
+            r#"[{"provider":"new_model","ratio":0}]"#,
+            "$.shadow[0].ratio",
+            "must be above 0",
+        ),
+        (
+            r#"[{"provider":"new_model","ratio":1.5}]"#,
+            "$.shadow[0].ratio",
+            "0 to 1",
+        ),
+        (
+            r#"[{"provider":"new_model"}]"#,
+            "$.shadow[0].ratio",
+            "missing (required)",
+        ),
+        (
+            r#"[{"provider":"new_model","ratio":0.6},{"provider":"other_model","ratio":0.5}]"#,
+            "$.shadow",
+            "ratios add up to 1.1; a decision gets at most one shadow",
+        ),
+        (
+            r#"[{"provider":"new_model","ratio":0.1},{"provider":"new_model","ratio":0.1}]"#,
+            "$.shadow[1].provider",
+            "duplicate shadow provider",
+        ),
+        (
+            r#"[{"provider":"new_model","ratio":0.1,"mirror":true}]"#,
+            "$.shadow[0].mirror",
+            "unknown key",
+        ),
+        (
+            r#"{"provider":"new_model"}"#,
+            "$.shadow",
+            "expected an array",
+        ),
+    ];
+    for (list, path, needle) in cases {
+        rejects(&shadowed(list), path, needle);
+    }
+    let five = vec![r#"{"provider":"new_model","ratio":0.1}"#; SHADOWS_PER_POLICY_MAX + 1];
+    rejects(
+        &shadowed(&format!("[{}]", five.join(","))),
+        "$.shadow",
+        "5 entries; at most 4",
+    );
+}
+
 /// An unknown strategy, a ratio outside 0–1, a half-life out of range or an unknown key
 /// is refused at its path, naming what is allowed.
 #[test]
@@ -1232,7 +1328,7 @@ fn error_display_names_source_path_and_message() {
         errors[0].to_string(),
         "test.json: $.x: unknown key (known: version, providers, \
         weights, fallbacks, fallback, sticky, pre, validators, post, circuit_breaker, rate_limit, \
-        balance, timeout_ms, cooldown_ms, metadata, defaults, escalate_on, health_check)"
+        balance, timeout_ms, cooldown_ms, shadow, metadata, defaults, escalate_on, health_check)"
     );
 }
 
