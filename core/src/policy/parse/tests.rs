@@ -794,7 +794,7 @@ fn shadow_rejections() {
     for (list, path, needle) in cases {
         rejects(&shadowed(list), path, needle);
     }
-    let five = vec![r#"{"provider":"new_model","ratio":0.1}"#; SHADOWS_PER_POLICY_MAX + 1];
+    let five = [r#"{"provider":"new_model","ratio":0.1}"#; SHADOWS_PER_POLICY_MAX + 1];
     rejects(
         &shadowed(&format!("[{}]", five.join(","))),
         "$.shadow",
