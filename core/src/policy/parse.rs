@@ -895,7 +895,6 @@ fn read_rate_limit(problems: &mut Problems, path: &str, v: &Json) -> Option<Rate
 
 const BALANCE_STRATEGIES: &str = "weighted, least_latency, least_outstanding, lowest_cost";
 
-/// `balance {strategy, explore_ratio, half_life_ms}`; each member optional.
 /// `shadow [{provider, ratio}]`: each provider is one of the policy's (so a shadow's
 /// results can be told from its primary's and its name obeys the provider rules), named
 /// once; each ratio is in (0, 1] and, since a decision gets at most one shadow, the
@@ -969,6 +968,7 @@ fn read_shadow_entry(
     Some(Shadow { provider, ppm })
 }
 
+/// `balance {strategy, explore_ratio, half_life_ms}`; each member optional.
 fn read_balance(problems: &mut Problems, path: &str, v: &Json) -> Balance {
     let d = Balance::default();
     let Some(o) = Obj::read(
