@@ -865,6 +865,15 @@ fn provider_limits_and_cooldown() {
         "1 to 100000000",
     );
     rejects(
+        &provider(r#""rpm":100000001"#),
+        "$.providers[0].rpm",
+        "1 to 100000000",
+    );
+    assert_eq!(
+        ok(&provider(r#""rpm":100000000"#)).providers[0].limits.rpm,
+        Some(PROVIDER_RPM_MAX)
+    );
+    rejects(
         &provider(r#""rpm":1.5"#),
         "$.providers[0].rpm",
         "an integer",
