@@ -40,14 +40,7 @@ fn result(client: &mut Client, n: u32, provider: &str, latency_ms: u32) {
         "latency_ms": latency_ms,
         "cost": 0.002,
     });
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let resp = client.request(
-        "POST",
-        "/v1/results",
-        &[("Authorization", &auth)],
-        &serde_json::to_vec(&body).unwrap(),
-    );
-    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
+    post_result(client, &body);
 }
 
 fn latency_of(provider: &str) -> u32 {

@@ -54,20 +54,7 @@ fn result(client: &mut Client, n: u32, provider: &str, extra: Value) {
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let resp = client.request(
-        "POST",
-        "/v1/results",
-        &[("Authorization", &auth)],
-        &serde_json::to_vec(&body).unwrap(),
-    );
-    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
-}
-
-fn explained(d: &Value, step: &str) -> bool {
-    d["explanation"]
-        .as_array()
-        .is_some_and(|s| s.iter().any(|x| x == step))
+    post_result(client, &body);
 }
 
 /// On the tenant's owner shard (where results land): `rpm` holds a1 after five

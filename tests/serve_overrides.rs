@@ -28,12 +28,6 @@ fn decide(client: &mut Client, n: u32, constraints: Value, extra: Value) -> (u16
     (resp.status, resp.json())
 }
 
-fn explained(decision: &Value, step: &str) -> bool {
-    decision["explanation"]
-        .as_array()
-        .is_some_and(|steps| steps.iter().any(|s| s == step))
-}
-
 /// `require: ["region:eu"]` keeps a request on acme's EU providers, `only` narrows it to
 /// the providers it lists (also for a request with a session), `order` picks its first
 /// candidate, and `explain` says which provider `only` left out and that `order` chose.

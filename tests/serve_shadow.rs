@@ -49,22 +49,11 @@ fn fail_s1(client: &mut Client, n: u32, shadow: bool) -> Value {
     if shadow {
         body["shadow"] = json!(true);
     }
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let resp = client.request(
-        "POST",
-        "/v1/results",
-        &[("Authorization", &auth)],
-        &serde_json::to_vec(&body).unwrap(),
-    );
-    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
-    resp.json()
+    post_result(client, &body)
 }
 
 fn circuit_open(d: &Value) -> bool {
-    d["explanation"].as_array().is_some_and(|s| {
-        s.iter()
-            .any(|x| x == "candidate s1: not usable (CircuitOpen)")
-    })
+    explained(d, "candidate s1: not usable (CircuitOpen)")
 }
 
 /// `name{…status="error"…,shard="all"…}` from the metrics page, 0 when absent.

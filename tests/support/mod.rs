@@ -238,6 +238,27 @@ pub fn tenants_covering(shards: usize) -> Vec<String> {
     found.into_iter().map(Option::unwrap).collect()
 }
 
+/// Posts an ExecResult with the admin token (it holds the `results` scope), expects 202
+/// and returns the answer.
+pub fn post_result(client: &mut Client, body: &serde_json::Value) -> serde_json::Value {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let resp = client.request(
+        "POST",
+        "/v1/results",
+        &[("Authorization", &auth)],
+        &serde_json::to_vec(body).unwrap(),
+    );
+    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
+    resp.json()
+}
+
+/// Whether a decision (asked with `explain`) lists `step` in its explanation.
+pub fn explained(decision: &serde_json::Value, step: &str) -> bool {
+    decision["explanation"]
+        .as_array()
+        .is_some_and(|steps| steps.iter().any(|s| s == step))
+}
+
 /// Writes a minimal valid policy for `tenant` into a config dir's policies.
 pub fn write_policy(dir: &TempDir, tenant: &str, id: &str, doc: &str) {
     let t = dir.0.join("policies").join(tenant);
