@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use super::breaker::BreakerState;
-use super::tests::{policy, provider, request};
+use super::tests::{policy, provider, request, Shard};
 use super::usage::MINUTE_NS;
 use super::*;
 use crate::contract::{ErrorCode, Reason};
@@ -37,21 +37,9 @@ fn limited(limits: ProviderLimits, cooldown_ms: u64) -> Policy {
     p
 }
 
-struct Shard {
-    table: RoutingTable,
-    state: ShardState,
-}
-
 impl Shard {
-    fn new(policy: Policy) -> Self {
-        policy.check();
-        let table = RoutingTable::from_policies(vec![policy]).expect("table");
-        let state = ShardState::new(&table, StateConfig::default(), 0);
-        Shard { table, state }
-    }
-
     /// The provider a request preferring openai (`order`) gets at `t_ns`, and the steps.
-    fn pick(&mut self, t_ns: u64) -> Result<(String, Vec<String>), DecideError> {
+    fn pick_preferring_openai(&mut self, t_ns: u64) -> Result<(String, Vec<String>), DecideError> {
         let mut req = request("acme", "default");
         req.constraints.order = vec![Cow::Borrowed("openai")];
         req.explain = true;
@@ -95,9 +83,12 @@ fn a_provider_at_its_rpm_is_skipped_until_the_minute_has_room() {
     };
     let mut shard = Shard::new(limited(limits, 10_000));
     for i in 0..3 {
-        assert_eq!(shard.pick(T0 + i * MS).unwrap().0, "openai");
+        assert_eq!(
+            shard.pick_preferring_openai(T0 + i * MS).unwrap().0,
+            "openai"
+        );
     }
-    let (name, steps) = shard.pick(T0 + 3 * MS).unwrap();
+    let (name, steps) = shard.pick_preferring_openai(T0 + 3 * MS).unwrap();
     assert_eq!(name, "anthropic");
     assert!(
         has(&steps, "candidate openai: not usable (AtRpmLimit)"),
@@ -107,9 +98,15 @@ fn a_provider_at_its_rpm_is_skipped_until_the_minute_has_room() {
         has(&steps, "order: openai skipped (not a candidate)"),
         "{steps:?}"
     );
-    assert_eq!(shard.pick(T0 + MINUTE_NS - MS).unwrap().0, "anthropic");
+    assert_eq!(
+        shard.pick_preferring_openai(T0 + MINUTE_NS - MS).unwrap().0,
+        "anthropic"
+    );
     // Two minutes on, the three decisions are out of the sliding minute.
-    assert_eq!(shard.pick(T0 + 2 * MINUTE_NS).unwrap().0, "openai");
+    assert_eq!(
+        shard.pick_preferring_openai(T0 + 2 * MINUTE_NS).unwrap().0,
+        "openai"
+    );
 }
 
 /// Results' tokens count against `tpm`; a result without `usage` counts none.
@@ -126,15 +123,18 @@ fn results_tokens_fill_the_tpm() {
     };
     shard.result(Some(Outcome::Success), LimitSignal::default(), T0);
     shard.result(Some(Outcome::Success), tokens(999), T0);
-    assert_eq!(shard.pick(T0 + MS).unwrap().0, "openai");
+    assert_eq!(shard.pick_preferring_openai(T0 + MS).unwrap().0, "openai");
     shard.result(Some(Outcome::Success), tokens(1), T0 + MS);
-    let (name, steps) = shard.pick(T0 + 2 * MS).unwrap();
+    let (name, steps) = shard.pick_preferring_openai(T0 + 2 * MS).unwrap();
     assert_eq!(name, "anthropic");
     assert!(
         has(&steps, "candidate openai: not usable (AtTpmLimit)"),
         "{steps:?}"
     );
-    assert_eq!(shard.pick(T0 + 2 * MINUTE_NS).unwrap().0, "openai");
+    assert_eq!(
+        shard.pick_preferring_openai(T0 + 2 * MINUTE_NS).unwrap().0,
+        "openai"
+    );
 }
 
 /// A `rate_limited` result keeps the provider out for `cooldown_ms` without touching its
@@ -149,14 +149,20 @@ fn a_rate_limited_result_cools_down_without_opening_the_circuit() {
     };
     shard.result(None, refused, T0);
     assert_eq!(shard.breaker(), BreakerState::Closed);
-    let (name, steps) = shard.pick(T0 + MS).unwrap();
+    let (name, steps) = shard.pick_preferring_openai(T0 + MS).unwrap();
     assert_eq!(name, "anthropic");
     assert!(
         has(&steps, "candidate openai: not usable (CoolingDown)"),
         "{steps:?}"
     );
-    assert_eq!(shard.pick(T0 + 1_999 * MS).unwrap().0, "anthropic");
-    assert_eq!(shard.pick(T0 + 2_000 * MS).unwrap().0, "openai");
+    assert_eq!(
+        shard.pick_preferring_openai(T0 + 1_999 * MS).unwrap().0,
+        "anthropic"
+    );
+    assert_eq!(
+        shard.pick_preferring_openai(T0 + 2_000 * MS).unwrap().0,
+        "openai"
+    );
 
     let mut req = request("acme", "default");
     req.constraints.only = vec![Cow::Borrowed("openai")];
@@ -236,7 +242,7 @@ fn tokens_and_cooldowns_are_replicated_to_other_shards() {
 fn without_limits_nothing_is_held() {
     let mut shard = Shard::new(limited(ProviderLimits::default(), 10_000));
     for i in 0..1_000 {
-        let (name, steps) = shard.pick(T0 + i * MS).unwrap();
+        let (name, steps) = shard.pick_preferring_openai(T0 + i * MS).unwrap();
         assert_eq!(name, "openai", "{steps:?}");
     }
     let reason = decide(

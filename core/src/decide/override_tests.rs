@@ -5,29 +5,17 @@
 
 use std::borrow::Cow;
 
-use super::tests::{policy, provider, request};
+use super::tests::{policy, provider, request, Shard};
 use super::*;
 use crate::contract::{Attempt, ErrorCode, Reason, Scalar};
 use crate::policy::{
     Balance, BalanceStrategy, BreakerConfig, Clause, Condition, ContextVar, FallbackRule, Literal,
-    Op, Operand, Policy, ProviderIdx, RoutingTable, Sticky,
+    Op, Operand, Policy, ProviderIdx, Sticky,
 };
 
 const MS: u64 = 1_000_000;
 
-struct Shard {
-    table: RoutingTable,
-    state: ShardState,
-}
-
 impl Shard {
-    fn new(policy: Policy) -> Self {
-        policy.check();
-        let table = RoutingTable::from_policies(vec![policy]).expect("table");
-        let state = ShardState::new(&table, StateConfig::default(), 0);
-        Shard { table, state }
-    }
-
     fn decide(&mut self, req: &DecideRequest<'_>, t_ns: u64) -> Result<Decision, DecideError> {
         let now = Now {
             mono_ns: t_ns,

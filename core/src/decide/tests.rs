@@ -9,6 +9,21 @@ use crate::policy::*;
 
 const MS: u64 = 1_000_000;
 
+/// One shard's table and state, for tests that decide and feed results over time.
+pub(super) struct Shard {
+    pub(super) table: RoutingTable,
+    pub(super) state: ShardState,
+}
+
+impl Shard {
+    pub(super) fn new(policy: Policy) -> Self {
+        policy.check();
+        let table = RoutingTable::from_policies(vec![policy]).expect("table");
+        let state = ShardState::new(&table, StateConfig::default(), 0);
+        Shard { table, state }
+    }
+}
+
 pub(super) fn provider(name: &str, weight: u32) -> Provider {
     Provider {
         name: name.into(),
