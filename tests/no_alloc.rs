@@ -98,6 +98,7 @@ fn policy(id: &str, sticky: bool) -> Policy {
         timeout_ms: None,
         cooldown_ms: 10_000,
         shadow: Box::new([]),
+        budgets: Box::new([]),
     }
 }
 

@@ -2,7 +2,9 @@
 //! becomes a DecideResponse, a `DecideError` an ErrorResponse with its code and details.
 //! The bytes go into the caller's reused buffer; the success path does not allocate.
 
-use crate::contract::{encode_decision, encode_error, DecideRequest, DecisionBody, ErrorDetails};
+use crate::contract::{
+    encode_decision, encode_error, BudgetDetails, DecideRequest, DecisionBody, ErrorDetails,
+};
 use crate::decide::{DecideError, Decision};
 use crate::policy::RoutingTable;
 
@@ -89,6 +91,15 @@ pub fn encode_decide_error(out: &mut Vec<u8>, req: &DecideRequest<'_>, err: &Dec
     let details = ErrorDetails {
         retry_after_ms: err.retry_after_ms(),
         extension_id: err.extension_id(),
+        budget: err.budget_exceeded().map(|b| BudgetDetails {
+            scope: &b.scope,
+            value: &b.value,
+            window: b.window,
+            measure: b.measure,
+            limit: b.limit,
+            spent: b.spent,
+            reset_at_ms: b.reset_at_ms,
+        }),
         ..ErrorDetails::default()
     };
     let message = err.to_string();

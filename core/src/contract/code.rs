@@ -11,6 +11,7 @@ pub enum ErrorCode {
     PolicyNotFound,
     PayloadTooLarge,
     RateLimited,
+    BudgetExceeded,
     Overloaded,
     DecisionFailed,
     ExtensionNotFound,
@@ -24,13 +25,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::PolicyNotFound,
         ErrorCode::PayloadTooLarge,
         ErrorCode::RateLimited,
+        ErrorCode::BudgetExceeded,
         ErrorCode::Overloaded,
         ErrorCode::DecisionFailed,
         ErrorCode::ExtensionNotFound,
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::PolicyNotFound => "policy_not_found",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::DecisionFailed => "decision_failed",
             ErrorCode::ExtensionNotFound => "extension_not_found",
@@ -73,7 +76,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::PolicyNotFound => 404,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::BudgetExceeded => 429,
             ErrorCode::Overloaded => 503,
             ErrorCode::DecisionFailed | ErrorCode::Internal => 500,
             ErrorCode::ExtensionTimeout | ErrorCode::DeadlineExceeded => 504,

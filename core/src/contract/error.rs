@@ -296,7 +296,7 @@ impl ContractError {
 }
 
 /// `error.details` (SPEC §4): only the keys that are set are written; none is `{}`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct ErrorDetails<'a> {
     /// For `rate_limited` and `overloaded`: when to try again.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,6 +313,24 @@ pub struct ErrorDetails<'a> {
     /// The extension involved, for the extension error codes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extension_id: Option<&'a str>,
+    /// For `budget_exceeded`: which budget, and how far it is spent.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetDetails<'a>>,
+}
+
+/// `budget_exceeded`'s details (SPEC §12): the budget's `scope` and `window`, the scope
+/// `value` for a `metadata.<key>` budget, the `measure` that ran out (`requests`, `cost`,
+/// `tokens` or `scope_values`), its `limit`, what is `spent`, and `reset_at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BudgetDetails<'a> {
+    pub scope: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub value: &'a str,
+    pub window: &'a str,
+    pub measure: &'a str,
+    pub limit: f64,
+    pub spent: f64,
+    pub reset_at_ms: u64,
 }
 
 #[cfg(test)]

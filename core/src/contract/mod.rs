@@ -27,7 +27,9 @@ pub use code::ErrorCode;
 pub use encode::{
     encode_contract_error, encode_decision, encode_error, DecisionBody, INTEGRAL_F64_ABS_MAX,
 };
-pub use error::{ContractError, ErrorDetails, Found, JsonKind, Rule, VERSION_UNSUPPORTED};
+pub use error::{
+    BudgetDetails, ContractError, ErrorDetails, Found, JsonKind, Rule, VERSION_UNSUPPORTED,
+};
 pub use limits::*;
 pub use request::{
     context_ids, decode_decide, ContextIds, Headers, ASSIGNMENT_SUBJECT_DEFAULT, CONTRACT_VERSION,

@@ -18,6 +18,7 @@ pub mod balance;
 mod balance_tests;
 pub mod breaker;
 pub mod bucket;
+pub mod budget;
 pub mod condition;
 mod error;
 #[cfg(test)]

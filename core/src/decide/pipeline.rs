@@ -7,6 +7,7 @@
 //! extension: required stages then answer `extension_unavailable`, optional ones are
 //! reported as `skipped`.
 
+use super::budget::{self, Reservation, Room};
 use super::condition::RuleCtx;
 use super::error::DecideError;
 use super::select::{expected, explain, Selection, Selector};
@@ -68,13 +69,15 @@ pub struct Pending<'t> {
     phase: Phase,
     selection: Option<(Selection, Option<f64>, Option<f64>)>,
     shadow: Option<ProviderIdx>,
+    /// What the request's budgets leave for its call; `None` when none counts it.
+    room: Option<Room>,
     executed: Vec<ExecutedExtension>,
     overlay: Vec<(Box<str>, Scalar<'static>)>,
     decision_metadata: Vec<(Box<str>, serde_json::Value)>,
     explain: Option<Vec<String>>,
 }
 
-/// Steps 1–3: policy lookup, rate limit, deadline.
+/// Steps 1–3: policy lookup, rate limit, deadline; then the budgets (`budget`).
 pub fn admit<'t>(
     table: &'t RoutingTable,
     state: &mut ShardState,
@@ -121,12 +124,28 @@ pub fn admit<'t>(
             });
         }
     }
+    let mut room = None;
+    if !policy.budgets.is_empty() {
+        let books = &mut state.policies[slot.get()].budgets;
+        room = budget::admit(policy, books, &req.metadata, now.unix_ms)
+            .map_err(|e| DecideError::budget(&policy.id, e, now.unix_ms))?;
+        if let Some(room) = &room {
+            explain!(
+                explain,
+                "budgets: {} counted; left for this call: cost {}, tokens {}",
+                room.applied.count_ones(),
+                room.cost,
+                room.tokens
+            );
+        }
+    }
     Ok(Pending {
         slot,
         policy,
         phase: Phase::Extensions,
         selection: None,
         shadow: None,
+        room,
         executed: Vec::new(),
         overlay: Vec::new(),
         decision_metadata: Vec::new(),
@@ -271,9 +290,20 @@ impl<'t> Pending<'t> {
             now_unix_ms: now.unix_ms,
             explain: &mut self.explain,
             sticky_write: None,
+            room: self.room,
         };
-        let sel = selector.run(state)?;
+        let sel = match (selector.run(state), &self.room) {
+            (Err(DecideError::DecisionFailed(ex)), Some(room)) if ex.by_budget > 0 => {
+                let books = &state.policies[self.slot.get()].budgets;
+                let exceeded = budget::refusal(self.policy, books, room, now.unix_ms);
+                return Err(DecideError::budget(&self.policy.id, exceeded, now.unix_ms));
+            }
+            (sel, _) => sel?,
+        };
         let (latency, cost) = expected(self.policy, state.policy(self.slot), sel.provider);
+        if let Some(room) = self.room {
+            self.reserve(state, req, &room, (sel.provider, cost), now);
+        }
         explain!(
             self.explain,
             "chose {} ({})",
@@ -284,6 +314,40 @@ impl<'t> Pending<'t> {
         self.selection = Some((sel, latency, cost));
         self.phase = Phase::Selected;
         Ok(())
+    }
+
+    /// Counts the decision in its budgets and keeps its reservation for its result.
+    fn reserve(
+        &mut self,
+        state: &mut ShardState,
+        req: &DecideRequest<'_>,
+        room: &Room,
+        (provider, cost): (ProviderIdx, Option<f64>),
+        now: Now,
+    ) {
+        let ps = &mut state.policies[self.slot.get()];
+        let tokens = ps.providers[provider.get()].tokens.get();
+        let spend = (cost.unwrap_or(0.0), tokens.map_or(0, |t| t.ceil() as u64));
+        let budgets = budget::reserve(self.policy, &mut ps.budgets, room, spend, now.unix_ms);
+        let name = &self.policy.provider(provider).name;
+        let key = budget::reservation_key(&req.tenant_id, &req.request_id, name);
+        let reservation = Reservation {
+            policy: ps.key,
+            decided_ms: now.unix_ms,
+            expires_ms: now.unix_ms + budget::RESERVATION_TTL_MS,
+            cost: spend.0,
+            tokens: spend.1,
+            count: 1,
+            budgets,
+            applied: room.applied,
+        };
+        state.reservations.insert(key, reservation);
+        explain!(
+            self.explain,
+            "budgets: reserved cost {}, tokens {} until the result",
+            spend.0,
+            spend.1
+        );
     }
 
     /// The provider chosen by `select`, for post-processors that want it.

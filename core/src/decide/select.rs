@@ -16,6 +16,7 @@
 
 use super::balance::{self, Why};
 use super::breaker::{Availability, Transition};
+use super::budget::Room;
 use super::condition::{session_bytes, status_matches, RuleCtx};
 use super::error::{DecideError, Exclusions};
 use super::rendezvous::{self, Epoch};
@@ -68,6 +69,8 @@ enum Unusable {
     CoolingDown,
     AtRpmLimit,
     AtTpmLimit,
+    /// Its expected cost or tokens would pass what a budget has left (`budget`).
+    OverBudget,
     CircuitOpen,
 }
 
@@ -129,6 +132,8 @@ pub(super) struct Selector<'s, 'r, 'a> {
     pub explain: &'s mut Option<Vec<String>>,
     /// The sticky entry a `weighted` session answer writes at `commit`.
     pub sticky_write: Option<StickyWrite>,
+    /// What the request's budgets leave for its call (`budget::admit`).
+    pub room: Option<Room>,
 }
 
 /// A sticky entry to write: this shard answered the session with `held` (provider, epoch).
@@ -149,6 +154,13 @@ impl Selector<'_, '_, '_> {
         }
         if let Some(held) = ps.providers[idx.get()].usage.held(p.limits, self.now_ns) {
             return Err(held.into());
+        }
+        if let Some(room) = &self.room {
+            // Unknown figures reserve nothing: they fit while anything is left.
+            let tokens = ps.providers[idx.get()].tokens.get().unwrap_or(0.0);
+            if !room.fits(figures.1.unwrap_or(0.0), tokens) {
+                return Err(Unusable::OverBudget);
+            }
         }
         match &self.policy.circuit_breaker {
             Some(cfg) => match super::sync::availability(
@@ -181,6 +193,7 @@ impl Selector<'_, '_, '_> {
                 Err(why) => {
                     match why {
                         Unusable::CircuitOpen => ex.by_open_circuit += 1,
+                        Unusable::OverBudget => ex.by_budget += 1,
                         Unusable::CoolingDown | Unusable::AtRpmLimit | Unusable::AtTpmLimit => {
                             ex.by_limits += 1
                         }

@@ -16,6 +16,7 @@ use foldhash::fast::FixedState;
 use super::balance::{InFlight, PeakEwma};
 use super::breaker::{Breaker, Outcome, Transition};
 use super::bucket::TokenBucket;
+use super::budget::{self, BudgetBook, Reservations};
 use super::rendezvous;
 use super::rng::Rng;
 use super::sticky::{SessionKey, StickyTable};
@@ -56,6 +57,8 @@ pub struct ProviderState {
     pub breaker: Breaker,
     pub latency_ms: Ewma,
     pub cost: Ewma,
+    /// Tokens per call (results' `usage`): what a budget reserves for the next call.
+    pub tokens: Ewma,
     /// What `least_latency` reads (`balance`): the owner's, replicated with the averages.
     pub peak_latency: PeakEwma,
     /// Calls in flight as this shard counts them (`balance`); not replicated.
@@ -92,6 +95,8 @@ pub struct PolicyState {
     pub(super) leases: Box<[PeerLease]>,
     /// The owner: a peer had the last token, so the next is the owner's own.
     pub(super) owner_turn: bool,
+    /// The owner: one book per `budgets` entry (`budget`).
+    pub budgets: Box<[BudgetBook]>,
 }
 
 /// Settings fixed at shard start.
@@ -142,6 +147,9 @@ pub struct ShardState {
     pub(super) dirty: Vec<(PolicySlot, ProviderIdx)>,
     pub(super) refreshed_ns: u64,
     pub(super) sync_dropped: u64,
+    /// Decisions' budget reservations waiting for their results (`budget`).
+    pub(super) reservations: Reservations,
+    budget_seed: u64,
 }
 
 impl ShardState {
@@ -162,6 +170,8 @@ impl ShardState {
             dirty: Vec::new(),
             refreshed_ns: 0,
             sync_dropped: 0,
+            reservations: Reservations::new(seeds.next_u64()),
+            budget_seed: seeds.next_u64(),
         };
         state.policies = table
             .policies()
@@ -189,6 +199,11 @@ impl ShardState {
             lease: Lease::default(),
             leases: Box::new([]),
             owner_turn: false,
+            budgets: policy
+                .budgets
+                .iter()
+                .map(|_| BudgetBook::new(self.budget_seed))
+                .collect(),
         }
     }
 
@@ -259,6 +274,17 @@ impl ShardState {
                 into.providers[i] = old_s.providers[j.get()].clone();
             }
         }
+        // A budget keeps its spend while its scope and window stay, whatever its limits.
+        for (i, b) in new_p.budgets.iter().enumerate() {
+            let id = budget::budget_id(b);
+            if let Some(j) = old_p
+                .budgets
+                .iter()
+                .position(|o| budget::budget_id(o) == id)
+            {
+                into.budgets[i] = old_s.budgets[j].clone();
+            }
+        }
     }
 
     /// What an admin dry-run of `req` decides against: a copy of only what that one
@@ -291,6 +317,8 @@ impl ShardState {
             dirty: Vec::new(),
             refreshed_ns: u64::MAX,
             sync_dropped: 0,
+            reservations: Reservations::new(self.budget_seed),
+            budget_seed: self.budget_seed,
         };
         let slot = table.lookup(&req.tenant_id, &req.policy_id);
         copy.policies
@@ -310,6 +338,7 @@ impl ShardState {
                         lease: Lease::default(),
                         leases: Box::new([]),
                         owner_turn: false,
+                        budgets: Box::new([]),
                     }
                 }
             }));
@@ -442,6 +471,9 @@ impl ShardState {
             let policy = table.policy(slot);
             let state = &mut self.policies[slot.get()].providers[idx.get()];
             let cooled = state.usage.result(signal, policy.cooldown_ms, now_ns);
+            if let Some(tokens) = signal.tokens {
+                state.tokens.observe(tokens as f64);
+            }
             let transition = record_one(policy, idx, state, observed, now_ns, &mut effect);
             self.result_fed(slot, idx, transition.is_some() || cooled, now_ns);
         }
@@ -493,6 +525,7 @@ fn record_one(
     if let Some(cost) = observed.cost {
         state.cost.observe(cost);
     }
+
     debug_assert!(idx.get() < policy.providers.len());
     let cfg = policy.circuit_breaker.as_ref()?;
     let transition = state.breaker.record(cfg, outcome, now_ns);

@@ -55,6 +55,7 @@ pub(super) fn policy(tenant: &str, id: &str, providers: Vec<Provider>) -> Policy
         timeout_ms: None,
         cooldown_ms: COOLDOWN_MS_DEFAULT,
         shadow: Box::new([]),
+        budgets: Box::new([]),
     }
 }
 

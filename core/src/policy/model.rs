@@ -318,6 +318,84 @@ pub struct Shadow {
 /// The unit of `Shadow::ppm`; the entries of one policy share it (they sum to ≤ it).
 pub const SHADOW_PPM_FULL: u32 = 1_000_000;
 
+/// Whose spend one budget counts, within the policy that declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// Every decision of the policy.
+    Tenant,
+    /// One ledger per value of this request `metadata` key; a request without the key is
+    /// not counted by the budget.
+    Metadata(Box<str>),
+}
+
+/// The period a budget's spend is counted over. Every window is a fixed period, so a
+/// decision's spend belongs to exactly one window (`decide::budget`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetWindow {
+    /// `1m`, `1h`, `1d`, `30d`: periods of this many milliseconds from the Unix epoch
+    /// (so `1d` is the UTC day).
+    Fixed(u64),
+    /// The UTC calendar day.
+    CalendarDay,
+    /// The UTC calendar month.
+    CalendarMonth,
+}
+
+impl BudgetWindow {
+    pub const MINUTE: BudgetWindow = BudgetWindow::Fixed(60_000);
+    pub const HOUR: BudgetWindow = BudgetWindow::Fixed(3_600_000);
+    pub const DAY: BudgetWindow = BudgetWindow::Fixed(86_400_000);
+    pub const DAYS_30: BudgetWindow = BudgetWindow::Fixed(30 * 86_400_000);
+
+    /// The name a policy document gives the window.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetWindow::MINUTE => "1m",
+            BudgetWindow::HOUR => "1h",
+            BudgetWindow::DAY => "1d",
+            BudgetWindow::DAYS_30 => "30d",
+            BudgetWindow::Fixed(_) => "fixed",
+            BudgetWindow::CalendarDay => "calendar_day",
+            BudgetWindow::CalendarMonth => "calendar_month",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BudgetWindow> {
+        Some(match s {
+            "1m" => BudgetWindow::MINUTE,
+            "1h" => BudgetWindow::HOUR,
+            "1d" => BudgetWindow::DAY,
+            "30d" => BudgetWindow::DAYS_30,
+            "calendar_day" => BudgetWindow::CalendarDay,
+            "calendar_month" => BudgetWindow::CalendarMonth,
+            _ => return None,
+        })
+    }
+}
+
+/// One `budgets` entry: limits on the spend of a scope over a window; at least one set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    pub scope: BudgetScope,
+    pub window: BudgetWindow,
+    pub max_cost: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub max_requests: Option<u64>,
+}
+
+impl Budget {
+    /// The scope as a policy document writes it: `tenant` or `metadata.<key>`.
+    pub fn scope_name(&self) -> String {
+        match &self.scope {
+            BudgetScope::Tenant => "tenant".to_owned(),
+            BudgetScope::Metadata(key) => format!("metadata.{key}"),
+        }
+    }
+}
+
+/// Entries of a policy's `budgets` list.
+pub const BUDGETS_PER_POLICY_MAX: usize = 4;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub requests_per_second: u32,
@@ -390,6 +468,8 @@ pub struct Policy {
     pub cooldown_ms: u64,
     /// `shadow`: at most one entry is drawn per decision; empty without `shadow`.
     pub shadow: Box<[Shadow]>,
+    /// `budgets`: checked at admission and as a candidate filter (`decide::budget`).
+    pub budgets: Box<[Budget]>,
 }
 
 impl Policy {
@@ -435,6 +515,10 @@ impl Policy {
         assert!(shadow_ppm <= SHADOW_PPM_FULL);
         for s in self.shadow.iter() {
             assert!(s.provider.get() < n && s.ppm > 0);
+        }
+        assert!(self.budgets.len() <= BUDGETS_PER_POLICY_MAX);
+        for b in self.budgets.iter() {
+            assert!(b.max_cost.is_some() || b.max_tokens.is_some() || b.max_requests.is_some());
         }
     }
 }

@@ -75,6 +75,10 @@ pub const RATE_LIMIT_BURST_MAX: u32 = 1_000_000;
 pub const PROVIDER_RPM_MAX: u32 = 100_000_000;
 /// A provider's `tpm`: tokens per minute (the largest published tiers are ~10^8).
 pub const PROVIDER_TPM_MAX: u32 = 4_000_000_000;
+/// A budget's `max_cost`: a policy's spend is counted in the providers' own cost unit.
+pub const BUDGET_COST_MAX: f64 = 1e12;
+/// A budget's `max_tokens` and `max_requests`.
+pub const BUDGET_COUNT_MAX: i64 = 1 << 50;
 /// A policy's `cooldown_ms`: an hour; a provider out longer than that needs an operator.
 pub const COOLDOWN_MS_MAX: u64 = 3_600_000;
 /// Entries of a policy's `shadow` list: a few candidates under evaluation at once.
@@ -132,6 +136,7 @@ macro_rules! root_keys {
             "timeout_ms",
             "cooldown_ms",
             "shadow",
+            "budgets",
             "metadata",
             "defaults",
             "escalate_on",
@@ -264,6 +269,10 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
         Some(v) => read_shadow(problems, &obj.path_of("shadow"), v, &routing.providers),
         None => Box::default(),
     };
+    let budgets = match obj.get("budgets") {
+        Some(v) => read_budgets(problems, &obj.path_of("budgets"), v),
+        None => Box::default(),
+    };
     read_deprecated(problems, obj);
     let version = version?;
     Some(Policy {
@@ -284,6 +293,7 @@ fn compile(problems: &mut Problems, root: &Json, tenant: &str, id: &str) -> Opti
         timeout_ms,
         cooldown_ms,
         shadow,
+        budgets,
     })
 }
 
@@ -966,6 +976,94 @@ fn read_shadow_entry(
         return None;
     }
     Some(Shadow { provider, ppm })
+}
+
+const BUDGET_WINDOWS: &str = "1m, 1h, 1d, 30d, calendar_day, calendar_month";
+
+/// `budgets [{scope, window, max_cost, max_tokens, max_requests}]`: each entry needs a
+/// window and at least one limit; two entries may not count the same scope over the same
+/// window (one would always hide the other's limits).
+fn read_budgets(problems: &mut Problems, path: &str, v: &Json) -> Box<[Budget]> {
+    let Some(items) = array(problems, path, v) else {
+        return Box::default();
+    };
+    if items.len() > BUDGETS_PER_POLICY_MAX {
+        let message = format!("{} entries; at most {BUDGETS_PER_POLICY_MAX}", items.len());
+        problems.add(path, message);
+        return Box::default();
+    }
+    let mut out: Vec<Budget> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = index_path(path, i);
+        let Some(budget) = read_budget(problems, &at, item) else {
+            continue;
+        };
+        if out
+            .iter()
+            .any(|b| b.scope == budget.scope && b.window == budget.window)
+        {
+            let message = format!(
+                "a second budget of scope {} over window {}; put its limits in one entry",
+                budget.scope_name(),
+                budget.window.as_str()
+            );
+            problems.add(&at, message);
+            continue;
+        }
+        out.push(budget);
+    }
+    out.into()
+}
+
+fn read_budget(problems: &mut Problems, path: &str, v: &Json) -> Option<Budget> {
+    let keys = ["scope", "window", "max_cost", "max_tokens", "max_requests"];
+    let o = Obj::read(problems, path, v, &keys)?;
+    let scope = match o.string(problems, "scope") {
+        None | Some("tenant") => Some(BudgetScope::Tenant),
+        Some(s) => match s.strip_prefix("metadata.") {
+            Some(key) if is_policy_id(key) => Some(BudgetScope::Metadata(key.into())),
+            _ => {
+                let message = format!(
+                    "scope {:?} must be \"tenant\" or \"metadata.<key>\" with a key of \
+                     ^[A-Za-z0-9_.-]{{1,{POLICY_ID_BYTES_MAX}}}$",
+                    shown(s)
+                );
+                problems.add(&o.path_of("scope"), message);
+                None
+            }
+        },
+    };
+    let window = o.required(problems, "window");
+    let window = match window.and_then(|w| string(problems, &o.path_of("window"), w)) {
+        Some(w) => BudgetWindow::parse(w).or_else(|| {
+            let message = format!("unknown window {:?} ({BUDGET_WINDOWS})", shown(w));
+            problems.add(&o.path_of("window"), message);
+            None
+        }),
+        None => None,
+    };
+    let max_cost = o.float(problems, "max_cost", 0.0, BUDGET_COST_MAX);
+    let count =
+        |problems: &mut Problems, key| o.int(problems, key, 1, BUDGET_COUNT_MAX).map(|n| n as u64);
+    let max_tokens = count(problems, "max_tokens");
+    let max_requests = count(problems, "max_requests");
+    let any_limit = ["max_cost", "max_tokens", "max_requests"]
+        .iter()
+        .any(|k| o.get(k).is_some());
+    if !any_limit {
+        problems.add(path, "a budget needs max_cost, max_tokens or max_requests");
+        return None;
+    }
+    if max_cost.is_none() && max_tokens.is_none() && max_requests.is_none() {
+        return None;
+    }
+    Some(Budget {
+        scope: scope?,
+        window: window?,
+        max_cost,
+        max_tokens,
+        max_requests,
+    })
 }
 
 /// `balance {strategy, explore_ratio, half_life_ms}`; each member optional.

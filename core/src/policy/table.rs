@@ -53,6 +53,8 @@ struct TenantPolicies {
     by_provider: Map<Box<str>, Box<[(PolicySlot, ProviderIdx)]>>,
     /// Some policy of the tenant has extension stages.
     has_stages: bool,
+    /// Some policy of the tenant has budgets.
+    has_budgets: bool,
 }
 
 /// All tenants' policies; see the module doc.
@@ -105,6 +107,7 @@ impl RoutingTable {
                     by_id: Map::with_hasher(hasher()),
                     by_provider: Map::with_hasher(hasher()),
                     has_stages: false,
+                    has_budgets: false,
                 });
             if tenant.by_id.contains_key(&policy.id) {
                 problems.push(table_error(&source, "duplicate policy id for this tenant"));
@@ -117,6 +120,7 @@ impl RoutingTable {
             }
             tenant.by_id.insert(policy.id.clone(), slot);
             tenant.has_stages |= policy.has_stages();
+            tenant.has_budgets |= !policy.budgets.is_empty();
             for (p, provider) in policy.providers.iter().enumerate() {
                 let key = (&*policy.tenant, &*provider.name);
                 refs.entry(key)
@@ -192,6 +196,21 @@ impl RoutingTable {
     /// decoding a request to find its policy).
     pub fn tenant_has_stages(&self, tenant: &str) -> bool {
         self.tenants.get(tenant).is_some_and(|t| t.has_stages)
+    }
+
+    /// Whether any policy of `tenant` has budgets.
+    pub fn tenant_has_budgets(&self, tenant: &str) -> bool {
+        self.tenants.get(tenant).is_some_and(|t| t.has_budgets)
+    }
+
+    /// Whether `tenant`'s policy `policy_id` has budgets.
+    pub fn has_budgets(&self, tenant: &str, policy_id: &str) -> bool {
+        self.tenants.get(tenant).is_some_and(|t| {
+            t.has_budgets
+                && t.by_id
+                    .get(policy_id)
+                    .is_some_and(|s| !self.policies[s.get()].budgets.is_empty())
+        })
     }
 
     /// Panics on a slot this table did not hand out (a bug, not an input error).

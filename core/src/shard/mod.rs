@@ -13,6 +13,8 @@
 //! another shard. What still crosses to the tenant's owner, and why:
 //! - a request with an `idempotency_key`: the key's remembered answer lives on the owner,
 //!   and a retry must get it wherever it lands;
+//! - a request of a policy with budgets: its spend is reserved where its result will
+//!   settle it, in the owner's one ledger (`decide::budget`);
 //! - ExecResults: the owner de-duplicates them and feeds the breakers and averages; what
 //!   they changed then reaches every other shard as the owner's replicas (the state
 //!   protocol's `SyncMsg`, a transition or cooldown at once, averages coalesced), so that
@@ -252,7 +254,7 @@ impl ShardCore {
         out: &mut Vec<u8>,
     ) -> Step {
         let owner = self.owner_of(&req.tenant_id);
-        if owner != self.shard && must_cross(req) {
+        if owner != self.shard && must_cross(table, req) {
             return Step::NeedsOwner { owner };
         }
         if owner != self.shard
@@ -402,6 +404,7 @@ impl ShardCore {
     /// timer; empty the outbox.
     pub fn sync_outbox(&mut self, table: &RoutingTable, now: Now) -> &mut Vec<(Peer, SyncMsg)> {
         self.state.poll_sync(table, now.mono_ns);
+        self.state.expire_reservations(table, now.unix_ms);
         self.state.sync_outbox()
     }
 
@@ -454,6 +457,15 @@ impl ShardCore {
             (observed(result), limit_signal(result)),
             now.mono_ns,
         );
+        if table.tenant_has_budgets(&result.tenant_id) {
+            let call = (
+                &*result.tenant_id,
+                result.request_id.as_deref(),
+                &*result.provider_id,
+            );
+            let spent = (result.cost, result.usage.map(|u| u.total()));
+            self.state.settle_budget(table, call, spent);
+        }
         out.extend_from_slice(br#"{"ok":true,"duplicate":false,"policies_updated":"#);
         out.extend_from_slice(effect.policies.to_string().as_bytes());
         out.push(b'}');
@@ -499,8 +511,8 @@ pub fn limit_signal(result: &ExecResult) -> LimitSignal {
 /// Whether only the tenant's owner may decide `req` (module doc). Sticky sessions need
 /// not cross: a session's provider is computed the same on every shard
 /// (`decide::rendezvous`).
-fn must_cross(req: &DecideRequest<'_>) -> bool {
-    req.idempotency_key.is_some()
+fn must_cross(table: &RoutingTable, req: &DecideRequest<'_>) -> bool {
+    req.idempotency_key.is_some() || table.has_budgets(&req.tenant_id, &req.policy_id)
 }
 
 /// Whether `req`'s policy has extension stages.

@@ -1337,7 +1337,7 @@ fn error_display_names_source_path_and_message() {
         errors[0].to_string(),
         "test.json: $.x: unknown key (known: version, providers, \
         weights, fallbacks, fallback, sticky, pre, validators, post, circuit_breaker, rate_limit, \
-        balance, timeout_ms, cooldown_ms, shadow, metadata, defaults, escalate_on, health_check)"
+        balance, timeout_ms, cooldown_ms, shadow, budgets, metadata, defaults, escalate_on, health_check)"
     );
 }
 

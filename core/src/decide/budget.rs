@@ -1,0 +1,926 @@
+//! Budgets (a policy's `budgets`): limits on what a tenant, or each value of a metadata
+//! key, may spend in requests, tokens and cost over a window.
+//!
+//! **Spend is reserved by the decision and settled by its result.** A decision reserves
+//! what the chosen provider is expected to cost (its observed average cost per call, else
+//! its declared `cost`; its observed tokens per call) in the window the decision was made
+//! in, and counts one request there. The call's ExecResult (matched by tenant,
+//! `request_id` and provider) replaces the reservation with what the call really cost,
+//! in that same window however late it comes: a result never lands in the window it
+//! arrives in, so nothing is counted twice or lost at a boundary. A result that names no
+//! `cost` (or no `usage`) settles at the reserved figure. A reservation whose result never
+//! comes is settled at its reserved figure after `RESERVATION_TTL_MS`: a lost result
+//! counts what the call was expected to cost, not nothing.
+//!
+//! **Admission** (step 2, after the rate limit): a request is refused with
+//! `budget_exceeded` when a budget's window already holds its limit (settled plus
+//! reserved). **Candidates** (step 5): a provider whose expected cost or tokens would
+//! pass what is left is not a candidate, so a nearly spent budget still admits a cheaper
+//! provider; when only budgets emptied the candidates, the answer is `budget_exceeded`.
+//! A decision is thus admitted only while its reservation fits; a call that then costs
+//! more than expected can take a window past its limit by that difference, never more.
+//!
+//! **Where:** a budgeted policy's decisions are taken on the tenant's owner shard, which
+//! also receives its results (`shard`): one ledger, so the limits hold over all shards.
+//!
+//! **Windows** are fixed periods: `1m`, `1h`, `1d`, `30d` from the Unix epoch (so `1d`
+//! is the UTC day), `calendar_day` and `calendar_month` in UTC. A ledger keeps its last
+//! `WINDOWS_KEPT` windows, enough for every reservation still open to find its window.
+//!
+//! Bounded: `RESERVATIONS_MAX` open reservations per shard (when full, the oldest is
+//! settled early at its reserved figure), `SCOPE_VALUES_MAX` values per `metadata.<key>`
+//! budget (a new value beyond it is refused with `budget_exceeded` until ledgers of
+//! finished windows can go). Checking a budget allocates nothing; a new scope value's
+//! ledger and a reservation's slot may.
+
+use std::collections::{HashMap, VecDeque};
+
+use foldhash::fast::FixedState;
+use serde::{Deserialize, Serialize};
+
+use super::condition::session_bytes;
+use super::rendezvous::StableHash;
+use crate::contract::Scalar;
+use crate::policy::{Budget, BudgetScope, BudgetWindow, Policy, BUDGETS_PER_POLICY_MAX};
+
+/// How long a decision's reservation waits for its result.
+pub const RESERVATION_TTL_MS: u64 = 15 * 60_000;
+/// Open reservations one shard holds.
+pub const RESERVATIONS_MAX: usize = 65_536;
+/// Values one `metadata.<key>` budget counts at once on its owner.
+pub const SCOPE_VALUES_MAX: usize = 4_096;
+/// Windows a ledger keeps: more `1m` windows than a reservation lives.
+pub const WINDOWS_KEPT: usize = 17;
+
+const MINUTE_MS: u64 = 60_000;
+const DAY_MS: u64 = 86_400_000;
+const _: () = assert!(RESERVATION_TTL_MS < (WINDOWS_KEPT as u64 - 1) * MINUTE_MS);
+
+/// The window of `kind` holding `unix_ms`: `[start, end)` in Unix milliseconds.
+pub fn window_bounds(kind: BudgetWindow, unix_ms: u64) -> (u64, u64) {
+    match kind {
+        BudgetWindow::Fixed(len) => {
+            let start = unix_ms - unix_ms % len;
+            (start, start + len)
+        }
+        BudgetWindow::CalendarDay => window_bounds(BudgetWindow::DAY, unix_ms),
+        BudgetWindow::CalendarMonth => {
+            let (y, m, _) = civil_from_days(unix_ms / DAY_MS);
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            (
+                days_from_civil(y, m, 1) * DAY_MS,
+                days_from_civil(ny, nm, 1) * DAY_MS,
+            )
+        }
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
+/// algorithm, for days ≥ 0).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The inverse of `civil_from_days`, for years ≥ 1970.
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// One window's spend in one ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowSpend {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// Decisions made in the window.
+    pub requests: u64,
+    /// Settled: results' cost and tokens (and reservations that expired).
+    pub cost: f64,
+    pub tokens: u64,
+    /// Decisions still waiting for their result, and what they reserved.
+    pub open: u64,
+    pub reserved_cost: f64,
+    pub reserved_tokens: u64,
+}
+
+impl WindowSpend {
+    fn new((start_ms, end_ms): (u64, u64)) -> Self {
+        WindowSpend {
+            start_ms,
+            end_ms,
+            ..WindowSpend::default()
+        }
+    }
+
+    /// Cost counted against the limit: settled plus reserved.
+    pub fn committed_cost(&self) -> f64 {
+        self.cost + self.reserved_cost
+    }
+
+    pub fn committed_tokens(&self) -> u64 {
+        self.tokens.saturating_add(self.reserved_tokens)
+    }
+
+    /// One reservation leaves: its reserved part goes, `cost`/`tokens` are settled.
+    fn settle(&mut self, reserved: (f64, u64), cost: f64, tokens: u64) {
+        self.open = self.open.saturating_sub(1);
+        if self.open == 0 {
+            // Exactly zero, not the float residue of adding and taking away.
+            self.reserved_cost = 0.0;
+            self.reserved_tokens = 0;
+        } else {
+            self.reserved_cost = (self.reserved_cost - reserved.0).max(0.0);
+            self.reserved_tokens = self.reserved_tokens.saturating_sub(reserved.1);
+        }
+        self.cost += cost;
+        self.tokens = self.tokens.saturating_add(tokens);
+    }
+}
+
+/// The spend of one scope value (the tenant, or one metadata value) under one budget.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// The metadata value as text (empty for scope `tenant`), for the admin view.
+    pub value: Box<str>,
+    /// Oldest first; at most `WINDOWS_KEPT`.
+    pub windows: VecDeque<WindowSpend>,
+}
+
+impl Ledger {
+    /// The window holding `now_ms`, opened when it is new.
+    fn current(&mut self, kind: BudgetWindow, now_ms: u64) -> &mut WindowSpend {
+        let bounds = window_bounds(kind, now_ms);
+        if self.windows.back().is_none_or(|w| w.start_ms < bounds.0) {
+            if self.windows.len() == WINDOWS_KEPT {
+                self.windows.pop_front();
+            }
+            self.windows.push_back(WindowSpend::new(bounds));
+        }
+        let last = self.windows.back_mut().expect("just pushed");
+        debug_assert!(last.start_ms <= now_ms);
+        last
+    }
+
+    /// The current window's spend without opening it.
+    pub fn peek(&self, kind: BudgetWindow, now_ms: u64) -> WindowSpend {
+        let bounds = window_bounds(kind, now_ms);
+        match self.windows.back() {
+            Some(w) if w.start_ms == bounds.0 => *w,
+            _ => WindowSpend::new(bounds),
+        }
+    }
+
+    fn at(&mut self, start_ms: u64) -> Option<&mut WindowSpend> {
+        self.windows
+            .iter_mut()
+            .rev()
+            .find(|w| w.start_ms == start_ms)
+    }
+
+    /// Nothing here limits anything any more: every window ended and none waits for a
+    /// result.
+    fn idle(&self, now_ms: u64) -> bool {
+        self.windows
+            .iter()
+            .all(|w| w.end_ms <= now_ms && w.open == 0)
+    }
+}
+
+/// One budget's ledgers on the tenant's owner, by scope value.
+#[derive(Debug, Clone, Default)]
+pub struct BudgetBook {
+    pub ledgers: HashMap<u64, Ledger, FixedState>,
+}
+
+impl BudgetBook {
+    pub fn new(seed: u64) -> Self {
+        BudgetBook {
+            ledgers: HashMap::with_hasher(FixedState::with_seed(seed)),
+        }
+    }
+}
+
+/// A budget's name among peers and across restarts: its scope and window.
+pub fn budget_id(budget: &Budget) -> u64 {
+    let scope: &[u8] = match &budget.scope {
+        BudgetScope::Tenant => b"",
+        BudgetScope::Metadata(key) => key.as_bytes(),
+    };
+    let window = match budget.window {
+        BudgetWindow::Fixed(ms) => ms,
+        BudgetWindow::CalendarDay => 1,
+        BudgetWindow::CalendarMonth => 2,
+    };
+    StableHash::new().bytes(scope).u64(window).finish()
+}
+
+/// The scope value a request is counted under by `budget`, as (hash, bytes); `None`
+/// when the budget does not count the request (its metadata key is missing, or not a
+/// string or number).
+fn scope_of<'r>(
+    budget: &Budget,
+    metadata: &'r crate::contract::Metadata<'_>,
+    buf: &'r mut [u8; 9],
+) -> Option<(u64, &'r [u8])> {
+    let bytes: &[u8] = match &budget.scope {
+        BudgetScope::Tenant => b"",
+        BudgetScope::Metadata(key) => session_bytes(metadata.get(key)?, buf)?,
+    };
+    Some((StableHash::new().bytes(bytes).finish(), bytes))
+}
+
+fn scope_text(budget: &Budget, metadata: &crate::contract::Metadata<'_>) -> Box<str> {
+    match &budget.scope {
+        BudgetScope::Tenant => "".into(),
+        BudgetScope::Metadata(key) => match metadata.get(key) {
+            Some(Scalar::Str(s)) => s.as_ref().into(),
+            Some(Scalar::Num(n)) => n.to_string().into(),
+            _ => "".into(),
+        },
+    }
+}
+
+/// What a request may still spend under the budgets that count it (`admit`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Room {
+    /// Bit i: `budgets[i]` counts this request, under scope value `scopes[i]`.
+    pub applied: u8,
+    pub scopes: [u64; BUDGETS_PER_POLICY_MAX],
+    /// Cost and tokens one call may still reserve (∞ without such a limit).
+    pub cost: f64,
+    pub tokens: f64,
+    /// The budgets that leave the least cost and the fewest tokens: the refusal's
+    /// details when only budgets emptied the candidates.
+    tightest_cost: Option<usize>,
+    tightest_tokens: Option<usize>,
+}
+
+impl Room {
+    /// Whether a call expected to cost `cost` and use `tokens` fits.
+    pub fn fits(&self, cost: f64, tokens: f64) -> bool {
+        cost <= self.cost && tokens <= self.tokens
+    }
+}
+
+/// Why a budget refused: the details of `budget_exceeded`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exceeded {
+    /// `tenant` or `metadata.<key>`.
+    pub scope: Box<str>,
+    /// The scope value (empty for `tenant`).
+    pub value: Box<str>,
+    pub window: &'static str,
+    /// `requests`, `cost`, `tokens`, or `scope_values` (a `metadata.<key>` budget
+    /// counting `SCOPE_VALUES_MAX` values already).
+    pub measure: &'static str,
+    pub limit: f64,
+    pub spent: f64,
+    pub reset_at_ms: u64,
+}
+
+fn exceeded(
+    budget: &Budget,
+    value: &str,
+    w: &WindowSpend,
+    measure: &'static str,
+    limit: f64,
+    spent: f64,
+) -> Exceeded {
+    Exceeded {
+        scope: budget.scope_name().into(),
+        value: value.into(),
+        window: budget.window.as_str(),
+        measure,
+        limit,
+        spent,
+        reset_at_ms: w.end_ms,
+    }
+}
+
+/// Step 2 for budgets: refuses a request a budget's window cannot take any more, else
+/// says what is left for its call. `None`: no budget counts the request.
+pub fn admit(
+    policy: &Policy,
+    books: &mut [BudgetBook],
+    metadata: &crate::contract::Metadata<'_>,
+    now_ms: u64,
+) -> Result<Option<Room>, Exceeded> {
+    let mut room = Room {
+        applied: 0,
+        scopes: [0; BUDGETS_PER_POLICY_MAX],
+        cost: f64::INFINITY,
+        tokens: f64::INFINITY,
+        tightest_cost: None,
+        tightest_tokens: None,
+    };
+    for (i, (budget, book)) in policy.budgets.iter().zip(books.iter_mut()).enumerate() {
+        let mut buf = [0u8; 9];
+        let Some((hash, _)) = scope_of(budget, metadata, &mut buf) else {
+            continue;
+        };
+        if !book.ledgers.contains_key(&hash) {
+            if book.ledgers.len() >= SCOPE_VALUES_MAX {
+                book.ledgers.retain(|_, l| !l.idle(now_ms));
+            }
+            if book.ledgers.len() >= SCOPE_VALUES_MAX {
+                let w = WindowSpend::new(window_bounds(budget.window, now_ms));
+                let full = SCOPE_VALUES_MAX as f64;
+                let value = scope_text(budget, metadata);
+                return Err(exceeded(budget, &value, &w, "scope_values", full, full));
+            }
+            let ledger = Ledger {
+                value: scope_text(budget, metadata),
+                windows: VecDeque::new(),
+            };
+            book.ledgers.insert(hash, ledger);
+        }
+        let ledger = book.ledgers.get_mut(&hash).expect("inserted");
+        let w = *ledger.current(budget.window, now_ms);
+        let value = &ledger.value;
+        if let Some(max) = budget.max_requests {
+            if w.requests >= max {
+                let (limit, spent) = (max as f64, w.requests as f64);
+                return Err(exceeded(budget, value, &w, "requests", limit, spent));
+            }
+        }
+        if let Some(max) = budget.max_cost {
+            let spent = w.committed_cost();
+            if spent >= max {
+                return Err(exceeded(budget, value, &w, "cost", max, spent));
+            }
+            if max - spent < room.cost {
+                room.cost = max - spent;
+                room.tightest_cost = Some(i);
+            }
+        }
+        if let Some(max) = budget.max_tokens {
+            let spent = w.committed_tokens();
+            if spent >= max {
+                return Err(exceeded(
+                    budget,
+                    value,
+                    &w,
+                    "tokens",
+                    max as f64,
+                    spent as f64,
+                ));
+            }
+            let left = (max - spent) as f64;
+            if left < room.tokens {
+                room.tokens = left;
+                room.tightest_tokens = Some(i);
+            }
+        }
+        room.applied |= 1 << i;
+        room.scopes[i] = hash;
+    }
+    Ok((room.applied != 0).then_some(room))
+}
+
+/// The refusal when only budgets left no candidate: the budget with the least room.
+pub fn refusal(policy: &Policy, books: &[BudgetBook], room: &Room, now_ms: u64) -> Exceeded {
+    let (i, measure) = match (room.tightest_cost, room.tightest_tokens) {
+        (Some(i), _) => (i, "cost"),
+        (None, Some(i)) => (i, "tokens"),
+        (None, None) => unreachable!("no budget limits cost or tokens, so none excluded"),
+    };
+    let budget = &policy.budgets[i];
+    let ledger = &books[i].ledgers[&room.scopes[i]];
+    let w = ledger.peek(budget.window, now_ms);
+    let (limit, spent) = if measure == "cost" {
+        (budget.max_cost.unwrap_or(0.0), w.committed_cost())
+    } else {
+        let max = budget.max_tokens.unwrap_or(0);
+        (max as f64, w.committed_tokens() as f64)
+    };
+    exceeded(budget, &ledger.value, &w, measure, limit, spent)
+}
+
+/// A decision's reservation, waiting for its result.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// The policy among peers and restarts (`sync::policy_key`).
+    pub policy: u64,
+    pub decided_ms: u64,
+    pub expires_ms: u64,
+    /// What each decision reserved.
+    pub cost: f64,
+    pub tokens: u64,
+    /// Decisions of the same (tenant, request id, provider) not yet settled.
+    pub count: u32,
+    /// Per counting budget: (`budget_id`, scope value hash).
+    pub budgets: [(u64, u64); BUDGETS_PER_POLICY_MAX],
+    pub applied: u8,
+}
+
+/// A shard's open reservations, with their expiry order.
+#[derive(Debug, Clone)]
+pub struct Reservations {
+    by_key: HashMap<u64, Reservation, FixedState>,
+    /// (expires, key), oldest first; entries already settled are skipped when reached.
+    order: VecDeque<(u64, u64)>,
+    /// Counters for `/metrics`.
+    pub expired: u64,
+    pub unmatched: u64,
+    /// A result's window had been dropped (a policy changed its budgets meanwhile).
+    pub lost: u64,
+}
+
+impl Reservations {
+    pub fn new(seed: u64) -> Self {
+        Reservations {
+            by_key: HashMap::with_hasher(FixedState::with_seed(seed)),
+            order: VecDeque::new(),
+            expired: 0,
+            unmatched: 0,
+            lost: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Every open reservation, for the state file.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Reservation)> {
+        self.by_key.iter().map(|(k, r)| (*k, r))
+    }
+
+    /// Adds one decision's reservation under `key`; the same key again (a retry with
+    /// the same request id and provider) adds to it.
+    pub fn insert(&mut self, key: u64, r: Reservation) {
+        match self.by_key.get_mut(&key) {
+            Some(old) => {
+                old.count = old.count.saturating_add(1);
+            }
+            None => {
+                self.by_key.insert(key, r);
+                self.order.push_back((r.expires_ms, key));
+            }
+        }
+        if self.order.len() > 2 * RESERVATIONS_MAX {
+            let by_key = &self.by_key;
+            self.order
+                .retain(|(at, k)| by_key.get(k).is_some_and(|r| r.expires_ms == *at));
+        }
+    }
+
+    /// Takes one decision of `key`'s reservation, if there is one.
+    pub fn take(&mut self, key: u64) -> Option<Reservation> {
+        let r = self.by_key.get_mut(&key)?;
+        let mut one = *r;
+        one.count = 1;
+        if r.count > 1 {
+            r.count -= 1;
+        } else {
+            self.by_key.remove(&key);
+        }
+        Some(one)
+    }
+
+    /// The oldest reservation if it expired by `now_ms` or the shard holds more than
+    /// `RESERVATIONS_MAX`, with all its decisions.
+    pub fn pop_due(&mut self, now_ms: u64) -> Option<Reservation> {
+        while let Some(&(at, key)) = self.order.front() {
+            let live = self.by_key.get(&key).is_some_and(|r| r.expires_ms == at);
+            if !live {
+                self.order.pop_front();
+                continue;
+            }
+            if at > now_ms && self.by_key.len() <= RESERVATIONS_MAX {
+                return None;
+            }
+            self.order.pop_front();
+            self.expired += 1;
+            return self.by_key.remove(&key);
+        }
+        None
+    }
+}
+
+/// The key of a decision's reservation, which its result names alike.
+pub fn reservation_key(tenant: &str, request_id: &str, provider: &str) -> u64 {
+    StableHash::new()
+        .bytes(tenant.as_bytes())
+        .bytes(request_id.as_bytes())
+        .bytes(provider.as_bytes())
+        .finish()
+}
+
+/// Counts one decision and its reservation in every budget that counts it.
+pub fn reserve(
+    policy: &Policy,
+    books: &mut [BudgetBook],
+    room: &Room,
+    (cost, tokens): (f64, u64),
+    now_ms: u64,
+) -> [(u64, u64); BUDGETS_PER_POLICY_MAX] {
+    let mut ids = [(0, 0); BUDGETS_PER_POLICY_MAX];
+    for (i, (budget, book)) in policy.budgets.iter().zip(books.iter_mut()).enumerate() {
+        if room.applied & (1 << i) == 0 {
+            continue;
+        }
+        let ledger = book.ledgers.get_mut(&room.scopes[i]).expect("admitted");
+        let w = ledger.current(budget.window, now_ms);
+        w.requests += 1;
+        w.open += 1;
+        w.reserved_cost += cost;
+        w.reserved_tokens = w.reserved_tokens.saturating_add(tokens);
+        ids[i] = (budget_id(budget), room.scopes[i]);
+    }
+    ids
+}
+
+/// Replaces one decision's reservation with what it spent, in the window it was made in.
+/// `spent` is `None` where the result did not say (the reserved figure is kept).
+/// False when a window it counted in is gone.
+pub fn settle(
+    policy: &Policy,
+    books: &mut [BudgetBook],
+    r: &Reservation,
+    spent: (Option<f64>, Option<u64>),
+) -> bool {
+    let mut found = true;
+    for i in 0..BUDGETS_PER_POLICY_MAX {
+        if r.applied & (1 << i) == 0 {
+            continue;
+        }
+        let (id, scope) = r.budgets[i];
+        let Some(j) = policy.budgets.iter().position(|b| budget_id(b) == id) else {
+            found = false;
+            continue;
+        };
+        let start = window_bounds(policy.budgets[j].window, r.decided_ms).0;
+        let window = books[j].ledgers.get_mut(&scope).and_then(|l| l.at(start));
+        let Some(w) = window else {
+            found = false;
+            continue;
+        };
+        for _ in 0..r.count {
+            w.settle(
+                (r.cost, r.tokens),
+                spent.0.unwrap_or(r.cost),
+                spent.1.unwrap_or(r.tokens),
+            );
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JAN_31_2026: u64 = 1_769_817_600_000;
+
+    #[test]
+    fn calendar_months_have_their_lengths() {
+        let (start, end) = window_bounds(BudgetWindow::CalendarMonth, JAN_31_2026 + 5);
+        assert_eq!(start, JAN_31_2026 - 30 * DAY_MS, "1 January 2026");
+        assert_eq!(end, JAN_31_2026 + DAY_MS, "1 February 2026");
+        let (feb, mar) = window_bounds(BudgetWindow::CalendarMonth, end);
+        assert_eq!((feb, mar - feb), (end, 28 * DAY_MS));
+        // 2028 is a leap year: February has 29 days.
+        let feb_2028 = days_from_civil(2028, 2, 10) * DAY_MS;
+        let (s, e) = window_bounds(BudgetWindow::CalendarMonth, feb_2028);
+        assert_eq!(e - s, 29 * DAY_MS);
+        assert_eq!(window_bounds(BudgetWindow::CalendarMonth, e - 1), (s, e));
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for days in (0..200_000).step_by(7) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(JAN_31_2026 / DAY_MS), (2026, 1, 31));
+    }
+
+    #[test]
+    fn fixed_windows_start_at_the_epoch() {
+        let t = JAN_31_2026 + 3_723_456;
+        assert_eq!(
+            window_bounds(BudgetWindow::MINUTE, t).0,
+            JAN_31_2026 + 3_720_000
+        );
+        assert_eq!(
+            window_bounds(BudgetWindow::HOUR, t).0,
+            JAN_31_2026 + 3_600_000
+        );
+        assert_eq!(
+            window_bounds(BudgetWindow::DAY, t),
+            window_bounds(BudgetWindow::CalendarDay, t)
+        );
+        let (s, e) = window_bounds(BudgetWindow::DAYS_30, t);
+        assert!(s <= t && t < e && e - s == 30 * DAY_MS && s % (30 * DAY_MS) == 0);
+    }
+
+    #[test]
+    fn the_last_settlement_leaves_no_float_residue() {
+        let mut w = WindowSpend::new((0, 10));
+        for _ in 0..3 {
+            w.open += 1;
+            w.reserved_cost += 0.1;
+        }
+        w.settle((0.1, 0), 0.2, 0);
+        w.settle((0.1, 0), 0.2, 0);
+        assert!(w.reserved_cost > 0.0);
+        w.settle((0.1, 0), 0.2, 0);
+        assert_eq!((w.open, w.reserved_cost), (0, 0.0));
+        assert!((w.cost - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn reservations_expire_oldest_first_and_stay_bounded() {
+        let r = |expires_ms| Reservation {
+            policy: 1,
+            decided_ms: 0,
+            expires_ms,
+            cost: 1.0,
+            tokens: 0,
+            count: 1,
+            budgets: [(0, 0); BUDGETS_PER_POLICY_MAX],
+            applied: 1,
+        };
+        let mut rs = Reservations::new(7);
+        rs.insert(1, r(10));
+        rs.insert(2, r(20));
+        rs.insert(2, r(20));
+        assert_eq!(rs.pop_due(9), None);
+        assert_eq!(rs.take(2).map(|r| r.count), Some(1));
+        assert_eq!(rs.pop_due(10).map(|r| r.expires_ms), Some(10));
+        assert_eq!(rs.pop_due(19), None);
+        assert_eq!(rs.pop_due(25).map(|r| r.count), Some(1), "one of two left");
+        assert!(rs.is_empty());
+        for k in 0..=RESERVATIONS_MAX as u64 {
+            rs.insert(k + 100, r(1_000 + k));
+        }
+        assert_eq!(
+            rs.pop_due(0).map(|r| r.expires_ms),
+            Some(1_000),
+            "over the bound"
+        );
+        assert_eq!(rs.pop_due(0), None);
+        assert_eq!(rs.len(), RESERVATIONS_MAX);
+    }
+}
+
+/// One ledger in the state file: whose it is, and its windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedLedger {
+    pub tenant: Box<str>,
+    pub policy: Box<str>,
+    /// `budget_id` of the budget it belongs to.
+    pub budget: u64,
+    /// The scope value's hash.
+    pub key: u64,
+    pub ledger: Ledger,
+}
+
+/// A shard's budget state as the state file keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub ledgers: Vec<SavedLedger>,
+    pub reservations: Vec<(u64, Reservation)>,
+}
+
+/// One budget's current window for one scope value, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetReport {
+    pub policy_id: Box<str>,
+    pub scope: String,
+    /// The metadata value (absent for scope `tenant`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Box<str>>,
+    pub window: &'static str,
+    pub window_start_ms: u64,
+    pub reset_at_ms: u64,
+    pub limits: Limits,
+    /// Settled spend plus open reservations: what the limits are checked against.
+    pub spent: Spent,
+    pub reserved: Spent,
+    pub remaining: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Limits {
+    pub max_cost: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub max_requests: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spent {
+    pub requests: u64,
+    pub cost: f64,
+    pub tokens: u64,
+}
+
+fn report(policy: &Policy, budget: &Budget, ledger: Option<&Ledger>, now_ms: u64) -> BudgetReport {
+    let w = match ledger {
+        Some(l) => l.peek(budget.window, now_ms),
+        None => WindowSpend::new(window_bounds(budget.window, now_ms)),
+    };
+    let spent = Spent {
+        requests: w.requests,
+        cost: w.committed_cost(),
+        tokens: w.committed_tokens(),
+    };
+    BudgetReport {
+        policy_id: policy.id.clone(),
+        scope: budget.scope_name(),
+        value: match budget.scope {
+            BudgetScope::Tenant => None,
+            BudgetScope::Metadata(_) => ledger.map(|l| l.value.clone()),
+        },
+        window: budget.window.as_str(),
+        window_start_ms: w.start_ms,
+        reset_at_ms: w.end_ms,
+        limits: Limits {
+            max_cost: budget.max_cost,
+            max_tokens: budget.max_tokens,
+            max_requests: budget.max_requests,
+        },
+        spent,
+        reserved: Spent {
+            requests: w.open,
+            cost: w.reserved_cost,
+            tokens: w.reserved_tokens,
+        },
+        remaining: Limits {
+            max_cost: budget.max_cost.map(|m| (m - spent.cost).max(0.0)),
+            max_tokens: budget.max_tokens.map(|m| m.saturating_sub(spent.tokens)),
+            max_requests: budget
+                .max_requests
+                .map(|m| m.saturating_sub(spent.requests)),
+        },
+    }
+}
+
+impl super::ShardState {
+    /// An ExecResult's spend replaces its decision's reservation (module doc). Returns
+    /// whether a reservation was found.
+    pub fn settle_budget(
+        &mut self,
+        table: &crate::policy::RoutingTable,
+        (tenant, request_id, provider): (&str, Option<&str>, &str),
+        spent: (Option<f64>, Option<u64>),
+    ) -> bool {
+        let Some(request_id) = request_id else {
+            self.reservations.unmatched += 1;
+            return false;
+        };
+        let key = reservation_key(tenant, request_id, provider);
+        let Some(r) = self.reservations.take(key) else {
+            self.reservations.unmatched += 1;
+            return false;
+        };
+        self.settle_reservation(table, &r, spent);
+        true
+    }
+
+    fn settle_reservation(
+        &mut self,
+        table: &crate::policy::RoutingTable,
+        r: &Reservation,
+        spent: (Option<f64>, Option<u64>),
+    ) {
+        let Some(&slot) = self.by_key.get(&r.policy) else {
+            self.reservations.lost += 1;
+            return;
+        };
+        let policy = &table.policies()[slot as usize];
+        let books = &mut self.policies[slot as usize].budgets;
+        if !settle(policy, books, r, spent) {
+            self.reservations.lost += 1;
+        }
+    }
+
+    /// Settles, at their reserved figures, the reservations whose results did not come
+    /// in `RESERVATION_TTL_MS`, and the oldest beyond `RESERVATIONS_MAX`.
+    pub fn expire_reservations(&mut self, table: &crate::policy::RoutingTable, now_ms: u64) {
+        while let Some(r) = self.reservations.pop_due(now_ms) {
+            self.settle_reservation(table, &r, (None, None));
+        }
+    }
+
+    /// (open, expired, unmatched results, lost) for `/metrics`.
+    pub fn reservation_counts(&self) -> (usize, u64, u64, u64) {
+        let r = &self.reservations;
+        (r.len(), r.expired, r.unmatched, r.lost)
+    }
+
+    /// Every budget of `tenant`'s policies this shard owns: the current window of each
+    /// scope value it counts (a budget no request counted yet shows as unspent).
+    pub fn budget_reports(
+        &self,
+        table: &crate::policy::RoutingTable,
+        tenant: &str,
+        now_ms: u64,
+    ) -> Vec<BudgetReport> {
+        let mut out = Vec::new();
+        for (slot, policy) in table.policies().iter().enumerate() {
+            if *policy.tenant != *tenant {
+                continue;
+            }
+            let books = &self.policies[slot].budgets;
+            for (budget, book) in policy.budgets.iter().zip(books.iter()) {
+                let mut ledgers: Vec<&Ledger> = book
+                    .ledgers
+                    .values()
+                    .filter(|l| l.peek(budget.window, now_ms).requests > 0)
+                    .collect();
+                ledgers.sort_by(|a, b| a.value.cmp(&b.value));
+                out.extend(
+                    ledgers
+                        .iter()
+                        .map(|l| report(policy, budget, Some(l), now_ms)),
+                );
+                if ledgers.is_empty() {
+                    out.push(report(policy, budget, None, now_ms));
+                }
+            }
+        }
+        out
+    }
+
+    /// This shard's ledgers (of the tenants it owns) and open reservations.
+    pub fn save_budgets(&self, table: &crate::policy::RoutingTable) -> Saved {
+        let mut saved = Saved::default();
+        for (slot, policy) in table.policies().iter().enumerate() {
+            let ps = &self.policies[slot];
+            if ps.owner != self.placement.me {
+                continue;
+            }
+            for (budget, book) in policy.budgets.iter().zip(ps.budgets.iter()) {
+                let id = budget_id(budget);
+                saved
+                    .ledgers
+                    .extend(book.ledgers.iter().map(|(k, l)| SavedLedger {
+                        tenant: policy.tenant.clone(),
+                        policy: policy.id.clone(),
+                        budget: id,
+                        key: *k,
+                        ledger: l.clone(),
+                    }));
+            }
+        }
+        saved.reservations = self.reservations.iter().map(|(k, r)| (k, *r)).collect();
+        saved
+    }
+
+    /// Takes from a state file what belongs to the tenants this shard owns; returns how
+    /// many ledgers and reservations it took.
+    pub fn restore_budgets(
+        &mut self,
+        table: &crate::policy::RoutingTable,
+        saved: &Saved,
+    ) -> (usize, usize) {
+        let (mut ledgers, mut reservations) = (0, 0);
+        for s in &saved.ledgers {
+            let Some(slot) = table.lookup(&s.tenant, &s.policy) else {
+                continue;
+            };
+            let policy = table.policy(slot);
+            let ps = &mut self.policies[slot.get()];
+            if ps.owner != self.placement.me {
+                continue;
+            }
+            let Some(j) = policy.budgets.iter().position(|b| budget_id(b) == s.budget) else {
+                continue;
+            };
+            ps.budgets[j].ledgers.insert(s.key, s.ledger.clone());
+            ledgers += 1;
+        }
+        for (key, r) in &saved.reservations {
+            let owned = self
+                .by_key
+                .get(&r.policy)
+                .is_some_and(|&slot| self.policies[slot as usize].owner == self.placement.me);
+            if owned {
+                self.reservations.insert(*key, *r);
+                reservations += 1;
+            }
+        }
+        (ledgers, reservations)
+    }
+}
