@@ -898,3 +898,79 @@ fn reconnect_attempts_are_counted_while_nats_is_down() {
     );
     router.stop();
 }
+
+// ---------------------------------------------------------------------------------------
+// Budgets over NATS
+
+/// Two requests per user a day; p1 declared at 0.5 a call.
+const BUDGETED: &str = r#"{"version":"1.0",
+"providers":[{"name":"openai","weight":100,"cost":0.5}],
+"budgets":[{"scope":"metadata.user_id","window":"1d","max_requests":2,"max_tokens":1000}]}"#;
+
+/// A user's third decision over NATS is refused `budget_exceeded` (429, with the
+/// budget's details); a result over `caf.exec.result.v1` settles its decision's tokens,
+/// and `get_budgets` shows the same numbers as `GET /admin/v1/budgets/{tenant}`.
+#[test]
+fn budgets_over_nats() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let policies = [("cb", "budgeted", BUDGETED)];
+    let router = Router::start(&nats_toml(&nats.url(), ""), &policies, false);
+    router.wait_ready();
+    let nc = official(&nats.url());
+    let decide_as = |rid: &str| {
+        let req = json!({"request_id": rid, "tenant_id": "cb", "policy_id": "budgeted",
+            "task": {"type": "chat", "payload_ref": "p"}, "metadata": {"user_id": "u-7"}});
+        let m = nc
+            .request_timeout(DECIDE, req.to_string(), WAIT)
+            .unwrap_or_else(|e| panic!("decide {rid}: no reply: {e}"));
+        (header(&m, "status").expect("status header"), body(&m))
+    };
+    assert_eq!(decide_as("b-1").0, "200");
+    assert_eq!(decide_as("b-2").0, "200");
+    let (status, refused) = decide_as("b-3");
+    assert_eq!(
+        (status.as_str(), code_of(&refused)),
+        ("429", "budget_exceeded"),
+        "{refused}"
+    );
+    let details = &refused["error"]["details"];
+    assert_eq!(details["scope"], "metadata.user_id", "{refused}");
+    assert_eq!(details["value"], "u-7", "{refused}");
+    assert_eq!(details["measure"], "requests", "{refused}");
+    assert!(details["retry_after_ms"].as_u64().is_some(), "{refused}");
+
+    let r = json!({"assignment_id": "as-b-1", "request_id": "b-1", "status": "success",
+        "provider_id": "openai", "latency_ms": 300, "cost": 0.25, "tenant_id": "cb",
+        "usage": {"input_tokens": 300, "output_tokens": 100}});
+    let m = nc
+        .request_timeout(RESULTS, r.to_string(), WAIT)
+        .expect("a reply to the result");
+    assert_eq!(header(&m, "status").as_deref(), Some("202"), "{}", body(&m));
+
+    let (status, view) = admin(
+        &nc,
+        "get_budgets",
+        Some(ADMIN_TOKEN),
+        json!({"tenant_id": "cb"}),
+    );
+    assert_eq!(status, "200", "{view}");
+    let rows = view["budgets"].as_array().expect("budgets");
+    assert_eq!(rows.len(), 1, "one user counted: {view}");
+    let row = &rows[0];
+    assert_eq!(row["value"], "u-7", "{view}");
+    assert_eq!(
+        row["spent"],
+        json!({"requests": 2, "cost": 0.75, "tokens": 400}),
+        "{view}"
+    );
+    assert_eq!(row["reserved"]["requests"], 1, "{view}");
+    assert_eq!(row["remaining"]["max_tokens"], 600, "{view}");
+    let (status, _) = admin(
+        &nc,
+        "get_budgets",
+        Some(ACME_TOKEN),
+        json!({"tenant_id": "cb"}),
+    );
+    assert_eq!(status, "403", "the acme token does not see cb's budgets");
+}

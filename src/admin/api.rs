@@ -9,6 +9,7 @@
 //! | `/admin/v1/reload`                      | POST             | all tenants      |
 //! | `/admin/v1/dry-run`                     | POST             | the body's tenant|
 //! | `/admin/v1/circuits/{tenant}`           | GET              | tenant           |
+//! | `/admin/v1/budgets/{tenant}`            | GET              | tenant           |
 //!
 //! Order of checks: the token first (401 for anything without a valid token, so routes
 //! cannot be probed anonymously), then the route (404) and method (405), then the scope
@@ -89,7 +90,9 @@ pub enum Placement<'a> {
 /// Where `req` must run; requests that will be refused anyway are `Anywhere`.
 pub fn placement<'a>(req: &AdminRequest<'a>) -> Placement<'a> {
     match Route::parse(req.path) {
-        Some(Route::Circuits(tenant)) => Placement::OwnerShard(Cow::Borrowed(tenant)),
+        Some(Route::Circuits(tenant) | Route::Budgets(tenant)) => {
+            Placement::OwnerShard(Cow::Borrowed(tenant))
+        }
         Some(Route::DryRun) => match decode_decide(req.body, &Headers::default()) {
             Ok(decide_req) => Placement::OwnerShard(decide_req.tenant_id),
             Err(_) => Placement::Anywhere,
@@ -107,6 +110,7 @@ enum Route<'a> {
     Reload,
     DryRun,
     Circuits(&'a str),
+    Budgets(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -126,6 +130,7 @@ impl<'a> Route<'a> {
             ("reload", None, None) => Some(Route::Reload),
             ("dry-run", None, None) => Some(Route::DryRun),
             ("circuits", Some(t), None) => Some(Route::Circuits(t)),
+            ("budgets", Some(t), None) => Some(Route::Budgets(t)),
             _ => None,
         }
     }
@@ -134,7 +139,9 @@ impl<'a> Route<'a> {
         match self {
             Route::Policy(..) => "GET, PUT, DELETE",
             Route::Reload | Route::DryRun => "POST",
-            Route::Policies | Route::TenantPolicies(_) | Route::Circuits(_) => "GET",
+            Route::Policies | Route::TenantPolicies(_) | Route::Circuits(_) | Route::Budgets(_) => {
+                "GET"
+            }
         }
     }
 }
@@ -209,6 +216,7 @@ impl Admin {
             (Route::Reload, _) => self.reload(&scope),
             (Route::DryRun, _) => dry_run(&scope, req.body, &shard),
             (Route::Circuits(tenant), _) => circuits(&scope, tenant, &shard),
+            (Route::Budgets(tenant), _) => budgets(&scope, tenant, &shard),
         };
         reply.unwrap_or_else(|err| err)
     }
@@ -451,6 +459,21 @@ fn circuits(scope: &Scope, tenant: &str, shard: &ShardView<'_>) -> Reply {
         tenant,
         circuits: rows,
     };
+    Ok(AdminResponse::json(200, &body))
+}
+
+/// Every budget of `tenant`'s policies on the owner shard: the current window of each
+/// (policy, budget, scope value), with what is spent, reserved and left.
+fn budgets(scope: &Scope, tenant: &str, shard: &ShardView<'_>) -> Reply {
+    check_tenant(scope, tenant)?;
+    let state = owner_state(shard, "budgets")?;
+    let reports = state.budget_reports(shard.table, tenant, shard.now.unix_ms);
+    let body = serde_json::json!({
+        "ok": true,
+        "tenant": tenant,
+        "now_ms": shard.now.unix_ms,
+        "budgets": reports,
+    });
     Ok(AdminResponse::json(200, &body))
 }
 

@@ -224,6 +224,35 @@ pub(super) const FAMILIES: &[Family] = &[
         read: |m, _| m.sticky_entries.get(),
     },
     Family {
+        name: "shardline_budget_reservations",
+        help: "Budget reservations of decisions waiting for their ExecResult.",
+        kind: Kind::SummedGauge,
+        label: "",
+        series: 1,
+        label_value: no_label,
+        read: |m, _| m.budget_reservations.get(),
+    },
+    Family {
+        name: "shardline_budget_reservations_expired_total",
+        help: "Budget reservations settled at their reserved figure because no result \
+               came in time (or the shard held too many).",
+        kind: Kind::Counter,
+        label: "",
+        series: 1,
+        label_value: no_label,
+        read: |m, _| m.budget_expired.get(),
+    },
+    Family {
+        name: "shardline_budget_results_unmatched_total",
+        help: "Results of tenants with budgets that matched no open reservation (no \
+               request_id, already expired, or not a budgeted decision).",
+        kind: Kind::Counter,
+        label: "",
+        series: 1,
+        label_value: no_label,
+        read: |m, _| m.budget_unmatched.get(),
+    },
+    Family {
         name: "shardline_idempotency_bytes",
         help: "Bytes charged to the idempotency cache (keys, answers, overhead).",
         kind: Kind::SummedGauge,

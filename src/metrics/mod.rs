@@ -347,6 +347,11 @@ pub struct ShardMetrics {
     pub table_generation: Gauge,
     /// Live entries in this shard's sticky-session table.
     pub sticky_entries: Gauge,
+    /// Budget reservations waiting for their results, and those settled without one
+    /// or results that matched none (`decide::budget`).
+    pub budget_reservations: Gauge,
+    pub budget_expired: Counter,
+    pub budget_unmatched: Counter,
     /// Bytes charged to the shard's idempotency cache (bounded by
     /// `limits.idempotency_bytes_per_shard_max`).
     pub idempotency_bytes: Gauge,
@@ -387,6 +392,9 @@ impl ShardMetrics {
             extension_calls: [const { Counter::new() }; EXTENSION_OUTCOMES],
             table_generation: Gauge::new(),
             sticky_entries: Gauge::new(),
+            budget_reservations: Gauge::new(),
+            budget_expired: Counter::new(),
+            budget_unmatched: Counter::new(),
             idempotency_bytes: Gauge::new(),
             idempotency_unstored: Counter::new(),
             results_dedup_bytes: Gauge::new(),

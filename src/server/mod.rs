@@ -22,6 +22,7 @@
 
 pub mod access;
 mod admin_call;
+pub mod budget_file;
 pub mod fds;
 pub mod handoff;
 pub mod nats;
@@ -53,6 +54,7 @@ use crate::metrics::Transport;
 use crate::shard::ShardConfig;
 use crate::transport::http::{self, HttpLimits, HttpStats, Stop, TlsAcceptor};
 use crate::transport::nats::ClientStats;
+use budget_file::BudgetFile;
 use handoff::Msg;
 use service::{Listener, RouterService};
 use shard::ShardCtx;
@@ -131,6 +133,8 @@ pub struct Shared {
     pub admin: Option<Admin>,
     /// Token checks of every route, and their counters.
     pub access: access::Access,
+    /// The budgets' state file (`budget_file`).
+    pub budgets: Arc<BudgetFile>,
     pub partition: Partitioner,
     stats: Box<[Arc<ShardStats>]>,
     http: Box<[Arc<HttpStats>]>,
@@ -263,6 +267,7 @@ impl Server {
             settings.admin_writes_per_second,
         );
         let watcher = Watcher::spawn(handle.clone(), Arc::clone(&store), settings.watch_interval)?;
+        let budgets = BudgetFile::open(&settings.policies_dir, shard_count)?;
         let shared = Arc::new(Shared {
             partition: Partitioner::new(shard_count),
             stats: (0..shard_count)
@@ -289,6 +294,7 @@ impl Server {
             handle,
             admin,
             access,
+            budgets,
             settings,
         });
         let config = RuntimeConfig {
@@ -369,6 +375,8 @@ impl Server {
             w.stop();
         }
         self.runtime.stop()?;
+        // Every shard handed its last snapshot as it stopped.
+        self.shared.budgets.finish()?;
         Ok(())
     }
 }
@@ -458,6 +466,7 @@ fn start_shard(
     let id = ctx.id;
     let outbox = ctx.end.outbox();
     let shard = ShardCtx::new(id, Arc::clone(&shared), outbox);
+    shard.restore_budgets();
     let service_for = |transport, listener| {
         Rc::new(RouterService {
             ctx: Rc::clone(&shard),

@@ -24,7 +24,7 @@ use crate::transport::nats::{Client, Msg};
 /// Largest admin request body accepted over NATS (a policy document plus its envelope).
 pub const ADMIN_MESSAGE_BYTES_MAX: usize = 2 << 20;
 /// The operations, the last token of `<admin_subject>.<operation>`.
-const OPERATIONS: [&str; 10] = [
+const OPERATIONS: [&str; 11] = [
     "list_policies",
     "get_policy",
     "put_policy",
@@ -33,6 +33,7 @@ const OPERATIONS: [&str; 10] = [
     "dry_run",
     "dry_run_pipeline",
     "get_circuit_breaker_states",
+    "get_budgets",
     "get_extension_health",
     "get_pipeline_complexity",
 ];
@@ -143,6 +144,7 @@ fn route(op: &str, args: &Value, tenant: &str, policy: &str) -> (&'static str, S
         "reload" => ("POST", "/admin/v1/reload".to_owned(), vec![]),
         "dry_run" | "dry_run_pipeline" => ("POST", "/admin/v1/dry-run".to_owned(), raw("request")),
         "get_circuit_breaker_states" => ("GET", format!("/admin/v1/circuits/{tenant}"), vec![]),
+        "get_budgets" => ("GET", format!("/admin/v1/budgets/{tenant}"), vec![]),
         _ => unreachable!("admin operation {op:?} has no route"),
     }
 }
@@ -153,7 +155,7 @@ fn route(op: &str, args: &Value, tenant: &str, policy: &str) -> (&'static str, S
 fn ids<'a>(args: &'a Value, op: &str) -> Result<(&'a str, &'a str), AdminResponse> {
     let (tenant_required, policy_required) = match op {
         "get_policy" | "put_policy" | "delete_policy" | "get_pipeline_complexity" => (true, true),
-        "get_circuit_breaker_states" => (true, false),
+        "get_circuit_breaker_states" | "get_budgets" => (true, false),
         _ => (false, false),
     };
     let tenant = id_member(args, op, "tenant_id", tenant_required)?;

@@ -50,6 +50,8 @@ pub struct ShardCtx {
     /// Requests this shard answers asynchronously (handoffs and pipelines of NATS
     /// messages, jobs with extension stages), bounded by `ASYNC_TASKS_PER_SHARD_MAX`.
     pub tasks: Cell<usize>,
+    /// The budgets' change count last handed to the state file, and when.
+    budgets_saved: Cell<(u64, Option<std::time::Instant>)>,
 }
 
 impl ShardCtx {
@@ -72,6 +74,7 @@ impl ShardCtx {
             nats: OnceCell::new(),
             breakers,
             tasks: Cell::new(0),
+            budgets_saved: Cell::new((0, None)),
             answer_buf: RefCell::new(Vec::with_capacity(ANSWER_BUF_BYTES)),
             table: RefCell::new(table),
             core: RefCell::new(core),
@@ -79,6 +82,52 @@ impl ShardCtx {
             pending,
             shared,
         })
+    }
+
+    /// Takes this shard's tenants' budgets from the state file read at start.
+    pub fn restore_budgets(&self) {
+        let table = self.table.borrow();
+        let mut core = self.core.borrow_mut();
+        let saved = self.shared.budgets.restored();
+        let (ledgers, reservations) = core.state_mut().restore_budgets(table.table(), saved);
+        if ledgers + reservations > 0 {
+            log::info!(
+                "shard {}: {ledgers} budget ledger(s), {reservations} reservation(s) restored",
+                self.id
+            );
+        }
+        let changes = core.state().budget_changes();
+        if ledgers + reservations > 0 {
+            // At once: the writer joins every shard's latest snapshot, and one not handed
+            // over yet would be missing from the next file.
+            let saved = core
+                .state()
+                .save_budgets(table.table(), self.shared.now().unix_ms);
+            self.shared.budgets.put(self.id.index(), saved);
+        }
+        self.budgets_saved.set((changes, None));
+    }
+
+    /// Hands the state file a snapshot of this shard's budgets when they changed and
+    /// `budget_file::SAVE_EVERY` passed since the last one (`last`: whatever the time).
+    pub fn save_budgets(&self, now: Now, last: bool) {
+        let (saved_at, when) = self.budgets_saved.get();
+        let core = self.core.borrow();
+        let changes = core.state().budget_changes();
+        let (open, expired, unmatched, _) = core.state().reservation_counts();
+        let metrics = self.shared.metrics(self.id);
+        metrics.budget_reservations.set(open as u64);
+        metrics.budget_expired.set(expired);
+        metrics.budget_unmatched.set(unmatched);
+        let due = when.is_none_or(|t| t.elapsed() >= super::budget_file::SAVE_EVERY);
+        if changes == saved_at || !(due || last) {
+            return;
+        }
+        let table = self.table.borrow();
+        let saved = core.state().save_budgets(table.table(), now.unix_ms);
+        self.shared.budgets.put(self.id.index(), saved);
+        self.budgets_saved
+            .set((changes, Some(std::time::Instant::now())));
     }
 
     /// Adopts a newly published routing table, if any (one atomic load when none).
@@ -513,6 +562,7 @@ pub fn keep_alive(ctx: &Rc<ShardCtx>) {
             // An idle shard's protocol work: averages coalesced since its last request,
             // the periodic resend of circuits not closed.
             ctx.flush_sync(now);
+            ctx.save_budgets(now, false);
             glommio::timer::sleep(period).await;
         }
     })
@@ -563,4 +613,6 @@ pub async fn mesh_loop(
             Inbound::Stopped => break,
         }
     }
+    // Every request is answered: the budgets' last word.
+    ctx.save_budgets(ctx.shared.now(), true);
 }

@@ -795,7 +795,13 @@ impl super::ShardState {
             return false;
         };
         self.settle_reservation(table, &r, spent);
+        self.budget_changes += 1;
         true
+    }
+
+    /// Moves whenever a ledger or reservation changed: the state file's cue.
+    pub fn budget_changes(&self) -> u64 {
+        self.budget_changes
     }
 
     fn settle_reservation(
@@ -820,6 +826,7 @@ impl super::ShardState {
     pub fn expire_reservations(&mut self, table: &crate::policy::RoutingTable, now_ms: u64) {
         while let Some(r) = self.reservations.pop_due(now_ms) {
             self.settle_reservation(table, &r, (None, None));
+            self.budget_changes += 1;
         }
     }
 
@@ -863,8 +870,9 @@ impl super::ShardState {
         out
     }
 
-    /// This shard's ledgers (of the tenants it owns) and open reservations.
-    pub fn save_budgets(&self, table: &crate::policy::RoutingTable) -> Saved {
+    /// This shard's ledgers (of the tenants it owns) and open reservations; of a ledger,
+    /// only the windows that still matter at `now_ms` (not ended, or waiting for results).
+    pub fn save_budgets(&self, table: &crate::policy::RoutingTable, now_ms: u64) -> Saved {
         let mut saved = Saved::default();
         for (slot, policy) in table.policies().iter().enumerate() {
             let ps = &self.policies[slot];
@@ -873,15 +881,19 @@ impl super::ShardState {
             }
             for (budget, book) in policy.budgets.iter().zip(ps.budgets.iter()) {
                 let id = budget_id(budget);
-                saved
-                    .ledgers
-                    .extend(book.ledgers.iter().map(|(k, l)| SavedLedger {
+                for (k, l) in book.ledgers.iter().filter(|(_, l)| !l.idle(now_ms)) {
+                    let live = |w: &&WindowSpend| w.end_ms > now_ms || w.open > 0;
+                    saved.ledgers.push(SavedLedger {
                         tenant: policy.tenant.clone(),
                         policy: policy.id.clone(),
                         budget: id,
                         key: *k,
-                        ledger: l.clone(),
-                    }));
+                        ledger: Ledger {
+                            value: l.value.clone(),
+                            windows: l.windows.iter().filter(live).copied().collect(),
+                        },
+                    });
+                }
             }
         }
         saved.reservations = self.reservations.iter().map(|(k, r)| (k, *r)).collect();
@@ -910,6 +922,7 @@ impl super::ShardState {
             };
             ps.budgets[j].ledgers.insert(s.key, s.ledger.clone());
             ledgers += 1;
+            self.budget_changes += 1;
         }
         for (key, r) in &saved.reservations {
             let owned = self

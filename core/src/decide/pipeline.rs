@@ -342,6 +342,7 @@ impl<'t> Pending<'t> {
             applied: room.applied,
         };
         state.reservations.insert(key, reservation);
+        state.budget_changes += 1;
         explain!(
             self.explain,
             "budgets: reserved cost {}, tokens {} until the result",

@@ -150,6 +150,8 @@ pub struct ShardState {
     /// Decisions' budget reservations waiting for their results (`budget`).
     pub(super) reservations: Reservations,
     budget_seed: u64,
+    /// Counts changes to budgets' ledgers: the state file is written when it moved.
+    pub(super) budget_changes: u64,
 }
 
 impl ShardState {
@@ -172,6 +174,7 @@ impl ShardState {
             sync_dropped: 0,
             reservations: Reservations::new(seeds.next_u64()),
             budget_seed: seeds.next_u64(),
+            budget_changes: 0,
         };
         state.policies = table
             .policies()
@@ -319,6 +322,7 @@ impl ShardState {
             sync_dropped: 0,
             reservations: Reservations::new(self.budget_seed),
             budget_seed: self.budget_seed,
+            budget_changes: 0,
         };
         let slot = table.lookup(&req.tenant_id, &req.policy_id);
         copy.policies
