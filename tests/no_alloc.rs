@@ -417,3 +417,63 @@ fn shadow_decisions_do_not_allocate() {
         "{shadows} shadows in 2000 decisions at ratio 0.5"
     );
 }
+
+/// A decision of a policy with budgets — the admission check, the candidate filter, the
+/// reservation — and its result's settlement allocate nothing once the scope value's
+/// ledger exists and the reservations' room has grown to the flow's size.
+#[test]
+fn budgeted_decisions_and_their_results_do_not_allocate() {
+    use shardline::policy::{Budget, BudgetScope, BudgetWindow};
+    let mut budgeted = policy("budgeted", false);
+    budgeted.budgets = Box::new([
+        Budget {
+            scope: BudgetScope::Tenant,
+            window: BudgetWindow::CalendarMonth,
+            max_cost: Some(1e9),
+            max_tokens: Some(1 << 40),
+            max_requests: None,
+        },
+        Budget {
+            scope: BudgetScope::Metadata("user_id".into()),
+            window: BudgetWindow::DAY,
+            max_cost: None,
+            max_tokens: None,
+            max_requests: Some(1 << 40),
+        },
+    ]);
+    budgeted.check();
+    let table = RoutingTable::from_policies(vec![budgeted]).expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let ids: Vec<String> = (0..64).map(|i| format!("r-{i}")).collect();
+    let mut requests: Vec<DecideRequest<'_>> = ids
+        .iter()
+        .map(|id| {
+            let mut req = request("budgeted", "u");
+            req.request_id = Cow::Borrowed(id);
+            req
+        })
+        .collect();
+    let now = |t: u64| Now {
+        mono_ns: 1_000 + t,
+        unix_ms: 1_800_000_000_000 + t,
+    };
+    let mut round = |t: u64, counted: bool, requests: &mut [DecideRequest<'_>]| {
+        let req = &requests[(t % 64) as usize];
+        let (n, _) = count(|| {
+            let d = decide(&table, &mut state, req, now(t)).expect("decision");
+            let name = &table.policy(d.slot).provider(d.provider).name;
+            let call = ("acme", Some(&*req.request_id), &**name);
+            assert!(state.settle_budget(&table, call, (Some(0.002), Some(30))));
+        });
+        if counted {
+            assert_eq!(n, 0, "decision and result {t}: {n} allocations");
+        }
+    };
+    for t in 0..500 {
+        round(t, false, &mut requests);
+    }
+    for t in 500..2_500 {
+        round(t, true, &mut requests);
+    }
+    requests.clear();
+}

@@ -473,13 +473,18 @@ impl Reservations {
             }
             None => {
                 self.by_key.insert(key, r);
+                // Settled entries stay in the order until reached; before the queue would
+                // grow, drop them if they are half of it. So it holds at most about twice
+                // the open reservations, and a steady flow of decisions and results
+                // reuses its room instead of allocating.
+                let full = self.order.len() == self.order.capacity();
+                if full && self.order.len() >= 2 * self.by_key.len() {
+                    let by_key = &self.by_key;
+                    self.order
+                        .retain(|(at, k)| by_key.get(k).is_some_and(|r| r.expires_ms == *at));
+                }
                 self.order.push_back((r.expires_ms, key));
             }
-        }
-        if self.order.len() > 2 * RESERVATIONS_MAX {
-            let by_key = &self.by_key;
-            self.order
-                .retain(|(at, k)| by_key.get(k).is_some_and(|r| r.expires_ms == *at));
         }
     }
 
