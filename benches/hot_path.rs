@@ -13,7 +13,7 @@ use shardline::policy::{parse_policy, RoutingTable};
 
 #[path = "fixtures/policies.rs"]
 mod fixtures;
-use fixtures::{LEAST_LATENCY_8, STICKY, TYPICAL, WEIGHTED};
+use fixtures::{BUDGETED, LEAST_LATENCY_8, STICKY, TYPICAL, WEIGHTED};
 
 const FALLBACK: &str = r#"{"version":"1.0","providers":[
   {"name":"openai","weight":70},{"name":"anthropic","weight":30}],
@@ -28,6 +28,7 @@ fn table() -> RoutingTable {
         p("sticky", STICKY),
         p("fallback", FALLBACK),
         p("least_latency", LEAST_LATENCY_8),
+        p("budgeted", BUDGETED),
     ])
     .expect("table")
 }
@@ -60,6 +61,7 @@ fn decide_paths(c: &mut Criterion) {
         });
     }
     least_latency(c, &table, &mut state);
+    budgeted(c, &table, &mut state);
     let body = with_policy(TYPICAL, "fallback");
     let mut req: DecideRequest = decode_decide(&body, &Headers::default()).expect("request");
     req.attempt = Some(shardline::contract::Attempt {
@@ -108,6 +110,27 @@ fn least_latency(c: &mut Criterion, table: &RoutingTable, state: &mut ShardState
                 unix_ms: 1,
             };
             black_box(decide(table, state, black_box(&req), now).is_ok())
+        })
+    });
+}
+
+/// A decision under two budgets (admission in both ledgers, the candidate filter, the
+/// reservation) and its result's settlement: the whole per-call cost of budgets.
+fn budgeted(c: &mut Criterion, table: &RoutingTable, state: &mut ShardState) {
+    let body = with_policy(TYPICAL, "budgeted");
+    let req = decode_decide(&body, &Headers::default()).expect("request");
+    let mut t = 1u64;
+    c.bench_function("decide/budgeted_and_settled", |b| {
+        b.iter(|| {
+            t += 1_000;
+            let now = Now {
+                mono_ns: t,
+                unix_ms: 1_800_000_000_000,
+            };
+            let d = decide(table, state, black_box(&req), now).expect("decision");
+            let name = &table.policy(d.slot).provider(d.provider).name;
+            let call = ("acme", Some(&*req.request_id), &**name);
+            black_box(state.settle_budget(table, call, (Some(0.002), Some(300))))
         })
     });
 }

@@ -62,6 +62,8 @@ struct TenantPolicies {
 pub struct RoutingTable {
     policies: Vec<Policy>,
     tenants: Map<Box<str>, TenantPolicies>,
+    /// Some policy has budgets: without, a request pays no lookup for them.
+    any_budgets: bool,
 }
 
 impl RoutingTable {
@@ -137,7 +139,12 @@ impl RoutingTable {
                 .expect("every referenced tenant was inserted");
             entry.by_provider.insert(provider.into(), slots.into());
         }
-        Ok(RoutingTable { policies, tenants })
+        let any_budgets = policies.iter().any(|p| !p.budgets.is_empty());
+        Ok(RoutingTable {
+            policies,
+            tenants,
+            any_budgets,
+        })
     }
 
     /// Loads `DIR/<tenant>/<policy>.json`; every problem of every file is returned.
@@ -200,17 +207,18 @@ impl RoutingTable {
 
     /// Whether any policy of `tenant` has budgets.
     pub fn tenant_has_budgets(&self, tenant: &str) -> bool {
-        self.tenants.get(tenant).is_some_and(|t| t.has_budgets)
+        self.any_budgets && self.tenants.get(tenant).is_some_and(|t| t.has_budgets)
     }
 
     /// Whether `tenant`'s policy `policy_id` has budgets.
     pub fn has_budgets(&self, tenant: &str, policy_id: &str) -> bool {
-        self.tenants.get(tenant).is_some_and(|t| {
-            t.has_budgets
-                && t.by_id
-                    .get(policy_id)
-                    .is_some_and(|s| !self.policies[s.get()].budgets.is_empty())
-        })
+        self.any_budgets
+            && self.tenants.get(tenant).is_some_and(|t| {
+                t.has_budgets
+                    && t.by_id
+                        .get(policy_id)
+                        .is_some_and(|s| !self.policies[s.get()].budgets.is_empty())
+            })
     }
 
     /// Panics on a slot this table did not hand out (a bug, not an input error).

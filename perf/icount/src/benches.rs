@@ -44,7 +44,7 @@ pub struct Bench {
 }
 
 /// Every benchmark, in report order.
-pub const BENCHES: [Bench; 7] = [
+pub const BENCHES: [Bench; 8] = [
     Bench {
         name: "decide_weighted",
         run: decide_weighted,
@@ -60,6 +60,10 @@ pub const BENCHES: [Bench; 7] = [
     Bench {
         name: "decide_least_latency_8",
         run: decide_least_latency_8,
+    },
+    Bench {
+        name: "decide_budgeted_settled",
+        run: decide_budgeted_settled,
     },
     Bench {
         name: "ring_push_pop",
@@ -98,7 +102,7 @@ fn measured<F: FnMut()>(op: &mut F) {
 
 #[path = "../../../benches/fixtures/policies.rs"]
 mod fixtures;
-use fixtures::{LEAST_LATENCY_8, STICKY, TYPICAL as WEIGHTED_REQUEST, WEIGHTED};
+use fixtures::{BUDGETED, LEAST_LATENCY_8, STICKY, TYPICAL as WEIGHTED_REQUEST, WEIGHTED};
 
 /// The same request for the sticky policy; every call after the first is a sticky hit.
 const STICKY_REQUEST: &[u8] = br#"{"version":"1","request_id":"req-7f3a9c2e","tenant_id":"acme",
@@ -194,6 +198,30 @@ fn decide_least_latency_8() {
         };
         let outcome = decide(&table, &mut state, black_box(&req), now);
         black_box(outcome.is_ok());
+    });
+}
+
+/// `decide` alone under two budgets (admission in the tenant's and the user's ledger, the
+/// candidate filter, the reservation), then the settlement of its result: what budgets
+/// add per call, as the criterion bench `decide/budgeted_and_settled` times it.
+fn decide_budgeted_settled() {
+    let id = "budgeted";
+    let policy = parse_policy("acme", id, id, BUDGETED.as_bytes()).expect("policy");
+    let table = RoutingTable::from_policies_fixed_hash(vec![policy]).expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let body = String::from_utf8_lossy(WEIGHTED_REQUEST).replace("\"weighted\"", "\"budgeted\"");
+    let req = decode_decide(body.as_bytes(), &Headers::default()).expect("request");
+    let mut mono_ns = 1_000_000_000u64;
+    warm_then_measure(|| {
+        mono_ns += 1_000_000;
+        let now = Now {
+            mono_ns,
+            unix_ms: 1_800_000_000_000,
+        };
+        let d = decide(&table, &mut state, black_box(&req), now).expect("decision");
+        let name = &table.policy(d.slot).provider(d.provider).name;
+        let call = ("acme", Some(&*req.request_id), &**name);
+        black_box(state.settle_budget(&table, call, (Some(0.002), Some(300))));
     });
 }
 
