@@ -449,6 +449,37 @@ fn a_result_settles_its_decision_once() {
     assert_eq!(figures(&shard, t), [(spent(3, 1.25), spent(0, 0.0))]);
 }
 
+/// A retry of one request to one provider in the next window cannot share the first
+/// decision's reservation (its result would settle in the first window and leave the
+/// second's reservation open for good): the first is settled at what it reserved, and
+/// the key's result settles the retry, in its own window.
+#[test]
+fn a_retry_in_the_next_window_leaves_no_reservation_open() {
+    let mut shard = shard(&dear_only(
+        r#"{"scope":"tenant","window":"1m","max_cost":10}"#,
+    ));
+    let (w1, w2) = (T0, T0 + MINUTE_MS);
+    assert_eq!(
+        pick(&mut shard, &req("r-1", None), w2 - 1_000).unwrap(),
+        "dear"
+    );
+    assert_eq!(
+        pick(&mut shard, &req("r-1", None), w2 + 1_000).unwrap(),
+        "dear"
+    );
+    assert_eq!(shard.state.reservation_counts().0, 1);
+    assert_eq!(
+        windows(&shard),
+        [window(w1, 1, 1.0, (0, 0.0)), window(w2, 1, 0.0, (1, 1.0))]
+    );
+    assert!(settle(&mut shard, "r-1", "dear", 0.25));
+    assert!(!settle(&mut shard, "r-1", "dear", 0.5), "nothing left open");
+    assert_eq!(
+        windows(&shard),
+        [window(w1, 1, 1.0, (0, 0.0)), window(w2, 1, 0.25, (0, 0.0))]
+    );
+}
+
 /// What `save_budgets` writes (through JSON, as a state file) restores into a fresh
 /// state over the same table: the same reports, the same refusals, and an open
 /// reservation that a result after the restart still settles.
