@@ -488,6 +488,28 @@ impl Reservations {
         }
     }
 
+    /// Takes the whole reservation of `key` when the next decision `r` of that key, of
+    /// the same `policy`, cannot join it: it was counted in other windows or ledgers. (A
+    /// result settles every decision of a key where the first one was counted.)
+    pub fn take_apart(
+        &mut self,
+        policy: &Policy,
+        key: u64,
+        r: &Reservation,
+    ) -> Option<Reservation> {
+        let old = self.by_key.get(&key).filter(|old| old.policy == r.policy)?;
+        let start = |b: &Budget, ms| window_bounds(b.window, ms).0;
+        let joins = (old.applied, old.budgets) == (r.applied, r.budgets)
+            && policy
+                .budgets
+                .iter()
+                .all(|b| start(b, old.decided_ms) == start(b, r.decided_ms));
+        if joins {
+            return None;
+        }
+        self.by_key.remove(&key)
+    }
+
     /// Takes one decision of `key`'s reservation, if there is one.
     pub fn take(&mut self, key: u64) -> Option<Reservation> {
         let r = self.by_key.get_mut(&key)?;

@@ -19,6 +19,8 @@ mod balance_tests;
 pub mod breaker;
 pub mod bucket;
 pub mod budget;
+#[cfg(test)]
+mod budget_tests;
 pub mod condition;
 mod error;
 #[cfg(test)]

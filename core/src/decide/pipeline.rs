@@ -341,6 +341,14 @@ impl<'t> Pending<'t> {
             budgets,
             applied: room.applied,
         };
+        if let Some(old) = state
+            .reservations
+            .take_apart(self.policy, key, &reservation)
+        {
+            // Settled at what it reserved, as if its result were lost: the key's next
+            // result settles this decision, in this decision's windows.
+            budget::settle(self.policy, &mut ps.budgets, &old, (None, None));
+        }
         state.reservations.insert(key, reservation);
         state.budget_changes += 1;
         explain!(

@@ -802,6 +802,175 @@ fn shadow_rejections() {
     );
 }
 
+/// `budgets` set to `list`.
+fn budgeted(list: &str) -> String {
+    doc(&format!(r#""budgets":{list}"#))
+}
+
+/// `budgets`: absent means none; each entry has a window and at least one limit, a scope
+/// of `tenant` (also when left out) or `metadata.<key>`, kept in order.
+#[test]
+fn budget_forms() {
+    assert!(ok(&doc("")).budgets.is_empty());
+    assert!(ok(&budgeted("[]")).budgets.is_empty());
+    let p = ok(&budgeted(
+        r#"[{"scope":"tenant","window":"1h","max_cost":2.0,"max_requests":100},
+            {"scope":"metadata.user","window":"1m","max_requests":3},
+            {"window":"calendar_month","max_tokens":1000000,"max_cost":0.5},
+            {"scope":"metadata.team.id","window":"1d","max_cost":1e12}]"#,
+    ));
+    let budget = |scope, window, max_cost, max_tokens, max_requests| Budget {
+        scope,
+        window,
+        max_cost,
+        max_tokens,
+        max_requests,
+    };
+    assert_eq!(
+        &*p.budgets,
+        &[
+            budget(
+                BudgetScope::Tenant,
+                BudgetWindow::HOUR,
+                Some(2.0),
+                None,
+                Some(100)
+            ),
+            budget(
+                BudgetScope::Metadata("user".into()),
+                BudgetWindow::MINUTE,
+                None,
+                None,
+                Some(3)
+            ),
+            budget(
+                BudgetScope::Tenant,
+                BudgetWindow::CalendarMonth,
+                Some(0.5),
+                Some(1_000_000),
+                None
+            ),
+            budget(
+                BudgetScope::Metadata("team.id".into()),
+                BudgetWindow::DAY,
+                Some(BUDGET_COST_MAX),
+                None,
+                None
+            ),
+        ]
+    );
+    let windows = ["1m", "1h", "1d", "30d", "calendar_day", "calendar_month"];
+    for name in windows {
+        let p = ok(&budgeted(&format!(
+            r#"[{{"window":"{name}","max_requests":1}}]"#
+        )));
+        assert_eq!(p.budgets[0].window.as_str(), name);
+    }
+    let p = ok(&budgeted(
+        r#"[{"window":"1m","max_requests":1},{"window":"1h","max_requests":1},
+            {"scope":"metadata.user","window":"1m","max_requests":1},
+            {"scope":"metadata.team","window":"1m","max_requests":1}]"#,
+    ));
+    assert_eq!(p.budgets.len(), BUDGETS_PER_POLICY_MAX);
+}
+
+/// An unknown window, a bad scope, an entry without a limit, a limit out of range, two
+/// entries of one scope and window, an unknown key or too many entries is refused at its
+/// path.
+#[test]
+fn budget_rejections() {
+    let cases = [
+        (
+            r#"[{"window":"1w","max_requests":1}]"#,
+            "$.budgets[0].window",
+            "unknown window \"1w\" (1m, 1h, 1d, 30d, calendar_day, calendar_month)",
+        ),
+        (
+            r#"[{"max_requests":1}]"#,
+            "$.budgets[0].window",
+            "missing (required)",
+        ),
+        (
+            r#"[{"window":60000,"max_requests":1}]"#,
+            "$.budgets[0].window",
+            "expected a string",
+        ),
+        (
+            r#"[{"scope":"user","window":"1m","max_requests":1}]"#,
+            "$.budgets[0].scope",
+            "scope \"user\" must be \"tenant\" or \"metadata.<key>\"",
+        ),
+        (
+            r#"[{"scope":"metadata.","window":"1m","max_requests":1}]"#,
+            "$.budgets[0].scope",
+            "scope \"metadata.\" must be",
+        ),
+        (
+            r#"[{"scope":"metadata.a b","window":"1m","max_requests":1}]"#,
+            "$.budgets[0].scope",
+            "scope \"metadata.a b\" must be",
+        ),
+        (
+            r#"[{"scope":"tenant","window":"1m"}]"#,
+            "$.budgets[0]",
+            "a budget needs max_cost, max_tokens or max_requests",
+        ),
+        (
+            r#"[{"window":"1h","max_cost":1},{"scope":"tenant","window":"1h","max_requests":5}]"#,
+            "$.budgets[1]",
+            "a second budget of scope tenant over window 1h; put its limits in one entry",
+        ),
+        (
+            r#"[{"scope":"metadata.user","window":"1m","max_cost":1},{"scope":"metadata.user","window":"1m","max_tokens":5}]"#,
+            "$.budgets[1]",
+            "a second budget of scope metadata.user over window 1m",
+        ),
+        (
+            r#"[{"window":"1h","max_cost":-1}]"#,
+            "$.budgets[0].max_cost",
+            "must be from 0 to 1000000000000, got -1",
+        ),
+        (
+            r#"[{"window":"1h","max_cost":"5"}]"#,
+            "$.budgets[0].max_cost",
+            "expected a number",
+        ),
+        (
+            r#"[{"window":"1h","max_requests":0}]"#,
+            "$.budgets[0].max_requests",
+            "must be from 1 to 1125899906842624, got 0",
+        ),
+        (
+            r#"[{"window":"1h","max_tokens":1.5}]"#,
+            "$.budgets[0].max_tokens",
+            "expected an integer from 1 to 1125899906842624, got 1.5",
+        ),
+        (
+            r#"[{"window":"1h","max_requests":1,"max_spend":3}]"#,
+            "$.budgets[0].max_spend",
+            "unknown key (known: scope, window, max_cost, max_tokens, max_requests)",
+        ),
+        (r#"[1]"#, "$.budgets[0]", "expected an object"),
+        (
+            r#"{"window":"1h","max_requests":1}"#,
+            "$.budgets",
+            "expected an array",
+        ),
+    ];
+    for (list, path, needle) in cases {
+        rejects(&budgeted(list), path, needle);
+    }
+    let five: Vec<String> = ["1m", "1h", "1d", "30d", "calendar_day"]
+        .iter()
+        .map(|w| format!(r#"{{"window":"{w}","max_requests":1}}"#))
+        .collect();
+    rejects(
+        &budgeted(&format!("[{}]", five.join(","))),
+        "$.budgets",
+        "5 entries; at most 4",
+    );
+}
+
 /// An unknown strategy, a ratio outside 0–1, a half-life out of range or an unknown key
 /// is refused at its path, naming what is allowed.
 #[test]
