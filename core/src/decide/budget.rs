@@ -161,7 +161,9 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// The window holding `now_ms`, opened when it is new.
+    /// The window holding `now_ms`, opened when it is new. A wall clock stepped back
+    /// into an earlier window keeps counting in the newest one: a window is never
+    /// reopened, so a step back can delay a reset, never grant one.
     fn current(&mut self, kind: BudgetWindow, now_ms: u64) -> &mut WindowSpend {
         let bounds = window_bounds(kind, now_ms);
         if self.windows.back().is_none_or(|w| w.start_ms < bounds.0) {
@@ -170,16 +172,15 @@ impl Ledger {
             }
             self.windows.push_back(WindowSpend::new(bounds));
         }
-        let last = self.windows.back_mut().expect("just pushed");
-        debug_assert!(last.start_ms <= now_ms);
-        last
+        self.windows.back_mut().expect("just pushed")
     }
 
     /// The current window's spend without opening it.
     pub fn peek(&self, kind: BudgetWindow, now_ms: u64) -> WindowSpend {
         let bounds = window_bounds(kind, now_ms);
         match self.windows.back() {
-            Some(w) if w.start_ms == bounds.0 => *w,
+            // At or after: a clock stepped back reads the newest window (`current`).
+            Some(w) if w.start_ms >= bounds.0 => *w,
             _ => WindowSpend::new(bounds),
         }
     }
@@ -659,6 +660,18 @@ mod tests {
         );
         let (s, e) = window_bounds(BudgetWindow::DAYS_30, t);
         assert!(s <= t && t < e && e - s == 30 * DAY_MS && s % (30 * DAY_MS) == 0);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_counts_in_the_newest_window() {
+        let mut ledger = Ledger::default();
+        let t = JAN_31_2026 + 2 * MINUTE_MS;
+        ledger.current(BudgetWindow::MINUTE, t).requests += 1;
+        ledger.current(BudgetWindow::MINUTE, t - MINUTE_MS).requests += 1;
+        assert_eq!(ledger.windows.len(), 1, "no earlier window was reopened");
+        assert_eq!(ledger.peek(BudgetWindow::MINUTE, t - MINUTE_MS).requests, 2);
+        assert_eq!(ledger.peek(BudgetWindow::MINUTE, t).requests, 2);
+        assert_eq!(ledger.peek(BudgetWindow::MINUTE, t + MINUTE_MS).requests, 0);
     }
 
     #[test]

@@ -124,7 +124,8 @@ fn figures(shard: &Shard, unix_ms: u64) -> Vec<(Spent, Spent)> {
 
 /// The windows of the policy's only ledger, as the state file would save them.
 fn windows(shard: &Shard) -> Vec<WindowSpend> {
-    let saved = shard.state.save_budgets(&shard.table);
+    // At time 0 every window is still to come: all are saved.
+    let saved = shard.state.save_budgets(&shard.table, 0);
     assert_eq!(saved.ledgers.len(), 1, "{saved:?}");
     saved.ledgers[0].ledger.windows.iter().copied().collect()
 }
@@ -492,7 +493,7 @@ fn saved_budgets_restore_ledgers_and_open_reservations() {
         assert_eq!(pick(&mut before, &req(id, Some("ann")), t).unwrap(), "dear");
     }
     assert!(settle(&mut before, "r-1", "dear", 0.25));
-    let saved = before.state.save_budgets(&before.table);
+    let saved = before.state.save_budgets(&before.table, t);
     let text = serde_json::to_string(&saved).expect("saved");
 
     let mut after = shard(json);
