@@ -128,3 +128,27 @@ fn provider_limits_and_cooldowns_over_http() {
     );
     server.stop().unwrap();
 }
+
+/// `rpm` holds for the node, not per shard: requests preferring a1 on every shard's
+/// port take it five times in all, then go to a2 (with two shards, a count per shard
+/// would have let ten through).
+#[test]
+fn rpm_holds_over_all_shards() {
+    let _serial = serial();
+    let (_dir, server, base) = start_with_shard_ports("limits-rpm", "", |dir| {
+        write_policy(dir, "acme", "rpm", RPM_POLICY);
+    });
+    let shards = server.shard_count();
+    let mut clients: Vec<Client> = (0..shards)
+        .map(|i| Client::connect(loopback(base + i as u16)))
+        .collect();
+    let mut a1 = 0;
+    for n in 0..20u32 {
+        let client = &mut clients[n as usize % shards];
+        if chosen(client, n, "rpm", "a1").0 == "a1" {
+            a1 += 1;
+        }
+    }
+    assert_eq!(a1, 5, "a1's rpm is 5, over {shards} shard(s)");
+    server.stop().unwrap();
+}

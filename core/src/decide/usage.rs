@@ -2,11 +2,12 @@
 //! it refused a call for its rate limit (`cooldown_ms`): when a provider is no candidate
 //! because the provider itself would refuse the call.
 //!
-//! - **Requests per minute** are this shard's decisions for the provider. They are not
-//!   leased from the owner: with N shards deciding a tenant's requests, a provider may be
-//!   sent up to N × `rpm` in a minute (docs/API.md says so). Why not leases: the owner's
-//!   lease protocol (`sync`) is per policy, not per provider, and a provider's limit is
-//!   usually well above what one shard decides.
+//! - **Requests per minute** are the decisions for the provider, counted where they are
+//!   made: a policy with an `rpm` is decided on the tenant's owner (`shard`), so the
+//!   count is the node's and the limit holds exactly (one ring hop for a request landing
+//!   elsewhere). Why not leases: the owner's lease protocol (`sync`) is per policy's
+//!   bucket, not per provider, and a lease of requests per provider would be a bucket
+//!   and an ask per (policy, provider).
 //! - **Tokens per minute** are counted from results' `usage` where results land (the
 //!   tenant's owner) and replicated to the other shards with the averages, so every shard
 //!   sees every result's tokens within `REPLICA_COALESCE_NS` of the owner. Tokens are known

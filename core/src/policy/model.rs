@@ -473,6 +473,13 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether the policy's decisions must be taken on the tenant's owner: it counts
+    /// per call what must hold exactly over all shards — budgets (settled by results,
+    /// which land on the owner) or a provider's `rpm`.
+    pub fn owner_decides(&self) -> bool {
+        !self.budgets.is_empty() || self.providers.iter().any(|p| p.limits.rpm.is_some())
+    }
+
     /// Whether the policy has any extension stage (pre, validator or post).
     pub fn has_stages(&self) -> bool {
         !(self.pre.is_empty() && self.validators.is_empty() && self.post.is_empty())

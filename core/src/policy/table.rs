@@ -55,6 +55,8 @@ struct TenantPolicies {
     has_stages: bool,
     /// Some policy of the tenant has budgets.
     has_budgets: bool,
+    /// Some policy of the tenant is decided on the tenant's owner (`Policy::owner_decides`).
+    owner_decides: bool,
 }
 
 /// All tenants' policies; see the module doc.
@@ -64,6 +66,8 @@ pub struct RoutingTable {
     tenants: Map<Box<str>, TenantPolicies>,
     /// Some policy has budgets: without, a request pays no lookup for them.
     any_budgets: bool,
+    /// Some policy is decided on its tenant's owner.
+    any_owner_decides: bool,
 }
 
 impl RoutingTable {
@@ -110,6 +114,7 @@ impl RoutingTable {
                     by_provider: Map::with_hasher(hasher()),
                     has_stages: false,
                     has_budgets: false,
+                    owner_decides: false,
                 });
             if tenant.by_id.contains_key(&policy.id) {
                 problems.push(table_error(&source, "duplicate policy id for this tenant"));
@@ -123,6 +128,7 @@ impl RoutingTable {
             tenant.by_id.insert(policy.id.clone(), slot);
             tenant.has_stages |= policy.has_stages();
             tenant.has_budgets |= !policy.budgets.is_empty();
+            tenant.owner_decides |= policy.owner_decides();
             for (p, provider) in policy.providers.iter().enumerate() {
                 let key = (&*policy.tenant, &*provider.name);
                 refs.entry(key)
@@ -140,10 +146,12 @@ impl RoutingTable {
             entry.by_provider.insert(provider.into(), slots.into());
         }
         let any_budgets = policies.iter().any(|p| !p.budgets.is_empty());
+        let any_owner_decides = policies.iter().any(Policy::owner_decides);
         Ok(RoutingTable {
             policies,
             tenants,
             any_budgets,
+            any_owner_decides,
         })
     }
 
@@ -210,14 +218,15 @@ impl RoutingTable {
         self.any_budgets && self.tenants.get(tenant).is_some_and(|t| t.has_budgets)
     }
 
-    /// Whether `tenant`'s policy `policy_id` has budgets.
-    pub fn has_budgets(&self, tenant: &str, policy_id: &str) -> bool {
-        self.any_budgets
+    /// Whether `tenant`'s policy `policy_id` is decided on the tenant's owner
+    /// (`Policy::owner_decides`); a cheap no when no policy of the table is.
+    pub fn owner_decides(&self, tenant: &str, policy_id: &str) -> bool {
+        self.any_owner_decides
             && self.tenants.get(tenant).is_some_and(|t| {
-                t.has_budgets
+                t.owner_decides
                     && t.by_id
                         .get(policy_id)
-                        .is_some_and(|s| !self.policies[s.get()].budgets.is_empty())
+                        .is_some_and(|s| self.policies[s.get()].owner_decides())
             })
     }
 

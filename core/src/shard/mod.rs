@@ -13,8 +13,9 @@
 //! another shard. What still crosses to the tenant's owner, and why:
 //! - a request with an `idempotency_key`: the key's remembered answer lives on the owner,
 //!   and a retry must get it wherever it lands;
-//! - a request of a policy with budgets: its spend is reserved where its result will
-//!   settle it, in the owner's one ledger (`decide::budget`);
+//! - a request of a policy with budgets or a provider `rpm`: its spend is reserved where
+//!   its result will settle it, in the owner's one ledger (`decide::budget`), and a
+//!   provider's requests per minute are counted once for the node (`decide::usage`);
 //! - ExecResults: the owner de-duplicates them and feeds the breakers and averages; what
 //!   they changed then reaches every other shard as the owner's replicas (the state
 //!   protocol's `SyncMsg`, a transition or cooldown at once, averages coalesced), so that
@@ -512,7 +513,7 @@ pub fn limit_signal(result: &ExecResult) -> LimitSignal {
 /// not cross: a session's provider is computed the same on every shard
 /// (`decide::rendezvous`).
 fn must_cross(table: &RoutingTable, req: &DecideRequest<'_>) -> bool {
-    req.idempotency_key.is_some() || table.has_budgets(&req.tenant_id, &req.policy_id)
+    req.idempotency_key.is_some() || table.owner_decides(&req.tenant_id, &req.policy_id)
 }
 
 /// Whether `req`'s policy has extension stages.
