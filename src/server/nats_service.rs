@@ -16,7 +16,8 @@
 //! rare path only, never on a decision's. A request without a reply subject cannot be
 //! answered and is dropped; an answer the server's `max_payload` cannot carry is replaced
 //! by the protocol's error (`Nats-Service-Error`, `Nats-Service-Error-Code: 500`); an
-//! answer refused by a full outbound buffer is counted as shed like any other reply.
+//! answer refused by a full outbound buffer is counted as shed (`nats_full`) like any
+//! other reply.
 
 use std::rc::Rc;
 
@@ -175,12 +176,15 @@ fn on_request(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         }
         Err(e) => e,
     };
-    if refused != PublishError::Closed {
-        ctx.shared.metrics(ctx.id).shed(ShedCause::NatsFull).inc();
-        log::warn!(
-            "nats: {} answer to {reply_to} dropped: {refused}",
-            verb.as_str()
-        );
+    let verb = verb.as_str();
+    match refused {
+        PublishError::Overloaded => {
+            ctx.shared.metrics(ctx.id).shed(ShedCause::NatsFull).inc();
+            log::warn!("nats: {verb} answer to {reply_to} dropped: {refused}");
+        }
+        // A reply subject the wire cannot carry: nothing can reach the requester.
+        PublishError::Encode(_) => log::warn!("nats: {verb} answer to {reply_to}: {refused}"),
+        PublishError::Closed => {}
     }
 }
 
