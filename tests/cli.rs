@@ -177,6 +177,41 @@ fn unknown_env_section_is_refused() {
     );
 }
 
+/// `[cluster]` is in `config check`'s summary, with the host name standing in for an
+/// empty node id; turning the cluster on from the environment without NATS is refused
+/// naming the key, and a node id from the environment is checked like the file's.
+#[test]
+fn config_check_shows_and_checks_the_cluster_section() {
+    let out = run(&["config", "check", "config/shardline.toml"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\n[cluster]\nenabled = false\nnode_id = \"\"\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# cluster.node_id is empty: this node is "),
+        "{text}"
+    );
+
+    let check = bin()
+        .args(["config", "check", "config/shardline.toml"])
+        .env("SHARDLINE_CLUSTER_ENABLED", "true")
+        .env("SHARDLINE_CLUSTER_NODE_ID", "edge/1")
+        .output()
+        .expect("run config check");
+    assert_eq!(check.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains("cluster.enabled: true while nats.url is empty"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cluster.node_id: must match ^[A-Za-z0-9_.-]{1,64}$ (got \"edge/1\")"),
+        "{text}"
+    );
+}
+
 /// Waits for `child` at most `limit`, killing it (by its own handle) when it overruns.
 fn wait_bounded(mut child: std::process::Child, limit: std::time::Duration) -> Output {
     let start = std::time::Instant::now();

@@ -1,6 +1,7 @@
 //! The router's NATS side in operation, driven by the official `nats` client: the admin
 //! API over NATS with the same tokens and answers as HTTP, circuits opened and closed by
-//! ExecResults, mutual TLS to nats-server, and a nats-server restart under traffic.
+//! ExecResults, mutual TLS to nats-server, a nats-server restart under traffic, and the
+//! service API (`$SRV.PING|INFO|STATS`) by which tools and other nodes find the router.
 
 #![allow(deprecated)] // the sync `nats` crate is deprecated upstream; it is the reference here
 
@@ -973,4 +974,287 @@ fn budgets_over_nats() {
         json!({"tenant_id": "cb"}),
     );
     assert_eq!(status, "403", "the acme token does not see cb's budgets");
+}
+
+// ---------------------------------------------------------------------------------------
+// 7: the NATS service API ($SRV.PING, $SRV.INFO, $SRV.STATS)
+
+/// Replies to `subject` arrive within this of each other; a second answer from the same
+/// router (one per shard) would come within microseconds.
+const QUIET: Duration = Duration::from_millis(300);
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Every reply to one request: the first within `first` (none is fine), then each next one
+/// within `QUIET` of the last. The server's "no responders" notice is not a reply.
+fn replies_within(nc: &::nats::Connection, subject: &str, first: Duration) -> Vec<::nats::Message> {
+    let sub = nc.request_multi(subject, "").expect("request sent");
+    let mut out = Vec::new();
+    let mut wait = first;
+    while let Ok(m) = sub.next_timeout(wait) {
+        if !m.is_no_responders() {
+            out.push(m);
+        }
+        wait = QUIET;
+    }
+    out
+}
+
+/// The JSON bodies of every reply to `subject`.
+fn service_answers(nc: &::nats::Connection, subject: &str) -> Vec<Value> {
+    replies_within(nc, subject, WAIT).iter().map(body).collect()
+}
+
+/// The one answer of a single router to `subject`.
+fn service_answer(nc: &::nats::Connection, subject: &str) -> Value {
+    let answers = service_answers(nc, subject);
+    assert_eq!(
+        answers.len(),
+        1,
+        "{subject}: one router, one answer: {answers:?}"
+    );
+    answers.into_iter().next().unwrap()
+}
+
+/// The fields every answer has: type, name, version, metadata naming the node.
+fn check_identity(answer: &Value, verb: &str, node_id: &str, shards: usize, cluster: bool) {
+    let kind = format!("io.nats.micro.v1.{}_response", verb.to_ascii_lowercase());
+    assert_eq!(answer["type"], kind.as_str(), "{answer}");
+    assert_eq!(answer["name"], "shardline", "{answer}");
+    assert_eq!(answer["version"], VERSION, "{answer}");
+    let metadata = &answer["metadata"];
+    assert_eq!(metadata["node_id"], node_id, "{answer}");
+    assert_eq!(metadata["shards"], shards.to_string().as_str(), "{answer}");
+    assert_eq!(
+        metadata["cluster"],
+        cluster.to_string().as_str(),
+        "{answer}"
+    );
+    let id = answer["id"].as_str().expect("id");
+    assert!(
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{id}"
+    );
+}
+
+/// `decide`'s entry in a STATS answer.
+fn decide_stats(stats: &Value) -> Value {
+    stats["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["name"] == "decide")
+        .expect("a decide endpoint")
+        .clone()
+}
+
+/// PING, INFO and STATS each answer once per router on all three subject forms, with the
+/// same instance id; INFO lists what the router serves over NATS and STATS counts it.
+#[test]
+fn service_api_answers_once_on_every_subject_form() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let extra = "[cluster]\nnode_id = \"node-a.eu-1\"";
+    let router = Router::start(&nats_toml(&nats.url(), extra), &[], false);
+    router.wait_ready();
+    let shards = router.server().shard_count();
+    let nc = official(&nats.url());
+
+    let ping = service_answer(&nc, "$SRV.PING");
+    check_identity(&ping, "PING", "node-a.eu-1", shards, false);
+    let id = ping["id"].as_str().unwrap().to_owned();
+    for verb in ["PING", "INFO", "STATS"] {
+        for subject in [
+            format!("$SRV.{verb}"),
+            format!("$SRV.{verb}.shardline"),
+            format!("$SRV.{verb}.shardline.{id}"),
+        ] {
+            let answer = service_answer(&nc, &subject);
+            check_identity(&answer, verb, "node-a.eu-1", shards, false);
+            assert_eq!(answer["id"], id.as_str(), "{subject}: the id is stable");
+        }
+    }
+    // Another service's or another instance's subject reaches no router.
+    for subject in ["$SRV.PING.other", "$SRV.INFO.shardline.not-this-one"] {
+        let none = replies_within(&nc, subject, QUIET);
+        assert!(none.is_empty(), "{subject}: {} answers", none.len());
+    }
+
+    let info = service_answer(&nc, "$SRV.INFO.shardline");
+    assert!(
+        info["description"].as_str().is_some_and(|d| !d.is_empty()),
+        "{info}"
+    );
+    let listed: Vec<(String, String, String)> = info["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (field("name"), field("subject"), field("queue_group"))
+        })
+        .collect();
+    let expected = [
+        ("decide", DECIDE, "router-decide-group"),
+        ("results", RESULTS, "router-result-group"),
+        ("admin", "beamline.router.v1.admin.*", "router-admin-group"),
+    ]
+    .map(|(n, s, q)| (n.to_owned(), s.to_owned(), q.to_owned()));
+    assert_eq!(listed, expected, "{info}");
+
+    let stats = service_answer(&nc, "$SRV.STATS");
+    let started = stats["started"].as_str().expect("started");
+    // RFC 3339 in UTC, as the log writes it: 2026-01-02T03:04:05.678Z.
+    assert_eq!(started.len(), 24, "{started}");
+    assert!(
+        started.ends_with('Z') && started.as_bytes()[10] == b'T',
+        "{started}"
+    );
+    let names: Vec<&str> = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["decide", "results", "admin"], "{stats}");
+    for endpoint in stats["endpoints"].as_array().unwrap() {
+        for field in [
+            "num_requests",
+            "num_errors",
+            "processing_time",
+            "average_processing_time",
+        ] {
+            assert!(endpoint[field].is_u64(), "{field}: {endpoint}");
+        }
+        assert_eq!(endpoint["last_error"], "", "{endpoint}");
+    }
+}
+
+/// STATS' `decide.num_requests` grows by exactly the decide messages sent over NATS (not
+/// by HTTP decisions); one without a reply subject is also an error; the processing time
+/// is the average times the count.
+#[test]
+fn service_stats_count_decisions_over_nats() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let router = Router::start(&nats_toml(&nats.url(), ""), &[], false);
+    router.wait_ready();
+    let nc = official(&nats.url());
+    let id = service_answer(&nc, "$SRV.PING")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stats_subject = format!("$SRV.STATS.shardline.{id}");
+    let before = decide_stats(&service_answer(&nc, &stats_subject));
+    let count = |e: &Value, k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k}: {e}"));
+
+    const SENT: u64 = 7;
+    for i in 0..SENT {
+        let reply = decide(&nc, "acme", "default", &format!("srv-{i}"));
+        assert_eq!(reply.0, "200", "{}", reply.1);
+    }
+    let mut http = Client::connect(router.server().local_addr());
+    let answer = http.request("POST", "/v1/decide", &[], &decide_body("acme", "srv-http"));
+    assert_eq!(answer.status, 200);
+
+    let after = decide_stats(&service_answer(&nc, &stats_subject));
+    assert_eq!(
+        count(&after, "num_requests"),
+        count(&before, "num_requests") + SENT,
+        "{before} → {after}"
+    );
+    assert_eq!(count(&after, "num_errors"), count(&before, "num_errors"));
+    let (total, average) = (
+        count(&after, "processing_time"),
+        count(&after, "average_processing_time"),
+    );
+    assert!(average > 0, "{after}");
+    assert_eq!(average, total / count(&after, "num_requests"), "{after}");
+
+    // A decide message nobody can answer is a request and an error.
+    nc.publish(DECIDE, decide_body("acme", "srv-no-reply"))
+        .expect("published");
+    let mut last = after.clone();
+    wait_until("the unanswerable request is counted", WAIT, || {
+        last = decide_stats(&service_answer(&nc, &stats_subject));
+        count(&last, "num_errors") == count(&after, "num_errors") + 1
+    });
+    assert_eq!(
+        count(&last, "num_requests"),
+        count(&after, "num_requests") + 1,
+        "{last}"
+    );
+}
+
+/// Two routers on one NATS: `$SRV.PING` gets one answer from each, told apart by id and
+/// node; each answers its own instance subject alone.
+#[test]
+fn two_routers_answer_discovery_apart() {
+    let _serial = serial();
+    let nats = NatsServer::start();
+    let a = Router::start(
+        &nats_toml(&nats.url(), "[cluster]\nnode_id = \"node-a\""),
+        &[],
+        false,
+    );
+    let b = Router::start(
+        &nats_toml(
+            &nats.url(),
+            "[cluster]\nenabled = true\nnode_id = \"node-b\"",
+        ),
+        &[],
+        false,
+    );
+    a.wait_ready();
+    b.wait_ready();
+    let nc = official(&nats.url());
+
+    let mut answers = service_answers(&nc, "$SRV.PING");
+    answers.sort_by_key(|p| p["metadata"]["node_id"].as_str().unwrap_or("").to_owned());
+    assert_eq!(answers.len(), 2, "one answer per router: {answers:?}");
+    check_identity(
+        &answers[0],
+        "PING",
+        "node-a",
+        a.server().shard_count(),
+        false,
+    );
+    check_identity(
+        &answers[1],
+        "PING",
+        "node-b",
+        b.server().shard_count(),
+        true,
+    );
+    assert_ne!(answers[0]["id"], answers[1]["id"], "{answers:?}");
+
+    for (answer, node) in answers.iter().zip(["node-a", "node-b"]) {
+        let id = answer["id"].as_str().unwrap();
+        let only = service_answer(&nc, &format!("$SRV.STATS.shardline.{id}"));
+        assert_eq!(only["metadata"]["node_id"], node, "{only}");
+    }
+    assert_eq!(service_answers(&nc, "$SRV.INFO.shardline").len(), 2);
+}
+
+/// An answer the server's max_payload cannot carry is replaced by the service API's error
+/// headers, not dropped: the requester learns why at once instead of timing out.
+#[test]
+fn service_answer_over_max_payload_is_an_error_in_the_protocol_style() {
+    let _serial = serial();
+    let nats = NatsServer::start_with(NatsOptions {
+        max_payload: Some(512),
+        ..NatsOptions::default()
+    });
+    let router = Router::start(&nats_toml(&nats.url(), ""), &[], false);
+    router.wait_ready();
+    let nc = official(&nats.url());
+    let ping = service_answer(&nc, "$SRV.PING");
+    assert_eq!(ping["type"], "io.nats.micro.v1.ping_response", "{ping}");
+
+    let replies = replies_within(&nc, "$SRV.STATS", WAIT);
+    assert_eq!(replies.len(), 1);
+    let m = &replies[0];
+    assert!(m.data.is_empty(), "{:?}", String::from_utf8_lossy(&m.data));
+    assert_eq!(header(m, "Nats-Service-Error-Code").as_deref(), Some("500"));
+    let error = header(m, "Nats-Service-Error").expect("an error text");
+    assert!(error.contains("max_payload of 512"), "{error}");
 }

@@ -119,6 +119,13 @@ pub const NATS_SERVERS_MAX: usize = 16;
 /// `nats.name` (the client name shown by the server), `nats.decide_queue_group`,
 /// `nats.tls_server_name`, `nats.user`.
 pub const NATS_NAME_BYTES_MAX: usize = 256;
+
+/// `cluster.node_id`: a tenant id's form (letters, digits, `_`, `.`, `-`), so it is shown
+/// as it is in logs, the service API's metadata and configs, never escaped. 64 bytes is
+/// Linux's own bound on a host name, the default.
+pub const NODE_ID_BYTES_MAX: usize = 64;
+pub const NODE_ID_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
+
 /// `nats.request_timeout_ms`: requests the router makes (extension calls use their own).
 pub const NATS_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 pub const NATS_REQUEST_TIMEOUT_MS_MIN: u64 = 1;

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use super::{
-    AdminConfig, AuthConfig, Config, ConfigError, LimitsConfig, LoggingConfig, NatsConfig,
-    NatsUrls, Problem, Secret, ServerConfig, TlsConfig,
+    AdminConfig, AuthConfig, ClusterConfig, Config, ConfigError, LimitsConfig, LoggingConfig,
+    NatsConfig, NatsUrls, Problem, Secret, ServerConfig, TlsConfig,
 };
 use crate::logging::is_sensitive_key;
 
@@ -27,8 +27,8 @@ pub const ENV_PREFIX: &str = "SHARDLINE_";
 pub const TOKEN_ENV_VARIABLE: &str = "SHARDLINE_ADMIN_TOKEN";
 /// The override of `admin.token_env` itself, applied before any other variable.
 const TOKEN_ENV_OVERRIDE: &str = "SHARDLINE_ADMIN_TOKEN_ENV";
-const SECTIONS: [&str; 7] = [
-    "server", "limits", "tls", "admin", "auth", "logging", "nats",
+const SECTIONS: [&str; 8] = [
+    "server", "limits", "tls", "admin", "auth", "logging", "nats", "cluster",
 ];
 /// `SHARDLINE_` variables that belong to the tools around the router, not to its config:
 /// the Beamline fixtures' directory (tests, CI) and the binary `scripts/apply_tuning.sh`
@@ -134,6 +134,7 @@ impl Config {
             "admin" => self.admin.set(&key, value),
             "auth" => self.auth.set(&key, value),
             "logging" => self.logging.set(&key, value),
+            "cluster" => self.cluster.set(&key, value),
             _ => self.nats.set(&key, value),
         };
         result.map_err(|error| {
@@ -291,6 +292,17 @@ impl NatsConfig {
             "admin_subject" => self.admin_subject = raw,
             "assignment_tenants_allowlist" => self.assignment_tenants_allowlist = list(&raw),
             "assignment_retries_max" => self.assignment_retries_max = parse(&raw)?,
+            _ => return Err(SetError::UnknownKey),
+        }
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    fn set(&mut self, key: &str, raw: &str) -> SetResult {
+        match key {
+            "enabled" => self.enabled = parse(raw)?,
+            "node_id" => self.node_id = raw.trim().to_owned(),
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())

@@ -54,6 +54,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub logging: LoggingConfig,
     pub nats: NatsConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// `[server]`: listeners, cores, directories, shutdown.
@@ -442,6 +443,60 @@ impl NatsConfig {
         self.url.servers().next().is_some()
     }
 }
+
+/// `[cluster]`: this router as one node of several on the same NATS.
+///
+/// Only the node's identity exists so far: it is announced in the NATS service API
+/// (`$SRV.PING|INFO|STATS`), which every router with NATS answers, clustered or not.
+/// Nodes do not yet learn of each other, share policies or hand work over, so `enabled`
+/// changes nothing but what the service API reports (docs/CLUSTER.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Needs `nats.url`: the nodes of a cluster meet on NATS.
+    pub enabled: bool,
+    /// This node's name among the others, `NODE_ID_PATTERN`; empty = the host name.
+    pub node_id: String,
+}
+
+impl ClusterConfig {
+    /// The node id in force: `node_id`, or the host name when it is empty; `None` when
+    /// it is empty and the host name cannot be read. Not checked against the pattern
+    /// (`validate` does that).
+    pub fn effective_node_id(&self) -> Option<String> {
+        if self.node_id.is_empty() {
+            host_name()
+        } else {
+            Some(self.node_id.clone())
+        }
+    }
+}
+
+/// The host name, from `/proc/sys/kernel/hostname` or else `gethostname(2)`; `None` when
+/// neither gives a non-empty UTF-8 name. At most `HOST_NAME_BYTES_READ` bytes are read
+/// (Linux's own limit is 64).
+pub fn host_name() -> Option<String> {
+    let mut text = String::new();
+    let read = std::fs::File::open("/proc/sys/kernel/hostname").and_then(|f| {
+        f.take(HOST_NAME_BYTES_READ as u64)
+            .read_to_string(&mut text)
+    });
+    if read.is_ok() && !text.trim().is_empty() {
+        return Some(text.trim().to_owned());
+    }
+    let mut buf = [0u8; HOST_NAME_BYTES_READ];
+    // SAFETY: gethostname(2) writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..end]).ok()?.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Bytes of the host name read: POSIX's `HOST_NAME_MAX` can be 255, Linux's is 64.
+const HOST_NAME_BYTES_READ: usize = 256;
 
 impl Config {
     /// Reads `path`, applies the process environment, resolves relative paths against the

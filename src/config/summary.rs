@@ -8,7 +8,8 @@ use super::Config;
 
 impl Config {
     /// Every setting as TOML, secrets shown as `[REDACTED]`; the admin token read from
-    /// the environment is reported as set or not, never shown.
+    /// the environment is reported as set or not, never shown. An empty `cluster.node_id`
+    /// is shown as written, with the host name that stands in for it in a comment.
     pub fn redacted_summary(&self) -> String {
         let mut out = String::from("# Effective configuration; secrets are shown as [REDACTED].\n");
         if !self.admin.token_env.is_empty() {
@@ -21,6 +22,16 @@ impl Config {
                 "# Admin token from ${}: {state}.\n",
                 self.admin.token_env
             ));
+        }
+        if self.cluster.node_id.is_empty() {
+            match super::host_name() {
+                Some(host) => out.push_str(&format!(
+                    "# cluster.node_id is empty: this node is {host:?}, its host name.\n"
+                )),
+                None => {
+                    out.push_str("# cluster.node_id is empty and the host name cannot be read.\n")
+                }
+            }
         }
         match toml::to_string(self) {
             Ok(text) => out.push_str(&text),

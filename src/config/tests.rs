@@ -130,6 +130,9 @@ ack_subject = "x.*.ack"
 admin_subject = "x.admin"
 assignment_tenants_allowlist = ["acme", "globex"]
 assignment_retries_max = 0
+[cluster]
+enabled = true
+node_id = "router-a.eu-1"
 "#;
 
 #[test]
@@ -166,6 +169,8 @@ fn full_file() {
     assert_eq!(c.nats.tls_key, Some(dir.join("n.key")));
     assert_eq!(c.nats.assignment_tenants_allowlist, ["acme", "globex"]);
     assert_eq!(c.nats.assignment_retries_max, 0);
+    assert!(c.cluster.enabled);
+    assert_eq!(c.cluster.node_id, "router-a.eu-1");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -438,4 +443,76 @@ fn ops_listen_and_admin_on_data_port() {
         panic!("not a key problem");
     };
     assert_eq!(keys(&problems.0), ["admin.on_data_port"]);
+}
+
+/// `[cluster]`: off, and named after the host, by default; a node id is the tenant id's
+/// form; turning the cluster on needs NATS, which it meets on.
+#[test]
+fn cluster_section() {
+    let config = Config::from_toml_str("", Path::new("/b")).unwrap();
+    assert!(!config.cluster.enabled);
+    assert_eq!(config.cluster.node_id, "");
+    assert_eq!(config.cluster.effective_node_id(), host_name());
+    assert!(
+        host_name().is_some_and(|h| !h.is_empty()),
+        "this host has a name"
+    );
+
+    let named = Config::from_toml_str("[cluster]\nnode_id = \"edge_1.eu-west\"", Path::new("/b"));
+    let named = named.unwrap().cluster;
+    assert_eq!(named.effective_node_id().as_deref(), Some("edge_1.eu-west"));
+
+    let pattern = format!("^[A-Za-z0-9_.-]{{1,{NODE_ID_BYTES_MAX}}}$");
+    assert_eq!(NODE_ID_PATTERN, pattern);
+    let long = "n".repeat(NODE_ID_BYTES_MAX + 1);
+    for bad in ["bad id", "a/b", "nöde", "a*", &long] {
+        let text = format!("[cluster]\nnode_id = {bad:?}");
+        let ConfigError::Invalid(problems) = parse_err(&text) else {
+            panic!("{bad:?}: not a key problem");
+        };
+        assert_eq!(keys(&problems.0), ["cluster.node_id"], "{bad:?}");
+        let message = &problems.0[0].message;
+        assert!(
+            message.starts_with("must match ^[A-Za-z0-9_.-]{1,64}$ (got "),
+            "{message}"
+        );
+    }
+    let exactly_max = format!("[cluster]\nnode_id = \"{}\"", "n".repeat(NODE_ID_BYTES_MAX));
+    assert!(Config::from_toml_str(&exactly_max, Path::new("/b")).is_ok());
+
+    let ConfigError::Invalid(problems) = parse_err("[cluster]\nenabled = true") else {
+        panic!("not a key problem");
+    };
+    assert_eq!(
+        problems.0[0].to_string(),
+        "cluster.enabled: true while nats.url is empty: the nodes of a cluster meet on NATS"
+    );
+    let with_nats = "[nats]\nurl = \"nats://127.0.0.1:4222\"\n[cluster]\nenabled = true";
+    assert!(
+        Config::from_toml_str(with_nats, Path::new("/b"))
+            .unwrap()
+            .cluster
+            .enabled
+    );
+    let err = parse_err("[cluster]\nenabled = \"yes\"\nnode = \"x\"");
+    assert_eq!(keys(err.problems()), ["cluster.enabled", "cluster.node"]);
+}
+
+/// The summary shows `[cluster]` as written and, when the node id is empty, the host name
+/// standing in for it.
+#[test]
+fn summary_names_the_node() {
+    let summary = Config::default().redacted_summary();
+    assert!(
+        summary.contains("[cluster]\nenabled = false\nnode_id = \"\"\n"),
+        "{summary}"
+    );
+    let host = host_name().unwrap();
+    let comment = format!("# cluster.node_id is empty: this node is {host:?}, its host name.");
+    assert!(summary.contains(&comment), "{summary}");
+    let mut named = Config::default();
+    named.cluster.node_id = "edge-1".into();
+    let summary = named.redacted_summary();
+    assert!(summary.contains("node_id = \"edge-1\""), "{summary}");
+    assert!(!summary.contains("# cluster.node_id"), "{summary}");
 }

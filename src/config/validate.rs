@@ -13,8 +13,8 @@ use std::path::Path;
 
 use super::bounds::*;
 use super::{
-    redacted_url, AdminConfig, Config, ConfigError, Cores, LimitsConfig, NatsConfig, NatsUrls,
-    Problem, Secret,
+    redacted_url, AdminConfig, ClusterConfig, Config, ConfigError, Cores, LimitsConfig, NatsConfig,
+    NatsUrls, Problem, Secret,
 };
 use crate::contract::{NATS_SUBJECT_BYTES_MAX, TENANT_ID_BYTES_MAX, TENANT_ID_PATTERN};
 
@@ -52,6 +52,13 @@ fn shown(value: &str) -> String {
     format!("{cut:?}")
 }
 
+/// `NODE_ID_PATTERN`.
+fn is_node_id(s: &str) -> bool {
+    (1..=NODE_ID_BYTES_MAX).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 fn is_tenant_id(s: &str) -> bool {
     (1..=TENANT_ID_BYTES_MAX).contains(&s.len())
         && s.bytes()
@@ -72,6 +79,7 @@ impl Config {
         self.check_tls(&mut report);
         check_admin(&self.admin, &mut report);
         check_nats(&self.nats, &mut report);
+        check_cluster(&self.cluster, &self.nats, &mut report);
         let repeats = self.logging.repeats_per_window;
         let max = crate::logging::LOG_REPEATS_PER_WINDOW_MAX;
         report.range("logging.repeats_per_window", repeats, 0, max);
@@ -547,6 +555,43 @@ fn check_allowlist(tenants: &[String], report: &mut Report) {
             let message = format!("must match {TENANT_ID_PATTERN} (got {})", shown(tenant));
             report.push(format!("{key}[{i}]"), message);
         }
+    }
+}
+
+/// A cluster meets on NATS, so it needs a URL. The node id is checked as written; when it
+/// is empty the host name stands in, and is checked only where it is used (NATS on or
+/// the cluster enabled): a host whose name does not fit must not fail a config that never
+/// shows it.
+fn check_cluster(cluster: &ClusterConfig, nats: &NatsConfig, report: &mut Report) {
+    if cluster.enabled && !nats.enabled() {
+        let message = "true while nats.url is empty: the nodes of a cluster meet on NATS";
+        report.push("cluster.enabled", message);
+    }
+    let key = "cluster.node_id";
+    if !cluster.node_id.is_empty() {
+        if !is_node_id(&cluster.node_id) {
+            let shown = shown(&cluster.node_id);
+            report.push(key, format!("must match {NODE_ID_PATTERN} (got {shown})"));
+        }
+        return;
+    }
+    if !cluster.enabled && !nats.enabled() {
+        return;
+    }
+    match super::host_name() {
+        None => report.push(
+            key,
+            "empty, and the host name cannot be read to stand in for it; set a node id",
+        ),
+        Some(host) if !is_node_id(&host) => {
+            let message = format!(
+                "empty, and the host name {} that stands in for it does not match \
+                 {NODE_ID_PATTERN}; set a node id",
+                shown(&host)
+            );
+            report.push(key, message);
+        }
+        Some(_) => {}
     }
 }
 

@@ -27,6 +27,7 @@ pub mod fds;
 pub mod handoff;
 pub mod nats;
 mod nats_admin;
+pub mod nats_service;
 pub mod notify;
 pub mod pipeline;
 pub mod service;
@@ -104,6 +105,11 @@ pub struct ServerSettings {
     pub extensions_dir: PathBuf,
     /// `[nats]` when a URL is configured; `None` = NATS off.
     pub nats: Option<crate::config::NatsConfig>,
+    /// `cluster.node_id`, or the host name when it is empty: which node this is in the
+    /// NATS service API.
+    pub node_id: String,
+    /// `cluster.enabled`; for now only reported (the service API's `cluster` metadata).
+    pub cluster_enabled: bool,
     /// What a request may name in `assignment_subject` (checked with NATS on or off).
     pub assignment_subjects: subjects::AssignmentSubjects,
     /// The operations listener; `None` = off.
@@ -152,6 +158,8 @@ pub struct Shared {
     pub extension_calls: Box<[nats::ExtensionCalls]>,
     /// Per shard: its last heartbeat and stall mark, kept by the watchdog thread.
     pub heartbeats: Arc<Heartbeats>,
+    /// This process in the NATS service API (`$SRV.PING|INFO|STATS`).
+    pub service: nats_service::Identity,
 }
 
 impl Shared {
@@ -268,6 +276,12 @@ impl Server {
         );
         let watcher = Watcher::spawn(handle.clone(), Arc::clone(&store), settings.watch_interval)?;
         let budgets = BudgetFile::open(&settings.policies_dir, shard_count)?;
+        let service = nats_service::Identity::new(
+            &settings.node_id,
+            settings.cluster_enabled,
+            random_seed(),
+            crate::logging::now_unix_ms(),
+        );
         let shared = Arc::new(Shared {
             partition: Partitioner::new(shard_count),
             stats: (0..shard_count)
@@ -291,6 +305,7 @@ impl Server {
                 .collect(),
             registry: Arc::new(registry),
             heartbeats: Heartbeats::new(shard_count),
+            service,
             handle,
             admin,
             access,
@@ -638,6 +653,13 @@ impl ServerSettings {
             handoff_timeout: Duration::from_millis(s.handoff_timeout_ms),
             extensions_dir: s.extensions_dir.clone(),
             nats: config.nats.enabled().then(|| config.nats.clone()),
+            // Unreadable only with NATS off and no cluster (else the config is refused),
+            // where nothing shows it.
+            node_id: config
+                .cluster
+                .effective_node_id()
+                .unwrap_or_else(|| "unknown".to_owned()),
+            cluster_enabled: config.cluster.enabled,
             assignment_subjects: subjects::AssignmentSubjects::new(
                 &config.nats.assignment_subject,
                 &config.nats.assignment_subjects_allowed,

@@ -1,6 +1,7 @@
 //! The router on NATS (SPEC §2, §6, §8): each shard's own client subscribes, in queue
 //! groups, to decide requests, ExecResults, assignment acks and admin calls, so the server
-//! spreads messages over shards as SO_REUSEPORT spreads HTTP connections.
+//! spreads messages over shards as SO_REUSEPORT spreads HTTP connections. Shard 0 alone
+//! also answers the NATS service API (`nats_service`).
 //!
 //! A message is handled inside the client's connection task, synchronously, when it can
 //! be: a decision — for any tenant, on whichever shard's subject it arrived — is made and
@@ -175,6 +176,11 @@ fn subscribe_all(ctx: &Rc<ShardCtx>, client: &Client, config: &NatsConfig) -> Ve
             Ok(sid) => sids.push(sid),
             Err(e) => log::error!("nats: cannot subscribe to {subject}: {e}"),
         }
+    }
+    // One responder per process: every instance answers discovery, so one per shard
+    // would count this router once per shard.
+    if ctx.id.0 == 0 {
+        sids.extend(super::nats_service::subscribe(ctx, client));
     }
     sids
 }

@@ -250,3 +250,47 @@ fn ops_overrides() {
     assert_eq!(c.server.ops_listen, Some("10.0.0.1:9191".parse().unwrap()));
     assert!(applied(&[("SHARDLINE_SERVER_OPS_LISTEN", "x")]).is_err());
 }
+
+/// `[cluster]` is set like every other section; a bad boolean names its variable.
+#[test]
+fn cluster_overrides() {
+    let c = applied(&[
+        ("SHARDLINE_CLUSTER_ENABLED", "true"),
+        ("SHARDLINE_CLUSTER_NODE_ID", " edge-2 "),
+    ])
+    .unwrap();
+    assert!(c.cluster.enabled);
+    assert_eq!(c.cluster.node_id, "edge-2");
+    let c = applied(&[("SHARDLINE_CLUSTER_NODE_ID", "")]).unwrap();
+    assert_eq!(c.cluster.node_id, "", "empty = the host name");
+    let err = applied(&[
+        ("SHARDLINE_CLUSTER_ENABLED", "on"),
+        ("SHARDLINE_CLUSTER_NODEID", "x"),
+    ])
+    .unwrap_err();
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["SHARDLINE_CLUSTER_ENABLED", "SHARDLINE_CLUSTER_NODEID"]
+    );
+    assert!(err.problems()[0].message.contains("cluster.enabled"));
+    assert!(err.problems()[1]
+        .message
+        .starts_with("no setting cluster.nodeid"));
+}
+
+/// A node id from the environment is checked like one from the file.
+#[test]
+fn cluster_node_id_from_the_environment_is_validated() {
+    let dir = std::env::temp_dir().join(format!("shardline-env-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = Config::default();
+    config
+        .apply_env(vars(&[("SHARDLINE_CLUSTER_NODE_ID", "two words")]))
+        .unwrap();
+    config.resolve_paths(&dir);
+    let problems = config.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "cluster.node_id");
+    let _ = std::fs::remove_dir_all(&dir);
+}

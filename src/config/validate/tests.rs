@@ -483,3 +483,29 @@ fn cache_byte_bounds() {
         ]
     );
 }
+
+/// An empty node id stands for the host name, which is checked only where it is used (NATS
+/// on, or the cluster enabled); one written in the config is always checked.
+#[test]
+fn cluster_node_id_and_nats() {
+    assert!(problems_after(|c| c.cluster.node_id = "edge-1".into()).is_empty());
+    let p = problems_after(|c| c.cluster.node_id = "edge 1".into());
+    assert_eq!(
+        p,
+        ["cluster.node_id: must match ^[A-Za-z0-9_.-]{1,64}$ (got \"edge 1\")"]
+    );
+    let p = problems_after(|c| c.cluster.enabled = true);
+    assert_eq!(
+        p,
+        ["cluster.enabled: true while nats.url is empty: the nodes of a cluster meet on NATS"]
+    );
+    let with_nats = |c: &mut Config| {
+        c.nats.url = NatsUrls::new("nats://127.0.0.1:4222");
+        c.cluster.enabled = true;
+    };
+    // This host's name is a valid node id (the default stands).
+    assert!(is_node_id(&super::super::host_name().unwrap()));
+    assert!(problems_after(with_nats).is_empty());
+    assert!(is_node_id("a") && is_node_id("A-z_0.9") && !is_node_id(""));
+    assert!(!is_node_id("a:b") && !is_node_id(&"x".repeat(65)));
+}
