@@ -1038,12 +1038,16 @@ fn check_identity(answer: &Value, verb: &str, node_id: &str, shards: usize, clus
 
 /// `decide`'s entry in a STATS answer.
 fn decide_stats(stats: &Value) -> Value {
+    endpoint_stats(stats, "decide")
+}
+
+fn endpoint_stats(stats: &Value, name: &str) -> Value {
     stats["endpoints"]
         .as_array()
         .expect("endpoints")
         .iter()
-        .find(|e| e["name"] == "decide")
-        .expect("a decide endpoint")
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} endpoint: {stats}"))
         .clone()
 }
 
@@ -1182,6 +1186,58 @@ fn service_stats_count_decisions_over_nats() {
         count(&last, "num_requests"),
         count(&after, "num_requests") + 1,
         "{last}"
+    );
+
+    // An error answer is an error: a request for a policy acme does not have.
+    let reply = decide(&nc, "acme", "gold", "srv-404");
+    assert_eq!(reply.0, "404", "{}", reply.1);
+    let stats = service_answer(&nc, &stats_subject);
+    let now = decide_stats(&stats);
+    assert_eq!(
+        count(&now, "num_errors"),
+        count(&last, "num_errors") + 1,
+        "{now}"
+    );
+
+    // Results and admin calls over NATS are counted apart: two results (one asking for an
+    // answer, one refused without a reply subject) and one admin call refused for its
+    // token.
+    let (results0, admin0) = (
+        endpoint_stats(&stats, "results"),
+        endpoint_stats(&stats, "admin"),
+    );
+    let r = json!({"assignment_id": "as-srv-1", "request_id": "srv-1", "status": "success",
+        "provider_id": "openai", "latency_ms": 300, "cost": 0.01, "tenant_id": "acme"});
+    let m = nc
+        .request_timeout(RESULTS, r.to_string(), WAIT)
+        .expect("a reply to the result");
+    assert_eq!(header(&m, "status").as_deref(), Some("202"), "{}", body(&m));
+    nc.publish(RESULTS, "not json").expect("published");
+    let (status, _) = admin(&nc, "list_policies", Some("wrong-token"), json!({}));
+    assert_eq!(status, "401");
+    let mut stats = Value::Null;
+    wait_until("the results and the admin call are counted", WAIT, || {
+        stats = service_answer(&nc, &stats_subject);
+        count(&endpoint_stats(&stats, "results"), "num_requests")
+            == count(&results0, "num_requests") + 2
+    });
+    let (results, admin_stats) = (
+        endpoint_stats(&stats, "results"),
+        endpoint_stats(&stats, "admin"),
+    );
+    assert_eq!(
+        count(&results, "num_errors"),
+        count(&results0, "num_errors") + 1,
+        "{results}"
+    );
+    assert!(count(&results, "processing_time") > count(&results0, "processing_time"));
+    assert_eq!(
+        count(&admin_stats, "num_requests"),
+        count(&admin0, "num_requests") + 1
+    );
+    assert_eq!(
+        count(&admin_stats, "num_errors"),
+        count(&admin0, "num_errors") + 1
     );
 }
 

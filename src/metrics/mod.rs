@@ -339,6 +339,12 @@ pub struct ShardMetrics {
     pub usage_events: Counter,
     /// Decide messages over NATS without a reply subject (not answerable).
     pub nats_no_reply: Counter,
+    /// Per NATS endpoint (`NatsEndpoint`): messages received (results and admin; decide
+    /// messages are `requests{transport="nats"}`), errors (error answers, status ≥ 400, and
+    /// results refused without a reply subject to tell), and the nanoseconds from receipt
+    /// to answer (results and admin that ask for one; decisions are timed by
+    /// `decision_latency`). What the NATS service API's STATS reports.
+    pub nats_endpoints: [NatsEndpointCounters; NATS_ENDPOINTS],
     /// Decide requests answered from the idempotency cache.
     pub idempotency_hits: Counter,
     breaker_transitions: [Counter; BREAKER_TRANSITIONS],
@@ -387,6 +393,7 @@ impl ShardMetrics {
             assignment_acks: Counter::new(),
             usage_events: Counter::new(),
             nats_no_reply: Counter::new(),
+            nats_endpoints: [const { NatsEndpointCounters::new() }; NATS_ENDPOINTS],
             idempotency_hits: Counter::new(),
             breaker_transitions: [const { Counter::new() }; BREAKER_TRANSITIONS],
             extension_calls: [const { Counter::new() }; EXTENSION_OUTCOMES],
@@ -446,3 +453,43 @@ impl ShardMetrics {
 
 #[cfg(test)]
 mod tests;
+
+/// The endpoints the router serves over NATS, as the service API names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsEndpoint {
+    Decide,
+    Results,
+    Admin,
+}
+
+pub const NATS_ENDPOINTS: usize = 3;
+
+impl NatsEndpoint {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One NATS endpoint's counters on one shard.
+#[derive(Debug)]
+pub struct NatsEndpointCounters {
+    pub received: Counter,
+    pub errors: Counter,
+    pub processing_ns: Counter,
+}
+
+impl NatsEndpointCounters {
+    pub const fn new() -> Self {
+        NatsEndpointCounters {
+            received: Counter::new(),
+            errors: Counter::new(),
+            processing_ns: Counter::new(),
+        }
+    }
+}
+
+impl Default for NatsEndpointCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -33,7 +33,7 @@ use crate::contract::{
 };
 use crate::decide::SessionNote;
 use crate::extensions::{CallOutcome, Registry};
-use crate::metrics::{Counter, ExtraMetric, ShedCause, Transport};
+use crate::metrics::{Counter, ExtraMetric, NatsEndpoint, ShedCause, Transport};
 use crate::shard::{self as core, Assigner, Step};
 use crate::transport::http::Stop;
 use crate::transport::nats::{Client, ClientOptions, ClientStats, HeaderBlock, Msg};
@@ -208,6 +208,27 @@ pub fn contract_headers<'a>(block: Option<HeaderBlock<'a>>) -> Headers<'a> {
     }
 }
 
+/// `answer`, counted for `endpoint` (the service API's STATS): an error when its status is
+/// 400 or more, and the time since `received_ns` (monotonic) when given.
+pub fn answer_for(
+    ctx: &Rc<ShardCtx>,
+    client: &Client,
+    reply: &str,
+    ids: &ReplyIds<'_>,
+    r: &Reply,
+    (endpoint, received_ns): (NatsEndpoint, Option<u64>),
+) {
+    let counters = &ctx.shared.metrics(ctx.id).nats_endpoints[endpoint.index()];
+    if r.status >= 400 {
+        counters.errors.inc();
+    }
+    if let Some(t0) = received_ns {
+        let took = ctx.shared.now().mono_ns.saturating_sub(t0);
+        counters.processing_ns.add(took);
+    }
+    answer(ctx, client, reply, ids, r);
+}
+
 /// Publishes an answer to `reply` with the contract headers, then any assignment.
 pub fn answer(ctx: &Rc<ShardCtx>, client: &Client, reply: &str, ids: &ReplyIds<'_>, r: &Reply) {
     let mut status = [0u8; 3];
@@ -353,7 +374,7 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let step = ctx.decide_step(&req, now, &mut body);
     if let Step::Answered(decided) = step {
         let reply = reply(decided, body);
-        answer(ctx, client, reply_to, &ids, &reply);
+        answer_for(ctx, client, reply_to, &ids, &reply, DECIDE);
         return ctx.return_answer_buf(reply.body);
     }
     ctx.return_answer_buf(body);
@@ -364,7 +385,7 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
             trace_id: req.trace_id.as_deref(),
         };
         let reply = super::shard::shed("too many NATS requests in flight on this shard", ids_shed);
-        return answer(ctx, client, reply_to, &ids, &reply);
+        return answer_for(ctx, client, reply_to, &ids, &reply, DECIDE);
     }
     let job = Job {
         route: Route::Decide,
@@ -413,7 +434,7 @@ fn answer_invalid(
         trace_id: tid.or(headers.trace_id),
         traceparent: headers.traceparent,
     };
-    answer(ctx, client, reply_to, &ids, &reply);
+    answer_for(ctx, client, reply_to, &ids, &reply, DECIDE);
 }
 
 /// A decision that must wait (`Step::CallStages` or `Step::NeedsOwner`): a task of its
@@ -437,7 +458,7 @@ fn decide_later(
             // `Answered` never waits; the stages run from the message's own copy.
             Step::CallStages | Step::Answered(_) => ctx.decide_job_stages(&job).await,
         };
-        answer(&ctx, &client, &to, &ids.reply_ids(), &reply);
+        answer_for(&ctx, &client, &to, &ids.reply_ids(), &reply, DECIDE);
         ctx.tasks.set(ctx.tasks.get() - 1);
     })
     .detach();
@@ -477,21 +498,37 @@ impl OwnedReplyIds {
     }
 }
 
+/// Decisions are counted, not timed, per answer: `decision_latency` times them.
+const DECIDE: (NatsEndpoint, Option<u64>) = (NatsEndpoint::Decide, None);
+
 /// An ExecResult (SPEC §6): to the tenant's owner, which feeds breakers and averages and
 /// publishes the usage event. Answered only when the message has a reply subject.
 fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let metrics = ctx.shared.metrics(ctx.id);
+    let counted = (NatsEndpoint::Results, Some(ctx.shared.now().mono_ns));
+    let counters = &metrics.nats_endpoints[NatsEndpoint::Results.index()];
+    counters.received.inc();
     let headers = contract_headers(msg.headers);
     let result = match ExecResult::decode(msg.payload, &headers) {
         Ok(result) => result,
         Err(err) => {
             metrics.results_rejected.inc();
+            if msg.reply.is_none() {
+                counters.errors.inc();
+            }
             log::warn!("nats: invalid ExecResult on {}: {err}", msg.subject);
             if let Some(reply_to) = msg.reply {
                 let mut body = Vec::new();
                 let answered = core::invalid(&err, &mut body);
                 let ids = ReplyIds::default();
-                answer(ctx, client, reply_to, &ids, &reply_of(answered, body));
+                answer_for(
+                    ctx,
+                    client,
+                    reply_to,
+                    &ids,
+                    &reply_of(answered, body),
+                    counted,
+                );
             }
             return;
         }
@@ -506,6 +543,9 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         ctx.shared
             .access
             .ignored(why, tenant, provider, now.mono_ns);
+        if msg.reply.is_none() {
+            counters.errors.inc();
+        }
         if let Some(reply_to) = msg.reply {
             let mut body = Vec::new();
             let code = crate::contract::ErrorCode::PolicyNotFound;
@@ -517,7 +557,7 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
                 body,
                 ..Reply::default()
             };
-            answer(ctx, client, reply_to, &ReplyIds::default(), &reply);
+            answer_for(ctx, client, reply_to, &ReplyIds::default(), &reply, counted);
         }
         return;
     }
@@ -526,7 +566,7 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         Step::Answered(decided) => {
             if let Some(reply_to) = msg.reply {
                 let reply = reply(decided, body);
-                answer(ctx, client, reply_to, &ReplyIds::default(), &reply);
+                answer_for(ctx, client, reply_to, &ReplyIds::default(), &reply, counted);
             }
             return;
         }
@@ -545,7 +585,14 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         metrics.shed(ShedCause::NatsFull).inc();
         if let Some(reply_to) = reply_to {
             let reply = super::shard::shed("too many NATS requests in flight", Ids::default());
-            answer(ctx, client, &reply_to, &ReplyIds::default(), &reply);
+            answer_for(
+                ctx,
+                client,
+                &reply_to,
+                &ReplyIds::default(),
+                &reply,
+                counted,
+            );
         }
         return;
     }
@@ -553,7 +600,14 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     glommio::spawn_local(async move {
         let reply = ctx.hand_off(owner_shard, job, Ids::default()).await;
         if let Some(reply_to) = reply_to {
-            answer(&ctx, &client, &reply_to, &ReplyIds::default(), &reply);
+            answer_for(
+                &ctx,
+                &client,
+                &reply_to,
+                &ReplyIds::default(),
+                &reply,
+                counted,
+            );
         }
         ctx.tasks.set(ctx.tasks.get() - 1);
     })

@@ -13,11 +13,12 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use super::handoff::Reply;
-use super::nats::{answer, ReplyIds};
+use super::nats::{answer_for, ReplyIds};
 use super::shard::{Ids, ShardCtx};
 use crate::admin::{AdminRequest, AdminResponse};
 use crate::contract::ErrorCode;
 use crate::extensions::{extension_health, pipeline_complexity};
+use crate::metrics::NatsEndpoint;
 use crate::policy::{is_policy_id, is_tenant_id};
 use crate::transport::nats::{Client, Msg};
 
@@ -46,6 +47,10 @@ pub fn on_admin(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         );
         return;
     };
+    let counted = (NatsEndpoint::Admin, Some(ctx.shared.now().mono_ns));
+    ctx.shared.metrics(ctx.id).nats_endpoints[NatsEndpoint::Admin.index()]
+        .received
+        .inc();
     let op = msg.subject.rsplit('.').next().unwrap_or("").to_owned();
     let header = msg.headers.and_then(|h| h.get("authorization"));
     let body = msg.payload.to_vec();
@@ -55,7 +60,7 @@ pub fn on_admin(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
             "too many NATS requests in flight on this shard",
             Ids::default(),
         );
-        return answer(ctx, client, reply_to, &ReplyIds::default(), &reply);
+        return answer_for(ctx, client, reply_to, &ReplyIds::default(), &reply, counted);
     }
     let (ctx, client, reply_to) = (Rc::clone(ctx), client.clone(), reply_to.to_owned());
     glommio::spawn_local(async move {
@@ -65,7 +70,14 @@ pub fn on_admin(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
             body: resp.body,
             ..Reply::default()
         };
-        answer(&ctx, &client, &reply_to, &ReplyIds::default(), &reply);
+        answer_for(
+            &ctx,
+            &client,
+            &reply_to,
+            &ReplyIds::default(),
+            &reply,
+            counted,
+        );
         ctx.tasks.set(ctx.tasks.get() - 1);
     })
     .detach();

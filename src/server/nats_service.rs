@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use super::nats::{ADMIN_QUEUE_GROUP, RESULT_QUEUE_GROUP};
 use super::shard::ShardCtx;
 use super::Shared;
-use crate::metrics::{HistogramSnapshot, ShedCause, Transport};
+use crate::metrics::{HistogramSnapshot, NatsEndpoint, ShedCause, Transport};
 use crate::transport::nats::{Client, Msg, PublishError};
 use shardline_core::decide::rng::Rng;
 
@@ -296,15 +296,30 @@ struct EndpointNumbers {
 ///   so this is the NATS share estimated from the mean over every transport;
 ///   `average_processing_time` is that mean.
 ///
-/// `results` and `admin`: 0 in every field. ExecResults are counted for HTTP and NATS
-/// together (`shardline_results_total` and its neighbours), admin calls only where they
-/// queue (`shardline_admin_queued_total`, both transports): neither says what came over
-/// NATS.
+/// `decide` errors also count its error answers (status ≥ 400: invalid requests,
+/// refusals, sheds), from `nats_endpoints` (`crate::metrics::NatsEndpointCounters`).
+///
+/// `results` and `admin`, from the same per-endpoint counters, kept for NATS alone:
+/// `num_requests` every message received on the subject; `num_errors` the error answers,
+/// and results refused (invalid, or naming no known tenant and provider) that had no reply
+/// subject to say so; `processing_time` from receipt to answer, for messages that asked
+/// for one (a result published without a reply subject is not timed).
 fn endpoint_stats(shared: &Shared, endpoint: &str) -> EndpointNumbers {
-    if endpoint != "decide" {
-        return EndpointNumbers::default();
-    }
     let mut numbers = EndpointNumbers::default();
+    let which = match endpoint {
+        "decide" => NatsEndpoint::Decide,
+        "results" => NatsEndpoint::Results,
+        _ => NatsEndpoint::Admin,
+    };
+    for shard in shared.stats.iter() {
+        let c = &shard.nats_endpoints[which.index()];
+        numbers.errors = numbers.errors.saturating_add(c.errors.get());
+        numbers.requests = numbers.requests.saturating_add(c.received.get());
+        numbers.processing_ns = numbers.processing_ns.saturating_add(c.processing_ns.get());
+    }
+    if which != NatsEndpoint::Decide {
+        return numbers;
+    }
     let mut latency = HistogramSnapshot::EMPTY;
     for shard in shared.stats.iter() {
         numbers.requests = numbers
