@@ -303,3 +303,23 @@ fn budget_spend_survives_kill_9_but_its_last_second() {
     let (status, logs) = router.stop();
     assert!(status.success(), "{}", logs.join("\n"));
 }
+
+/// A state file that does not parse stops the start with a message saying which file and
+/// what to do, rather than serving with every budget forgotten.
+#[test]
+fn an_unreadable_state_file_stops_the_start() {
+    let _serial = serial();
+    let dir = config_dir("budgets-bad-file", "");
+    write_policy(&dir, "acme", "budgeted", BUDGETED);
+    let file = dir.0.join("policies.budgets.json");
+    std::fs::write(&file, b"{\"version\":1,\"shards\":[{\"ledgers\":7").unwrap();
+    let err = match shardline::server::Server::start(settings(&dir)) {
+        Ok(server) => {
+            server.stop().unwrap();
+            panic!("started over a broken state file");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("policies.budgets.json"), "{err}");
+    assert!(err.contains("move it away"), "{err}");
+}

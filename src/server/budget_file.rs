@@ -106,10 +106,12 @@ impl BudgetFile {
             stop: AtomicBool::new(false),
             writer: Mutex::new(None),
         });
-        let writer = Arc::clone(&file);
+        // A weak handle: a router whose start failed later, dropped without `finish`,
+        // drops its file, whose `Drop` wakes the writer to find it gone and end.
+        let writer = Arc::downgrade(&file);
         let handle = std::thread::Builder::new()
             .name("budget-file".into())
-            .spawn(move || writer.run())?;
+            .spawn(move || BudgetFile::run(&writer))?;
         *file.writer.lock().expect("not poisoned") = Some(handle);
         Ok(file)
     }
@@ -134,13 +136,20 @@ impl BudgetFile {
 
     /// Sleeps until a snapshot comes (an idle router's writer never wakes), then writes
     /// at most every `WRITE_EVERY`.
-    fn run(&self) {
-        while !self.stop.load(Ordering::Acquire) {
+    fn run(file: &std::sync::Weak<BudgetFile>) {
+        loop {
             std::thread::park();
-            if self.dirty.swap(false, Ordering::AcqRel) {
-                if let Err(e) = self.write(false) {
-                    log::warn!("budgets: writing {}: {e}", self.path.display());
+            let Some(file) = file.upgrade() else {
+                return;
+            };
+            if file.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if file.dirty.swap(false, Ordering::AcqRel) {
+                if let Err(e) = file.write(false) {
+                    log::warn!("budgets: writing {}: {e}", file.path.display());
                 }
+                drop(file);
                 std::thread::sleep(WRITE_EVERY);
             }
         }
@@ -192,6 +201,15 @@ impl BudgetFile {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for BudgetFile {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.writer.get_mut().ok().and_then(Option::take) {
+            handle.thread().unpark();
+        }
     }
 }
 
