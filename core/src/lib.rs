@@ -10,6 +10,7 @@
 //! in a deterministic simulation alone.
 
 pub mod answer;
+pub mod civil;
 pub mod contract;
 pub mod decide;
 pub mod extensions;

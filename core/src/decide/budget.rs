@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use super::condition::session_bytes;
 use super::rendezvous::StableHash;
+use crate::civil::{civil_from_days, days_from_civil};
 use crate::contract::Scalar;
 use crate::policy::{Budget, BudgetScope, BudgetWindow, Policy, BUDGETS_PER_POLICY_MAX};
 
@@ -73,32 +74,6 @@ pub fn window_bounds(kind: BudgetWindow, unix_ms: u64) -> (u64, u64) {
             )
         }
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
-/// algorithm, for days ≥ 0).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
-}
-
-/// The inverse of `civil_from_days`, for years ≥ 1970.
-fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// One window's spend in one ledger.
@@ -631,16 +606,6 @@ mod tests {
         let (s, e) = window_bounds(BudgetWindow::CalendarMonth, feb_2028);
         assert_eq!(e - s, 29 * DAY_MS);
         assert_eq!(window_bounds(BudgetWindow::CalendarMonth, e - 1), (s, e));
-    }
-
-    #[test]
-    fn civil_dates_round_trip() {
-        for days in (0..200_000).step_by(7) {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(JAN_31_2026 / DAY_MS), (2026, 1, 31));
     }
 
     #[test]

@@ -46,7 +46,8 @@ impl DateCache {
 pub(crate) fn imf_fixdate(unix_s: u64) -> [u8; IMF_FIXDATE_BYTES] {
     let days = unix_s / SECONDS_PER_DAY;
     let secs_of_day = unix_s % SECONDS_PER_DAY;
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = shardline_core::civil::civil_from_days(days);
+    let (month, day) = (u64::from(month), u64::from(day));
     let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
     out[..3].copy_from_slice(DAY_NAMES[(days % 7) as usize]);
     two_digits(&mut out[5..7], day);
@@ -63,20 +64,6 @@ pub(crate) fn imf_fixdate(unix_s: u64) -> [u8; IMF_FIXDATE_BYTES] {
 fn two_digits(out: &mut [u8], n: u64) {
     out[0] = b'0' + (n / 10) as u8;
     out[1] = b'0' + (n % 10) as u8;
-}
-
-/// Days since 1970-01-01 to (year, month 1..=12, day 1..=31) (H. Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
