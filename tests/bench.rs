@@ -16,7 +16,7 @@ use support::bench::{
     assert_counts_add_up, assert_spectrum, assert_timeline, bench, bench_exit, count,
 };
 use support::process::{RouterProcess, EXIT_WITHIN};
-use support::{config_dir, serial, settings, start, TempDir};
+use support::{config_dir, serial, settings, start, without_acme_rate_limits, TempDir};
 
 /// Every field `src/bench/mod.rs` documents for an embedded open-loop run is in the report
 /// (the perf gate and the Markdown summary read them by name).
@@ -277,12 +277,7 @@ fn learns_the_tenants_of_the_target() {
     // Every request must be answered: acme's bundled rate limit is taken out, since 300
     // req/s stays under it but a loaded machine can leave a shard's lease cold for long
     // enough to shed a few requests as `rate_limited`.
-    for file in ["acme/default.json", "acme/premium.json"] {
-        let path = dir.0.join("policies").join(file);
-        let mut policy: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        policy.as_object_mut().unwrap().remove("rate_limit");
-        std::fs::write(&path, policy.to_string()).unwrap();
-    }
+    without_acme_rate_limits(&dir);
     let server = start(settings(&dir));
     let target = format!("http://{}", server.local_addr());
     let out = dir.0.join("report.json");

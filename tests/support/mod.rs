@@ -266,6 +266,20 @@ pub fn write_policy(dir: &TempDir, tenant: &str, id: &str, doc: &str) {
     std::fs::write(t.join(format!("{id}.json")), doc).unwrap();
 }
 
+/// Takes the bundled rate limit out of acme's policies in a config dir. For tests that
+/// must see every request decided: on a loaded machine a shard's lease can stay cold long
+/// enough to answer a few `rate_limited` well under the limit (docs/API.md, "State across
+/// shards").
+pub fn without_acme_rate_limits(dir: &TempDir) {
+    for file in ["acme/default.json", "acme/premium.json"] {
+        let path = dir.0.join("policies").join(file);
+        let mut policy: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        policy.as_object_mut().unwrap().remove("rate_limit");
+        std::fs::write(&path, policy.to_string()).unwrap();
+    }
+}
+
 pub const SIMPLE_POLICY: &str = r#"{"version":"1.0","providers":[{"name":"openai","weight":60},{"name":"anthropic","weight":40}]}"#;
 
 /// Shards a server with `cores = "all"` runs: one per usable core.
