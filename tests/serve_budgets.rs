@@ -323,3 +323,49 @@ fn an_unreadable_state_file_stops_the_start() {
     assert!(err.contains("policies.budgets.json"), "{err}");
     assert!(err.contains("move it away"), "{err}");
 }
+
+/// A gateway's retry of one request on another provider, with results that carry no
+/// assignment id: each result settles its own call; neither is taken for a duplicate.
+#[test]
+fn a_retry_on_another_provider_settles_apart() {
+    const TWO: &str = r#"{"version":"1.0",
+    "providers":[{"name":"p1","weight":50,"cost":1.0},{"name":"p2","weight":50,"cost":1.0}],
+    "budgets":[{"scope":"tenant","window":"1d","max_cost":100.0}]}"#;
+    let _serial = serial();
+    let dir = config_dir("budgets-retry", "");
+    write_policy(&dir, "acme", "budgeted", TWO);
+    let server = start(settings(&dir));
+    let addr = server.local_addr();
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    for provider in ["p1", "p2"] {
+        let body = json!({"request_id": "g-1", "tenant_id": "acme", "policy_id": "budgeted",
+            "task": {"type": "chat", "payload_ref": "p"}, "constraints": {"only": [provider]}});
+        let resp = Client::connect(addr).request(
+            "POST",
+            "/v1/decide",
+            &[],
+            &serde_json::to_vec(&body).unwrap(),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.json());
+    }
+    for provider in ["p1", "p2"] {
+        let result = json!({"request_id": "g-1", "status": "success", "provider_id": provider,
+            "tenant_id": "acme", "latency_ms": 10, "cost": 0.5});
+        let resp = Client::connect(addr).request(
+            "POST",
+            "/v1/results",
+            &[("Authorization", &auth)],
+            &serde_json::to_vec(&result).unwrap(),
+        );
+        assert_eq!(resp.status, 202, "{provider}: {}", resp.json());
+        assert_eq!(resp.json()["duplicate"], false);
+    }
+    let row = tenant_row(&budgets(addr));
+    assert_eq!(
+        row["spent"],
+        json!({"requests": 2, "cost": 1.0, "tokens": 0}),
+        "{row}"
+    );
+    assert_eq!(row["reserved"]["requests"], 0, "{row}");
+    server.stop().unwrap();
+}

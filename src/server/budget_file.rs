@@ -145,7 +145,7 @@ impl BudgetFile {
             if file.stop.load(Ordering::Acquire) {
                 return;
             }
-            if file.dirty.swap(false, Ordering::AcqRel) {
+            if file.ready() && file.dirty.swap(false, Ordering::AcqRel) {
                 if let Err(e) = file.write(false) {
                     log::warn!("budgets: writing {}: {e}", file.path.display());
                 }
@@ -157,16 +157,42 @@ impl BudgetFile {
 
     /// Stops the writer and writes the last snapshots, fsynced: call after every shard
     /// handed its final one.
+    /// Always written when any shard handed a snapshot, dirty or not: the writer thread
+    /// may have written the last ones already, without an fsync.
     pub fn finish(&self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Release);
         if let Some(handle) = self.writer.lock().expect("not poisoned").take() {
             handle.thread().unpark();
             let _ = handle.join();
         }
-        if self.dirty.swap(false, Ordering::AcqRel) {
+        let any = self
+            .slots
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .any(Option::is_some);
+        if any && self.ready() {
             self.write(true)?;
         }
         Ok(())
+    }
+
+    /// Whether a file may be written: when the file held budgets at start, only once every
+    /// shard has handed its snapshot (each does at restore), so that the tenants of a
+    /// shard not started yet are never written out of the file.
+    fn ready(&self) -> bool {
+        !self.restored_any()
+            || self
+                .slots
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .all(Option::is_some)
+    }
+
+    /// The file held budgets at start: every shard must hand a snapshot at restore.
+    pub fn restored_any(&self) -> bool {
+        !(self.restored.ledgers.is_empty() && self.restored.reservations.is_empty())
     }
 
     fn write(&self, sync: bool) -> anyhow::Result<()> {

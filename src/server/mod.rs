@@ -389,10 +389,12 @@ impl Server {
         if let Some(w) = self.watcher.take() {
             w.stop();
         }
-        self.runtime.stop()?;
-        // Every shard handed its last snapshot as it stopped.
-        self.shared.budgets.finish()?;
-        Ok(())
+        let stopped = self.runtime.stop();
+        // Every shard handed its last snapshot as it stopped; written (fsynced) even when
+        // the stop went wrong, since what the shards handed over is still good.
+        let written = self.shared.budgets.finish();
+        stopped?;
+        written
     }
 }
 

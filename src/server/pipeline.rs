@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+use shards::ShardId;
 
 use super::handoff::{Job, Reply};
-use super::shard::{borrowed, reply, ShardCtx};
+use super::shard::{borrowed, reply, Ids, ShardCtx};
 use super::stats::Count;
 use crate::contract::{decode_decide, DecideRequest};
 use crate::decide::{admit, DecideError, Decision, Now, StageOutcome};
@@ -57,10 +58,13 @@ impl ShardCtx {
                 match self.decide_step(&req, now, &mut body) {
                     Step::Answered(decided) => decided,
                     Step::CallStages => self.decide_stages(&req, &mut body).await,
-                    Step::NeedsOwner { owner } => panic!(
-                        "a job with stages for tenant {} of shard {owner} on shard {}",
-                        job.tenant, self.id
-                    ),
+                    // A table adopted since the job was taken made the policy one its
+                    // owner decides (budgets, a provider `rpm`): it goes there now.
+                    Step::NeedsOwner { owner } => {
+                        return self
+                            .hand_off(ShardId(owner), job.clone(), Ids::default())
+                            .await
+                    }
                 }
             }
             Err(err) => Decided {

@@ -97,9 +97,9 @@ impl ShardCtx {
             );
         }
         let changes = core.state().budget_changes();
-        if ledgers + reservations > 0 {
-            // At once: the writer joins every shard's latest snapshot, and one not handed
-            // over yet would be missing from the next file.
+        if self.shared.budgets.restored_any() {
+            // At once, even empty: the writer joins every shard's latest snapshot and
+            // waits for all of them, so a shard not started yet never loses its tenants.
             let saved = core
                 .state()
                 .save_budgets(table.table(), self.shared.now().unix_ms);

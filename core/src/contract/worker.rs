@@ -528,7 +528,8 @@ impl ExecResult {
     }
 
     /// The key duplicates are recognised by (SPEC §6): the assignment id, else the
-    /// request id.
+    /// request id (with the provider: `shard::ShardCore` adds it, so a retry of one
+    /// request on another provider is not taken for a duplicate).
     pub fn dedup_key(&self) -> &str {
         let key = self.assignment_id.as_deref().or(self.request_id.as_deref());
         key.expect("decode ensures one of the ids")

@@ -50,6 +50,8 @@ pub const RESERVATION_TTL_MS: u64 = 15 * 60_000;
 pub const RESERVATIONS_MAX: usize = 65_536;
 /// Values one `metadata.<key>` budget counts at once on its owner.
 pub const SCOPE_VALUES_MAX: usize = 4_096;
+/// The most one call may count (reserved or settled): `max_cost`'s own bound.
+pub const SPEND_MAX: f64 = crate::policy::BUDGET_COST_MAX;
 /// Windows a ledger keeps: more `1m` windows than a reservation lives.
 pub const WINDOWS_KEPT: usize = 17;
 
@@ -110,8 +112,15 @@ impl WindowSpend {
         self.tokens.saturating_add(self.reserved_tokens)
     }
 
-    /// One reservation leaves: its reserved part goes, `cost`/`tokens` are settled.
+    /// One reservation leaves: its reserved part goes, `cost`/`tokens` are settled. A cost
+    /// that is not a finite number up to `SPEND_MAX` (a result's `1e308`) counts as
+    /// `SPEND_MAX`: sums stay finite, so the state file stays readable.
     fn settle(&mut self, reserved: (f64, u64), cost: f64, tokens: u64) {
+        let cost = if cost.is_finite() {
+            cost.clamp(0.0, SPEND_MAX)
+        } else {
+            SPEND_MAX
+        };
         self.open = self.open.saturating_sub(1);
         if self.open == 0 {
             // Exactly zero, not the float residue of adding and taking away.
@@ -367,21 +376,37 @@ pub fn admit(
     Ok((room.applied != 0).then_some(room))
 }
 
-/// The refusal when only budgets left no candidate: the budget with the least room.
-pub fn refusal(policy: &Policy, books: &[BudgetBook], room: &Room, now_ms: u64) -> Exceeded {
+/// The refusal when only budgets left no candidate: the budget with the least room for
+/// the measure that excluded them — tokens when some provider (expected `figures`: cost,
+/// tokens) fits the cost left but not the tokens, else cost.
+pub fn refusal(
+    policy: &Policy,
+    books: &[BudgetBook],
+    room: &Room,
+    mut figures: impl Iterator<Item = (f64, f64)>,
+    now_ms: u64,
+) -> Exceeded {
+    let tokens_bind = room.tightest_tokens.is_some()
+        && (room.tightest_cost.is_none()
+            || figures.any(|(cost, tokens)| cost <= room.cost && tokens > room.tokens));
     let (i, measure) = match (room.tightest_cost, room.tightest_tokens) {
+        (_, Some(i)) if tokens_bind => (i, "tokens"),
         (Some(i), _) => (i, "cost"),
         (None, Some(i)) => (i, "tokens"),
-        (None, None) => unreachable!("no budget limits cost or tokens, so none excluded"),
+        // Nothing limits cost or tokens, so no provider was out for them; say requests.
+        (None, None) => (0, "requests"),
     };
     let budget = &policy.budgets[i];
-    let ledger = &books[i].ledgers[&room.scopes[i]];
+    let empty = Ledger::default();
+    let ledger = books[i].ledgers.get(&room.scopes[i]).unwrap_or(&empty);
     let w = ledger.peek(budget.window, now_ms);
-    let (limit, spent) = if measure == "cost" {
-        (budget.max_cost.unwrap_or(0.0), w.committed_cost())
-    } else {
-        let max = budget.max_tokens.unwrap_or(0);
-        (max as f64, w.committed_tokens() as f64)
+    let (limit, spent) = match measure {
+        "cost" => (budget.max_cost.unwrap_or(0.0), w.committed_cost()),
+        "tokens" => {
+            let max = budget.max_tokens.unwrap_or(0);
+            (max as f64, w.committed_tokens() as f64)
+        }
+        _ => (budget.max_requests.unwrap_or(0) as f64, w.requests as f64),
     };
     exceeded(budget, &ledger.value, &w, measure, limit, spent)
 }
@@ -389,7 +414,8 @@ pub fn refusal(policy: &Policy, books: &[BudgetBook], room: &Room, now_ms: u64) 
 /// A decision's reservation, waiting for its result.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Reservation {
-    /// The policy among peers and restarts (`sync::policy_key`).
+    /// The policy among peers, restarts and reloads: a fixed hash of (tenant, policy id)
+    /// (`rendezvous::policy_key`), which a change of its providers leaves alone.
     pub policy: u64,
     pub decided_ms: u64,
     pub expires_ms: u64,
@@ -400,6 +426,9 @@ pub struct Reservation {
     pub count: u32,
     /// Per counting budget: (`budget_id`, scope value hash).
     pub budgets: [(u64, u64); BUDGETS_PER_POLICY_MAX],
+    /// Per counting budget: the start of the window the decision was counted in (not
+    /// recomputed from `decided_ms`: a clock stepped back counts in the newest window).
+    pub starts: [u64; BUDGETS_PER_POLICY_MAX],
     pub applied: u8,
 }
 
@@ -414,6 +443,9 @@ pub struct Reservations {
     pub unmatched: u64,
     /// A result's window had been dropped (a policy changed its budgets meanwhile).
     pub lost: u64,
+    /// Reservations taken apart by a decision of another policy under the same key, to
+    /// settle at their reserved figure with the table (`ShardState::expire_reservations`).
+    pub deferred: Vec<Reservation>,
 }
 
 impl Reservations {
@@ -424,6 +456,7 @@ impl Reservations {
             expired: 0,
             unmatched: 0,
             lost: 0,
+            deferred: Vec::new(),
         }
     }
 
@@ -464,22 +497,14 @@ impl Reservations {
         }
     }
 
-    /// Takes the whole reservation of `key` when the next decision `r` of that key, of
-    /// the same `policy`, cannot join it: it was counted in other windows or ledgers. (A
-    /// result settles every decision of a key where the first one was counted.)
-    pub fn take_apart(
-        &mut self,
-        policy: &Policy,
-        key: u64,
-        r: &Reservation,
-    ) -> Option<Reservation> {
-        let old = self.by_key.get(&key).filter(|old| old.policy == r.policy)?;
-        let start = |b: &Budget, ms| window_bounds(b.window, ms).0;
-        let joins = (old.applied, old.budgets) == (r.applied, r.budgets)
-            && policy
-                .budgets
-                .iter()
-                .all(|b| start(b, old.decided_ms) == start(b, r.decided_ms));
+    /// Takes the whole reservation of `key` when the next decision `r` of that key cannot
+    /// join it: it was counted in other windows or ledgers, or is another policy's (the
+    /// same request id and provider there). A result settles every decision of a key where
+    /// the first one was counted, so they must agree.
+    pub fn take_apart(&mut self, key: u64, r: &Reservation) -> Option<Reservation> {
+        let old = self.by_key.get(&key)?;
+        let joins = old.policy == r.policy
+            && (old.applied, old.budgets, old.starts) == (r.applied, r.budgets, r.starts);
         if joins {
             return None;
         }
@@ -529,27 +554,42 @@ pub fn reservation_key(tenant: &str, request_id: &str, provider: &str) -> u64 {
 }
 
 /// Counts one decision and its reservation in every budget that counts it.
+/// Returns, per budget that counted it, (`budget_id`, scope) and the window's start, and
+/// the budgets that did (a ledger gone since `admit` counts nothing: `admit` and `reserve`
+/// run in one call, so only a caller that let other requests in between loses it).
 pub fn reserve(
     policy: &Policy,
     books: &mut [BudgetBook],
     room: &Room,
     (cost, tokens): (f64, u64),
     now_ms: u64,
-) -> [(u64, u64); BUDGETS_PER_POLICY_MAX] {
-    let mut ids = [(0, 0); BUDGETS_PER_POLICY_MAX];
+) -> Counted {
+    let mut counted = Counted::default();
     for (i, (budget, book)) in policy.budgets.iter().zip(books.iter_mut()).enumerate() {
         if room.applied & (1 << i) == 0 {
             continue;
         }
-        let ledger = book.ledgers.get_mut(&room.scopes[i]).expect("admitted");
+        let Some(ledger) = book.ledgers.get_mut(&room.scopes[i]) else {
+            continue;
+        };
         let w = ledger.current(budget.window, now_ms);
         w.requests += 1;
         w.open += 1;
         w.reserved_cost += cost;
         w.reserved_tokens = w.reserved_tokens.saturating_add(tokens);
-        ids[i] = (budget_id(budget), room.scopes[i]);
+        counted.budgets[i] = (budget_id(budget), room.scopes[i]);
+        counted.starts[i] = w.start_ms;
+        counted.applied |= 1 << i;
     }
-    ids
+    counted
+}
+
+/// Where `reserve` counted a decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub budgets: [(u64, u64); BUDGETS_PER_POLICY_MAX],
+    pub starts: [u64; BUDGETS_PER_POLICY_MAX],
+    pub applied: u8,
 }
 
 /// Replaces one decision's reservation with what it spent, in the window it was made in.
@@ -571,8 +611,10 @@ pub fn settle(
             found = false;
             continue;
         };
-        let start = window_bounds(policy.budgets[j].window, r.decided_ms).0;
-        let window = books[j].ledgers.get_mut(&scope).and_then(|l| l.at(start));
+        let window = books[j]
+            .ledgers
+            .get_mut(&scope)
+            .and_then(|l| l.at(r.starts[i]));
         let Some(w) = window else {
             found = false;
             continue;
@@ -664,6 +706,7 @@ mod tests {
             tokens: 0,
             count: 1,
             budgets: [(0, 0); BUDGETS_PER_POLICY_MAX],
+            starts: [0; BUDGETS_PER_POLICY_MAX],
             applied: 1,
         };
         let mut rs = Reservations::new(7);
@@ -815,7 +858,7 @@ impl super::ShardState {
         r: &Reservation,
         spent: (Option<f64>, Option<u64>),
     ) {
-        let Some(&slot) = self.by_key.get(&r.policy) else {
+        let Some(&slot) = self.by_name.get(&r.policy) else {
             self.reservations.lost += 1;
             return;
         };
@@ -829,6 +872,10 @@ impl super::ShardState {
     /// Settles, at their reserved figures, the reservations whose results did not come
     /// in `RESERVATION_TTL_MS`, and the oldest beyond `RESERVATIONS_MAX`.
     pub fn expire_reservations(&mut self, table: &crate::policy::RoutingTable, now_ms: u64) {
+        for r in std::mem::take(&mut self.reservations.deferred) {
+            self.settle_reservation(table, &r, (None, None));
+            self.budget_changes += 1;
+        }
         while let Some(r) = self.reservations.pop_due(now_ms) {
             self.settle_reservation(table, &r, (None, None));
             self.budget_changes += 1;
@@ -931,7 +978,7 @@ impl super::ShardState {
         }
         for (key, r) in &saved.reservations {
             let owned = self
-                .by_key
+                .by_name
                 .get(&r.policy)
                 .is_some_and(|&slot| self.policies[slot as usize].owner == self.placement.me);
             if owned {

@@ -605,3 +605,173 @@ fn reports_cost(shard: &Shard, unix_ms: u64) -> f64 {
     let reports = shard.state.budget_reports(&shard.table, "acme", unix_ms);
     reports.last().expect("a report").spent.cost
 }
+
+/// The tenant budget's (requests, committed cost) and (open, reserved cost) at `unix_ms`.
+fn tenant_figures(shard: &Shard, unix_ms: u64) -> (Spent, Spent) {
+    let reports = shard.state.budget_reports(&shard.table, "acme", unix_ms);
+    let r = reports
+        .iter()
+        .find(|r| r.scope == "tenant")
+        .expect("a tenant row");
+    (r.spent, r.reserved)
+}
+
+/// A reload that adds a provider keeps the open reservations settleable: they are keyed
+/// by (tenant, policy id), not by the provider list.
+#[test]
+fn a_reload_that_adds_a_provider_keeps_reservations_settleable() {
+    let budget = r#"{"scope":"tenant","window":"1h","max_cost":100}"#;
+    let mut shard = shard(&dear_only(budget));
+    let t = T0 + 1_000;
+    for id in ["r-1", "r-2"] {
+        assert_eq!(pick(&mut shard, &req(id, None), t).unwrap(), "dear");
+    }
+    let json = format!(
+        r#"{{"version":"1.0","providers":[{{"name":"dear","weight":100,"cost":1.0}},{{"name":"cheap","weight":0,"cost":0.1}}],"budgets":[{budget}]}}"#
+    );
+    let new = RoutingTable::from_policies(vec![parsed(&json)]).expect("table");
+    shard.state.adopt(&shard.table, &new, at(t).mono_ns);
+    shard.table = new;
+    assert!(settle(&mut shard, "r-1", "dear", 0.5));
+    assert!(settle(&mut shard, "r-2", "dear", 0.5));
+    let (spent, reserved) = tenant_figures(&shard, t);
+    assert_eq!((spent.requests, spent.cost), (2, 1.0));
+    assert_eq!(
+        (reserved.requests, reserved.cost),
+        (0, 0.0),
+        "nothing left open"
+    );
+}
+
+/// Extension stages run between admission and selection, and other requests are decided
+/// meanwhile: selection reads the budget again, so two requests admitted together do not
+/// both pass a limit of one.
+#[test]
+fn selection_after_stages_reads_the_budget_again() {
+    let json = r#"{"version":"1.0","providers":[{"name":"dear","weight":100,"cost":1.0}],
+        "pre":[{"id":"enrich","mode":"optional"}],
+        "budgets":[{"scope":"tenant","window":"1h","max_requests":1}]}"#;
+    let mut shard = shard(json);
+    let t = T0 + 1_000;
+    let (a, b) = (req("r-a", None), req("r-b", None));
+    let mut pa = pipeline::admit(&shard.table, &mut shard.state, &a, at(t)).expect("admitted");
+    let mut pb = pipeline::admit(&shard.table, &mut shard.state, &b, at(t)).expect("admitted");
+    for p in [&mut pa, &mut pb] {
+        for stage in p.stages(crate::policy::StageKind::Pre) {
+            p.apply(stage, StageOutcome::Unavailable).expect("optional");
+        }
+    }
+    pa.select(&mut shard.state, &a, at(t))
+        .expect("the first fits");
+    let err = pb
+        .select(&mut shard.state, &b, at(t))
+        .expect_err("the second is over the limit");
+    assert_eq!(err.code(), ErrorCode::BudgetExceeded, "{err}");
+    assert_eq!(tenant_figures(&shard, t).0.requests, 1);
+}
+
+/// The same request id and provider decided under two policies of the tenant: the first
+/// policy's reservation is settled at its reserved figure, the second's by the result;
+/// neither stays open, neither is settled twice.
+#[test]
+fn one_request_id_under_two_policies_leaves_nothing_open() {
+    let doc = dear_only(r#"{"scope":"tenant","window":"1h","max_cost":100}"#);
+    let policy = |id: &str| parse_policy("acme", id, "test.json", doc.as_bytes()).unwrap();
+    let table = RoutingTable::from_policies(vec![policy("a"), policy("b")]).expect("table");
+    let mut state = ShardState::new(&table, StateConfig::default(), 0);
+    let t = T0 + 1_000;
+    for id in ["a", "b"] {
+        let mut r = req("same", None);
+        r.policy_id = Cow::Borrowed(id);
+        decide(&table, &mut state, &r, at(t)).expect("decided");
+    }
+    state.expire_reservations(&table, t);
+    let call = ("acme", Some("same"), "dear");
+    assert!(state.settle_budget(&table, call, (Some(0.25), None)));
+    assert!(!state.settle_budget(&table, call, (Some(0.25), None)));
+    let reports = state.budget_reports(&table, "acme", t);
+    let by_policy: Vec<_> = reports
+        .iter()
+        .map(|r| (&*r.policy_id, r.spent.cost, r.reserved.requests))
+        .collect();
+    assert_eq!(by_policy, [("a", 1.0, 0), ("b", 0.25, 0)]);
+}
+
+/// A wall clock stepped back counts the decision in the newest window, and its result
+/// settles it there.
+#[test]
+fn a_decision_under_a_clock_stepped_back_settles() {
+    let mut shard = shard(&dear_only(
+        r#"{"scope":"tenant","window":"1m","max_cost":100}"#,
+    ));
+    let t = T0 + MINUTE_MS + 1_000;
+    assert_eq!(pick(&mut shard, &req("r-1", None), t).unwrap(), "dear");
+    assert_eq!(
+        pick(&mut shard, &req("r-2", None), t - MINUTE_MS).unwrap(),
+        "dear"
+    );
+    assert!(settle(&mut shard, "r-2", "dear", 0.5));
+    let (spent, reserved) = tenant_figures(&shard, t);
+    assert_eq!((spent.requests, spent.cost), (2, 1.5));
+    assert_eq!(
+        (reserved.requests, reserved.cost),
+        (1, 1.0),
+        "only r-1 open"
+    );
+}
+
+/// A result's cost past any budget (`1e308`) counts as the largest spend one call may
+/// count: the sums stay finite and the saved state reads back.
+#[test]
+fn an_absurd_cost_keeps_the_ledger_finite() {
+    let mut shard = shard(&dear_only(
+        r#"{"scope":"tenant","window":"1h","max_cost":100}"#,
+    ));
+    let t = T0 + 1_000;
+    for id in ["r-1", "r-2"] {
+        assert_eq!(pick(&mut shard, &req(id, None), t).unwrap(), "dear");
+    }
+    for id in ["r-1", "r-2"] {
+        assert!(settle(&mut shard, id, "dear", 1e308));
+    }
+    let (spent, _) = tenant_figures(&shard, t);
+    assert_eq!(spent.cost, 2.0 * budget::SPEND_MAX);
+    let saved = shard.state.save_budgets(&shard.table, t);
+    let text = serde_json::to_string(&saved).expect("saved");
+    let back: budget::Saved = serde_json::from_str(&text).expect("reads back");
+    assert_eq!(back, saved);
+}
+
+/// When a provider fits the cost left but not the tokens, the refusal names tokens.
+#[test]
+fn a_refusal_for_tokens_says_tokens() {
+    let json = r#"{"version":"1.0","providers":[{"name":"dear","weight":100,"cost":1.0}],
+        "budgets":[{"scope":"tenant","window":"1h","max_cost":100,"max_tokens":1000}]}"#;
+    let mut shard = shard(json);
+    let t = T0 + 1_000;
+    assert_eq!(pick(&mut shard, &req("r-1", None), t).unwrap(), "dear");
+    // The result as the shard core feeds it: the provider's averages, then the budget.
+    let observed = Observed {
+        outcome: Some(Outcome::Success),
+        latency_ms: Some(100.0),
+        cost: Some(1.0),
+    };
+    let signal = LimitSignal {
+        tokens: Some(900),
+        rate_limited: false,
+    };
+    let table = &shard.table;
+    shard
+        .state
+        .record_result_with(table, "acme", "dear", (observed, signal), at(t).mono_ns);
+    let call = ("acme", Some("r-1"), "dear");
+    assert!(shard
+        .state
+        .settle_budget(table, call, (Some(1.0), Some(900))));
+    // dear now expects 900 tokens a call: 100 are left.
+    let refusal = refused(&mut shard, &req("r-2", None), t);
+    assert_eq!(
+        (refusal.measure, refusal.limit, refusal.spent),
+        ("tokens", 1000.0, 900.0)
+    );
+}

@@ -277,6 +277,13 @@ impl<'t> Pending<'t> {
         now: Now,
     ) -> Result<(), DecideError> {
         assert_eq!(self.phase, Phase::Extensions, "select runs once");
+        if self.room.is_some() && self.policy.has_stages() {
+            // Extension calls ran since admission and other requests were decided
+            // meanwhile: what is left is read again, as the decision will count it.
+            let books = &mut state.policies[self.slot.get()].budgets;
+            self.room = budget::admit(self.policy, books, &req.metadata, now.unix_ms)
+                .map_err(|e| DecideError::budget(&self.policy.id, e, now.unix_ms))?;
+        }
         let selector = Selector {
             policy: self.policy,
             slot: self.slot,
@@ -294,8 +301,14 @@ impl<'t> Pending<'t> {
         };
         let sel = match (selector.run(state), &self.room) {
             (Err(DecideError::DecisionFailed(ex)), Some(room)) if ex.by_budget > 0 => {
-                let books = &state.policies[self.slot.get()].budgets;
-                let exceeded = budget::refusal(self.policy, books, room, now.unix_ms);
+                let ps = state.policy(self.slot);
+                let figures = (0..self.policy.providers.len()).map(|i| {
+                    let idx = ProviderIdx(i as u8);
+                    let cost = expected(self.policy, ps, idx).1.unwrap_or(0.0);
+                    (cost, ps.providers[i].tokens.get().unwrap_or(0.0))
+                });
+                let books = &ps.budgets;
+                let exceeded = budget::refusal(self.policy, books, room, figures, now.unix_ms);
                 return Err(DecideError::budget(&self.policy.id, exceeded, now.unix_ms));
             }
             (sel, _) => sel?,
@@ -327,27 +340,32 @@ impl<'t> Pending<'t> {
     ) {
         let ps = &mut state.policies[self.slot.get()];
         let tokens = ps.providers[provider.get()].tokens.get();
-        let spend = (cost.unwrap_or(0.0), tokens.map_or(0, |t| t.ceil() as u64));
-        let budgets = budget::reserve(self.policy, &mut ps.budgets, room, spend, now.unix_ms);
+        let cost = cost.unwrap_or(0.0).clamp(0.0, budget::SPEND_MAX);
+        let spend = (cost, tokens.map_or(0, |t| t.ceil() as u64));
+        let counted = budget::reserve(self.policy, &mut ps.budgets, room, spend, now.unix_ms);
         let name = &self.policy.provider(provider).name;
         let key = budget::reservation_key(&req.tenant_id, &req.request_id, name);
         let reservation = Reservation {
-            policy: ps.key,
+            policy: ps.rendezvous_key,
             decided_ms: now.unix_ms,
             expires_ms: now.unix_ms + budget::RESERVATION_TTL_MS,
             cost: spend.0,
             tokens: spend.1,
             count: 1,
-            budgets,
-            applied: room.applied,
+            budgets: counted.budgets,
+            starts: counted.starts,
+            applied: counted.applied,
         };
-        if let Some(old) = state
-            .reservations
-            .take_apart(self.policy, key, &reservation)
-        {
+        if let Some(old) = state.reservations.take_apart(key, &reservation) {
             // Settled at what it reserved, as if its result were lost: the key's next
-            // result settles this decision, in this decision's windows.
-            budget::settle(self.policy, &mut ps.budgets, &old, (None, None));
+            // result settles this decision, in this decision's windows. One of another
+            // policy (the same request id and provider there) is settled against its own
+            // policy once the table is at hand.
+            if old.policy == reservation.policy {
+                budget::settle(self.policy, &mut ps.budgets, &old, (None, None));
+            } else {
+                state.reservations.deferred.push(old);
+            }
         }
         state.reservations.insert(key, reservation);
         state.budget_changes += 1;

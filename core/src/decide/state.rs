@@ -141,6 +141,9 @@ pub struct ShardState {
     pub(super) placement: Placement,
     /// Policy keys to slots, for messages from peers.
     pub(super) by_key: std::collections::HashMap<u64, u32, FixedState>,
+    /// (tenant, policy id) keys (`rendezvous_key`) to slots, for budget reservations,
+    /// which outlive a reload that changes a policy's providers.
+    pub(super) by_name: std::collections::HashMap<u64, u32, FixedState>,
     /// Protocol messages to send (`sync_outbox`), bounded by `SYNC_OUTBOX_MAX`.
     pub(super) outbox: Vec<(Peer, SyncMsg)>,
     /// Providers whose averages changed and are not sent yet.
@@ -166,6 +169,7 @@ impl ShardState {
             half_opened: 0,
             placement: Placement::single(),
             by_key: Default::default(),
+            by_name: Default::default(),
             // Room for the usual traffic of a busy shard between two flushes: the request
             // path's pushes do not allocate.
             outbox: Vec::with_capacity(64),
@@ -316,6 +320,7 @@ impl ShardState {
             hash_lo: self.hash_lo.clone(),
             placement: self.placement.clone(),
             by_key: Default::default(),
+            by_name: Default::default(),
             outbox: Vec::new(),
             dirty: Vec::new(),
             refreshed_ns: u64::MAX,

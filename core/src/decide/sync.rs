@@ -356,8 +356,10 @@ impl ShardState {
             }
         }
         self.by_key.clear();
+        self.by_name.clear();
         for (i, ps) in self.policies.iter().enumerate() {
             self.by_key.entry(ps.key).or_insert(i as u32);
+            self.by_name.entry(ps.rendezvous_key).or_insert(i as u32);
         }
     }
 

@@ -416,9 +416,17 @@ impl ShardCore {
         now: Now,
         out: &mut Vec<u8>,
     ) -> Answered {
-        let key = self
-            .results_seen
-            .fingerprint(&[result.tenant_id.as_bytes(), result.dedup_key().as_bytes()]);
+        // Without an assignment id, a gateway's retry of the same request on another
+        // provider is another call: its result counts (and settles that call's budget).
+        let provider: &[u8] = match result.assignment_id {
+            Some(_) => b"",
+            None => result.provider_id.as_bytes(),
+        };
+        let key = self.results_seen.fingerprint(&[
+            result.tenant_id.as_bytes(),
+            result.dedup_key().as_bytes(),
+            provider,
+        ]);
         // Charged to its tenant when it names a provider of the tenant's policies; results
         // that match nothing share one charge, so made-up tenants cannot multiply the
         // shares and shrink a real tenant's.
