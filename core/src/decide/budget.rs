@@ -250,8 +250,8 @@ pub struct Room {
     pub tokens: f64,
     /// The budgets that leave the least cost and the fewest tokens: the refusal's
     /// details when only budgets emptied the candidates.
-    tightest_cost: Option<usize>,
-    tightest_tokens: Option<usize>,
+    tightest_cost: Option<u8>,
+    tightest_tokens: Option<u8>,
 }
 
 impl Room {
@@ -349,7 +349,7 @@ pub fn admit(
             }
             if max - spent < room.cost {
                 room.cost = max - spent;
-                room.tightest_cost = Some(i);
+                room.tightest_cost = Some(i as u8);
             }
         }
         if let Some(max) = budget.max_tokens {
@@ -367,7 +367,7 @@ pub fn admit(
             let left = (max - spent) as f64;
             if left < room.tokens {
                 room.tokens = left;
-                room.tightest_tokens = Some(i);
+                room.tightest_tokens = Some(i as u8);
             }
         }
         room.applied |= 1 << i;
@@ -390,9 +390,9 @@ pub fn refusal(
         && (room.tightest_cost.is_none()
             || figures.any(|(cost, tokens)| cost <= room.cost && tokens > room.tokens));
     let (i, measure) = match (room.tightest_cost, room.tightest_tokens) {
-        (_, Some(i)) if tokens_bind => (i, "tokens"),
-        (Some(i), _) => (i, "cost"),
-        (None, Some(i)) => (i, "tokens"),
+        (_, Some(i)) if tokens_bind => (usize::from(i), "tokens"),
+        (Some(i), _) => (usize::from(i), "cost"),
+        (None, Some(i)) => (usize::from(i), "tokens"),
         // Nothing limits cost or tokens, so no provider was out for them; say requests.
         (None, None) => (0, "requests"),
     };

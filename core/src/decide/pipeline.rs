@@ -297,7 +297,7 @@ impl<'t> Pending<'t> {
             now_unix_ms: now.unix_ms,
             explain: &mut self.explain,
             sticky_write: None,
-            room: self.room,
+            room: self.room.as_ref(),
         };
         let sel = match (selector.run(state), &self.room) {
             (Err(DecideError::DecisionFailed(ex)), Some(room)) if ex.by_budget > 0 => {

@@ -133,7 +133,7 @@ pub(super) struct Selector<'s, 'r, 'a> {
     /// The sticky entry a `weighted` session answer writes at `commit`.
     pub sticky_write: Option<StickyWrite>,
     /// What the request's budgets leave for its call (`budget::admit`).
-    pub room: Option<Room>,
+    pub room: Option<&'s Room>,
 }
 
 /// A sticky entry to write: this shard answered the session with `held` (provider, epoch).
@@ -155,7 +155,7 @@ impl Selector<'_, '_, '_> {
         if let Some(held) = ps.providers[idx.get()].usage.held(p.limits, self.now_ns) {
             return Err(held.into());
         }
-        if let Some(room) = &self.room {
+        if let Some(room) = self.room {
             // Unknown figures reserve nothing: they fit while anything is left.
             let tokens = ps.providers[idx.get()].tokens.get().unwrap_or(0.0);
             if !room.fits(figures.1.unwrap_or(0.0), tokens) {
