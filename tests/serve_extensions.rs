@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::nats::NatsServer;
+use support::nats::{start_connected, NatsServer};
 use support::*;
 
 /// How long a test waits for any one answer.
@@ -57,12 +57,7 @@ impl Rig {
                 write_policy(&dir, tenant, id, doc);
             }
         }
-        let server = start(settings(&dir));
-        let deadline = Instant::now() + WAIT;
-        while !server.shared().is_ready() {
-            assert!(Instant::now() < deadline, "router never connected to NATS");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let server = start_connected(settings(&dir));
         Rig {
             server: Some(server),
             nc: ::nats::connect(nats.url()).unwrap(),

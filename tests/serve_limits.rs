@@ -5,6 +5,7 @@
 mod support;
 
 use serde_json::{json, Value};
+use support::decide_preferring as decide;
 use support::*;
 
 const RPM_POLICY: &str = r#"{"version":"1.0",
@@ -14,25 +15,6 @@ const TPM_POLICY: &str = r#"{"version":"1.0","cooldown_ms":60000,
 const BREAKER_POLICY: &str = r#"{"version":"1.0","cooldown_ms":0,
 "providers":[{"name":"c1","weight":50},{"name":"c2","weight":50}],
 "circuit_breaker":{"enabled":true,"failure_threshold":1,"timeout_ms":60000}}"#;
-
-/// Decides for acme's `policy`, preferring `first` (`order`), with `explain`.
-fn decide(client: &mut Client, n: u32, policy: &str, first: &str) -> (u16, Value) {
-    let body = json!({
-        "request_id": format!("r-{n}"),
-        "tenant_id": "acme",
-        "policy_id": policy,
-        "task": {"type": "chat", "payload_ref": "p"},
-        "constraints": {"order": [first]},
-        "explain": true,
-    });
-    let resp = client.request(
-        "POST",
-        "/v1/decide",
-        &[],
-        &serde_json::to_vec(&body).unwrap(),
-    );
-    (resp.status, resp.json())
-}
 
 fn chosen(client: &mut Client, n: u32, policy: &str, first: &str) -> (String, Value) {
     let (status, body) = decide(client, n, policy, first);

@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::nats::NatsServer;
+use support::nats::{start_connected, NatsServer};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -29,12 +29,7 @@ pub fn rig(nats: &NatsServer, tenants: &[String], extra: &str) -> Rig {
     for t in tenants {
         write_policy(&dir, t, "default", SIMPLE_POLICY);
     }
-    let server = start(settings(&dir));
-    let deadline = Instant::now() + WAIT;
-    while !server.shared().is_ready() {
-        assert!(Instant::now() < deadline, "router never connected to NATS");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let server = start_connected(settings(&dir));
     let nc = ::nats::Options::new()
         .max_reconnects(1)
         .reconnect_delay_callback(|_| Duration::ZERO)
@@ -486,12 +481,7 @@ fn a_shadow_assignment_follows_the_primary_over_nats() {
     let tenant = "acme-shadow";
     let dir = config_dir("serve-nats", &format!("[nats]\nurl = \"{}\"\n", nats.url()));
     write_policy(&dir, tenant, "default", SHADOW_POLICY);
-    let server = start(settings(&dir));
-    let deadline = Instant::now() + WAIT;
-    while !server.shared().is_ready() {
-        assert!(Instant::now() < deadline, "router never connected to NATS");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let server = start_connected(settings(&dir));
     let nc = ::nats::connect(nats.url()).unwrap();
     let assignments = nc.subscribe("caf.exec.assign.v1").unwrap();
     nc.flush().unwrap();

@@ -16,22 +16,8 @@ const SHADOW_POLICY: &str = r#"{"version":"1.0",
 
 /// Decides for acme's `shadow` policy, preferring `first` (`order`), with `explain`.
 fn decide(client: &mut Client, n: u32, first: &str) -> Value {
-    let body = json!({
-        "request_id": format!("r-{n}"),
-        "tenant_id": "acme",
-        "policy_id": "shadow",
-        "task": {"type": "chat", "payload_ref": "p"},
-        "constraints": {"order": [first]},
-        "explain": true,
-    });
-    let resp = client.request(
-        "POST",
-        "/v1/decide",
-        &[],
-        &serde_json::to_vec(&body).unwrap(),
-    );
-    let body = resp.json();
-    assert_eq!(resp.status, 200, "{body}");
+    let (status, body) = decide_preferring(client, n, "shadow", first);
+    assert_eq!(status, 200, "{body}");
     body["decision"].clone()
 }
 

@@ -7,10 +7,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::nats::NatsServer;
+use support::nats::{start_connected, NatsServer};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -108,12 +108,7 @@ fn nats_refuses_subjects_outside_the_allowed_list_and_publishes_nothing() {
     for t in &tenants {
         write_policy(&dir, t, "default", SIMPLE_POLICY);
     }
-    let server = start(settings(&dir));
-    let deadline = Instant::now() + WAIT;
-    while !server.shared().is_ready() {
-        assert!(Instant::now() < deadline, "router never connected to NATS");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let server = start_connected(settings(&dir));
     let nc = ::nats::connect(nats.url()).unwrap();
     let usage = nc.subscribe("beamline.usage.v1.metered").unwrap();
     let allowed = nc.subscribe("caf.exec.assign.v1.gpu").unwrap();

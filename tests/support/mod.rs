@@ -252,6 +252,31 @@ pub fn post_result(client: &mut Client, body: &serde_json::Value) -> serde_json:
     resp.json()
 }
 
+/// Decides request `r-N` for acme's `policy`, preferring provider `first`
+/// (`constraints.order`), with `explain`: (status, body).
+pub fn decide_preferring(
+    client: &mut Client,
+    n: u32,
+    policy: &str,
+    first: &str,
+) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({
+        "request_id": format!("r-{n}"),
+        "tenant_id": "acme",
+        "policy_id": policy,
+        "task": {"type": "chat", "payload_ref": "p"},
+        "constraints": {"order": [first]},
+        "explain": true,
+    });
+    let resp = client.request(
+        "POST",
+        "/v1/decide",
+        &[],
+        &serde_json::to_vec(&body).unwrap(),
+    );
+    (resp.status, resp.json())
+}
+
 /// Whether a decision (asked with `explain`) lists `step` in its explanation.
 pub fn explained(decision: &serde_json::Value, step: &str) -> bool {
     decision["explanation"]

@@ -346,3 +346,15 @@ fn quoted(value: &str) -> String {
 fn quoted_path(path: &Path) -> String {
     quoted(path.to_str().expect("UTF-8 path"))
 }
+
+/// Starts a router with NATS configured and returns once it is ready (connected and
+/// subscribed); fails the test past 5 s.
+pub fn start_connected(settings: shardline::server::ServerSettings) -> shardline::server::Server {
+    let server = super::start(settings);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.shared().is_ready() {
+        assert!(Instant::now() < deadline, "router never connected to NATS");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server
+}
