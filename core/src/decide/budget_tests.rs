@@ -775,3 +775,32 @@ fn a_refusal_for_tokens_says_tokens() {
         ("tokens", 1000.0, 900.0)
     );
 }
+
+/// A `metadata.<key>` budget counts at most `SCOPE_VALUES_MAX` values: one more value is
+/// refused (`scope_values`) while every counted one is in a live window; once those
+/// windows end and their results are in, the ledgers go and a new value is admitted.
+#[test]
+fn a_metadata_budget_counts_a_bounded_number_of_values() {
+    use super::budget::SCOPE_VALUES_MAX;
+    let mut shard = shard(&dear_only(
+        r#"{"scope":"metadata.user","window":"1m","max_requests":10}"#,
+    ));
+    let t = T0 + 1_000;
+    let users: Vec<String> = (0..=SCOPE_VALUES_MAX).map(|i| format!("u-{i}")).collect();
+    for (i, user) in users[..SCOPE_VALUES_MAX].iter().enumerate() {
+        let id = format!("r-{i}");
+        assert_eq!(pick(&mut shard, &req(&id, Some(user)), t).unwrap(), "dear");
+        assert!(settle(&mut shard, &id, "dear", 0.5));
+    }
+    let last = &users[SCOPE_VALUES_MAX];
+    let refusal = refused(&mut shard, &req("r-over", Some(last)), t);
+    assert_eq!(refusal.measure, "scope_values");
+    let full = SCOPE_VALUES_MAX as f64;
+    assert_eq!((refusal.limit, refusal.spent), (full, full));
+    assert_eq!(&*refusal.value, last.as_str());
+    let next_minute = T0 + MINUTE_MS + 1_000;
+    assert_eq!(
+        pick(&mut shard, &req("r-later", Some(last)), next_minute).unwrap(),
+        "dear"
+    );
+}
