@@ -21,11 +21,13 @@ pub enum ErrorCode {
     PreProcessorFailed,
     PostProcessorFailed,
     DeadlineExceeded,
+    /// An admin write lost a compare-and-set: the policy changed since the revision named.
+    Conflict,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -42,6 +44,7 @@ impl ErrorCode {
         ErrorCode::PreProcessorFailed,
         ErrorCode::PostProcessorFailed,
         ErrorCode::DeadlineExceeded,
+        ErrorCode::Conflict,
         ErrorCode::Internal,
     ];
 
@@ -63,6 +66,7 @@ impl ErrorCode {
             ErrorCode::PreProcessorFailed => "pre_processor_failed",
             ErrorCode::PostProcessorFailed => "post_processor_failed",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
         }
     }
@@ -76,6 +80,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::PolicyNotFound => 404,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Conflict => 409,
             ErrorCode::RateLimited | ErrorCode::BudgetExceeded => 429,
             ErrorCode::Overloaded => 503,
             ErrorCode::DecisionFailed | ErrorCode::Internal => 500,

@@ -233,6 +233,11 @@ impl Client {
         self.0.st.borrow().connected
     }
 
+    /// Whether `close` was called: the client will not connect again.
+    pub fn is_closed(&self) -> bool {
+        self.0.st.borrow().closed
+    }
+
     /// The server's `max_payload` (1 MiB until the first INFO).
     pub fn max_payload(&self) -> usize {
         self.0.st.borrow().max_payload
