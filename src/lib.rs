@@ -15,6 +15,7 @@ pub mod admin;
 pub use shardline_core::{answer, contract, decide, extensions, policy, shard};
 pub mod bench;
 pub mod bundled;
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;

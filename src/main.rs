@@ -147,6 +147,20 @@ enum PolicyCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Write every policy of a directory (`DIR/<tenant>/<policy>.json`) to the cluster's
+    /// policy bucket (`cluster.policy_bucket`, created when missing) over the config's
+    /// NATS; the running nodes apply it. Nothing is written unless every document is
+    /// valid.
+    Push {
+        /// The policies directory.
+        dir: PathBuf,
+        /// The router config naming the NATS servers and the bucket.
+        #[arg(long, default_value = CONFIG_PATH_DEFAULT)]
+        config: PathBuf,
+        /// Also delete the bucket's policies that the directory does not hold.
+        #[arg(long)]
+        prune: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -163,6 +177,9 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { paths },
         } => run_check(&paths),
+        Command::Policy {
+            command: PolicyCommand::Push { dir, config, prune },
+        } => run_push(&dir, &config, prune),
         Command::Gate {
             baseline,
             policy,
@@ -365,6 +382,24 @@ fn unix_ms() -> u64 {
 fn seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(unix_ms())
+}
+
+fn run_push(dir: &Path, config: &Path, prune: bool) -> Result<ExitCode> {
+    let loaded = Config::load(config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let pushed = shardline::cluster::push::push(dir, &loaded, prune)?;
+    for p in &pushed {
+        let verb = if p.deleted { "deleted" } else { "put" };
+        println!(
+            "{verb} {}/{} revision {}",
+            p.tenant, p.policy_id, p.revision
+        );
+    }
+    println!(
+        "{} change(s) written to bucket {}",
+        pushed.len(),
+        loaded.cluster.policy_bucket
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_check(paths: &[PathBuf]) -> Result<ExitCode> {

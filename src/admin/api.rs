@@ -45,6 +45,7 @@ use super::reply::{
 use super::store::{PolicyStore, StoreError};
 use super::table::{delete_policy, put_policy, reload_all, PublishError, TableHandle};
 use crate::answer::encode_outcome;
+use crate::cluster::policies::PolicyMirror;
 use crate::contract::{context_ids, decode_decide, encode_contract_error, ErrorCode, Headers};
 use crate::decide::breaker::BreakerState;
 use crate::decide::{decide, Now, ShardState};
@@ -146,6 +147,71 @@ impl<'a> Route<'a> {
     }
 }
 
+/// A policy put or delete that a cluster node makes through its policy bucket
+/// (docs/CLUSTER.md) instead of its directory, checked as a local write would be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterWrite {
+    pub tenant: String,
+    pub policy_id: String,
+    /// The document; `None` for a delete.
+    pub body: Option<Vec<u8>>,
+    /// `?revision=N`: the revision the writer based its change on (0: the policy must not
+    /// exist yet). Without it the write expects the revision this node last saw.
+    pub expected: Option<u64>,
+}
+
+/// Whether `req` is a write a cluster node makes through its bucket: a policy put or
+/// delete. Everything else is answered by `Admin::handle`, as on one node.
+pub fn is_cluster_write(req: &AdminRequest<'_>) -> bool {
+    matches!(Route::parse(req.path), Some(Route::Policy(..)))
+        && matches!(req.method, "PUT" | "DELETE")
+}
+
+/// The `revision` query parameter: `Ok(None)` when absent.
+fn expected_revision(query: Option<&str>) -> Result<Option<u64>, AdminResponse> {
+    let Some(value) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("revision="))
+    else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|_| {
+        let message = format!(
+            "query parameter revision={} is not a revision number",
+            shown(value)
+        );
+        AdminResponse::error(ErrorCode::InvalidRequest, &message)
+    })
+}
+
+/// 200 or 201 for a write made through the cluster's bucket, with its revision.
+pub fn cluster_written(
+    created: bool,
+    tenant: &str,
+    policy_id: &str,
+    generation: u64,
+    revision: u64,
+) -> AdminResponse {
+    let body = Written {
+        ok: true,
+        tenant,
+        policy_id,
+        generation,
+        revision: Some(revision),
+    };
+    AdminResponse::json(if created { 201 } else { 200 }, &body)
+}
+
+/// 409 `conflict`: a compare-and-set found the policy at another revision.
+pub fn conflict(tenant: &str, policy_id: &str, expected: u64, current: u64) -> AdminResponse {
+    let message = format!(
+        "policy {tenant}/{policy_id} changed: it is at revision {current}, not {expected}; \
+         read it again and retry with ?revision={current}"
+    );
+    AdminResponse::conflict(&message, expected, current)
+}
+
 /// A handler's answer; `Err` is an error answer, so `?` can return early.
 type Reply = Result<AdminResponse, AdminResponse>;
 
@@ -161,6 +227,8 @@ pub struct Admin {
     tokens: Arc<Tokens>,
     store: Arc<PolicyStore>,
     handle: TableHandle,
+    /// On a cluster node: the bucket revisions the listing shows, for compare-and-set.
+    mirror: Option<Arc<PolicyMirror>>,
 }
 
 impl Admin {
@@ -178,7 +246,14 @@ impl Admin {
             tokens,
             store,
             handle,
+            mirror: None,
         }
+    }
+
+    /// On a cluster node: list each policy with its bucket revision.
+    pub fn with_mirror(mut self, mirror: Arc<PolicyMirror>) -> Self {
+        self.mirror = Some(mirror);
+        self
     }
 
     pub fn table(&self) -> &TableHandle {
@@ -221,6 +296,46 @@ impl Admin {
         reply.unwrap_or_else(|err| err)
     }
 
+    /// The checks `handle` makes of a policy put or delete (token, route, method, scope,
+    /// ids, document), in its order, without writing anything: the write a cluster node
+    /// then makes through its bucket, or the answer refusing it.
+    pub fn check_cluster_write(
+        &self,
+        req: &AdminRequest<'_>,
+    ) -> Result<ClusterWrite, AdminResponse> {
+        let scope = self.tokens.authorize(req.authorization)?;
+        let Some(Route::Policy(tenant, id)) = Route::parse(req.path) else {
+            let message = format!("no admin route {} {}", shown(req.method), shown(req.path));
+            return Err(AdminResponse::error_status(
+                404,
+                ErrorCode::InvalidRequest,
+                &message,
+            ));
+        };
+        scope.require(tenant)?;
+        let body = match req.method {
+            "PUT" => {
+                self.store
+                    .check(tenant, id, req.body)
+                    .map_err(|err| store_error(tenant, id, err))?;
+                Some(req.body.to_vec())
+            }
+            "DELETE" => {
+                self.store
+                    .check_ids(tenant, id)
+                    .map_err(|err| store_error(tenant, id, err))?;
+                None
+            }
+            _ => return Err(method_not_allowed(req, Route::Policy(tenant, id).allow())),
+        };
+        Ok(ClusterWrite {
+            tenant: tenant.to_owned(),
+            policy_id: id.to_owned(),
+            body,
+            expected: expected_revision(req.query)?,
+        })
+    }
+
     fn list(&self, scope: &Scope, tenant: Option<&str>) -> Reply {
         if let Some(tenant) = tenant {
             check_tenant(scope, tenant)?;
@@ -235,6 +350,11 @@ impl Admin {
                 policy_id: &p.id,
                 version: &p.version,
                 providers: p.providers.len(),
+                revision: self
+                    .mirror
+                    .as_ref()
+                    .and_then(|m| m.revision(&p.tenant, &p.id).ok())
+                    .map(|r| r.revision),
             })
             .collect();
         policies.sort_by(|a, b| (a.tenant, a.policy_id).cmp(&(b.tenant, b.policy_id)));
@@ -317,6 +437,7 @@ fn written(status: u16, tenant: &str, policy_id: &str, generation: u64) -> Admin
         tenant,
         policy_id,
         generation,
+        revision: None,
     };
     AdminResponse::json(status, &body)
 }

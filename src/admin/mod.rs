@@ -30,7 +30,10 @@ mod store;
 mod table;
 mod watch;
 
-pub use api::{placement, Admin, AdminRequest, Placement, ShardView};
+pub use api::{
+    cluster_written, conflict, is_cluster_write, placement, Admin, AdminRequest, ClusterWrite,
+    Placement, ShardView,
+};
 pub(crate) use auth::shown;
 pub use auth::{
     token_length_problem, AuthError, Grant, Permission, Permissions, Scope, TokenConfigError,
@@ -39,7 +42,7 @@ pub use auth::{
 pub use reply::{AdminResponse, PROBLEMS_SHOWN_MAX};
 pub use store::{Change, PolicyStore, PutOutcome, StoreError, StoreWriter, TEMP_NAMES_MAX};
 pub use table::{
-    delete_policy, log_invalid, put_policy, reload, reload_all, PublishError, Published,
-    ReloadReport, ShardTable, TableHandle, Versioned,
+    delete_policy, log_invalid, put_policy, reload, reload_all, reload_with, PublishError,
+    Published, ReloadReport, ShardTable, TableHandle, Versioned,
 };
 pub use watch::{WatchStats, Watcher, WATCH_INTERVAL_MS};

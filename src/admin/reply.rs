@@ -82,6 +82,23 @@ impl AdminResponse {
         reply
     }
 
+    /// 409 `conflict` with the revisions a compare-and-set expected and found.
+    pub(super) fn conflict(message: &str, expected: u64, current: u64) -> Self {
+        let envelope = ConflictEnvelope {
+            ok: false,
+            error: ConflictError {
+                code: ErrorCode::Conflict.as_str(),
+                message,
+                details: Revisions {
+                    expected_revision: expected,
+                    current_revision: current,
+                },
+            },
+            context: Empty {},
+        };
+        Self::json(ErrorCode::Conflict.http_status(), &envelope)
+    }
+
     pub fn auth(err: &AuthError) -> Self {
         Self::error(err.code(), &err.to_string())
     }
@@ -135,6 +152,26 @@ fn is_zero(n: &usize) -> bool {
 #[derive(Serialize)]
 struct Empty {}
 
+#[derive(Serialize)]
+struct ConflictEnvelope<'a> {
+    ok: bool,
+    error: ConflictError<'a>,
+    context: Empty,
+}
+
+#[derive(Serialize)]
+struct ConflictError<'a> {
+    code: &'static str,
+    message: &'a str,
+    details: Revisions,
+}
+
+#[derive(Serialize)]
+struct Revisions {
+    expected_revision: u64,
+    current_revision: u64,
+}
+
 /// One row of a policy listing.
 #[derive(Serialize)]
 pub(super) struct PolicyRow<'a> {
@@ -142,6 +179,9 @@ pub(super) struct PolicyRow<'a> {
     pub policy_id: &'a str,
     pub version: &'a str,
     pub providers: usize,
+    /// A cluster node's listing: the bucket revision, what `?revision=` expects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -158,6 +198,9 @@ pub(super) struct Written<'a> {
     pub tenant: &'a str,
     pub policy_id: &'a str,
     pub generation: u64,
+    /// A cluster node's write: the bucket revision it made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 #[derive(Serialize)]

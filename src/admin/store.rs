@@ -195,6 +195,25 @@ impl PolicyStore {
         Ok(out)
     }
 
+    /// What a put checks before it writes: the ids, the size, and that the document
+    /// parses as a policy of `tenant`. Returns the document's path. A cluster checks a
+    /// write with it before the write goes to the shared bucket.
+    pub fn check(&self, tenant: &str, id: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let target = self.policy_path(tenant, id)?;
+        if bytes.len() > POLICY_FILE_BYTES_MAX {
+            let bytes = bytes.len() as u64;
+            return Err(StoreError::TooLarge { bytes });
+        }
+        let source = format!("{tenant}/{id}");
+        parse_policy(tenant, id, &source, bytes).map_err(StoreError::Invalid)?;
+        Ok(target)
+    }
+
+    /// Whether a delete of (`tenant`, `id`) could name a document: the ids' checks.
+    pub fn check_ids(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
+        self.policy_path(tenant, id).map(drop)
+    }
+
     fn tenant_dir(&self, tenant: &str) -> Result<PathBuf, StoreError> {
         if !is_store_id(tenant, is_tenant_id) {
             return Err(StoreError::TenantId(shown(tenant).into()));
@@ -282,13 +301,7 @@ impl StoreWriter<'_> {
     /// Validates `bytes` with `parse_policy` (nothing is written if it fails), then writes
     /// them atomically as `DIR/<tenant>/<id>.json`, creating the tenant directory.
     pub fn put(&mut self, tenant: &str, id: &str, bytes: &[u8]) -> Result<Change, StoreError> {
-        let target = self.store.policy_path(tenant, id)?;
-        if bytes.len() > POLICY_FILE_BYTES_MAX {
-            let bytes = bytes.len() as u64;
-            return Err(StoreError::TooLarge { bytes });
-        }
-        let source = format!("{tenant}/{id}");
-        parse_policy(tenant, id, &source, bytes).map_err(StoreError::Invalid)?;
+        let target = self.store.check(tenant, id, bytes)?;
         let tenant_dir = self.store.tenant_dir(tenant)?;
         self.ensure_tenant_dir(&tenant_dir)?;
         let temp = self.write_temp(&target, bytes)?;

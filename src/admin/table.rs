@@ -209,6 +209,15 @@ pub fn reload_all(
 /// a restart would serve (each broken document keeping its last good version). The scan
 /// lists and stats every file but parses only those that changed
 /// (`load_dir_per_document_reusing`): on a write, the written document.
+/// `reload` under a lock the caller holds: for a caller that changed the directory with
+/// `writer` itself (a cluster's mirror of its policy bucket).
+pub fn reload_with(
+    handle: &TableHandle,
+    writer: &mut StoreWriter<'_>,
+) -> Result<ReloadReport, Vec<PolicyError>> {
+    reload_locked(handle, writer)
+}
+
 fn reload_locked(
     handle: &TableHandle,
     writer: &mut StoreWriter<'_>,

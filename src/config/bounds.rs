@@ -190,3 +190,6 @@ const _: () = assert!(
         && NATS_OUTBOUND_BYTES_DEFAULT <= NATS_OUTBOUND_BYTES_MAX
 );
 const _: () = assert!(ASSIGNMENT_RETRIES_DEFAULT <= ASSIGNMENT_RETRIES_MAX);
+
+/// `cluster.policy_replicas`: JetStream keeps at most five replicas of a stream.
+pub const POLICY_REPLICAS_MAX: u32 = 5;

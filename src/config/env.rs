@@ -303,6 +303,8 @@ impl ClusterConfig {
         match key {
             "enabled" => self.enabled = parse(raw)?,
             "node_id" => self.node_id = raw.trim().to_owned(),
+            "policy_bucket" => self.policy_bucket = raw.trim().to_owned(),
+            "policy_replicas" => self.policy_replicas = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())

@@ -446,18 +446,37 @@ impl NatsConfig {
 
 /// `[cluster]`: this router as one node of several on the same NATS.
 ///
-/// Only the node's identity exists so far: it is announced in the NATS service API
-/// (`$SRV.PING|INFO|STATS`), which every router with NATS answers, clustered or not.
-/// Nodes do not yet learn of each other, share policies or hand work over, so `enabled`
-/// changes nothing but what the service API reports (docs/CLUSTER.md).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+/// The node's identity is announced in the NATS service API (`$SRV.PING|INFO|STATS`),
+/// which every router with NATS answers, clustered or not. With `enabled`, the nodes share
+/// one source of policies, a JetStream key-value bucket that each node mirrors into its
+/// `policies_dir` (docs/CLUSTER.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Needs `nats.url`: the nodes of a cluster meet on NATS.
     pub enabled: bool,
     /// This node's name among the others, `NODE_ID_PATTERN`; empty = the host name.
     pub node_id: String,
+    /// The JetStream key-value bucket holding the cluster's policies.
+    pub policy_bucket: String,
+    /// Replicas of the bucket when a node creates it (1 to `POLICY_REPLICAS_MAX`; at most
+    /// the JetStream servers of the NATS cluster). An existing bucket is used as it is.
+    pub policy_replicas: u32,
 }
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node_id: String::new(),
+            policy_bucket: POLICY_BUCKET_DEFAULT.to_owned(),
+            policy_replicas: 1,
+        }
+    }
+}
+
+/// The bucket SPEC §12 names.
+pub const POLICY_BUCKET_DEFAULT: &str = "shardline_policies";
 
 impl ClusterConfig {
     /// The node id in force: `node_id`, or the host name when it is empty; `None` when

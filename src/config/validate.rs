@@ -16,6 +16,7 @@ use super::{
     redacted_url, AdminConfig, ClusterConfig, Config, ConfigError, Cores, LimitsConfig, NatsConfig,
     NatsUrls, Problem, Secret,
 };
+use crate::cluster::kv::BUCKET_NAME_BYTES_MAX;
 use crate::contract::{NATS_SUBJECT_BYTES_MAX, TENANT_ID_BYTES_MAX, TENANT_ID_PATTERN};
 
 const VALUE_SHOWN_CHARS_MAX: usize = 32;
@@ -566,6 +567,20 @@ fn check_cluster(cluster: &ClusterConfig, nats: &NatsConfig, report: &mut Report
     if cluster.enabled && !nats.enabled() {
         let message = "true while nats.url is empty: the nodes of a cluster meet on NATS";
         report.push("cluster.enabled", message);
+    }
+    if !crate::cluster::kv::is_bucket_name(&cluster.policy_bucket) {
+        let message = format!(
+            "must be 1 to {BUCKET_NAME_BYTES_MAX} letters, digits, '_' or '-' (got {})",
+            shown(&cluster.policy_bucket)
+        );
+        report.push("cluster.policy_bucket", message);
+    }
+    if !(1..=POLICY_REPLICAS_MAX).contains(&cluster.policy_replicas) {
+        let message = format!(
+            "must be 1 to {POLICY_REPLICAS_MAX} (JetStream's most), got {}",
+            cluster.policy_replicas
+        );
+        report.push("cluster.policy_replicas", message);
     }
     let key = "cluster.node_id";
     if !cluster.node_id.is_empty() {

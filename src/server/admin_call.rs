@@ -1,6 +1,7 @@
 //! An admin call placed where it must run (`admin::placement`), for every transport:
 //! reads anywhere, owner-state calls (dry-run, circuits) on the tenant's owner shard, and
-//! writes and reloads on glommio's blocking pool, since they fsync.
+//! writes and reloads on glommio's blocking pool, since they fsync. On a cluster node a
+//! policy put or delete goes to the policy bucket first (`admin_cluster_write`).
 //!
 //! The token is checked first, on the accepting shard, before `placement` decodes a body,
 //! before a copy of the body is queued to the blocking pool or handed to another shard:
@@ -11,11 +12,17 @@
 //! cheap and keeps `Admin::handle` safe for any caller.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::access::Queued;
 use super::handoff::{Job, OwnedHeaders, Route};
 use super::shard::{Ids, ShardCtx};
-use crate::admin::{placement, AdminRequest, AdminResponse, Placement, ShardView};
+use crate::admin::{
+    cluster_written, conflict, is_cluster_write, placement, AdminRequest, AdminResponse, Placement,
+    ShardView,
+};
+use crate::cluster::{ClusterNode, WriteError};
+use crate::contract::ErrorCode;
 use crate::decide::Now;
 
 /// Whether a request changes the store: put, delete, reload.
@@ -56,7 +63,12 @@ impl ShardCtx {
                 };
                 admin.handle(req, view)
             }
-            Placement::Blocking => self.admin_blocking(req, now).await,
+            Placement::Blocking => match &self.shared.cluster {
+                Some(cluster) if is_cluster_write(&req) => {
+                    self.admin_cluster_write(req, Arc::clone(cluster)).await
+                }
+                _ => self.admin_blocking(req, now).await,
+            },
             Placement::OwnerShard(tenant) => {
                 let owner = self.shared.partition.shard_of(&tenant);
                 let route = if req.method == "POST" {
@@ -89,35 +101,115 @@ impl ShardCtx {
     /// the shard keeps serving.
     async fn admin_blocking(&self, req: AdminRequest<'_>, now: Now) -> AdminResponse {
         let shared = self.shared.clone();
-        let method = match req.method {
-            "GET" => "GET",
-            "PUT" => "PUT",
-            "POST" => "POST",
-            "DELETE" => "DELETE",
-            _ => "OTHER",
-        };
-        let (path, query) = (req.path.to_owned(), req.query.map(str::to_owned));
-        let authorization = req.authorization.map(str::to_owned);
-        let body = req.body.to_vec();
+        let req = OwnedRequest::from(&req);
         self.shared.access.queued(Queued::Blocking);
         glommio::executor()
             .spawn_blocking(move || {
                 let admin = shared.admin.as_ref().expect("admin configured");
                 let (_, table) = shared.handle.current();
-                let areq = AdminRequest {
-                    method,
-                    path: &path,
-                    query: query.as_deref(),
-                    authorization: authorization.as_deref(),
-                    body: &body,
-                };
                 let view = ShardView {
                     table: &table,
                     state: None,
                     now,
                 };
-                admin.handle(areq, view)
+                admin.handle(req.borrowed(), view)
             })
             .await
+    }
+
+    /// A policy put or delete on a cluster node: checked as a local write (on the
+    /// blocking pool: a document can be a MiB of JSON), written to the bucket with
+    /// compare-and-set over this shard's NATS client, then applied to this node's mirror
+    /// at once, so the writer reads its write; the other nodes get it through their watch.
+    async fn admin_cluster_write(
+        &self,
+        req: AdminRequest<'_>,
+        cluster: Arc<ClusterNode>,
+    ) -> AdminResponse {
+        let shared = self.shared.clone();
+        let owned = OwnedRequest::from(&req);
+        self.shared.access.queued(Queued::Blocking);
+        let checked = glommio::executor()
+            .spawn_blocking(move || {
+                let admin = shared.admin.as_ref().expect("admin configured");
+                admin.check_cluster_write(&owned.borrowed())
+            })
+            .await;
+        let write = match checked {
+            Ok(write) => write,
+            Err(answer) => return answer,
+        };
+        let (tenant, id) = (&write.tenant, &write.policy_id);
+        let Some(client) = self.nats.get() else {
+            let message = "this node has no NATS client for the policy bucket";
+            return AdminResponse::error_status(503, ErrorCode::Internal, message);
+        };
+        let written = match cluster.write(client, &write).await {
+            Ok(written) => written,
+            Err(WriteError::Conflict { expected, current }) => {
+                return conflict(tenant, id, expected, current)
+            }
+            Err(WriteError::NotFound) => {
+                let message = format!("tenant {tenant} has no policy '{id}'");
+                return AdminResponse::error_status(404, ErrorCode::PolicyNotFound, &message);
+            }
+            Err(err @ (WriteError::NotSynced | WriteError::Bucket(_))) => {
+                log::warn!("admin: policy {tenant}/{id} not written: {err}");
+                return AdminResponse::error_status(503, ErrorCode::Internal, &err.to_string());
+            }
+        };
+        let event = ClusterNode::applied_event(&write, written.revision);
+        let node = Arc::clone(&cluster);
+        let generation = glommio::executor()
+            .spawn_blocking(move || node.mirror.apply(&[event]))
+            .await;
+        let verb = if write.body.is_some() {
+            "put"
+        } else {
+            "deleted"
+        };
+        log::info!(
+            "admin: {verb} policy {tenant}/{id} at bucket revision {}, table generation \
+             {generation}",
+            written.revision
+        );
+        cluster_written(written.created, tenant, id, generation, written.revision)
+    }
+}
+
+/// An admin request's parts, owned, to cross to the blocking pool.
+struct OwnedRequest {
+    method: &'static str,
+    path: String,
+    query: Option<String>,
+    authorization: Option<String>,
+    body: Vec<u8>,
+}
+
+impl OwnedRequest {
+    fn from(req: &AdminRequest<'_>) -> Self {
+        OwnedRequest {
+            method: match req.method {
+                "GET" => "GET",
+                "PUT" => "PUT",
+                "POST" => "POST",
+                "DELETE" => "DELETE",
+                _ => "OTHER",
+            },
+            path: req.path.to_owned(),
+            query: req.query.map(str::to_owned),
+            authorization: req.authorization.map(str::to_owned),
+            body: req.body.to_vec(),
+        }
+    }
+
+    fn borrowed(&self) -> AdminRequest<'_> {
+        AdminRequest {
+            method: self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            authorization: self.authorization.as_deref(),
+            body: &self.body,
+        }
     }
 }

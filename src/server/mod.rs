@@ -48,6 +48,7 @@ use shards::{
 };
 
 use crate::admin::{Admin, Permission, PolicyStore, TableHandle, TokenSpec, Tokens, Watcher};
+use crate::cluster::ClusterNode;
 use crate::config::AccessMode;
 use crate::decide::Now;
 use crate::extensions::Registry;
@@ -108,8 +109,8 @@ pub struct ServerSettings {
     /// `cluster.node_id`, or the host name when it is empty: which node this is in the
     /// NATS service API.
     pub node_id: String,
-    /// `cluster.enabled`; for now only reported (the service API's `cluster` metadata).
-    pub cluster_enabled: bool,
+    /// `[cluster]` when `cluster.enabled`: the node shares its policies through the bucket.
+    pub cluster: Option<crate::config::ClusterConfig>,
     /// What a request may name in `assignment_subject` (checked with NATS on or off).
     pub assignment_subjects: subjects::AssignmentSubjects,
     /// The operations listener; `None` = off.
@@ -160,6 +161,8 @@ pub struct Shared {
     pub heartbeats: Arc<Heartbeats>,
     /// This process in the NATS service API (`$SRV.PING|INFO|STATS`).
     pub service: nats_service::Identity,
+    /// The cluster side (`cluster.enabled`): the policy bucket and this node's mirror.
+    pub cluster: Option<Arc<ClusterNode>>,
 }
 
 impl Shared {
@@ -182,6 +185,7 @@ impl Shared {
             && !self.is_stopping()
             && self.nats_connected()
             && self.heartbeats.stalled().next().is_none()
+            && self.cluster.as_ref().is_none_or(|c| c.mirror.synced())
     }
 
     /// Whether every shard's NATS connection is up (true when NATS is off).
@@ -216,6 +220,9 @@ fn more_series(shared: &Shared) -> Vec<crate::metrics::ExtraMetric> {
     series.extend(stats::stall_series(&shared.heartbeats));
     series.extend(stats::invalid_policy_series(&shared.handle.invalid()));
     series.extend(shared.access.metric_series());
+    if let Some(cluster) = &shared.cluster {
+        series.extend(cluster.metric_series());
+    }
     series.push(crate::metrics::ExtraMetric::gauge(
         "shardline_ready",
         "1 while /readyz answers 200 (every shard serving, NATS up, none stalled, not \
@@ -267,7 +274,19 @@ impl Server {
         handle.set_invalid(checked.policies.invalid);
         let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
         let tokens = Arc::new(Tokens::with_permissions(&settings.tokens)?);
-        let admin = admin(&settings, &tokens, &store, &handle);
+        let cluster = match &settings.cluster {
+            Some(c) => Some(Arc::new(ClusterNode::new(
+                &c.policy_bucket,
+                c.policy_replicas,
+                Arc::clone(&store),
+                handle.clone(),
+            )?)),
+            None => None,
+        };
+        let admin = admin(&settings, &tokens, &store, &handle).map(|admin| match &cluster {
+            Some(c) => admin.with_mirror(Arc::clone(&c.mirror)),
+            None => admin,
+        });
         let access = access::Access::new(
             tokens,
             settings.results_access,
@@ -278,7 +297,7 @@ impl Server {
         let budgets = BudgetFile::open(&settings.policies_dir, shard_count)?;
         let service = nats_service::Identity::new(
             &settings.node_id,
-            settings.cluster_enabled,
+            settings.cluster.is_some(),
             random_seed(),
             crate::logging::now_unix_ms(),
         );
@@ -306,6 +325,7 @@ impl Server {
             registry: Arc::new(registry),
             heartbeats: Heartbeats::new(shard_count),
             service,
+            cluster,
             handle,
             admin,
             access,
@@ -661,7 +681,7 @@ impl ServerSettings {
                 .cluster
                 .effective_node_id()
                 .unwrap_or_else(|| "unknown".to_owned()),
-            cluster_enabled: config.cluster.enabled,
+            cluster: config.cluster.enabled.then(|| config.cluster.clone()),
             assignment_subjects: subjects::AssignmentSubjects::new(
                 &config.nats.assignment_subject,
                 &config.nats.assignment_subjects_allowed,

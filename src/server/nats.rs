@@ -128,6 +128,11 @@ pub fn start(
         core.set_extensions(true);
     }
     let sids = subscribe_all(ctx, &client, config);
+    // One mirror per process, on shard 0's client, as the service API.
+    if let (0, Some(cluster)) = (ctx.id.0, &ctx.shared.cluster) {
+        let mirror = Arc::clone(cluster).run_mirror(client.clone(), seed);
+        glommio::spawn_local(mirror).detach();
+    }
     let ctx = Rc::clone(ctx);
     glommio::spawn_local(async move {
         stop.wait().await;

@@ -358,10 +358,15 @@ impl RouterService {
                 "kept": bad.kept, "problems": bad.problems.len()})
             })
             .collect();
-        let policies = serde_json::json!({
+        let mut policies = serde_json::json!({
             "invalid_count": invalid.len(),
             "invalid": shown,
         });
+        if let Some(cluster) = &shared.cluster {
+            // Not ready until the bucket has been read once: until then this node may
+            // serve policies the cluster has changed or removed.
+            policies["bucket_synced"] = cluster.mirror.synced().into();
+        }
         serde_json::to_writer(&mut resp.body, &policies).expect("JSON into a Vec");
         resp.body.push(b'}');
     }
