@@ -5,7 +5,7 @@
 //! and locks io_uring memory, and two at once would only measure contention.
 //!
 //! `nats` starts a real nats-server (plain, TLS with client verification, token or
-//! user/password) for tests that speak NATS.
+//! user/password) for tests that speak NATS, or a cluster of them with JetStream.
 
 #![allow(dead_code)]
 

@@ -10,6 +10,11 @@
 //!
 //! Readiness is "the client port sends its INFO line", not the monitor's `/healthz`: the
 //! monitor starts listening before the client port does.
+//!
+//! `cluster` runs several of these servers as one JetStream cluster; both kinds share the
+//! process handling and the free-port retry below.
+
+pub mod cluster;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -112,8 +117,7 @@ pub struct NatsOptions {
 pub struct NatsServer {
     pub port: u16,
     pub monitor_port: u16,
-    child: Option<Child>,
-    dir: TempDir,
+    process: Process,
     options: NatsOptions,
 }
 
@@ -137,23 +141,14 @@ impl NatsServer {
         let mut server = NatsServer {
             port: 0,
             monitor_port: 0,
-            child: None,
-            dir: TempDir::new("nats"),
+            process: Process::new("nats"),
             options,
         };
-        for attempt in 1..=START_ATTEMPTS_MAX {
-            server.port = free_port();
-            server.monitor_port = free_port();
-            if server.port == server.monitor_port {
-                continue;
-            }
-            match server.spawn_and_wait() {
-                Ok(()) => return server,
-                Err(log) if attempt < START_ATTEMPTS_MAX && log.contains(BIND_FAILURE) => continue,
-                Err(log) => panic!("nats-server did not start:\n{log}"),
-            }
-        }
-        panic!("nats-server found no free ports in {START_ATTEMPTS_MAX} attempts");
+        on_free_ports(2, |ports| {
+            (server.port, server.monitor_port) = (ports[0], ports[1]);
+            server.spawn_and_wait()
+        });
+        server
     }
 
     /// `nats://127.0.0.1:PORT`, or `tls://…` when the server runs TLS.
@@ -173,7 +168,7 @@ impl NatsServer {
 
     /// What the server logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.process.log()
     }
 
     /// Whether the log shows `needle` within `timeout` (the server may log an event a
@@ -193,66 +188,23 @@ impl NatsServer {
 
     /// Kills the server and waits for it to exit. Stopping a stopped server does nothing.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.stop();
     }
 
     /// Stops the server and starts it again on the same ports with the same options;
     /// returns once it accepts clients. Waits for the ports to be free again.
     pub fn restart(&mut self) {
         self.stop();
-        let deadline = Instant::now() + RESTART_TIMEOUT;
-        loop {
-            match self.spawn_and_wait() {
-                Ok(()) => return,
-                Err(log) if Instant::now() < deadline && log.contains(BIND_FAILURE) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(log) => panic!("nats-server did not restart on port {}:\n{log}", self.port),
-            }
-        }
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.0.join("nats-server.log")
+        let what = format!("nats-server on port {}", self.port);
+        until_ports_free(&what, || self.spawn_and_wait());
     }
 
     /// Writes the config, starts the process and waits until the client port sends INFO.
     /// `Err` carries the log when the process exited or never became ready (and is killed).
     fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let config = self.dir.0.join("nats-server.conf");
-        std::fs::write(&config, self.config_text()).unwrap();
-        let log = std::fs::File::create(self.log_path()).unwrap();
-        let child = Command::new(nats_server_path())
-            .arg("-c")
-            .arg(&config)
-            .current_dir(&self.dir.0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", nats_server_path().display()));
-        self.child = Some(child);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
-            let child = self.child.as_mut().unwrap();
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return Err(format!("exited with {status}; log:\n{}", self.log()));
-            }
-            if sends_info(self.port) {
-                return Ok(());
-            }
-            std::thread::sleep(READY_POLL);
-        }
-        self.stop();
-        Err(format!(
-            "no INFO on port {} within {READY_TIMEOUT:?}; log:\n{}",
-            self.port,
-            self.log()
-        ))
+        let config = self.config_text();
+        self.process.spawn(&config);
+        self.process.wait_info(self.port)
     }
 
     /// The nats-server config for the current ports and options.
@@ -292,9 +244,129 @@ impl NatsServer {
     }
 }
 
-impl Drop for NatsServer {
+/// One nats-server process on a config file in its own directory, which also holds its
+/// log; killed when dropped (before the directory is removed: fields drop after `drop`).
+struct Process {
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Process {
+    fn new(name: &str) -> Process {
+        Process {
+            child: None,
+            dir: TempDir::new(name),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.0.join("nats-server.log")
+    }
+
+    fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Writes `config` and starts nats-server on it, its output going to a fresh log.
+    fn spawn(&mut self, config: &str) {
+        assert!(self.child.is_none(), "nats-server started twice");
+        let config_path = self.dir.0.join("nats-server.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = Command::new(nats_server_path())
+            .arg("-c")
+            .arg(&config_path)
+            .current_dir(&self.dir.0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", nats_server_path().display()));
+        self.child = Some(child);
+    }
+
+    /// Waits until the client port sends INFO. `Err` carries the log when the process
+    /// exited or never became ready (and is then killed).
+    fn wait_info(&mut self, port: u16) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            if sends_info(port) {
+                return Ok(());
+            }
+            std::thread::sleep(READY_POLL);
+        }
+        self.stop();
+        Err(format!(
+            "no INFO on port {port} within {READY_TIMEOUT:?}; log:\n{}",
+            self.log()
+        ))
+    }
+
+    /// `Err` with the log when the process, started and not stopped, has exited: a
+    /// server can send INFO and still fail on a port it binds later (its route port).
+    fn check_alive(&mut self) -> Result<(), String> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        match child.try_wait().unwrap() {
+            None => Ok(()),
+            Some(status) => {
+                self.child = None;
+                Err(format!("exited with {status}; log:\n{}", self.log()))
+            }
+        }
+    }
+
+    /// Kills the process (SIGKILL) and waits for it. Stopping a stopped one does nothing.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Runs `start` on `count` distinct ports that were free a moment ago, and again on fresh
+/// ones while it fails because nats-server found one taken (by another test between the
+/// choice and the bind). Panics with `start`'s error otherwise.
+fn on_free_ports(count: usize, mut start: impl FnMut(&[u16]) -> Result<(), String>) {
+    for attempt in 1..=START_ATTEMPTS_MAX {
+        match start(&free_ports(count)) {
+            Ok(()) => return,
+            Err(log) if attempt < START_ATTEMPTS_MAX && log.contains(BIND_FAILURE) => continue,
+            Err(log) => panic!("nats-server did not start:\n{log}"),
+        }
+    }
+    panic!("nats-server found no free ports in {START_ATTEMPTS_MAX} attempts");
+}
+
+/// Runs `start` until it succeeds, again while it fails because the ports of a server
+/// just stopped are not free yet, up to `RESTART_TIMEOUT`; panics naming `what`.
+fn until_ports_free(what: &str, mut start: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + RESTART_TIMEOUT;
+    loop {
+        match start() {
+            Ok(()) => return,
+            Err(log) if Instant::now() < deadline && log.contains(BIND_FAILURE) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(log) => panic!("{what} did not restart:\n{log}"),
+        }
     }
 }
 
@@ -319,10 +391,16 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind(loopback(0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
+/// `count` distinct TCP ports on 127.0.0.1 that were free a moment ago (all bound at once,
+/// so none is chosen twice).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind(loopback(0)).expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// Whether `127.0.0.1:port` accepts a connection and sends a NATS INFO line (TLS servers
