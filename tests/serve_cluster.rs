@@ -1,0 +1,341 @@
+//! A cluster for real on one machine: a three-server nats-server cluster with JetStream and
+//! three `shardline serve` processes, each on its own config and policy directory, sharing
+//! their policies through the bucket (docs/CLUSTER.md).
+//!
+//! What is asserted is what a user of the cluster relies on: a policy written on one node
+//! decides on the others, concurrent writers cannot both win, the bucket is the authority
+//! over what a node's directory held, and losing a NATS server costs neither serving nor
+//! writing. Times are waited for with bounds, never asserted: propagation is measured by
+//! `examples/cluster_propagation.rs` (docs/CLUSTER.md has the figures).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::nats::cluster::NatsCluster;
+use support::process::RouterProcess;
+use support::{config_dir, Client, TempDir, ADMIN_TOKEN};
+
+/// How long a change may take to show on a node before the test fails: generous for a
+/// loaded 2-core machine (measured: milliseconds).
+const PROPAGATION_WAIT: Duration = Duration::from_secs(15);
+const BUCKET: &str = "shardline_policies";
+
+/// One router of the cluster.
+struct Node {
+    router: RouterProcess,
+    dir: TempDir,
+}
+
+impl Node {
+    fn client(&self) -> Client {
+        Client::connect(self.router.addr)
+    }
+
+    fn policies(&self) -> std::path::PathBuf {
+        self.dir.0.join("policies")
+    }
+}
+
+/// The config of node `i`: its own NATS server first, then the others; one shard, so
+/// three routers and three NATS servers fit on two cores.
+fn node_config(name: &str, nats: &NatsCluster, i: usize, servers: usize) -> TempDir {
+    let mut urls: Vec<String> = (0..servers).map(|s| nats.url(s)).collect();
+    urls.rotate_left(i);
+    let toml = format!(
+        "cores = \"0-0\"\n\
+         [admin]\ntokens = [{{ token = \"{ADMIN_TOKEN}\" }}]\n\
+         [nats]\nurl = \"{}\"\n\
+         [cluster]\nenabled = true\nnode_id = \"{name}\"\npolicy_replicas = {servers}\n",
+        urls.join(",")
+    );
+    let dir = config_dir(name, &toml);
+    // Every request must be decided: a cold rate-limit lease on a loaded machine answers
+    // a few `rate_limited` well under the limit.
+    support::without_acme_rate_limits(&dir);
+    dir
+}
+
+fn push(config: &Path, dir: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["policy", "push"])
+        .arg(dir)
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .output()
+        .expect("run shardline policy push")
+}
+
+/// Waits until `check` holds, or fails with `what`.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < PROPAGATION_WAIT, "{what}: not within {PROPAGATION_WAIT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ready(node: &Node) -> bool {
+    let resp = node.client().request("GET", "/readyz", &[], b"");
+    resp.status == 200
+}
+
+/// A three-server NATS cluster, the bucket seeded from the example policies, and
+/// `nodes` routers, each ready (its mirror in sync with the bucket).
+fn cluster(nodes: usize) -> (NatsCluster, Vec<Node>) {
+    let nats = NatsCluster::start(3);
+    let started: Vec<Node> = (0..nodes)
+        .map(|i| {
+            let dir = node_config(&format!("node-{}", i + 1), &nats, i, 3);
+            if i == 0 {
+                let out = push(&dir.0.join("shardline.toml"), &dir.0.join("policies"), &[]);
+                assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let router = RouterProcess::spawn(&dir.0.join("shardline.toml"));
+            Node { router, dir }
+        })
+        .collect();
+    for node in &started {
+        eventually("a node ready", || ready(node));
+    }
+    (nats, started)
+}
+
+fn auth() -> String {
+    format!("Bearer {ADMIN_TOKEN}")
+}
+
+fn put(node: &Node, path: &str, doc: &str) -> support::Response {
+    node.client()
+        .request("PUT", path, &[("Authorization", &auth())], doc.as_bytes())
+}
+
+fn policy_doc(provider: &str) -> String {
+    format!(r#"{{"version":"1.0","providers":[{{"name":"{provider}","weight":1}}]}}"#)
+}
+
+fn decide(node: &Node, policy: &str) -> serde_json::Value {
+    let body = format!(
+        r#"{{"request_id":"r-1","tenant_id":"acme","policy_id":"{policy}","task":{{"type":"chat","payload_ref":"p"}}}}"#
+    );
+    node.client()
+        .request("POST", "/v1/decide", &[], body.as_bytes())
+        .json()
+}
+
+fn decides_with(node: &Node, policy: &str, provider: &str) -> bool {
+    decide(node, policy)["decision"]["provider_id"] == provider
+}
+
+/// A put on node A decides on B and C; the listing shows the revision on every node; a
+/// delete on B removes the policy from C; each change reaches every node's directory.
+#[test]
+fn a_policy_written_on_one_node_decides_on_the_others() {
+    let _serial = support::serial();
+    let (_nats, nodes) = cluster(3);
+    let path = "/admin/v1/policies/acme/shared";
+    let created = put(&nodes[0], path, &policy_doc("alpha"));
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    let revision = created.json()["revision"].as_u64().expect("a revision");
+    // The writer reads its own write at once.
+    assert!(decides_with(&nodes[0], "shared", "alpha"));
+    for node in &nodes[1..] {
+        eventually("the put on the other nodes", || decides_with(node, "shared", "alpha"));
+        assert!(node.policies().join("acme/shared.json").is_file());
+        let listing = node
+            .client()
+            .request("GET", "/admin/v1/policies/acme", &[("Authorization", &auth())], b"")
+            .json();
+        let row = listing["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["policy_id"] == "shared")
+            .cloned()
+            .expect("listed");
+        assert_eq!(row["revision"].as_u64(), Some(revision), "{listing}");
+    }
+
+    let updated = put(&nodes[2], path, &policy_doc("beta"));
+    assert_eq!(updated.status, 200, "{}", String::from_utf8_lossy(&updated.body));
+    assert!(updated.json()["revision"].as_u64() > Some(revision));
+    eventually("the update on node A", || decides_with(&nodes[0], "shared", "beta"));
+
+    let deleted = nodes[1]
+        .client()
+        .request("DELETE", path, &[("Authorization", &auth())], b"");
+    assert_eq!(deleted.status, 200, "{}", String::from_utf8_lossy(&deleted.body));
+    eventually("the delete on node C", || {
+        decide(&nodes[2], "shared")["error"]["code"] == "policy_not_found"
+    });
+    assert!(!nodes[2].policies().join("acme/shared.json").exists());
+    let again = nodes[0]
+        .client()
+        .request("DELETE", path, &[("Authorization", &auth())], b"");
+    assert_eq!(again.status, 404);
+}
+
+/// Two writers that read the same revision: one wins, the other gets 409 `conflict`
+/// naming the revision it must read again; nothing of the loser reaches any node. An
+/// invalid document is refused before it reaches the bucket.
+#[test]
+fn concurrent_writers_cannot_both_win() {
+    let _serial = support::serial();
+    let (_nats, nodes) = cluster(2);
+    let path = "/admin/v1/policies/acme/contended";
+    let first = put(&nodes[0], path, &policy_doc("one"));
+    assert_eq!(first.status, 201);
+    let revision = first.json()["revision"].as_u64().unwrap();
+    eventually("the first put on node B", || decides_with(&nodes[1], "contended", "one"));
+
+    let at = format!("{path}?revision={revision}");
+    let a = put(&nodes[0], &at, &policy_doc("from_a"));
+    let b = put(&nodes[1], &at, &policy_doc("from_b"));
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(b.status, 409, "{}", String::from_utf8_lossy(&b.body));
+    let refused = b.json();
+    assert_eq!(refused["ok"], false);
+    assert_eq!(refused["error"]["code"], "conflict");
+    let winner = a.json()["revision"].as_u64().unwrap();
+    assert_eq!(refused["error"]["details"]["expected_revision"].as_u64(), Some(revision));
+    assert_eq!(refused["error"]["details"]["current_revision"].as_u64(), Some(winner));
+    for node in &nodes {
+        eventually("the winner everywhere", || decides_with(node, "contended", "from_a"));
+    }
+    // A create of a policy that exists (revision 0: "must not exist") conflicts too.
+    let create = put(&nodes[1], &format!("{path}?revision=0"), &policy_doc("x"));
+    assert_eq!(create.status, 409, "{}", String::from_utf8_lossy(&create.body));
+
+    let invalid = put(&nodes[1], path, r#"{"version":"1.0","providers":[]}"#);
+    assert_eq!(invalid.status, 400, "{}", String::from_utf8_lossy(&invalid.body));
+    let bad_query = put(&nodes[1], &format!("{path}?revision=x"), &policy_doc("x"));
+    assert_eq!(bad_query.status, 400);
+    assert!(decides_with(&nodes[0], "contended", "from_a"));
+}
+
+/// The bucket is the authority: a node whose directory holds a policy the bucket does not
+/// drops it at its first sync, and a document written to the bucket behind the router's
+/// back that does not load changes nothing on any node (counted, logged).
+#[test]
+fn the_bucket_is_the_authority_over_a_node_directory() {
+    let _serial = support::serial();
+    let (nats, nodes) = cluster(1);
+    let late = node_config("node-late", &nats, 1, 3);
+    support::write_policy(&late, "acme", "local_only", &policy_doc("local"));
+    let router = RouterProcess::spawn(&late.0.join("shardline.toml"));
+    let late = Node { router, dir: late };
+    eventually("the late node ready", || ready(&late));
+    assert!(!late.policies().join("acme/local_only.json").exists());
+    assert_eq!(decide(&late, "local_only")["error"]["code"], "policy_not_found");
+    assert_eq!(decide(&late, "default")["ok"], true);
+
+    let nc = nats::connect(&nats.url(2)).expect("connect to NATS");
+    let reply = nc
+        .request(&format!("$KV.{BUCKET}.acme.broken"), "{ not json")
+        .expect("a JetStream ack");
+    assert!(String::from_utf8_lossy(&reply.data).contains("\"seq\""));
+    let good = put(&nodes[0], "/admin/v1/policies/acme/after_broken", &policy_doc("fine"));
+    assert_eq!(good.status, 201);
+    for node in [&nodes[0], &late] {
+        eventually("the change after the broken one", || {
+            decides_with(node, "after_broken", "fine")
+        });
+        assert!(!node.policies().join("acme/broken.json").exists());
+        let metrics = node.client().request("GET", "/metrics", &[], b"");
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        assert!(
+            text.contains("shardline_cluster_policy_changes_refused_total 1"),
+            "{text}"
+        );
+        assert!(ready(node));
+    }
+}
+
+/// Losing the NATS server a node talks to costs neither its answers nor the cluster's
+/// writes (the bucket has three replicas): the node reconnects to another server, a put
+/// made meanwhile reaches every node, and the server comes back.
+#[test]
+fn a_nats_server_lost_under_traffic_costs_no_answer_and_no_write() {
+    let _serial = support::serial();
+    let (mut nats, nodes) = cluster(3);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answered = std::thread::scope(|scope| {
+        let traffic = scope.spawn(|| {
+            let mut client = nodes[0].client();
+            let body = support::decide_body("acme", "r-traffic");
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp = client.request("POST", "/v1/decide", &[], &body);
+                if resp.status == 200 {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            (ok, failed)
+        });
+        nats.kill(0);
+        let path = "/admin/v1/policies/acme/during_outage";
+        // Node A's server is gone: its write waits for its reconnection to another.
+        // A put whose acknowledgement was lost with the server is retried; the retry
+        // finds the policy written and updates it (200) rather than creating it (201).
+        eventually("a put through node A after its server died", || {
+            matches!(put(&nodes[0], path, &policy_doc("steady")).status, 200 | 201)
+        });
+        for node in &nodes {
+            eventually("the put on every node", || decides_with(node, "during_outage", "steady"));
+        }
+        nats.restart(0);
+        let path = "/admin/v1/policies/acme/after_restart";
+        assert_eq!(put(&nodes[1], path, &policy_doc("back")).status, 201);
+        for node in &nodes {
+            eventually("the put after the restart", || {
+                decides_with(node, "after_restart", "back")
+            });
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        traffic.join().unwrap()
+    });
+    let (ok, failed) = answered;
+    assert!(ok > 0);
+    // HTTP decisions never wait on NATS: none failed while a server was away.
+    assert_eq!(failed, 0, "{ok} answered, {failed} failed");
+}
+
+/// `policy push` refuses a directory with an invalid document and writes nothing; with
+/// `--prune` it deletes what the directory does not hold, and the nodes follow.
+#[test]
+fn policy_push_checks_first_and_prunes_on_request() {
+    let _serial = support::serial();
+    let (_nats, nodes) = cluster(1);
+    let config = nodes[0].dir.0.join("shardline.toml");
+    let source = TempDir::new("push-source");
+    std::fs::create_dir_all(source.0.join("acme")).unwrap();
+    std::fs::write(source.0.join("acme/only.json"), policy_doc("pushed")).unwrap();
+    std::fs::write(source.0.join("acme/bad.json"), "{").unwrap();
+    let refused = push(&config, &source.0, &["--prune"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("nothing was pushed"), "{said}");
+    assert!(decide(&nodes[0], "default")["ok"] == true, "nothing was pruned");
+
+    std::fs::remove_file(source.0.join("acme/bad.json")).unwrap();
+    let pushed = push(&config, &source.0, &["--prune"]);
+    let out = String::from_utf8_lossy(&pushed.stdout);
+    assert!(pushed.status.success(), "{out}{}", String::from_utf8_lossy(&pushed.stderr));
+    assert!(out.contains("put acme/only revision"), "{out}");
+    assert!(out.contains("deleted acme/default revision"), "{out}");
+    eventually("the pushed set on the node", || {
+        decides_with(&nodes[0], "only", "pushed")
+            && decide(&nodes[0], "default")["error"]["code"] == "policy_not_found"
+    });
+    let listed: Vec<_> = std::fs::read_dir(nodes[0].policies().join("acme"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(listed, ["only.json"]);
+}
