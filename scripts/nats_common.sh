@@ -21,19 +21,48 @@ nats_bin() {
   fi
 }
 
-# Prints the pid from the pidfile when that process is alive and is a nats-server;
+# Succeeds while process $1 runs: it exists and is no zombie (exited, not reaped yet,
+# which `kill -0` cannot tell from running).
+pid_alive() {
+  kill -0 "$1" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+# Prints the pid from pidfile $1 when that process is alive and its command name is $2;
 # removes a stale pidfile. Fails when none runs.
-nats_running_pid() {
-  [ -s "$NATS_PIDFILE" ] || return 1
+running_pid() {
+  [ -s "$1" ] || return 1
   local pid
-  pid="$(cat "$NATS_PIDFILE")"
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-    && grep -q nats-server "/proc/$pid/comm" 2>/dev/null; then
+  pid="$(cat "$1")"
+  if [ -n "$pid" ] && pid_alive "$pid" && grep -qx "$2" "/proc/$pid/comm" 2>/dev/null; then
     echo "$pid"
     return 0
   fi
-  rm -f "$NATS_PIDFILE"
+  rm -f "$1"
   return 1
+}
+
+# Prints the pid of the development nats-server when it runs (see running_pid).
+nats_running_pid() {
+  running_pid "$NATS_PIDFILE" nats-server
+}
+
+# Stops process $1, called $2 in messages: SIGTERM, up to $3 seconds to exit, then SIGKILL.
+stop_pid() {
+  kill -TERM "$1" 2>/dev/null || true
+  wait_exit "$@"
+}
+
+# Waits up to $3 seconds for process $1 (called $2), signalled already, to exit; then
+# SIGKILL. Apart from stop_pid for processes that must get one SIGTERM only (a router
+# ends at once, without draining, on its second).
+wait_exit() {
+  local pid=$1 name=$2 seconds=$3
+  for _ in $(seq 1 $((seconds * 5))); do
+    pid_alive "$pid" || return 0
+    sleep 0.2
+  done
+  echo "$name (pid $pid) still running after $seconds s: killing it"
+  kill -KILL "$pid" 2>/dev/null || true
 }
 
 # Succeeds when something accepts TCP connections on 127.0.0.1:$1.

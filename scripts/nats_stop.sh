@@ -9,14 +9,6 @@ if ! pid="$(nats_running_pid)"; then
   echo "nats-server is not running"
   exit 0
 fi
-kill -TERM "$pid" 2>/dev/null || true
-for _ in $(seq 1 50); do
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.2
-done
-if kill -0 "$pid" 2>/dev/null; then
-  echo "nats-server (pid $pid) still running after 10 s: killing it"
-  kill -KILL "$pid" 2>/dev/null || true
-fi
+stop_pid "$pid" nats-server 10
 rm -f "$NATS_PIDFILE"
 echo "nats-server stopped (pid $pid)"
