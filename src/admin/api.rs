@@ -10,6 +10,7 @@
 //! | `/admin/v1/dry-run`                     | POST             | the body's tenant|
 //! | `/admin/v1/circuits/{tenant}`           | GET              | tenant           |
 //! | `/admin/v1/budgets/{tenant}`            | GET              | tenant           |
+//! | `/admin/v1/cluster`                     | GET              | all tenants      |
 //!
 //! Order of checks: the token first (401 for anything without a valid token, so routes
 //! cannot be probed anonymously), then the route (404) and method (405), then the scope
@@ -45,7 +46,7 @@ use super::reply::{
 use super::store::{PolicyStore, StoreError};
 use super::table::{delete_policy, put_policy, reload_all, PublishError, TableHandle};
 use crate::answer::encode_outcome;
-use crate::cluster::policies::PolicyMirror;
+use crate::cluster::ClusterNode;
 use crate::contract::{context_ids, decode_decide, encode_contract_error, ErrorCode, Headers};
 use crate::decide::breaker::BreakerState;
 use crate::decide::{decide, Now, ShardState};
@@ -99,7 +100,9 @@ pub fn placement<'a>(req: &AdminRequest<'a>) -> Placement<'a> {
             Err(_) => Placement::Anywhere,
         },
         Some(Route::Policy(..) | Route::Reload) => Placement::Blocking,
-        Some(Route::Policies | Route::TenantPolicies(_)) | None => Placement::Anywhere,
+        Some(Route::Policies | Route::TenantPolicies(_) | Route::Cluster) | None => {
+            Placement::Anywhere
+        }
     }
 }
 
@@ -112,6 +115,7 @@ enum Route<'a> {
     DryRun,
     Circuits(&'a str),
     Budgets(&'a str),
+    Cluster,
 }
 
 impl<'a> Route<'a> {
@@ -132,6 +136,7 @@ impl<'a> Route<'a> {
             ("dry-run", None, None) => Some(Route::DryRun),
             ("circuits", Some(t), None) => Some(Route::Circuits(t)),
             ("budgets", Some(t), None) => Some(Route::Budgets(t)),
+            ("cluster", None, None) => Some(Route::Cluster),
             _ => None,
         }
     }
@@ -140,9 +145,11 @@ impl<'a> Route<'a> {
         match self {
             Route::Policy(..) => "GET, PUT, DELETE",
             Route::Reload | Route::DryRun => "POST",
-            Route::Policies | Route::TenantPolicies(_) | Route::Circuits(_) | Route::Budgets(_) => {
-                "GET"
-            }
+            Route::Policies
+            | Route::TenantPolicies(_)
+            | Route::Circuits(_)
+            | Route::Budgets(_)
+            | Route::Cluster => "GET",
         }
     }
 }
@@ -227,8 +234,9 @@ pub struct Admin {
     tokens: Arc<Tokens>,
     store: Arc<PolicyStore>,
     handle: TableHandle,
-    /// On a cluster node: the bucket revisions the listing shows, for compare-and-set.
-    mirror: Option<Arc<PolicyMirror>>,
+    /// On a cluster node: the bucket revisions the listing shows (for compare-and-set),
+    /// and the members `GET /admin/v1/cluster` lists.
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 impl Admin {
@@ -246,13 +254,13 @@ impl Admin {
             tokens,
             store,
             handle,
-            mirror: None,
+            cluster: None,
         }
     }
 
-    /// On a cluster node: list each policy with its bucket revision.
-    pub fn with_mirror(mut self, mirror: Arc<PolicyMirror>) -> Self {
-        self.mirror = Some(mirror);
+    /// On a cluster node: list each policy with its bucket revision, and the members.
+    pub fn with_cluster(mut self, cluster: Arc<ClusterNode>) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -292,6 +300,7 @@ impl Admin {
             (Route::DryRun, _) => dry_run(&scope, req.body, &shard),
             (Route::Circuits(tenant), _) => circuits(&scope, tenant, &shard),
             (Route::Budgets(tenant), _) => budgets(&scope, tenant, &shard),
+            (Route::Cluster, _) => self.cluster_view(&scope, req.query),
         };
         reply.unwrap_or_else(|err| err)
     }
@@ -336,6 +345,57 @@ impl Admin {
         })
     }
 
+    /// The members as this node sees them, the partitions each owns, and with
+    /// `?tenant=T` the node owning T. All tenants' scope: it shows the whole cluster.
+    fn cluster_view(&self, scope: &Scope, query: Option<&str>) -> Reply {
+        scope.require_all()?;
+        let Some(cluster) = &self.cluster else {
+            let message = "this router is not a cluster node (cluster.enabled = false)";
+            return Err(AdminResponse::error_status(
+                404,
+                ErrorCode::InvalidRequest,
+                message,
+            ));
+        };
+        let tenant = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix("tenant="));
+        if let Some(t) = tenant.filter(|t| !is_tenant_id(t)) {
+            let message = format!("query parameter tenant={} is not a tenant id", shown(t));
+            return Err(AdminResponse::error(ErrorCode::InvalidRequest, &message));
+        }
+        let now = cluster.now_ms();
+        let members = cluster.members();
+        let rows: Vec<serde_json::Value> = members
+            .rows(now)
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({
+                    "node_id": r.node_id,
+                    "instance": r.instance,
+                    "shards": r.shards,
+                    "last_heard_ms_ago": r.last_heard_ms_ago,
+                    "partitions_owned": r.partitions_owned,
+                })
+            })
+            .collect();
+        let mut body = serde_json::json!({
+            "ok": true,
+            "node_id": members.me(),
+            "partitions": crate::cluster::members::PARTITIONS,
+            "members": rows,
+        });
+        if let Some(t) = tenant {
+            body["tenant"] = serde_json::json!({
+                "tenant": t,
+                "partition": crate::cluster::members::partition_of(t),
+                "owner": members.owner_of(t, now),
+            });
+        }
+        Ok(AdminResponse::json(200, &body))
+    }
+
     fn list(&self, scope: &Scope, tenant: Option<&str>) -> Reply {
         if let Some(tenant) = tenant {
             check_tenant(scope, tenant)?;
@@ -351,9 +411,9 @@ impl Admin {
                 version: &p.version,
                 providers: p.providers.len(),
                 revision: self
-                    .mirror
+                    .cluster
                     .as_ref()
-                    .and_then(|m| m.revision(&p.tenant, &p.id).ok())
+                    .and_then(|c| c.mirror.revision(&p.tenant, &p.id).ok())
                     .map(|r| r.revision),
             })
             .collect();

@@ -1,28 +1,33 @@
 //! A router as one node of a cluster on NATS (docs/CLUSTER.md).
 //!
-//! What exists: one source of policy truth. The policies live in a JetStream key-value
-//! bucket (`kv`); every node mirrors it into its own policy directory (`policies`) and
-//! serves from there as one node does; an admin put or delete on any node goes to the
-//! bucket first, with compare-and-set on the key's revision, so two writers cannot both
-//! win.
+//! What exists:
+//! - one source of policy truth: the policies live in a JetStream key-value bucket
+//!   (`kv`); every node mirrors it into its own policy directory (`policies`) and serves
+//!   from there as one node does; an admin put or delete on any node goes to the bucket
+//!   first, with compare-and-set on the key's revision, so two writers cannot both win;
+//! - membership and ownership (`members`): heartbeats on a subject, and the published
+//!   function from a tenant to its owner node over the live members.
 //!
-//! Where it runs: the watch and the bucket's creation on shard 0's NATS client (one per
-//! process, as the service API), the mirror's file writes on glommio's blocking pool, and
-//! an admin write's bucket request on the shard that took the request.
+//! Where it runs: the watch, the bucket's creation and the heartbeats on shard 0's NATS
+//! client (one per process, as the service API), the mirror's file writes on glommio's
+//! blocking pool, and an admin write's bucket request on the shard that took the request.
 
 pub mod kv;
+pub mod members;
 pub mod policies;
 pub mod push;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use crate::admin::{ClusterWrite, PolicyStore, TableHandle};
 use crate::metrics::ExtraMetric;
-use crate::transport::nats::Client;
+use crate::transport::nats::{Client, Msg};
 use kv::{Bucket, Event, KvError, Watch};
+use members::{Beat, Members};
 use policies::{policy_key, PolicyMirror};
 
 /// How long a bucket request (a put, a delete, the bucket's creation) may take.
@@ -35,12 +40,22 @@ const CONNECTED_POLL: Duration = Duration::from_millis(20);
 /// Delay between attempts to create the bucket while JetStream does not answer.
 const ENSURE_RETRY: Duration = Duration::from_secs(1);
 
-/// A node's cluster side: its policy bucket and the mirror of it.
+/// Where heartbeats go: one subject per node under it (node ids may hold dots, so the
+/// subscription is `>` and the node is read from the payload).
+pub const HEARTBEAT_SUBJECT: &str = "shardline.cluster.v1.heartbeat";
+
+/// A node's cluster side: its policy bucket and the mirror of it, and its view of the
+/// other nodes.
 #[derive(Debug)]
 pub struct ClusterNode {
     pub bucket: Bucket,
     pub replicas: u32,
     pub mirror: Arc<PolicyMirror>,
+    members: Mutex<Members>,
+    /// This node's heartbeat.
+    beat: Beat,
+    /// The members' clock: this node's monotonic milliseconds.
+    epoch: Instant,
 }
 
 /// What a policy write through the bucket did.
@@ -66,16 +81,102 @@ pub enum WriteError {
 
 impl ClusterNode {
     pub fn new(
-        bucket: &str,
-        replicas: u32,
+        config: &crate::config::ClusterConfig,
+        identity: (&str, &str, u32),
         store: Arc<PolicyStore>,
         handle: TableHandle,
     ) -> Result<Self, KvError> {
+        let (node_id, instance, shards) = identity;
+        let failover = Duration::from_millis(config.failover_ms);
         Ok(ClusterNode {
-            bucket: Bucket::new(bucket)?,
-            replicas,
+            bucket: Bucket::new(&config.policy_bucket)?,
+            replicas: config.policy_replicas,
             mirror: Arc::new(PolicyMirror::new(store, handle)),
+            members: Mutex::new(Members::new(node_id, failover)),
+            beat: Beat {
+                instance: instance.to_owned(),
+                shards,
+            },
+            epoch: Instant::now(),
         })
+    }
+
+    /// The members' clock now.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// This node's view of the cluster (locked briefly: heartbeats, the admin API and the
+    /// metrics scrape share it).
+    pub fn members(&self) -> MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Beats every `beat_interval` and listens to the others' beats, until the client
+    /// closes. Runs on shard 0.
+    pub async fn run_membership(self: Arc<Self>, client: Client) {
+        let node = Arc::clone(&self);
+        let handler = Rc::new(move |_: &Client, msg: Msg<'_>| node.on_beat(msg.payload));
+        let subject = format!("{HEARTBEAT_SUBJECT}.>");
+        if let Err(e) = client.subscribe(&subject, None, handler) {
+            log::error!("cluster: cannot subscribe to heartbeats: {e}");
+            return;
+        }
+        let (me, interval) = {
+            let members = self.members();
+            (members.me().to_owned(), members.beat_interval())
+        };
+        let beat = serde_json::json!({
+            "node_id": me,
+            "instance": self.beat.instance,
+            "shards": self.beat.shards,
+        })
+        .to_string();
+        let own_subject = format!("{HEARTBEAT_SUBJECT}.{me}");
+        while !client.is_closed() {
+            if client.is_connected() {
+                // A full outbound buffer drops this beat; the next one follows.
+                let _ = client.publish(&own_subject, None, &[], beat.as_bytes());
+            }
+            let gone = self.members().expire(self.now_ms());
+            for node in gone {
+                log::warn!(
+                    "cluster: node {node} left: no heartbeat for {} ms; its partitions move \
+                     to the others",
+                    interval.as_millis() * u128::from(members::HEARTBEATS_PER_FAILOVER)
+                );
+            }
+            glommio::timer::sleep(interval).await;
+        }
+    }
+
+    fn on_beat(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Heartbeat<'a> {
+            #[serde(borrow)]
+            node_id: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            instance: std::borrow::Cow<'a, str>,
+            shards: u32,
+        }
+        let Ok(beat) = serde_json::from_slice::<Heartbeat<'_>>(payload) else {
+            return;
+        };
+        if !crate::policy::is_tenant_id(&beat.node_id) {
+            return;
+        }
+        let now = self.now_ms();
+        let joined = self.members().heard(
+            &beat.node_id,
+            Beat {
+                instance: beat.instance.into_owned(),
+                shards: beat.shards,
+            },
+            now,
+        );
+        if joined {
+            log::info!("cluster: node {} joined", beat.node_id);
+        }
     }
 
     /// Writes a checked put or delete to the bucket with compare-and-set: against the
@@ -195,11 +296,33 @@ impl ClusterNode {
         }
     }
 
-    /// `/metrics` series of the policy mirror.
+    /// `/metrics` series of the policy mirror and the membership.
     pub fn metric_series(&self) -> Vec<ExtraMetric> {
         use std::sync::atomic::Ordering::Relaxed;
         let stats = &self.mirror.stats;
+        let (live, owned) = {
+            let members = self.members();
+            let now = self.now_ms();
+            let me = members.me().to_owned();
+            let owned = members.ownership(now);
+            let mine = owned
+                .iter()
+                .find(|(id, _)| *id == me)
+                .map_or(0, |(_, n)| *n);
+            (owned.len(), mine)
+        };
         vec![
+            ExtraMetric::gauge(
+                "shardline_cluster_members",
+                "Nodes this node counts as live (itself included): heard within \
+                 cluster.failover_ms.",
+                live as f64,
+            ),
+            ExtraMetric::gauge(
+                "shardline_cluster_partitions_owned",
+                "Tenant partitions (of 1,024) this node owns over the live members.",
+                f64::from(owned),
+            ),
             ExtraMetric::gauge(
                 "shardline_cluster_policies_synced",
                 "1 once this node has applied the policy bucket as it was when the node \

@@ -193,3 +193,9 @@ const _: () = assert!(ASSIGNMENT_RETRIES_DEFAULT <= ASSIGNMENT_RETRIES_MAX);
 
 /// `cluster.policy_replicas`: JetStream keeps at most five replicas of a stream.
 pub const POLICY_REPLICAS_MAX: u32 = 5;
+
+/// `cluster.failover_ms`: beats go out every quarter of it, so below 200 ms a node would
+/// beat more than 20 times a second per node for little gain; above a minute a dead
+/// node's tenants wait too long for a new owner.
+pub const FAILOVER_MS_MIN: u64 = 200;
+pub const FAILOVER_MS_MAX: u64 = 60_000;

@@ -305,6 +305,7 @@ impl ClusterConfig {
             "node_id" => self.node_id = raw.trim().to_owned(),
             "policy_bucket" => self.policy_bucket = raw.trim().to_owned(),
             "policy_replicas" => self.policy_replicas = parse(raw)?,
+            "failover_ms" => self.failover_ms = parse(raw)?,
             _ => return Err(SetError::UnknownKey),
         }
         Ok(())

@@ -462,6 +462,9 @@ pub struct ClusterConfig {
     /// Replicas of the bucket when a node creates it (1 to `POLICY_REPLICAS_MAX`; at most
     /// the JetStream servers of the NATS cluster). An existing bucket is used as it is.
     pub policy_replicas: u32,
+    /// A node not heard from for this long is taken for gone and its tenants move
+    /// (`FAILOVER_MS_MIN` to `FAILOVER_MS_MAX`); it beats four times in this time.
+    pub failover_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -471,6 +474,7 @@ impl Default for ClusterConfig {
             node_id: String::new(),
             policy_bucket: POLICY_BUCKET_DEFAULT.to_owned(),
             policy_replicas: 1,
+            failover_ms: 3_000,
         }
     }
 }

@@ -582,6 +582,13 @@ fn check_cluster(cluster: &ClusterConfig, nats: &NatsConfig, report: &mut Report
         );
         report.push("cluster.policy_replicas", message);
     }
+    if !(FAILOVER_MS_MIN..=FAILOVER_MS_MAX).contains(&cluster.failover_ms) {
+        let message = format!(
+            "must be {FAILOVER_MS_MIN} to {FAILOVER_MS_MAX}, got {}",
+            cluster.failover_ms
+        );
+        report.push("cluster.failover_ms", message);
+    }
     let key = "cluster.node_id";
     if !cluster.node_id.is_empty() {
         if !is_node_id(&cluster.node_id) {

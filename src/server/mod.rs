@@ -274,17 +274,23 @@ impl Server {
         handle.set_invalid(checked.policies.invalid);
         let store = Arc::new(PolicyStore::open(&settings.policies_dir)?);
         let tokens = Arc::new(Tokens::with_permissions(&settings.tokens)?);
+        let service = nats_service::Identity::new(
+            &settings.node_id,
+            settings.cluster.is_some(),
+            random_seed(),
+            crate::logging::now_unix_ms(),
+        );
         let cluster = match &settings.cluster {
             Some(c) => Some(Arc::new(ClusterNode::new(
-                &c.policy_bucket,
-                c.policy_replicas,
+                c,
+                (&settings.node_id, &service.id, shard_count as u32),
                 Arc::clone(&store),
                 handle.clone(),
             )?)),
             None => None,
         };
         let admin = admin(&settings, &tokens, &store, &handle).map(|admin| match &cluster {
-            Some(c) => admin.with_mirror(Arc::clone(&c.mirror)),
+            Some(c) => admin.with_cluster(Arc::clone(c)),
             None => admin,
         });
         let access = access::Access::new(
@@ -295,12 +301,6 @@ impl Server {
         );
         let watcher = Watcher::spawn(handle.clone(), Arc::clone(&store), settings.watch_interval)?;
         let budgets = BudgetFile::open(&settings.policies_dir, shard_count)?;
-        let service = nats_service::Identity::new(
-            &settings.node_id,
-            settings.cluster.is_some(),
-            random_seed(),
-            crate::logging::now_unix_ms(),
-        );
         let shared = Arc::new(Shared {
             partition: Partitioner::new(shard_count),
             stats: (0..shard_count)

@@ -132,6 +132,8 @@ pub fn start(
     if let (0, Some(cluster)) = (ctx.id.0, &ctx.shared.cluster) {
         let mirror = Arc::clone(cluster).run_mirror(client.clone(), seed);
         glommio::spawn_local(mirror).detach();
+        let membership = Arc::clone(cluster).run_membership(client.clone());
+        glommio::spawn_local(membership).detach();
     }
     let ctx = Rc::clone(ctx);
     glommio::spawn_local(async move {

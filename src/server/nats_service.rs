@@ -202,6 +202,15 @@ fn answer(shared: &Shared, verb: Verb) -> Value {
             "cluster": identity.cluster.to_string(),
         },
     });
+    if let Some(cluster) = &shared.cluster {
+        // What this node owns now (metadata values are strings, by the protocol).
+        let members = cluster.members();
+        let owned = members.ownership(cluster.now_ms());
+        let mine = owned.iter().find(|(id, _)| id == members.me());
+        let mine = mine.map_or(0, |(_, n)| *n);
+        out["metadata"]["partitions_owned"] = Value::from(mine.to_string());
+        out["metadata"]["members"] = Value::from(owned.len().to_string());
+    }
     match verb {
         Verb::Ping => {}
         Verb::Info => {
