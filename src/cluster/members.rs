@@ -306,6 +306,30 @@ mod tests {
         assert!(m.heard("a", beat(), 5_000), "back");
     }
 
+    /// At 16 nodes (docs/CLUSTER.md, "A simulated 16-node cluster"): how even ownership
+    /// is, and what one node leaving moves (printed with `--nocapture`).
+    #[test]
+    fn sixteen_nodes_own_evenly_and_a_leaver_moves_a_sixteenth() {
+        let names: Vec<String> = (1..=16).map(|i| format!("node-{i}")).collect();
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut owned = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            *owned.entry(owner_among(p, &all).unwrap()).or_insert(0u32) += 1;
+        }
+        let (min, max) = (owned.values().min().unwrap(), owned.values().max().unwrap());
+        let leaver = "node-7";
+        let rest: Vec<&str> = all.iter().copied().filter(|n| *n != leaver).collect();
+        let moved = (0..PARTITIONS)
+            .filter(|p| owner_among(*p, &all) != owner_among(*p, &rest))
+            .count();
+        eprintln!(
+            "16 nodes: {min}..{max} partitions each (even: 64); {leaver} leaving moves \
+             {moved}, all of its own"
+        );
+        assert_eq!(moved as u32, owned[leaver]);
+        assert!(*min >= 40 && *max <= 90, "{min}..{max}");
+    }
+
     #[test]
     fn members_are_bounded() {
         let mut m = Members::new("me", Duration::from_millis(1_000));

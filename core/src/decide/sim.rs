@@ -39,6 +39,10 @@ struct NetConfig {
     /// Per mille.
     drop: u64,
     duplicate: u64,
+    /// Shards grouped into nodes of this many, with `delay_max_ns` between shards of one
+    /// node and `cross_delay_max_ns` between nodes; 0 = one node.
+    node_shards: u32,
+    cross_delay_max_ns: u64,
 }
 
 #[derive(Debug)]
@@ -73,10 +77,16 @@ struct Net {
     flights: BinaryHeap<Reverse<Flight>>,
     seq: u64,
     peak: usize,
+    /// Messages sent, and those sent to `watched` (the owner, for the volume it takes).
+    sent: u64,
+    sent_to_watched: u64,
+    watched: Option<Peer>,
 }
 
 impl Net {
     fn send(&mut self, now: u64, from: Peer, to: Peer, msg: SyncMsg) {
+        self.sent += 1;
+        self.sent_to_watched += u64::from(self.watched == Some(to));
         if self.rng.below(1000) < self.config.drop {
             return;
         }
@@ -85,8 +95,15 @@ impl Net {
         } else {
             1
         };
+        let c = self.config;
+        let crosses = c.node_shards > 0 && from.0 / c.node_shards != to.0 / c.node_shards;
+        let delay_max = if crosses {
+            c.cross_delay_max_ns
+        } else {
+            c.delay_max_ns
+        };
         for _ in 0..copies {
-            let at = now + self.rng.below(self.config.delay_max_ns + 1);
+            let at = now + self.rng.below(delay_max + 1);
             self.seq += 1;
             self.flights.push(Reverse(Flight {
                 at,
@@ -139,6 +156,9 @@ impl Cluster {
                 flights: BinaryHeap::new(),
                 seq: 0,
                 peak: 0,
+                sent: 0,
+                sent_to_watched: 0,
+                watched: Some(owner),
             },
             now: 0,
             owner,
@@ -212,6 +232,8 @@ fn net_for(rng: &mut Rng, lossy: bool) -> NetConfig {
         } else {
             0
         },
+        node_shards: 0,
+        cross_delay_max_ns: 0,
     }
 }
 
@@ -554,4 +576,98 @@ fn least_latency_reads_the_owners_replicated_estimate() {
         let owner = c.shards[0].provider_state(PolicySlot(0), ProviderIdx(0));
         assert_eq!(owner.in_flight.get(c.now, 10_000), 0.0, "seed {seed}");
     }
+}
+
+/// One tenant's rate limit (5,000/s, burst 100) hammered on `nodes × shards` peers for
+/// 300 ms, the owner one of them: (admitted share of the allowance, messages per second in
+/// all, into the owner, most in flight). Asserts the limit over every window.
+fn hammer_at_scale(nodes: u32, shards: u32, owner: Peer) -> (f64, f64, f64, usize) {
+    let n = nodes * shards;
+    let (rps, burst) = (5_000, 100);
+    let mut rng = Rng::new(7);
+    let net = NetConfig {
+        delay_max_ns: 20 * US,
+        drop: 0,
+        duplicate: 0,
+        node_shards: shards,
+        cross_delay_max_ns: MS,
+    };
+    let mut c = Cluster::new(limited_table(rps, burst), n, owner, net, 7);
+    let req = request("t", "p");
+    let duration_ns = 300 * MS;
+    let tick = 50 * US;
+    let mut admitted = Vec::new();
+    let mut t = 0;
+    // ≈ 1 million requests a second offered in all, spread over the peers.
+    let one_in = u64::from(n / 50).max(1);
+    while t < duration_ns {
+        c.step(t);
+        for shard in 0..n as usize {
+            if rng.below(one_in) == 0 && c.decide_on(shard, &req).is_ok() {
+                admitted.push(t);
+            }
+        }
+        c.flush();
+        t += tick;
+    }
+    let run = LimitRun {
+        admitted,
+        rps,
+        burst,
+        duration_ns,
+        outbox_peak: c.outbox_peak,
+        net_peak: c.net.peak,
+        delay_max_ns: net.cross_delay_max_ns,
+    };
+    let excess = worst_window_excess(&run);
+    assert!(
+        excess <= 0,
+        "a window admitted {excess} nano-tokens over the limit"
+    );
+    let allowed = f64::from(burst) + f64::from(rps) * duration_ns as f64 / 1e9;
+    let per_s = |k: u64| k as f64 * 1e9 / duration_ns as f64;
+    (
+        run.admitted.len() as f64 / allowed,
+        per_s(c.net.sent),
+        per_s(c.net.sent_to_watched),
+        run.net_peak,
+    )
+}
+
+/// The protocol at the scale of a 16-node, 256-shard cluster (docs/CLUSTER.md, "A
+/// simulated 16-node cluster"): one tenant's rate limit hammered on all 256 shards, 20 µs
+/// between shards of a node and up to 1 ms between nodes, the owner one of them; then the
+/// same with one lease holder per node (16 peers, as node-level leases would run). The
+/// limit holds over every window; what is printed (`--nocapture`) is what the docs quote:
+/// the share of the allowance admitted and the protocol's message volume, in all and at
+/// the owner, for leases and for a circuit opening (its replica fan-out).
+#[test]
+fn a_256_shard_cluster_keeps_the_limit_and_says_what_it_costs() {
+    let owner = Peer(37);
+    for (nodes, shards, owner) in [(16, 16, owner), (16, 1, Peer(2))] {
+        let (share, all, into_owner, in_flight) = hammer_at_scale(nodes, shards, owner);
+        eprintln!(
+            "{} lease holders ({nodes} nodes × {shards}): admitted {share:.3} of the \
+             allowance; {all:.0} messages/s in all, {into_owner:.0}/s into the owner; \
+             {in_flight} in flight at most",
+            nodes * shards
+        );
+        assert!(share >= 0.9, "admitted {share:.3} of the allowance");
+    }
+    let n = 256;
+    let net = NetConfig {
+        delay_max_ns: 20 * US,
+        drop: 0,
+        duplicate: 0,
+        node_shards: 16,
+        cross_delay_max_ns: MS,
+    };
+    // A circuit opening: what one result at the owner sends to every other shard.
+    let mut c = Cluster::new(breaker_table(1), n, owner, net, 7);
+    c.step(MS);
+    let before = c.net.sent;
+    c.result_at_owner("a", Outcome::Failure);
+    let fan_out = c.net.sent - before;
+    eprintln!("a circuit opening: {fan_out} replica messages (one per other shard)");
+    assert_eq!(fan_out, u64::from(n) - 1);
 }
