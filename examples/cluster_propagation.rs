@@ -16,6 +16,10 @@
 //!
 //! A node is polled over one keep-alive connection; a round that has not reached every node
 //! within `--timeout-ms` is reported and counted, not waited for.
+//!
+//! With `--kill-pid PID --watch OPS,…` it then measures failover: it kills the router PID
+//! with SIGKILL and times how long until every watched node (their operations listeners)
+//! no longer lists `--kill-node` among its members (`GET /admin/v1/cluster`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -49,6 +53,15 @@ struct Args {
     /// Pause between rounds.
     #[arg(long, default_value_t = 20)]
     pause_ms: u64,
+    /// After the rounds: SIGKILL this router and time its departure.
+    #[arg(long)]
+    kill_pid: Option<i32>,
+    /// The killed router's node id.
+    #[arg(long, default_value = "node-3")]
+    kill_node: String,
+    /// Operations listeners of the nodes that must see it leave, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    watch: Vec<SocketAddr>,
 }
 
 /// Rounds allowed to time out before the run stops.
@@ -203,6 +216,61 @@ fn main() -> Result<()> {
     let (status, _) = admin.call("DELETE", &path, Some(&args.token), b"")?;
     if status >= 300 {
         eprintln!("could not delete the policy written (status {status})");
+    }
+    if let Some(pid) = args.kill_pid {
+        failover(&args, pid)?;
+    }
+    Ok(())
+}
+
+/// Kills `pid` and times until no watched node lists `--kill-node` any more.
+fn failover(args: &Args, pid: i32) -> Result<()> {
+    let mut watched: Vec<Conn> = args
+        .watch
+        .iter()
+        .map(|a| Conn::open(*a))
+        .collect::<Result<_>>()?;
+    let needle = format!(r#""node_id":"{}""#, args.kill_node);
+    let listed = |conn: &mut Conn| -> Result<bool> {
+        let (status, body) = conn.call("GET", "/admin/v1/cluster", Some(&args.token), b"")?;
+        if status != 200 {
+            bail!("GET /admin/v1/cluster answered {status}");
+        }
+        Ok(body.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    };
+    // Nodes learn of each other by heartbeats: a cluster just started may not yet list it.
+    let started = Instant::now();
+    for conn in &mut watched {
+        while !listed(conn)? {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("{} is not a member before the kill", args.kill_node);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let killed = Instant::now();
+    // SAFETY: kill(2) with a PID and a signal number; no memory is involved.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        bail!("kill {pid}: {}", std::io::Error::last_os_error());
+    }
+    let mut gone: Vec<Option<Duration>> = vec![None; watched.len()];
+    while gone.iter().any(Option::is_none) && killed.elapsed() < Duration::from_secs(70) {
+        for (i, conn) in watched.iter_mut().enumerate() {
+            if gone[i].is_none() && !listed(conn)? {
+                gone[i] = Some(killed.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for (addr, took) in args.watch.iter().zip(gone) {
+        match took {
+            Some(d) => println!(
+                "failover: {addr} dropped {} after {:.0} ms",
+                args.kill_node,
+                d.as_secs_f64() * 1e3
+            ),
+            None => println!("failover: {addr} still lists {}", args.kill_node),
+        }
     }
     Ok(())
 }

@@ -480,6 +480,37 @@ fn a_node_killed_leaves_and_its_tenants_move_to_the_others() {
     assert_eq!(owner_of(&nodes[2], "acme"), owner);
 
     let nc = nats::connect(nats.url(0)).expect("connect to NATS");
+    // The service API says what one node owns, as `nats micro info` shows it.
+    let info = nc
+        .request_timeout("$SRV.INFO.shardline", "", Duration::from_secs(2))
+        .expect("a service INFO answer");
+    let info: serde_json::Value = serde_json::from_slice(&info.data).unwrap();
+    let node = info["metadata"]["node_id"].as_str().unwrap().to_owned();
+    let owned = before.iter().find(|(id, _)| *id == node).unwrap().1;
+    assert_eq!(
+        info["metadata"]["partitions_owned"],
+        owned.to_string(),
+        "{info}"
+    );
+    assert_eq!(info["metadata"]["members"], "3", "{info}");
+    let view = nodes[0]
+        .client()
+        .request(
+            "GET",
+            "/admin/v1/cluster",
+            &[("Authorization", &auth())],
+            b"",
+        )
+        .json();
+    let own = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == "node-1");
+    let own = own.expect("a node lists itself");
+    assert_eq!(own["shards"], 1, "{view}");
+    assert!(own["instance"].is_string(), "{view}");
+    assert!(own["last_heard_ms_ago"].is_null(), "{view}");
     let body = support::decide_body("acme", "r-nats");
     let ask = |n: usize| {
         let mut answered = 0;

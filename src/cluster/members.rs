@@ -88,6 +88,8 @@ struct Member {
 #[derive(Debug, Clone)]
 pub struct Members {
     me: String,
+    /// What this node says of itself in its own beats (for its row in the lists).
+    own: Option<Beat>,
     failover_ms: u64,
     others: BTreeMap<String, Member>,
     /// Heartbeats ignored because `MEMBERS_MAX` nodes were already known.
@@ -109,6 +111,7 @@ impl Members {
     pub fn new(me: &str, failover: Duration) -> Self {
         Members {
             me: me.to_owned(),
+            own: None,
             failover_ms: failover.as_millis() as u64,
             others: BTreeMap::new(),
             ignored: 0,
@@ -117,6 +120,11 @@ impl Members {
 
     pub fn me(&self) -> &str {
         &self.me
+    }
+
+    /// What this node beats about itself.
+    pub fn set_own(&mut self, beat: Beat) {
+        self.own = Some(beat);
     }
 
     /// How often this node must beat for the others to keep it.
@@ -216,9 +224,13 @@ impl Members {
             .into_iter()
             .map(|(node_id, partitions_owned)| {
                 let other = self.others.get(&node_id);
+                let beat = match other {
+                    Some(m) => Some(&m.beat),
+                    None => self.own.as_ref().filter(|_| node_id == self.me),
+                };
                 MemberRow {
-                    instance: other.map(|m| m.beat.instance.clone()),
-                    shards: other.map(|m| m.beat.shards),
+                    instance: beat.map(|b| b.instance.clone()),
+                    shards: beat.map(|b| b.shards),
                     last_heard_ms_ago: other.map(|m| now_ms.saturating_sub(m.last_heard_ms)),
                     partitions_owned,
                     node_id,

@@ -88,15 +88,18 @@ impl ClusterNode {
     ) -> Result<Self, KvError> {
         let (node_id, instance, shards) = identity;
         let failover = Duration::from_millis(config.failover_ms);
+        let beat = Beat {
+            instance: instance.to_owned(),
+            shards,
+        };
+        let mut members = Members::new(node_id, failover);
+        members.set_own(beat.clone());
         Ok(ClusterNode {
             bucket: Bucket::new(&config.policy_bucket)?,
             replicas: config.policy_replicas,
             mirror: Arc::new(PolicyMirror::new(store, handle)),
-            members: Mutex::new(Members::new(node_id, failover)),
-            beat: Beat {
-                instance: instance.to_owned(),
-                shards,
-            },
+            members: Mutex::new(members),
+            beat,
             epoch: Instant::now(),
         })
     }
