@@ -1242,27 +1242,29 @@ fn service_stats_count_decisions_over_nats() {
 }
 
 /// Two routers on one NATS: `$SRV.PING` gets one answer from each, told apart by id and
-/// node; each answers its own instance subject alone.
+/// node; each answers its own instance subject alone. The clustered one needs JetStream
+/// (its policy bucket).
 #[test]
 fn two_routers_answer_discovery_apart() {
     let _serial = serial();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start_with(NatsOptions {
+        jetstream: true,
+        ..NatsOptions::default()
+    });
+    let url = nats.url();
     let a = Router::start(
-        &nats_toml(&nats.url(), "[cluster]\nnode_id = \"node-a\""),
+        &nats_toml(&url, "[cluster]\nnode_id = \"node-a\""),
         &[],
         false,
     );
     let b = Router::start(
-        &nats_toml(
-            &nats.url(),
-            "[cluster]\nenabled = true\nnode_id = \"node-b\"",
-        ),
+        &nats_toml(&url, "[cluster]\nenabled = true\nnode_id = \"node-b\""),
         &[],
         false,
     );
     a.wait_ready();
     b.wait_ready();
-    let nc = official(&nats.url());
+    let nc = official(&url);
 
     let mut answers = service_answers(&nc, "$SRV.PING");
     answers.sort_by_key(|p| p["metadata"]["node_id"].as_str().unwrap_or("").to_owned());

@@ -111,6 +111,8 @@ pub struct NatsOptions {
     pub user: Option<(String, String)>,
     /// Largest message payload in bytes (nats-server's default is 1 MiB).
     pub max_payload: Option<u32>,
+    /// JetStream on (stand-alone), with its store in the server's temporary directory.
+    pub jetstream: bool,
 }
 
 /// A running nats-server; killed when dropped.
@@ -216,6 +218,14 @@ impl NatsServer {
         );
         if let Some(max) = o.max_payload {
             text.push_str(&format!("max_payload: {max}\n"));
+        }
+        if o.jetstream {
+            let store = self.process.dir().join("jetstream");
+            text.push_str(&format!(
+                "jetstream {{\n  store_dir: {}\n  max_memory_store: 64MB\n  \
+                 max_file_store: 256MB\n}}\n",
+                quoted_path(&store)
+            ));
         }
         if let Some(token) = &o.token {
             text.push_str(&format!(
