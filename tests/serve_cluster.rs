@@ -564,3 +564,66 @@ fn a_node_killed_leaves_and_its_tenants_move_to_the_others() {
     assert!(survivors.contains(&owner_of(&nodes[1], "acme")));
     drop(dead.dir);
 }
+
+/// One tenant limited to 200 requests a second with a burst of 20, hammered on all three
+/// nodes at once: the nodes together admit at most `200 × t + 20` over the run (the
+/// owner node hands out shares of the limit, `decide::share`), and at least 90 % of it.
+#[test]
+fn a_rate_limit_holds_over_all_nodes_together() {
+    let _serial = support::serial();
+    let (_nats, nodes) = cluster(3);
+    let doc = r#"{"version":"1.0","providers":[{"name":"a","weight":1}],
+        "rate_limit":{"enabled":true,"requests_per_second":200,"burst":20}}"#;
+    assert_eq!(
+        put(&nodes[0], "/admin/v1/policies/acme/limited", doc).status,
+        201
+    );
+    // Each node learns the policy, then its share: after a start an owner grants nothing
+    // for a grant's life plus the failover time.
+    for node in &nodes {
+        eventually("a share on every node", || {
+            decides_with(node, "limited", "a")
+        });
+    }
+    let body = br#"{"request_id":"r","tenant_id":"acme","policy_id":"limited","task":{"type":"chat","payload_ref":"p"}}"#;
+    let run = Duration::from_secs(6);
+    let started = Instant::now();
+    let counts: Vec<(u64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                scope.spawn(move || {
+                    let mut client = node.client();
+                    let (mut ok, mut limited) = (0u64, 0u64);
+                    while started.elapsed() < run {
+                        let resp = client.request("POST", "/v1/decide", &[], body);
+                        match resp.status {
+                            200 => ok += 1,
+                            429 => limited += 1,
+                            other => panic!("{other}: {}", String::from_utf8_lossy(&resp.body)),
+                        }
+                    }
+                    (ok, limited)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted: u64 = counts.iter().map(|(ok, _)| ok).sum();
+    let refused: u64 = counts.iter().map(|(_, l)| l).sum();
+    let allowed = 200.0 * elapsed + 20.0;
+    eprintln!("admitted {admitted} ({counts:?}) of {allowed:.0} allowed in {elapsed:.2} s; {refused} refused");
+    assert!(refused > 0, "the nodes were not hammered past the limit");
+    assert!(
+        admitted as f64 <= allowed,
+        "admitted {admitted}, allowed {allowed:.0}"
+    );
+    assert!(
+        admitted as f64 >= 0.9 * 200.0 * elapsed,
+        "admitted {admitted} of {allowed:.0}"
+    );
+    for (ok, _) in &counts {
+        assert!(*ok > 0, "every node admits its share: {counts:?}");
+    }
+}

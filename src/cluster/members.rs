@@ -122,6 +122,11 @@ impl Members {
         &self.me
     }
 
+    /// A node not heard from for this long is gone.
+    pub fn failover_ms(&self) -> u64 {
+        self.failover_ms
+    }
+
     /// What this node beats about itself.
     pub fn set_own(&mut self, beat: Beat) {
         self.own = Some(beat);

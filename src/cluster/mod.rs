@@ -16,6 +16,7 @@ pub mod kv;
 pub mod members;
 pub mod policies;
 pub mod push;
+pub mod shares;
 
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -128,6 +128,10 @@ pub fn start(
         core.set_extensions(true);
     }
     let sids = subscribe_all(ctx, &client, config);
+    // Every shard runs its buckets at the shares the owner nodes grant.
+    if let Some(cluster) = &ctx.shared.cluster {
+        crate::cluster::shares::start(ctx, &client, cluster);
+    }
     // One mirror per process, on shard 0's client, as the service API.
     if let (0, Some(cluster)) = (ctx.id.0, &ctx.shared.cluster) {
         let mirror = Arc::clone(cluster).run_mirror(client.clone(), seed);

@@ -3,6 +3,11 @@
 //! Tokens are counted in nano-tokens (1 token = 10^9), so a refill of `rate` tokens per
 //! second is exactly `rate` nano-tokens per nanosecond: integer arithmetic, no drift, and
 //! refill resolution of one nanosecond rather than a millisecond tick.
+//!
+//! In a cluster a node's bucket runs at the node's *share* of the policy's limit, granted
+//! by the tenant's owner node (`set_share`): a lower rate and burst, possibly zero. The
+//! configured limit stays what `limit()` reports (it names the policy's bucket across
+//! reloads); `rate()` and `burst()` are the share in force.
 
 use crate::policy::RateLimit;
 
@@ -15,7 +20,13 @@ pub struct TokenBucket {
     capacity_nano: u64,
     tokens_nano: u64,
     last_ns: u64,
+    /// The policy's configured limit (the share in force may be less).
+    limit: RateLimit,
 }
+
+/// How long a bucket whose share is zero tells a request to wait: about when the node's
+/// next grant is due.
+pub const UNSHARED_RETRY_MS: u64 = 250;
 
 impl TokenBucket {
     /// A bucket starts full: a freshly loaded policy admits its burst at once.
@@ -27,13 +38,37 @@ impl TokenBucket {
             capacity_nano,
             tokens_nano: capacity_nano,
             last_ns: now_ns,
+            limit,
         }
     }
 
+    /// The policy's configured limit, whatever share the bucket runs at.
     pub fn limit(&self) -> RateLimit {
-        RateLimit {
-            requests_per_second: self.rate_per_s as u32,
-            burst: (self.capacity_nano / NANO_TOKENS_PER_TOKEN) as u32,
+        self.limit
+    }
+
+    /// The refill rate in force (tokens per second).
+    pub fn rate(&self) -> u32 {
+        self.rate_per_s as u32
+    }
+
+    /// Runs the bucket at `rps` and `burst` (each at most the configured limit's) from
+    /// `now_ns`: the refill up to now is counted at the old rate; tokens above the new
+    /// burst are dropped at once. Zero stops the bucket.
+    pub fn set_share(&mut self, now_ns: u64, rps: u32, burst: u32) {
+        self.refill(now_ns);
+        self.rate_per_s = u64::from(rps.min(self.limit.requests_per_second));
+        let burst = burst.min(self.limit.burst);
+        self.capacity_nano = u64::from(burst) * NANO_TOKENS_PER_TOKEN;
+        self.tokens_nano = self.tokens_nano.min(self.capacity_nano);
+    }
+
+    /// The wait until `deficit_nano` more nano-tokens have refilled (`UNSHARED_RETRY_MS`
+    /// at a zero rate).
+    fn wait_ns(&self, deficit_nano: u64) -> u64 {
+        match self.rate_per_s {
+            0 => UNSHARED_RETRY_MS * NS_PER_MS,
+            rate => deficit_nano.div_ceil(rate),
         }
     }
 
@@ -79,7 +114,7 @@ impl TokenBucket {
         let granted = whole.min(u64::from(want)) as u32;
         self.tokens_nano -= u64::from(granted) * NANO_TOKENS_PER_TOKEN;
         let deficit_nano = NANO_TOKENS_PER_TOKEN.saturating_sub(self.tokens_nano);
-        let next_ns = now_ns.saturating_add(deficit_nano.div_ceil(self.rate_per_s));
+        let next_ns = now_ns.saturating_add(self.wait_ns(deficit_nano));
         (granted, next_ns)
     }
 
@@ -102,8 +137,7 @@ impl TokenBucket {
             return Ok(());
         }
         let deficit_nano = need - self.tokens_nano;
-        let wait_ns = deficit_nano.div_ceil(self.rate_per_s);
-        Err(wait_ns.div_ceil(NS_PER_MS).max(1))
+        Err(self.wait_ns(deficit_nano).div_ceil(NS_PER_MS).max(1))
     }
 }
 
@@ -162,6 +196,30 @@ mod tests {
             assert_eq!(b.try_take(later), Ok(()));
         }
         assert!(b.try_take(later).is_err());
+    }
+
+    /// A share: the refill so far counted at the old rate, tokens over the new burst
+    /// dropped, the configured limit still reported; zero stops the bucket without a
+    /// division by zero.
+    #[test]
+    fn a_share_runs_the_bucket_at_part_of_its_limit() {
+        let mut b = bucket(100, 10);
+        for _ in 0..10 {
+            b.try_take(0).unwrap();
+        }
+        // 50 ms at 100/s: 5 tokens, then the share is 20/s with a burst of 2.
+        b.set_share(50 * NS_PER_MS, 20, 2);
+        assert_eq!(b.limit().requests_per_second, 100);
+        assert_eq!((b.rate(), b.burst()), (20, 2));
+        assert_eq!(b.try_take(50 * NS_PER_MS), Ok(()));
+        assert_eq!(b.try_take(50 * NS_PER_MS), Ok(()));
+        assert_eq!(b.try_take(50 * NS_PER_MS), Err(50));
+        b.set_share(60 * NS_PER_MS, 0, 0);
+        assert_eq!(b.try_take(10_000 * NS_PER_MS), Err(UNSHARED_RETRY_MS));
+        assert_eq!(b.grant(10_000 * NS_PER_MS, 5, 0).0, 0);
+        // Never above the configured limit.
+        b.set_share(20_000 * NS_PER_MS, 1_000, 1_000);
+        assert_eq!((b.rate(), b.burst()), (100, 10));
     }
 
     /// Time going backwards neither panics nor mints tokens.

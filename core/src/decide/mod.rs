@@ -34,6 +34,7 @@ pub mod select;
 mod shadow;
 #[cfg(test)]
 mod shadow_tests;
+pub mod share;
 #[cfg(test)]
 mod sim;
 pub mod state;

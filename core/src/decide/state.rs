@@ -97,6 +97,9 @@ pub struct PolicyState {
     pub(super) owner_turn: bool,
     /// The owner: one book per `budgets` entry (`budget`).
     pub budgets: Box<[BudgetBook]>,
+    /// The owner: tokens asked of the bucket since the cluster last read it (`share`):
+    /// this shard's own attempts and its peers' lease asks, the node's demand.
+    pub(super) demand: u64,
 }
 
 /// Settings fixed at shard start.
@@ -155,6 +158,9 @@ pub struct ShardState {
     budget_seed: u64,
     /// Counts changes to budgets' ledgers: the state file is written when it moved.
     pub(super) budget_changes: u64,
+    /// A cluster node: buckets run at the share the tenant's owner node grants, and a new
+    /// bucket starts with none (`share`).
+    pub(super) shared_limits: bool,
 }
 
 impl ShardState {
@@ -179,6 +185,7 @@ impl ShardState {
             reservations: Reservations::new(seeds.next_u64()),
             budget_seed: seeds.next_u64(),
             budget_changes: 0,
+            shared_limits: false,
         };
         state.policies = table
             .policies()
@@ -199,7 +206,14 @@ impl ShardState {
                 .iter()
                 .map(|p| rendezvous::provider_key(&p.name))
                 .collect(),
-            bucket: policy.rate_limit.map(|l| TokenBucket::new(l, now_ns)),
+            bucket: policy.rate_limit.map(|l| {
+                let mut bucket = TokenBucket::new(l, now_ns);
+                if self.shared_limits {
+                    // Nothing until the owner node grants this node its share.
+                    bucket.set_share(now_ns, 0, 0);
+                }
+                bucket
+            }),
             providers: vec![ProviderState::default(); policy.providers.len()].into(),
             key: policy_key(policy),
             owner: self.placement.owner_of(&policy.tenant),
@@ -211,6 +225,7 @@ impl ShardState {
                 .iter()
                 .map(|_| BudgetBook::new(self.budget_seed))
                 .collect(),
+            demand: 0,
         }
     }
 
@@ -328,6 +343,7 @@ impl ShardState {
             reservations: Reservations::new(self.budget_seed),
             budget_seed: self.budget_seed,
             budget_changes: 0,
+            shared_limits: self.shared_limits,
         };
         let slot = table.lookup(&req.tenant_id, &req.policy_id);
         copy.policies
@@ -348,6 +364,7 @@ impl ShardState {
                         leases: Box::new([]),
                         owner_turn: false,
                         budgets: Box::new([]),
+                        demand: 0,
                     }
                 }
             }));

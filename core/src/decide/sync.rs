@@ -375,6 +375,7 @@ impl ShardState {
             return Ok(());
         };
         if ps.owner == me {
+            ps.demand = ps.demand.saturating_add(1);
             settle(bucket, &ps.leases, now_ns);
             // Turns alternate between the owner's own decisions and peers told to come
             // back for the next token, so a hammered owner does not starve the others.
@@ -405,7 +406,7 @@ impl ShardState {
         let Some(bucket) = &ps.bucket else {
             return;
         };
-        let (burst, rps) = (bucket.burst(), bucket.limit().requests_per_second);
+        let (burst, rps) = (bucket.burst(), bucket.rate());
         if let Some((seq, held, want)) = ps.lease.ask(now_ns, burst, rps) {
             let (key, owner) = (ps.key, ps.owner);
             let ask = SyncMsg::LeaseAsk {
@@ -685,6 +686,7 @@ impl ShardState {
             return;
         };
         settle(bucket, &ps.leases, now_ns);
+        ps.demand = ps.demand.saturating_add(u64::from(want));
         let pl = &mut ps.leases[from.index()];
         // Older than an ask already answered (late or repeated): its answer would be
         // dropped by the asker anyway.
