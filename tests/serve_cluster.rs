@@ -626,4 +626,20 @@ fn a_rate_limit_holds_over_all_nodes_together() {
     for (ok, _) in &counts {
         assert!(*ok > 0, "every node admits its share: {counts:?}");
     }
+    // Two of the three nodes do not own acme: they asked for their shares.
+    let asks: f64 = nodes
+        .iter()
+        .map(|node| {
+            let metrics = node.client().request("GET", "/metrics", &[], b"");
+            let text = String::from_utf8_lossy(&metrics.body).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("shardline_cluster_share_asks_total "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(
+        asks >= 2.0 * 5.0 * 4.0,
+        "share asks over 6 s from two nodes: {asks}"
+    );
 }

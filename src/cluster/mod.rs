@@ -57,6 +57,20 @@ pub struct ClusterNode {
     beat: Beat,
     /// The members' clock: this node's monotonic milliseconds.
     epoch: Instant,
+    /// Rate-limit shares (`shares`), counted over all shards.
+    pub share_stats: ShareStats,
+}
+
+/// What the rate-limit shares did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ShareStats {
+    /// Share asks sent to other nodes (one per destination shard and report).
+    pub asks: std::sync::atomic::AtomicU64,
+    /// Asks that got no answer in time (the share they would renew lives on until it
+    /// runs out).
+    pub unanswered: std::sync::atomic::AtomicU64,
+    /// Shares that ran out before they were renewed: the bucket stopped.
+    pub expired: std::sync::atomic::AtomicU64,
 }
 
 /// What a policy write through the bucket did.
@@ -102,6 +116,7 @@ impl ClusterNode {
             members: Mutex::new(members),
             beat,
             epoch: Instant::now(),
+            share_stats: ShareStats::default(),
         })
     }
 
@@ -326,6 +341,23 @@ impl ClusterNode {
                 "shardline_cluster_partitions_owned",
                 "Tenant partitions (of 1,024) this node owns over the live members.",
                 f64::from(owned),
+            ),
+            ExtraMetric::counter(
+                "shardline_cluster_share_asks_total",
+                "Rate-limit share asks sent to other nodes (one per destination shard and \
+                 200 ms report).",
+                self.share_stats.asks.load(Relaxed) as f64,
+            ),
+            ExtraMetric::counter(
+                "shardline_cluster_share_asks_unanswered_total",
+                "Rate-limit share asks that got no answer in time.",
+                self.share_stats.unanswered.load(Relaxed) as f64,
+            ),
+            ExtraMetric::counter(
+                "shardline_cluster_shares_expired_total",
+                "Rate-limit shares that ran out before they were renewed: the node's bucket \
+                 for that policy stopped (rate_limited) until the next grant.",
+                self.share_stats.expired.load(Relaxed) as f64,
             ),
             ExtraMetric::gauge(
                 "shardline_cluster_policies_synced",

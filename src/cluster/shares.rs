@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ struct AskMsg {
     asks: Vec<AskEntry>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct AskEntry {
     key: u64,
     demand: f64,
@@ -193,7 +194,14 @@ async fn report_loop(
     while !client.is_closed() {
         glommio::timer::sleep(Duration::from_millis(REPORT_MS)).await;
         let batches = report(&ctx, &cluster, &shares);
-        for ((node, shard), asks) in batches {
+        let messages = batches.into_iter().flat_map(|(to, asks)| {
+            let chunks: Vec<Vec<AskEntry>> = asks
+                .chunks(ASKS_PER_MESSAGE_MAX)
+                .map(<[AskEntry]>::to_vec)
+                .collect();
+            chunks.into_iter().map(move |chunk| (to.clone(), chunk))
+        });
+        for ((node, shard), asks) in messages {
             let (ctx, client, cluster) = (Rc::clone(&ctx), client.clone(), Arc::clone(&cluster));
             let shares = Rc::clone(&shares);
             let me = cluster.members().me().to_owned();
@@ -204,7 +212,10 @@ async fn report_loop(
                     return;
                 };
                 let subject = share_subject(&node, shard);
+                let stats = &cluster.share_stats;
+                stats.asks.fetch_add(1, Relaxed);
                 let Ok(reply) = client.request(&subject, &[], &body, ASK_TIMEOUT).await else {
+                    stats.unanswered.fetch_add(1, Relaxed);
                     return;
                 };
                 let Ok(granted) = serde_json::from_slice::<GrantMsg>(&reply.payload) else {
@@ -279,8 +290,10 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, shares: &RefCell<Shares>) -> Ba
         let demand_per_s = state.take_demand(slot) as f64 * 1_000.0 / elapsed_ms as f64;
         let held = shares.held.entry(key).or_default();
         let applied = held.applied(now_ms);
-        if held.expired(now_ms) {
+        if held.expired(now_ms) && held.running() {
+            held.stop();
             state.set_share(slot, 0, 0, now_ns);
+            cluster.share_stats.expired.fetch_add(1, Relaxed);
         }
         let owner = view.owner_of(&policy.tenant);
         let ask = ShareAsk {
@@ -308,14 +321,11 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, shares: &RefCell<Shares>) -> Ba
         let shard =
             shards::Partitioner::new(owner_shards.clamp(1, shards::SHARDS_MAX as u32) as usize)
                 .shard_of(&policy.tenant);
-        let batch = batches.entry((owner, shard.0)).or_default();
-        if batch.len() < ASKS_PER_MESSAGE_MAX {
-            batch.push(AskEntry {
-                key,
-                demand: demand_per_s,
-                applied,
-            });
-        }
+        batches.entry((owner, shard.0)).or_default().push(AskEntry {
+            key,
+            demand: demand_per_s,
+            applied,
+        });
     }
     batches
 }

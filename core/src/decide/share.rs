@@ -219,6 +219,8 @@ pub struct HeldShare {
     /// The grant before the newest, and when it was applied: confirmed while the newest
     /// is younger than `APPLIED_AFTER_MS`.
     prev_seq: u32,
+    /// A grant set the bucket running (its expiry is then counted once).
+    running: bool,
 }
 
 impl HeldShare {
@@ -238,12 +240,23 @@ impl HeldShare {
         }
         self.applied_ms = now_ms;
         self.expires_ms = asked_ms + grant.ttl_ms;
+        self.running = grant.rps > 0;
         true
     }
 
     /// Whether the share has run out (its bucket must stop).
     pub fn expired(&self, now_ms: u64) -> bool {
         now_ms >= self.expires_ms
+    }
+
+    /// Whether a grant set the bucket running that has not been stopped since.
+    pub fn running(&self) -> bool {
+        self.running
+    }
+
+    /// The bucket was stopped: the share ran out.
+    pub fn stop(&mut self) {
+        self.running = false;
     }
 
     /// The newest grant in force for `APPLIED_AFTER_MS`: what an ask confirms.
