@@ -25,6 +25,7 @@ use crate::decide::share::{HeldShare, ShareAsk, ShareBook, ShareGrant, REPORT_MS
 use crate::policy::PolicySlot;
 use crate::server::shard::ShardCtx;
 use crate::transport::nats::{Client, Msg};
+use shardline_core::decide::rng::Rng;
 
 /// Where a node's shard takes share asks: `<SHARE_SUBJECT>.<node_id>.<shard>`.
 pub const SHARE_SUBJECT: &str = "shardline.cluster.v1.share";
@@ -44,6 +45,7 @@ struct AskEntry {
     key: u64,
     demand: f64,
     applied: u32,
+    applied_book: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -58,15 +60,26 @@ struct GrantEntry {
     burst: u32,
     ttl_ms: u64,
     seq: u32,
+    book: u64,
 }
 
 /// One shard's books (policies its node owns) and held shares (every policy it owns
 /// within its node).
-#[derive(Default)]
 struct Shares {
     books: HashMap<u64, ShareBook>,
     held: HashMap<u64, HeldShare>,
     reported_ms: u64,
+    /// Names new books (`ShareBook::new`).
+    ids: Rng,
+}
+
+impl Shares {
+    fn book(&mut self, key: u64, now_ms: u64, failover_ms: u64) -> &mut ShareBook {
+        let id = self.ids.next_u64();
+        self.books
+            .entry(key)
+            .or_insert_with(|| ShareBook::new(id, now_ms, failover_ms))
+    }
 }
 
 /// The subject a node's shard takes asks on.
@@ -79,7 +92,13 @@ pub fn share_subject(node: &str, shard: u16) -> String {
 pub fn start(ctx: &Rc<ShardCtx>, client: &Client, cluster: &Arc<ClusterNode>) {
     let now_ns = ctx.shared.now().mono_ns;
     ctx.core.borrow_mut().state_mut().share_limits(now_ns);
-    let shares = Rc::new(RefCell::new(Shares::default()));
+    let seed = ctx.shared.settings.shard.state.seed ^ u64::from(ctx.id.0) ^ 0x7368_6172;
+    let shares = Rc::new(RefCell::new(Shares {
+        books: HashMap::new(),
+        held: HashMap::new(),
+        reported_ms: 0,
+        ids: Rng::new(seed ^ crate::server::random_seed()),
+    }));
     let me = cluster.members().me().to_owned();
     let handler = {
         let (ctx, cluster, shares) = (Rc::clone(ctx), Arc::clone(cluster), Rc::clone(&shares));
@@ -124,14 +143,12 @@ fn answer(
         if !state.owns(slot) || view.owner_of(&policy.tenant) != view.me {
             continue;
         }
-        let book = shares
-            .books
-            .entry(entry.key)
-            .or_insert_with(|| ShareBook::new(now_ms, view.failover_ms));
+        let book = shares.book(entry.key, now_ms, view.failover_ms);
         let ask = ShareAsk {
             key: entry.key,
             demand_per_s: entry.demand,
             applied: entry.applied,
+            applied_book: entry.applied_book,
         };
         out.grants
             .push(entry_of(&book.grant(&asked.node, limit, ask, now_ms)));
@@ -150,6 +167,7 @@ fn entry_of(g: &ShareGrant) -> GrantEntry {
         burst: g.burst,
         ttl_ms: g.ttl_ms,
         seq: g.seq,
+        book: g.book,
     }
 }
 
@@ -251,6 +269,7 @@ fn apply(
             burst: g.burst,
             ttl_ms: g.ttl_ms.min(crate::decide::share::GRANT_TTL_MS),
             seq: g.seq,
+            book: g.book,
         };
         if shares
             .held
@@ -289,7 +308,7 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, shares: &RefCell<Shares>) -> Ba
         let key = state.key_of(slot);
         let demand_per_s = state.take_demand(slot) as f64 * 1_000.0 / elapsed_ms as f64;
         let held = shares.held.entry(key).or_default();
-        let applied = held.applied(now_ms);
+        let (applied, applied_book) = held.applied(now_ms);
         if held.expired(now_ms) && held.running() {
             held.stop();
             state.set_share(slot, 0, 0, now_ns);
@@ -300,12 +319,10 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, shares: &RefCell<Shares>) -> Ba
             key,
             demand_per_s,
             applied,
+            applied_book,
         };
         if owner == view.me {
-            let book = shares
-                .books
-                .entry(key)
-                .or_insert_with(|| ShareBook::new(now_ms, view.failover_ms));
+            let book = shares.book(key, now_ms, view.failover_ms);
             let grant = book.grant(&view.me, limit, ask, now_ms);
             let held = shares.held.entry(key).or_default();
             if held.granted(&grant, now_ms, now_ms) {
@@ -325,6 +342,7 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, shares: &RefCell<Shares>) -> Ba
             key,
             demand: demand_per_s,
             applied,
+            applied_book,
         });
     }
     batches

@@ -59,8 +59,10 @@ pub struct ShareAsk {
     pub key: u64,
     /// Tokens asked of the node's bucket per second, over its last report period.
     pub demand_per_s: f64,
-    /// The newest grant in force at the node for at least `APPLIED_AFTER_MS` (0: none).
+    /// The newest grant in force at the node for at least `APPLIED_AFTER_MS` (0: none),
+    /// and the book that granted it: a confirmation counts only in its own book.
     pub applied: u32,
+    pub applied_book: u64,
 }
 
 /// What the owner grants.
@@ -73,6 +75,8 @@ pub struct ShareGrant {
     pub ttl_ms: u64,
     /// Increases with every grant of this book to this node.
     pub seq: u32,
+    /// The granting book: a new owner's book numbers its grants afresh.
+    pub book: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,15 +116,18 @@ impl NodeShare {
 /// The owner node's book of one policy's shares; time is the owner's monotonic ms.
 #[derive(Debug, Clone)]
 pub struct ShareBook {
+    id: u64,
     grants_from_ms: u64,
     nodes: BTreeMap<String, NodeShare>,
 }
 
 impl ShareBook {
     /// A book of a policy this node owns from `now_ms` on; it grants nothing before
-    /// `GRANT_TTL_MS + failover_ms` (see the module doc).
-    pub fn new(now_ms: u64, failover_ms: u64) -> Self {
+    /// `GRANT_TTL_MS + failover_ms` (see the module doc). `id` names it among every book
+    /// any node opens for the policy (a random number).
+    pub fn new(id: u64, now_ms: u64, failover_ms: u64) -> Self {
         ShareBook {
+            id,
             grants_from_ms: now_ms + GRANT_TTL_MS + failover_ms,
             nodes: BTreeMap::new(),
         }
@@ -141,6 +148,7 @@ impl ShareBook {
             burst: 0,
             ttl_ms: GRANT_TTL_MS,
             seq: 0,
+            book: self.id,
         };
         if !self.nodes.contains_key(node) && self.nodes.len() >= BOOK_NODES_MAX {
             self.nodes
@@ -156,7 +164,12 @@ impl ShareBook {
             0.0
         };
         entry.heard_ms = now_ms;
-        entry.forget(ask.applied, now_ms);
+        let applied = if ask.applied_book == self.id {
+            ask.applied
+        } else {
+            0
+        };
+        entry.forget(applied, now_ms);
         if now_ms < self.grants_from_ms {
             return refused;
         }
@@ -205,6 +218,7 @@ impl ShareBook {
             burst,
             ttl_ms: GRANT_TTL_MS,
             seq: entry.seq,
+            book: self.id,
         }
     }
 }
@@ -213,6 +227,9 @@ impl ShareBook {
 /// confirm. Time is the node's monotonic ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeldShare {
+    /// The book of the grant in force, and when the ask it answered was sent.
+    book: u64,
+    asked_ms: u64,
     seq: u32,
     expires_ms: u64,
     applied_ms: u64,
@@ -224,12 +241,23 @@ pub struct HeldShare {
 }
 
 impl HeldShare {
-    /// A grant answering an ask sent at `asked_ms` arrived at `now_ms`; false for one
-    /// older than the share in force (a late answer), which is dropped.
+    /// A grant answering an ask sent at `asked_ms` arrived at `now_ms`; false for an
+    /// answer to an ask older than the share in force's (a late answer), which is dropped.
     pub fn granted(&mut self, grant: &ShareGrant, asked_ms: u64, now_ms: u64) -> bool {
-        if grant.seq != 0 && grant.seq <= self.seq {
+        if asked_ms < self.asked_ms {
             return false;
         }
+        if grant.book != self.book {
+            // A new owner's book: its numbering starts afresh, and nothing of the old
+            // book's can be confirmed to it.
+            self.book = grant.book;
+            self.seq = 0;
+            self.prev_seq = 0;
+            self.applied_ms = 0;
+        } else if grant.seq != 0 && grant.seq <= self.seq {
+            return false;
+        }
+        self.asked_ms = asked_ms;
         if grant.seq != 0 {
             self.prev_seq = if now_ms >= self.applied_ms + APPLIED_AFTER_MS {
                 self.seq
@@ -259,13 +287,15 @@ impl HeldShare {
         self.running = false;
     }
 
-    /// The newest grant in force for `APPLIED_AFTER_MS`: what an ask confirms.
-    pub fn applied(&self, now_ms: u64) -> u32 {
-        if now_ms >= self.applied_ms + APPLIED_AFTER_MS {
+    /// The newest grant in force for `APPLIED_AFTER_MS`, and its book: what an ask
+    /// confirms.
+    pub fn applied(&self, now_ms: u64) -> (u32, u64) {
+        let seq = if now_ms >= self.applied_ms + APPLIED_AFTER_MS {
             self.seq
         } else {
             self.prev_seq
-        }
+        };
+        (seq, self.book)
     }
 }
 
@@ -331,6 +361,7 @@ mod tests {
             key: 1,
             demand_per_s: demand,
             applied,
+            applied_book: 9,
         }
     }
 
@@ -338,7 +369,7 @@ mod tests {
     /// demand gets equal shares, and the shares never sum over the limit.
     #[test]
     fn shares_follow_demand_within_the_limit() {
-        let mut book = ShareBook::new(0, 1_000);
+        let mut book = ShareBook::new(9, 0, 1_000);
         assert_eq!(book.grant("a", LIMIT, ask(500.0, 0), 100).rps, 0);
         let t = 2_000;
         let a = book.grant("a", LIMIT, ask(500.0, 0), t);
@@ -365,7 +396,7 @@ mod tests {
     #[test]
     fn the_book_never_hands_out_more_than_the_limit() {
         let mut rng = super::super::rng::Rng::new(3);
-        let mut book = ShareBook::new(0, 0);
+        let mut book = ShareBook::new(9, 0, 0);
         let nodes = ["a", "b", "c", "d"];
         let mut held = [HeldShare::default(); 4];
         let mut t = GRANT_TTL_MS;
@@ -373,7 +404,12 @@ mod tests {
             t += rng.below(60);
             let i = rng.below(4) as usize;
             let demand = [0.0, 10.0, 1_000.0][rng.below(3) as usize];
-            let g = book.grant(nodes[i], LIMIT, ask(demand, held[i].applied(t)), t);
+            let (applied, applied_book) = held[i].applied(t);
+            let asked = ShareAsk {
+                applied_book,
+                ..ask(demand, applied)
+            };
+            let g = book.grant(nodes[i], LIMIT, asked, t);
             held[i].granted(&g, t.saturating_sub(rng.below(5)), t);
             let (r, b) = book
                 .nodes
@@ -393,21 +429,45 @@ mod tests {
     fn a_held_share_runs_out_from_its_ask() {
         let mut h = HeldShare::default();
         assert!(h.expired(0));
-        let g = |seq| ShareGrant {
+        let g = |seq, book| ShareGrant {
             key: 1,
             rps: 10,
             burst: 1,
             ttl_ms: GRANT_TTL_MS,
             seq,
+            book,
         };
-        assert!(h.granted(&g(1), 100, 105));
+        assert!(h.granted(&g(1, 9), 100, 105));
         assert!(!h.expired(100 + GRANT_TTL_MS - 1));
         assert!(h.expired(100 + GRANT_TTL_MS));
-        assert_eq!(h.applied(150), 0);
-        assert_eq!(h.applied(105 + APPLIED_AFTER_MS), 1);
-        assert!(h.granted(&g(2), 300, 310));
-        assert_eq!(h.applied(320), 1);
-        assert_eq!(h.applied(310 + APPLIED_AFTER_MS), 2);
-        assert!(!h.granted(&g(1), 400, 405), "late");
+        assert_eq!(h.applied(150), (0, 9));
+        assert_eq!(h.applied(105 + APPLIED_AFTER_MS), (1, 9));
+        assert!(h.granted(&g(2, 9), 300, 310));
+        assert_eq!(h.applied(320), (1, 9));
+        assert_eq!(h.applied(310 + APPLIED_AFTER_MS), (2, 9));
+        assert!(!h.granted(&g(1, 9), 400, 405), "late");
+        assert!(!h.granted(&g(3, 9), 250, 410), "an answer to an older ask");
+        // A new owner's book numbers afresh: its first grant is taken, and nothing of
+        // the old book is confirmed to it.
+        assert!(h.granted(&g(1, 77), 500, 505));
+        assert_eq!(h.applied(510), (0, 77));
+        assert_eq!(h.applied(505 + APPLIED_AFTER_MS), (1, 77));
+    }
+
+    /// A confirmation from another book forgets nothing: the new owner counts what it
+    /// granted until it is confirmed in its own numbering.
+    #[test]
+    fn a_confirmation_counts_only_in_its_own_book() {
+        let mut book = ShareBook::new(9, 0, 0);
+        let t = GRANT_TTL_MS;
+        let first = book.grant("a", LIMIT, ask(100.0, 0), t);
+        assert_eq!(first.rps, 200);
+        let foreign = ShareAsk {
+            applied_book: 5,
+            ..ask(100.0, 50)
+        };
+        book.grant("a", LIMIT, foreign, t + 200);
+        let b = book.grant("b", LIMIT, ask(100.0, 0), t + 200);
+        assert_eq!(b.rps, 0, "a's first grant is still counted");
     }
 }
