@@ -50,7 +50,7 @@ fn node_config(name: &str, nats: &NatsCluster, i: usize, servers: usize) -> Temp
     urls.rotate_left(i);
     let toml = format!(
         "cores = \"0-0\"\n\
-         [admin]\ntokens = [{{ token = \"{ADMIN_TOKEN}\" }}]\n\
+         [admin]\ntokens = [{{ token = \"{ADMIN_TOKEN}\", scopes = [\"admin\", \"results\"] }}]\n\
          [nats]\nurl = \"{}\"\n\
          [cluster]\nenabled = true\nnode_id = \"{name}\"\npolicy_replicas = {servers}\n\
          failover_ms = {FAILOVER_MS}\n",
@@ -678,5 +678,78 @@ fn a_rate_limit_holds_over_all_nodes_together() {
     assert!(
         admitted as f64 >= 0.5 * 200.0 * admitting,
         "the survivors admit again once they own acme: {admitted}"
+    );
+}
+
+/// Results reach every node: five failures of openai posted to node A open its circuit
+/// on node B and node C (their decisions stop choosing it), each result is published as
+/// one UsageEvent (by the node that accepted it, not once per node), and a result sent
+/// again to another node is a duplicate there too.
+#[test]
+fn results_accepted_by_one_node_reach_the_others() {
+    let _serial = support::serial();
+    let (nats, nodes) = cluster(3);
+    let nc = nats::connect(nats.url(1)).expect("connect to NATS");
+    let usage = nc
+        .subscribe("beamline.usage.v1.metered")
+        .expect("subscribe to usage events");
+    nc.flush().unwrap();
+    let result = |n: u32| {
+        serde_json::json!({
+            "assignment_id": format!("a-{n}"), "request_id": format!("r-{n}"),
+            "status": "error", "provider_id": "openai", "tenant_id": "acme",
+            "latency_ms": 100.0
+        })
+    };
+    let post = |node: &Node, n: u32| {
+        node.client().request(
+            "POST",
+            "/v1/results",
+            &[("Authorization", &auth())],
+            &serde_json::to_vec(&result(n)).unwrap(),
+        )
+    };
+    for n in 1..=5 {
+        let resp = post(&nodes[0], n);
+        assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
+    }
+    for node in &nodes {
+        eventually("openai's circuit open on every node", || {
+            let view = node
+                .client()
+                .request(
+                    "GET",
+                    "/admin/v1/circuits/acme",
+                    &[("Authorization", &auth())],
+                    b"",
+                )
+                .json();
+            view.to_string().contains("\"open\"")
+        });
+    }
+    for node in &nodes[1..] {
+        for i in 0..20 {
+            let body = support::decide_body("acme", &format!("after-{i}"));
+            let resp = node.client().request("POST", "/v1/decide", &[], &body);
+            let decision = resp.json();
+            assert_ne!(decision["decision"]["provider_id"], "openai", "{decision}");
+        }
+    }
+    // Sent again, to another node: a duplicate there as well.
+    let again = post(&nodes[2], 3).json();
+    assert_eq!(again["duplicate"], true, "{again}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut events = 0;
+    while Instant::now() < deadline {
+        if usage.next_timeout(Duration::from_millis(200)).is_ok() {
+            events += 1;
+        }
+    }
+    assert_eq!(events, 5, "one UsageEvent per result");
+    let metrics = nodes[1].client().request("GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains("shardline_cluster_results_received_total 5"),
+        "{text}"
     );
 }

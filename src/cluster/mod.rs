@@ -16,6 +16,7 @@ pub mod kv;
 pub mod members;
 pub mod policies;
 pub mod push;
+pub mod results;
 pub mod shares;
 
 use std::rc::Rc;
@@ -59,6 +60,19 @@ pub struct ClusterNode {
     epoch: Instant,
     /// Rate-limit shares (`shares`), counted over all shards.
     pub share_stats: ShareStats,
+    /// Results forwarded between nodes (`results`).
+    pub result_stats: ResultStats,
+}
+
+/// What forwarding results did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ResultStats {
+    /// Results this node accepted and forwarded to the others.
+    pub forwarded: std::sync::atomic::AtomicU64,
+    /// Forwards refused by a full NATS outbound buffer: the other nodes miss them.
+    pub unsent: std::sync::atomic::AtomicU64,
+    /// Results the other nodes forwarded here.
+    pub received: std::sync::atomic::AtomicU64,
 }
 
 /// What the rate-limit shares did, for `/metrics`.
@@ -117,6 +131,7 @@ impl ClusterNode {
             beat,
             epoch: Instant::now(),
             share_stats: ShareStats::default(),
+            result_stats: ResultStats::default(),
         })
     }
 
@@ -358,6 +373,21 @@ impl ClusterNode {
                 "Rate-limit shares that ran out before they were renewed: the node's bucket \
                  for that policy stopped (rate_limited) until the next grant.",
                 self.share_stats.expired.load(Relaxed) as f64,
+            ),
+            ExtraMetric::counter(
+                "shardline_cluster_results_forwarded_total",
+                "ExecResults this node accepted and forwarded to the other nodes.",
+                self.result_stats.forwarded.load(Relaxed) as f64,
+            ),
+            ExtraMetric::counter(
+                "shardline_cluster_results_unsent_total",
+                "ExecResults this node could not forward (NATS outbound buffer full).",
+                self.result_stats.unsent.load(Relaxed) as f64,
+            ),
+            ExtraMetric::counter(
+                "shardline_cluster_results_received_total",
+                "ExecResults the other nodes forwarded to this node.",
+                self.result_stats.received.load(Relaxed) as f64,
             ),
             ExtraMetric::gauge(
                 "shardline_cluster_policies_synced",

@@ -31,6 +31,8 @@ pub const PENDING_HANDOFFS_MAX: usize = 1 << 16;
 pub enum Route {
     Decide,
     Results,
+    /// A result another node of the cluster accepted and forwarded (`cluster::results`).
+    NodeResult,
     AdminDryRun,
     AdminCircuits,
 }

@@ -128,9 +128,11 @@ pub fn start(
         core.set_extensions(true);
     }
     let sids = subscribe_all(ctx, &client, config);
-    // Every shard runs its buckets at the shares the owner nodes grant.
+    // Every shard runs its buckets at the shares the owner nodes grant, and takes part
+    // in its node's queue group for the results the other nodes forward.
     if let Some(cluster) = &ctx.shared.cluster {
         crate::cluster::shares::start(ctx, &client, cluster);
+        crate::cluster::results::subscribe(ctx, &client, cluster);
     }
     // One mirror per process, on shard 0's client, as the service API.
     if let (0, Some(cluster)) = (ctx.id.0, &ctx.shared.cluster) {
@@ -515,6 +517,12 @@ const DECIDE: (NatsEndpoint, Option<u64>) = (NatsEndpoint::Decide, None);
 /// An ExecResult (SPEC §6): to the tenant's owner, which feeds breakers and averages and
 /// publishes the usage event. Answered only when the message has a reply subject.
 fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
+    take_result(ctx, client, msg, false);
+}
+
+/// A result over NATS: from a worker (`from_node` false), or accepted by another node of
+/// the cluster and forwarded here (`cluster::results`), which only feeds this node's state.
+pub(crate) fn take_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>, from_node: bool) {
     let metrics = ctx.shared.metrics(ctx.id);
     let counted = (NatsEndpoint::Results, Some(ctx.shared.now().mono_ns));
     let counters = &metrics.nats_endpoints[NatsEndpoint::Results.index()];
@@ -573,7 +581,7 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         return;
     }
     let mut body = Vec::new();
-    let owner_shard = match ctx.result_step(&result, now, &mut body) {
+    let owner_shard = match ctx.result_step(&result, now, &mut body, from_node) {
         Step::Answered(decided) => {
             if let Some(reply_to) = msg.reply {
                 let reply = reply(decided, body);
@@ -586,7 +594,11 @@ fn on_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     };
     let reply_to: Option<Box<str>> = msg.reply.map(Into::into);
     let job = Job {
-        route: Route::Results,
+        route: if from_node {
+            Route::NodeResult
+        } else {
+            Route::Results
+        },
         tenant: result.tenant_id.as_str().into(),
         path: "".into(),
         body: msg.payload.to_vec(),

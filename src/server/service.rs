@@ -315,7 +315,7 @@ impl RouterService {
             );
             return;
         }
-        match ctx.result_step(&result, now, &mut resp.body) {
+        match ctx.result_step(&result, now, &mut resp.body, false) {
             Step::Answered(Decided { answered, .. }) => apply(resp, answered),
             Step::CallStages => unreachable!("results have no stages"),
             Step::NeedsOwner { owner } => {

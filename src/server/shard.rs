@@ -211,7 +211,15 @@ impl ShardCtx {
     /// The first step of every ExecResult (validated, and known to the table): taken here
     /// by the tenant's owner — breakers and averages, the metrics, and (NATS on) the
     /// usage event of a result not seen before — or `NeedsOwner`.
-    pub fn result_step(&self, result: &ExecResult, now: Now, out: &mut Vec<u8>) -> Step {
+    /// `from_node`: the result was accepted by another node of the cluster, which has
+    /// published its usage and forwarded it to every node; this node only learns from it.
+    pub fn result_step(
+        &self,
+        result: &ExecResult,
+        now: Now,
+        out: &mut Vec<u8>,
+        from_node: bool,
+    ) -> Step {
         let (step, dedup_bytes) = {
             let table = self.table.borrow();
             let mut core = self.core.borrow_mut();
@@ -224,8 +232,11 @@ impl ShardCtx {
             metrics.results_dedup_bytes.set(dedup_bytes);
             if let core::Counted::ResultAccepted { .. } = decided.answered.counted {
                 self.flush_sync(now);
-                if let Some(client) = self.nats.get() {
+                if let (Some(client), false) = (self.nats.get(), from_node) {
                     super::nats::publish_usage(self, client, result, now.unix_ms);
+                    if let Some(cluster) = &self.shared.cluster {
+                        crate::cluster::results::forward(cluster, client, result);
+                    }
                 }
             }
         }
@@ -376,7 +387,10 @@ impl ShardCtx {
                 Err(err) => Step::Answered(self.invalid(&err, &mut body)),
             },
             _ => match ExecResult::decode(&job.body, &headers) {
-                Ok(result) => self.result_step(&result, now, &mut body),
+                Ok(result) => {
+                    let from_node = job.route == Route::NodeResult;
+                    self.result_step(&result, now, &mut body, from_node)
+                }
                 Err(err) => Step::Answered(self.invalid(&err, &mut body)),
             },
         };

@@ -518,6 +518,58 @@ impl ExecResult {
         })
     }
 
+    /// The result as the wire carries it, so that `decode` gives it back whole: what a
+    /// cluster node forwards to the others (docs/CLUSTER.md, "Results reach every node").
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = serde_json::json!({
+            "version": CONTRACT_VERSION,
+            "status": self.status.as_str(),
+            "provider_id": self.provider_id,
+            "tenant_id": self.tenant_id,
+        });
+        let set = |out: &mut serde_json::Value, key: &str, value: serde_json::Value| {
+            out[key] = value;
+        };
+        if let Some(v) = &self.assignment_id {
+            set(&mut out, "assignment_id", v.as_str().into());
+        }
+        if let Some(v) = &self.request_id {
+            set(&mut out, "request_id", v.as_str().into());
+        }
+        if let Some(v) = self.latency_ms {
+            set(&mut out, "latency_ms", v.into());
+        }
+        if let Some(v) = self.cost {
+            set(&mut out, "cost", v.into());
+        }
+        if let Some(v) = &self.trace_id {
+            set(&mut out, "trace_id", v.as_str().into());
+        }
+        if let Some(v) = &self.error_code {
+            set(&mut out, "error_code", v.as_str().into());
+        }
+        if let Some(v) = &self.error_message {
+            set(&mut out, "error_message", v.as_str().into());
+        }
+        if let Some(v) = self.timestamp_unix_ms {
+            set(&mut out, "timestamp", v.into());
+        }
+        if let Some(v) = &self.job_type {
+            set(&mut out, "job", serde_json::json!({ "type": v }));
+        }
+        if let Some(u) = self.usage {
+            let usage = serde_json::json!({
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+            });
+            set(&mut out, "usage", usage);
+        }
+        if self.shadow {
+            set(&mut out, "shadow", true.into());
+        }
+        serde_json::to_vec(&out).expect("string keys")
+    }
+
     /// The provider refused the call for its own rate limit: status `rate_limited`, or
     /// an error whose `error_code` is `429` or `rate_limited`. Such a result cools the
     /// provider down and does not count against its circuit.

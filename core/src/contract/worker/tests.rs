@@ -491,3 +491,34 @@ impl Merged for Value {
         base
     }
 }
+
+/// What a cluster node forwards decodes to the very result it accepted: every field, the
+/// optional ones absent or present.
+#[test]
+fn an_encoded_result_decodes_to_itself() {
+    let full = json!({
+        "version": "1",
+        "assignment_id": "a-1",
+        "request_id": "r-1",
+        "status": "rate_limited",
+        "provider_id": "openai",
+        "latency_ms": 412.5,
+        "cost": 0.0021,
+        "tenant_id": "acme",
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "error_code": "429",
+        "error_message": "slow down",
+        "timestamp": 1_700_000_000_123u64,
+        "job": {"type": "chat"},
+        "usage": {"input_tokens": 12, "output_tokens": 34},
+        "shadow": true
+    });
+    let minimal =
+        json!({"request_id": "r-2", "status": "success", "provider_id": "p", "tenant_id": "t"});
+    for value in [full, minimal] {
+        let result =
+            ExecResult::decode(&serde_json::to_vec(&value).unwrap(), &Headers::default()).unwrap();
+        let again = ExecResult::decode(&result.encode(), &Headers::default()).unwrap();
+        assert_eq!(again, result, "{value}");
+    }
+}
