@@ -6,7 +6,8 @@
 //! side (`admin`, `config`, `logging`, `metrics`); `bench` is the part of the load
 //! generator that needs the router (its in-process router and NATS client). The tools that
 //! need nothing of the router (gate, top, tune, the rest of the load generator) are the
-//! `shardline-tools` crate. Transports drive the engine; the engine
+//! `shardline-tools` crate. `cluster` is what runs between the nodes of a cluster on NATS
+//! (shared policies, membership, rate-limit shares, results). Transports drive the engine; the engine
 //! never does I/O or reads a clock, so it can be tested, fuzzed and benchmarked alone.
 
 pub mod admin;
