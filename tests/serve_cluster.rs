@@ -436,6 +436,16 @@ fn ownership(node: &Node) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Waits until every node of `nodes` lists exactly `expected` as the members.
+fn members_become(nodes: &[Node], expected: &[String]) {
+    for node in nodes {
+        eventually("the members every node lists", || {
+            let ids: Vec<String> = ownership(node).into_iter().map(|(id, _)| id).collect();
+            ids == expected
+        });
+    }
+}
+
 fn owner_of(node: &Node, tenant: &str) -> String {
     let path = format!("/admin/v1/cluster?tenant={tenant}");
     let view = node
@@ -457,15 +467,7 @@ fn a_node_killed_leaves_and_its_tenants_move_to_the_others() {
     let _serial = support::serial();
     let (nats, mut nodes) = cluster(3);
     let all: Vec<String> = (1..=3).map(|i| format!("node-{i}")).collect();
-    for node in &nodes {
-        eventually("every node seeing three members", || {
-            ownership(node)
-                .iter()
-                .map(|(id, _)| id.clone())
-                .collect::<Vec<_>>()
-                == all
-        });
-    }
+    members_become(&nodes, &all);
     let before = ownership(&nodes[0]);
     assert_eq!(before.iter().map(|(_, n)| n).sum::<u64>(), 1_024);
     for node in &nodes[1..] {
@@ -545,15 +547,7 @@ fn a_node_killed_leaves_and_its_tenants_move_to_the_others() {
     assert_eq!(ask(100), 100, "a decide sent after the kill was lost");
 
     let survivors = &all[..2];
-    for node in &nodes {
-        eventually("the survivors dropping the dead node", || {
-            ownership(node)
-                .iter()
-                .map(|(id, _)| id.clone())
-                .collect::<Vec<_>>()
-                == survivors
-        });
-    }
+    members_become(&nodes, survivors);
     let after = ownership(&nodes[0]);
     assert_eq!(after.iter().map(|(_, n)| n).sum::<u64>(), 1_024);
     for (id, owned) in &after {
