@@ -747,3 +747,125 @@ fn results_accepted_by_one_node_reach_the_others() {
         "{text}"
     );
 }
+
+/// A budget has one ledger for the cluster: a tenant allowed 60 requests an hour, asked
+/// from all three nodes at once (HTTP and NATS), is admitted exactly 60 times, whichever
+/// node each request lands on; the others are refused `budget_exceeded`. And an
+/// idempotency key gets its first answer back from any node.
+#[test]
+fn budgets_and_idempotency_keys_have_one_ledger_for_the_cluster() {
+    let _serial = support::serial();
+    let (nats, nodes) = cluster(3);
+    let doc = r#"{"version":"1.0","providers":[{"name":"a","weight":1},{"name":"b","weight":1}],
+        "budgets":[{"scope":"tenant","window":"1h","max_requests":60}]}"#;
+    assert_eq!(
+        put(&nodes[0], "/admin/v1/policies/acme/budgeted", doc).status,
+        201
+    );
+    // Each node's first admitted request spends one of the 60.
+    let mut spent = 0;
+    for node in &nodes {
+        eventually("the budgeted policy on every node", || {
+            let ok = decide(node, "budgeted")["ok"] == true;
+            spent += u32::from(ok);
+            ok
+        });
+    }
+    let body = br#"{"request_id":"r","tenant_id":"acme","policy_id":"budgeted","task":{"type":"chat","payload_ref":"p"}}"#;
+    let nc = nats::connect(nats.url(2)).expect("connect to NATS");
+    let (http, over_nats): (Vec<(u32, u32)>, (u32, u32)) = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                scope.spawn(move || {
+                    let mut client = node.client();
+                    let (mut ok, mut refused) = (0, 0);
+                    for _ in 0..40 {
+                        let resp = client.request("POST", "/v1/decide", &[], body);
+                        match resp.status {
+                            200 => ok += 1,
+                            429 => {
+                                assert_eq!(resp.json()["error"]["code"], "budget_exceeded");
+                                refused += 1;
+                            }
+                            other => panic!("{other}: {}", String::from_utf8_lossy(&resp.body)),
+                        }
+                    }
+                    (ok, refused)
+                })
+            })
+            .collect();
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..40 {
+            let msg = nc
+                .request_timeout("beamline.router.v1.decide", body, Duration::from_secs(2))
+                .expect("an answer over NATS");
+            let answer: serde_json::Value = serde_json::from_slice(&msg.data).unwrap();
+            if answer["ok"] == true {
+                ok += 1;
+            } else {
+                assert_eq!(answer["error"]["code"], "budget_exceeded", "{answer}");
+                refused += 1;
+            }
+        }
+        let http = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (http, (ok, refused))
+    });
+    let admitted: u32 = http.iter().map(|(ok, _)| ok).sum::<u32>() + over_nats.0;
+    eprintln!("admitted {admitted}: HTTP per node {http:?}, NATS {over_nats:?}");
+    assert_eq!(
+        admitted + spent,
+        60,
+        "a budget of 60, {spent} spent before the rush"
+    );
+    let owner = owner_of(&nodes[0], "acme");
+    let view = nodes[0]
+        .client()
+        .request(
+            "GET",
+            "/admin/v1/cluster",
+            &[("Authorization", &auth())],
+            b"",
+        )
+        .json();
+    assert!(view.to_string().contains(&owner), "{view}");
+    let forwarded: f64 = nodes
+        .iter()
+        .map(|node| {
+            let metrics = node.client().request("GET", "/metrics", &[], b"");
+            let text = String::from_utf8_lossy(&metrics.body).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("shardline_cluster_decisions_forwarded_total "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(
+        forwarded >= 40.0,
+        "the two other nodes forwarded theirs: {forwarded}"
+    );
+
+    // An idempotency key: the first answer, from whichever node is asked again.
+    let keyed = |n: usize| {
+        let body = format!(
+            r#"{{"request_id":"k-{n}","tenant_id":"globex","idempotency_key":"key-1","task":{{"type":"chat","payload_ref":"p"}}}}"#
+        );
+        nodes[n]
+            .client()
+            .request("POST", "/v1/decide", &[], body.as_bytes())
+            .json()
+    };
+    let first = keyed(0);
+    assert_eq!(first["ok"], true, "{first}");
+    for n in 1..3 {
+        let again = keyed(n);
+        assert_eq!(
+            again["decision"]["provider_id"], first["decision"]["provider_id"],
+            "{again}"
+        );
+        assert_eq!(
+            again["context"]["request_id"], first["context"]["request_id"],
+            "{again}"
+        );
+    }
+}

@@ -122,6 +122,15 @@ impl Members {
         &self.me
     }
 
+    /// The shard count a live member announced (this node's own included).
+    pub fn shards_of(&self, node: &str) -> Option<u32> {
+        match self.others.get(node) {
+            Some(m) => Some(m.beat.shards),
+            None if node == self.me => self.own.as_ref().map(|b| b.shards),
+            None => None,
+        }
+    }
+
     /// A node not heard from for this long is gone.
     pub fn failover_ms(&self) -> u64 {
         self.failover_ms

@@ -12,6 +12,7 @@
 //! client (one per process, as the service API), the mirror's file writes on glommio's
 //! blocking pool, and an admin write's bucket request on the shard that took the request.
 
+pub mod forward;
 pub mod kv;
 pub mod members;
 pub mod policies;
@@ -62,6 +63,17 @@ pub struct ClusterNode {
     pub share_stats: ShareStats,
     /// Results forwarded between nodes (`results`).
     pub result_stats: ResultStats,
+    /// Decisions forwarded to their owner node (`forward`).
+    pub forward_stats: ForwardStats,
+}
+
+/// What forwarding decisions did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// Decisions sent to the tenant's owner node.
+    pub forwarded: std::sync::atomic::AtomicU64,
+    /// Of those, the ones it did not answer in time (answered `overloaded` here).
+    pub failed: std::sync::atomic::AtomicU64,
 }
 
 /// What forwarding results did, for `/metrics`.
@@ -132,6 +144,7 @@ impl ClusterNode {
             epoch: Instant::now(),
             share_stats: ShareStats::default(),
             result_stats: ResultStats::default(),
+            forward_stats: ForwardStats::default(),
         })
     }
 
@@ -373,6 +386,18 @@ impl ClusterNode {
                 "Rate-limit shares that ran out before they were renewed: the node's bucket \
                  for that policy stopped (rate_limited) until the next grant.",
                 self.share_stats.expired.load(Relaxed) as f64,
+            ),
+            ExtraMetric::counter(
+                "shardline_cluster_decisions_forwarded_total",
+                "Decisions only the tenant's owner node can make exactly (budgets, a \
+                 provider rpm, an idempotency key) sent there from this node.",
+                self.forward_stats.forwarded.load(Relaxed) as f64,
+            ),
+            ExtraMetric::counter(
+                "shardline_cluster_decisions_forward_failed_total",
+                "Forwarded decisions the owner node did not answer in time (answered \
+                 overloaded).",
+                self.forward_stats.failed.load(Relaxed) as f64,
             ),
             ExtraMetric::counter(
                 "shardline_cluster_results_forwarded_total",

@@ -128,11 +128,13 @@ pub fn start(
         core.set_extensions(true);
     }
     let sids = subscribe_all(ctx, &client, config);
-    // Every shard runs its buckets at the shares the owner nodes grant, and takes part
-    // in its node's queue group for the results the other nodes forward.
+    // Every shard runs its buckets at the shares the owner nodes grant, takes part in
+    // its node's queue group for the results the other nodes forward, and decides what
+    // they forward to it as the tenant's owner.
     if let Some(cluster) = &ctx.shared.cluster {
         crate::cluster::shares::start(ctx, &client, cluster);
         crate::cluster::results::subscribe(ctx, &client, cluster);
+        crate::cluster::forward::subscribe(ctx, &client, cluster);
     }
     // One mirror per process, on shard 0's client, as the service API.
     if let (0, Some(cluster)) = (ctx.id.0, &ctx.shared.cluster) {
@@ -357,7 +359,7 @@ pub struct ReplyIds<'a> {
     pub traceparent: Option<&'a str>,
 }
 
-fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
+pub(crate) fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
     let metrics = ctx.shared.metrics(ctx.id);
     metrics.request(Transport::Nats).inc();
     let Some(reply_to) = msg.reply else {
@@ -383,6 +385,11 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         trace_id: req.trace_id.as_deref(),
         traceparent: req.traceparent.as_deref(),
     };
+    if !crate::cluster::forward::forwarded(&msg) {
+        if let Some(dest) = crate::cluster::forward::destination(ctx, &req) {
+            return decide_at_owner_node(ctx, client, dest, &msg, &headers, &req, reply_to);
+        }
+    }
     let mut body = ctx.take_answer_buf();
     let step = ctx.decide_step(&req, now, &mut body);
     if let Step::Answered(decided) = step {
@@ -421,6 +428,48 @@ fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         OwnedReplyIds::of(&req),
         reply_to.into(),
     );
+}
+
+/// A decision only the tenant's owner node can make (`cluster::forward`): sent there,
+/// and its answer relayed, by a task of its own (counted by `begin_task`).
+fn decide_at_owner_node(
+    ctx: &Rc<ShardCtx>,
+    client: &Client,
+    dest: (String, u16),
+    msg: &Msg<'_>,
+    headers: &Headers<'_>,
+    req: &crate::contract::DecideRequest<'_>,
+    reply_to: &str,
+) {
+    let Some(cluster) = ctx.shared.cluster.clone() else {
+        return;
+    };
+    let ids = OwnedReplyIds::of(req);
+    if !ctx.begin_task() {
+        ctx.shared.metrics(ctx.id).shed(ShedCause::NatsFull).inc();
+        let reply = super::shard::shed("too many NATS requests in flight on this shard", ids.ids());
+        return answer_for(ctx, client, reply_to, &ids.reply_ids(), &reply, DECIDE);
+    }
+    let payload = msg.payload.to_vec();
+    let pairs = crate::cluster::forward::header_pairs(headers);
+    let who = crate::cluster::forward::Forwarded::of(req);
+    let reply_to: Box<str> = reply_to.into();
+    let (ctx, client) = (Rc::clone(ctx), client.clone());
+    glommio::spawn_local(async move {
+        let timeout = ctx.shared.settings.handoff_timeout;
+        let there = crate::cluster::forward::decide_there(
+            &cluster, &client, dest, &payload, &pairs, &who, timeout,
+        );
+        let (status, body) = there.await;
+        let reply = Reply {
+            status,
+            body,
+            ..Reply::default()
+        };
+        answer_for(&ctx, &client, &reply_to, &ids.reply_ids(), &reply, DECIDE);
+        ctx.tasks.set(ctx.tasks.get() - 1);
+    })
+    .detach();
 }
 
 /// An invalid request: the contract error, with the ids that could be read.

@@ -247,6 +247,11 @@ impl RouterService {
         if let Err(err) = access.tenant(grant.as_ref(), Permission::Decide, tenant, now.mono_ns) {
             return self.refuse(resp, &err);
         }
+        if let Some(dest) = crate::cluster::forward::destination(ctx, &decoded) {
+            return self
+                .decide_at_owner_node(dest, req, &headers, &decoded, resp)
+                .await;
+        }
         let decided = match ctx.decide_step(&decoded, now, &mut resp.body) {
             Step::Answered(decided) => decided,
             Step::CallStages => ctx.decide_stages(&decoded, &mut resp.body).await,
@@ -264,6 +269,34 @@ impl RouterService {
         };
         self.push_assignment(decided.assignment.as_deref());
         apply(resp, decided.answered);
+    }
+
+    /// A decision only the tenant's owner node can make (`cluster::forward`): its answer,
+    /// relayed.
+    async fn decide_at_owner_node(
+        &self,
+        dest: (String, u16),
+        req: &Request<'_>,
+        headers: &Headers<'_>,
+        decoded: &crate::contract::DecideRequest<'_>,
+        resp: &mut Response,
+    ) {
+        let ctx = &self.ctx;
+        let (Some(cluster), Some(client)) = (&ctx.shared.cluster, ctx.nats.get()) else {
+            return;
+        };
+        let pairs = crate::cluster::forward::header_pairs(headers);
+        let who = crate::cluster::forward::Forwarded::of(decoded);
+        let timeout = ctx.shared.settings.handoff_timeout;
+        let there = crate::cluster::forward::decide_there(
+            cluster, client, dest, req.body, &pairs, &who, timeout,
+        );
+        let (status, body) = there.await;
+        if matches!(status, 429 | 503) {
+            resp.retry_after_s = crate::cluster::forward::retry_after_s(&body);
+        }
+        resp.status = status;
+        resp.body = body;
     }
 
     /// A decision over HTTP that asked for an assignment: published on this shard's NATS
