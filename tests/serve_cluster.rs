@@ -113,6 +113,9 @@ fn cluster(nodes: usize) -> (NatsCluster, Vec<Node>) {
     for node in &started {
         eventually("a node ready", || ready(node));
     }
+    // Nodes that do not yet know each other disagree on owners: wait until they agree.
+    let names: Vec<String> = (1..=nodes).map(|i| format!("node-{i}")).collect();
+    members_become(&started, &names);
     (nats, started)
 }
 
