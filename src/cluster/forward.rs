@@ -13,7 +13,11 @@
 //!
 //! A forwarded request carries `Shardline-Origin: <node_id>` and is never forwarded
 //! again, whatever the receiving node thinks of ownership (during a membership change two
-//! nodes may disagree for up to `failover_ms`): at most one hop. The owner node's answer is
+//! nodes may disagree for up to `failover_ms`): at most one hop. A node that has owned a
+//! tenant for less than `failover_ms` decides none of these requests yet (`Where::NotYet`,
+//! answered `overloaded`): another node may still believe it owns the tenant and decide
+//! with its own ledger until it hears of the change, as a new owner of a rate limit grants
+//! no share for as long (`decide::share`). The owner node's answer is
 //! relayed as it is, status and body; one that does not come within the handoff timeout
 //! is answered `overloaded` (503) rather than decided here, which would split the ledger.
 
@@ -35,25 +39,61 @@ pub fn decide_subject(node: &str, shard: u16) -> String {
     format!("{DECIDE_SUBJECT}.{node}.{shard}")
 }
 
-/// The node and shard that must decide `req`, when that is another node; `None`: here.
-pub fn destination(ctx: &ShardCtx, req: &DecideRequest<'_>) -> Option<(String, u16)> {
-    let cluster = ctx.shared.cluster.as_ref()?;
+/// Where a request must be decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Where {
+    /// On this node, as any decision.
+    Here,
+    /// On another node's shard: the tenant's owner.
+    There(String, u16),
+    /// Nowhere yet: this node has owned the tenant for less than `failover_ms`, so
+    /// another node may still be deciding as its owner with its own ledger. Answered
+    /// `overloaded` (retry) rather than split the ledger.
+    NotYet,
+}
+
+/// Where `req` must be decided (module doc).
+pub fn destination(ctx: &ShardCtx, req: &DecideRequest<'_>) -> Where {
+    let Some(cluster) = ctx.shared.cluster.as_ref() else {
+        return Where::Here;
+    };
     let crosses = req.idempotency_key.is_some() || {
         let table = ctx.table.borrow();
         table.table().owner_decides(&req.tenant_id, &req.policy_id)
     };
     if !crosses {
-        return None;
+        return Where::Here;
     }
     let members = cluster.members();
-    let owner = members.owner_of(&req.tenant_id, cluster.now_ms());
+    let now = cluster.now_ms();
+    let owner = members.owner_of(&req.tenant_id, now);
     if owner == members.me() {
-        return None;
+        return if members.settled_owner_of(&req.tenant_id, now) {
+            Where::Here
+        } else {
+            Where::NotYet
+        };
     }
-    let shards = members.shards_of(&owner)?;
+    let Some(shards) = members.shards_of(&owner) else {
+        return Where::NotYet;
+    };
     let shards = (shards as usize).clamp(1, shards::SHARDS_MAX);
     let shard = shards::Partitioner::new(shards).shard_of(&req.tenant_id);
-    Some((owner, shard.0))
+    Where::There(owner, shard.0)
+}
+
+/// The answer to a request `destination` said is `NotYet`: 503 `overloaded`.
+pub fn not_yet(who: &Forwarded) -> (u16, Vec<u8>) {
+    let code = crate::contract::ErrorCode::Overloaded;
+    let message = format!(
+        "tenant {} has just moved to this node; its ledger opens in a moment: retry",
+        who.tenant
+    );
+    let mut body = Vec::with_capacity(256);
+    let details = crate::contract::ErrorDetails::default();
+    let (rid, tid) = (Some(who.request_id.as_str()), who.trace_id.as_deref());
+    crate::contract::encode_error(&mut body, code, &message, &details, rid, tid);
+    (code.http_status(), body)
 }
 
 /// The request's contract headers, owned, to travel with it.

@@ -94,6 +94,9 @@ pub struct Members {
     others: BTreeMap<String, Member>,
     /// Heartbeats ignored because `MEMBERS_MAX` nodes were already known.
     pub ignored: u64,
+    /// Per partition: since when (ms) this node has owned it, as last tracked
+    /// (`track_ownership`); `None` while another node owns it.
+    owned_since: Vec<Option<u64>>,
 }
 
 /// A member as listed.
@@ -115,7 +118,32 @@ impl Members {
             failover_ms: failover.as_millis() as u64,
             others: BTreeMap::new(),
             ignored: 0,
+            owned_since: vec![None; PARTITIONS as usize],
         }
+    }
+
+    /// Notes, at `now_ms`, which partitions this node owns: one it did not own at the last
+    /// call is owned from now. Called on every membership change and heartbeat interval.
+    pub fn track_ownership(&mut self, now_ms: u64) {
+        let live: Vec<String> = self.live(now_ms).into_iter().map(str::to_owned).collect();
+        let live: Vec<&str> = live.iter().map(String::as_str).collect();
+        for p in 0..PARTITIONS {
+            let mine = owner_among(p, &live) == Some(self.me.as_str());
+            let since = &mut self.owned_since[p as usize];
+            match (mine, *since) {
+                (true, None) => *since = Some(now_ms),
+                (false, Some(_)) => *since = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether this node has owned `tenant`'s partition for at least `failover_ms` (as
+    /// last tracked): long enough that every node has heard of the change, so no other
+    /// node still decides as its owner.
+    pub fn settled_owner_of(&self, tenant: &str, now_ms: u64) -> bool {
+        self.owned_since[partition_of(tenant) as usize]
+            .is_some_and(|since| now_ms >= since + self.failover_ms)
     }
 
     pub fn me(&self) -> &str {
@@ -330,6 +358,35 @@ mod tests {
         let tenant_owner = m.owner_of("acme", 4_500);
         assert!(["b", "c"].contains(&tenant_owner.as_str()));
         assert!(m.heard("a", beat(), 5_000), "back");
+    }
+
+    /// A partition is settled on its new owner only `failover_ms` after it became its.
+    #[test]
+    fn ownership_settles_after_the_failover_time() {
+        let mut m = Members::new("b", Duration::from_millis(1_000));
+        m.track_ownership(0);
+        // Alone, b owns every partition from 0 on.
+        assert!(!m.settled_owner_of("acme", 999));
+        assert!(m.settled_owner_of("acme", 1_000));
+        m.heard("a", beat(), 1_500);
+        m.heard("c", beat(), 1_500);
+        m.track_ownership(1_500);
+        let tenants: Vec<String> = (0..64).map(|i| format!("t{i}")).collect();
+        let lost = tenants
+            .iter()
+            .find(|t| m.owner_of(t, 1_500) != "b")
+            .unwrap();
+        let kept = tenants
+            .iter()
+            .find(|t| m.owner_of(t, 1_500) == "b")
+            .unwrap();
+        assert!(!m.settled_owner_of(lost, 1_500));
+        assert!(m.settled_owner_of(kept, 1_500));
+        // a and c go silent: b takes their partitions back, settled a failover later.
+        m.expire(3_000);
+        m.track_ownership(3_000);
+        assert!(!m.settled_owner_of(lost, 3_500));
+        assert!(m.settled_owner_of(lost, 4_000));
     }
 
     /// At 16 nodes (docs/CLUSTER.md, "A simulated 16-node cluster"): how even ownership

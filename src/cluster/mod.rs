@@ -135,6 +135,8 @@ impl ClusterNode {
         };
         let mut members = Members::new(node_id, failover);
         members.set_own(beat.clone());
+        // Alone at the start: every partition is ours from now, settled a failover later.
+        members.track_ownership(0);
         Ok(ClusterNode {
             bucket: Bucket::new(&config.policy_bucket)?,
             replicas: config.policy_replicas,
@@ -185,7 +187,13 @@ impl ClusterNode {
                 // A full outbound buffer drops this beat; the next one follows.
                 let _ = client.publish(&own_subject, None, &[], beat.as_bytes());
             }
-            let gone = self.members().expire(self.now_ms());
+            let now = self.now_ms();
+            let gone = {
+                let mut members = self.members();
+                let gone = members.expire(now);
+                members.track_ownership(now);
+                gone
+            };
             for node in gone {
                 log::warn!(
                     "cluster: node {node} left: no heartbeat for {} ms; its partitions move \
@@ -213,14 +221,19 @@ impl ClusterNode {
             return;
         }
         let now = self.now_ms();
-        let joined = self.members().heard(
-            &beat.node_id,
-            Beat {
+        let joined = {
+            let mut members = self.members();
+            let heard = Beat {
                 instance: beat.instance.into_owned(),
                 shards: beat.shards,
-            },
-            now,
-        );
+            };
+            let joined = members.heard(&beat.node_id, heard, now);
+            if joined {
+                // A node joining takes partitions: those it took stop being ours now.
+                members.track_ownership(now);
+            }
+            joined
+        };
         if joined {
             log::info!("cluster: node {} joined", beat.node_id);
         }

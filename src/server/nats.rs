@@ -385,9 +385,24 @@ pub(crate) fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         trace_id: req.trace_id.as_deref(),
         traceparent: req.traceparent.as_deref(),
     };
-    if !crate::cluster::forward::forwarded(&msg) {
-        if let Some(dest) = crate::cluster::forward::destination(ctx, &req) {
+    use crate::cluster::forward::{self, Where};
+    match forward::destination(ctx, &req) {
+        Where::Here => {}
+        // Forwarded here by a node that takes us for the owner: decided here, never a
+        // second hop.
+        Where::There(..) if forward::forwarded(&msg) => {}
+        Where::There(node, shard) => {
+            let dest = (node, shard);
             return decide_at_owner_node(ctx, client, dest, &msg, &headers, &req, reply_to);
+        }
+        Where::NotYet => {
+            let (status, body) = forward::not_yet(&forward::Forwarded::of(&req));
+            let reply = Reply {
+                status,
+                body,
+                ..Reply::default()
+            };
+            return answer_for(ctx, client, reply_to, &ids, &reply, DECIDE);
         }
     }
     let mut body = ctx.take_answer_buf();

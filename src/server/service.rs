@@ -247,10 +247,22 @@ impl RouterService {
         if let Err(err) = access.tenant(grant.as_ref(), Permission::Decide, tenant, now.mono_ns) {
             return self.refuse(resp, &err);
         }
-        if let Some(dest) = crate::cluster::forward::destination(ctx, &decoded) {
-            return self
-                .decide_at_owner_node(dest, req, &headers, &decoded, resp)
-                .await;
+        use crate::cluster::forward::{self, Where};
+        match forward::destination(ctx, &decoded) {
+            Where::Here => {}
+            Where::There(node, shard) => {
+                let dest = (node, shard);
+                return self
+                    .decide_at_owner_node(dest, req, &headers, &decoded, resp)
+                    .await;
+            }
+            Where::NotYet => {
+                let (status, body) = forward::not_yet(&forward::Forwarded::of(&decoded));
+                resp.status = status;
+                resp.body = body;
+                resp.retry_after_s = Some(1);
+                return;
+            }
         }
         let decided = match ctx.decide_step(&decoded, now, &mut resp.body) {
             Step::Answered(decided) => decided,
