@@ -516,3 +516,48 @@ fn summary_names_the_node() {
     assert!(summary.contains("node_id = \"edge-1\""), "{summary}");
     assert!(!summary.contains("# cluster.node_id"), "{summary}");
 }
+
+/// The policy bucket, its replicas and the failover time: defaults, bounds at their
+/// edges, and each refusal naming its key.
+#[test]
+fn cluster_bucket_replicas_and_failover_bounds() {
+    let defaults = Config::from_toml_str("", Path::new("/b")).unwrap().cluster;
+    assert_eq!(defaults.policy_bucket, POLICY_BUCKET_DEFAULT);
+    assert_eq!((defaults.policy_replicas, defaults.failover_ms), (1, 3_000));
+    let at_edges = format!(
+        "[cluster]\npolicy_bucket = \"b_-9\"\npolicy_replicas = {POLICY_REPLICAS_MAX}\n\
+         failover_ms = {FAILOVER_MS_MIN}"
+    );
+    let ok = Config::from_toml_str(&at_edges, Path::new("/b"))
+        .unwrap()
+        .cluster;
+    assert_eq!(ok.policy_replicas, POLICY_REPLICAS_MAX);
+    let max = format!("[cluster]\nfailover_ms = {FAILOVER_MS_MAX}");
+    assert!(Config::from_toml_str(&max, Path::new("/b")).is_ok());
+    for (text, key) in [
+        (
+            "policy_bucket = \"a.b\"".to_owned(),
+            "cluster.policy_bucket",
+        ),
+        ("policy_bucket = \"\"".to_owned(), "cluster.policy_bucket"),
+        ("policy_replicas = 0".to_owned(), "cluster.policy_replicas"),
+        (
+            format!("policy_replicas = {}", POLICY_REPLICAS_MAX + 1),
+            "cluster.policy_replicas",
+        ),
+        (
+            format!("failover_ms = {}", FAILOVER_MS_MIN - 1),
+            "cluster.failover_ms",
+        ),
+        (
+            format!("failover_ms = {}", FAILOVER_MS_MAX + 1),
+            "cluster.failover_ms",
+        ),
+        ("failover = 10".to_owned(), "cluster.failover"),
+    ] {
+        let ConfigError::Invalid(problems) = parse_err(&format!("[cluster]\n{text}")) else {
+            panic!("{text}: not refused as invalid");
+        };
+        assert_eq!(keys(&problems.0), [key], "{text}");
+    }
+}
