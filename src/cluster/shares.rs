@@ -75,10 +75,10 @@ struct Shares {
 
 impl Shares {
     fn book(&mut self, key: u64, now_ms: u64, failover_ms: u64) -> &mut ShareBook {
-        let id = self.ids.next_u64();
+        let ids = &mut self.ids;
         self.books
             .entry(key)
-            .or_insert_with(|| ShareBook::new(id, now_ms, failover_ms))
+            .or_insert_with(|| ShareBook::new(ids.next_u64(), now_ms, failover_ms))
     }
 }
 
@@ -297,6 +297,9 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, shares: &RefCell<Shares>) -> Ba
     let elapsed_ms = now_ms.saturating_sub(shares.reported_ms).max(1);
     shares.reported_ms = now_ms;
     let mut batches = Batches::new();
+    // A reload that removed a policy (or changed its providers, hence its key) leaves its
+    // book and share behind: kept only for the policies this shard owns now.
+    let mut current = std::collections::HashSet::new();
     for (i, policy) in table.policies().iter().enumerate() {
         let slot = PolicySlot(i as u32);
         let Some(limit) = policy.rate_limit else {
@@ -306,6 +309,7 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, shares: &RefCell<Shares>) -> Ba
             continue;
         }
         let key = state.key_of(slot);
+        current.insert(key);
         let demand_per_s = state.take_demand(slot) as f64 * 1_000.0 / elapsed_ms as f64;
         let held = shares.held.entry(key).or_default();
         let (applied, applied_book) = held.applied(now_ms);
@@ -345,5 +349,7 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, shares: &RefCell<Shares>) -> Ba
             applied_book,
         });
     }
+    shares.books.retain(|key, _| current.contains(key));
+    shares.held.retain(|key, _| current.contains(key));
     batches
 }
