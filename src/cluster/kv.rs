@@ -399,11 +399,6 @@ impl Watch {
         .await
     }
 
-    /// Whether the watch has delivered the bucket as it was when it started.
-    pub fn synced(&self) -> bool {
-        self.state.borrow().synced
-    }
-
     pub fn close(&self) {
         self.state.borrow_mut().closed = true;
     }
