@@ -22,6 +22,9 @@
 //!
 //! **Where:** a budgeted policy's decisions are taken on the tenant's owner shard, which
 //! also receives its results (`shard`): one ledger, so the limits hold over all shards.
+//! In a cluster each node's owner shard keeps its own ledger within an allowance the
+//! owner node grants (`allowance`), and the owner node counts the others' beside its own
+//! (`WindowSpend::outside`).
 //!
 //! **Windows** are fixed periods: `1m`, `1h`, `1d`, `30d` from the Unix epoch (so `1d`
 //! is the UTC day), `calendar_day` and `calendar_month` in UTC. A ledger keeps its last
@@ -92,6 +95,23 @@ pub struct WindowSpend {
     pub open: u64,
     pub reserved_cost: f64,
     pub reserved_tokens: u64,
+    /// A cluster's owner node: what the other nodes may have committed in this window
+    /// (`allowance`). Never saved: the other nodes report it again.
+    #[serde(skip)]
+    pub outside: Figures,
+    /// A node of a cluster that does not own the tenant: what this node may commit in
+    /// this window, granted by the owner node (`allowance`); none is no room at all.
+    #[serde(skip)]
+    pub cap: Option<Figures>,
+    /// Until when `cap` may be used, on the holder's monotonic clock (ms).
+    #[serde(skip)]
+    pub cap_until_ms: u64,
+    /// What the owner node last acknowledged of this window, and whether a decision
+    /// wanted room in it since: what the next report carries.
+    #[serde(skip)]
+    pub reported: Figures,
+    #[serde(skip)]
+    pub wanted: bool,
 }
 
 impl WindowSpend {
@@ -110,6 +130,54 @@ impl WindowSpend {
 
     pub fn committed_tokens(&self) -> u64 {
         self.tokens.saturating_add(self.reserved_tokens)
+    }
+
+    /// The window as the state file keeps it: its spend, without what a cluster's nodes
+    /// said of it (they say it again).
+    fn saved(&self) -> WindowSpend {
+        WindowSpend {
+            outside: Figures::default(),
+            cap: None,
+            cap_until_ms: 0,
+            reported: Figures::default(),
+            wanted: false,
+            ..*self
+        }
+    }
+
+    /// This node's committed figures: what it reports to a cluster's owner node.
+    pub fn committed(&self) -> Figures {
+        Figures {
+            requests: self.requests,
+            cost: self.committed_cost(),
+            tokens: self.committed_tokens(),
+        }
+    }
+
+    /// Requests, cost and tokens the limits are checked against: this node's committed
+    /// figures and, on a cluster's owner node, what the other nodes may have committed.
+    pub fn spent(&self) -> Figures {
+        let o = self.outside;
+        Figures {
+            requests: self.requests.saturating_add(o.requests),
+            cost: self.committed_cost() + o.cost,
+            tokens: self.committed_tokens().saturating_add(o.tokens),
+        }
+    }
+
+    /// `budget`'s limits as this node may use them: the budget's own, or on a capped
+    /// node (`BudgetBook::capped`) no more than its allowance.
+    fn limits(&self, budget: &Budget, capped: bool) -> (Option<u64>, Option<f64>, Option<u64>) {
+        let cap = match (capped, self.cap) {
+            (false, _) => Figures::UNLIMITED,
+            (true, Some(cap)) => cap,
+            (true, None) => Figures::default(),
+        };
+        (
+            budget.max_requests.map(|m| m.min(cap.requests)),
+            budget.max_cost.map(|m| m.min(cap.cost)),
+            budget.max_tokens.map(|m| m.min(cap.tokens)),
+        )
     }
 
     /// One reservation leaves: its reserved part goes, `cost`/`tokens` are settled. A cost
@@ -148,7 +216,7 @@ impl Ledger {
     /// The window holding `now_ms`, opened when it is new. A wall clock stepped back
     /// into an earlier window keeps counting in the newest one: a window is never
     /// reopened, so a step back can delay a reset, never grant one.
-    fn current(&mut self, kind: BudgetWindow, now_ms: u64) -> &mut WindowSpend {
+    pub(super) fn current(&mut self, kind: BudgetWindow, now_ms: u64) -> &mut WindowSpend {
         let bounds = window_bounds(kind, now_ms);
         if self.windows.back().is_none_or(|w| w.start_ms < bounds.0) {
             if self.windows.len() == WINDOWS_KEPT {
@@ -185,16 +253,37 @@ impl Ledger {
     }
 }
 
+/// Requests, cost and tokens: a window's committed spend, or an allowance of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Figures {
+    pub requests: u64,
+    pub cost: f64,
+    pub tokens: u64,
+}
+
+impl Figures {
+    pub const UNLIMITED: Figures = Figures {
+        requests: u64::MAX,
+        cost: f64::INFINITY,
+        tokens: u64::MAX,
+    };
+}
+
 /// One budget's ledgers on the tenant's owner, by scope value.
 #[derive(Debug, Clone, Default)]
 pub struct BudgetBook {
     pub ledgers: HashMap<u64, Ledger, FixedState>,
+    /// A node of a cluster whose tenant another node owns: a window admits only within
+    /// the allowance the owner node granted it (`WindowSpend::cap`), and a refusal is
+    /// `Exceeded::short` (the owner node may still have room).
+    pub capped: bool,
 }
 
 impl BudgetBook {
     pub fn new(seed: u64) -> Self {
         BudgetBook {
             ledgers: HashMap::with_hasher(FixedState::with_seed(seed)),
+            capped: false,
         }
     }
 }
@@ -275,6 +364,9 @@ pub struct Exceeded {
     pub limit: f64,
     pub spent: f64,
     pub reset_at_ms: u64,
+    /// Refused by a capped node's allowance (`BudgetBook::capped`), not by the budget:
+    /// the tenant's owner node decides it instead.
+    pub short: bool,
 }
 
 fn exceeded(
@@ -293,6 +385,7 @@ fn exceeded(
         limit,
         spent,
         reset_at_ms: w.end_ms,
+        short: false,
     }
 }
 
@@ -333,36 +426,39 @@ pub fn admit(
             };
             book.ledgers.insert(hash, ledger);
         }
+        let capped = book.capped;
+        let short = |mut e: Exceeded| {
+            e.short = capped;
+            e
+        };
         let ledger = book.ledgers.get_mut(&hash).expect("inserted");
-        let w = *ledger.current(budget.window, now_ms);
+        let w = ledger.current(budget.window, now_ms);
+        w.wanted = true;
+        let w = *w;
         let value = &ledger.value;
-        if let Some(max) = budget.max_requests {
-            if w.requests >= max {
-                let (limit, spent) = (max as f64, w.requests as f64);
-                return Err(exceeded(budget, value, &w, "requests", limit, spent));
+        let (max_requests, max_cost, max_tokens) = w.limits(budget, capped);
+        let spent = w.spent();
+        if let Some(max) = max_requests {
+            if spent.requests >= max {
+                let (limit, spent) = (max as f64, spent.requests as f64);
+                return Err(short(exceeded(budget, value, &w, "requests", limit, spent)));
             }
         }
-        if let Some(max) = budget.max_cost {
-            let spent = w.committed_cost();
+        if let Some(max) = max_cost {
+            let spent = spent.cost;
             if spent >= max {
-                return Err(exceeded(budget, value, &w, "cost", max, spent));
+                return Err(short(exceeded(budget, value, &w, "cost", max, spent)));
             }
             if max - spent < room.cost {
                 room.cost = max - spent;
                 room.tightest_cost = Some(i as u8);
             }
         }
-        if let Some(max) = budget.max_tokens {
-            let spent = w.committed_tokens();
+        if let Some(max) = max_tokens {
+            let spent = spent.tokens;
             if spent >= max {
-                return Err(exceeded(
-                    budget,
-                    value,
-                    &w,
-                    "tokens",
-                    max as f64,
-                    spent as f64,
-                ));
+                let (limit, spent) = (max as f64, spent as f64);
+                return Err(short(exceeded(budget, value, &w, "tokens", limit, spent)));
             }
             let left = (max - spent) as f64;
             if left < room.tokens {
@@ -400,15 +496,16 @@ pub fn refusal(
     let empty = Ledger::default();
     let ledger = books[i].ledgers.get(&room.scopes[i]).unwrap_or(&empty);
     let w = ledger.peek(budget.window, now_ms);
+    let (max_requests, max_cost, max_tokens) = w.limits(budget, books[i].capped);
+    let spent = w.spent();
     let (limit, spent) = match measure {
-        "cost" => (budget.max_cost.unwrap_or(0.0), w.committed_cost()),
-        "tokens" => {
-            let max = budget.max_tokens.unwrap_or(0);
-            (max as f64, w.committed_tokens() as f64)
-        }
-        _ => (budget.max_requests.unwrap_or(0) as f64, w.requests as f64),
+        "cost" => (max_cost.unwrap_or(0.0), spent.cost),
+        "tokens" => (max_tokens.unwrap_or(0) as f64, spent.tokens as f64),
+        _ => (max_requests.unwrap_or(0) as f64, spent.requests as f64),
     };
-    exceeded(budget, &ledger.value, &w, measure, limit, spent)
+    let mut e = exceeded(budget, &ledger.value, &w, measure, limit, spent);
+    e.short = books[i].capped;
+    e
 }
 
 /// A decision's reservation, waiting for its result.
@@ -788,10 +885,12 @@ fn report(policy: &Policy, budget: &Budget, ledger: Option<&Ledger>, now_ms: u64
         Some(l) => l.peek(budget.window, now_ms),
         None => WindowSpend::new(window_bounds(budget.window, now_ms)),
     };
+    // On a cluster's owner node, with what the other nodes may have committed.
+    let all = w.spent();
     let spent = Spent {
-        requests: w.requests,
-        cost: w.committed_cost(),
-        tokens: w.committed_tokens(),
+        requests: all.requests,
+        cost: all.cost,
+        tokens: all.tokens,
     };
     BudgetReport {
         policy_id: policy.id.clone(),
@@ -942,7 +1041,12 @@ impl super::ShardState {
                         key: *k,
                         ledger: Ledger {
                             value: l.value.clone(),
-                            windows: l.windows.iter().filter(live).copied().collect(),
+                            windows: l
+                                .windows
+                                .iter()
+                                .filter(live)
+                                .map(WindowSpend::saved)
+                                .collect(),
                         },
                     });
                 }

@@ -93,6 +93,7 @@ fn exceeded(
         limit,
         spent,
         reset_at_ms,
+        short: false,
     }
 }
 
@@ -140,6 +141,7 @@ fn window(start_ms: u64, requests: u64, cost: f64, (open, reserved): (u64, f64))
         open,
         reserved_cost: reserved,
         reserved_tokens: 0,
+        ..WindowSpend::default()
     }
 }
 

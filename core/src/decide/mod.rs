@@ -13,6 +13,7 @@
 //! (step 8's learning strategies), `usage` (providers' own rate limits and cooldowns),
 //! `shadow` (the copy of a share of calls sent to a provider under evaluation).
 
+pub mod allowance;
 pub mod balance;
 #[cfg(test)]
 mod balance_tests;

@@ -301,12 +301,18 @@ impl HeldShare {
 
 impl ShardState {
     /// A cluster node: every bucket this shard owns runs at the share its tenant's owner
-    /// node grants, starting with none (module doc).
+    /// node grants, starting with none (module doc), and every budget within the
+    /// allowance it grants (`allowance`), starting with none.
     pub fn share_limits(&mut self, now_ns: u64) {
         self.shared_limits = true;
         for ps in &mut self.policies {
             if let Some(bucket) = &mut ps.bucket {
                 bucket.set_share(now_ns, 0, 0);
+            }
+            // And no budget's room until the owner node grants an allowance
+            // (`allowance`).
+            for book in ps.budgets.iter_mut() {
+                book.capped = true;
             }
         }
     }

@@ -223,7 +223,11 @@ impl ShardState {
             budgets: policy
                 .budgets
                 .iter()
-                .map(|_| BudgetBook::new(self.budget_seed))
+                .map(|_| BudgetBook {
+                    // A cluster node: no room until the owner node grants some.
+                    capped: self.shared_limits,
+                    ..BudgetBook::new(self.budget_seed)
+                })
                 .collect(),
             demand: 0,
         }

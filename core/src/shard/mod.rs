@@ -114,6 +114,10 @@ pub enum Step {
     /// Only the tenant's owner, shard `owner`, can answer (see the module doc): send the
     /// request there and relay its answer. Nothing was written.
     NeedsOwner { owner: u16 },
+    /// Only the tenant's owner *node* can answer: this node's allowance of a budget
+    /// could not take the decision (`decide::allowance`), which the owner node decides
+    /// against the budget itself. Nothing was written.
+    NeedsOwnerNode,
     /// The policy has extension stages and this shard can call them: run
     /// `decide::admit`, the stages and `select` against `state_mut()`, then `conclude`.
     /// Nothing was written.
@@ -276,6 +280,11 @@ impl ShardCore {
         }
         let start = out.len();
         let outcome = decide(table, &mut self.state, req, now);
+        if let Err(e) = &outcome {
+            if e.budget_exceeded().is_some_and(|x| x.short) {
+                return Step::NeedsOwnerNode;
+            }
+        }
         let owned = owner == self.shard;
         Step::Answered(self.settle(owned, table, req, &outcome, None, now, start, out))
     }

@@ -1,0 +1,456 @@
+//! Budgets across the nodes of a cluster, with no network hop on a decision's path.
+//!
+//! Inside a node a budgeted policy is decided on the tenant's owner shard, whose one
+//! ledger keeps it exact (`budget`). Across nodes each node keeps its own ledger — the
+//! decisions it made and their settlements, which it matches because every accepted
+//! result reaches every node — and the tenant's owner *node* grants each other node an
+//! **allowance** per budget window: the most that node may have committed in it (a
+//! cap on its own ledger's requests, cost and tokens). A node decides within its
+//! allowance where the request lands; a decision its allowance cannot take is not
+//! refused there but sent to the owner node (`Exceeded::short`), which decides against
+//! the budget itself. So steady traffic crosses nothing, and a nearly spent budget is
+//! still spent to its limit.
+//!
+//! Why a cap on a node's own ledger rather than reservations shipped to the owner: a
+//! reservation is settled by its result, and results already reach every node, so the
+//! node that reserved settles it and only its totals travel — once per report, whatever
+//! the traffic. Why not a share of the limit, as for a rate (`share`): spend accumulates
+//! over a window (a month, for some budgets), so a share moved to another node would
+//! have to move the spend with it; a cap over what a node has already committed moves
+//! nothing.
+//!
+//! **Exact.** The owner counts for every other node the most it may have committed: the
+//! highest cap it granted that may still be in force (a grant is counted for
+//! `ALLOWANCE_TTL_MS + COUNTED_AFTER_MS` from its granting; the holder stops using it
+//! `ALLOWANCE_TTL_MS` after it *asked*, which was earlier), or what the node last
+//! reported, whichever is more. It admits its own decisions, and grants caps, only
+//! within the budget less all of that (`WindowSpend::outside`). So the nodes together
+//! commit at most the limit, as one node does — a call that costs more than its
+//! reservation can pass it by that difference, as on one node.
+//! - **Authority moves conservatively.** A new owner grants no room, and admits nothing
+//!   itself, until the caps the previous owner granted have run out and every node has
+//!   reported to it (`AllowBook::ready`): that long the tenant's budgeted decisions are
+//!   answered `overloaded` on every node, as a new owner of a rate limit grants no share.
+//!   What a node that vanished had committed is lost with it (docs/CLUSTER.md).
+//! - **A report carries totals, not increments**, and a node resends a window's until the
+//!   owner acknowledged it: a lost report is repeated, never counted twice.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::budget::{budget_id, window_bounds, Figures, Ledger, WindowSpend, SCOPE_VALUES_MAX};
+use super::state::ShardState;
+use crate::policy::{Policy, PolicySlot};
+
+/// How long a granted cap may be used, from the holder's ask.
+pub const ALLOWANCE_TTL_MS: u64 = 1_000;
+/// How much longer than that the owner counts a grant: the holder drops a cap at its
+/// report tick before the cap's end, and its report saying what it committed under it
+/// must reach the owner before the owner stops counting the cap.
+pub const COUNTED_AFTER_MS: u64 = 1_000;
+/// Nodes one window of a book counts; the asks of more are granted no room.
+pub const ALLOWANCE_NODES_MAX: usize = 1_024;
+/// Windows one book keeps (every scope value of every budget of a policy, twice: a
+/// window and the one after it); asks for more are granted no room.
+pub const ALLOWANCE_WINDOWS_MAX: usize = 32_768;
+const _: () =
+    assert!(2 * crate::policy::BUDGETS_PER_POLICY_MAX * SCOPE_VALUES_MAX == ALLOWANCE_WINDOWS_MAX);
+/// Grants one node may have counted at once in one window.
+const GRANTS_PER_WINDOW_MAX: usize = 16;
+
+/// One window of one budget's scope value: what an ask and a grant are about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WindowKey {
+    /// `budget::budget_id`.
+    pub budget: u64,
+    /// The scope value's hash.
+    pub scope: u64,
+    pub start_ms: u64,
+}
+
+/// What a node reports of one window, and whether it wants room there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllowAsk {
+    pub window: WindowKey,
+    /// The scope value as text (the owner may not have counted it yet).
+    pub value: Box<str>,
+    /// The node's own ledger: requests, settled plus reserved cost and tokens.
+    pub committed: Figures,
+    /// A decision wanted room in the window since the last report.
+    pub want: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NodeAllow {
+    reported: Figures,
+    /// (cap, counted until) of every grant that may still be in force.
+    grants: VecDeque<(Figures, u64)>,
+}
+
+impl NodeAllow {
+    /// The most the node may have committed: its report, or a cap still in force.
+    fn counted(&self, now_ms: u64) -> Figures {
+        self.grants
+            .iter()
+            .filter(|(_, until)| now_ms < *until)
+            .fold(self.reported, |a, (c, _)| max(a, *c))
+    }
+}
+
+fn max(a: Figures, b: Figures) -> Figures {
+    Figures {
+        requests: a.requests.max(b.requests),
+        cost: a.cost.max(b.cost),
+        tokens: a.tokens.max(b.tokens),
+    }
+}
+
+fn sum(a: Figures, b: Figures) -> Figures {
+    Figures {
+        requests: a.requests.saturating_add(b.requests),
+        cost: a.cost + b.cost,
+        tokens: a.tokens.saturating_add(b.tokens),
+    }
+}
+
+/// The owner node's book of one policy's allowances; time is the owner's monotonic ms.
+#[derive(Debug, Clone)]
+pub struct AllowBook {
+    ready_ms: u64,
+    windows: HashMap<WindowKey, BTreeMap<String, NodeAllow>>,
+}
+
+/// A budget's limits: requests, cost, tokens (none: not limited).
+pub type Limits = (Option<u64>, Option<f64>, Option<u64>);
+
+impl AllowBook {
+    /// A book of a policy this node owns from `now_ms` on (see `ready`).
+    pub fn new(now_ms: u64, failover_ms: u64) -> Self {
+        AllowBook {
+            ready_ms: now_ms + ALLOWANCE_TTL_MS + COUNTED_AFTER_MS + failover_ms,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// Whether the owner may admit and grant: the previous owner's caps have run out and
+    /// every live node has reported (module doc).
+    pub fn ready(&self, now_ms: u64) -> bool {
+        now_ms >= self.ready_ms
+    }
+
+    /// What the nodes other than the owner may have committed in `window`.
+    pub fn outside(&self, window: &WindowKey, now_ms: u64) -> Figures {
+        self.windows
+            .get(window)
+            .map_or(Figures::default(), |nodes| {
+                nodes
+                    .values()
+                    .fold(Figures::default(), |a, n| sum(a, n.counted(now_ms)))
+            })
+    }
+
+    /// Takes `node`'s report of a window and answers with its cap there. `own` is the
+    /// owner's own committed figures in the window; `limits` are the budget's, and none
+    /// when the window is not the budget's current one at the owner (room is granted in
+    /// that one only); `live`: the live nodes, the owner included, among which what is
+    /// left is split.
+    pub fn grant(
+        &mut self,
+        node: &str,
+        (limits, own): (Option<Limits>, Figures),
+        ask: &AllowAsk,
+        live: usize,
+        now_ms: u64,
+    ) -> Figures {
+        let refused = ask.committed;
+        let ready = self.ready(now_ms);
+        if !self.windows.contains_key(&ask.window) && self.windows.len() >= ALLOWANCE_WINDOWS_MAX {
+            return refused;
+        }
+        let nodes = self.windows.entry(ask.window).or_default();
+        if !nodes.contains_key(node) && nodes.len() >= ALLOWANCE_NODES_MAX {
+            return refused;
+        }
+        let entry = nodes.entry(node.to_owned()).or_default();
+        entry.reported = ask.committed;
+        entry.grants.retain(|(_, until)| now_ms < *until);
+        let Some(limits) = limits.filter(|_| ask.want && ready) else {
+            return refused;
+        };
+        if entry.grants.len() >= GRANTS_PER_WINDOW_MAX {
+            return refused;
+        }
+        let others = nodes
+            .iter()
+            .filter(|(id, _)| id.as_str() != node)
+            .fold(own, |a, (_, n)| sum(a, n.counted(now_ms)));
+        let rep = ask.committed;
+        let parts = live.max(1) as u64;
+        let (max_requests, max_cost, max_tokens) = limits;
+        let cap = Figures {
+            requests: max_requests.map_or(u64::MAX, |l| {
+                let free = l
+                    .saturating_sub(others.requests)
+                    .saturating_sub(rep.requests);
+                rep.requests + free / parts
+            }),
+            cost: max_cost.map_or(f64::INFINITY, |l| {
+                let free = (l - others.cost - rep.cost).max(0.0);
+                rep.cost + free / parts as f64
+            }),
+            tokens: max_tokens.map_or(u64::MAX, |l| {
+                let free = l.saturating_sub(others.tokens).saturating_sub(rep.tokens);
+                rep.tokens + free / parts
+            }),
+        };
+        let entry = nodes.get_mut(node).expect("inserted above");
+        entry
+            .grants
+            .push_back((cap, now_ms + ALLOWANCE_TTL_MS + COUNTED_AFTER_MS));
+        cap
+    }
+
+    /// The windows the book counts.
+    pub fn windows(&self) -> Vec<WindowKey> {
+        self.windows.keys().copied().collect()
+    }
+
+    /// Forgets the windows `keep` says are over.
+    pub fn retain(&mut self, mut keep: impl FnMut(&WindowKey) -> bool) {
+        self.windows.retain(|w, _| keep(w));
+    }
+}
+
+impl ShardState {
+    /// Whether the policy's budgets admit only within allowances (`BudgetBook::capped`).
+    pub fn set_capped(&mut self, slot: PolicySlot, capped: bool) {
+        for book in self.policies[slot.get()].budgets.iter_mut() {
+            book.capped = capped;
+        }
+    }
+
+    pub fn capped(&self, slot: PolicySlot) -> bool {
+        self.policies[slot.get()].budgets.iter().any(|b| b.capped)
+    }
+
+    /// A holder's report: every window of `policy` whose committed figures the owner has
+    /// not acknowledged, or where a decision wanted room since the last report.
+    pub fn allowance_asks(&mut self, slot: PolicySlot, policy: &Policy) -> Vec<AllowAsk> {
+        let mut asks = Vec::new();
+        let books = self.policies[slot.get()].budgets.iter_mut();
+        for (budget, book) in policy.budgets.iter().zip(books) {
+            let id = budget_id(budget);
+            for (&scope, ledger) in book.ledgers.iter_mut() {
+                for w in ledger.windows.iter_mut() {
+                    let committed = w.committed();
+                    if !w.wanted && committed == w.reported {
+                        continue;
+                    }
+                    asks.push(AllowAsk {
+                        window: WindowKey {
+                            budget: id,
+                            scope,
+                            start_ms: w.start_ms,
+                        },
+                        value: ledger.value.clone(),
+                        committed,
+                        want: std::mem::take(&mut w.wanted),
+                    });
+                }
+            }
+        }
+        asks
+    }
+
+    /// The owner node answered a report: `acked` is what it now knows of the window and
+    /// `cap` what this node may commit there until `until_ms` (its monotonic clock).
+    pub fn allowance_granted(
+        &mut self,
+        slot: PolicySlot,
+        policy: &Policy,
+        window: &WindowKey,
+        (acked, cap): (Figures, Figures),
+        until_ms: u64,
+    ) {
+        if let Some(w) = self.window_at(slot, policy, window) {
+            w.reported = acked;
+            if w.cap.is_none() || w.cap_until_ms <= until_ms {
+                w.cap = Some(cap);
+                w.cap_until_ms = until_ms;
+            }
+        }
+    }
+
+    /// Drops the caps that end before `before_ms` (the holder's monotonic clock).
+    pub fn drop_allowances(&mut self, slot: PolicySlot, before_ms: u64) {
+        for book in self.policies[slot.get()].budgets.iter_mut() {
+            for ledger in book.ledgers.values_mut() {
+                for w in ledger.windows.iter_mut() {
+                    if w.cap.is_some() && w.cap_until_ms < before_ms {
+                        w.cap = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn window_at(
+        &mut self,
+        slot: PolicySlot,
+        policy: &Policy,
+        window: &WindowKey,
+    ) -> Option<&mut WindowSpend> {
+        let j = policy
+            .budgets
+            .iter()
+            .position(|b| budget_id(b) == window.budget)?;
+        let ledger = self.policies[slot.get()].budgets[j]
+            .ledgers
+            .get_mut(&window.scope)?;
+        ledger
+            .windows
+            .iter_mut()
+            .find(|w| w.start_ms == window.start_ms)
+    }
+
+    /// The owner's side of a report: its own ledger's current window for `window`
+    /// (opened, and its scope value counted, when new; `None` when the window is not the
+    /// budget's current one at `now_unix_ms`, or the budget counts `SCOPE_VALUES_MAX`
+    /// values already), and the budget's limits.
+    pub fn owner_window(
+        &mut self,
+        slot: PolicySlot,
+        policy: &Policy,
+        window: &WindowKey,
+        value: &str,
+        now_unix_ms: u64,
+    ) -> Option<(&mut WindowSpend, Limits)> {
+        let j = policy
+            .budgets
+            .iter()
+            .position(|b| budget_id(b) == window.budget)?;
+        let budget = &policy.budgets[j];
+        if window_bounds(budget.window, now_unix_ms).0 != window.start_ms {
+            return None;
+        }
+        let book = &mut self.policies[slot.get()].budgets[j];
+        if !book.ledgers.contains_key(&window.scope) {
+            if book.ledgers.len() >= SCOPE_VALUES_MAX {
+                return None;
+            }
+            let ledger = Ledger {
+                value: value.into(),
+                windows: VecDeque::new(),
+            };
+            book.ledgers.insert(window.scope, ledger);
+        }
+        let ledger = book.ledgers.get_mut(&window.scope)?;
+        let w = ledger.current(budget.window, now_unix_ms);
+        (w.start_ms == window.start_ms)
+            .then_some((w, (budget.max_requests, budget.max_cost, budget.max_tokens)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = (Some(100), Some(10.0), None);
+    const W: WindowKey = WindowKey {
+        budget: 1,
+        scope: 2,
+        start_ms: 0,
+    };
+
+    fn ask(requests: u64, cost: f64, want: bool) -> AllowAsk {
+        AllowAsk {
+            window: W,
+            value: "".into(),
+            committed: Figures {
+                requests,
+                cost,
+                tokens: 0,
+            },
+            want,
+        }
+    }
+
+    /// A new owner grants no room until the old caps ran out; then each node gets its
+    /// part of what is left, and a node that wants none keeps what it committed.
+    #[test]
+    fn caps_split_what_is_left() {
+        let mut book = AllowBook::new(0, 1_000);
+        let own = Figures::default();
+        let early = book.grant("a", (Some(LIMITS), own), &ask(4, 1.0, true), 3, 10);
+        assert_eq!((early.requests, early.cost), (4, 1.0), "not ready: no room");
+        let t = ALLOWANCE_TTL_MS + COUNTED_AFTER_MS + 1_000;
+        let a = book.grant("a", (Some(LIMITS), own), &ask(4, 1.0, true), 3, t);
+        // 100 - 4 = 96 left, a third of it: 32 more.
+        assert_eq!((a.requests, a.cost), (4 + 32, 1.0 + 3.0));
+        let b = book.grant("b", (Some(LIMITS), own), &ask(0, 0.0, true), 3, t);
+        // a counts at its cap: 100 - 36 = 64 left, a third: 21.
+        assert_eq!(b.requests, 21);
+        let idle = book.grant("c", (Some(LIMITS), own), &ask(5, 0.5, false), 3, t);
+        assert_eq!(idle.requests, 5);
+        let outside = book.outside(&W, t);
+        assert_eq!(outside.requests, 36 + 21 + 5);
+        assert_eq!(
+            book.outside(&W, t + ALLOWANCE_TTL_MS + COUNTED_AFTER_MS)
+                .requests,
+            4 + 5
+        );
+    }
+
+    /// Whatever the asks, the owner's own spend plus what it counts for the others never
+    /// passes the limit, and no node's cap lets it pass it either.
+    #[test]
+    fn the_book_never_allows_more_than_the_limit() {
+        let mut rng = super::super::rng::Rng::new(5);
+        let mut book = AllowBook::new(0, 0);
+        let nodes = ["a", "b", "c", "d"];
+        let mut committed = [0u64; 4];
+        let mut caps = [(0u64, 0u64); 4];
+        let mut own = 0u64;
+        let mut t = ALLOWANCE_TTL_MS + COUNTED_AFTER_MS;
+        for _ in 0..20_000 {
+            t += rng.below(50);
+            let i = rng.below(5) as usize;
+            if i == 4 {
+                // The owner admits one if the book leaves room.
+                let outside = book.outside(&W, t).requests;
+                if own + outside < 100 {
+                    own += 1;
+                }
+            } else {
+                // The holder spends within a cap still in force, then reports.
+                let (cap, until) = caps[i];
+                if t < until && committed[i] < cap {
+                    committed[i] += 1;
+                }
+                let own_f = Figures {
+                    requests: own,
+                    ..Figures::default()
+                };
+                let g = book.grant(
+                    nodes[i],
+                    (Some(LIMITS), own_f),
+                    &ask(committed[i], 0.0, rng.below(2) == 0),
+                    5,
+                    t,
+                );
+                if g.requests > committed[i] {
+                    caps[i] = (
+                        g.requests,
+                        t.saturating_sub(rng.below(5)) + ALLOWANCE_TTL_MS,
+                    );
+                }
+            }
+            let total = own + committed.iter().sum::<u64>();
+            assert!(total <= 100, "{total}");
+            assert!(own + book.outside(&W, t).requests <= 100);
+        }
+        assert!(
+            own + committed.iter().sum::<u64>() >= 90,
+            "the limit is used"
+        );
+    }
+}
