@@ -1,15 +1,15 @@
-//! Decisions only the tenant's owner node can make exactly: those of a policy with
-//! `budgets` or a provider `rpm`, and requests with an `idempotency_key`. Inside a node
-//! they cross to the tenant's owner shard, whose one ledger (budget spend, a provider's
-//! requests per minute, the key's first answer) makes them exact (docs/ARCHITECTURE.md,
-//! "Budgets: decided on the owner, not leased"); in a cluster they cross to the owner
-//! *node*'s owner shard in the same way, over NATS, so that there is one ledger for the
-//! cluster. Every other decision is made where it lands.
+//! Decisions only the tenant's owner node can make exactly: those of a policy with a
+//! provider `rpm` or with budgets and extension stages, requests with an
+//! `idempotency_key`, and budgeted decisions this node's allowance could not take
+//! (`Step::NeedsOwnerNode`, `decide::allowance`). Inside a node they cross to the
+//! tenant's owner shard, whose one ledger (a provider's requests per minute, the key's
+//! first answer) makes them exact (docs/ARCHITECTURE.md, "Budgets: decided on the owner,
+//! not leased"); in a cluster they cross to the owner *node*'s owner shard in the same
+//! way, over NATS. Every other decision is made where it lands — a budgeted one within
+//! the node's allowance.
 //!
 //! The cost is a NATS round trip on those requests when they land on another node (about
-//! a loopback round trip twice over, plus the owner's decision); an allowance leased per
-//! node, as rate-limit shares are, would keep them local at the price of a protocol per
-//! budget scope value and window (docs/CLUSTER.md, "Not built yet").
+//! a loopback round trip twice over, plus the owner's decision).
 //!
 //! A forwarded request carries `Shardline-Origin: <node_id>` and is never forwarded
 //! again, whatever the receiving node thinks of ownership (during a membership change two
@@ -59,7 +59,11 @@ pub fn destination(ctx: &ShardCtx, req: &DecideRequest<'_>) -> Where {
     };
     let crosses = req.idempotency_key.is_some() || {
         let table = ctx.table.borrow();
-        table.table().owner_decides(&req.tenant_id, &req.policy_id)
+        let table = table.table();
+        table.owner_decides(&req.tenant_id, &req.policy_id)
+            && !table
+                .lookup(&req.tenant_id, &req.policy_id)
+                .is_some_and(|slot| by_allowance(table.policy(slot)))
     };
     if !crosses {
         return Where::Here;
@@ -74,12 +78,59 @@ pub fn destination(ctx: &ShardCtx, req: &DecideRequest<'_>) -> Where {
             Where::NotYet
         };
     }
-    let Some(shards) = members.shards_of(&owner) else {
-        return Where::NotYet;
-    };
-    let shards = (shards as usize).clamp(1, shards::SHARDS_MAX);
-    let shard = shards::Partitioner::new(shards).shard_of(&req.tenant_id);
-    Where::There(owner, shard.0)
+    match owner_shard(&members, &owner, &req.tenant_id) {
+        Some(shard) => Where::There(owner, shard),
+        None => Where::NotYet,
+    }
+}
+
+/// Whether a policy's decisions are taken where they land, within the allowances of its
+/// budgets (`decide::allowance`): it is budgeted, and has neither a provider `rpm` (a
+/// count of the owner's own decisions) nor extension stages (whose calls come between
+/// admission and the decision, so a refusal could not be sent on unspent).
+pub fn by_allowance(policy: &crate::policy::Policy) -> bool {
+    !policy.budgets.is_empty()
+        && !policy.providers.iter().any(|p| p.limits.rpm.is_some())
+        && !policy.has_stages()
+}
+
+fn owner_shard(members: &super::members::Members, owner: &str, tenant: &str) -> Option<u16> {
+    let shards = (members.shards_of(owner)? as usize).clamp(1, shards::SHARDS_MAX);
+    Some(shards::Partitioner::new(shards).shard_of(tenant).0)
+}
+
+/// Where a decision this node's allowance could not take goes (`Step::NeedsOwnerNode`):
+/// the owner node's owner shard; `None` while this node takes itself for the owner (its
+/// book is not open yet) or knows no shard count of the owner.
+pub fn owner_node(ctx: &ShardCtx, tenant: &str) -> Option<(String, u16)> {
+    let cluster = ctx.shared.cluster.as_ref()?;
+    let members = cluster.members();
+    let owner = members.owner_of(tenant, cluster.now_ms());
+    if owner == members.me() {
+        return None;
+    }
+    let shard = owner_shard(&members, &owner, tenant)?;
+    Some((owner, shard))
+}
+
+/// The answer to a decision this node's allowance could not take: the owner node's, or
+/// `overloaded` while there is none to ask (`owner_node`) or the request was already
+/// forwarded once.
+pub async fn relay(
+    ctx: &ShardCtx,
+    body: &[u8],
+    headers: &[(&'static str, String)],
+    who: &Forwarded,
+    forwarded: bool,
+) -> (u16, Vec<u8>) {
+    let dest = owner_node(ctx, &who.tenant).filter(|_| !forwarded);
+    match (dest, ctx.shared.cluster.as_ref(), ctx.nats.get()) {
+        (Some(dest), Some(cluster), Some(client)) => {
+            let timeout = ctx.shared.settings.handoff_timeout;
+            decide_there(cluster, client, dest, body, headers, who, timeout).await
+        }
+        _ => not_yet(who),
+    }
 }
 
 /// The answer to a request `destination` said is `NotYet`: 503 `overloaded`.

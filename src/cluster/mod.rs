@@ -12,6 +12,7 @@
 //! client (one per process, as the service API), the mirror's file writes on glommio's
 //! blocking pool, and an admin write's bucket request on the shard that took the request.
 
+pub mod allowances;
 pub mod forward;
 pub mod kv;
 pub mod members;
@@ -61,6 +62,8 @@ pub struct ClusterNode {
     epoch: Instant,
     /// Rate-limit shares (`shares`), counted over all shards.
     pub share_stats: ShareStats,
+    /// Budget allowances (`allowances`), counted over all shards.
+    pub allowance_stats: AllowanceStats,
     /// Results forwarded between nodes (`results`).
     pub result_stats: ResultStats,
     /// Decisions forwarded to their owner node (`forward`).
@@ -97,6 +100,15 @@ pub struct ShareStats {
     pub unanswered: std::sync::atomic::AtomicU64,
     /// Shares that ran out before they were renewed: the bucket stopped.
     pub expired: std::sync::atomic::AtomicU64,
+}
+
+/// What budget allowance reports did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AllowanceStats {
+    /// Reports sent to other nodes (one per destination shard and report period).
+    pub reports: std::sync::atomic::AtomicU64,
+    /// Reports that got no answer in time (the caps they would renew run out).
+    pub unanswered: std::sync::atomic::AtomicU64,
 }
 
 /// What a policy write through the bucket did.
@@ -145,6 +157,7 @@ impl ClusterNode {
             beat,
             epoch: Instant::now(),
             share_stats: ShareStats::default(),
+            allowance_stats: AllowanceStats::default(),
             result_stats: ResultStats::default(),
             forward_stats: ForwardStats::default(),
         })
@@ -401,9 +414,21 @@ impl ClusterNode {
                 self.share_stats.expired.load(Relaxed) as f64,
             ),
             ExtraMetric::counter(
+                "shardline_cluster_allowance_reports_total",
+                "Budget allowance reports sent to tenants' owner nodes (one per destination \
+                 shard and 200 ms report).",
+                self.allowance_stats.reports.load(Relaxed) as f64,
+            ),
+            ExtraMetric::counter(
+                "shardline_cluster_allowance_reports_unanswered_total",
+                "Budget allowance reports that got no answer in time.",
+                self.allowance_stats.unanswered.load(Relaxed) as f64,
+            ),
+            ExtraMetric::counter(
                 "shardline_cluster_decisions_forwarded_total",
-                "Decisions only the tenant's owner node can make exactly (budgets, a \
-                 provider rpm, an idempotency key) sent there from this node.",
+                "Decisions only the tenant's owner node can make exactly (a provider rpm, an \
+                 idempotency key, a budget this node's allowance could not take) sent there \
+                 from this node.",
                 self.forward_stats.forwarded.load(Relaxed) as f64,
             ),
             ExtraMetric::counter(

@@ -133,6 +133,7 @@ pub fn start(
     // they forward to it as the tenant's owner.
     if let Some(cluster) = &ctx.shared.cluster {
         crate::cluster::shares::start(ctx, &client, cluster);
+        crate::cluster::allowances::start(ctx, &client, cluster);
         crate::cluster::results::subscribe(ctx, &client, cluster);
         crate::cluster::forward::subscribe(ctx, &client, cluster);
     }
@@ -413,6 +414,16 @@ pub(crate) fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         return ctx.return_answer_buf(reply.body);
     }
     ctx.return_answer_buf(body);
+    if matches!(step, Step::NeedsOwnerNode) && forward::forwarded(&msg) {
+        // Forwarded here by a node that takes us for the owner: never a second hop.
+        let (status, body) = forward::not_yet(&forward::Forwarded::of(&req));
+        let reply = Reply {
+            status,
+            body,
+            ..Reply::default()
+        };
+        return answer_for(ctx, client, reply_to, &ids, &reply, DECIDE);
+    }
     if !ctx.begin_task() {
         metrics.shed(ShedCause::NatsFull).inc();
         let ids_shed = Ids {
@@ -532,6 +543,7 @@ fn decide_later(
                 ctx.decide_at_owner(ShardId(owner), job, ids.ids(), note)
                     .await
             }
+            Step::NeedsOwnerNode => ctx.relay_to_owner_node(&job).await,
             // `Answered` never waits; the stages run from the message's own copy.
             Step::CallStages | Step::Answered(_) => ctx.decide_job_stages(&job).await,
         };
@@ -654,7 +666,9 @@ pub(crate) fn take_result(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>, fro
             return;
         }
         Step::NeedsOwner { owner } => ShardId(owner),
-        Step::CallStages => unreachable!("results have no stages"),
+        Step::CallStages | Step::NeedsOwnerNode => {
+            unreachable!("results have no stages and spend no budget")
+        }
     };
     let reply_to: Option<Box<str>> = msg.reply.map(Into::into);
     let job = Job {

@@ -65,6 +65,7 @@ impl ShardCtx {
                             .hand_off(ShardId(owner), job.clone(), Ids::default())
                             .await
                     }
+                    Step::NeedsOwnerNode => return self.relay_to_owner_node(job).await,
                 }
             }
             Err(err) => Decided {
@@ -73,6 +74,26 @@ impl ShardCtx {
             },
         };
         reply(decided, body)
+    }
+
+    /// Ends a `Step::NeedsOwnerNode` of a decide job (handed over by a peer, or a NATS
+    /// message that waits): the tenant's owner node's answer (`cluster::forward::relay`).
+    pub async fn relay_to_owner_node(self: &Rc<Self>, job: &Job) -> Reply {
+        let headers = borrowed(&job.headers);
+        let mut body = Vec::new();
+        let who = match decode_decide(&job.body, &headers) {
+            Ok(req) => crate::cluster::forward::Forwarded::of(&req),
+            Err(err) => return reply(self.invalid(&err, &mut body), body),
+        };
+        let pairs = crate::cluster::forward::header_pairs(&headers);
+        let relayed = crate::cluster::forward::relay(self, &job.body, &pairs, &who, false);
+        let (status, body) = relayed.await;
+        Reply {
+            status,
+            retry_after_s: crate::cluster::forward::retry_after_s(&body),
+            body,
+            assignment: None,
+        }
     }
 
     /// Ends a `Step::CallStages`: runs `req`'s extension stages and writes the answer to

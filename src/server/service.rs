@@ -278,6 +278,15 @@ impl RouterService {
                 self.push_assignment(reply.assignment.take().as_deref());
                 return apply_reply(resp, reply);
             }
+            Step::NeedsOwnerNode => {
+                let pairs = forward::header_pairs(&headers);
+                let who = forward::Forwarded::of(&decoded);
+                let (status, body) = forward::relay(ctx, req.body, &pairs, &who, false).await;
+                resp.retry_after_s = forward::retry_after_s(&body);
+                resp.status = status;
+                resp.body = body;
+                return;
+            }
         };
         self.push_assignment(decided.assignment.as_deref());
         apply(resp, decided.answered);
@@ -362,7 +371,9 @@ impl RouterService {
         }
         match ctx.result_step(&result, now, &mut resp.body, false) {
             Step::Answered(Decided { answered, .. }) => apply(resp, answered),
-            Step::CallStages => unreachable!("results have no stages"),
+            Step::CallStages | Step::NeedsOwnerNode => {
+                unreachable!("results have no stages and spend no budget")
+            }
             Step::NeedsOwner { owner } => {
                 let job = forward(Route::Results, result.tenant_id.as_str(), req, &headers);
                 apply_reply(

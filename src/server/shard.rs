@@ -407,6 +407,17 @@ impl ShardCtx {
                 .detach();
                 None
             }
+            Step::NeedsOwnerNode => {
+                let ctx = Rc::clone(self);
+                self.tasks.set(self.tasks.get() + 1);
+                glommio::spawn_local(async move {
+                    let reply = ctx.relay_to_owner_node(&job).await;
+                    ctx.send_reply(from, slot, reply);
+                    ctx.tasks.set(ctx.tasks.get() - 1);
+                })
+                .detach();
+                None
+            }
             Step::NeedsOwner { owner } => panic!(
                 "shard {} got tenant {} owned by shard {owner}",
                 self.id, job.tenant
@@ -415,7 +426,11 @@ impl ShardCtx {
     }
 
     /// Writes and counts a validation failure.
-    fn invalid(&self, err: &crate::contract::ContractError, out: &mut Vec<u8>) -> Decided {
+    pub(super) fn invalid(
+        &self,
+        err: &crate::contract::ContractError,
+        out: &mut Vec<u8>,
+    ) -> Decided {
         let answered = core::invalid(err, out);
         let metrics = self.shared.metrics(self.id);
         metrics.answered(&answered, std::time::Duration::ZERO);
