@@ -918,9 +918,9 @@ fn budgets_are_spent_where_requests_land() {
     let mut admitted: u32 = counts.iter().map(|(ok, _)| ok).sum();
     let forwarded =
         metric_sum(&nodes, "shardline_cluster_decisions_forwarded_total") - forwarded_before;
-    // Near the limit the owner still counts, for a grant's life, room it granted a node
-    // that the node has since left unused (decide::allowance): asked again after that,
-    // the cluster admits what is left, and not one more.
+    // Near the limit a node may still hold room it has left unused, counted by the owner
+    // until the node's cap runs out (decide::allowance): asked again after that, the
+    // cluster admits what is left, and not one more.
     std::thread::sleep(Duration::from_millis(2_500));
     let mut late = 0;
     for node in &nodes {

@@ -24,12 +24,13 @@ use serde::{Deserialize, Serialize};
 use super::members::{owner_among, partition_of};
 use super::shares::ASKS_PER_MESSAGE_MAX;
 use super::ClusterNode;
-use crate::decide::allowance::{AllowAsk, AllowBook, WindowKey, ALLOWANCE_TTL_MS};
+use crate::decide::allowance::{AllowAsk, AllowBook, AllowGrant, WindowKey, ALLOWANCE_TTL_MS};
 use crate::decide::budget::{budget_id, window_bounds, Figures};
 use crate::decide::share::REPORT_MS;
 use crate::policy::PolicySlot;
 use crate::server::shard::ShardCtx;
 use crate::transport::nats::{Client, Msg};
+use shardline_core::decide::rng::Rng;
 
 /// Where a node's shard takes allowance reports: `<ALLOWANCE_SUBJECT>.<node_id>.<shard>`.
 pub const ALLOWANCE_SUBJECT: &str = "shardline.cluster.v1.allowance";
@@ -84,6 +85,8 @@ struct AskEntry {
     value: Box<str>,
     committed: Wire,
     want: bool,
+    held: u32,
+    held_book: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -100,12 +103,24 @@ struct GrantEntry {
     /// The committed figures the owner took from the report.
     acked: Wire,
     cap: Wire,
+    seq: u32,
+    book: u64,
 }
 
 /// One shard's books: the budgeted policies its node owns.
-#[derive(Default)]
 struct Books {
     books: HashMap<u64, AllowBook>,
+    /// Names new books (`AllowBook::new`).
+    ids: Rng,
+}
+
+impl Books {
+    fn book(&mut self, key: u64, now_ms: u64, failover_ms: u64) -> &mut AllowBook {
+        let ids = &mut self.ids;
+        self.books
+            .entry(key)
+            .or_insert_with(|| AllowBook::new(ids.next_u64(), now_ms, failover_ms))
+    }
 }
 
 pub fn allowance_subject(node: &str, shard: u16) -> String {
@@ -116,7 +131,11 @@ pub fn allowance_subject(node: &str, shard: u16) -> String {
 /// the books until the client closes. The shard's budgets start capped with no room
 /// (`ShardState::share_limits`).
 pub fn start(ctx: &Rc<ShardCtx>, client: &Client, cluster: &Arc<ClusterNode>) {
-    let books = Rc::new(RefCell::new(Books::default()));
+    let seed = ctx.shared.settings.shard.state.seed ^ u64::from(ctx.id.0) ^ 0x616c_6c6f;
+    let books = Rc::new(RefCell::new(Books {
+        books: HashMap::new(),
+        ids: Rng::new(seed ^ crate::server::random_seed()),
+    }));
     let me = cluster.members().me().to_owned();
     let handler = {
         let (ctx, cluster, books) = (Rc::clone(ctx), Arc::clone(cluster), Rc::clone(&books));
@@ -194,10 +213,7 @@ fn answer(
         {
             continue;
         }
-        let book = books
-            .books
-            .entry(e.key)
-            .or_insert_with(|| AllowBook::new(now_ms, view.failover_ms));
+        let book = books.book(e.key, now_ms, view.failover_ms);
         let window = WindowKey {
             budget: e.budget,
             scope: e.scope,
@@ -208,14 +224,16 @@ fn answer(
             value: e.value.clone(),
             committed: e.committed.into(),
             want: e.want,
+            held: e.held,
+            held_book: e.held_book,
         };
         let live = view.live.len();
-        let cap = match state.owner_window(slot, policy, &window, &e.value, unix_ms) {
+        let grant = match state.owner_window(slot, policy, &window, &e.value, unix_ms) {
             Some((w, limits)) => {
                 let own = (Some(limits), w.committed());
-                let cap = book.grant(&asked.node, own, &ask, live, now_ms);
+                let grant = book.grant(&asked.node, own, &ask, live, now_ms);
                 w.outside = book.outside(&window, now_ms);
-                cap
+                grant
             }
             None => book.grant(&asked.node, (None, Figures::default()), &ask, live, now_ms),
         };
@@ -225,7 +243,9 @@ fn answer(
             scope: e.scope,
             start_ms: e.start_ms,
             acked: e.committed,
-            cap: cap.into(),
+            cap: grant.cap.into(),
+            seq: grant.seq,
+            book: grant.book,
         });
     }
     drop(books);
@@ -290,7 +310,12 @@ fn apply(ctx: &ShardCtx, granted: &GrantMsg, until_ms: u64) {
             scope: g.scope,
             start_ms: g.start_ms,
         };
-        let figures = (g.acked.into(), g.cap.into());
+        let grant = AllowGrant {
+            cap: g.cap.into(),
+            seq: g.seq,
+            book: g.book,
+        };
+        let figures = (g.acked.into(), grant);
         state.allowance_granted(slot, table.policy(slot), &window, figures, until_ms);
     }
 }
@@ -318,10 +343,7 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, books: &RefCell<Books>) -> Batc
         current.insert(key);
         let owner = view.owner_of(&policy.tenant);
         if owner == view.me {
-            let book = books
-                .books
-                .entry(key)
-                .or_insert_with(|| AllowBook::new(now_ms, view.failover_ms));
+            let book = books.book(key, now_ms, view.failover_ms);
             // Windows that ended are forgotten; the current ones' outside figures follow
             // the caps that run out.
             let starts: HashMap<u64, u64> = policy
@@ -360,6 +382,8 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, books: &RefCell<Books>) -> Batc
             value: a.value,
             committed: a.committed.into(),
             want: a.want,
+            held: a.held,
+            held_book: a.held_book,
         }));
     }
     books.books.retain(|key, _| current.contains(key));

@@ -23,7 +23,9 @@
 //! highest cap it granted that may still be in force (a grant is counted for
 //! `ALLOWANCE_TTL_MS + COUNTED_AFTER_MS` from its granting; the holder stops using it
 //! `ALLOWANCE_TTL_MS` after it *asked*, which was earlier), or what the node last
-//! reported, whichever is more. It admits its own decisions, and grants caps, only
+//! reported, whichever is more. A node names in each report the grant it holds, and a
+//! holder takes a grant only when it answers a later ask than the one it holds, so the
+//! grants before the named one are no longer counted. It admits its own decisions, and grants caps, only
 //! within the budget less all of that (`WindowSpend::outside`). So the nodes together
 //! commit at most the limit, as one node does — a call that costs more than its
 //! reservation can pass it by that difference, as on one node.
@@ -77,13 +79,29 @@ pub struct AllowAsk {
     pub committed: Figures,
     /// A decision wanted room in the window since the last report.
     pub want: bool,
+    /// The grant the node holds in the window (0: none yet), and the book that granted
+    /// it: grants before it are no longer used.
+    pub held: u32,
+    pub held_book: u64,
+}
+
+/// The owner's answer to one window of a report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AllowGrant {
+    /// The most the node may have committed in the window.
+    pub cap: Figures,
+    /// Increases with every grant of a window's room to a node (0: no room granted, the
+    /// cap is what the node reported).
+    pub seq: u32,
+    pub book: u64,
 }
 
 #[derive(Debug, Clone, Default)]
 struct NodeAllow {
     reported: Figures,
-    /// (cap, counted until) of every grant that may still be in force.
-    grants: VecDeque<(Figures, u64)>,
+    seq: u32,
+    /// (seq, cap, counted until) of every grant that may still be in force.
+    grants: VecDeque<(u32, Figures, u64)>,
 }
 
 impl NodeAllow {
@@ -91,8 +109,8 @@ impl NodeAllow {
     fn counted(&self, now_ms: u64) -> Figures {
         self.grants
             .iter()
-            .filter(|(_, until)| now_ms < *until)
-            .fold(self.reported, |a, (c, _)| max(a, *c))
+            .filter(|(_, _, until)| now_ms < *until)
+            .fold(self.reported, |a, (_, c, _)| max(a, *c))
     }
 }
 
@@ -115,6 +133,7 @@ fn sum(a: Figures, b: Figures) -> Figures {
 /// The owner node's book of one policy's allowances; time is the owner's monotonic ms.
 #[derive(Debug, Clone)]
 pub struct AllowBook {
+    id: u64,
     ready_ms: u64,
     windows: HashMap<WindowKey, BTreeMap<String, NodeAllow>>,
 }
@@ -123,9 +142,11 @@ pub struct AllowBook {
 pub type Limits = (Option<u64>, Option<f64>, Option<u64>);
 
 impl AllowBook {
-    /// A book of a policy this node owns from `now_ms` on (see `ready`).
-    pub fn new(now_ms: u64, failover_ms: u64) -> Self {
+    /// A book of a policy this node owns from `now_ms` on (see `ready`); `id` names it
+    /// among every book any node opens for the policy (a random number).
+    pub fn new(id: u64, now_ms: u64, failover_ms: u64) -> Self {
         AllowBook {
+            id,
             ready_ms: now_ms + ALLOWANCE_TTL_MS + COUNTED_AFTER_MS + failover_ms,
             windows: HashMap::new(),
         }
@@ -160,8 +181,12 @@ impl AllowBook {
         ask: &AllowAsk,
         live: usize,
         now_ms: u64,
-    ) -> Figures {
-        let refused = ask.committed;
+    ) -> AllowGrant {
+        let refused = AllowGrant {
+            cap: ask.committed,
+            seq: 0,
+            book: self.id,
+        };
         let ready = self.ready(now_ms);
         if !self.windows.contains_key(&ask.window) && self.windows.len() >= ALLOWANCE_WINDOWS_MAX {
             return refused;
@@ -172,7 +197,14 @@ impl AllowBook {
         }
         let entry = nodes.entry(node.to_owned()).or_default();
         entry.reported = ask.committed;
-        entry.grants.retain(|(_, until)| now_ms < *until);
+        let held = if ask.held_book == self.id {
+            ask.held
+        } else {
+            0
+        };
+        entry
+            .grants
+            .retain(|&(seq, _, until)| now_ms < until && seq >= held);
         let Some(limits) = limits.filter(|_| ask.want && ready) else {
             return refused;
         };
@@ -203,10 +235,14 @@ impl AllowBook {
             }),
         };
         let entry = nodes.get_mut(node).expect("inserted above");
-        entry
-            .grants
-            .push_back((cap, now_ms + ALLOWANCE_TTL_MS + COUNTED_AFTER_MS));
-        cap
+        entry.seq += 1;
+        let until = now_ms + ALLOWANCE_TTL_MS + COUNTED_AFTER_MS;
+        entry.grants.push_back((entry.seq, cap, until));
+        AllowGrant {
+            cap,
+            seq: entry.seq,
+            book: self.id,
+        }
     }
 
     /// The windows the book counts.
@@ -254,6 +290,8 @@ impl ShardState {
                         value: ledger.value.clone(),
                         committed,
                         want: std::mem::take(&mut w.wanted),
+                        held: w.cap_seq,
+                        held_book: w.cap_book,
                     });
                 }
             }
@@ -262,20 +300,27 @@ impl ShardState {
     }
 
     /// The owner node answered a report: `acked` is what it now knows of the window and
-    /// `cap` what this node may commit there until `until_ms` (its monotonic clock).
+    /// `grant` what this node may commit there until `until_ms` (its monotonic clock,
+    /// counted from the ask). An answer to an earlier ask than the held grant's is
+    /// dropped: the owner may have stopped counting it (`AllowAsk::held`).
     pub fn allowance_granted(
         &mut self,
         slot: PolicySlot,
         policy: &Policy,
         window: &WindowKey,
-        (acked, cap): (Figures, Figures),
+        (acked, grant): (Figures, AllowGrant),
         until_ms: u64,
     ) {
         if let Some(w) = self.window_at(slot, policy, window) {
             w.reported = acked;
-            if w.cap.is_none() || w.cap_until_ms <= until_ms {
-                w.cap = Some(cap);
-                w.cap_until_ms = until_ms;
+            if until_ms < w.cap_until_ms {
+                return;
+            }
+            w.cap = Some(grant.cap);
+            w.cap_until_ms = until_ms;
+            if grant.seq != 0 || grant.book != w.cap_book {
+                w.cap_seq = grant.seq;
+                w.cap_book = grant.book;
             }
         }
     }
@@ -371,6 +416,8 @@ mod tests {
                 tokens: 0,
             },
             want,
+            held: 0,
+            held_book: 9,
         }
     }
 
@@ -378,18 +425,26 @@ mod tests {
     /// part of what is left, and a node that wants none keeps what it committed.
     #[test]
     fn caps_split_what_is_left() {
-        let mut book = AllowBook::new(0, 1_000);
+        let mut book = AllowBook::new(9, 0, 1_000);
         let own = Figures::default();
-        let early = book.grant("a", (Some(LIMITS), own), &ask(4, 1.0, true), 3, 10);
+        let early = book
+            .grant("a", (Some(LIMITS), own), &ask(4, 1.0, true), 3, 10)
+            .cap;
         assert_eq!((early.requests, early.cost), (4, 1.0), "not ready: no room");
         let t = ALLOWANCE_TTL_MS + COUNTED_AFTER_MS + 1_000;
-        let a = book.grant("a", (Some(LIMITS), own), &ask(4, 1.0, true), 3, t);
+        let a = book
+            .grant("a", (Some(LIMITS), own), &ask(4, 1.0, true), 3, t)
+            .cap;
         // 100 - 4 = 96 left, a third of it: 32 more.
         assert_eq!((a.requests, a.cost), (4 + 32, 1.0 + 3.0));
-        let b = book.grant("b", (Some(LIMITS), own), &ask(0, 0.0, true), 3, t);
+        let b = book
+            .grant("b", (Some(LIMITS), own), &ask(0, 0.0, true), 3, t)
+            .cap;
         // a counts at its cap: 100 - 36 = 64 left, a third: 21.
         assert_eq!(b.requests, 21);
-        let idle = book.grant("c", (Some(LIMITS), own), &ask(5, 0.5, false), 3, t);
+        let idle = book
+            .grant("c", (Some(LIMITS), own), &ask(5, 0.5, false), 3, t)
+            .cap;
         assert_eq!(idle.requests, 5);
         let outside = book.outside(&W, t);
         assert_eq!(outside.requests, 36 + 21 + 5);
@@ -405,10 +460,11 @@ mod tests {
     #[test]
     fn the_book_never_allows_more_than_the_limit() {
         let mut rng = super::super::rng::Rng::new(5);
-        let mut book = AllowBook::new(0, 0);
+        let mut book = AllowBook::new(9, 0, 0);
         let nodes = ["a", "b", "c", "d"];
         let mut committed = [0u64; 4];
-        let mut caps = [(0u64, 0u64); 4];
+        // What each holder runs at: (cap, until, seq of the grant, its last ask).
+        let mut held = [(0u64, 0u64, 0u32, 0u64); 4];
         let mut own = 0u64;
         let mut t = ALLOWANCE_TTL_MS + COUNTED_AFTER_MS;
         for _ in 0..20_000 {
@@ -421,8 +477,9 @@ mod tests {
                     own += 1;
                 }
             } else {
-                // The holder spends within a cap still in force, then reports.
-                let (cap, until) = caps[i];
+                // The holder spends within a cap still in force, then reports (its asks
+                // leave in order; an answer is taken as `allowance_granted` takes it).
+                let (cap, until, seq, asked) = held[i];
                 if t < until && committed[i] < cap {
                     committed[i] += 1;
                 }
@@ -430,18 +487,16 @@ mod tests {
                     requests: own,
                     ..Figures::default()
                 };
-                let g = book.grant(
-                    nodes[i],
-                    (Some(LIMITS), own_f),
-                    &ask(committed[i], 0.0, rng.below(2) == 0),
-                    5,
-                    t,
-                );
-                if g.requests > committed[i] {
-                    caps[i] = (
-                        g.requests,
-                        t.saturating_sub(rng.below(5)) + ALLOWANCE_TTL_MS,
-                    );
+                let report = AllowAsk {
+                    held: seq,
+                    ..ask(committed[i], 0.0, rng.below(2) == 0)
+                };
+                let g = book.grant(nodes[i], (Some(LIMITS), own_f), &report, 5, t);
+                let asked = t.saturating_sub(rng.below(5)).max(asked);
+                let until_new = asked + ALLOWANCE_TTL_MS;
+                if until_new >= until {
+                    let seq = if g.seq != 0 { g.seq } else { seq };
+                    held[i] = (g.cap.requests, until_new, seq, asked);
                 }
             }
             let total = own + committed.iter().sum::<u64>();
@@ -452,5 +507,43 @@ mod tests {
             own + committed.iter().sum::<u64>() >= 90,
             "the limit is used"
         );
+    }
+
+    /// A node naming the grant it holds frees the room of the grants before it: the
+    /// owner counts that node at its newest cap, not its highest.
+    #[test]
+    fn a_held_grant_frees_the_ones_before_it() {
+        let mut book = AllowBook::new(9, 0, 0);
+        let own = Figures::default();
+        let t = ALLOWANCE_TTL_MS + COUNTED_AFTER_MS;
+        let first = book.grant("a", (Some(LIMITS), own), &ask(0, 0.0, true), 2, t);
+        assert_eq!((first.cap.requests, first.seq), (50, 1));
+        // a spent 10; b spent 40 meanwhile, so a's next share is smaller.
+        book.grant("b", (Some(LIMITS), own), &ask(40, 0.0, false), 2, t);
+        let second = book.grant("a", (Some(LIMITS), own), &ask(10, 0.0, true), 2, t + 200);
+        // What b committed and a reported are out; half of the rest is a's.
+        assert_eq!(second.cap.requests, 10 + (100 - 40 - 10) / 2);
+        assert_eq!(
+            book.outside(&W, t + 200).requests,
+            50 + 40,
+            "the first still counts"
+        );
+        let from_another_book = AllowAsk {
+            held: second.seq,
+            held_book: 5,
+            ..ask(10, 0.0, false)
+        };
+        book.grant("a", (Some(LIMITS), own), &from_another_book, 2, t + 400);
+        assert_eq!(
+            book.outside(&W, t + 400).requests,
+            50 + 40,
+            "not its numbering"
+        );
+        let holding = AllowAsk {
+            held: second.seq,
+            ..ask(10, 0.0, false)
+        };
+        book.grant("a", (Some(LIMITS), own), &holding, 2, t + 400);
+        assert_eq!(book.outside(&W, t + 400).requests, 35 + 40);
     }
 }

@@ -106,6 +106,11 @@ pub struct WindowSpend {
     /// Until when `cap` may be used, on the holder's monotonic clock (ms).
     #[serde(skip)]
     pub cap_until_ms: u64,
+    /// The grant `cap` came from, and its book (`allowance::AllowGrant`).
+    #[serde(skip)]
+    pub cap_seq: u32,
+    #[serde(skip)]
+    pub cap_book: u64,
     /// What the owner node last acknowledged of this window, and whether a decision
     /// wanted room in it since: what the next report carries.
     #[serde(skip)]
@@ -139,6 +144,8 @@ impl WindowSpend {
             outside: Figures::default(),
             cap: None,
             cap_until_ms: 0,
+            cap_seq: 0,
+            cap_book: 0,
             reported: Figures::default(),
             wanted: false,
             ..*self
@@ -168,11 +175,10 @@ impl WindowSpend {
     /// `budget`'s limits as this node may use them: the budget's own, or on a capped
     /// node (`BudgetBook::capped`) no more than its allowance.
     fn limits(&self, budget: &Budget, capped: bool) -> (Option<u64>, Option<f64>, Option<u64>) {
-        let cap = match (capped, self.cap) {
-            (false, _) => Figures::UNLIMITED,
-            (true, Some(cap)) => cap,
-            (true, None) => Figures::default(),
-        };
+        if !capped {
+            return (budget.max_requests, budget.max_cost, budget.max_tokens);
+        }
+        let cap = self.cap.unwrap_or_default();
         (
             budget.max_requests.map(|m| m.min(cap.requests)),
             budget.max_cost.map(|m| m.min(cap.cost)),
@@ -432,22 +438,22 @@ pub fn admit(
             e
         };
         let ledger = book.ledgers.get_mut(&hash).expect("inserted");
-        let w = ledger.current(budget.window, now_ms);
-        w.wanted = true;
-        let w = *w;
+        ledger.current(budget.window, now_ms).wanted = true;
+        let ledger = &*ledger;
+        let w = ledger.windows.back().expect("`current` opened it");
         let value = &ledger.value;
         let (max_requests, max_cost, max_tokens) = w.limits(budget, capped);
         let spent = w.spent();
         if let Some(max) = max_requests {
             if spent.requests >= max {
                 let (limit, spent) = (max as f64, spent.requests as f64);
-                return Err(short(exceeded(budget, value, &w, "requests", limit, spent)));
+                return Err(short(exceeded(budget, value, w, "requests", limit, spent)));
             }
         }
         if let Some(max) = max_cost {
             let spent = spent.cost;
             if spent >= max {
-                return Err(short(exceeded(budget, value, &w, "cost", max, spent)));
+                return Err(short(exceeded(budget, value, w, "cost", max, spent)));
             }
             if max - spent < room.cost {
                 room.cost = max - spent;
@@ -458,7 +464,7 @@ pub fn admit(
             let spent = spent.tokens;
             if spent >= max {
                 let (limit, spent) = (max as f64, spent as f64);
-                return Err(short(exceeded(budget, value, &w, "tokens", limit, spent)));
+                return Err(short(exceeded(budget, value, w, "tokens", limit, spent)));
             }
             let left = (max - spent) as f64;
             if left < room.tokens {
