@@ -757,6 +757,36 @@ fn results_accepted_by_one_node_reach_the_others() {
     );
 }
 
+/// Sends a decide request that must be admitted or refused `budget_exceeded`: whether it
+/// was admitted.
+fn within_budget(client: &mut Client, body: &[u8]) -> bool {
+    let resp = client.request("POST", "/v1/decide", &[], body);
+    match resp.status {
+        200 => true,
+        429 => {
+            assert_eq!(resp.json()["error"]["code"], "budget_exceeded");
+            false
+        }
+        other => panic!("{other}: {}", String::from_utf8_lossy(&resp.body)),
+    }
+}
+
+/// Puts acme's `policy` through the first node, then waits until every node admits a
+/// request with it; returns how many were admitted meanwhile (a budget's spend).
+fn put_and_decide_everywhere(nodes: &[Node], policy: &str, doc: &str) -> u32 {
+    let path = format!("/admin/v1/policies/acme/{policy}");
+    assert_eq!(put(&nodes[0], &path, doc).status, 201);
+    let mut spent = 0;
+    for node in nodes {
+        eventually("the budgeted policy on every node", || {
+            let ok = decide(node, policy)["ok"] == true;
+            spent += u32::from(ok);
+            ok
+        });
+    }
+    spent
+}
+
 /// A budget holds for the cluster: a tenant allowed 60 requests an hour, asked from all
 /// three nodes at once (HTTP and NATS), is admitted exactly 60 times, whichever node each
 /// request lands on; the others are refused `budget_exceeded`. And an idempotency key
@@ -767,19 +797,8 @@ fn budgets_and_idempotency_keys_have_one_ledger_for_the_cluster() {
     let (nats, nodes) = cluster(3);
     let doc = r#"{"version":"1.0","providers":[{"name":"a","weight":1},{"name":"b","weight":1}],
         "budgets":[{"scope":"tenant","window":"1h","max_requests":60}]}"#;
-    assert_eq!(
-        put(&nodes[0], "/admin/v1/policies/acme/budgeted", doc).status,
-        201
-    );
     // Each node's first admitted request spends one of the 60.
-    let mut spent = 0;
-    for node in &nodes {
-        eventually("the budgeted policy on every node", || {
-            let ok = decide(node, "budgeted")["ok"] == true;
-            spent += u32::from(ok);
-            ok
-        });
-    }
+    let spent = put_and_decide_everywhere(&nodes, "budgeted", doc);
     let body = br#"{"request_id":"r","tenant_id":"acme","policy_id":"budgeted","task":{"type":"chat","payload_ref":"p"}}"#;
     let nc = nats::connect(nats.url(2)).expect("connect to NATS");
     let (http, over_nats): (Vec<(u32, u32)>, (u32, u32)) = std::thread::scope(|scope| {
@@ -790,14 +809,9 @@ fn budgets_and_idempotency_keys_have_one_ledger_for_the_cluster() {
                     let mut client = node.client();
                     let (mut ok, mut refused) = (0, 0);
                     for _ in 0..40 {
-                        let resp = client.request("POST", "/v1/decide", &[], body);
-                        match resp.status {
-                            200 => ok += 1,
-                            429 => {
-                                assert_eq!(resp.json()["error"]["code"], "budget_exceeded");
-                                refused += 1;
-                            }
-                            other => panic!("{other}: {}", String::from_utf8_lossy(&resp.body)),
+                        match within_budget(&mut client, body) {
+                            true => ok += 1,
+                            false => refused += 1,
                         }
                     }
                     (ok, refused)
@@ -872,18 +886,7 @@ fn budgets_are_spent_where_requests_land() {
     let (_nats, nodes) = cluster(3);
     let doc = r#"{"version":"1.0","providers":[{"name":"a","weight":1},{"name":"b","weight":1}],
         "budgets":[{"scope":"tenant","window":"1h","max_requests":900}]}"#;
-    assert_eq!(
-        put(&nodes[0], "/admin/v1/policies/acme/allowed", doc).status,
-        201
-    );
-    let mut spent = 0;
-    for node in &nodes {
-        eventually("the budgeted policy on every node", || {
-            let ok = decide(node, "allowed")["ok"] == true;
-            spent += u32::from(ok);
-            ok
-        });
-    }
+    let spent = put_and_decide_everywhere(&nodes, "allowed", doc);
     // The first requests asked for room: the allowances come with the next reports.
     std::thread::sleep(Duration::from_millis(600));
     let forwarded_before = metric_sum(&nodes, "shardline_cluster_decisions_forwarded_total");
@@ -896,14 +899,9 @@ fn budgets_are_spent_where_requests_land() {
                     let mut client = node.client();
                     let (mut ok, mut refused) = (0, 0);
                     while refused < 5 && ok < 2_000 {
-                        let resp = client.request("POST", "/v1/decide", &[], body);
-                        match resp.status {
-                            200 => ok += 1,
-                            429 => {
-                                assert_eq!(resp.json()["error"]["code"], "budget_exceeded");
-                                refused += 1;
-                            }
-                            other => panic!("{other}: {}", String::from_utf8_lossy(&resp.body)),
+                        match within_budget(&mut client, body) {
+                            true => ok += 1,
+                            false => refused += 1,
                         }
                         // About 300 requests a second from each node: the run spans
                         // several reports.

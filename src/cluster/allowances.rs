@@ -15,33 +15,23 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::members::{owner_among, partition_of};
-use super::shares::ASKS_PER_MESSAGE_MAX;
-use super::ClusterNode;
+use super::exchange::{self, Asks, Grants};
+use super::{ClusterNode, View};
 use crate::decide::allowance::{AllowAsk, AllowBook, AllowGrant, WindowKey, ALLOWANCE_TTL_MS};
 use crate::decide::budget::{budget_id, window_bounds, Figures};
 use crate::decide::share::REPORT_MS;
 use crate::policy::PolicySlot;
 use crate::server::shard::ShardCtx;
-use crate::transport::nats::{Client, Msg};
+use crate::transport::nats::Client;
 use shardline_core::decide::rng::Rng;
 
 /// Where a node's shard takes allowance reports: `<ALLOWANCE_SUBJECT>.<node_id>.<shard>`.
 pub const ALLOWANCE_SUBJECT: &str = "shardline.cluster.v1.allowance";
-/// How long a report waits for its answer; the caps it would renew live on meanwhile.
-const ASK_TIMEOUT: Duration = Duration::from_millis(500);
-
-#[derive(Debug, Serialize, Deserialize)]
-struct AskMsg {
-    node: String,
-    asks: Vec<AskEntry>,
-}
 
 /// Figures on the wire: JSON has no infinity, so an unlimited cost travels as `f64::MAX`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -79,9 +69,7 @@ impl From<Wire> for Figures {
 struct AskEntry {
     /// `sync::policy_key`.
     key: u64,
-    budget: u64,
-    scope: u64,
-    start_ms: u64,
+    window: WindowKey,
     value: Box<str>,
     committed: Wire,
     want: bool,
@@ -89,17 +77,10 @@ struct AskEntry {
     held_book: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct GrantMsg {
-    grants: Vec<GrantEntry>,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 struct GrantEntry {
     key: u64,
-    budget: u64,
-    scope: u64,
-    start_ms: u64,
+    window: WindowKey,
     /// The committed figures the owner took from the report.
     acked: Wire,
     cap: Wire,
@@ -123,10 +104,6 @@ impl Books {
     }
 }
 
-pub fn allowance_subject(node: &str, shard: u16) -> String {
-    format!("{ALLOWANCE_SUBJECT}.{node}.{shard}")
-}
-
 /// Starts this shard's part: its subject answers reports, and a task reports and keeps
 /// the books until the client closes. The shard's budgets start capped with no room
 /// (`ShardState::share_limits`).
@@ -137,63 +114,40 @@ pub fn start(ctx: &Rc<ShardCtx>, client: &Client, cluster: &Arc<ClusterNode>) {
         ids: Rng::new(seed ^ crate::server::random_seed()),
     }));
     let me = cluster.members().me().to_owned();
-    let handler = {
+    let answer = {
         let (ctx, cluster, books) = (Rc::clone(ctx), Arc::clone(cluster), Rc::clone(&books));
-        Rc::new(move |client: &Client, msg: Msg<'_>| answer(&ctx, &cluster, &books, client, msg))
+        move |asked: &Asks<AskEntry>| answer(&ctx, &cluster, &books, asked)
     };
-    if let Err(e) = client.subscribe(&allowance_subject(&me, ctx.id.0), None, handler) {
-        log::error!("cluster: cannot take budget allowance reports: {e}");
-    }
-    let task = report_loop(Rc::clone(ctx), client.clone(), Arc::clone(cluster), books);
+    let subject = exchange::subject(ALLOWANCE_SUBJECT, &me, ctx.id.0);
+    exchange::serve(client, &subject, "budget allowance reports", answer);
+    let report = {
+        let (ctx, cluster) = (Rc::clone(ctx), Arc::clone(cluster));
+        move || report(&ctx, &cluster, &books)
+    };
+    let apply = {
+        let ctx = Rc::clone(ctx);
+        move |granted: &Grants<GrantEntry>, asked_ms: u64| {
+            apply(&ctx, granted, asked_ms + ALLOWANCE_TTL_MS);
+        }
+    };
+    let (client, cluster) = (client.clone(), Arc::clone(cluster));
+    let task = exchange::report_every(client, cluster, ALLOWANCE_SUBJECT, counters, report, apply);
     glommio::spawn_local(task).detach();
 }
 
-/// The membership as one report or answer reads it.
-struct View {
-    me: String,
-    live: Vec<String>,
-    shards: HashMap<String, u32>,
-    failover_ms: u64,
-}
-
-impl View {
-    fn of(cluster: &ClusterNode, now_ms: u64) -> View {
-        let members = cluster.members();
-        let rows = members.rows(now_ms);
-        View {
-            me: members.me().to_owned(),
-            live: rows.iter().map(|r| r.node_id.clone()).collect(),
-            shards: rows
-                .iter()
-                .filter_map(|r| Some((r.node_id.clone(), r.shards?)))
-                .collect(),
-            failover_ms: members.failover_ms(),
-        }
-    }
-
-    fn owner_of(&self, tenant: &str) -> String {
-        let live: Vec<&str> = self.live.iter().map(String::as_str).collect();
-        owner_among(partition_of(tenant), &live)
-            .unwrap_or(&self.me)
-            .to_owned()
-    }
+fn counters(cluster: &ClusterNode) -> [&AtomicU64; 2] {
+    let stats = &cluster.allowance_stats;
+    [&stats.reports, &stats.unanswered]
 }
 
 /// The owner side: takes each report of a policy this node owns into its book, and
 /// answers with the node's caps.
 fn answer(
-    ctx: &Rc<ShardCtx>,
-    cluster: &Arc<ClusterNode>,
-    books: &Rc<RefCell<Books>>,
-    client: &Client,
-    msg: Msg<'_>,
-) {
-    let Some(reply) = msg.reply else {
-        return;
-    };
-    let Ok(asked) = serde_json::from_slice::<AskMsg>(msg.payload) else {
-        return;
-    };
+    ctx: &ShardCtx,
+    cluster: &ClusterNode,
+    books: &RefCell<Books>,
+    asked: &Asks<AskEntry>,
+) -> Grants<GrantEntry> {
     let now_ms = cluster.now_ms();
     let unix_ms = ctx.shared.now().unix_ms;
     let view = View::of(cluster, now_ms);
@@ -201,8 +155,8 @@ fn answer(
     let mut core = ctx.core.borrow_mut();
     let state = core.state_mut();
     let mut books = books.borrow_mut();
-    let mut out = GrantMsg::default();
-    for e in asked.asks.iter().take(ASKS_PER_MESSAGE_MAX) {
+    let mut out = Grants::default();
+    for e in &asked.asks {
         let Some(slot) = state.slot_of_key(e.key) else {
             continue;
         };
@@ -214,11 +168,7 @@ fn answer(
             continue;
         }
         let book = books.book(e.key, now_ms, view.failover_ms);
-        let window = WindowKey {
-            budget: e.budget,
-            scope: e.scope,
-            start_ms: e.start_ms,
-        };
+        let window = e.window;
         let ask = AllowAsk {
             window,
             value: e.value.clone(),
@@ -239,65 +189,18 @@ fn answer(
         };
         out.grants.push(GrantEntry {
             key: e.key,
-            budget: e.budget,
-            scope: e.scope,
-            start_ms: e.start_ms,
+            window,
             acked: e.committed,
             cap: grant.cap.into(),
             seq: grant.seq,
             book: grant.book,
         });
     }
-    drop(books);
-    drop(core);
-    if let Ok(body) = serde_json::to_vec(&out) {
-        let _ = client.publish(reply, None, &[], &body);
-    }
-}
-
-/// Every `REPORT_MS`: reports, renews caps and keeps the books (module doc).
-async fn report_loop(
-    ctx: Rc<ShardCtx>,
-    client: Client,
-    cluster: Arc<ClusterNode>,
-    books: Rc<RefCell<Books>>,
-) {
-    while !client.is_closed() {
-        glommio::timer::sleep(Duration::from_millis(REPORT_MS)).await;
-        let batches = report(&ctx, &cluster, &books);
-        for ((node, shard), asks) in batches {
-            for chunk in asks.chunks(ASKS_PER_MESSAGE_MAX) {
-                let (ctx, client, cluster) =
-                    (Rc::clone(&ctx), client.clone(), Arc::clone(&cluster));
-                let body = AskMsg {
-                    node: cluster.members().me().to_owned(),
-                    asks: chunk.to_vec(),
-                };
-                let subject = allowance_subject(&node, shard);
-                glommio::spawn_local(async move {
-                    let asked_ms = cluster.now_ms();
-                    let Ok(body) = serde_json::to_vec(&body) else {
-                        return;
-                    };
-                    let stats = &cluster.allowance_stats;
-                    stats.reports.fetch_add(1, Relaxed);
-                    let Ok(reply) = client.request(&subject, &[], &body, ASK_TIMEOUT).await else {
-                        stats.unanswered.fetch_add(1, Relaxed);
-                        return;
-                    };
-                    let Ok(granted) = serde_json::from_slice::<GrantMsg>(&reply.payload) else {
-                        return;
-                    };
-                    apply(&ctx, &granted, asked_ms + ALLOWANCE_TTL_MS);
-                })
-                .detach();
-            }
-        }
-    }
+    out
 }
 
 /// Takes the caps of an answer, usable until `until_ms`.
-fn apply(ctx: &ShardCtx, granted: &GrantMsg, until_ms: u64) {
+fn apply(ctx: &ShardCtx, granted: &Grants<GrantEntry>, until_ms: u64) {
     let table = Arc::clone(ctx.table.borrow().table());
     let mut core = ctx.core.borrow_mut();
     let state = core.state_mut();
@@ -305,11 +208,7 @@ fn apply(ctx: &ShardCtx, granted: &GrantMsg, until_ms: u64) {
         let Some(slot) = state.slot_of_key(g.key) else {
             continue;
         };
-        let window = WindowKey {
-            budget: g.budget,
-            scope: g.scope,
-            start_ms: g.start_ms,
-        };
+        let window = g.window;
         let grant = AllowGrant {
             cap: g.cap.into(),
             seq: g.seq,
@@ -320,7 +219,7 @@ fn apply(ctx: &ShardCtx, granted: &GrantMsg, until_ms: u64) {
     }
 }
 
-type Batches = HashMap<(String, u16), Vec<AskEntry>>;
+type Batches = exchange::Batches<AskEntry>;
 
 /// One report: the books of this node's policies kept and their outside figures set, the
 /// other nodes' reports batched by destination, caps about to end dropped.
@@ -366,19 +265,14 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, books: &RefCell<Books>) -> Batc
         books.books.remove(&key);
         state.set_capped(slot, true);
         state.drop_allowances(slot, now_ms + REPORT_MS);
-        let Some(&owner_shards) = view.shards.get(&owner) else {
+        let Some(shard) = view.shard_on(&owner, &policy.tenant) else {
             continue;
         };
-        let shard =
-            shards::Partitioner::new(owner_shards.clamp(1, shards::SHARDS_MAX as u32) as usize)
-                .shard_of(&policy.tenant);
         let asks = state.allowance_asks(slot, policy);
-        let batch = batches.entry((owner, shard.0)).or_default();
+        let batch = batches.entry((owner, shard)).or_default();
         batch.extend(asks.into_iter().map(|a| AskEntry {
             key,
-            budget: a.window.budget,
-            scope: a.window.scope,
-            start_ms: a.window.start_ms,
+            window: a.window,
             value: a.value,
             committed: a.committed.into(),
             want: a.want,

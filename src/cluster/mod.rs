@@ -13,6 +13,7 @@
 //! blocking pool, and an admin write's bucket request on the shard that took the request.
 
 pub mod allowances;
+pub mod exchange;
 pub mod forward;
 pub mod kv;
 pub mod members;
@@ -100,6 +101,45 @@ pub struct ShareStats {
     pub unanswered: std::sync::atomic::AtomicU64,
     /// Shares that ran out before they were renewed: the bucket stopped.
     pub expired: std::sync::atomic::AtomicU64,
+}
+
+/// The membership as one report or answer of the node-level protocols (`shares`,
+/// `allowances`) reads it: taken once under the members lock, not per policy.
+pub(crate) struct View {
+    pub me: String,
+    pub live: Vec<String>,
+    shards: std::collections::HashMap<String, u32>,
+    pub failover_ms: u64,
+}
+
+impl View {
+    pub fn of(cluster: &ClusterNode, now_ms: u64) -> View {
+        let members = cluster.members();
+        let rows = members.rows(now_ms);
+        View {
+            me: members.me().to_owned(),
+            live: rows.iter().map(|r| r.node_id.clone()).collect(),
+            shards: rows
+                .iter()
+                .filter_map(|r| Some((r.node_id.clone(), r.shards?)))
+                .collect(),
+            failover_ms: members.failover_ms(),
+        }
+    }
+
+    pub fn owner_of(&self, tenant: &str) -> String {
+        let live: Vec<&str> = self.live.iter().map(String::as_str).collect();
+        members::owner_among(members::partition_of(tenant), &live)
+            .unwrap_or(&self.me)
+            .to_owned()
+    }
+
+    /// The tenant's owner shard on `node`, by the shard count it announced.
+    pub fn shard_on(&self, node: &str, tenant: &str) -> Option<u16> {
+        let shards = self.shards.get(node)?;
+        let shards = (*shards).clamp(1, shards::SHARDS_MAX as u32) as usize;
+        Some(shards::Partitioner::new(shards).shard_of(tenant).0)
+    }
 }
 
 /// What budget allowance reports did, for `/metrics`.

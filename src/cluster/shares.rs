@@ -13,32 +13,21 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::members::{owner_among, partition_of};
-use super::ClusterNode;
-use crate::decide::share::{HeldShare, ShareAsk, ShareBook, ShareGrant, REPORT_MS};
+use super::exchange::{self, Asks, Grants};
+use super::{ClusterNode, View};
+use crate::decide::share::{HeldShare, ShareAsk, ShareBook, ShareGrant};
 use crate::policy::PolicySlot;
 use crate::server::shard::ShardCtx;
-use crate::transport::nats::{Client, Msg};
+use crate::transport::nats::Client;
 use shardline_core::decide::rng::Rng;
 
 /// Where a node's shard takes share asks: `<SHARE_SUBJECT>.<node_id>.<shard>`.
 pub const SHARE_SUBJECT: &str = "shardline.cluster.v1.share";
-/// How long an ask waits for its answer; the share it would renew lives on meanwhile.
-const ASK_TIMEOUT: Duration = Duration::from_millis(500);
-/// Policies one ask carries; a shard owning more sends several.
-pub const ASKS_PER_MESSAGE_MAX: usize = 1_024;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct AskMsg {
-    node: String,
-    asks: Vec<AskEntry>,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AskEntry {
@@ -46,11 +35,6 @@ struct AskEntry {
     demand: f64,
     applied: u32,
     applied_book: u64,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct GrantMsg {
-    grants: Vec<GrantEntry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,11 +66,6 @@ impl Shares {
     }
 }
 
-/// The subject a node's shard takes asks on.
-pub fn share_subject(node: &str, shard: u16) -> String {
-    format!("{SHARE_SUBJECT}.{node}.{shard}")
-}
-
 /// Starts this shard's part: its buckets run at no share until granted, its subject
 /// answers asks, and a task reports and renews until the client closes.
 pub fn start(ctx: &Rc<ShardCtx>, client: &Client, cluster: &Arc<ClusterNode>) {
@@ -100,39 +79,47 @@ pub fn start(ctx: &Rc<ShardCtx>, client: &Client, cluster: &Arc<ClusterNode>) {
         ids: Rng::new(seed ^ crate::server::random_seed()),
     }));
     let me = cluster.members().me().to_owned();
-    let handler = {
+    let answer = {
         let (ctx, cluster, shares) = (Rc::clone(ctx), Arc::clone(cluster), Rc::clone(&shares));
-        Rc::new(move |client: &Client, msg: Msg<'_>| answer(&ctx, &cluster, &shares, client, msg))
+        move |asked: &Asks<AskEntry>| answer(&ctx, &cluster, &shares, asked)
     };
-    if let Err(e) = client.subscribe(&share_subject(&me, ctx.id.0), None, handler) {
-        log::error!("cluster: cannot take rate-limit share asks: {e}");
-    }
-    let task = report_loop(Rc::clone(ctx), client.clone(), Arc::clone(cluster), shares);
+    let subject = exchange::subject(SHARE_SUBJECT, &me, ctx.id.0);
+    exchange::serve(client, &subject, "rate-limit share asks", answer);
+    let report = {
+        let (ctx, cluster, shares) = (Rc::clone(ctx), Arc::clone(cluster), Rc::clone(&shares));
+        move || report(&ctx, &cluster, &shares)
+    };
+    let apply = {
+        let (ctx, cluster) = (Rc::clone(ctx), Arc::clone(cluster));
+        move |granted: &Grants<GrantEntry>, asked_ms: u64| {
+            apply(&ctx, &cluster, &shares, granted, asked_ms);
+        }
+    };
+    let (client, cluster) = (client.clone(), Arc::clone(cluster));
+    let task = exchange::report_every(client, cluster, SHARE_SUBJECT, counters, report, apply);
     glommio::spawn_local(task).detach();
+}
+
+fn counters(cluster: &ClusterNode) -> [&AtomicU64; 2] {
+    let stats = &cluster.share_stats;
+    [&stats.asks, &stats.unanswered]
 }
 
 /// The owner side: grants each asked policy this node owns, from its book.
 fn answer(
-    ctx: &Rc<ShardCtx>,
-    cluster: &Arc<ClusterNode>,
-    shares: &Rc<RefCell<Shares>>,
-    client: &Client,
-    msg: Msg<'_>,
-) {
-    let Some(reply) = msg.reply else {
-        return;
-    };
-    let Ok(asked) = serde_json::from_slice::<AskMsg>(msg.payload) else {
-        return;
-    };
+    ctx: &ShardCtx,
+    cluster: &ClusterNode,
+    shares: &RefCell<Shares>,
+    asked: &Asks<AskEntry>,
+) -> Grants<GrantEntry> {
     let now_ms = cluster.now_ms();
     let view = View::of(cluster, now_ms);
     let table = Arc::clone(ctx.table.borrow().table());
     let core = ctx.core.borrow();
     let state = core.state();
     let mut shares = shares.borrow_mut();
-    let mut out = GrantMsg::default();
-    for entry in asked.asks.iter().take(ASKS_PER_MESSAGE_MAX) {
+    let mut out = Grants::default();
+    for entry in &asked.asks {
         let Some(slot) = state.slot_of_key(entry.key) else {
             continue;
         };
@@ -153,11 +140,7 @@ fn answer(
         out.grants
             .push(entry_of(&book.grant(&asked.node, limit, ask, now_ms)));
     }
-    drop(shares);
-    drop(core);
-    if let Ok(body) = serde_json::to_vec(&out) {
-        let _ = client.publish(reply, None, &[], &body);
-    }
+    out
 }
 
 fn entry_of(g: &ShareGrant) -> GrantEntry {
@@ -171,87 +154,12 @@ fn entry_of(g: &ShareGrant) -> GrantEntry {
     }
 }
 
-/// The membership as one report or answer reads it: taken once, not per policy.
-struct View {
-    me: String,
-    live: Vec<String>,
-    shards: HashMap<String, u32>,
-    failover_ms: u64,
-}
-
-impl View {
-    fn of(cluster: &ClusterNode, now_ms: u64) -> View {
-        let members = cluster.members();
-        let rows = members.rows(now_ms);
-        View {
-            me: members.me().to_owned(),
-            live: rows.iter().map(|r| r.node_id.clone()).collect(),
-            shards: rows
-                .iter()
-                .filter_map(|r| Some((r.node_id.clone(), r.shards?)))
-                .collect(),
-            failover_ms: members.failover_ms(),
-        }
-    }
-
-    fn owner_of(&self, tenant: &str) -> String {
-        let live: Vec<&str> = self.live.iter().map(String::as_str).collect();
-        owner_among(partition_of(tenant), &live)
-            .unwrap_or(&self.me)
-            .to_owned()
-    }
-}
-
-/// Every `REPORT_MS`: reports demand and renews shares (module doc).
-async fn report_loop(
-    ctx: Rc<ShardCtx>,
-    client: Client,
-    cluster: Arc<ClusterNode>,
-    shares: Rc<RefCell<Shares>>,
-) {
-    while !client.is_closed() {
-        glommio::timer::sleep(Duration::from_millis(REPORT_MS)).await;
-        let batches = report(&ctx, &cluster, &shares);
-        let messages = batches.into_iter().flat_map(|(to, asks)| {
-            let chunks: Vec<Vec<AskEntry>> = asks
-                .chunks(ASKS_PER_MESSAGE_MAX)
-                .map(<[AskEntry]>::to_vec)
-                .collect();
-            chunks.into_iter().map(move |chunk| (to.clone(), chunk))
-        });
-        for ((node, shard), asks) in messages {
-            let (ctx, client, cluster) = (Rc::clone(&ctx), client.clone(), Arc::clone(&cluster));
-            let shares = Rc::clone(&shares);
-            let me = cluster.members().me().to_owned();
-            glommio::spawn_local(async move {
-                let asked_ms = cluster.now_ms();
-                let body = AskMsg { node: me, asks };
-                let Ok(body) = serde_json::to_vec(&body) else {
-                    return;
-                };
-                let subject = share_subject(&node, shard);
-                let stats = &cluster.share_stats;
-                stats.asks.fetch_add(1, Relaxed);
-                let Ok(reply) = client.request(&subject, &[], &body, ASK_TIMEOUT).await else {
-                    stats.unanswered.fetch_add(1, Relaxed);
-                    return;
-                };
-                let Ok(granted) = serde_json::from_slice::<GrantMsg>(&reply.payload) else {
-                    return;
-                };
-                apply(&ctx, &cluster, &shares, &granted, asked_ms);
-            })
-            .detach();
-        }
-    }
-}
-
 /// Runs the buckets at the shares granted by an answer to an ask sent at `asked_ms`.
 fn apply(
     ctx: &ShardCtx,
     cluster: &ClusterNode,
     shares: &RefCell<Shares>,
-    granted: &GrantMsg,
+    granted: &Grants<GrantEntry>,
     asked_ms: u64,
 ) {
     let now_ms = cluster.now_ms();
@@ -282,7 +190,7 @@ fn apply(
     }
 }
 
-type Batches = HashMap<(String, u16), Vec<AskEntry>>;
+type Batches = exchange::Batches<AskEntry>;
 
 /// One report: this node's own shares granted, the others' asks batched by destination,
 /// shares that ran out stopped.
@@ -336,13 +244,10 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, shares: &RefCell<Shares>) -> Ba
         }
         // Not ours (any more): a later return starts a new book, and waits.
         shares.books.remove(&key);
-        let Some(&owner_shards) = view.shards.get(&owner) else {
+        let Some(shard) = view.shard_on(&owner, &policy.tenant) else {
             continue;
         };
-        let shard =
-            shards::Partitioner::new(owner_shards.clamp(1, shards::SHARDS_MAX as u32) as usize)
-                .shard_of(&policy.tenant);
-        batches.entry((owner, shard.0)).or_default().push(AskEntry {
+        batches.entry((owner, shard)).or_default().push(AskEntry {
             key,
             demand: demand_per_s,
             applied,

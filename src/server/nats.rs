@@ -396,15 +396,7 @@ pub(crate) fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
             let dest = (node, shard);
             return decide_at_owner_node(ctx, client, dest, &msg, &headers, &req, reply_to);
         }
-        Where::NotYet => {
-            let (status, body) = forward::not_yet(&forward::Forwarded::of(&req));
-            let reply = Reply {
-                status,
-                body,
-                ..Reply::default()
-            };
-            return answer_for(ctx, client, reply_to, &ids, &reply, DECIDE);
-        }
+        Where::NotYet => return not_yet(ctx, client, reply_to, &ids, &req),
     }
     let mut body = ctx.take_answer_buf();
     let step = ctx.decide_step(&req, now, &mut body);
@@ -414,15 +406,11 @@ pub(crate) fn on_decide(ctx: &Rc<ShardCtx>, client: &Client, msg: Msg<'_>) {
         return ctx.return_answer_buf(reply.body);
     }
     ctx.return_answer_buf(body);
-    if matches!(step, Step::NeedsOwnerNode) && forward::forwarded(&msg) {
-        // Forwarded here by a node that takes us for the owner: never a second hop.
-        let (status, body) = forward::not_yet(&forward::Forwarded::of(&req));
-        let reply = Reply {
-            status,
-            body,
-            ..Reply::default()
-        };
-        return answer_for(ctx, client, reply_to, &ids, &reply, DECIDE);
+    // Forwarded here by a node that takes us for the owner, and this node's allowance
+    // cannot take it: never a second hop.
+    let stays = matches!(step, Step::NeedsOwnerNode) && forward::forwarded(&msg);
+    if stays {
+        return not_yet(ctx, client, reply_to, &ids, &req);
     }
     if !ctx.begin_task() {
         metrics.shed(ShedCause::NatsFull).inc();
@@ -523,6 +511,24 @@ fn answer_invalid(
         traceparent: headers.traceparent,
     };
     answer_for(ctx, client, reply_to, &ids, &reply, DECIDE);
+}
+
+/// The answer while no node can decide `req` yet (`cluster::forward::not_yet`).
+fn not_yet(
+    ctx: &Rc<ShardCtx>,
+    client: &Client,
+    reply_to: &str,
+    ids: &ReplyIds<'_>,
+    req: &crate::contract::DecideRequest<'_>,
+) {
+    let (status, body) =
+        crate::cluster::forward::not_yet(&crate::cluster::forward::Forwarded::of(req));
+    let reply = Reply {
+        status,
+        body,
+        ..Reply::default()
+    };
+    answer_for(ctx, client, reply_to, ids, &reply, DECIDE);
 }
 
 /// A decision that must wait (`Step::CallStages` or `Step::NeedsOwner`): a task of its

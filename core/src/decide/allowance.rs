@@ -39,6 +39,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use super::budget::{budget_id, window_bounds, Figures, Ledger, WindowSpend, SCOPE_VALUES_MAX};
 use super::state::ShardState;
 use crate::policy::{Policy, PolicySlot};
@@ -60,7 +62,7 @@ const _: () =
 const GRANTS_PER_WINDOW_MAX: usize = 16;
 
 /// One window of one budget's scope value: what an ask and a grant are about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WindowKey {
     /// `budget::budget_id`.
     pub budget: u64,
