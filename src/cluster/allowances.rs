@@ -75,6 +75,10 @@ struct AskEntry {
     want: bool,
     held: u32,
     held_book: u64,
+    /// What a previous owner node said it had committed itself in the window (its last
+    /// answer's `owner`), passed on to the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seen: Option<(String, Wire)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,13 +90,24 @@ struct GrantEntry {
     cap: Wire,
     seq: u32,
     book: u64,
+    /// The answering owner node and its own committed figures in the window.
+    owner: String,
+    owner_committed: Wire,
 }
+
+/// The previous owners' figures one shard passes on; beyond this many windows it keeps
+/// no more (a next owner then counts those owners' spend as lost).
+const SEEN_MAX: usize = 65_536;
 
 /// One shard's books: the budgeted policies its node owns.
 struct Books {
     books: HashMap<u64, AllowBook>,
     /// Names new books (`AllowBook::new`).
     ids: Rng,
+    /// The holder side: the owner node each policy was last reported to, and what each
+    /// owner said it had committed itself, by (policy, window).
+    owners: HashMap<u64, String>,
+    seen: HashMap<(u64, WindowKey), (String, Figures)>,
 }
 
 impl Books {
@@ -112,6 +127,8 @@ pub fn start(ctx: &Rc<ShardCtx>, client: &Client, cluster: &Arc<ClusterNode>) {
     let books = Rc::new(RefCell::new(Books {
         books: HashMap::new(),
         ids: Rng::new(seed ^ crate::server::random_seed()),
+        owners: HashMap::new(),
+        seen: HashMap::new(),
     }));
     let me = cluster.members().me().to_owned();
     let answer = {
@@ -121,13 +138,13 @@ pub fn start(ctx: &Rc<ShardCtx>, client: &Client, cluster: &Arc<ClusterNode>) {
     let subject = exchange::subject(ALLOWANCE_SUBJECT, &me, ctx.id.0);
     exchange::serve(client, &subject, "budget allowance reports", answer);
     let report = {
-        let (ctx, cluster) = (Rc::clone(ctx), Arc::clone(cluster));
+        let (ctx, cluster, books) = (Rc::clone(ctx), Arc::clone(cluster), Rc::clone(&books));
         move || report(&ctx, &cluster, &books)
     };
     let apply = {
-        let ctx = Rc::clone(ctx);
+        let (ctx, books) = (Rc::clone(ctx), Rc::clone(&books));
         move |granted: &Grants<GrantEntry>, asked_ms: u64| {
-            apply(&ctx, granted, asked_ms + ALLOWANCE_TTL_MS);
+            apply(&ctx, &books, granted, asked_ms + ALLOWANCE_TTL_MS);
         }
     };
     let (client, cluster) = (client.clone(), Arc::clone(cluster));
@@ -177,6 +194,11 @@ fn answer(
             held: e.held,
             held_book: e.held_book,
         };
+        if let Some((node, figures)) = &e.seen {
+            if *node != view.me && *node != asked.node {
+                book.count_seen(node, &window, (*figures).into());
+            }
+        }
         let live = view.live.len();
         let grant = match state.owner_window(slot, policy, &window, &e.value, unix_ms) {
             Some((w, limits)) => {
@@ -194,17 +216,24 @@ fn answer(
             cap: grant.cap.into(),
             seq: grant.seq,
             book: grant.book,
+            owner: view.me.clone(),
+            owner_committed: grant.owner.into(),
         });
     }
     out
 }
 
 /// Takes the caps of an answer, usable until `until_ms`.
-fn apply(ctx: &ShardCtx, granted: &Grants<GrantEntry>, until_ms: u64) {
+fn apply(ctx: &ShardCtx, books: &RefCell<Books>, granted: &Grants<GrantEntry>, until_ms: u64) {
     let table = Arc::clone(ctx.table.borrow().table());
     let mut core = ctx.core.borrow_mut();
     let state = core.state_mut();
+    let mut books = books.borrow_mut();
     for g in &granted.grants {
+        let seen = (g.owner.clone(), g.owner_committed.into());
+        if books.seen.len() < SEEN_MAX || books.seen.contains_key(&(g.key, g.window)) {
+            books.seen.insert((g.key, g.window), seen);
+        }
         let Some(slot) = state.slot_of_key(g.key) else {
             continue;
         };
@@ -213,6 +242,7 @@ fn apply(ctx: &ShardCtx, granted: &Grants<GrantEntry>, until_ms: u64) {
             cap: g.cap.into(),
             seq: g.seq,
             book: g.book,
+            owner: g.owner_committed.into(),
         };
         let figures = (g.acked.into(), grant);
         state.allowance_granted(slot, table.policy(slot), &window, figures, until_ms);
@@ -241,6 +271,10 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, books: &RefCell<Books>) -> Batc
         let key = state.key_of(slot);
         current.insert(key);
         let owner = view.owner_of(&policy.tenant);
+        if books.owners.get(&key) != Some(&owner) {
+            state.allowance_owner_changed(slot);
+            books.owners.insert(key, owner.clone());
+        }
         if owner == view.me {
             let book = books.book(key, now_ms, view.failover_ms);
             // Windows that ended are forgotten; the current ones' outside figures follow
@@ -269,18 +303,33 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, books: &RefCell<Books>) -> Batc
             continue;
         };
         let asks = state.allowance_asks(slot, policy);
-        let batch = batches.entry((owner, shard)).or_default();
-        batch.extend(asks.into_iter().map(|a| AskEntry {
-            key,
-            window: a.window,
-            value: a.value,
-            committed: a.committed.into(),
-            want: a.want,
-            held: a.held,
-            held_book: a.held_book,
-        }));
+        let seen = &books.seen;
+        let entries: Vec<AskEntry> = asks
+            .into_iter()
+            .map(|a| AskEntry {
+                key,
+                window: a.window,
+                value: a.value,
+                committed: a.committed.into(),
+                want: a.want,
+                held: a.held,
+                held_book: a.held_book,
+                seen: seen
+                    .get(&(key, a.window))
+                    .filter(|(node, _)| *node != owner)
+                    .map(|(node, f)| (node.clone(), (*f).into())),
+            })
+            .collect();
+        batches.entry((owner, shard)).or_default().extend(entries);
     }
     books.books.retain(|key, _| current.contains(key));
+    books.owners.retain(|key, _| current.contains(key));
+    // A window ends within a month and a day (`calendar_month`); what was seen of it then
+    // is no longer needed.
+    let ended = unix_ms.saturating_sub(32 * 86_400_000);
+    books
+        .seen
+        .retain(|(key, w), _| current.contains(key) && w.start_ms >= ended);
     batches.retain(|_, asks| !asks.is_empty());
     batches
 }

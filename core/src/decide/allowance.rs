@@ -25,15 +25,21 @@
 //! `ALLOWANCE_TTL_MS` after it *asked*, which was earlier), or what the node last
 //! reported, whichever is more. A node names in each report the grant it holds, and a
 //! holder takes a grant only when it answers a later ask than the one it holds, so the
-//! grants before the named one are no longer counted. It admits its own decisions, and grants caps, only
-//! within the budget less all of that (`WindowSpend::outside`). So the nodes together
+//! grants before the named one are no longer counted. It admits its own decisions, and
+//! grants caps, only within the budget less all of that (`WindowSpend::outside`). So the nodes together
 //! commit at most the limit, as one node does — a call that costs more than its
 //! reservation can pass it by that difference, as on one node.
 //! - **Authority moves conservatively.** A new owner grants no room, and admits nothing
 //!   itself, until the caps the previous owner granted have run out and every node has
 //!   reported to it (`AllowBook::ready`): that long the tenant's budgeted decisions are
 //!   answered `overloaded` on every node, as a new owner of a rate limit grants no share.
-//!   What a node that vanished had committed is lost with it (docs/CLUSTER.md).
+//!   Every node reports all its windows afresh to a new owner
+//!   (`ShardState::allowance_owner_changed`).
+//! - **A vanished owner's own spend** reaches the next owner through the others: each
+//!   answer tells the holder what the owner had committed itself (`AllowGrant::owner`),
+//!   and a holder reports that to the next owner, which counts it for the vanished node
+//!   (`AllowBook::count_seen`). Only what it admitted in its last report period is lost
+//!   (docs/CLUSTER.md).
 //! - **A report carries totals, not increments**, and a node resends a window's until the
 //!   owner acknowledged it: a lost report is repeated, never counted twice.
 
@@ -96,6 +102,9 @@ pub struct AllowGrant {
     /// cap is what the node reported).
     pub seq: u32,
     pub book: u64,
+    /// The owner's own committed figures in the window, for the holder to pass on to a
+    /// next owner should this one vanish (`AllowBook::count_seen`).
+    pub owner: Figures,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -188,6 +197,7 @@ impl AllowBook {
             cap: ask.committed,
             seq: 0,
             book: self.id,
+            owner: own,
         };
         let ready = self.ready(now_ms);
         if !self.windows.contains_key(&ask.window) && self.windows.len() >= ALLOWANCE_WINDOWS_MAX {
@@ -244,7 +254,23 @@ impl AllowBook {
             cap,
             seq: entry.seq,
             book: self.id,
+            owner: own,
         }
+    }
+
+    /// Counts what another node said a previous owner, `node`, had committed itself in
+    /// `window` (`AllowGrant::owner`): at least that stays counted for `node`, so a
+    /// vanished owner's spend is not granted again (module doc).
+    pub fn count_seen(&mut self, node: &str, window: &WindowKey, seen: Figures) {
+        if !self.windows.contains_key(window) && self.windows.len() >= ALLOWANCE_WINDOWS_MAX {
+            return;
+        }
+        let nodes = self.windows.entry(*window).or_default();
+        if !nodes.contains_key(node) && nodes.len() >= ALLOWANCE_NODES_MAX {
+            return;
+        }
+        let entry = nodes.entry(node.to_owned()).or_default();
+        entry.reported = max(entry.reported, seen);
     }
 
     /// The windows the book counts.
@@ -323,6 +349,17 @@ impl ShardState {
             if grant.seq != 0 || grant.book != w.cap_book {
                 w.cap_seq = grant.seq;
                 w.cap_book = grant.book;
+            }
+        }
+    }
+
+    /// The policy's tenant has a new owner node: every window is reported to it afresh.
+    pub fn allowance_owner_changed(&mut self, slot: PolicySlot) {
+        for book in self.policies[slot.get()].budgets.iter_mut() {
+            for ledger in book.ledgers.values_mut() {
+                for w in ledger.windows.iter_mut() {
+                    w.reported = Figures::default();
+                }
             }
         }
     }
@@ -548,4 +585,23 @@ mod tests {
         book.grant("a", (Some(LIMITS), own), &holding, 2, t + 400);
         assert_eq!(book.outside(&W, t + 400).requests, 35 + 40);
     }
+
+    /// What another node saw a vanished owner commit counts for that owner, at the most
+    /// seen: the next owner does not grant it again.
+    #[test]
+    fn a_vanished_owners_spend_is_counted_as_seen() {
+        let mut book = AllowBook::new(9, 0, 0);
+        let seen = |requests| Figures {
+            requests,
+            ..Figures::default()
+        };
+        book.count_seen("old", &W, seen(40));
+        book.count_seen("old", &W, seen(30));
+        assert_eq!(book.outside(&W, 0).requests, 40);
+        let t = ALLOWANCE_TTL_MS + COUNTED_AFTER_MS;
+        let own = Figures::default();
+        let g = book.grant("a", (Some(LIMITS), own), &ask(0, 0.0, true), 2, t);
+        assert_eq!(g.cap.requests, (100 - 40) / 2);
+    }
+
 }
