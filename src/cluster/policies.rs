@@ -116,6 +116,17 @@ impl PolicyMirror {
     /// writer's own apply and its watch can deliver the same revision in either order.
     /// Returns the table generation published now.
     pub fn apply(&self, events: &[Event]) -> u64 {
+        let mut synced = false;
+        let generation = self.apply_events(events, &mut synced);
+        // Ready (`/readyz`) only once the table the first sync made is published: a
+        // request let in before would still be decided with a pruned policy.
+        if synced {
+            self.synced.store(true, Ordering::Release);
+        }
+        generation
+    }
+
+    fn apply_events(&self, events: &[Event], synced: &mut bool) -> u64 {
         let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
         let mut writer = self.store.writer();
         let mut changed = false;
@@ -128,8 +139,10 @@ impl PolicyMirror {
                 } => (key, *revision, Some(value.as_slice())),
                 Event::Delete { key, revision } => (key, *revision, None),
                 Event::Synced => {
-                    changed |= self.prune(&revisions, &mut writer);
-                    self.synced.store(true, Ordering::Release);
+                    if !*synced {
+                        changed |= self.prune(&revisions, &mut writer);
+                    }
+                    *synced = true;
                     continue;
                 }
             };
