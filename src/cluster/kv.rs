@@ -87,6 +87,22 @@ pub enum KvError {
     Key(String),
 }
 
+impl KvError {
+    /// Whether JetStream may answer otherwise in a moment: a cluster still forming (its
+    /// meta leader not yet elected, or not yet knowing every peer a replicated stream
+    /// needs: 503, `err_code` 10005, 10008, 10023), its API not yet subscribed, or a
+    /// request lost.
+    pub fn transient(&self) -> bool {
+        match self {
+            KvError::Api { code, err_code, .. } => {
+                *code == 503 || matches!(err_code, 10005 | 10008 | 10023)
+            }
+            KvError::Request(_) | KvError::NoJetStream(_) => true,
+            _ => false,
+        }
+    }
+}
+
 impl From<RequestError> for KvError {
     fn from(err: RequestError) -> Self {
         match err {

@@ -26,6 +26,8 @@ use crate::transport::nats::{Client, ClientOptions};
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long a prune waits to read the bucket's keys.
 const KEYS_WAIT: Duration = Duration::from_secs(30);
+/// How long, from the start, a push waits for JetStream to take the bucket.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(15);
 
 /// One line of what a push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,10 +86,18 @@ async fn write_all(
         }
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
-    bucket
-        .ensure(client, replicas, KV_REQUEST_TIMEOUT)
-        .await
-        .with_context(|| format!("bucket {}", bucket.name()))?;
+    // A push right after the NATS cluster started (scripts/cluster_start.sh does that) may
+    // find JetStream still forming: retried, within a bound.
+    loop {
+        match bucket.ensure(client, replicas, KV_REQUEST_TIMEOUT).await {
+            Ok(_) => break,
+            Err(e) if e.transient() && started.elapsed() < JETSTREAM_WAIT => {
+                log::info!("bucket {}: {e}; retrying", bucket.name());
+                glommio::timer::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("bucket {}", bucket.name())),
+        }
+    }
     let mut pushed = Vec::with_capacity(documents.len());
     for (tenant, id, bytes) in documents {
         let key = policy_key(tenant, id);
