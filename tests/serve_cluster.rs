@@ -790,8 +790,8 @@ fn put_and_decide_everywhere(nodes: &[Node], policy: &str, doc: &str) -> u32 {
 }
 
 /// A budget holds for the cluster: a tenant allowed 60 requests an hour, asked from all
-/// three nodes at once (HTTP and NATS), is admitted exactly 60 times, whichever node each
-/// request lands on; the others are refused `budget_exceeded`. And an idempotency key
+/// three nodes at once (HTTP and NATS) and again a little later, is admitted exactly 60
+/// times, whichever node each request lands on; the others are refused `budget_exceeded`. And an idempotency key
 /// gets its first answer back from any node.
 #[test]
 fn budgets_and_idempotency_keys_have_one_ledger_for_the_cluster() {
@@ -837,9 +837,23 @@ fn budgets_and_idempotency_keys_have_one_ledger_for_the_cluster() {
         (http, (ok, refused))
     });
     let admitted: u32 = http.iter().map(|(ok, _)| ok).sum::<u32>() + over_nats.0;
-    eprintln!("admitted {admitted}: HTTP per node {http:?}, NATS {over_nats:?}");
+    // A rush this short can end while a node still holds room it did not use: refused
+    // elsewhere meanwhile (with a Retry-After of a couple of seconds, not the window's
+    // reset), and admitted once its allowance has run out.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let mut late = 0;
+    for node in &nodes {
+        let mut client = node.client();
+        for _ in 0..30 {
+            late += u32::from(within_budget(&mut client, body));
+        }
+    }
+    eprintln!(
+        "admitted {admitted} (+{spent} before, +{late} after): HTTP per node {http:?}, \
+         NATS {over_nats:?}"
+    );
     assert_eq!(
-        admitted + spent,
+        admitted + spent + late,
         60,
         "a budget of 60, {spent} spent before the rush"
     );

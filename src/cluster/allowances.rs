@@ -205,6 +205,7 @@ fn answer(
                 let own = (Some(limits), w.committed());
                 let grant = book.grant(&asked.node, own, &ask, live, now_ms);
                 w.outside = book.outside(&window, now_ms);
+                w.outside_reported = book.outside_reported(&window);
                 grant
             }
             None => book.grant(&asked.node, (None, Figures::default()), &ask, live, now_ms),
@@ -286,10 +287,10 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, books: &RefCell<Books>) -> Batc
                 .collect();
             book.retain(|w| starts.get(&w.budget).is_some_and(|&s| w.start_ms >= s));
             for w in book.windows() {
-                let outside = book.outside(&w, now_ms);
+                let outside = (book.outside(&w, now_ms), book.outside_reported(&w));
                 let value = "";
                 if let Some((spend, _)) = state.owner_window(slot, policy, &w, value, unix_ms) {
-                    spend.outside = outside;
+                    (spend.outside, spend.outside_reported) = outside;
                 }
             }
             state.set_capped(slot, !book.ready(now_ms));

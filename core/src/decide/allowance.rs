@@ -180,6 +180,17 @@ impl AllowBook {
             })
     }
 
+    /// Of `outside`, what the nodes reported having committed (without room they hold).
+    pub fn outside_reported(&self, window: &WindowKey) -> Figures {
+        self.windows
+            .get(window)
+            .map_or(Figures::default(), |nodes| {
+                nodes
+                    .values()
+                    .fold(Figures::default(), |a, n| sum(a, n.reported))
+            })
+    }
+
     /// Takes `node`'s report of a window and answers with its cap there. `own` is the
     /// owner's own committed figures in the window; `limits` are the budget's, and none
     /// when the window is not the budget's current one at the owner (room is granted in

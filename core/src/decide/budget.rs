@@ -99,6 +99,10 @@ pub struct WindowSpend {
     /// (`allowance`). Never saved: the other nodes report it again.
     #[serde(skip)]
     pub outside: Figures,
+    /// Of `outside`, what the other nodes reported having committed: the rest is room
+    /// they hold and may not use.
+    #[serde(skip)]
+    pub outside_reported: Figures,
     /// A node of a cluster that does not own the tenant: what this node may commit in
     /// this window, granted by the owner node (`allowance`); none is no room at all.
     #[serde(skip)]
@@ -142,6 +146,7 @@ impl WindowSpend {
     fn saved(&self) -> WindowSpend {
         WindowSpend {
             outside: Figures::default(),
+            outside_reported: Figures::default(),
             cap: None,
             cap_until_ms: 0,
             cap_seq: 0,
@@ -373,7 +378,16 @@ pub struct Exceeded {
     /// Refused by a capped node's allowance (`BudgetBook::capped`), not by the budget:
     /// the tenant's owner node decides it instead.
     pub short: bool,
+    /// Refused by room other nodes of a cluster hold and may not use, not by spend: it
+    /// is worth asking again once their allowances run out (`HELD_RETRY_MS`), not only
+    /// when the window resets.
+    pub held: bool,
 }
+
+/// When to ask again after a refusal by room other nodes hold (`Exceeded::held`): by
+/// then the allowances they left unused have run out.
+pub const HELD_RETRY_MS: u64 =
+    super::allowance::ALLOWANCE_TTL_MS + super::allowance::COUNTED_AFTER_MS;
 
 fn exceeded(
     budget: &Budget,
@@ -392,7 +406,21 @@ fn exceeded(
         spent,
         reset_at_ms: w.end_ms,
         short: false,
+        held: false,
     }
+}
+
+/// Whether a window refused at `measure` only for room other nodes hold: what was
+/// committed, by this node and as the others reported, is still under `limit`.
+fn held(w: &WindowSpend, measure: &str, limit: f64) -> bool {
+    let r = w.outside_reported;
+    let spent = match measure {
+        "requests" => w.requests.saturating_add(r.requests) as f64,
+        "cost" => w.committed_cost() + r.cost,
+        "tokens" => w.committed_tokens().saturating_add(r.tokens) as f64,
+        _ => return false,
+    };
+    w.outside != r && spent < limit
 }
 
 /// Step 2 for budgets: refuses a request a budget's window cannot take any more, else
@@ -433,8 +461,9 @@ pub fn admit(
             book.ledgers.insert(hash, ledger);
         }
         let capped = book.capped;
-        let short = |mut e: Exceeded| {
+        let short = |mut e: Exceeded, w: &WindowSpend| {
             e.short = capped;
+            e.held = !capped && held(w, e.measure, e.limit);
             e
         };
         let ledger = book.ledgers.get_mut(&hash).expect("inserted");
@@ -447,13 +476,16 @@ pub fn admit(
         if let Some(max) = max_requests {
             if spent.requests >= max {
                 let (limit, spent) = (max as f64, spent.requests as f64);
-                return Err(short(exceeded(budget, value, w, "requests", limit, spent)));
+                return Err(short(
+                    exceeded(budget, value, w, "requests", limit, spent),
+                    w,
+                ));
             }
         }
         if let Some(max) = max_cost {
             let spent = spent.cost;
             if spent >= max {
-                return Err(short(exceeded(budget, value, w, "cost", max, spent)));
+                return Err(short(exceeded(budget, value, w, "cost", max, spent), w));
             }
             if max - spent < room.cost {
                 room.cost = max - spent;
@@ -464,7 +496,7 @@ pub fn admit(
             let spent = spent.tokens;
             if spent >= max {
                 let (limit, spent) = (max as f64, spent as f64);
-                return Err(short(exceeded(budget, value, w, "tokens", limit, spent)));
+                return Err(short(exceeded(budget, value, w, "tokens", limit, spent), w));
             }
             let left = (max - spent) as f64;
             if left < room.tokens {
@@ -511,6 +543,7 @@ pub fn refusal(
     };
     let mut e = exceeded(budget, &ledger.value, &w, measure, limit, spent);
     e.short = books[i].capped;
+    e.held = !e.short && held(&w, measure, limit);
     e
 }
 
@@ -782,6 +815,25 @@ mod tests {
         assert_eq!(ledger.peek(BudgetWindow::MINUTE, t - MINUTE_MS).requests, 2);
         assert_eq!(ledger.peek(BudgetWindow::MINUTE, t).requests, 2);
         assert_eq!(ledger.peek(BudgetWindow::MINUTE, t + MINUTE_MS).requests, 0);
+    }
+
+    /// A window that is full only with room other nodes hold is `held`: worth asking
+    /// again soon; one full with what was committed is not.
+    #[test]
+    fn room_other_nodes_hold_is_told_from_spend() {
+        let mut w = WindowSpend::new((0, 10));
+        w.requests = 4;
+        w.outside = Figures {
+            requests: 6,
+            ..Figures::default()
+        };
+        w.outside_reported = Figures {
+            requests: 2,
+            ..Figures::default()
+        };
+        assert!(held(&w, "requests", 10.0), "4 + 2 committed of 10");
+        w.outside_reported.requests = 6;
+        assert!(!held(&w, "requests", 10.0), "all 10 committed");
     }
 
     #[test]

@@ -94,6 +94,7 @@ fn exceeded(
         spent,
         reset_at_ms,
         short: false,
+        held: false,
     }
 }
 

@@ -92,7 +92,14 @@ impl DecideError {
     pub fn budget(policy: &str, exceeded: Exceeded, now_ms: u64) -> Self {
         DecideError::BudgetExceeded {
             policy: policy.into(),
-            retry_after_ms: exceeded.reset_at_ms.saturating_sub(now_ms).max(1),
+            retry_after_ms: {
+                let reset = exceeded.reset_at_ms.saturating_sub(now_ms).max(1);
+                if exceeded.held {
+                    reset.min(super::budget::HELD_RETRY_MS)
+                } else {
+                    reset
+                }
+            },
             exceeded: Box::new(exceeded),
         }
     }
