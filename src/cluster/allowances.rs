@@ -288,10 +288,7 @@ fn report(ctx: &ShardCtx, cluster: &ClusterNode, books: &RefCell<Books>) -> Batc
             book.retain(|w| starts.get(&w.budget).is_some_and(|&s| w.start_ms >= s));
             for w in book.windows() {
                 let outside = (book.outside(&w, now_ms), book.outside_reported(&w));
-                let value = "";
-                if let Some((spend, _)) = state.owner_window(slot, policy, &w, value, unix_ms) {
-                    (spend.outside, spend.outside_reported) = outside;
-                }
+                state.set_outside(slot, policy, &w, outside);
             }
             state.set_capped(slot, !book.ready(now_ms));
             continue;

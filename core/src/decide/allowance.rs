@@ -303,10 +303,6 @@ impl ShardState {
         }
     }
 
-    pub fn capped(&self, slot: PolicySlot) -> bool {
-        self.policies[slot.get()].budgets.iter().any(|b| b.capped)
-    }
-
     /// A holder's report: every window of `policy` whose committed figures the owner has
     /// not acknowledged, or where a decision wanted room since the last report.
     pub fn allowance_asks(&mut self, slot: PolicySlot, policy: &Policy) -> Vec<AllowAsk> {
@@ -361,6 +357,22 @@ impl ShardState {
                 w.cap_seq = grant.seq;
                 w.cap_book = grant.book;
             }
+        }
+    }
+
+    /// The owner's side, every report period: what the other nodes may have committed in
+    /// `window` and, of that, what they reported (`WindowSpend::outside`), where this
+    /// shard's ledger has the window.
+    pub fn set_outside(
+        &mut self,
+        slot: PolicySlot,
+        policy: &Policy,
+        window: &WindowKey,
+        (outside, reported): (Figures, Figures),
+    ) {
+        if let Some(w) = self.window_at(slot, policy, window) {
+            w.outside = outside;
+            w.outside_reported = reported;
         }
     }
 
@@ -743,5 +755,40 @@ mod tests {
                 assert!(total >= limit * 99 / 100, "admitted {total} of {limit}");
             }
         }
+    }
+
+    /// A book's bounds: a node beyond `ALLOWANCE_NODES_MAX` in a window, a window beyond
+    /// `ALLOWANCE_WINDOWS_MAX`, and a node that never names the grant it holds beyond
+    /// `GRANTS_PER_WINDOW_MAX` grants are granted no room (their cap is what they
+    /// reported; their decisions cross to the owner).
+    #[test]
+    fn a_book_grants_no_room_past_its_bounds() {
+        let t = ALLOWANCE_TTL_MS + COUNTED_AFTER_MS;
+        let own = (Some((Some(u64::MAX), None, None)), Figures::default());
+        let mut book = AllowBook::new(9, 0, 0);
+        for n in 0..ALLOWANCE_NODES_MAX {
+            let g = book.grant(&format!("n{n}"), own, &ask(0, 0.0, true), 2, t);
+            assert_ne!(g.seq, 0, "node {n} is within the bound");
+        }
+        let past = book.grant("one-more", own, &ask(3, 0.0, true), 2, t);
+        assert_eq!((past.seq, past.cap.requests), (0, 3));
+
+        let mut book = AllowBook::new(9, 0, 0);
+        let at = |start_ms| AllowAsk {
+            window: WindowKey { start_ms, ..W },
+            ..ask(0, 0.0, true)
+        };
+        for w in 0..ALLOWANCE_WINDOWS_MAX as u64 {
+            assert_ne!(book.grant("a", own, &at(w), 2, t).seq, 0);
+        }
+        let past = book.grant("a", own, &at(u64::MAX), 2, t);
+        assert_eq!(past.seq, 0, "one window too many");
+
+        let mut book = AllowBook::new(9, 0, 0);
+        for k in 0..GRANTS_PER_WINDOW_MAX as u64 {
+            assert_ne!(book.grant("a", own, &ask(0, 0.0, true), 2, t + k).seq, 0);
+        }
+        let past = book.grant("a", own, &ask(0, 0.0, true), 2, t + 20);
+        assert_eq!(past.seq, 0, "no grant named as held: no more room");
     }
 }

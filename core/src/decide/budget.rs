@@ -272,14 +272,6 @@ pub struct Figures {
     pub tokens: u64,
 }
 
-impl Figures {
-    pub const UNLIMITED: Figures = Figures {
-        requests: u64::MAX,
-        cost: f64::INFINITY,
-        tokens: u64::MAX,
-    };
-}
-
 /// One budget's ledgers on the tenant's owner, by scope value.
 #[derive(Debug, Clone, Default)]
 pub struct BudgetBook {
