@@ -655,16 +655,7 @@ fn a_rate_limit_holds_over_all_nodes_together() {
         "share asks over 6 s from two nodes: {asks}"
     );
 
-    let owner = owner_of(&nodes[0], "acme");
-    // Nodes are node-1, node-2, node-3 in order.
-    let index: usize = owner
-        .trim_start_matches("node-")
-        .parse()
-        .expect("a node name");
-    let dead = nodes.remove(index - 1);
-    let mut child = dead.router.into_child();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let owner = kill_the_owner_of(&mut nodes, "acme");
     let survivors: Vec<&Node> = nodes.iter().collect();
     let (counts, elapsed) = hammer_limited(&survivors, Duration::from_secs(8));
     let admitted: u64 = counts.iter().map(|(ok, _)| ok).sum();
@@ -757,6 +748,21 @@ fn results_accepted_by_one_node_reach_the_others() {
         text.contains("shardline_cluster_results_received_total 5"),
         "{text}"
     );
+}
+
+/// Kills (SIGKILL) the node that owns `tenant` and takes it out of `nodes`; returns its
+/// name. Nodes are node-1, node-2, node-3 in order.
+fn kill_the_owner_of(nodes: &mut Vec<Node>, tenant: &str) -> String {
+    let owner = owner_of(&nodes[0], tenant);
+    let index: usize = owner
+        .trim_start_matches("node-")
+        .parse()
+        .expect("a node name");
+    let dead = nodes.remove(index - 1);
+    let mut child = dead.router.into_child();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    owner
 }
 
 /// Sends a decide request that must be admitted or refused `budget_exceeded`: whether it
@@ -990,15 +996,7 @@ fn a_budget_owner_killed_leaves_its_spend_counted() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let owner = owner_of(&nodes[0], "acme");
-    let index: usize = owner
-        .trim_start_matches("node-")
-        .parse()
-        .expect("a node name");
-    let dead = nodes.remove(index - 1);
-    let mut child = dead.router.into_child();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let owner = kill_the_owner_of(&mut nodes, "acme");
     // The survivors: answered 503 while acme moves, then admitted until the budget is
     // spent.
     let after: Vec<u32> = std::thread::scope(|scope| {
